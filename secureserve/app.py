@@ -1,0 +1,104 @@
+"""``create_app``: one model, the routes of DESIGN.md, and the middleware around them.
+
+The request path, outermost first::
+
+    RequestContext   request id, security headers, problem+json for any error, access log
+    InFlightLimit    at most max_in_flight requests at once (503 + Retry-After)
+    Authentication   bearer key (and client certificate under mTLS) -> principal
+    Router           /v1/models/{name}:predict -> role -> content type -> body limits
+                     -> strict decode -> inference queue -> validated, encoded output
+
+There is no plaintext mode: the app refuses any request whose scope is not
+``https`` (``secureserve run`` only ever listens with TLS; a service that mounts
+this app must terminate TLS itself or re-encrypt to it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+import structlog
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from secureserve import endpoints
+from secureserve.config import Settings
+from secureserve.keys import KeyStore
+from secureserve.logs import configure_logging, get_logger
+from secureserve.middleware.authentication import Authentication
+from secureserve.middleware.context import RequestContext
+from secureserve.middleware.https import HttpsOnly
+from secureserve.middleware.inflight import InFlightLimit
+from secureserve.model import Model
+from secureserve.problems import as_rejection, problem_response
+from secureserve.serving import ServingState, load_model
+
+__all__ = ["create_app"]
+
+
+def create_app(
+    model: Model[Any, Any] | type[Model[Any, Any]],
+    *,
+    config: Settings | None = None,
+    keys: KeyStore | None = None,
+) -> Starlette:
+    """Load ``model`` and return the ASGI app that serves it.
+
+    ``config`` defaults to the built-in defaults; ``keys`` defaults to the key file
+    named by ``[auth] keys_file``. Raises ``ConfigError`` or ``ArtifactError``
+    before anything is served if the model cannot be loaded.
+    """
+    settings = config or Settings()
+    if not structlog.is_configured():
+        configure_logging(settings.logging.level)
+    log = get_logger()
+    instance, artifacts = load_model(model, settings)
+    state = ServingState(instance, artifacts, settings)
+    keystore = keys if keys is not None else KeyStore(settings.auth.keys_file)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: Starlette) -> AsyncIterator[None]:
+        state.ready = True
+        log.info("model ready", model=state.name, model_version=state.version)
+        try:
+            yield
+        finally:
+            state.ready = False
+            state.runner.close()
+
+    app = Starlette(
+        routes=[
+            Route("/v1/models/{name}:predict", endpoints.Predict(state), methods=["POST"]),
+            Route("/v1/models", endpoints.list_models, methods=["GET"]),
+            Route("/v1/models/{name}", endpoints.model_metadata, methods=["GET"]),
+            Route("/openapi.json", endpoints.openapi, methods=["GET"]),
+            Route("/healthz", endpoints.healthz, methods=["GET"]),
+            Route("/readyz", endpoints.readyz, methods=["GET"]),
+        ],
+        middleware=[
+            Middleware(RequestContext, logger=log),
+            Middleware(HttpsOnly),
+            Middleware(InFlightLimit, limit=settings.server.max_in_flight),
+            Middleware(
+                Authentication,
+                keys=keystore,
+                require_client_cert=settings.tls.client_ca is not None,
+            ),
+        ],
+        exception_handlers={HTTPException: _http_exception},
+        lifespan=lifespan,
+    )
+    app.router.redirect_slashes = False  # a redirect would echo the Host header back
+    app.state.serving = state
+    return app
+
+
+async def _http_exception(request: Request, exc: Exception) -> Response:
+    """Starlette's own 404/405 as problem+json, like every other error."""
+    return problem_response(as_rejection(exc), request.scope["secureserve"].request_id)

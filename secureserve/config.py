@@ -1,0 +1,334 @@
+"""Typed, frozen settings: ``secureserve.toml``, then ``SECURESERVE_<SECTION>__<KEY>``, then flags.
+
+Every section is a strict msgspec Struct, so an unknown key or a wrong type stops
+start-up with a message that names the key (``[server] port``) or the environment
+variable and says what to do. Relative paths are resolved against the folder of
+the configuration file (the project folder), never against a later working
+directory. Insecure combinations are refused in :func:`_check_combinations`.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+import tomllib
+from pathlib import Path
+from types import UnionType
+from typing import Annotated, Any, Final, Literal, Union, get_args, get_origin
+
+import msgspec
+
+from secureserve.errors import ConfigError
+
+__all__ = [
+    "CONFIG_FILENAME",
+    "AuthSettings",
+    "LoggingSettings",
+    "ModelSettings",
+    "ServerSettings",
+    "Settings",
+    "TLSSettings",
+    "load_settings",
+]
+
+CONFIG_FILENAME: Final = "secureserve.toml"
+ENV_PREFIX: Final = "SECURESERVE_"
+
+DEFAULT_MAX_BODY_BYTES: Final = 1_048_576
+DEFAULT_MAX_INSTANCES: Final = 64
+DEFAULT_MAX_IN_FLIGHT: Final = 256
+DEFAULT_TIMEOUT_S: Final = 10.0
+DEFAULT_KEEP_ALIVE_S: Final = 5
+DEFAULT_MAX_CONNECTIONS: Final = 1024
+
+# Sections and keys that DESIGN.md names but this version does not implement yet.
+# Accepting them silently would suggest a protection that is not there.
+_PLANNED: Final = {
+    "limits": "rate limits and quotas",
+    "audit": "the audit trail",
+    "auth.jwks_file": "JWT verification",
+    "auth.jwt_issuer": "JWT verification",
+    "auth.jwt_audience": "JWT verification",
+    "auth.jwt_algorithms": "JWT verification",
+    "auth.jwt_roles_claim": "JWT verification",
+    "auth.jwt_models_claim": "JWT verification",
+    "auth.jwt_leeway_s": "JWT verification",
+    "model.signing_public_key": "signed lock files",
+    "model.encryption_key_file": "encrypted artifacts",
+}
+
+
+class _Section(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Strict base: a typo in a key is an error, not a silently ignored setting."""
+
+
+PositiveSeconds = Annotated[float, msgspec.Meta(gt=0, le=3600)]
+
+
+class ServerSettings(_Section, frozen=True):
+    """``[server]``: where to listen and how much one request may cost."""
+
+    host: str = "127.0.0.1"
+    port: Annotated[int, msgspec.Meta(ge=1, le=65535)] = 8443
+    workers: Annotated[int, msgspec.Meta(ge=1, le=64)] = 1
+    max_body_bytes: Annotated[int, msgspec.Meta(ge=64, le=1 << 30)] = DEFAULT_MAX_BODY_BYTES
+    max_instances: Annotated[int, msgspec.Meta(ge=1, le=100_000)] = DEFAULT_MAX_INSTANCES
+    max_in_flight: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = DEFAULT_MAX_IN_FLIGHT
+    max_connections: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = DEFAULT_MAX_CONNECTIONS
+    predict_timeout_s: PositiveSeconds = DEFAULT_TIMEOUT_S
+    body_timeout_s: PositiveSeconds = DEFAULT_TIMEOUT_S
+    keep_alive_s: Annotated[int, msgspec.Meta(ge=1, le=300)] = DEFAULT_KEEP_ALIVE_S
+    trusted_proxies: tuple[str, ...] = ()
+
+
+class TLSSettings(_Section, frozen=True):
+    """``[tls]``: the server certificate, and client CAs for mutual TLS."""
+
+    cert: Path | None = None
+    key: Path | None = None
+    client_ca: Path | None = None
+    min_version: Literal["1.2", "1.3"] = "1.2"
+
+
+class AuthSettings(_Section, frozen=True):
+    """``[auth]``: where API key records live (hashes only, never secrets)."""
+
+    keys_file: Path = Path("secrets/api_keys.toml")
+
+
+class ModelSettings(_Section, frozen=True):
+    """``[model]``: which handler to serve and where its files are."""
+
+    handler: str | None = None
+    dir: Path = Path("models")
+    onnx_allowed_domains: tuple[str, ...] = ()
+    onnx_threads: Annotated[int, msgspec.Meta(ge=1, le=256)] = 1
+
+
+class LoggingSettings(_Section, frozen=True):
+    """``[logging]``: JSON lines on stdout at this level."""
+
+    level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+class Settings(_Section, frozen=True):
+    """All settings; ``project_dir`` is the folder relative paths were resolved against."""
+
+    project_dir: Path = Path()
+    server: ServerSettings = msgspec.field(default_factory=ServerSettings)
+    tls: TLSSettings = msgspec.field(default_factory=TLSSettings)
+    auth: AuthSettings = msgspec.field(default_factory=AuthSettings)
+    model: ModelSettings = msgspec.field(default_factory=ModelSettings)
+    logging: LoggingSettings = msgspec.field(default_factory=LoggingSettings)
+
+
+_SECTIONS: Final[dict[str, type[_Section]]] = {
+    "server": ServerSettings,
+    "tls": TLSSettings,
+    "auth": AuthSettings,
+    "model": ModelSettings,
+    "logging": LoggingSettings,
+}
+_field_types: Final = {
+    struct: {f.name: f.type for f in msgspec.structs.fields(struct)}
+    for struct in _SECTIONS.values()
+}
+_PATH_KEYS: Final = (
+    ("tls", "cert"),
+    ("tls", "key"),
+    ("tls", "client_ca"),
+    ("auth", "keys_file"),
+    ("model", "dir"),
+)
+
+
+def load_settings(
+    config: Path | None = None,
+    *,
+    project_dir: Path | None = None,
+    environ: dict[str, str] | None = None,
+    overrides: dict[str, dict[str, Any]] | None = None,
+) -> Settings:
+    """Read settings from the file, then the environment, then ``overrides`` (CLI flags).
+
+    ``config`` defaults to ``secureserve.toml`` in ``project_dir`` (default: the
+    working directory); a missing default file means "all defaults", a missing
+    explicit file is an error. Relative paths resolve against the file's folder.
+    """
+    base = (project_dir or Path.cwd()).resolve()
+    raw: dict[str, dict[str, Any]] = {}
+    if config is not None:
+        config = config if config.is_absolute() else base / config
+        if not config.is_file():
+            raise ConfigError(f"configuration file {config} does not exist; check --config.")
+        base = config.resolve().parent
+        raw = _read_toml(config)
+    elif (base / CONFIG_FILENAME).is_file():
+        raw = _read_toml(base / CONFIG_FILENAME)
+    source = str(config) if config is not None else CONFIG_FILENAME
+    _refuse_planned(raw, source)
+    _merge(raw, _from_environ(os.environ if environ is None else environ))
+    _merge(raw, overrides or {})
+    try:
+        settings = msgspec.convert(
+            {"project_dir": str(base), **raw}, Settings, strict=True, dec_hook=_path_hook
+        )
+    except msgspec.ValidationError as exc:
+        raise ConfigError(f"{source}: {_describe(exc)}") from None
+    settings = _resolve_paths(settings)
+    _check_combinations(settings)
+    return settings
+
+
+def _resolve_paths(settings: Settings) -> Settings:
+    """Make every relative path absolute against the project folder."""
+    sections: dict[str, Any] = {}
+    for section, key in _PATH_KEYS:
+        current = sections.get(section, getattr(settings, section))
+        value = getattr(current, key)
+        if value is not None and not value.is_absolute():
+            sections[section] = msgspec.structs.replace(
+                current, **{key: settings.project_dir / value}
+            )
+    return msgspec.structs.replace(settings, **sections)
+
+
+def _path_hook(kind: type, value: Any) -> Any:
+    if kind is Path and isinstance(value, str) and value and "\0" not in value:
+        return Path(value)
+    raise NotImplementedError
+
+
+def _read_toml(path: Path) -> dict[str, dict[str, Any]]:
+    try:
+        with path.open("rb") as fh:
+            data = tomllib.load(fh)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML ({exc}); fix the syntax.") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot be read ({exc.strerror}).") from None
+    for section, body in data.items():
+        if not isinstance(body, dict):
+            raise ConfigError(
+                f"{path}: `{section}` must be a [section] table; every setting lives in one "
+                "(see docs/configuration.md)."
+            )
+    return data
+
+
+def _refuse_planned(raw: dict[str, dict[str, Any]], source: str) -> None:
+    for section, body in raw.items():
+        for name in (section, *(f"{section}.{key}" for key in body)):
+            if name in _PLANNED:
+                shown = f"[{section}]" if name == section else f"[{section}] {name.split('.')[1]}"
+                raise ConfigError(
+                    f"{source}: {shown} configures {_PLANNED[name]}, which this version of "
+                    "secureserve does not provide yet; remove it rather than rely on a "
+                    "protection that is not there."
+                )
+
+
+def _from_environ(environ: dict[str, str] | os._Environ[str]) -> dict[str, dict[str, Any]]:
+    """Turn ``SECURESERVE_SECTION__KEY`` variables into a nested dict.
+
+    Names without ``__`` are not configuration and are ignored.
+    """
+    out: dict[str, dict[str, Any]] = {}
+    for name, value in environ.items():
+        if not name.startswith(ENV_PREFIX) or "__" not in name:
+            continue
+        section, _, key = name[len(ENV_PREFIX) :].lower().partition("__")
+        if f"{section}.{key}" in _PLANNED or section in _PLANNED:
+            raise ConfigError(
+                f"{name} configures {_PLANNED.get(section) or _PLANNED[f'{section}.{key}']}, "
+                "which this version does not provide yet; unset it."
+            )
+        struct = _SECTIONS.get(section)
+        if struct is None or key not in struct.__struct_fields__:
+            raise ConfigError(
+                f"{name} is not a secureserve setting; check the spelling "
+                "(SECURESERVE_<SECTION>__<KEY>, see docs/configuration.md) or unset it."
+            )
+        out.setdefault(section, {})[key] = _env_value(name, value, struct, key)
+    return out
+
+
+def _env_value(name: str, value: str, struct: type[_Section], key: str) -> Any:
+    """Strings stay strings for text and path keys; everything else is read as JSON."""
+    if _is_text(_field_types[struct][key]):
+        return value
+    try:
+        return msgspec.json.decode(value)
+    except msgspec.DecodeError:
+        raise ConfigError(
+            f"{name}={value!r} is not valid here; numbers, booleans and lists "
+            'are written as JSON (e.g. 8443, true, ["a"]).'
+        ) from None
+
+
+def _is_text(hint: Any) -> bool:
+    """True for ``str``, ``Path``, ``Literal[...]`` and optional versions of them."""
+    if hint in (str, Path) or get_origin(hint) is Literal:
+        return True
+    if get_origin(hint) is Annotated:
+        return _is_text(get_args(hint)[0])
+    args = [a for a in get_args(hint) if a is not type(None)]
+    return get_origin(hint) in (Union, UnionType) and len(args) == 1 and _is_text(args[0])
+
+
+def _merge(into: dict[str, dict[str, Any]], extra: dict[str, dict[str, Any]]) -> None:
+    for section, values in extra.items():
+        into.setdefault(section, {}).update(values)
+
+
+_PATH_RE: Final = re.compile(r"\$\.?([A-Za-z_]*)\.?([A-Za-z_]*)")
+
+
+def _describe(exc: msgspec.ValidationError) -> str:
+    """Rewrite msgspec's ``... - at `$.server.port``` into ``[server] port: ...`` plus a fix."""
+    message, _, where = str(exc).partition(" - at ")
+    match = _PATH_RE.match(where.strip("`"))
+    section, key = (match.group(1), match.group(2)) if match else ("", "")
+    if message.startswith("Object contains unknown field"):
+        field = message.split("`")[1]
+        place = f"[{section}] {field}" if section else f"[{field}]"
+        return (
+            f"{place} is not a secureserve setting; check the spelling (see docs/configuration.md)."
+        )
+    place = f"[{section}] {key}" if key else f"[{section}]"
+    reason = f"{message[0].lower()}{message[1:]}"
+    return f"{place}: {reason}; see docs/configuration.md for the allowed values."
+
+
+def _check_combinations(settings: Settings) -> None:
+    for proxy in settings.server.trusted_proxies:
+        try:
+            network = ipaddress.ip_network(proxy, strict=False)
+        except ValueError:
+            raise ConfigError(
+                f"[server] trusted_proxies: {proxy!r} is not an IP address or "
+                "network; list your load balancers' addresses."
+            ) from None
+        if network.prefixlen == 0:
+            raise ConfigError(
+                f"[server] trusted_proxies: {proxy!r} would let any client forge "
+                "X-Forwarded-For; list your load balancers' addresses only."
+            )
+    for domain in settings.model.onnx_allowed_domains:
+        if not domain or domain in {"ai.onnx", "ai.onnx.ml"}:
+            raise ConfigError(
+                f"[model] onnx_allowed_domains: {domain!r} is not needed; the "
+                "standard ONNX domains are always allowed."
+            )
+    if settings.server.workers > 1:
+        raise ConfigError(
+            "[server] workers: this version serves from one process; run one "
+            "process per container and scale with replicas (set workers = 1)."
+        )
+    tls = settings.tls
+    if (tls.cert is None) != (tls.key is None):
+        raise ConfigError(
+            "[tls] cert and key go together; set both (or use `secureserve run "
+            "--dev` for a local development certificate)."
+        )

@@ -1,0 +1,115 @@
+"""The routes of DESIGN.md.
+
+Each model route checks, in order: the model is visible to the principal (else
+404, as if it did not exist), the role (else 403), then the request itself.
+
+``/healthz`` and ``/readyz`` are public and say nothing beyond their status.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Final
+
+import msgspec
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
+
+from secureserve.auth import Principal, require_role
+from secureserve.body import check_json_content_type, read_body
+from secureserve.errors import RequestRejected
+from secureserve.openapi import ArtifactInfo, ModelList, ModelMetadata, ModelSummary
+
+if TYPE_CHECKING:
+    from secureserve.serving import ServingState
+
+__all__ = ["Predict", "healthz", "list_models", "model_metadata", "openapi", "readyz"]
+
+_JSON: Final = "application/json"
+_encoder: Final = msgspec.json.Encoder()
+_NOT_FOUND: Final = RequestRejected(404, "not-found", "Not found")
+_HEALTHY: Final = b'{"status":"ok"}'
+_READY: Final = b'{"status":"ready"}'
+_NOT_READY: Final = b'{"status":"not ready"}'
+
+
+def _visible_model(scope: Scope, state: ServingState, name: str) -> Principal:
+    principal: Principal = scope["secureserve.principal"]
+    if name != state.name or not principal.may_use(name):
+        raise _NOT_FOUND
+    return principal
+
+
+class Predict:
+    """``POST /v1/models/{name}:predict`` as a plain ASGI app (the hot path)."""
+
+    def __init__(self, state: ServingState) -> None:
+        self.state = state
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Authorise, read, decode, predict, answer; any refusal raises ``RequestRejected``."""
+        state = self.state
+        principal = _visible_model(scope, state, scope["path_params"]["name"])
+        require_role(principal, "predict")
+        check_json_content_type(scope)
+        body = await read_body(
+            scope, receive, limit=state.max_body_bytes, deadline_s=state.body_timeout_s
+        )
+        instances = state.schema.decode_request(body)
+        scope["secureserve"].model_version = state.version
+        payload = await state.runner.submit(instances)
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(payload)).encode()),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": payload})
+
+
+async def list_models(request: Request) -> Response:
+    """``GET /v1/models``: only the models this principal may use."""
+    state: ServingState = request.app.state.serving
+    principal: Principal = request.scope["secureserve.principal"]
+    visible = [ModelSummary(state.name, state.version)] if principal.may_use(state.name) else []
+    return Response(_encoder.encode(ModelList(visible)), media_type=_JSON)
+
+
+async def model_metadata(request: Request) -> Response:
+    """``GET /v1/models/{name}`` (role ``admin``): version, artifact hashes, limits."""
+    state: ServingState = request.app.state.serving
+    principal = _visible_model(request.scope, state, request.path_params["name"])
+    require_role(principal, "admin")
+    request.scope["secureserve"].model_version = state.version
+    meta = ModelMetadata(
+        name=state.name,
+        version=state.version,
+        max_instances=state.max_instances,
+        artifacts=[
+            ArtifactInfo(r.name, r.sha256, r.size, r.format) for r in state.artifacts.values()
+        ],
+    )
+    return Response(_encoder.encode(meta), media_type=_JSON)
+
+
+async def openapi(request: Request) -> Response:
+    """``GET /openapi.json`` (any authenticated principal)."""
+    state: ServingState = request.app.state.serving
+    return Response(state.openapi_body, media_type=_JSON)
+
+
+async def healthz(_: Request) -> Response:
+    """Liveness: the process answers."""
+    return Response(_HEALTHY, media_type=_JSON)
+
+
+async def readyz(request: Request) -> Response:
+    """Readiness: the model is loaded and the server is not shutting down."""
+    state: ServingState = request.app.state.serving
+    if state.ready:
+        return Response(_READY, media_type=_JSON)
+    return Response(_NOT_READY, status_code=503, media_type=_JSON, headers={"Retry-After": "1"})

@@ -1,0 +1,87 @@
+"""Structured JSON logs on stdout, configured explicitly (never on import).
+
+``configure_logging`` is called by the CLI and by ``create_app`` when the host
+application has not configured structlog itself. A redaction processor runs
+last before rendering, so a credential can never reach the output even when a
+caller logs a header dict by mistake.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+from collections.abc import Mapping, MutableMapping
+from typing import Any, Final
+
+import msgspec
+import structlog
+from structlog.tracebacks import ExceptionDictTransformer
+
+__all__ = ["REDACTED", "configure_logging", "get_logger", "redact"]
+
+REDACTED: Final = "[REDACTED]"
+_SECRET_KEYS: Final = re.compile(
+    r"(?i)^(authorization|proxy-authorization|cookie|set-cookie|api_?key|x-api-key|key|secret|"
+    r"password|passwd|token|access_token|refresh_token|id_token|bearer|credentials?)$"
+    r"|(_secret|_password|_token|_api_key|private_key)$"
+)
+# A bearer credential or one of our keys inside free text (exception messages, URLs).
+_SECRET_TEXT: Final = re.compile(r"(?i)(bearer\s+)[^\s,;\"']+|ss_[0-9a-f]{12}_[A-Za-z0-9_-]{20,}")
+_LEVELS: Final = {
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warning": logging.WARNING,
+    "error": logging.ERROR,
+}
+_encoder: Final = msgspec.json.Encoder()
+
+
+def redact(value: Any, key: str = "") -> Any:
+    """Return ``value`` with secrets replaced, looking at keys and inside strings."""
+    if key and _SECRET_KEYS.search(key):
+        return REDACTED
+    if isinstance(value, str):
+        return _SECRET_TEXT.sub(_mask, value) if ("ss_" in value or "earer" in value) else value
+    if isinstance(value, Mapping):
+        return {k: redact(v, str(k)) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [redact(v) for v in value]
+    return value
+
+
+def _mask(match: re.Match[str]) -> str:
+    return f"{match.group(1)}{REDACTED}" if match.group(1) else REDACTED
+
+
+def _redact_processor(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    for key, value in event.items():
+        if isinstance(value, str | Mapping | list | tuple) or _SECRET_KEYS.search(key):
+            event[key] = redact(value, key)
+    return event
+
+
+def _serialize(event: Any, **_: Any) -> bytes:
+    return _encoder.encode(event)
+
+
+def configure_logging(level: str = "info", *, stream: Any = None) -> None:
+    """Send JSON lines at ``level`` and above to ``stream`` (default: stdout)."""
+    structlog.configure(
+        processors=[
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            # Tracebacks as data, without local variables (they may hold secrets or inputs).
+            structlog.processors.ExceptionRenderer(ExceptionDictTransformer(show_locals=False)),
+            _redact_processor,
+            structlog.processors.JSONRenderer(serializer=_serialize),
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),
+        logger_factory=structlog.BytesLoggerFactory(stream or sys.stdout.buffer),
+        cache_logger_on_first_use=True,
+    )
+
+
+def get_logger(name: str = "secureserve") -> Any:
+    """A structlog logger bound to ``logger=name``."""
+    return structlog.get_logger(name).bind(logger=name)

@@ -1,0 +1,1 @@
+"""Pure ASGI middleware, outermost first: context, in-flight limit, authentication."""

@@ -1,0 +1,118 @@
+"""Outermost middleware: request id, security headers, last-resort errors, access log.
+
+Every HTTP response leaves through here, so this is where the guarantees that
+hold for *all* responses live: an ``X-Request-ID`` (an incoming one is kept only
+if it matches a strict pattern), ``Strict-Transport-Security``, ``nosniff``,
+``no-store`` and no ``Server`` header; any exception becomes a problem response
+without details; and one access line is logged per request.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from typing import Any, Final
+
+from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from secureserve.errors import ModelError, RequestRejected
+from secureserve.problems import as_rejection, problem_response
+
+__all__ = ["RequestContext", "RequestInfo"]
+
+_REQUEST_ID: Final = re.compile(rb"[A-Za-z0-9._-]{8,64}")
+_SECURITY_HEADERS: Final = (
+    (b"strict-transport-security", b"max-age=63072000; includeSubDomains"),
+    (b"x-content-type-options", b"nosniff"),
+    (b"cache-control", b"no-store"),
+    (b"referrer-policy", b"no-referrer"),
+    (b"x-frame-options", b"DENY"),
+    (b"content-security-policy", b"default-src 'none'; frame-ancestors 'none'"),
+)
+_DROPPED: Final = frozenset({b"server", b"x-powered-by"})
+_MAX_LOGGED_PATH: Final = 200
+
+
+class RequestInfo:
+    """Per-request facts the inner layers fill in, for the response and the log."""
+
+    __slots__ = ("log_reason", "model_version", "principal_id", "request_id")
+
+    def __init__(self, request_id: str) -> None:
+        self.request_id = request_id
+        self.principal_id: str | None = None
+        self.model_version: str | None = None
+        self.log_reason: str | None = None
+
+
+class RequestContext:
+    """Wraps the app; see the module docstring."""
+
+    def __init__(self, app: ASGIApp, *, logger: Any) -> None:
+        self.app = app
+        self.log = logger
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """ASGI entry point."""
+        if scope["type"] != "http":
+            if scope["type"] == "websocket":
+                await send({"type": "websocket.close", "code": 1008})
+                return
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        info = RequestInfo(_request_id(scope["headers"]))
+        scope["secureserve"] = info
+        rid = info.request_id.encode()
+        status = 0
+
+        async def send_with_headers(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                headers = [h for h in message.get("headers", ()) if h[0] not in _DROPPED]
+                headers.extend(_SECURITY_HEADERS)
+                headers.append((b"x-request-id", rid))
+                if info.model_version is not None:
+                    headers.append((b"x-model-version", info.model_version.encode()))
+                message["headers"] = headers
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_headers)
+        except Exception as exc:  # the last resort for every failure
+            rejection = as_rejection(exc)
+            info.log_reason = rejection.log_reason or info.log_reason
+            if not isinstance(exc, RequestRejected | HTTPException):
+                self.log.exception(
+                    "request failed",
+                    request_id=info.request_id,
+                    error=type(exc).__name__,
+                    model_error=isinstance(exc, ModelError),
+                )
+            if status:  # the response had started: all we can do is end the connection
+                raise
+            await problem_response(rejection, info.request_id)(scope, receive, send_with_headers)
+        finally:
+            self.log.info(
+                "request",
+                request_id=info.request_id,
+                method=scope["method"],
+                path=scope["path"][:_MAX_LOGGED_PATH],
+                status=status or 500,
+                latency_ms=round((time.perf_counter() - start) * 1000, 3),
+                key_id=info.principal_id,
+                model_version=info.model_version,
+                reason=info.log_reason,
+            )
+
+
+def _request_id(headers: list[tuple[bytes, bytes]]) -> str:
+    for name, value in headers:
+        if name == b"x-request-id":
+            if _REQUEST_ID.fullmatch(value):
+                return value.decode()
+            break
+    return os.urandom(12).hex()

@@ -1,0 +1,46 @@
+"""Bound the requests being served at once; beyond it, 503 with ``Retry-After``.
+
+This keeps memory bounded under overload: nothing waits in an unbounded queue.
+Health probes are exempt so that an overloaded server is not restarted for it.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from secureserve.errors import RequestRejected
+
+__all__ = ["PROBE_PATHS", "InFlightLimit"]
+
+PROBE_PATHS: Final = frozenset({"/healthz", "/readyz"})
+
+
+class InFlightLimit:
+    """Admit at most ``limit`` concurrent HTTP requests."""
+
+    def __init__(self, app: ASGIApp, *, limit: int, retry_after_s: int = 1) -> None:
+        self.app = app
+        self.limit = limit
+        self.current = 0
+        self._busy = RequestRejected(
+            503,
+            "overloaded",
+            "Server is busy",
+            headers={"Retry-After": str(retry_after_s)},
+            log_reason="max_in_flight",
+        )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """ASGI entry point."""
+        if scope["type"] != "http" or scope["path"] in PROBE_PATHS:
+            await self.app(scope, receive, send)
+            return
+        if self.current >= self.limit:
+            raise self._busy
+        self.current += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.current -= 1

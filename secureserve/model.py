@@ -1,0 +1,98 @@
+"""The handler base class a user subclasses: ``class Iris(ss.Model[Flower, Species])``.
+
+The lifecycle, in order (each hook has a documented default):
+
+1. ``load(artifacts)``  once, before serving: open weights through ``Artifacts`` only.
+2. ``warmup()``         once, after ``load``: run a dummy prediction so the first
+                        real request does not pay for lazy initialisation.
+3. ``predict(batch)``   many times: takes a list of decoded inputs, returns a list
+                        of outputs of the same length and order. A plain ``def``
+                        runs on the inference thread, never on the event loop; an
+                        ``async def`` runs on the event loop and must not block it.
+
+Input and output types come from the generic parameters and nothing else; the
+request decoder and response encoder are built once per model class
+(``secureserve.schema``). This module knows nothing of HTTP.
+"""
+
+from __future__ import annotations
+
+import inspect
+import re
+from collections.abc import Awaitable
+from typing import TYPE_CHECKING, Any, ClassVar, Final, Generic, TypeVar, get_args, get_origin
+
+from secureserve.errors import ConfigError
+
+if TYPE_CHECKING:
+    from secureserve.artifacts import Artifacts
+
+__all__ = ["Model"]
+
+In = TypeVar("In")
+Out = TypeVar("Out")
+
+NAME_PATTERN: Final = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")
+VERSION_PATTERN: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,63}")
+
+
+class Model(Generic[In, Out]):
+    """Base class of a served model. Subclass as ``Model[InputStruct, OutputStruct]``.
+
+    Class attributes:
+        name: the URL name (``/v1/models/{name}:predict``): lower-case letters,
+            digits, ``.``, ``_`` and ``-``, at most 63 characters.
+        version: the public version reported in ``X-Model-Version`` and ``/v1/models``.
+    """
+
+    name: ClassVar[str]
+    version: ClassVar[str] = "0"
+    input_type: ClassVar[Any]
+    output_type: ClassVar[Any]
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        for base in getattr(cls, "__orig_bases__", ()):
+            if get_origin(base) is Model:
+                input_type, output_type = get_args(base)
+                if isinstance(input_type, TypeVar) or isinstance(output_type, TypeVar):
+                    continue  # a still-generic intermediate base
+                cls.input_type, cls.output_type = input_type, output_type
+
+    def load(self, artifacts: Artifacts) -> None:
+        """Open the model's files. Default: nothing to load."""
+
+    def warmup(self) -> None:
+        """Run once after ``load`` and before the server reports ready. Default: nothing."""
+
+    def predict(self, batch: list[In]) -> list[Out] | Awaitable[list[Out]]:
+        """Return one output per input, in order. Must be overridden."""
+        raise NotImplementedError
+
+    @classmethod
+    def check_definition(cls) -> None:
+        """Raise ``ConfigError`` unless the subclass is complete and servable."""
+        where = f"{cls.__module__}.{cls.__qualname__}"
+        if not hasattr(cls, "input_type"):
+            raise ConfigError(
+                f"{where} must name its input and output types: "
+                "class MyModel(secureserve.Model[Input, Output])."
+            )
+        name = getattr(cls, "name", None)
+        if not isinstance(name, str) or NAME_PATTERN.fullmatch(name) is None:
+            raise ConfigError(
+                f"{where}.name must be set to a URL-safe name such as 'iris' "
+                "(lower-case letters, digits, '.', '_', '-'; at most 63 characters)."
+            )
+        if not isinstance(cls.version, str) or VERSION_PATTERN.fullmatch(cls.version) is None:
+            raise ConfigError(
+                f"{where}.version must be a short string such as '1.0.0' "
+                "(letters, digits, '.', '_', '+', '-')."
+            )
+        if cls.predict is Model.predict:
+            raise ConfigError(f"{where} must define predict(self, batch) -> list[Output].")
+
+    @classmethod
+    def is_async(cls) -> bool:
+        """Whether ``predict`` is a coroutine function (then it runs on the event loop)."""
+        return inspect.iscoroutinefunction(cls.predict)

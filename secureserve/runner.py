@@ -1,0 +1,181 @@
+"""Hands work to ``predict``: one inference thread drains a queue of jobs in batches.
+
+A sync ``predict`` never runs on the event loop. Requests that arrive while the
+thread is busy wait in the queue and are merged into one ``predict`` call (up
+to ``max_batch`` instances), so one thread hop serves many requests; the thread
+also validates and encodes each job's outputs, keeping that work off the loop.
+The queue cannot grow without bound: the app admits at most ``max_in_flight``
+requests. A job that outlives ``timeout`` is answered 504 and skipped if the
+thread has not reached it yet. When a merged batch fails, each job is retried
+alone, so one hostile request cannot fail other callers' requests.
+
+An ``async def predict`` runs on the event loop, one request at a time, under
+the same timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+import threading
+from typing import Any, Final
+
+from secureserve.errors import ModelError, RequestRejected, SecureServeError
+from secureserve.model import Model
+from secureserve.schema import ModelSchema
+
+__all__ = ["InferenceRunner"]
+
+_STOP: Final = object()
+
+
+class _Job:
+    __slots__ = ("abandoned", "future", "instances")
+
+    def __init__(self, instances: list[Any], future: asyncio.Future[bytes]) -> None:
+        self.instances = instances
+        self.future = future
+        self.abandoned = False  # set on the loop when the request timed out
+
+
+class InferenceRunner:
+    """Runs a model's ``predict`` off the event loop and returns encoded responses."""
+
+    def __init__(
+        self, model: Model[Any, Any], schema: ModelSchema, *, max_batch: int, timeout: float
+    ) -> None:
+        self._model = model
+        self._schema = schema
+        self._max_batch = max_batch
+        self._timeout = timeout
+        self._is_async = type(model).is_async()
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._start_lock = threading.Lock()
+
+    async def submit(self, instances: list[Any]) -> bytes:
+        """Predict ``instances`` and return the encoded ``{"predictions": [...]}`` body."""
+        if self._is_async:
+            return await self._predict_async(instances)
+        loop = asyncio.get_running_loop()
+        if self._thread is None:
+            self._start(loop)
+        job = _Job(instances, loop.create_future())
+        timer = loop.call_later(self._timeout, _expire, job)
+        self._queue.put(job)
+        try:
+            return await job.future
+        finally:
+            timer.cancel()
+
+    def close(self, timeout: float = 30.0) -> None:
+        """Finish queued jobs, then stop the thread (waiting at most ``timeout`` s)."""
+        thread = self._thread
+        if thread is not None:
+            self._queue.put(_STOP)
+            thread.join(timeout)
+            self._thread = None
+
+    def _start(self, loop: asyncio.AbstractEventLoop) -> None:
+        with self._start_lock:
+            if self._thread is None:
+                self._loop = loop
+                self._thread = threading.Thread(
+                    target=self._serve, name="secureserve-inference", daemon=True
+                )
+                self._thread.start()
+
+    def _serve(self) -> None:
+        carry: Any = None
+        while True:
+            first = carry if carry is not None else self._queue.get()
+            carry = None
+            if first is _STOP:
+                return
+            jobs, carry = self._take_batch(first)
+            jobs = [job for job in jobs if not job.abandoned]
+            if jobs:
+                results = self._run(jobs)
+                if len(jobs) > 1 and any(isinstance(r, BaseException) for _, r in results):
+                    results = [pair for job in jobs for pair in self._run([job])]
+                loop = self._loop
+                if loop is not None and not loop.is_closed():
+                    loop.call_soon_threadsafe(_deliver, results)
+
+    def _take_batch(self, first: _Job) -> tuple[list[_Job], Any]:
+        """``first`` plus whatever is already queued, up to ``max_batch`` instances."""
+        jobs = [first]
+        count = len(first.instances)
+        while count < self._max_batch:
+            try:
+                job = self._queue.get_nowait()
+            except queue.Empty:
+                return jobs, None
+            if job is _STOP or count + len(job.instances) > self._max_batch:
+                return jobs, job
+            jobs.append(job)
+            count += len(job.instances)
+        return jobs, None
+
+    def _run(self, jobs: list[_Job]) -> list[tuple[_Job, bytes | BaseException]]:
+        batch = jobs[0].instances if len(jobs) == 1 else [i for j in jobs for i in j.instances]
+        try:
+            outputs = self._model.predict(batch)
+        except Exception as exc:  # noqa: BLE001 - any handler failure becomes a redacted 500
+            error = exc if isinstance(exc, SecureServeError) else _model_failed(exc)
+            return [(job, error) for job in jobs]
+        if not isinstance(outputs, list) or len(outputs) != len(batch):
+            got = f"{len(outputs)} outputs" if isinstance(outputs, list) else type(outputs).__name__
+            wrong = ModelError(f"predict returned {got} for a batch of {len(batch)} inputs")
+            return [(job, wrong) for job in jobs]
+        results: list[tuple[_Job, bytes | BaseException]] = []
+        start = 0
+        for job in jobs:
+            end = start + len(job.instances)
+            try:
+                results.append(
+                    (job, self._schema.encode_predictions(outputs[start:end], end - start))
+                )
+            except ModelError as exc:
+                results.append((job, exc))
+            start = end
+        return results
+
+    async def _predict_async(self, instances: list[Any]) -> bytes:
+        try:
+            async with asyncio.timeout(self._timeout):
+                outputs = await self._model.predict(instances)  # type: ignore[misc]
+        except TimeoutError:
+            raise _timed_out() from None
+        except SecureServeError:
+            raise
+        except Exception as exc:
+            raise _model_failed(exc) from exc
+        return self._schema.encode_predictions(outputs, len(instances))
+
+
+def _model_failed(exc: Exception) -> ModelError:
+    error = ModelError(f"predict raised {type(exc).__name__}")
+    error.__cause__ = exc
+    return error
+
+
+def _timed_out() -> RequestRejected:
+    return RequestRejected(504, "timeout", "The model did not answer in time")
+
+
+def _expire(job: _Job) -> None:
+    job.abandoned = True
+    if not job.future.done():
+        job.future.set_exception(_timed_out())
+
+
+def _deliver(results: list[tuple[_Job, bytes | BaseException]]) -> None:
+    for job, result in results:
+        if job.future.done():
+            continue
+        if isinstance(result, BaseException):
+            job.future.set_exception(result)
+        else:
+            job.future.set_result(result)

@@ -1,0 +1,171 @@
+"""Request decoding and response encoding for one model, built once per app.
+
+Decoding is strict: msgspec refuses malformed JSON, NaN/Infinity, unknown fields,
+wrong types and out-of-range values; :func:`find_duplicate_key` then refuses
+objects that repeat a key (msgspec keeps the last value silently, and parsers
+that disagree on which value wins are a classic smuggling vector).
+
+Outputs are validated by a round trip through the declared output type, so a
+handler that returns the wrong type, a value outside its ``Meta`` bounds or a
+non-finite float (which JSON cannot carry) is a ``ModelError``, never a
+malformed or misleading response.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Annotated, Any, Final
+
+import msgspec
+
+from secureserve.errors import ModelError, RequestRejected
+
+__all__ = ["ModelSchema", "find_duplicate_key", "validation_detail"]
+
+_STRING_OR_BRACE: Final = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"(\s*:)?|[{}]')
+_SAFE_PATH: Final = re.compile(r"\$(?:\.[A-Za-z_][A-Za-z0-9_]{0,63}|\[\d{1,9}\]|\[\.\.\.\])*")
+_TYPE_WORDS: Final = frozenset(
+    {"int", "float", "str", "bool", "null", "array", "object", "bytes", "number", "string"}
+)
+
+
+class ModelSchema:
+    """Decoders and encoders for ``{"instances": [In]}`` and ``{"predictions": [Out]}``."""
+
+    def __init__(self, input_type: Any, output_type: Any, *, max_instances: int) -> None:
+        instances = Annotated[
+            list[input_type], msgspec.Meta(min_length=1, max_length=max_instances)
+        ]
+        self.request_type: Any = msgspec.defstruct(
+            "PredictRequest", [("instances", instances)], forbid_unknown_fields=True, frozen=True
+        )
+        self.response_type: Any = msgspec.defstruct(
+            "PredictResponse",
+            [("predictions", list[output_type])],
+            frozen=True,
+        )
+        self.input_type = input_type
+        self.output_type = output_type
+        self._decoder: msgspec.json.Decoder[Any] = msgspec.json.Decoder(self.request_type)
+        self._output_check = msgspec.json.Decoder(list[output_type])
+        self._encoder = msgspec.json.Encoder()
+
+    def decode_request(self, body: bytes) -> list[Any]:
+        """Return the decoded instances or raise ``RequestRejected`` (400 or 422)."""
+        try:
+            request = self._decoder.decode(body)
+        except msgspec.ValidationError as exc:
+            raise RequestRejected(
+                422,
+                "validation",
+                "Request body does not match the schema",
+                detail=validation_detail(str(exc)),
+            ) from exc
+        except msgspec.DecodeError as exc:
+            raise RequestRejected(
+                400,
+                "malformed-json",
+                "Request body is not valid JSON",
+                detail="send one JSON object; NaN, Infinity and trailing data are not JSON",
+            ) from exc
+        if find_duplicate_key(body):
+            raise RequestRejected(
+                422,
+                "validation",
+                "Request body does not match the schema",
+                detail="a JSON object repeats a key; send each key once",
+            )
+        instances: list[Any] = request.instances
+        return instances
+
+    def encode_predictions(self, outputs: object, expected: int) -> bytes:
+        """Validate ``outputs`` against the output type and return the response body."""
+        if not isinstance(outputs, list):
+            raise ModelError(f"predict returned {type(outputs).__name__}, expected a list")
+        if len(outputs) != expected:
+            raise ModelError(f"predict returned {len(outputs)} outputs for {expected} inputs")
+        try:
+            encoded = self._encoder.encode(outputs)
+            self._output_check.decode(encoded)
+        except (msgspec.EncodeError, msgspec.ValidationError, TypeError) as exc:
+            raise ModelError(
+                f"predict returned a value that does not match the output type: {exc}"
+            ) from exc
+        # msgspec writes NaN and Infinity as null; only look closer when a null is present.
+        if b"null" in encoded and _has_non_finite(msgspec.to_builtins(outputs)):
+            raise ModelError("predict returned a non-finite float (NaN or Infinity)")
+        return b'{"predictions":' + encoded + b"}"
+
+    def schema_components(self) -> tuple[tuple[dict[str, Any], ...], dict[str, Any]]:
+        """JSON Schema of the request and response bodies, for OpenAPI."""
+        return msgspec.json.schema_components(
+            (self.request_type, self.response_type), ref_template="#/components/schemas/{name}"
+        )
+
+
+def find_duplicate_key(body: bytes) -> bool:
+    r"""Whether any JSON object in ``body`` (already known to be valid JSON) repeats a key.
+
+    Scans only strings and braces, so a body of numbers costs almost nothing.
+    Keys are compared after unescaping (``"a"`` and ``"\\u0061"`` are the same key).
+    """
+    stack: list[set[bytes]] = []
+    for match in _STRING_OR_BRACE.finditer(body):
+        token = match.group()
+        if token == b"{":
+            stack.append(set())
+        elif token == b"}":
+            stack.pop()
+        elif match.group(1) is not None:
+            key = token[: token.rindex(b'"') + 1]
+            key = msgspec.json.decode(key).encode() if b"\\" in key else key[1:-1]
+            keys = stack[-1]
+            if key in keys:
+                return True
+            keys.add(key)
+    return False
+
+
+def validation_detail(message: str) -> str:
+    """Turn a msgspec validation message into a safe detail: field path plus a fixed phrase.
+
+    Nothing a client sent is echoed back (an unknown field is reported by its
+    position only), and no library wording leaks through unmapped.
+    """
+    text, _, where = message.partition(" - at ")
+    match = _SAFE_PATH.fullmatch(where.strip("`")) if where else None
+    path = match.group() if match else "$"
+    if text.startswith("Object missing required field"):
+        reason = f"missing required field '{text.split('`')[1]}'"
+    elif text.startswith("Object contains unknown field"):
+        reason = "unknown field"
+    elif text == "Number out of range":
+        reason = "number out of range"
+    elif text.startswith("Expected `") and ", got `" in text:
+        wanted, got = text[len("Expected `") :].split("`, got `")
+        wanted_word = wanted if wanted in _TYPE_WORDS else "another type"
+        got_word = got.rstrip("`") if got.rstrip("`") in _TYPE_WORDS else "another type"
+        reason = f"expected {wanted_word}, got {got_word}"
+    elif text.startswith("Expected `") and re.fullmatch(
+        r"Expected `\w+`( of length)? [<>]=? -?[\d.e+-]+", text
+    ):
+        bound = text.split("` ", 1)[1]
+        reason = (
+            f"must be {bound}"
+            if not bound.startswith("of length")
+            else f"length must be {bound[10:]}"
+        )
+    else:
+        reason = "invalid value"
+    return f"{path}: {reason}"
+
+
+def _has_non_finite(value: Any) -> bool:
+    if isinstance(value, float):
+        return not math.isfinite(value)
+    if isinstance(value, list):
+        return any(_has_non_finite(v) for v in value)
+    if isinstance(value, dict):
+        return any(_has_non_finite(v) for v in value.values())
+    return False

@@ -1,0 +1,114 @@
+"""Running an app under uvicorn, over TLS only.
+
+``serve`` builds the ``SSLContext`` itself (``secureserve.tls``) and hands it to
+uvicorn through ``ssl_context_factory``; there is no code path that listens
+without it. The listening socket is bound here first, so "port in use" is a
+clear start-up error rather than a log line from deep inside uvicorn.
+
+What uvicorn bounds for us: open connections (``limit_concurrency``, beyond it
+uvicorn answers 503 itself), idle keep-alive (``timeout_keep_alive``), the TLS
+handshake (asyncio's 60 s default). What it cannot bound with httptools is the
+number and size of request headers; docs/configuration.md says so.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import socket
+import ssl
+from types import FrameType
+from typing import Any
+
+import uvicorn
+from starlette.applications import Starlette
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from secureserve.config import Settings
+from secureserve.errors import ConfigError
+from secureserve.tls import peer_certificate_subject
+
+__all__ = ["TLSHttpToolsProtocol", "bind_socket", "serve"]
+
+
+class TLSHttpToolsProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol plus the ASGI TLS extension (the client certificate subject).
+
+    The subject is only present when the handshake verified a client certificate
+    against ``[tls] client_ca``; the app requires it on every route but the probes.
+    """
+
+    _tls_extension: dict[object, object]
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        """Record the verified client certificate (if any) once per connection."""
+        super().connection_made(transport)
+        ssl_object = transport.get_extra_info("ssl_object")
+        peer = ssl_object.getpeercert() if ssl_object is not None else None
+        self._tls_extension = {
+            "client_cert_name": peer_certificate_subject(peer),
+            "tls_version": ssl_object.version() if ssl_object else None,
+        }
+
+    def on_message_begin(self) -> None:
+        """Attach the connection's TLS facts to each new request scope."""
+        super().on_message_begin()
+        self.scope["extensions"] = {"tls": self._tls_extension}
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    """Bind the listening socket now, turning the usual failures into ``ConfigError``."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        return socket.create_server((host, port), family=family, backlog=2048)
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            raise ConfigError(
+                f"port {port} on {host} is already in use; stop the other process "
+                "or choose another port with --port or [server] port."
+            ) from None
+        if exc.errno == errno.EACCES:
+            raise ConfigError(
+                f"not allowed to listen on {host}:{port}; ports below 1024 need "
+                "privileges: use a higher port such as 8443."
+            ) from None
+        raise ConfigError(
+            f"cannot listen on {host}:{port} ({exc.strerror}); check [server] host and port."
+        ) from None
+
+
+class _Server(uvicorn.Server):
+    """Turns readiness off as soon as a shutdown signal arrives."""
+
+    def __init__(self, config: uvicorn.Config, app: Starlette) -> None:
+        super().__init__(config)
+        self._app = app
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        self._app.state.serving.ready = False
+        super().handle_exit(sig, frame)
+
+
+def serve(app: Starlette, settings: Settings, context: ssl.SSLContext, sock: socket.socket) -> None:
+    """Serve ``app`` on ``sock`` with ``context`` until SIGINT or SIGTERM.
+
+    On a signal, readiness turns false, the socket stops accepting, and requests
+    already accepted finish (for at most the predict and body timeouts).
+    """
+    server = settings.server
+    config = uvicorn.Config(
+        app,
+        http=TLSHttpToolsProtocol,
+        loop="uvloop",
+        ws="none",
+        lifespan="on",
+        ssl_context_factory=lambda _config, _default: context,
+        server_header=False,
+        proxy_headers=False,
+        access_log=False,
+        log_config=None,
+        limit_concurrency=server.max_connections,
+        timeout_keep_alive=server.keep_alive_s,
+        timeout_graceful_shutdown=int(server.predict_timeout_s + server.body_timeout_s) + 1,
+    )
+    _Server(config, app).run(sockets=[sock])

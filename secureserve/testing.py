@@ -1,0 +1,59 @@
+"""Testing helpers: an in-process client for a model, with authentication wired.
+
+``TestClient(Iris, project_dir=...)`` loads the project's ``secureserve.toml``
+and model files exactly as ``secureserve run`` would, mints a throw-away API
+key held only in memory (nothing is written to the project's key file), and
+talks to the app over the ASGI interface with an ``https`` scope. It needs
+``httpx2`` (``pip install secureserve[testing]``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from starlette.testclient import TestClient as _StarletteClient
+
+from secureserve.app import create_app
+from secureserve.config import Settings, load_settings
+from secureserve.keys import KeyStore, mint_key
+from secureserve.model import Model
+
+if TYPE_CHECKING:
+    import httpx2
+
+__all__ = ["TestClient"]
+
+
+class TestClient(_StarletteClient):
+    """A Starlette test client for one model, authenticated with a fresh in-memory key.
+
+    Use it as a context manager so the app's start-up and shutdown run.
+    """
+
+    __test__ = False  # not a pytest test class
+
+    def __init__(
+        self,
+        model: Model[Any, Any] | type[Model[Any, Any]],
+        *,
+        project_dir: Path | None = None,
+        config: Settings | None = None,
+        roles: tuple[str, ...] = ("predict",),
+        models: tuple[str, ...] | None = None,
+    ) -> None:
+        settings = config or load_settings(project_dir=project_dir or Path.cwd())
+        key = mint_key(name="testing", roles=roles, models=models)
+        app = create_app(model, config=settings, keys=KeyStore(None, records=[key.record]))
+        self.model_name: str = app.state.serving.name
+        super().__init__(
+            app, base_url="https://testserver", headers={"Authorization": f"Bearer {key.secret}"}
+        )
+
+    def predict(self, instances: list[Any]) -> httpx2.Response:
+        """``POST /v1/models/{name}:predict`` with ``{"instances": instances}``."""
+        return self.post(f"/v1/models/{self.model_name}:predict", json={"instances": instances})
+
+    def anonymous(self) -> _StarletteClient:
+        """A client for the same app that sends no credentials."""
+        return _StarletteClient(self.app, base_url="https://testserver")
