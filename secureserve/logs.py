@@ -65,21 +65,61 @@ def _serialize(event: Any, **_: Any) -> bytes:
     return _encoder.encode(event)
 
 
+def _shared_processors() -> list[Any]:
+    return [
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        # Tracebacks as data, without local variables (they may hold secrets or inputs).
+        structlog.processors.ExceptionRenderer(ExceptionDictTransformer(show_locals=False)),
+        _redact_processor,
+    ]
+
+
 def configure_logging(level: str = "info", *, stream: Any = None) -> None:
-    """Send JSON lines at ``level`` and above to ``stream`` (default: stdout)."""
+    """Send JSON lines at ``level`` and above to ``stream`` (default: stdout).
+
+    The standard library's loggers (uvicorn's among them) are routed through the
+    same processors, so every line on stdout is JSON and passes redaction.
+    """
+    out = stream or sys.stdout.buffer
     structlog.configure(
         processors=[
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            # Tracebacks as data, without local variables (they may hold secrets or inputs).
-            structlog.processors.ExceptionRenderer(ExceptionDictTransformer(show_locals=False)),
-            _redact_processor,
+            *_shared_processors(),
             structlog.processors.JSONRenderer(serializer=_serialize),
         ],
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),
-        logger_factory=structlog.BytesLoggerFactory(stream or sys.stdout.buffer),
+        logger_factory=structlog.BytesLoggerFactory(out),
         cache_logger_on_first_use=True,
     )
+    handler = _BytesHandler(out)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=[structlog.stdlib.add_logger_name, *_shared_processors()],
+            processors=[
+                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                structlog.processors.JSONRenderer(),
+            ],
+        )
+    )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(_LEVELS[level])
+
+
+class _BytesHandler(logging.Handler):
+    """A logging handler that writes formatted lines to the same binary stream as structlog."""
+
+    def __init__(self, stream: Any) -> None:
+        super().__init__()
+        self.stream = stream
+
+    def emit(self, record: logging.LogRecord) -> None:
+        """Write one JSON line."""
+        try:
+            self.stream.write(self.format(record).encode() + b"\n")
+            self.stream.flush()
+        except Exception:  # noqa: BLE001 - logging must never raise into the caller
+            self.handleError(record)
 
 
 def get_logger(name: str = "secureserve") -> Any:

@@ -62,7 +62,7 @@ class ModelSchema:
                 "Request body does not match the schema",
                 detail=validation_detail(str(exc)),
             ) from exc
-        except msgspec.DecodeError as exc:
+        except (msgspec.DecodeError, RecursionError) as exc:  # msgspec recurses on deep nesting
             raise RequestRejected(
                 400,
                 "malformed-json",

@@ -1,0 +1,453 @@
+"""``Artifacts``: the only way a model handler reaches its files.
+
+Every file is opened inside the model folder without following a symlink out of it,
+read once into memory, hashed (sha256 over those exact bytes, recorded in
+:attr:`Artifacts.opened`), sniffed by content and parsed from the same bytes: there is
+no check-then-reopen. Weights come as safetensors (a dict of numpy arrays) or ONNX (a
+hardened ``onnxruntime.InferenceSession``); nothing is ever unpickled.
+
+Every refusal is an :class:`~secureserve.errors.ArtifactError` naming the file, with a
+reason code (``"pickle"``, ``"path-escape"``, ``"onnx-custom-domain"``, ...) and a
+message that says what to do.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import stat
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+import onnxruntime
+import safetensors.numpy
+from onnx import GraphProto, ModelProto, NodeProto, TensorProto
+
+from secureserve.errors import ArtifactError
+from secureserve.formats import (
+    Format,
+    FormatError,
+    detect_format,
+    numpy_has_objects,
+    validate_safetensors_header,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator, Mapping, Sequence
+
+    import numpy as np
+
+__all__ = ["STANDARD_ONNX_DOMAINS", "ArtifactRecord", "Artifacts"]
+
+#: ONNX operator domains always allowed; others must be allow-listed by name.
+STANDARD_ONNX_DOMAINS = frozenset({"", "ai.onnx", "ai.onnx.ml"})
+#: Cap on ``json()`` and ``text()`` files: they are metadata, not weights.
+MAX_METADATA_BYTES = 16 * 1024 * 1024
+
+_OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+_DIR_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_DIRECTORY
+_EXTERNAL_KEYS = frozenset({"location", "offset", "length", "checksum"})
+
+_CONVERT_PICKLE = (
+    "pickles can run code when loaded and secureserve never unpickles. Convert it in a "
+    "trusted environment with safetensors.torch.save_file(model.state_dict(), ...) "
+    "(or export the model to ONNX)"
+)
+_FIXES: dict[Format, str] = {
+    Format.PICKLE: _CONVERT_PICKLE,
+    Format.TORCH_ZIP: "torch.load unpickles its data.pkl and can run code; secureserve never "
+    "unpickles. In a trusted environment load it and save the weights with "
+    "safetensors.torch.save_file(model.state_dict(), 'model.safetensors') (or export to ONNX)",
+    Format.TORCH_LEGACY: _CONVERT_PICKLE,
+    Format.JOBLIB: "joblib files are pickles and can run code when loaded; secureserve never "
+    "unpickles. Export the estimator to ONNX (skl2onnx) or save its arrays with "
+    "safetensors.numpy.save_file(...) in a trusted environment",
+    Format.NUMPY: "secureserve does not load .npy files (object arrays are pickles). Save the "
+    "arrays with safetensors.numpy.save_file({'name': array}, 'model.safetensors')",
+    Format.NUMPY_ZIP: "secureserve does not load .npz archives (object arrays are pickles). Save "
+    "the arrays with safetensors.numpy.save_file(dict(npz), 'model.safetensors')",
+    Format.HDF5: "secureserve does not load HDF5/Keras files (Lambda layers can run code). "
+    "Export the model to ONNX (tf2onnx) or save its weights as safetensors",
+    Format.KERAS: "secureserve does not load Keras archives (Lambda layers can run code). "
+    "Export the model to ONNX (tf2onnx) or save its weights as safetensors",
+    Format.ZIP: "secureserve does not open archives; store safetensors or ONNX files directly",
+    Format.GGUF: "secureserve serves safetensors and ONNX only; convert the weights to "
+    "safetensors",
+    Format.COMPRESSED: "decompress it; if it holds a pickle or joblib dump, convert it to "
+    "safetensors or ONNX in a trusted environment",
+    Format.EMPTY: "the file is empty; copy the real file again",
+    Format.UNKNOWN: "store the weights as safetensors or ONNX",
+    Format.SAFETENSORS: "load it with artifacts.safetensors(...)",
+    Format.ONNX: "load it with artifacts.onnx(...)",
+}
+
+
+@dataclass(frozen=True)
+class ArtifactRecord:
+    """One file read through :class:`Artifacts`: what was read, exactly."""
+
+    name: str
+    sha256: str
+    size: int
+    format: str
+
+
+class Artifacts:
+    """Read-only, hash-recording access to the files of one model folder.
+
+    ``model_dir`` is resolved once; names are relative POSIX paths inside it.
+    ``onnx_allowed_domains`` adds operator domains to the standard ones,
+    ``max_file_bytes`` caps any single file and ``max_onnx_nodes`` the nodes of a graph
+    (subgraphs and functions included).
+    """
+
+    def __init__(
+        self,
+        model_dir: Path,
+        *,
+        onnx_threads: int = 1,
+        onnx_allowed_domains: Sequence[str] = (),
+        max_file_bytes: int = 2 * 1024**3,
+        max_onnx_nodes: int = 100_000,
+    ) -> None:
+        self._root = Path(os.path.realpath(model_dir))
+        self._onnx_threads = onnx_threads
+        self._domains = STANDARD_ONNX_DOMAINS | frozenset(onnx_allowed_domains)
+        self._max_file_bytes = max_file_bytes
+        self._max_onnx_nodes = max_onnx_nodes
+        self._opened: dict[str, ArtifactRecord] = {}
+
+    @property
+    def opened(self) -> Mapping[str, ArtifactRecord]:
+        """Every file read so far (ONNX external-data files included), by canonical name."""
+        return MappingProxyType(self._opened)
+
+    # ------------------------------------------------------------------ loaders
+
+    def safetensors(self, name: str) -> dict[str, np.ndarray]:
+        """Load a safetensors file as a dict of numpy arrays (never a pickle)."""
+        data, record = self._read(name)
+        self._require(name, record, Format.SAFETENSORS, data)
+        try:
+            validate_safetensors_header(data)
+        except FormatError as exc:
+            raise ArtifactError(name, exc.reason, f"not a valid safetensors file: {exc}") from exc
+        try:
+            return safetensors.numpy.load(data)
+        except Exception as exc:  # any library failure is a refusal
+            raise ArtifactError(
+                name, "safetensors-invalid", "the safetensors library refused the file"
+            ) from exc
+
+    def onnx(self, name: str) -> onnxruntime.InferenceSession:
+        """Load an ONNX model into a hardened CPU ``InferenceSession``."""
+        data, record = self._read(name)
+        self._require(name, record, Format.ONNX, data)
+        try:
+            model = ModelProto.FromString(data)
+        except Exception as exc:  # protobuf errors vary by backend
+            raise ArtifactError(name, "onnx-invalid", "the ONNX model could not be parsed") from exc
+        self._check_onnx(name, model)
+        self._inline_external_data(name, model)
+        try:
+            model_bytes = model.SerializeToString()
+            # enable_fallback=0: no retry with other providers and no print() to stdout;
+            # read_config_from_model=0: ignore ORT_LOAD_CONFIG_FROM_MODEL, so session
+            # options never come from the (untrusted) model's metadata.
+            return onnxruntime.InferenceSession(
+                model_bytes,
+                self._session_options(),
+                providers=["CPUExecutionProvider"],
+                enable_fallback=0,
+                read_config_from_model=0,
+            )
+        except Exception as exc:  # onnxruntime raises many unrelated types
+            raise ArtifactError(
+                name, "onnx-invalid", "onnxruntime refused the model (details in the cause)"
+            ) from exc
+
+    def json(self, name: str) -> Any:
+        """Decode a small JSON metadata file strictly (UTF-8, no NaN, no trailing data)."""
+        data = self._read_metadata(name)
+        try:
+            return msgspec.json.decode(data)
+        except (msgspec.DecodeError, RecursionError) as exc:
+            raise ArtifactError(name, "json-invalid", "not valid JSON") from exc
+
+    def text(self, name: str) -> str:
+        """Read a small UTF-8 text file."""
+        data = self._read_metadata(name)
+        try:
+            return data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise ArtifactError(name, "text-invalid", "not valid UTF-8 text") from exc
+
+    # ------------------------------------------------------------------ the choke point
+
+    def _read(self, name: str, *, limit: int | None = None) -> tuple[bytes, ArtifactRecord]:
+        """Open ``name`` safely, read it once, hash it and record it."""
+        relative = self._check_name(name)
+        cap = self._max_file_bytes if limit is None else min(limit, self._max_file_bytes)
+        fd = self._open(name, relative)
+        try:
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode):
+                raise ArtifactError(name, "not-a-file", "is not a regular file")
+            if info.st_size > cap:
+                raise ArtifactError(
+                    name, "too-large", f"is {info.st_size} bytes, over the {cap}-byte limit"
+                )
+            with os.fdopen(fd, "rb", closefd=False) as stream:
+                data = stream.read(info.st_size + 1)
+        finally:
+            os.close(fd)
+        if len(data) != info.st_size:
+            raise ArtifactError(name, "changed", "changed while it was being read; try again")
+        canonical = relative.as_posix()
+        record = ArtifactRecord(
+            name=canonical,
+            sha256=hashlib.sha256(data).hexdigest(),
+            size=len(data),
+            format=detect_format(data).value,
+        )
+        self._opened[canonical] = record
+        return data, record
+
+    def _check_name(self, name: str) -> PurePosixPath:
+        problem = None
+        if not name:
+            problem = "is empty"
+        elif "\x00" in name or "\\" in name:
+            problem = "contains a NUL byte or a backslash"
+        elif name.startswith("/"):
+            problem = "is absolute"
+        elif ".." in PurePosixPath(name).parts:
+            problem = "contains a '..' component"
+        if problem is None and PurePosixPath(name).parts in ((), (".",)):
+            problem = "names the model folder itself"
+        if problem is not None:
+            raise ArtifactError(
+                name,
+                "name-invalid",
+                f"artifact name {problem}; use a relative POSIX path inside the model folder",
+            )
+        return PurePosixPath(name)
+
+    def _open(self, name: str, relative: PurePosixPath) -> int:
+        """Open the file with no symlink anywhere on the way (after a realpath check)."""
+        real = Path(os.path.realpath(self._root / relative))
+        if not real.is_relative_to(self._root):
+            raise ArtifactError(
+                name, "path-escape", "resolves outside the model folder (a symlink leaves it)"
+            )
+        parts = real.relative_to(self._root).parts
+        if not parts:
+            raise ArtifactError(name, "not-a-file", "is not a regular file")
+        try:
+            dir_fd = os.open(self._root, _DIR_FLAGS)
+        except OSError as exc:
+            raise ArtifactError(name, "missing", "the model folder cannot be opened") from exc
+        try:
+            for part in parts[:-1]:
+                next_fd = os.open(part, _DIR_FLAGS, dir_fd=dir_fd)
+                os.close(dir_fd)
+                dir_fd = next_fd
+            return os.open(parts[-1], _OPEN_FLAGS, dir_fd=dir_fd)
+        except FileNotFoundError as exc:
+            raise ArtifactError(name, "missing", "no such file in the model folder") from exc
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise ArtifactError(
+                    name, "path-escape", "a path component changed into a symlink while opening"
+                ) from exc
+            if exc.errno == errno.ENOTDIR:
+                raise ArtifactError(name, "not-a-file", "a path component is not a folder") from exc
+            raise ArtifactError(name, "unreadable", "cannot be opened") from exc
+        finally:
+            os.close(dir_fd)
+
+    def _read_metadata(self, name: str) -> bytes:
+        data, _ = self._read(name, limit=MAX_METADATA_BYTES)
+        return data
+
+    def _require(self, name: str, record: ArtifactRecord, wanted: Format, data: bytes) -> None:
+        found = Format(record.format)
+        if found is wanted:
+            return
+        reason = found.value
+        if found is Format.NUMPY and numpy_has_objects(data):
+            reason = "numpy-object"
+        elif found in (Format.SAFETENSORS, Format.ONNX):
+            reason = "wrong-format"
+        raise ArtifactError(
+            name,
+            reason,
+            f"this is {found.description}, not {wanted.description}; {_FIXES[found]}",
+        )
+
+    # ------------------------------------------------------------------ ONNX
+
+    def _check_onnx(self, name: str, model: ModelProto) -> None:
+        if not model.HasField("graph"):
+            raise ArtifactError(name, "onnx-invalid", "the ONNX model has no graph")
+        opsets = [*model.opset_import]
+        for function in model.functions:
+            opsets.extend(function.opset_import)
+        nodes = [*_all_nodes(model)]
+        if len(nodes) > self._max_onnx_nodes:
+            raise ArtifactError(
+                name,
+                "onnx-too-large",
+                f"has {len(nodes)} nodes, over the limit of {self._max_onnx_nodes}",
+            )
+        domains = {o.domain for o in opsets} | {n.domain for n in nodes}
+        refused = sorted(domains - self._domains)
+        if refused:
+            raise ArtifactError(
+                name,
+                "onnx-custom-domain",
+                f"uses operator domain(s) {', '.join(map(repr, refused))}, which are not "
+                "standard ONNX; custom operators run native code. If you trust them, list the "
+                "domain in [model] onnx_allowed_domains",
+            )
+
+    def _inline_external_data(self, name: str, model: ModelProto) -> None:
+        """Read every external tensor through :meth:`_read` and embed its bytes."""
+        base = PurePosixPath(name).parent
+        cache: dict[str, bytes] = {}
+        for tensor in _all_tensors(model):
+            if tensor.data_location != TensorProto.EXTERNAL and not tensor.external_data:
+                continue
+            entries: dict[object, object] = {e.key: e.value for e in tensor.external_data}
+            location = entries.get("location", "")
+            # protobuf hands back bytes, not str, for strings that are not valid UTF-8
+            if (
+                not isinstance(location, str)
+                or not location
+                or set(entries) - _EXTERNAL_KEYS
+                or not all(isinstance(v, str) for v in entries.values())
+            ):
+                raise ArtifactError(
+                    name,
+                    "onnx-external-data",
+                    f"tensor {tensor.name!r} has malformed external data entries",
+                )
+            target = _external_target(name, tensor.name, base, location)
+            if target not in cache:
+                try:
+                    cache[target], _ = self._read(target)
+                except ArtifactError as exc:
+                    escape = exc.reason in ("path-escape", "name-invalid")
+                    raise ArtifactError(
+                        name,
+                        "onnx-external-data-escape" if escape else "onnx-external-data",
+                        f"tensor {tensor.name!r} keeps its data in {exc}",
+                    ) from exc
+            blob = cache[target]
+            fields = {k: v for k, v in entries.items() if isinstance(k, str) and isinstance(v, str)}
+            tensor.raw_data = _slice(name, tensor.name, blob, fields)
+            del tensor.external_data[:]
+            tensor.data_location = TensorProto.DEFAULT
+
+    def _session_options(self) -> onnxruntime.SessionOptions:
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = self._onnx_threads
+        options.inter_op_num_threads = 1
+        options.execution_mode = onnxruntime.ExecutionMode.ORT_SEQUENTIAL
+        options.enable_profiling = False
+        options.log_severity_level = 4  # fatal only: failures are raised, with the cause
+        # Parse only ONNX protobuf (never the ORT flatbuffer format), keep released
+        # opsets only, and do not burn idle CPU spinning between requests.
+        options.add_session_config_entry("session.load_model_format", "ONNX")
+        options.add_session_config_entry("session.allow_released_opsets_only", "1")
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        options.add_session_config_entry("session.inter_op.allow_spinning", "0")
+        return options
+
+
+def _external_target(name: str, tensor: str, base: PurePosixPath, location: str) -> str:
+    path = PurePosixPath(location)
+    if (
+        "\x00" in location
+        or "\\" in location
+        or path.is_absolute()
+        or ".." in path.parts
+        or path.parts in ((), (".",))
+    ):
+        raise ArtifactError(
+            name,
+            "onnx-external-data-escape",
+            f"tensor {tensor!r} keeps its data at {location!r}, which is not a relative path "
+            "inside the model folder; external data must stay beside the model",
+        )
+    return (base / path).as_posix()
+
+
+def _slice(name: str, tensor: str, blob: bytes, entries: dict[str, str]) -> bytes:
+    try:
+        offset = int(entries.get("offset", "0"))
+        length = int(entries["length"]) if "length" in entries else len(blob) - offset
+    except ValueError as exc:
+        raise ArtifactError(
+            name, "onnx-external-data", f"tensor {tensor!r} has a non-numeric offset or length"
+        ) from exc
+    if offset < 0 or length < 0 or offset + length > len(blob):
+        raise ArtifactError(
+            name,
+            "onnx-external-data",
+            f"tensor {tensor!r} external data [{offset}, {offset + length}) does not fit in "
+            f"its {len(blob)}-byte file",
+        )
+    return blob[offset : offset + length]
+
+
+def _all_graphs(model: ModelProto) -> Iterator[GraphProto]:
+    """Yield the main graph, training graphs and every subgraph (attributes, functions)."""
+    roots = [model.graph]
+    for info in model.training_info:
+        roots.extend((info.initialization, info.algorithm))
+    stack = list(roots)
+    function_nodes = [n for f in model.functions for n in f.node]
+    stack.extend(_subgraphs(function_nodes))
+    while stack:
+        graph = stack.pop()
+        yield graph
+        stack.extend(_subgraphs(graph.node))
+
+
+def _subgraphs(nodes: Iterator[NodeProto] | list[NodeProto]) -> list[GraphProto]:
+    found: list[GraphProto] = []
+    for node in nodes:
+        for attribute in node.attribute:
+            if attribute.HasField("g"):
+                found.append(attribute.g)
+            found.extend(attribute.graphs)
+    return found
+
+
+def _all_nodes(model: ModelProto) -> Iterator[NodeProto]:
+    for graph in _all_graphs(model):
+        yield from graph.node
+    for function in model.functions:
+        yield from function.node
+
+
+def _all_tensors(model: ModelProto) -> Iterator[TensorProto]:
+    """Yield initializers, sparse initializers and tensor attributes, everywhere."""
+    for graph in _all_graphs(model):
+        yield from graph.initializer
+        for sparse in graph.sparse_initializer:
+            yield from (sparse.values, sparse.indices)
+    for node in _all_nodes(model):
+        for attribute in node.attribute:
+            if attribute.HasField("t"):
+                yield attribute.t
+            yield from attribute.tensors
+            if attribute.HasField("sparse_tensor"):
+                yield from (attribute.sparse_tensor.values, attribute.sparse_tensor.indices)
+            for sparse in attribute.sparse_tensors:
+                yield from (sparse.values, sparse.indices)
