@@ -1,0 +1,149 @@
+"""Settings: file, environment and flags, strict types, named keys in every error."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from secureserve.config import Settings, load_settings
+from secureserve.errors import ConfigError
+
+
+def _write(folder: Path, text: str) -> Path:
+    path = folder / "secureserve.toml"
+    path.write_text(text)
+    return path
+
+
+def test_load_settings_defaults_match_design(tmp_path):
+    """Without a file every default of the DESIGN.md table applies, paths resolved in the project."""
+    settings = load_settings(project_dir=tmp_path, environ={})
+    assert settings.server.host == "127.0.0.1"
+    assert settings.server.port == 8443
+    assert settings.server.max_body_bytes == 1_048_576
+    assert settings.server.max_instances == 64
+    assert settings.server.max_in_flight == 256
+    assert settings.server.predict_timeout_s == 10
+    assert settings.server.body_timeout_s == 10
+    assert settings.tls.min_version == "1.2"
+    assert settings.auth.keys_file == tmp_path.resolve() / "secrets" / "api_keys.toml"
+    assert settings.model.dir == tmp_path.resolve() / "models"
+    assert settings.model.onnx_threads == 1
+    assert settings.logging.level == "info"
+
+
+def test_load_settings_reads_file_and_resolves_paths_against_it(tmp_path):
+    """Relative paths in the file are relative to the file's folder, not the working directory."""
+    project = tmp_path / "proj"
+    project.mkdir()
+    config = _write(project, '[tls]\ncert = "c/cert.pem"\nkey = "c/key.pem"\n[server]\nport = 9443\n')
+    settings = load_settings(config, project_dir=tmp_path, environ={})
+    assert settings.server.port == 9443
+    assert settings.tls.cert == project.resolve() / "c" / "cert.pem"
+    assert settings.project_dir == project.resolve()
+
+
+def test_load_settings_environment_overrides_file_and_flags_override_both(tmp_path):
+    """Precedence: flags > SECURESERVE_<SECTION>__<KEY> > secureserve.toml."""
+    _write(tmp_path, "[server]\nport = 9000\nmax_instances = 8\n")
+    env = {"SECURESERVE_SERVER__PORT": "9001", "SECURESERVE_SERVER__MAX_INSTANCES": "16"}
+    settings = load_settings(project_dir=tmp_path, environ=env, overrides={"server": {"port": 9002}})
+    assert settings.server.port == 9002
+    assert settings.server.max_instances == 16
+
+
+def test_load_settings_environment_lists_are_json(tmp_path):
+    """A list from the environment is written as JSON."""
+    env = {"SECURESERVE_SERVER__TRUSTED_PROXIES": '["10.0.0.1", "10.1.0.0/16"]'}
+    settings = load_settings(project_dir=tmp_path, environ=env)
+    assert settings.server.trusted_proxies == ("10.0.0.1", "10.1.0.0/16")
+
+
+def test_load_settings_ignores_environment_names_without_double_underscore(tmp_path):
+    """SECURESERVE_FOO is not configuration (DESIGN.md), so it is neither applied nor an error."""
+    settings = load_settings(project_dir=tmp_path, environ={"SECURESERVE_PORT": "1"})
+    assert settings.server.port == 8443
+
+
+@pytest.mark.parametrize(
+    ("text", "named"),
+    [
+        ("[server]\nprot = 1\n", "[server] prot"),
+        ("[sever]\nport = 1\n", "[sever]"),
+        ('[server]\nport = "8443"\n', "[server] port"),
+        ("[server]\nport = 0\n", "[server] port"),
+        ("[server]\nmax_body_bytes = -1\n", "[server] max_body_bytes"),
+        ('[tls]\nmin_version = "1.1"\n', "[tls] min_version"),
+        ("[server]\npredict_timeout_s = 0\n", "[server] predict_timeout_s"),
+        ('[logging]\nlevel = "trace"\n', "[logging] level"),
+        ("port = 8443\n", "`port`"),
+        ("[server\n", "not valid TOML"),
+    ],
+)
+def test_load_settings_refuses_bad_file_naming_the_key(tmp_path, text, named):
+    """Unknown keys, wrong types, out-of-range values and bad TOML stop start-up, naming the key."""
+    _write(tmp_path, text)
+    with pytest.raises(ConfigError) as info:
+        load_settings(project_dir=tmp_path, environ={})
+    assert named in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("env", "named"),
+    [
+        ({"SECURESERVE_SERVER__NOPE": "1"}, "SECURESERVE_SERVER__NOPE"),
+        ({"SECURESERVE_NOSECTION__PORT": "1"}, "SECURESERVE_NOSECTION__PORT"),
+        ({"SECURESERVE_SERVER__PORT": "eighty"}, "SECURESERVE_SERVER__PORT"),
+        ({"SECURESERVE_SERVER__PORT": '"8443"'}, "[server] port"),
+    ],
+)
+def test_load_settings_refuses_bad_environment_naming_the_variable(tmp_path, env, named):
+    """A misspelt or mistyped environment variable is an error that names it."""
+    with pytest.raises(ConfigError) as info:
+        load_settings(project_dir=tmp_path, environ=env)
+    assert named in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["[limits]\nstorage = \"memory://\"\n", "[audit]\npath = \"a.jsonl\"\n",
+     "[auth]\njwks_file = \"jwks.json\"\n", "[model]\nsigning_public_key = \"k.pem\"\n"],
+)
+def test_load_settings_refuses_planned_features_instead_of_ignoring_them(tmp_path, text):
+    """Settings for features this version lacks are refused, never silently accepted."""
+    _write(tmp_path, text)
+    with pytest.raises(ConfigError, match="does not provide yet"):
+        load_settings(project_dir=tmp_path, environ={})
+
+
+@pytest.mark.parametrize(
+    ("text", "named"),
+    [
+        ('[server]\ntrusted_proxies = ["0.0.0.0/0"]\n', "trusted_proxies"),
+        ('[server]\ntrusted_proxies = ["::/0"]\n', "trusted_proxies"),
+        ('[server]\ntrusted_proxies = ["not-an-ip"]\n', "trusted_proxies"),
+        ('[tls]\ncert = "c.pem"\n', "[tls] cert and key"),
+        ("[server]\nworkers = 2\n", "[server] workers"),
+        ('[model]\nonnx_allowed_domains = [""]\n', "onnx_allowed_domains"),
+    ],
+)
+def test_load_settings_refuses_insecure_combinations(tmp_path, text, named):
+    """Trusting every proxy, half a TLS pair, several workers: refused with the fix named."""
+    _write(tmp_path, text)
+    with pytest.raises(ConfigError) as info:
+        load_settings(project_dir=tmp_path, environ={})
+    assert named in str(info.value)
+
+
+def test_load_settings_missing_explicit_file_is_an_error(tmp_path):
+    """--config naming a file that does not exist is refused (a default file may be absent)."""
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_settings(tmp_path / "nope.toml", environ={})
+
+
+def test_settings_are_frozen():
+    """Settings cannot be changed after start-up."""
+    settings = Settings()
+    with pytest.raises(AttributeError):
+        settings.server.port = 1  # type: ignore[misc]

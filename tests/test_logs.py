@@ -1,0 +1,109 @@
+"""JSON log lines, redaction of credentials wherever they appear, stdlib loggers included."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+
+import pytest
+import structlog
+
+from secureserve.logs import REDACTED, configure_logging, get_logger, redact
+
+KEY = "ss_0123456789ab_" + "A" * 43
+
+
+@pytest.fixture
+def stream():
+    out = io.BytesIO()
+    configure_logging("debug", stream=out)
+    yield out
+    structlog.reset_defaults()
+    logging.getLogger().handlers.clear()
+
+
+def _lines(stream: io.BytesIO) -> list[dict]:
+    return [json.loads(line) for line in stream.getvalue().splitlines()]
+
+
+def test_logs_are_json_lines_with_level_and_timestamp(stream):
+    """Each event is one JSON object with level, timestamp and the logger name."""
+    get_logger().info("hello", request_id="r1")
+    (line,) = _lines(stream)
+    assert line["event"] == "hello"
+    assert line["level"] == "info"
+    assert line["request_id"] == "r1"
+    assert line["logger"] == "secureserve"
+    assert line["timestamp"].endswith("Z")
+
+
+def test_logs_redact_credentials_by_key_and_inside_text(stream):
+    """Authorization headers, key-named fields and keys embedded in text never reach the output."""
+    get_logger().info(
+        "oops",
+        authorization=f"Bearer {KEY}",
+        headers={"Authorization": "Bearer abc", "x-api-key": KEY, "accept": "x"},
+        message=f"failed for Bearer {KEY} on /v1",
+        api_token="t0ken",
+        key_id="0123456789ab",
+    )
+    raw = stream.getvalue().decode()
+    assert KEY not in raw
+    assert "abc" not in raw
+    assert "t0ken" not in raw
+    (line,) = _lines(stream)
+    assert line["authorization"] == REDACTED
+    assert line["headers"]["accept"] == "x"
+    assert line["key_id"] == "0123456789ab"  # the id is not a secret
+
+
+def test_logs_route_stdlib_loggers_through_redaction(stream):
+    """uvicorn logs through the stdlib: its lines are JSON and redacted too."""
+    logging.getLogger("uvicorn.error").warning("bad request with Bearer %s", KEY)
+    raw = stream.getvalue().decode()
+    assert KEY not in raw
+    (line,) = _lines(stream)
+    assert line["logger"] == "uvicorn.error"
+
+
+def test_logs_exceptions_as_data_without_locals(stream):
+    """A traceback is structured and never includes local variables (which may hold secrets)."""
+    secret_local = KEY  # noqa: F841 - must not be logged
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        get_logger().exception("failed", request_id="r2")
+    raw = stream.getvalue().decode()
+    assert KEY not in raw
+    (line,) = _lines(stream)
+    assert line["exception"][0]["exc_type"] == "ValueError"
+    assert "locals" not in line["exception"][0]["frames"][0]
+
+
+def test_logs_filter_below_level():
+    """Debug lines are dropped at level info."""
+    out = io.BytesIO()
+    configure_logging("info", stream=out)
+    try:
+        get_logger().debug("hidden")
+        get_logger().info("shown")
+    finally:
+        structlog.reset_defaults()
+        logging.getLogger().handlers.clear()
+    assert [line["event"] for line in _lines(out)] == ["shown"]
+
+
+def test_import_configures_nothing():
+    """Importing secureserve has no logging side effects (STYLE.md rule 9)."""
+    import subprocess
+    import sys
+
+    code = "import logging, structlog, secureserve; print(structlog.is_configured(), logging.getLogger().handlers)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False []"
+
+
+def test_redact_nested_lists():
+    """Redaction walks lists and nested mappings."""
+    assert redact([{"token": "x"}, f"Bearer {KEY}"]) == [{"token": REDACTED}, f"Bearer {REDACTED}"]
