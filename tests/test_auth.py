@@ -19,8 +19,9 @@ def test_authenticate_valid_key_gives_principal(key_and_store):
     """A valid bearer key yields its id, roles and model list."""
     key, store = key_and_store
     principal = authenticate(f"Bearer {key.secret}", store)
-    assert principal == Principal(id=key.record.id, name="ci", roles=frozenset({"predict"}),
-                                  models=frozenset({"iris"}))
+    assert principal == Principal(
+        id=key.record.id, name="ci", roles=frozenset({"predict"}), models=frozenset({"iris"})
+    )
     assert principal.may_use("iris")
     assert not principal.may_use("other")
 
@@ -44,7 +45,7 @@ def test_authenticate_scheme_is_case_insensitive(key_and_store):
     ],
 )
 def test_authenticate_refusals_are_uniform(key_and_store, header, reason):
-    """Every refusal is a 401 with a challenge; the client-facing detail only says missing vs invalid."""
+    """Every refusal is a 401 with a challenge; the detail only says missing or invalid."""
     _, store = key_and_store
     with pytest.raises(RequestRejected) as info:
         authenticate(header, store)

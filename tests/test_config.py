@@ -17,7 +17,7 @@ def _write(folder: Path, text: str) -> Path:
 
 
 def test_load_settings_defaults_match_design(tmp_path):
-    """Without a file every default of the DESIGN.md table applies, paths resolved in the project."""
+    """Without a file the defaults of DESIGN.md apply, paths resolved in the project."""
     settings = load_settings(project_dir=tmp_path, environ={})
     assert settings.server.host == "127.0.0.1"
     assert settings.server.port == 8443
@@ -37,7 +37,9 @@ def test_load_settings_reads_file_and_resolves_paths_against_it(tmp_path):
     """Relative paths in the file are relative to the file's folder, not the working directory."""
     project = tmp_path / "proj"
     project.mkdir()
-    config = _write(project, '[tls]\ncert = "c/cert.pem"\nkey = "c/key.pem"\n[server]\nport = 9443\n')
+    config = _write(
+        project, '[tls]\ncert = "c/cert.pem"\nkey = "c/key.pem"\n[server]\nport = 9443\n'
+    )
     settings = load_settings(config, project_dir=tmp_path, environ={})
     assert settings.server.port == 9443
     assert settings.tls.cert == project.resolve() / "c" / "cert.pem"
@@ -48,7 +50,9 @@ def test_load_settings_environment_overrides_file_and_flags_override_both(tmp_pa
     """Precedence: flags > SECURESERVE_<SECTION>__<KEY> > secureserve.toml."""
     _write(tmp_path, "[server]\nport = 9000\nmax_instances = 8\n")
     env = {"SECURESERVE_SERVER__PORT": "9001", "SECURESERVE_SERVER__MAX_INSTANCES": "16"}
-    settings = load_settings(project_dir=tmp_path, environ=env, overrides={"server": {"port": 9002}})
+    settings = load_settings(
+        project_dir=tmp_path, environ=env, overrides={"server": {"port": 9002}}
+    )
     assert settings.server.port == 9002
     assert settings.server.max_instances == 16
 
@@ -107,8 +111,12 @@ def test_load_settings_refuses_bad_environment_naming_the_variable(tmp_path, env
 
 @pytest.mark.parametrize(
     "text",
-    ["[limits]\nstorage = \"memory://\"\n", "[audit]\npath = \"a.jsonl\"\n",
-     "[auth]\njwks_file = \"jwks.json\"\n", "[model]\nsigning_public_key = \"k.pem\"\n"],
+    [
+        '[limits]\nstorage = "memory://"\n',
+        '[audit]\npath = "a.jsonl"\n',
+        '[auth]\njwks_file = "jwks.json"\n',
+        '[model]\nsigning_public_key = "k.pem"\n',
+    ],
 )
 def test_load_settings_refuses_planned_features_instead_of_ignoring_them(tmp_path, text):
     """Settings for features this version lacks are refused, never silently accepted."""

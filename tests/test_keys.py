@@ -15,11 +15,11 @@ NOW = datetime(2026, 1, 1, tzinfo=UTC)
 
 
 def test_create_key_stores_only_the_digest_with_mode_0600(tmp_path):
-    """The key file holds the SHA-256 of the secret, never the secret, and only its owner may read it."""
+    """The key file holds the secret's SHA-256, never the secret; only its owner may read it."""
     path = tmp_path / "secrets" / "keys.toml"
     key = create_key(path, name="ci", roles=("predict",))
     text = path.read_text()
-    secret = str(key.secret).rsplit("_", 1)[1]
+    secret = str(key.secret)[16:]  # after "ss_<12 hex id>_"
     assert secret not in text
     assert digest(secret) in text
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
@@ -43,7 +43,7 @@ def test_keystore_verifies_valid_and_refuses_tampered_keys(tmp_path):
     assert record.id == key.record.id
     secret = str(key.secret)
     flipped = secret[:-1] + ("A" if secret[-1] != "A" else "B")
-    other_id = "ss_000000000000_" + secret.rsplit("_", 1)[1]
+    other_id = "ss_000000000000_" + secret[16:]
     for bad in (flipped, other_id, "", "ss_", secret + "x", secret.upper()):
         assert store.verify(bad) is None
 
@@ -52,8 +52,13 @@ def test_keystore_refuses_revoked_and_expired_keys(tmp_path):
     """Revocation and expiry take effect; a key with a future expiry still works."""
     path = tmp_path / "keys.toml"
     live = create_key(path, name="live", roles=("predict",), expires_in=timedelta(days=1), now=NOW)
-    expired = create_key(path, name="old", roles=("predict",), expires_in=timedelta(days=1),
-                         now=NOW - timedelta(days=2))
+    expired = create_key(
+        path,
+        name="old",
+        roles=("predict",),
+        expires_in=timedelta(days=1),
+        now=NOW - timedelta(days=2),
+    )
     revoked = create_key(path, name="gone", roles=("predict",), now=NOW)
     revoke_key(path, revoked.record.id, now=NOW)
     store = KeyStore(path)
@@ -124,20 +129,29 @@ def test_revoke_key_unknown_id_names_the_fix(tmp_path):
 def test_list_keys_round_trips_every_field(tmp_path):
     """What create_key wrote reads back identically (roles, models, expiry, dev flag)."""
     path = tmp_path / "k.toml"
-    key = create_key(path, name="bot @ci", roles=("predict", "metrics"), models=("iris",),
-                     expires_in=timedelta(days=3), now=NOW)
+    key = create_key(
+        path,
+        name="bot @ci",
+        roles=("predict", "metrics"),
+        models=("iris",),
+        expires_in=timedelta(days=3),
+        now=NOW,
+    )
     (record,) = list_keys(path)
     assert record == key.record
 
 
 @pytest.mark.parametrize(
     "text",
-    ["not toml [", '[[keys]]\nid = "x"\n', '[[keys]]\nid="a"\nname="n"\nroles=["root"]\n'
-     'sha256="00"\ncreated=2026-01-01T00:00:00Z\n'],
+    [
+        "not toml [",
+        '[[keys]]\nid = "x"\n',
+        '[[keys]]\nid="a"\nname="n"\nroles=["root"]\nsha256="00"\ncreated=2026-01-01T00:00:00Z\n',
+    ],
 )
 def test_read_records_refuses_invalid_files(tmp_path, text):
     """A malformed key file or an unknown role is a ConfigError naming the file."""
     path = tmp_path / "k.toml"
     path.write_text(text)
-    with pytest.raises(ConfigError, match="k.toml"):
+    with pytest.raises(ConfigError, match=r"k\.toml"):
         list_keys(path)

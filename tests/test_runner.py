@@ -49,8 +49,9 @@ class AsyncModel(Model[In, Out]):
 
 
 def _runner(model: Model, *, max_batch: int = 8, timeout: float = 5.0) -> InferenceRunner:
-    return InferenceRunner(model, ModelSchema(In, Out, max_instances=max_batch),
-                           max_batch=max_batch, timeout=timeout)
+    return InferenceRunner(
+        model, ModelSchema(In, Out, max_instances=max_batch), max_batch=max_batch, timeout=timeout
+    )
 
 
 def test_runner_runs_sync_predict_off_the_event_loop():
