@@ -75,6 +75,10 @@ def _shared_processors() -> list[Any]:
     ]
 
 
+def _serialize_text(event: Any, **_: Any) -> str:
+    return _encoder.encode(event).decode()
+
+
 def configure_logging(level: str = "info", *, stream: Any = None) -> None:
     """Send JSON lines at ``level`` and above to ``stream`` (default: stdout).
 
@@ -97,7 +101,7 @@ def configure_logging(level: str = "info", *, stream: Any = None) -> None:
             foreign_pre_chain=[structlog.stdlib.add_logger_name, *_shared_processors()],
             processors=[
                 structlog.stdlib.ProcessorFormatter.remove_processors_meta,
-                structlog.processors.JSONRenderer(),
+                structlog.processors.JSONRenderer(serializer=_serialize_text),
             ],
         )
     )

@@ -5,10 +5,11 @@ uvicorn through ``ssl_context_factory``; there is no code path that listens
 without it. The listening socket is bound here first, so "port in use" is a
 clear start-up error rather than a log line from deep inside uvicorn.
 
-What uvicorn bounds for us: open connections (``limit_concurrency``, beyond it
-uvicorn answers 503 itself), idle keep-alive (``timeout_keep_alive``), the TLS
-handshake (asyncio's 60 s default). What it cannot bound with httptools is the
-number and size of request headers; docs/configuration.md says so.
+Bounds: open connections (``[server] max_connections``; one more is closed at
+once, without a response), idle keep-alive (uvicorn's ``timeout_keep_alive``),
+the TLS handshake (asyncio's 60 s default); requests in flight are bounded by the
+app (503 + ``Retry-After``). What httptools cannot bound is the number and size
+of request headers; docs/configuration.md says so.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ import errno
 import socket
 import ssl
 from types import FrameType
-from typing import Any
 
 import uvicorn
 from starlette.applications import Starlette
@@ -32,17 +32,23 @@ __all__ = ["TLSHttpToolsProtocol", "bind_socket", "serve"]
 
 
 class TLSHttpToolsProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol plus the ASGI TLS extension (the client certificate subject).
+    """uvicorn's httptools protocol, plus a connection bound and the ASGI TLS extension.
 
-    The subject is only present when the handshake verified a client certificate
-    against ``[tls] client_ca``; the app requires it on every route but the probes.
+    The client certificate subject is only present when the handshake verified a
+    certificate against ``[tls] client_ca``; the app requires it on every route
+    but the probes. ``serve`` sets ``max_connections`` on a subclass.
     """
 
+    max_connections: int = 1024
     _tls_extension: dict[object, object]
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        """Record the verified client certificate (if any) once per connection."""
+        """Refuse connections over the bound; record the verified client certificate, if any."""
         super().connection_made(transport)
+        self._tls_extension = {}
+        if len(self.connections) > self.max_connections:
+            transport.close()  # over the bound: refuse the connection, as a full backlog would
+            return
         ssl_object = transport.get_extra_info("ssl_object")
         peer = ssl_object.getpeercert() if ssl_object is not None else None
         self._tls_extension = {
@@ -96,9 +102,11 @@ def serve(app: Starlette, settings: Settings, context: ssl.SSLContext, sock: soc
     already accepted finish (for at most the predict and body timeouts).
     """
     server = settings.server
+    protocol = type("BoundedTLSHttpToolsProtocol", (TLSHttpToolsProtocol,),
+                    {"max_connections": server.max_connections})
     config = uvicorn.Config(
         app,
-        http=TLSHttpToolsProtocol,
+        http=protocol,
         loop="uvloop",
         ws="none",
         lifespan="on",
@@ -107,7 +115,6 @@ def serve(app: Starlette, settings: Settings, context: ssl.SSLContext, sock: soc
         proxy_headers=False,
         access_log=False,
         log_config=None,
-        limit_concurrency=server.max_connections,
         timeout_keep_alive=server.keep_alive_s,
         timeout_graceful_shutdown=int(server.predict_timeout_s + server.body_timeout_s) + 1,
     )
