@@ -133,9 +133,9 @@ def _run(args: argparse.Namespace) -> int:
     if args.log_level:
         overrides["logging"] = {"level": args.log_level}
     settings = _settings(args, overrides)
-    banner = None
+    dev_certs = None
     if args.dev:
-        settings, banner = _dev_setup(settings, ensure_dev_certificates)
+        settings, dev_certs = _dev_settings(settings, ensure_dev_certificates)
     if settings.tls.cert is None or settings.tls.key is None:
         raise ConfigError(
             "no TLS certificate: set [tls] cert and key in secureserve.toml (PEM "
@@ -152,6 +152,8 @@ def _run(args: argparse.Namespace) -> int:
     configure_logging(settings.logging.level)
     app = create_app(handler, config=settings)
     sock = bind_socket(settings.server.host, settings.server.port)
+    # Minted last, once nothing else can fail: the running key store picks it up.
+    banner = _dev_banner(settings, dev_certs) if dev_certs is not None else None
     get_logger().info(
         "starting",
         host=settings.server.host,
@@ -168,12 +170,16 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _dev_setup(settings: Settings, ensure: Any) -> tuple[Settings, str]:
-    """Dev certificates, a fresh dev key, loopback only; returns settings and the banner."""
+def _dev_settings(settings: Settings, ensure: Any) -> tuple[Settings, Any]:
+    """Loopback only, with the development certificates (made or reused)."""
     import msgspec  # noqa: PLC0415
 
     host = settings.server.host
-    if not ipaddress.ip_address(host if host != "localhost" else "127.0.0.1").is_loopback:
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback:
         raise ConfigError(
             f"--dev binds 127.0.0.1 only, but [server] host is {host!r}; drop the "
             "host setting or serve without --dev with a real certificate."
@@ -181,12 +187,16 @@ def _dev_setup(settings: Settings, ensure: Any) -> tuple[Settings, str]:
     certs = ensure(settings.project_dir / DEV_DIR)
     tls = msgspec.structs.replace(settings.tls, cert=certs.cert, key=certs.key)
     server = msgspec.structs.replace(settings.server, host="127.0.0.1")
-    settings = msgspec.structs.replace(settings, tls=tls, server=server)
+    return msgspec.structs.replace(settings, tls=tls, server=server), certs
+
+
+def _dev_banner(settings: Settings, certs: Any) -> str:
+    """Mint a fresh dev key (revoking the previous one) and describe how to call the server."""
     key = create_key(
         settings.auth.keys_file, name="dev", roles=("predict", "metrics", "admin"), dev=True
     )
     url = f"https://127.0.0.1:{settings.server.port}"
-    banner = (
+    return (
         "\nsecureserve development server (--dev: local CA, 127.0.0.1 only)\n"
         f"  URL:     {url}\n"
         f"  CA:      {certs.ca_cert}\n"
@@ -195,7 +205,6 @@ def _dev_setup(settings: Settings, ensure: Any) -> tuple[Settings, str]:
         f"    curl --cacert {certs.ca_cert} -H 'Authorization: Bearer {key.secret}' "
         f"{url}/v1/models\n"
     )
-    return settings, banner
 
 
 def _import_handler(spec: str | None, project_dir: Path) -> type[Model[Any, Any]]:
