@@ -56,6 +56,10 @@ class ModelSchema:
         try:
             request = self._decoder.decode(body)
         except msgspec.ValidationError as exc:
+            # msgspec stops at the first type mismatch; a body that is not JSON at all
+            # (unclosed, too deep) is still a 400, so look again on this error path only.
+            if not _is_json(body):
+                raise _malformed() from exc
             raise RequestRejected(
                 422,
                 "validation",
@@ -63,12 +67,7 @@ class ModelSchema:
                 detail=validation_detail(str(exc)),
             ) from exc
         except (msgspec.DecodeError, RecursionError) as exc:  # msgspec recurses on deep nesting
-            raise RequestRejected(
-                400,
-                "malformed-json",
-                "Request body is not valid JSON",
-                detail="send one JSON object; NaN, Infinity and trailing data are not JSON",
-            ) from exc
+            raise _malformed() from exc
         if find_duplicate_key(body):
             raise RequestRejected(
                 422,
@@ -102,6 +101,23 @@ class ModelSchema:
         return msgspec.json.schema_components(
             (self.request_type, self.response_type), ref_template="#/components/schemas/{name}"
         )
+
+
+def _malformed() -> RequestRejected:
+    return RequestRejected(
+        400,
+        "malformed-json",
+        "Request body is not valid JSON",
+        detail="send one JSON object; NaN, Infinity and trailing data are not JSON",
+    )
+
+
+def _is_json(body: bytes) -> bool:
+    try:
+        msgspec.json.decode(body)
+    except (msgspec.DecodeError, RecursionError):
+        return False
+    return True
 
 
 def find_duplicate_key(body: bytes) -> bool:

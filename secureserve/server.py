@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import signal
 import socket
 import ssl
 from types import FrameType
@@ -84,7 +85,11 @@ def bind_socket(host: str, port: int) -> socket.socket:
 
 
 class _Server(uvicorn.Server):
-    """Turns readiness off as soon as a shutdown signal arrives."""
+    """Turns readiness off as soon as a shutdown signal arrives.
+
+    A SIGTERM shutdown that drained gracefully exits 0: uvicorn would otherwise
+    re-raise the signal once it is done, and the process would die of it.
+    """
 
     def __init__(self, config: uvicorn.Config, app: Starlette) -> None:
         super().__init__(config)
@@ -93,6 +98,8 @@ class _Server(uvicorn.Server):
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         self._app.state.serving.ready = False
         super().handle_exit(sig, frame)
+        if sig == signal.SIGTERM:
+            self._captured_signals.remove(sig)
 
 
 def serve(app: Starlette, settings: Settings, context: ssl.SSLContext, sock: socket.socket) -> None:

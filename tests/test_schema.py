@@ -68,18 +68,15 @@ def test_decode_request_returns_typed_instances(schema):
             422,
             "$.instances[0]: unknown field",
         ),
-        (
-            b'{"instances": [{"features": [1, 2, 3, 1e400]}]}',
-            422,
-            "$.instances[0].features[3]: number out of range",
-        ),
+        (b'{"instances": [{"features": [1, 2, 3, 1e400]}]}', 400, None),  # not a float64
         (b'{"instances": [{"features": [1, 2, 3, 4], "features": [5, 6, 7, 8]}]}', 422, None),
         (
             b'{"instances": [{"features": [1,2,3,4]}], "instances": [{"features": [1,2,3,4]}]}',
             422,
             None,
         ),
-        (b'{"instances": ' + b"[" * 10_000 + b"]" * 10_000 + b"}", 422, None),
+        (b'{"instances": ' + b"[" * 10_000 + b"]" * 10_000 + b"}", 400, None),
+        (b'{"instances": [[[[', 400, None),
     ],
 )
 def test_decode_request_refusals(schema, body, status, detail):

@@ -13,7 +13,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from secureserve.auth import authenticate
 from secureserve.errors import RequestRejected
-from secureserve.middleware.inflight import PROBE_PATHS
+from secureserve.middleware.probes import is_probe
 
 if TYPE_CHECKING:
     from secureserve.keys import KeyStore
@@ -31,7 +31,7 @@ class Authentication:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """ASGI entry point."""
-        if scope["type"] != "http" or scope["path"] in PROBE_PATHS:
+        if scope["type"] != "http" or is_probe(scope):
             await self.app(scope, receive, send)
             return
         if self.require_client_cert and not _client_certificate(scope):

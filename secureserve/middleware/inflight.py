@@ -6,15 +6,12 @@ Health probes are exempt so that an overloaded server is not restarted for it.
 
 from __future__ import annotations
 
-from typing import Final
-
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from secureserve.errors import RequestRejected
+from secureserve.middleware.probes import is_probe
 
-__all__ = ["PROBE_PATHS", "InFlightLimit"]
-
-PROBE_PATHS: Final = frozenset({"/healthz", "/readyz"})
+__all__ = ["InFlightLimit"]
 
 
 class InFlightLimit:
@@ -34,7 +31,7 @@ class InFlightLimit:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """ASGI entry point."""
-        if scope["type"] != "http" or scope["path"] in PROBE_PATHS:
+        if scope["type"] != "http" or is_probe(scope):
             await self.app(scope, receive, send)
             return
         if self.current >= self.limit:

@@ -1,0 +1,250 @@
+"""The ``secureserve`` command: start-up refusals, ``keys`` and ``certs``.
+
+Refusals run the real entry point (``python -m secureserve.cli``) in a copy of the
+iris example; ``keys list``/``revoke`` and ``certs dev`` also run in-process
+through ``secureserve.cli.main``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import socket
+import stat
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from hostile import MARKER_PREFIX, marker_for, pickle_payload
+from server_helpers import (
+    HOST,
+    free_port,
+    run_cli,
+    set_toml,
+    write_server_certificate,
+)
+
+from secureserve.cli import main
+from secureserve.devcerts import ensure_dev_certificates
+
+KEY_LINE = re.compile(r"ss_([0-9a-f]{12})_([A-Za-z0-9_-]{43})")
+
+
+def _assert_cli_error(result, *needles: str) -> None:
+    """A non-zero exit with one paragraph on stderr naming ``needles``, and no traceback."""
+    assert result.returncode != 0, (result.stdout, result.stderr)
+    message = result.stderr.strip()
+    assert message.startswith("secureserve: error:"), result.stderr
+    assert "\n\n" not in message, result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+    for needle in needles:
+        assert needle in message, (needle, message)
+
+
+def _replace_in_toml(project: Path, old: str, new: str) -> None:
+    path = project / "secureserve.toml"
+    text = path.read_text()
+    assert old in text
+    path.write_text(text.replace(old, new, 1))
+
+
+# --------------------------------------------------------------------------- run: refusals
+
+
+def test_run_without_certificate_config_refused(iris_project):
+    """No [tls] cert/key and no --dev: refused with a hint at both fixes."""
+    result = run_cli("run", "--port", str(free_port()), cwd=iris_project)
+    _assert_cli_error(result, "[tls] cert", "--dev")
+
+
+def test_run_debug_shows_traceback(iris_project):
+    """With --debug the same refusal prints the traceback, then the one-line error."""
+    result = run_cli("run", "--debug", "--port", str(free_port()), cwd=iris_project)
+    assert result.returncode != 0
+    assert "Traceback" in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("secureserve: error:")
+
+
+def test_run_missing_certificate_file_refused(iris_project):
+    """A [tls] cert path that does not exist is named in the error."""
+    missing = iris_project / "certs" / "server.pem"
+    set_toml(iris_project, "tls", cert=missing, key=iris_project / "certs" / "key.pem")
+    result = run_cli("run", "--port", str(free_port()), cwd=iris_project)
+    _assert_cli_error(result, str(missing), "does not exist")
+
+
+def test_run_expired_certificate_refused(iris_project, tmp_path):
+    """A certificate whose not_valid_after is in the past is refused before serving."""
+    now = datetime.now(UTC)
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    write_server_certificate(
+        cert, key, not_before=now - timedelta(days=30), not_after=now - timedelta(days=1)
+    )
+    set_toml(iris_project, "tls", cert=cert, key=key)
+    result = run_cli("run", "--port", str(free_port()), cwd=iris_project)
+    _assert_cli_error(result, str(cert), "expired")
+
+
+def test_run_world_readable_key_refused(iris_project, tmp_path):
+    """A private key with mode 0644 is refused, with the chmod that fixes it."""
+    certs = ensure_dev_certificates(tmp_path / "certs")
+    certs.key.chmod(0o644)
+    result = run_cli(
+        "run",
+        "--port",
+        str(free_port()),
+        cwd=iris_project,
+        env={"SECURESERVE_TLS__CERT": str(certs.cert), "SECURESERVE_TLS__KEY": str(certs.key)},
+    )
+    _assert_cli_error(result, str(certs.key), "chmod 600")
+
+
+def test_run_unknown_config_key_refused(iris_project):
+    """A typo in secureserve.toml names the section and key."""
+    set_toml(iris_project, "server", colour="blue")
+    result = run_cli("run", "--dev", "--port", str(free_port()), cwd=iris_project)
+    _assert_cli_error(result, "[server] colour")
+
+
+def test_run_wrong_type_refused(iris_project):
+    """``port = "x"`` names [server] port."""
+    _replace_in_toml(iris_project, "port = 8443", 'port = "x"')
+    result = run_cli("run", "--dev", cwd=iris_project)
+    _assert_cli_error(result, "[server] port")
+
+
+def test_run_unknown_environment_setting_refused(iris_project):
+    """SECURESERVE_SERVER__NOPE is named as not a setting."""
+    result = run_cli(
+        "run",
+        "--dev",
+        "--port",
+        str(free_port()),
+        cwd=iris_project,
+        env={"SECURESERVE_SERVER__NOPE": "1"},
+    )
+    _assert_cli_error(result, "SECURESERVE_SERVER__NOPE")
+
+
+def test_run_port_in_use_refused(iris_project):
+    """A port another socket holds is a clear error naming the port."""
+    with socket.create_server((HOST, 0)) as holder:
+        port = holder.getsockname()[1]
+        result = run_cli("run", "--dev", "--port", str(port), cwd=iris_project)
+    _assert_cli_error(result, str(port), "in use")
+
+
+def test_run_handler_import_error_refused(iris_project):
+    """``handler = "nosuch:Model"``: the module that failed to import is named."""
+    _replace_in_toml(iris_project, 'handler = "app:Iris"', 'handler = "nosuch:Model"')
+    result = run_cli("run", "--dev", "--port", str(free_port()), cwd=iris_project)
+    _assert_cli_error(result, "nosuch")
+
+
+def test_run_handler_not_a_model_refused(iris_project):
+    """APP naming a class that is not a Model subclass (the input Struct) is refused."""
+    result = run_cli("run", "--dev", "--port", str(free_port()), "app:Flower", cwd=iris_project)
+    _assert_cli_error(result, "app:Flower", "secureserve.Model")
+
+
+def test_run_hostile_model_file_refused(iris_project):
+    """A pickle in place of models/iris.onnx is refused by name and never unpickled."""
+    name = "cli-iris.onnx"
+    marker = marker_for(name)
+    marker.unlink(missing_ok=True)
+    (iris_project / "models" / "iris.onnx").write_bytes(pickle_payload(2, name))
+    result = run_cli("run", "--dev", "--port", str(free_port()), cwd=iris_project)
+    _assert_cli_error(result, "iris.onnx")
+    assert "pickle" in result.stderr.lower()
+    assert not marker.exists()
+    assert not list(Path(MARKER_PREFIX).parent.glob(Path(MARKER_PREFIX).name + "*"))
+
+
+def test_run_dev_refuses_public_host(iris_project):
+    """``run --dev --host 0.0.0.0`` is refused before any certificate or key is written."""
+    everywhere = "0.0.0.0"  # noqa: S104 - the refused setting under test, never bound
+    result = run_cli(
+        "run", "--dev", "--host", everywhere, "--port", str(free_port()), cwd=iris_project
+    )
+    _assert_cli_error(result, everywhere, "127.0.0.1")
+    assert not (iris_project / ".secureserve").exists()
+    assert not (iris_project / "secrets" / "api_keys.toml").exists()
+
+
+# --------------------------------------------------------------------------- keys
+
+
+def test_keys_create_prints_secret_once_stores_hash(iris_project):
+    """``keys create``: the secret alone on stdout; the 0600 key file holds only its SHA-256."""
+    result = run_cli("keys", "create", "--role", "predict", "--name", "ci", cwd=iris_project)
+    assert result.returncode == 0, result.stderr
+    secret = result.stdout.strip()
+    match = KEY_LINE.fullmatch(secret)
+    assert match is not None, result.stdout
+    key_id, raw = match.groups()
+    assert secret not in result.stderr
+    assert key_id in result.stderr
+    keys_file = iris_project / "secrets" / "api_keys.toml"
+    assert stat.S_IMODE(keys_file.stat().st_mode) == 0o600
+    stored = keys_file.read_text()
+    assert hashlib.sha256(raw.encode()).hexdigest() in stored
+    assert raw not in stored
+    assert secret not in stored
+
+
+def test_keys_list_never_prints_secrets(iris_project, monkeypatch, capsys):
+    """``keys list`` shows ids, state and roles, never a secret or its digest."""
+    monkeypatch.chdir(iris_project)
+    assert main(["keys", "create", "--role", "predict", "--role", "admin", "--name", "ops"]) == 0
+    secret = capsys.readouterr().out.strip()
+    key_id, raw = KEY_LINE.fullmatch(secret).groups()
+    assert main(["keys", "list"]) == 0
+    listed = capsys.readouterr()
+    assert key_id in listed.out
+    assert "active" in listed.out
+    assert "roles=predict,admin" in listed.out
+    shown = listed.out + listed.err
+    assert raw not in shown
+    assert hashlib.sha256(raw.encode()).hexdigest() not in shown
+
+
+def test_keys_revoke_marks_key_revoked(iris_project, monkeypatch, capsys):
+    """``keys revoke ID`` keeps the record and lists it as revoked; unknown ids are an error."""
+    monkeypatch.chdir(iris_project)
+    assert main(["keys", "create", "--role", "predict", "--name", "gone"]) == 0
+    key_id = KEY_LINE.fullmatch(capsys.readouterr().out.strip()).group(1)
+    assert main(["keys", "revoke", key_id]) == 0
+    capsys.readouterr()
+    assert main(["keys", "list"]) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith(key_id))
+    assert "revoked" in line
+    assert main(["keys", "revoke", "000000000000"]) != 0
+    assert capsys.readouterr().err.startswith("secureserve: error:")
+
+
+# --------------------------------------------------------------------------- certs
+
+
+def test_certs_dev_writes_private_key_0600(iris_project, monkeypatch, capsys):
+    """``certs dev`` writes the CA, leaf and key under .secureserve/, the key with mode 0600."""
+    monkeypatch.chdir(iris_project)
+    assert main(["certs", "dev"]) == 0
+    out = capsys.readouterr().out
+    folder = iris_project / ".secureserve"
+    key = folder / "key.pem"
+    assert str(key) in out
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o700
+    assert (folder / "ca.pem").is_file()
+    assert (folder / "cert.pem").is_file()
+    assert os.access(folder / "ca.pem", os.R_OK)
+
+
+@pytest.mark.parametrize("argv", [["certs"], ["keys"]])
+def test_cli_subcommand_without_action_is_usage_error(argv, capsys):
+    """``certs`` or ``keys`` without an action is argparse's usage error (exit 2)."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    assert "usage:" in capsys.readouterr().err
