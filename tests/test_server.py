@@ -456,3 +456,39 @@ def test_keys_revoke_refused_by_running_server(dev_server):
     _assert_problem(reply, 401)
     assert reply.headers["www-authenticate"].startswith("Bearer")
     assert created.secret not in dev_server.stdout() + dev_server.stderr()
+
+
+def _healthz_over(context: ssl.SSLContext, port: int) -> tuple[ssl.SSLSocket | None, bytes]:
+    raw = socket.create_connection(("127.0.0.1", port), timeout=5)
+    try:
+        tls = context.wrap_socket(raw, server_hostname="127.0.0.1")
+        tls.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        return tls, tls.recv(64)
+    except (OSError, ssl.SSLError):
+        raw.close()
+        return None, b""
+
+
+def test_server_refuses_connections_over_max_connections(tmp_path):
+    """A connection over [server] max_connections is closed unanswered; freed slots serve."""
+    project = copy_iris(tmp_path / "iris")
+    env = {"SECURESERVE_SERVER__MAX_CONNECTIONS": "2"}
+    with running_server(project, env=env) as server:
+        context = ssl.create_default_context(cafile=str(server.ca))
+        held = [_healthz_over(context, server.port) for _ in range(2)]
+        assert all(reply.startswith(b"HTTP/1.1 200") for _, reply in held)
+        tls, reply = _healthz_over(context, server.port)
+        assert not reply.startswith(b"HTTP/")
+        if tls is not None:
+            tls.close()
+        for sock, _ in held:
+            assert sock is not None
+            sock.close()
+
+        def fresh_connection_served() -> bool:
+            sock, answer = _healthz_over(context, server.port)
+            if sock is not None:
+                sock.close()
+            return answer.startswith(b"HTTP/1.1 200")
+
+        assert _await(fresh_connection_served)
