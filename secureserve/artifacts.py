@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 import onnxruntime
 import safetensors.numpy
-from onnx import GraphProto, ModelProto, NodeProto, TensorProto
+from onnx import ModelProto
 
 from secureserve.errors import ArtifactError
 from secureserve.formats import (
@@ -35,22 +35,25 @@ from secureserve.formats import (
     numpy_has_objects,
     validate_safetensors_header,
 )
+from secureserve.onnx_checks import (
+    STANDARD_ONNX_DOMAINS,
+    check_model,
+    inline_external_data,
+    session_options,
+)
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator, Mapping, Sequence
+    from collections.abc import Mapping, Sequence
 
     import numpy as np
 
 __all__ = ["STANDARD_ONNX_DOMAINS", "ArtifactRecord", "Artifacts"]
 
-#: ONNX operator domains always allowed; others must be allow-listed by name.
-STANDARD_ONNX_DOMAINS = frozenset({"", "ai.onnx", "ai.onnx.ml"})
 #: Cap on ``json()`` and ``text()`` files: they are metadata, not weights.
 MAX_METADATA_BYTES = 16 * 1024 * 1024
 
 _OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
 _DIR_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_DIRECTORY
-_EXTERNAL_KEYS = frozenset({"location", "offset", "length", "checksum"})
 
 _CONVERT_PICKLE = (
     "pickles can run code when loaded and secureserve never unpickles. Convert it in a "
@@ -75,8 +78,7 @@ _FIXES: dict[Format, str] = {
     Format.KERAS: "secureserve does not load Keras archives (Lambda layers can run code). "
     "Export the model to ONNX (tf2onnx) or save its weights as safetensors",
     Format.ZIP: "secureserve does not open archives; store safetensors or ONNX files directly",
-    Format.GGUF: "secureserve serves safetensors and ONNX only; convert the weights to "
-    "safetensors",
+    Format.GGUF: "secureserve serves safetensors and ONNX only; convert the weights to safetensors",
     Format.COMPRESSED: "decompress it; if it holds a pickle or joblib dump, convert it to "
     "safetensors or ONNX in a trusted environment",
     Format.EMPTY: "the file is empty; copy the real file again",
@@ -151,8 +153,8 @@ class Artifacts:
             model = ModelProto.FromString(data)
         except Exception as exc:  # protobuf errors vary by backend
             raise ArtifactError(name, "onnx-invalid", "the ONNX model could not be parsed") from exc
-        self._check_onnx(name, model)
-        self._inline_external_data(name, model)
+        check_model(name, model, allowed_domains=self._domains, max_nodes=self._max_onnx_nodes)
+        inline_external_data(name, model, self._read_external)
         try:
             model_bytes = model.SerializeToString()
             # enable_fallback=0: no retry with other providers and no print() to stdout;
@@ -160,7 +162,7 @@ class Artifacts:
             # options never come from the (untrusted) model's metadata.
             return onnxruntime.InferenceSession(
                 model_bytes,
-                self._session_options(),
+                session_options(self._onnx_threads),
                 providers=["CPUExecutionProvider"],
                 enable_fallback=0,
                 read_config_from_model=0,
@@ -270,6 +272,10 @@ class Artifacts:
         finally:
             os.close(dir_fd)
 
+    def _read_external(self, name: str) -> bytes:
+        data, _ = self._read(name)
+        return data
+
     def _read_metadata(self, name: str) -> bytes:
         data, _ = self._read(name, limit=MAX_METADATA_BYTES)
         return data
@@ -288,166 +294,3 @@ class Artifacts:
             reason,
             f"this is {found.description}, not {wanted.description}; {_FIXES[found]}",
         )
-
-    # ------------------------------------------------------------------ ONNX
-
-    def _check_onnx(self, name: str, model: ModelProto) -> None:
-        if not model.HasField("graph"):
-            raise ArtifactError(name, "onnx-invalid", "the ONNX model has no graph")
-        opsets = [*model.opset_import]
-        for function in model.functions:
-            opsets.extend(function.opset_import)
-        nodes = [*_all_nodes(model)]
-        if len(nodes) > self._max_onnx_nodes:
-            raise ArtifactError(
-                name,
-                "onnx-too-large",
-                f"has {len(nodes)} nodes, over the limit of {self._max_onnx_nodes}",
-            )
-        domains = {o.domain for o in opsets} | {n.domain for n in nodes}
-        refused = sorted(domains - self._domains)
-        if refused:
-            raise ArtifactError(
-                name,
-                "onnx-custom-domain",
-                f"uses operator domain(s) {', '.join(map(repr, refused))}, which are not "
-                "standard ONNX; custom operators run native code. If you trust them, list the "
-                "domain in [model] onnx_allowed_domains",
-            )
-
-    def _inline_external_data(self, name: str, model: ModelProto) -> None:
-        """Read every external tensor through :meth:`_read` and embed its bytes."""
-        base = PurePosixPath(name).parent
-        cache: dict[str, bytes] = {}
-        for tensor in _all_tensors(model):
-            if tensor.data_location != TensorProto.EXTERNAL and not tensor.external_data:
-                continue
-            entries: dict[object, object] = {e.key: e.value for e in tensor.external_data}
-            location = entries.get("location", "")
-            # protobuf hands back bytes, not str, for strings that are not valid UTF-8
-            if (
-                not isinstance(location, str)
-                or not location
-                or set(entries) - _EXTERNAL_KEYS
-                or not all(isinstance(v, str) for v in entries.values())
-            ):
-                raise ArtifactError(
-                    name,
-                    "onnx-external-data",
-                    f"tensor {tensor.name!r} has malformed external data entries",
-                )
-            target = _external_target(name, tensor.name, base, location)
-            if target not in cache:
-                try:
-                    cache[target], _ = self._read(target)
-                except ArtifactError as exc:
-                    escape = exc.reason in ("path-escape", "name-invalid")
-                    raise ArtifactError(
-                        name,
-                        "onnx-external-data-escape" if escape else "onnx-external-data",
-                        f"tensor {tensor.name!r} keeps its data in {exc}",
-                    ) from exc
-            blob = cache[target]
-            fields = {k: v for k, v in entries.items() if isinstance(k, str) and isinstance(v, str)}
-            tensor.raw_data = _slice(name, tensor.name, blob, fields)
-            del tensor.external_data[:]
-            tensor.data_location = TensorProto.DEFAULT
-
-    def _session_options(self) -> onnxruntime.SessionOptions:
-        options = onnxruntime.SessionOptions()
-        options.intra_op_num_threads = self._onnx_threads
-        options.inter_op_num_threads = 1
-        options.execution_mode = onnxruntime.ExecutionMode.ORT_SEQUENTIAL
-        options.enable_profiling = False
-        options.log_severity_level = 4  # fatal only: failures are raised, with the cause
-        # Parse only ONNX protobuf (never the ORT flatbuffer format), keep released
-        # opsets only, and do not burn idle CPU spinning between requests.
-        options.add_session_config_entry("session.load_model_format", "ONNX")
-        options.add_session_config_entry("session.allow_released_opsets_only", "1")
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        options.add_session_config_entry("session.inter_op.allow_spinning", "0")
-        return options
-
-
-def _external_target(name: str, tensor: str, base: PurePosixPath, location: str) -> str:
-    path = PurePosixPath(location)
-    if (
-        "\x00" in location
-        or "\\" in location
-        or path.is_absolute()
-        or ".." in path.parts
-        or path.parts in ((), (".",))
-    ):
-        raise ArtifactError(
-            name,
-            "onnx-external-data-escape",
-            f"tensor {tensor!r} keeps its data at {location!r}, which is not a relative path "
-            "inside the model folder; external data must stay beside the model",
-        )
-    return (base / path).as_posix()
-
-
-def _slice(name: str, tensor: str, blob: bytes, entries: dict[str, str]) -> bytes:
-    try:
-        offset = int(entries.get("offset", "0"))
-        length = int(entries["length"]) if "length" in entries else len(blob) - offset
-    except ValueError as exc:
-        raise ArtifactError(
-            name, "onnx-external-data", f"tensor {tensor!r} has a non-numeric offset or length"
-        ) from exc
-    if offset < 0 or length < 0 or offset + length > len(blob):
-        raise ArtifactError(
-            name,
-            "onnx-external-data",
-            f"tensor {tensor!r} external data [{offset}, {offset + length}) does not fit in "
-            f"its {len(blob)}-byte file",
-        )
-    return blob[offset : offset + length]
-
-
-def _all_graphs(model: ModelProto) -> Iterator[GraphProto]:
-    """Yield the main graph, training graphs and every subgraph (attributes, functions)."""
-    roots = [model.graph]
-    for info in model.training_info:
-        roots.extend((info.initialization, info.algorithm))
-    stack = list(roots)
-    function_nodes = [n for f in model.functions for n in f.node]
-    stack.extend(_subgraphs(function_nodes))
-    while stack:
-        graph = stack.pop()
-        yield graph
-        stack.extend(_subgraphs(graph.node))
-
-
-def _subgraphs(nodes: Iterator[NodeProto] | list[NodeProto]) -> list[GraphProto]:
-    found: list[GraphProto] = []
-    for node in nodes:
-        for attribute in node.attribute:
-            if attribute.HasField("g"):
-                found.append(attribute.g)
-            found.extend(attribute.graphs)
-    return found
-
-
-def _all_nodes(model: ModelProto) -> Iterator[NodeProto]:
-    for graph in _all_graphs(model):
-        yield from graph.node
-    for function in model.functions:
-        yield from function.node
-
-
-def _all_tensors(model: ModelProto) -> Iterator[TensorProto]:
-    """Yield initializers, sparse initializers and tensor attributes, everywhere."""
-    for graph in _all_graphs(model):
-        yield from graph.initializer
-        for sparse in graph.sparse_initializer:
-            yield from (sparse.values, sparse.indices)
-    for node in _all_nodes(model):
-        for attribute in node.attribute:
-            if attribute.HasField("t"):
-                yield attribute.t
-            yield from attribute.tensors
-            if attribute.HasField("sparse_tensor"):
-                yield from (attribute.sparse_tensor.values, attribute.sparse_tensor.indices)
-            for sparse in attribute.sparse_tensors:
-                yield from (sparse.values, sparse.indices)
