@@ -30,7 +30,7 @@ from starlette.routing import Route
 from secureserve import endpoints
 from secureserve.config import Settings
 from secureserve.keys import KeyStore
-from secureserve.logs import configure_logging, get_logger
+from secureserve.logs import access_log, configure_logging, get_logger
 from secureserve.middleware.authentication import Authentication
 from secureserve.middleware.context import RequestContext
 from secureserve.middleware.https import HttpsOnly
@@ -82,7 +82,7 @@ def create_app(
             Route("/readyz", endpoints.readyz, methods=["GET"]),
         ],
         middleware=[
-            Middleware(RequestContext, logger=log),
+            Middleware(RequestContext, logger=log, access=access_log()),
             Middleware(HttpsOnly),
             Middleware(InFlightLimit, limit=settings.server.max_in_flight),
             Middleware(

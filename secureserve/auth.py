@@ -7,13 +7,14 @@ or "invalid credentials"), never which check failed; the reason goes to the log.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
 from secureserve.errors import RequestRejected
 
 if TYPE_CHECKING:
-    from secureserve.keys import KeyStore
+    from secureserve.keys import KeyRecord, KeyStore
 
 __all__ = ["Principal", "authenticate", "require_role"]
 
@@ -59,6 +60,12 @@ def authenticate(authorization: str | None, keys: KeyStore) -> Principal:
         raise unauthorized(
             "key-file-invalid" if keys.last_error else "unknown-revoked-or-expired-key"
         )
+    return _principal(record)
+
+
+@functools.lru_cache(maxsize=4096)
+def _principal(record: KeyRecord) -> Principal:
+    """The principal of a (frozen, hashable) key record, built once per record version."""
     return Principal(
         id=record.id,
         name=record.name,

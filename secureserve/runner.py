@@ -1,9 +1,10 @@
 """Hands work to ``predict``: one inference thread drains a queue of jobs in batches.
 
-A sync ``predict`` never runs on the event loop. Requests that arrive while the
-thread is busy wait in the queue and are merged into one ``predict`` call (up
-to ``max_batch`` instances), so one thread hop serves many requests; the thread
-also validates and encodes each job's outputs, keeping that work off the loop.
+A sync ``predict`` never runs on the event loop. Jobs submitted during one loop
+iteration are handed over together, and jobs that wait while the thread is busy
+are merged into one ``predict`` call (up to ``max_batch`` instances), so one
+thread hop serves many requests; the thread also validates and encodes each
+job's outputs, keeping that work off the loop.
 The queue cannot grow without bound: the app admits at most ``max_in_flight``
 requests. A job that outlives ``timeout`` is answered 504 and skipped if the
 thread has not reached it yet. When a merged batch fails, each job is retried
@@ -18,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import queue
 import threading
+from collections import deque
 from typing import Any, Final
 
 from secureserve.errors import ModelError, RequestRejected, SecureServeError
@@ -53,6 +55,7 @@ class InferenceRunner:
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._start_lock = threading.Lock()
+        self._pending: list[_Job] = []  # submitted during this loop iteration
 
     async def submit(self, instances: list[Any]) -> bytes:
         """Predict ``instances`` and return the encoded ``{"predictions": [...]}`` body."""
@@ -63,7 +66,9 @@ class InferenceRunner:
             self._start(loop)
         job = _Job(instances, loop.create_future())
         timer = loop.call_later(self._timeout, _expire, job)
-        self._queue.put(job)
+        if not self._pending:
+            loop.call_soon(self._hand_over)
+        self._pending.append(job)
         try:
             return await job.future
         finally:
@@ -73,9 +78,16 @@ class InferenceRunner:
         """Finish queued jobs, then stop the thread (waiting at most ``timeout`` s)."""
         thread = self._thread
         if thread is not None:
+            self._hand_over()
             self._queue.put(_STOP)
             thread.join(timeout)
             self._thread = None
+
+    def _hand_over(self) -> None:
+        """Give the thread every job submitted in this loop iteration, in one put (one wake-up)."""
+        if self._pending:
+            jobs, self._pending = self._pending, []
+            self._queue.put(jobs)
 
     def _start(self, loop: asyncio.AbstractEventLoop) -> None:
         with self._start_lock:
@@ -87,14 +99,18 @@ class InferenceRunner:
                 self._thread.start()
 
     def _serve(self) -> None:
-        carry: Any = None
+        backlog: deque[_Job] = deque()
+        stopping = False
         while True:
-            first = carry if carry is not None else self._queue.get()
-            carry = None
-            if first is _STOP:
-                return
-            jobs, carry = self._take_batch(first)
-            jobs = [job for job in jobs if not job.abandoned]
+            if not backlog:
+                if stopping:
+                    return
+                item = self._queue.get()
+                if item is _STOP:
+                    return
+                backlog.extend(item)
+            stopping = self._drain_queue(backlog) or stopping
+            jobs = [job for job in _take_batch(backlog, self._max_batch) if not job.abandoned]
             if jobs:
                 results = self._run(jobs)
                 if len(jobs) > 1 and any(isinstance(r, BaseException) for _, r in results):
@@ -103,20 +119,16 @@ class InferenceRunner:
                 if loop is not None and not loop.is_closed():
                     loop.call_soon_threadsafe(_deliver, results)
 
-    def _take_batch(self, first: _Job) -> tuple[list[_Job], Any]:
-        """``first`` plus whatever is already queued, up to ``max_batch`` instances."""
-        jobs = [first]
-        count = len(first.instances)
-        while count < self._max_batch:
+    def _drain_queue(self, backlog: deque[_Job]) -> bool:
+        """Move everything already queued into ``backlog``; True if the stop marker came."""
+        while True:
             try:
-                job = self._queue.get_nowait()
+                item = self._queue.get_nowait()
             except queue.Empty:
-                return jobs, None
-            if job is _STOP or count + len(job.instances) > self._max_batch:
-                return jobs, job
-            jobs.append(job)
-            count += len(job.instances)
-        return jobs, None
+                return False
+            if item is _STOP:
+                return True
+            backlog.extend(item)
 
     def _run(self, jobs: list[_Job]) -> list[tuple[_Job, bytes | BaseException]]:
         batch = jobs[0].instances if len(jobs) == 1 else [i for j in jobs for i in j.instances]
@@ -153,6 +165,17 @@ class InferenceRunner:
         except Exception as exc:
             raise _model_failed(exc) from exc
         return self._schema.encode_predictions(outputs, len(instances))
+
+
+def _take_batch(backlog: deque[_Job], max_batch: int) -> list[_Job]:
+    """The oldest jobs, up to ``max_batch`` instances (always at least one job)."""
+    jobs = [backlog.popleft()]
+    count = len(jobs[0].instances)
+    while backlog and count + len(backlog[0].instances) <= max_batch:
+        job = backlog.popleft()
+        jobs.append(job)
+        count += len(job.instances)
+    return jobs
 
 
 def _model_failed(exc: Exception) -> ModelError:

@@ -9,7 +9,7 @@ import logging
 import pytest
 import structlog
 
-from secureserve.logs import REDACTED, configure_logging, get_logger, redact
+from secureserve.logs import REDACTED, access_log, configure_logging, get_logger, redact
 
 KEY = "ss_0123456789ab_" + "A" * 43
 
@@ -110,3 +110,71 @@ def test_import_configures_nothing():
 def test_redact_nested_lists():
     """Redaction walks lists and nested mappings."""
     assert redact([{"token": "x"}, f"Bearer {KEY}"]) == [{"token": REDACTED}, f"Bearer {REDACTED}"]
+
+
+def test_access_log_writes_one_redacted_json_line(stream):
+    """The direct access line has every field, and redacts a key sent in the path or request id."""
+    access_log()(
+        request_id=KEY,
+        method="GET",
+        path=f"/v1/models/{KEY}",
+        status=404,
+        latency_ms=1.5,
+        key_id="0123456789ab",
+        model_version=None,
+        reason=None,
+    )
+    raw = stream.getvalue().decode()
+    assert KEY not in raw
+    (line,) = _lines(stream)
+    assert line["event"] == "request"
+    assert line["level"] == "info"
+    assert line["status"] == 404
+    assert line["path"] == f"/v1/models/{REDACTED}"
+    assert line["key_id"] == "0123456789ab"
+    assert line["timestamp"].endswith("Z")
+
+
+def test_access_log_goes_through_host_structlog_configuration(stream):
+    """When the host application configures structlog itself, access lines use its processors."""
+    seen = []
+
+    def capture(_, __, event):
+        seen.append(dict(event))
+        raise structlog.DropEvent
+
+    structlog.configure(processors=[capture])
+    access_log()(
+        request_id="r" * 8,
+        method="GET",
+        path="/healthz",
+        status=200,
+        latency_ms=0.1,
+        key_id=None,
+        model_version=None,
+        reason=None,
+    )
+    assert seen[0]["event"] == "request"
+    assert seen[0]["status"] == 200
+    assert stream.getvalue() == b""
+
+
+def test_access_log_silent_above_info():
+    """At level warning the per-request line is not written."""
+    out = io.BytesIO()
+    configure_logging("warning", stream=out)
+    try:
+        access_log()(
+            request_id="r" * 8,
+            method="GET",
+            path="/",
+            status=200,
+            latency_ms=0.1,
+            key_id=None,
+            model_version=None,
+            reason=None,
+        )
+    finally:
+        structlog.reset_defaults()
+        logging.getLogger().handlers.clear()
+    assert out.getvalue() == b""

@@ -18,6 +18,7 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from secureserve.errors import ModelError, RequestRejected
+from secureserve.logs import AccessLog
 from secureserve.problems import as_rejection, problem_response
 
 __all__ = ["RequestContext", "RequestInfo"]
@@ -50,9 +51,10 @@ class RequestInfo:
 class RequestContext:
     """Wraps the app; see the module docstring."""
 
-    def __init__(self, app: ASGIApp, *, logger: Any) -> None:
+    def __init__(self, app: ASGIApp, *, logger: Any, access: AccessLog) -> None:
         self.app = app
         self.log = logger
+        self.access = access
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """ASGI entry point."""
@@ -96,8 +98,7 @@ class RequestContext:
                 raise
             await problem_response(rejection, info.request_id)(scope, receive, send_with_headers)
         finally:
-            self.log.info(
-                "request",
+            self.access(
                 request_id=info.request_id,
                 method=scope["method"],
                 path=scope["path"][:_MAX_LOGGED_PATH],
