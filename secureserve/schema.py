@@ -23,7 +23,9 @@ from secureserve.errors import ModelError, RequestRejected
 
 __all__ = ["ModelSchema", "find_duplicate_key", "validation_detail"]
 
-_STRING_OR_BRACE: Final = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"(\s*:)?|[{}]')
+# A JSON string (optionally followed by ":", which makes it a key) or a brace.
+_STRING_OR_BRACE: Final = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"(?:\s*:)?|[{}]')
+_OPEN, _CLOSE, _COLON = ord("{"), ord("}"), ord(":")
 _SAFE_PATH: Final = re.compile(r"\$(?:\.[A-Za-z_][A-Za-z0-9_]{0,63}|\[\d{1,9}\]|\[\.\.\.\])*")
 _TYPE_WORDS: Final = frozenset(
     {"int", "float", "str", "bool", "null", "array", "object", "bytes", "number", "string"}
@@ -127,15 +129,16 @@ def find_duplicate_key(body: bytes) -> bool:
     Keys are compared after unescaping (``"a"`` and ``"\\u0061"`` are the same key).
     """
     stack: list[set[bytes]] = []
-    for match in _STRING_OR_BRACE.finditer(body):
-        token = match.group()
-        if token == b"{":
+    for token in _STRING_OR_BRACE.findall(body):
+        first = token[0]
+        if first == _OPEN:
             stack.append(set())
-        elif token == b"}":
+        elif first == _CLOSE:
             stack.pop()
-        elif match.group(1) is not None:
-            key = token[: token.rindex(b'"') + 1]
-            key = msgspec.json.decode(key).encode() if b"\\" in key else key[1:-1]
+        elif token[-1] == _COLON:
+            key = token[1 : token.rindex(b'"')]
+            if b"\\" in key:
+                key = msgspec.json.decode(b'"' + key + b'"').encode()
             keys = stack[-1]
             if key in keys:
                 return True
