@@ -26,7 +26,7 @@ import secrets
 import stat
 import sys
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Final
 
 from cryptography import x509
@@ -35,6 +35,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from secureserve._time import utc
 from secureserve.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -108,7 +109,7 @@ def ensure_dev_certificates(directory: Path, *, now: datetime | None = None) -> 
     :class:`ConfigError` when ``directory`` is not a directory, belongs to another
     user, or cannot be created or written.
     """
-    moment = _utc(now)
+    moment = utc(now)
     _prepare_directory(directory)
     paths = DevCertificates(
         ca_cert=directory / "ca.pem",
@@ -141,14 +142,6 @@ def _make_or_reuse(paths: DevCertificates, ca_key: Path, moment: datetime) -> No
         certificate, key = _new_leaf(issuer, moment)
         _write_atomically(paths.key, _private_pem(key), mode=_PRIVATE_MODE)
         _write_atomically(paths.cert, _certificate_pem(certificate))
-
-
-def _utc(now: datetime | None) -> datetime:
-    if now is None:
-        return datetime.now(UTC)
-    if now.tzinfo is None:
-        return now.replace(tzinfo=UTC)
-    return now.astimezone(UTC)
 
 
 def _prepare_directory(directory: Path) -> None:

@@ -24,7 +24,15 @@ import msgspec
 import structlog
 from structlog.tracebacks import ExceptionDictTransformer
 
-__all__ = ["REDACTED", "AccessLog", "access_log", "configure_logging", "get_logger", "redact"]
+__all__ = [
+    "REDACTED",
+    "AccessLog",
+    "AccessRecord",
+    "access_log",
+    "configure_logging",
+    "get_logger",
+    "redact",
+]
 
 REDACTED: Final = "[REDACTED]"
 _SECRET_KEYS: Final = re.compile(
@@ -116,37 +124,9 @@ def configure_logging(level: str = "info", *, stream: Any = None) -> None:
     _configured.update(processors=processors, access=fast)
 
 
-class AccessLog:
-    """Writes the one access line of a request (see the module docstring)."""
+class AccessRecord(msgspec.Struct, frozen=True):
+    """The facts of one finished request, as the access line reports them."""
 
-    def __call__(
-        self,
-        *,
-        request_id: str,
-        method: str,
-        path: str,
-        status: int,
-        latency_ms: float,
-        key_id: str | None,
-        model_version: str | None,
-        reason: str | None,
-    ) -> None:
-        """Record one finished request."""
-        get_logger().info(
-            "request",
-            request_id=request_id,
-            method=method,
-            path=path,
-            status=status,
-            latency_ms=latency_ms,
-            key_id=key_id,
-            model_version=model_version,
-            reason=reason,
-        )
-
-
-class _AccessLine(msgspec.Struct):
-    logger: str
     request_id: str
     method: str
     path: str
@@ -155,59 +135,48 @@ class _AccessLine(msgspec.Struct):
     key_id: str | None
     model_version: str | None
     reason: str | None
-    event: str
-    level: str
-    timestamp: str
+
+
+class AccessLog:
+    """Writes the access line of a request through structlog (the host's configuration)."""
+
+    def __call__(self, record: AccessRecord) -> None:
+        """Record one finished request."""
+        get_logger().info("request", **msgspec.structs.asdict(record))
 
 
 class _FastAccessLog(AccessLog):
-    """The access line encoded in one step, for the stream ``configure_logging`` set up."""
+    """The access line encoded in one step, for the stream ``configure_logging`` set up.
+
+    Only ``path`` and ``request_id`` come from the client; both are redacted.
+    """
 
     def __init__(self, stream: Any) -> None:
         self._stream = stream
         self._second = -1
         self._prefix = ""
 
-    def __call__(
-        self,
-        *,
-        request_id: str,
-        method: str,
-        path: str,
-        status: int,
-        latency_ms: float,
-        key_id: str | None,
-        model_version: str | None,
-        reason: str | None,
-    ) -> None:
+    def __call__(self, record: AccessRecord) -> None:
         """Record one finished request."""
-        line = _AccessLine(
-            logger="secureserve",
-            request_id=redact(request_id),  # a client may send its key as a request id
-            method=method,
-            path=redact(path),
-            status=status,
-            latency_ms=latency_ms,
-            key_id=key_id,
-            model_version=model_version,
-            reason=reason,
-            event="request",
-            level="info",
-            timestamp=self._timestamp(),
-        )
-        self._stream.write(_encoder.encode(line) + b"\n")
+        if "ss_" in record.path or "earer" in record.path or "ss_" in record.request_id:
+            record = msgspec.structs.replace(
+                record, path=redact(record.path), request_id=redact(record.request_id)
+            )
+        head = b'{"logger":"secureserve","event":"request","level":"info","timestamp":"'
+        line = head + self._timestamp() + b'",' + _encoder.encode(record)[1:] + b"\n"
+        self._stream.write(line)
 
-    def _timestamp(self) -> str:
+    def _timestamp(self) -> bytes:
         now = time.time()
         second = int(now)
         if second != self._second:
             self._second = second
             self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
-        return f"{self._prefix}.{int((now - second) * 1_000_000):06d}Z"
+        return f"{self._prefix}.{int((now - second) * 1_000_000):06d}Z".encode()
 
 
 class _NoAccessLog(AccessLog):
-    def __call__(self, **_: Any) -> None:
+    def __call__(self, record: AccessRecord) -> None:
         """Below the configured level: write nothing."""
 
 

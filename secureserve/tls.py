@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 import ssl
 import stat
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import TYPE_CHECKING, Any, Final, Literal
 
 from cryptography import x509
@@ -25,6 +25,7 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
+from secureserve._time import utc
 from secureserve.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -99,7 +100,7 @@ def check_certificate_files(
     with SHA-1 or MD5 are refused by OpenSSL at security level 2 when the context is
     built.)
     """
-    moment = _utc(now)
+    moment = utc(now)
     certificate = _load_leaf_certificate(cert)
     key_bytes = _read_file(key, "[tls] key", what="private key", mode_check=True)
     private_key = _load_private_key(key, key_bytes)
@@ -229,14 +230,6 @@ def _restrict_groups(context: ssl.SSLContext) -> None:
         set_groups(INTERMEDIATE_GROUPS)
     else:
         context.set_ecdh_curve(_FALLBACK_GROUP)
-
-
-def _utc(now: datetime | None) -> datetime:
-    if now is None:
-        return datetime.now(UTC)
-    if now.tzinfo is None:
-        return now.replace(tzinfo=UTC)
-    return now.astimezone(UTC)
 
 
 def _read_file(path: Path, setting: str, *, what: str, mode_check: bool = False) -> bytes:

@@ -9,7 +9,14 @@ import logging
 import pytest
 import structlog
 
-from secureserve.logs import REDACTED, access_log, configure_logging, get_logger, redact
+from secureserve.logs import (
+    REDACTED,
+    AccessRecord,
+    access_log,
+    configure_logging,
+    get_logger,
+    redact,
+)
 
 KEY = "ss_0123456789ab_" + "A" * 43
 
@@ -21,6 +28,19 @@ def stream():
     yield out
     structlog.reset_defaults()
     logging.getLogger().handlers.clear()
+
+
+def _record(path: str) -> AccessRecord:
+    return AccessRecord(
+        request_id="r" * 8,
+        method="GET",
+        path=path,
+        status=200,
+        latency_ms=0.1,
+        key_id=None,
+        model_version=None,
+        reason=None,
+    )
 
 
 def _lines(stream: io.BytesIO) -> list[dict]:
@@ -115,14 +135,16 @@ def test_redact_nested_lists():
 def test_access_log_writes_one_redacted_json_line(stream):
     """The direct access line has every field, and redacts a key sent in the path or request id."""
     access_log()(
-        request_id=KEY,
-        method="GET",
-        path=f"/v1/models/{KEY}",
-        status=404,
-        latency_ms=1.5,
-        key_id="0123456789ab",
-        model_version=None,
-        reason=None,
+        AccessRecord(
+            request_id=KEY,
+            method="GET",
+            path=f"/v1/models/{KEY}",
+            status=404,
+            latency_ms=1.5,
+            key_id="0123456789ab",
+            model_version=None,
+            reason=None,
+        )
     )
     raw = stream.getvalue().decode()
     assert KEY not in raw
@@ -144,16 +166,7 @@ def test_access_log_goes_through_host_structlog_configuration(stream):
         raise structlog.DropEvent
 
     structlog.configure(processors=[capture])
-    access_log()(
-        request_id="r" * 8,
-        method="GET",
-        path="/healthz",
-        status=200,
-        latency_ms=0.1,
-        key_id=None,
-        model_version=None,
-        reason=None,
-    )
+    access_log()(_record("/healthz"))
     assert seen[0]["event"] == "request"
     assert seen[0]["status"] == 200
     assert stream.getvalue() == b""
@@ -164,16 +177,7 @@ def test_access_log_silent_above_info():
     out = io.BytesIO()
     configure_logging("warning", stream=out)
     try:
-        access_log()(
-            request_id="r" * 8,
-            method="GET",
-            path="/",
-            status=200,
-            latency_ms=0.1,
-            key_id=None,
-            model_version=None,
-            reason=None,
-        )
+        access_log()(_record("/"))
     finally:
         structlog.reset_defaults()
         logging.getLogger().handlers.clear()

@@ -18,7 +18,7 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from secureserve.errors import ModelError, RequestRejected
-from secureserve.logs import AccessLog
+from secureserve.logs import AccessLog, AccessRecord
 from secureserve.problems import as_rejection, problem_response
 
 __all__ = ["RequestContext", "RequestInfo"]
@@ -99,14 +99,16 @@ class RequestContext:
             await problem_response(rejection, info.request_id)(scope, receive, send_with_headers)
         finally:
             self.access(
-                request_id=info.request_id,
-                method=scope["method"],
-                path=scope["path"][:_MAX_LOGGED_PATH],
-                status=status or 500,
-                latency_ms=round((time.perf_counter() - start) * 1000, 3),
-                key_id=info.principal_id,
-                model_version=info.model_version,
-                reason=info.log_reason,
+                AccessRecord(
+                    request_id=info.request_id,
+                    method=scope["method"],
+                    path=scope["path"][:_MAX_LOGGED_PATH],
+                    status=status or 500,
+                    latency_ms=round((time.perf_counter() - start) * 1000, 3),
+                    key_id=info.principal_id,
+                    model_version=info.model_version,
+                    reason=info.log_reason,
+                )
             )
 
 
