@@ -20,12 +20,10 @@ from typing import Annotated, Any, Final
 import msgspec
 
 from secureserve.errors import ModelError, RequestRejected
+from secureserve.strict_json import find_duplicate_key
 
-__all__ = ["ModelSchema", "find_duplicate_key", "validation_detail"]
+__all__ = ["ModelSchema", "validation_detail"]
 
-# A JSON string (optionally followed by ":", which makes it a key) or a brace.
-_STRING_OR_BRACE: Final = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"(?:\s*:)?|[{}]')
-_OPEN, _CLOSE, _COLON = ord("{"), ord("}"), ord(":")
 _SAFE_PATH: Final = re.compile(r"\$(?:\.[A-Za-z_][A-Za-z0-9_]{0,63}|\[\d{1,9}\]|\[\.\.\.\])*")
 _TYPE_WORDS: Final = frozenset(
     {"int", "float", "str", "bool", "null", "array", "object", "bytes", "number", "string"}
@@ -120,30 +118,6 @@ def _is_json(body: bytes) -> bool:
     except (msgspec.DecodeError, RecursionError):
         return False
     return True
-
-
-def find_duplicate_key(body: bytes) -> bool:
-    r"""Whether any JSON object in ``body`` (already known to be valid JSON) repeats a key.
-
-    Scans only strings and braces, so a body of numbers costs almost nothing.
-    Keys are compared after unescaping (``"a"`` and ``"\\u0061"`` are the same key).
-    """
-    stack: list[set[bytes]] = []
-    for token in _STRING_OR_BRACE.findall(body):
-        first = token[0]
-        if first == _OPEN:
-            stack.append(set())
-        elif first == _CLOSE:
-            stack.pop()
-        elif token[-1] == _COLON:
-            key = token[1 : token.rindex(b'"')]
-            if b"\\" in key:
-                key = msgspec.json.decode(b'"' + key + b'"').encode()
-            keys = stack[-1]
-            if key in keys:
-                return True
-            keys.add(key)
-    return False
 
 
 def validation_detail(message: str) -> str:

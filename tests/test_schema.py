@@ -9,7 +9,7 @@ import msgspec
 import pytest
 
 from secureserve.errors import ModelError, RequestRejected
-from secureserve.schema import ModelSchema, find_duplicate_key, validation_detail
+from secureserve.schema import ModelSchema, validation_detail
 
 
 class Flower(msgspec.Struct, forbid_unknown_fields=True):
@@ -93,24 +93,6 @@ def test_decode_request_never_echoes_unknown_field_names(schema):
     with pytest.raises(RequestRejected) as info:
         schema.decode_request(b'{"instances": [{"features": [1,2,3,4], "<script>": 1}]}')
     assert "script" not in (info.value.detail or "")
-
-
-@pytest.mark.parametrize(
-    ("body", "duplicate"),
-    [
-        (rb'{"a": 1, "b": 2}', False),
-        (rb'{"a": 1, "a": 2}', True),
-        (rb'{"a": 1, "\u0061": 2}', True),
-        (rb'{"a": {"a": 1}}', False),
-        (rb'[{"a": 1}, {"a": 2}]', False),
-        (rb'{"a": "{\"a\": 1, \"a\": 2}"}', False),
-        (rb'{"x": [{"k": 1, "k": 2}]}', True),
-        (rb'{"a\"b": 1, "a\"b": 2}', True),
-    ],
-)
-def test_find_duplicate_key(body, duplicate):
-    """Duplicate keys are found per object, after unescaping, and never inside strings."""
-    assert find_duplicate_key(body) is duplicate
 
 
 @pytest.mark.parametrize(
