@@ -13,6 +13,7 @@ message that says what to do.
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import hashlib
 import os
@@ -27,6 +28,7 @@ import onnxruntime
 import safetensors.numpy
 from onnx import ModelProto
 
+from secureserve.encryption import KEY_ENV, decrypt
 from secureserve.errors import ArtifactError
 from secureserve.formats import (
     Format,
@@ -35,6 +37,7 @@ from secureserve.formats import (
     numpy_has_objects,
     validate_safetensors_header,
 )
+from secureserve.lockfile import Lock
 from secureserve.onnx_checks import (
     STANDARD_ONNX_DOMAINS,
     check_model,
@@ -52,6 +55,7 @@ __all__ = ["STANDARD_ONNX_DOMAINS", "ArtifactRecord", "Artifacts"]
 #: Cap on ``json()`` and ``text()`` files: they are metadata, not weights.
 MAX_METADATA_BYTES = 16 * 1024 * 1024
 
+ENCRYPTED_SUFFIX = ".enc"
 _OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
 _DIR_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_DIRECTORY
 
@@ -81,6 +85,8 @@ _FIXES: dict[Format, str] = {
     Format.GGUF: "secureserve serves safetensors and ONNX only; convert the weights to safetensors",
     Format.COMPRESSED: "decompress it; if it holds a pickle or joblib dump, convert it to "
     "safetensors or ONNX in a trusted environment",
+    Format.ENCRYPTED: "name the plaintext artifact (e.g. 'model.onnx'): secureserve finds "
+    "'model.onnx.enc' and decrypts it in memory",
     Format.EMPTY: "the file is empty; copy the real file again",
     Format.UNKNOWN: "store the weights as safetensors or ONNX",
     Format.SAFETENSORS: "load it with artifacts.safetensors(...)",
@@ -105,6 +111,12 @@ class Artifacts:
     ``onnx_allowed_domains`` adds operator domains to the standard ones,
     ``max_file_bytes`` caps any single file and ``max_onnx_nodes`` the nodes of a graph
     (subgraphs and functions included).
+
+    ``lock``: every file read must be listed in it with the same size (checked before
+    reading) and sha256 (checked on the bytes that are then parsed). The server always
+    passes one (``MISSING_LOCK`` when the project has none, which refuses every file);
+    ``None`` records hashes without checking them, which is what ``secureserve lock``
+    needs to write a lock in the first place.
     """
 
     def __init__(
@@ -115,6 +127,9 @@ class Artifacts:
         onnx_allowed_domains: Sequence[str] = (),
         max_file_bytes: int = 2 * 1024**3,
         max_onnx_nodes: int = 100_000,
+        onnx_optimization: str = "all",
+        lock: Lock | None = None,
+        decryption_key: bytes | None = None,
     ) -> None:
         self._root = Path(os.path.realpath(model_dir))
         self._onnx_threads = onnx_threads
@@ -122,6 +137,9 @@ class Artifacts:
         self._max_file_bytes = max_file_bytes
         self._max_onnx_nodes = max_onnx_nodes
         self._opened: dict[str, ArtifactRecord] = {}
+        self._lock = lock
+        self._onnx_optimization = onnx_optimization
+        self._decryption_key = decryption_key
 
     @property
     def opened(self) -> Mapping[str, ArtifactRecord]:
@@ -132,7 +150,7 @@ class Artifacts:
 
     def safetensors(self, name: str) -> dict[str, np.ndarray]:
         """Load a safetensors file as a dict of numpy arrays (never a pickle)."""
-        data, record = self._read(name)
+        data, record = self._load(name)
         self._require(name, record, Format.SAFETENSORS, data)
         try:
             validate_safetensors_header(data)
@@ -147,7 +165,7 @@ class Artifacts:
 
     def onnx(self, name: str) -> onnxruntime.InferenceSession:
         """Load an ONNX model into a hardened CPU ``InferenceSession``."""
-        data, record = self._read(name)
+        data, record = self._load(name)
         self._require(name, record, Format.ONNX, data)
         try:
             model = ModelProto.FromString(data)
@@ -162,7 +180,7 @@ class Artifacts:
             # options never come from the (untrusted) model's metadata.
             return onnxruntime.InferenceSession(
                 model_bytes,
-                session_options(self._onnx_threads),
+                session_options(self._onnx_threads, self._onnx_optimization),
                 providers=["CPUExecutionProvider"],
                 enable_fallback=0,
                 read_config_from_model=0,
@@ -179,6 +197,11 @@ class Artifacts:
             return msgspec.json.decode(data)
         except (msgspec.DecodeError, RecursionError) as exc:
             raise ArtifactError(name, "json-invalid", "not valid JSON") from exc
+
+    def inspect(self, name: str) -> ArtifactRecord:
+        """Read ``name`` through the same checks, record and return its hash; parse nothing."""
+        _, record = self._read(name)
+        return record
 
     def text(self, name: str) -> str:
         """Read a small UTF-8 text file."""
@@ -203,6 +226,8 @@ class Artifacts:
                 raise ArtifactError(
                     name, "too-large", f"is {info.st_size} bytes, over the {cap}-byte limit"
                 )
+            if self._lock is not None:  # a wrong size is refused before reading anything
+                self._lock.check(relative.as_posix(), size=info.st_size)
             with os.fdopen(fd, "rb", closefd=False) as stream:
                 data = stream.read(info.st_size + 1)
         finally:
@@ -210,9 +235,12 @@ class Artifacts:
         if len(data) != info.st_size:
             raise ArtifactError(name, "changed", "changed while it was being read; try again")
         canonical = relative.as_posix()
+        sha256 = hashlib.sha256(data).hexdigest()
+        if self._lock is not None:
+            self._lock.check(canonical, size=len(data), sha256=sha256)
         record = ArtifactRecord(
             name=canonical,
-            sha256=hashlib.sha256(data).hexdigest(),
+            sha256=sha256,
             size=len(data),
             format=detect_format(data).value,
         )
@@ -273,12 +301,52 @@ class Artifacts:
             os.close(dir_fd)
 
     def _read_external(self, name: str) -> bytes:
-        data, _ = self._read(name)
+        data, _ = self._load(name)
         return data
 
     def _read_metadata(self, name: str) -> bytes:
-        data, _ = self._read(name, limit=MAX_METADATA_BYTES)
+        data, _ = self._load(name, limit=MAX_METADATA_BYTES)
         return data
+
+    def _load(self, name: str, *, limit: int | None = None) -> tuple[bytes, ArtifactRecord]:
+        """The plaintext of ``name``: the file itself, or ``name.enc`` decrypted in memory.
+
+        The lock (and ``opened``) hold the encrypted file's hash; the plaintext never
+        touches the disk.
+        """
+        try:
+            return self._read(name, limit=limit)
+        except ArtifactError as exc:
+            if exc.reason != "missing":
+                raise
+            missing = exc
+        try:
+            data, record = self._read(name + ENCRYPTED_SUFFIX)
+        except ArtifactError as exc:
+            if exc.reason == "missing":
+                raise missing from None
+            raise
+        if Format(record.format) is not Format.ENCRYPTED:
+            raise ArtifactError(
+                record.name,
+                "encrypted-malformed",
+                "ends in .enc but is not encrypted by secureserve",
+            )
+        if self._decryption_key is None:
+            raise ArtifactError(
+                record.name,
+                "no-decryption-key",
+                "is encrypted, but no key is configured: set [model] encryption_key_file "
+                f"(a 0600 file) or {KEY_ENV}",
+            )
+        plain = decrypt(data, self._decryption_key, name=record.name)
+        if limit is not None and len(plain) > limit:
+            raise ArtifactError(
+                record.name, "too-large", f"decrypts to more than the {limit}-byte limit"
+            )
+        record = dataclasses.replace(record, format=detect_format(plain).value)
+        self._opened[record.name] = record
+        return plain, record
 
     def _require(self, name: str, record: ArtifactRecord, wanted: Format, data: bytes) -> None:
         found = Format(record.format)

@@ -34,6 +34,8 @@ __all__ = [
 
 CONFIG_FILENAME: Final = "secureserve.toml"
 ENV_PREFIX: Final = "SECURESERVE_"
+# Secrets passed in the environment: read where they are used, never part of Settings.
+_SECRET_VARIABLES: Final = frozenset({"SECURESERVE_MODEL__ENCRYPTION_KEY"})
 
 DEFAULT_MAX_BODY_BYTES: Final = 1_048_576
 DEFAULT_MAX_INSTANCES: Final = 64
@@ -54,8 +56,6 @@ _PLANNED: Final = {
     "auth.jwt_roles_claim": "JWT verification",
     "auth.jwt_models_claim": "JWT verification",
     "auth.jwt_leeway_s": "JWT verification",
-    "model.signing_public_key": "signed lock files",
-    "model.encryption_key_file": "encrypted artifacts",
 }
 
 
@@ -102,8 +102,13 @@ class ModelSettings(_Section, frozen=True):
 
     handler: str | None = None
     dir: Path = Path("models")
+    signing_public_key: Path | None = None
+    encryption_key_file: Path | None = None
+    max_artifact_bytes: Annotated[int, msgspec.Meta(ge=1, le=1 << 40)] = 2 * 1024**3
     onnx_allowed_domains: tuple[str, ...] = ()
     onnx_threads: Annotated[int, msgspec.Meta(ge=1, le=256)] = 1
+    onnx_max_nodes: Annotated[int, msgspec.Meta(ge=1, le=10_000_000)] = 100_000
+    onnx_optimization: Literal["disabled", "basic", "extended", "all"] = "all"
 
 
 class LoggingSettings(_Section, frozen=True):
@@ -140,6 +145,8 @@ _PATH_KEYS: Final = (
     ("tls", "client_ca"),
     ("auth", "keys_file"),
     ("model", "dir"),
+    ("model", "signing_public_key"),
+    ("model", "encryption_key_file"),
 )
 
 
@@ -236,7 +243,7 @@ def _from_environ(environ: dict[str, str] | os._Environ[str]) -> dict[str, dict[
     """
     out: dict[str, dict[str, Any]] = {}
     for name, value in environ.items():
-        if not name.startswith(ENV_PREFIX) or "__" not in name:
+        if not name.startswith(ENV_PREFIX) or "__" not in name or name in _SECRET_VARIABLES:
             continue
         section, _, key = name[len(ENV_PREFIX) :].lower().partition("__")
         if f"{section}.{key}" in _PLANNED or section in _PLANNED:

@@ -26,6 +26,8 @@ from typing import Any
 import msgspec
 import onnx
 
+from secureserve.encryption import MAGIC as ENCRYPTION_MAGIC
+
 __all__ = [
     "MAX_SAFETENSORS_HEADER_BYTES",
     "SAFETENSORS_DTYPES",
@@ -115,6 +117,7 @@ class Format(enum.StrEnum):
     ZIP = "zip"
     GGUF = "gguf"
     COMPRESSED = "compressed"
+    ENCRYPTED = "encrypted"
     EMPTY = "empty"
     UNKNOWN = "unknown"
 
@@ -138,6 +141,7 @@ _DESCRIPTIONS: dict[Format, str] = {
     Format.ZIP: "a zip archive",
     Format.GGUF: "a GGUF file",
     Format.COMPRESSED: "a compressed file (gzip, bzip2, xz or zstd)",
+    Format.ENCRYPTED: "a secureserve-encrypted file",
     Format.EMPTY: "an empty file",
     Format.UNKNOWN: "a file of unknown format",
 }
@@ -173,6 +177,7 @@ def detect_format(data: bytes | memoryview) -> Format:
     if _looks_like_safetensors(buf):
         return Format.SAFETENSORS
     checks = (
+        (buf.startswith(ENCRYPTION_MAGIC), Format.ENCRYPTED),
         (buf.startswith(_TORCH_LEGACY_MAGIC), Format.TORCH_LEGACY),
         (buf.startswith(_ZIP_MAGICS), None),
         (buf.startswith(_NUMPY_MAGIC), Format.NUMPY),

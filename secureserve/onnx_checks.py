@@ -25,6 +25,12 @@ __all__ = ["STANDARD_ONNX_DOMAINS", "check_model", "inline_external_data", "sess
 #: ONNX operator domains always allowed; others must be allow-listed by name.
 STANDARD_ONNX_DOMAINS: Final = frozenset({"", "ai.onnx", "ai.onnx.ml"})
 _EXTERNAL_KEYS: Final = frozenset({"location", "offset", "length", "checksum"})
+_OPTIMIZATION: Final = {
+    "disabled": onnxruntime.GraphOptimizationLevel.ORT_DISABLE_ALL,
+    "basic": onnxruntime.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+    "extended": onnxruntime.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+    "all": onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL,
+}
 
 
 def check_model(
@@ -98,9 +104,13 @@ def inline_external_data(name: str, model: ModelProto, read: Callable[[str], byt
         tensor.data_location = TensorProto.DEFAULT
 
 
-def session_options(threads: int) -> onnxruntime.SessionOptions:
-    """Session options for an untrusted model: CPU, bounded threads, ONNX format only."""
+def session_options(threads: int, optimization: str = "all") -> onnxruntime.SessionOptions:
+    """Session options for an untrusted model: CPU, bounded threads, ONNX format only.
+
+    ``optimization`` is ``[model] onnx_optimization``: disabled, basic, extended or all.
+    """
     options = onnxruntime.SessionOptions()
+    options.graph_optimization_level = _OPTIMIZATION[optimization]
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.execution_mode = onnxruntime.ExecutionMode.ORT_SEQUENTIAL

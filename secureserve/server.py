@@ -110,8 +110,11 @@ def serve(app: Starlette, settings: Settings, context: ssl.SSLContext, sock: soc
     already accepted finish (for at most the predict and body timeouts).
     """
     server = settings.server
-    protocol = type("BoundedTLSHttpToolsProtocol", (TLSHttpToolsProtocol,),
-                    {"max_connections": server.max_connections})
+    protocol = type(
+        "BoundedTLSHttpToolsProtocol",
+        (TLSHttpToolsProtocol,),
+        {"max_connections": server.max_connections},
+    )
     config = uvicorn.Config(
         app,
         http=protocol,

@@ -7,6 +7,7 @@ handler that raises in ``load`` — surfaces where the app is created, as a
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -14,11 +15,20 @@ import msgspec
 
 from secureserve.artifacts import ArtifactRecord, Artifacts
 from secureserve.config import Settings
+from secureserve.encryption import KEY_ENV, load_key
 from secureserve.errors import ConfigError, SecureServeError
+from secureserve.lockfile import (
+    LOCK_FILENAME,
+    MISSING_LOCK,
+    SIGNATURE_FILENAME,
+    Lock,
+    read_lock,
+)
 from secureserve.model import Model
 from secureserve.openapi import openapi_document
 from secureserve.runner import InferenceRunner
 from secureserve.schema import ModelSchema
+from secureserve.signing import verify
 
 __all__ = ["ServingState", "load_model"]
 
@@ -33,10 +43,16 @@ def load_model(
         raise ConfigError(f"{cls!r} is not a secureserve.Model subclass.")
     cls.check_definition()
     where = f"{cls.__module__}.{cls.__qualname__}"
+    model_settings = settings.model
     artifacts = Artifacts(
-        settings.model.dir,
-        onnx_threads=settings.model.onnx_threads,
-        onnx_allowed_domains=settings.model.onnx_allowed_domains,
+        model_settings.dir,
+        onnx_threads=model_settings.onnx_threads,
+        onnx_allowed_domains=model_settings.onnx_allowed_domains,
+        onnx_optimization=model_settings.onnx_optimization,
+        max_onnx_nodes=model_settings.onnx_max_nodes,
+        max_file_bytes=model_settings.max_artifact_bytes,
+        lock=verified_lock(settings),
+        decryption_key=decryption_key(settings),
     )
     try:
         instance = cls() if isinstance(model, type) else model
@@ -50,6 +66,40 @@ def load_model(
             "Run with --debug for the traceback."
         ) from exc
     return instance, artifacts.opened
+
+
+def verified_lock(settings: Settings) -> Lock:
+    """The project's lock, its signature verified when ``[model] signing_public_key`` is set.
+
+    The signature is checked over the exact bytes that are then parsed. Without a
+    lock file every artifact is refused (``MISSING_LOCK``), unless a signing key is
+    configured, in which case the missing lock is an error right away.
+    """
+    path = settings.project_dir / LOCK_FILENAME
+    public_key = settings.model.signing_public_key
+    if not path.exists() and public_key is None:
+        return MISSING_LOCK
+    lock, data = read_lock(path)
+    if public_key is not None:
+        signature_path = path.with_name(SIGNATURE_FILENAME)
+        try:
+            signature = signature_path.read_bytes()
+        except FileNotFoundError:
+            raise ConfigError(
+                f"{signature_path} does not exist, but [model] signing_public_key requires a "
+                "signed lock: run `secureserve sign --private-key KEY` where the model is "
+                "released."
+            ) from None
+        verify(data, signature, public_key)
+    return lock
+
+
+def decryption_key(settings: Settings) -> bytes | None:
+    """The key for ``*.enc`` artifacts: ``[model] encryption_key_file`` or the environment."""
+    key_file = settings.model.encryption_key_file
+    if key_file is None and KEY_ENV not in os.environ:
+        return None
+    return load_key(key_file=key_file)
 
 
 class ServingState:

@@ -25,5 +25,6 @@ def iris_project(tmp_path: Path) -> Path:
     target.mkdir()
     shutil.copy(EXAMPLES / "iris" / "app.py", target / "app.py")
     shutil.copy(EXAMPLES / "iris" / "secureserve.toml", target / "secureserve.toml")
+    shutil.copy(EXAMPLES / "iris" / "secureserve.lock", target / "secureserve.lock")
     shutil.copytree(EXAMPLES / "iris" / "models", target / "models")
     return target

@@ -409,6 +409,7 @@ def copy_iris(target: Path) -> Path:
     target.mkdir(parents=True)
     shutil.copy(EXAMPLES / "iris" / "app.py", target / "app.py")
     shutil.copy(EXAMPLES / "iris" / "secureserve.toml", target / "secureserve.toml")
+    shutil.copy(EXAMPLES / "iris" / "secureserve.lock", target / "secureserve.lock")
     shutil.copytree(EXAMPLES / "iris" / "models", target / "models")
     return target
 

@@ -27,6 +27,7 @@ from server_helpers import (
 
 from secureserve.cli import main
 from secureserve.devcerts import ensure_dev_certificates
+from secureserve.lockfile import LOCK_FILENAME, LockEntry, build_lock, read_lock, write_lock
 
 KEY_LINE = re.compile(r"ss_([0-9a-f]{12})_([A-Za-z0-9_-]{43})")
 
@@ -148,17 +149,37 @@ def test_run_handler_not_a_model_refused(iris_project):
     _assert_cli_error(result, "app:Flower", "secureserve.Model")
 
 
+def _relock(project: Path, name: str, data: bytes) -> None:
+    """Record ``data`` as ``name`` in the project's lock, as a careless release would."""
+    lock, _ = read_lock(project / LOCK_FILENAME)
+    entry = LockEntry(sha256=hashlib.sha256(data).hexdigest(), size=len(data), format="pickle")
+    write_lock(project / LOCK_FILENAME, build_lock({**lock.files, name: entry}))
+
+
 def test_run_hostile_model_file_refused(iris_project):
-    """A pickle in place of models/iris.onnx is refused by name and never unpickled."""
+    """A pickle in place of models/iris.onnx, even with a matching lock, is refused by name."""
     name = "cli-iris.onnx"
     marker = marker_for(name)
     marker.unlink(missing_ok=True)
-    (iris_project / "models" / "iris.onnx").write_bytes(pickle_payload(2, name))
+    payload = pickle_payload(2, name)
+    (iris_project / "models" / "iris.onnx").write_bytes(payload)
+    _relock(iris_project, "iris.onnx", payload)
     result = run_cli("run", "--dev", "--port", str(free_port()), cwd=iris_project)
     _assert_cli_error(result, "iris.onnx")
     assert "pickle" in result.stderr.lower()
     assert not marker.exists()
     assert not list(Path(MARKER_PREFIX).parent.glob(Path(MARKER_PREFIX).name + "*"))
+
+
+def test_run_tampered_model_file_refused_by_lock(iris_project):
+    """A swapped model file that the lock does not vouch for is refused before parsing."""
+    name = "cli-tampered.onnx"
+    marker = marker_for(name)
+    marker.unlink(missing_ok=True)
+    (iris_project / "models" / "iris.onnx").write_bytes(pickle_payload(2, name))
+    result = run_cli("run", "--dev", "--port", str(free_port()), cwd=iris_project)
+    _assert_cli_error(result, "iris.onnx", "secureserve.lock")
+    assert not marker.exists()
 
 
 def test_run_dev_refuses_public_host(iris_project):

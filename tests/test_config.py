@@ -115,7 +115,7 @@ def test_load_settings_refuses_bad_environment_naming_the_variable(tmp_path, env
         '[limits]\nstorage = "memory://"\n',
         '[audit]\npath = "a.jsonl"\n',
         '[auth]\njwks_file = "jwks.json"\n',
-        '[model]\nsigning_public_key = "k.pem"\n',
+        '[audit]\ndigest_key_file = "k"\n',
     ],
 )
 def test_load_settings_refuses_planned_features_instead_of_ignoring_them(tmp_path, text):

@@ -1,10 +1,4 @@
-"""The ``secureserve`` command: a thin layer over library functions.
-
-Every failure the user can fix is a ``SecureServeError`` and prints as one
-paragraph on stderr with a non-zero exit code; a traceback appears only with
-``--debug``. Secrets that are generated here (API keys) are printed once to the
-terminal (stderr for ``run --dev``) and never logged.
-"""
+"""``secureserve run`` and ``secureserve certs dev``."""
 
 from __future__ import annotations
 
@@ -12,55 +6,18 @@ import argparse
 import importlib
 import ipaddress
 import sys
-import traceback
-from collections.abc import Sequence
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, Final
+from typing import Any
 
-from secureserve import __version__
-from secureserve.config import Settings, load_settings
-from secureserve.errors import ConfigError, SecureServeError
-from secureserve.keys import ROLES, create_key, list_keys, revoke_key
+from secureserve.cli._common import DEV_DIR, settings_from
+from secureserve.config import Settings
+from secureserve.errors import ConfigError
+from secureserve.keys import create_key
 from secureserve.model import Model
 
-__all__ = ["main"]
 
-DEV_DIR: Final = ".secureserve"
-EXIT_ERROR: Final = 1
-EXIT_USAGE: Final = 2
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the console script; returns the exit code."""
-    parser = _parser()
-    args = parser.parse_args(argv)
-    try:
-        result: int = args.func(args)
-    except SecureServeError as exc:
-        if args.debug:
-            traceback.print_exc()
-        print(f"secureserve: error: {exc}", file=sys.stderr)
-        return EXIT_ERROR
-    except KeyboardInterrupt:  # pragma: no cover - interactive
-        return 130
-    return result
-
-
-def _parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument(
-        "--config", type=Path, help="path to secureserve.toml (default: ./secureserve.toml)"
-    )
-    common.add_argument("--debug", action="store_true", help="show tracebacks on errors")
-
-    parser = argparse.ArgumentParser(
-        prog="secureserve", description="Serve ML models over HTTPS, secure by default."
-    )
-    parser.add_argument("--version", action="version", version=f"secureserve {__version__}")
-    parser.set_defaults(debug=False, func=lambda _: _usage(parser))
-    commands = parser.add_subparsers(title="commands", metavar="COMMAND")
-
+def register(commands: Any, common: argparse.ArgumentParser) -> None:
+    """Add ``run`` and ``certs`` to the command line."""
     run = commands.add_parser("run", parents=[common], help="serve a model over HTTPS")
     run.add_argument("app", nargs="?", help="handler as module:Class (default: [model] handler)")
     run.add_argument(
@@ -83,39 +40,6 @@ def _parser() -> argparse.ArgumentParser:
     )
     dev.set_defaults(func=_certs_dev)
 
-    keys = commands.add_parser("keys", help="API keys (only hashes are stored)")
-    keys_sub = keys.add_subparsers(metavar="ACTION", required=True)
-    create = keys_sub.add_parser("create", parents=[common], help="create a key; shown once")
-    create.add_argument("--name", required=True, help="who or what uses the key")
-    create.add_argument(
-        "--role", action="append", required=True, choices=ROLES, help="a role; repeat for several"
-    )
-    create.add_argument(
-        "--model",
-        action="append",
-        help="restrict to this model; repeat for several (default: every model)",
-    )
-    create.add_argument("--expires-in-days", type=int, help="expiry, in days from now")
-    create.set_defaults(func=_keys_create)
-    listing = keys_sub.add_parser("list", parents=[common], help="list keys (never secrets)")
-    listing.set_defaults(func=_keys_list)
-    revoke = keys_sub.add_parser("revoke", parents=[common], help="revoke a key by id")
-    revoke.add_argument("key_id")
-    revoke.set_defaults(func=_keys_revoke)
-    return parser
-
-
-def _usage(parser: argparse.ArgumentParser) -> int:
-    parser.print_help()
-    return EXIT_USAGE
-
-
-def _settings(
-    args: argparse.Namespace,
-    overrides: dict[str, dict[str, Any]] | None = None,
-) -> Settings:
-    return load_settings(args.config, project_dir=Path.cwd(), overrides=overrides)
-
 
 def _run(args: argparse.Namespace) -> int:
     from secureserve.app import create_app  # noqa: PLC0415 - keep `keys list` fast
@@ -132,7 +56,7 @@ def _run(args: argparse.Namespace) -> int:
     overrides: dict[str, dict[str, Any]] = {"server": server}
     if args.log_level:
         overrides["logging"] = {"level": args.log_level}
-    settings = _settings(args, overrides)
+    settings = settings_from(args, overrides)
     dev_certs = None
     if args.dev:
         settings, dev_certs = _dev_settings(settings, ensure_dev_certificates)
@@ -235,61 +159,10 @@ def _import_handler(spec: str | None, project_dir: Path) -> type[Model[Any, Any]
 def _certs_dev(args: argparse.Namespace) -> int:
     from secureserve.devcerts import ensure_dev_certificates  # noqa: PLC0415
 
-    settings = _settings(args)
+    settings = settings_from(args)
     certs = ensure_dev_certificates(settings.project_dir / DEV_DIR)
     print(
         f"CA certificate:     {certs.ca_cert}\nserver certificate: {certs.cert}\n"
         f"server key:         {certs.key} (mode 0600)"
     )
     return 0
-
-
-def _keys_create(args: argparse.Namespace) -> int:
-    settings = _settings(args)
-    expires = None
-    if args.expires_in_days is not None:
-        if args.expires_in_days < 1:
-            raise ConfigError("--expires-in-days must be at least 1.")
-        expires = timedelta(days=args.expires_in_days)
-    key = create_key(
-        settings.auth.keys_file,
-        name=args.name,
-        roles=tuple(args.role),
-        models=tuple(args.model) if args.model else None,
-        expires_in=expires,
-    )
-    print(
-        f"created key {key.record.id} ({key.record.name}; roles: {', '.join(key.record.roles)})",
-        file=sys.stderr,
-    )
-    print("the secret below is shown once; store it in your secret manager:", file=sys.stderr)
-    print(key.secret)
-    return 0
-
-
-def _keys_list(args: argparse.Namespace) -> int:
-    settings = _settings(args)
-    now = datetime.now(UTC)
-    records = list_keys(settings.auth.keys_file)
-    if not records:
-        print(f"no keys in {settings.auth.keys_file}; create one with `secureserve keys create`.")
-    for r in records:
-        state = "revoked" if r.revoked else "expired" if not r.active(now) else "active"
-        models = ",".join(r.models) if r.models is not None else "*"
-        expires = r.expires.date().isoformat() if r.expires else "never"
-        print(
-            f"{r.id}  {state:<7}  roles={','.join(r.roles)}  models={models}  "
-            f"expires={expires}  name={r.name}"
-        )
-    return 0
-
-
-def _keys_revoke(args: argparse.Namespace) -> int:
-    settings = _settings(args)
-    record = revoke_key(settings.auth.keys_file, args.key_id)
-    print(f"revoked key {record.id} ({record.name}); running servers refuse it within a second.")
-    return 0
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())

@@ -1,0 +1,82 @@
+"""``secureserve keys create / list / revoke``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from secureserve.cli._common import settings_from
+from secureserve.errors import ConfigError
+from secureserve.keys import ROLES, create_key, list_keys, revoke_key
+
+
+def register(commands: Any, common: argparse.ArgumentParser) -> None:
+    """Add ``keys`` to the command line."""
+    keys = commands.add_parser("keys", help="API keys (only hashes are stored)")
+    keys_sub = keys.add_subparsers(metavar="ACTION", required=True)
+    create = keys_sub.add_parser("create", parents=[common], help="create a key; shown once")
+    create.add_argument("--name", required=True, help="who or what uses the key")
+    create.add_argument(
+        "--role", action="append", required=True, choices=ROLES, help="a role; repeat for several"
+    )
+    create.add_argument(
+        "--model",
+        action="append",
+        help="restrict to this model; repeat for several (default: every model)",
+    )
+    create.add_argument("--expires-in-days", type=int, help="expiry, in days from now")
+    create.set_defaults(func=_keys_create)
+    listing = keys_sub.add_parser("list", parents=[common], help="list keys (never secrets)")
+    listing.set_defaults(func=_keys_list)
+    revoke = keys_sub.add_parser("revoke", parents=[common], help="revoke a key by id")
+    revoke.add_argument("key_id")
+    revoke.set_defaults(func=_keys_revoke)
+
+
+def _keys_create(args: argparse.Namespace) -> int:
+    settings = settings_from(args)
+    expires = None
+    if args.expires_in_days is not None:
+        if args.expires_in_days < 1:
+            raise ConfigError("--expires-in-days must be at least 1.")
+        expires = timedelta(days=args.expires_in_days)
+    key = create_key(
+        settings.auth.keys_file,
+        name=args.name,
+        roles=tuple(args.role),
+        models=tuple(args.model) if args.model else None,
+        expires_in=expires,
+    )
+    print(
+        f"created key {key.record.id} ({key.record.name}; roles: {', '.join(key.record.roles)})",
+        file=sys.stderr,
+    )
+    print("the secret below is shown once; store it in your secret manager:", file=sys.stderr)
+    print(key.secret)
+    return 0
+
+
+def _keys_list(args: argparse.Namespace) -> int:
+    settings = settings_from(args)
+    now = datetime.now(UTC)
+    records = list_keys(settings.auth.keys_file)
+    if not records:
+        print(f"no keys in {settings.auth.keys_file}; create one with `secureserve keys create`.")
+    for r in records:
+        state = "revoked" if r.revoked else "expired" if not r.active(now) else "active"
+        models = ",".join(r.models) if r.models is not None else "*"
+        expires = r.expires.date().isoformat() if r.expires else "never"
+        print(
+            f"{r.id}  {state:<7}  roles={','.join(r.roles)}  models={models}  "
+            f"expires={expires}  name={r.name}"
+        )
+    return 0
+
+
+def _keys_revoke(args: argparse.Namespace) -> int:
+    settings = settings_from(args)
+    record = revoke_key(settings.auth.keys_file, args.key_id)
+    print(f"revoked key {record.id} ({record.name}); running servers refuse it within a second.")
+    return 0

@@ -1,0 +1,151 @@
+"""Model-file release commands: lock, sign, verify, encrypt, decrypt and their keys."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from secureserve import encryption, signing
+from secureserve.cli._common import EXIT_ERROR, settings_from
+from secureserve.errors import ConfigError
+from secureserve.lockfile import LOCK_FILENAME, SIGNATURE_FILENAME, read_lock, write_lock
+from secureserve.release import lock_project, verify_project
+
+
+def register(commands: Any, common: argparse.ArgumentParser) -> None:
+    """Add the model-file commands to the command line."""
+    lock = commands.add_parser(
+        "lock", parents=[common], help="record sha256 and size of every model file"
+    )
+    lock.set_defaults(func=_lock)
+
+    sign = commands.add_parser("sign", parents=[common], help="sign secureserve.lock (Ed25519)")
+    sign.add_argument("--private-key", type=Path, required=True, help="Ed25519 private key PEM")
+    sign.set_defaults(func=_sign)
+
+    verify = commands.add_parser(
+        "verify", parents=[common], help="check the lock's signature and every model file"
+    )
+    verify.add_argument(
+        "--public-key",
+        type=Path,
+        help="Ed25519 public key PEM (default: [model] signing_public_key)",
+    )
+    verify.set_defaults(func=_verify)
+
+    signing_key = commands.add_parser("signing-key", help="Ed25519 signing keys")
+    signing_sub = signing_key.add_subparsers(metavar="ACTION", required=True)
+    new_signing = signing_sub.add_parser("new", parents=[common], help="create a key pair")
+    new_signing.add_argument("--private-key", type=Path, default=Path("secrets/signing-key.pem"))
+    new_signing.add_argument("--public-key", type=Path, default=Path("signing-key.pub.pem"))
+    new_signing.set_defaults(func=_signing_key_new)
+
+    encrypt = commands.add_parser(
+        "encrypt", parents=[common], help="encrypt a model file at rest (AES-256-GCM)"
+    )
+    encrypt.add_argument("file", type=Path)
+    encrypt.add_argument("--key-file", type=Path, required=True)
+    encrypt.add_argument("--output", type=Path, help="default: FILE.enc")
+    encrypt.set_defaults(func=_encrypt)
+
+    decrypt = commands.add_parser("decrypt", parents=[common], help="decrypt FILE.enc to a file")
+    decrypt.add_argument("file", type=Path)
+    decrypt.add_argument("--key-file", type=Path, required=True)
+    decrypt.add_argument("--output", type=Path, help="default: FILE without .enc")
+    decrypt.set_defaults(func=_decrypt)
+
+    encryption_key = commands.add_parser("encryption-key", help="keys for encrypted model files")
+    encryption_sub = encryption_key.add_subparsers(metavar="ACTION", required=True)
+    new_encryption = encryption_sub.add_parser(
+        "new", parents=[common], help="create a random 256-bit key file (mode 0600)"
+    )
+    new_encryption.add_argument("path", type=Path)
+    new_encryption.set_defaults(func=_encryption_key_new)
+
+
+def _lock(args: argparse.Namespace) -> int:
+    report = lock_project(settings_from(args))
+    count = len(report.files)
+    print(f"wrote {report.path} ({count} file{'' if count == 1 else 's'})")
+    for name, entry in report.files.items():
+        print(f"  {entry.sha256[:16]}  {entry.size:>12}  {entry.format:<12} {name}")
+    if report.stale_signature is not None:
+        print(
+            f"{report.stale_signature} no longer matches: sign again with "
+            "`secureserve sign --private-key KEY`",
+            file=sys.stderr,
+        )
+    return 0
+
+
+def _sign(args: argparse.Namespace) -> int:
+    settings = settings_from(args)
+    path = settings.project_dir / LOCK_FILENAME
+    _, data = read_lock(path)  # refuse to sign a lock that does not parse
+    target = path.with_name(SIGNATURE_FILENAME)
+    write_lock(target, signing.sign(data, args.private_key))
+    print(f"wrote {target}")
+    return 0
+
+
+def _verify(args: argparse.Namespace) -> int:
+    settings = settings_from(args)
+    public_key = args.public_key or settings.model.signing_public_key
+    report = verify_project(settings, public_key)
+    if public_key is None:
+        print("no public key given: the signature was not checked", file=sys.stderr)
+    elif report.key_id is not None:
+        print(f"signature: valid (key {report.key_id})")
+    print(f"files: {report.checked} match {LOCK_FILENAME}")
+    for name in report.unlisted:
+        print(f"not in the lock (a model cannot open it): {name}", file=sys.stderr)
+    for problem in report.problems:
+        print(f"secureserve: error: {problem}", file=sys.stderr)
+    return 0 if report.ok else EXIT_ERROR
+
+
+def _signing_key_new(args: argparse.Namespace) -> int:
+    settings = settings_from(args)
+    private = _in_project(settings.project_dir, args.private_key)
+    public = _in_project(settings.project_dir, args.public_key)
+    private.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    key_id = signing.generate_signing_key(private, public)
+    print(f"key {key_id}\n  private: {private} (mode 0600; keep it out of the repository)")
+    print(f"  public:  {public} (set [model] signing_public_key to it)")
+    return 0
+
+
+def _encrypt(args: argparse.Namespace) -> int:
+    key = encryption.load_key(key_file=args.key_file)
+    target = args.output or args.file.with_name(args.file.name + ".enc")
+    encryption.encrypt_file(args.file, target, key)
+    print(
+        f"wrote {target}; the plaintext {args.file} is untouched: delete it where it must "
+        "not stay, then run `secureserve lock`"
+    )
+    return 0
+
+
+def _decrypt(args: argparse.Namespace) -> int:
+    key = encryption.load_key(key_file=args.key_file)
+    if args.output is None and args.file.suffix != ".enc":
+        raise ConfigError(f"{args.file} does not end in .enc; name the result with --output.")
+    target = args.output or args.file.with_suffix("")
+    encryption.decrypt_file(args.file, target, key)
+    print(f"wrote {target} (mode 0600)")
+    return 0
+
+
+def _encryption_key_new(args: argparse.Namespace) -> int:
+    settings = settings_from(args)
+    path = _in_project(settings.project_dir, args.path)
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    encryption.generate_key(path)
+    print(f"wrote {path} (mode 0600); set [model] encryption_key_file to it on the server")
+    return 0
+
+
+def _in_project(project_dir: Path, path: Path) -> Path:
+    return path if path.is_absolute() else project_dir / path
