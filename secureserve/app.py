@@ -58,23 +58,30 @@ def create_app(
     if not structlog.is_configured():
         configure_logging(settings.logging.level)
     log = get_logger()
-    instance, artifacts = load_model(model, settings)
-    state = ServingState(instance, artifacts, settings)
+    cls = model if isinstance(model, type) else type(model)
+    state = ServingState(cls, load_model(model, settings), settings)
     keystore = keys if keys is not None else KeyStore(settings.auth.keys_file)
 
     @contextlib.asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
         state.ready = True
-        log.info("model ready", model=state.name, model_version=state.version)
+        current = state.current
+        log.info(
+            "model ready",
+            model=state.name,
+            model_version=current.version,
+            model_revision=current.revision,
+        )
         try:
             yield
         finally:
             state.ready = False
-            state.runner.close()
+            state.close()
 
     app = Starlette(
         routes=[
             Route("/v1/models/{name}:predict", endpoints.Predict(state), methods=["POST"]),
+            Route("/v1/models/{name}:reload", endpoints.reload, methods=["POST"]),
             Route("/v1/models", endpoints.list_models, methods=["GET"]),
             Route("/v1/models/{name}", endpoints.model_metadata, methods=["GET"]),
             Route("/openapi.json", endpoints.openapi, methods=["GET"]),

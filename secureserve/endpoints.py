@@ -18,14 +18,30 @@ from starlette.types import Receive, Scope, Send
 from secureserve.auth import Principal, require_role
 from secureserve.body import check_json_content_type, read_body
 from secureserve.errors import RequestRejected
-from secureserve.openapi import ArtifactInfo, ModelList, ModelMetadata, ModelSummary
+from secureserve.logs import get_logger
+from secureserve.openapi import (
+    ArtifactInfo,
+    ModelList,
+    ModelMetadata,
+    ModelSummary,
+    ReloadResult,
+)
 
 if TYPE_CHECKING:
     from secureserve.serving import ServingState
 
-__all__ = ["Predict", "healthz", "list_models", "model_metadata", "openapi", "readyz"]
+__all__ = [
+    "Predict",
+    "healthz",
+    "list_models",
+    "model_metadata",
+    "openapi",
+    "readyz",
+    "reload",
+]
 
 _JSON: Final = "application/json"
+_log: Final = get_logger()
 _encoder: Final = msgspec.json.Encoder()
 _NOT_FOUND: Final = RequestRejected(404, "not-found", "Not found")
 _HEALTHY: Final = b'{"status":"ok"}'
@@ -56,8 +72,13 @@ class Predict:
             scope, receive, limit=state.max_body_bytes, deadline_s=state.body_timeout_s
         )
         instances = state.schema.decode_request(body)
-        scope["secureserve"].model_version = state.version
-        payload = await state.runner.submit(instances)
+        deployment = state.current  # this request finishes on this version, reload or not
+        scope["secureserve"].model_version = deployment.version
+        deployment.acquire()
+        try:
+            payload = await deployment.runner.submit(instances)
+        finally:
+            deployment.release()
         await send(
             {
                 "type": "http.response.start",
@@ -75,7 +96,8 @@ async def list_models(request: Request) -> Response:
     """``GET /v1/models``: only the models this principal may use."""
     state: ServingState = request.app.state.serving
     principal: Principal = request.scope["secureserve.principal"]
-    visible = [ModelSummary(state.name, state.version)] if principal.may_use(state.name) else []
+    current = state.current
+    visible = [ModelSummary(state.name, current.version)] if principal.may_use(state.name) else []
     return Response(_encoder.encode(ModelList(visible)), media_type=_JSON)
 
 
@@ -84,16 +106,66 @@ async def model_metadata(request: Request) -> Response:
     state: ServingState = request.app.state.serving
     principal = _visible_model(request.scope, state, request.path_params["name"])
     require_role(principal, "admin")
-    request.scope["secureserve"].model_version = state.version
+    current = state.current
+    request.scope["secureserve"].model_version = current.version
     meta = ModelMetadata(
         name=state.name,
-        version=state.version,
+        version=current.version,
+        revision=current.revision,
         max_instances=state.max_instances,
         artifacts=[
-            ArtifactInfo(r.name, r.sha256, r.size, r.format) for r in state.artifacts.values()
+            ArtifactInfo(r.name, r.sha256, r.size, r.format) for r in current.artifacts.values()
         ],
     )
     return Response(_encoder.encode(meta), media_type=_JSON)
+
+
+async def reload(request: Request) -> Response:
+    """``POST /v1/models/{name}:reload`` (role ``admin``): verified load, then an atomic swap.
+
+    If anything fails the running version keeps serving; the client gets a problem
+    without details, the log gets the reason.
+    """
+    state: ServingState = request.app.state.serving
+    principal = _visible_model(request.scope, state, request.path_params["name"])
+    require_role(principal, "admin")
+    info = request.scope["secureserve"]
+    try:
+        previous, current = await state.reload()
+    except Exception as exc:
+        _log.exception(
+            "model reload refused",
+            request_id=info.request_id,
+            trigger="http",
+            key_id=principal.id,
+            model=state.name,
+            kept_revision=state.current.revision,
+        )
+        raise RequestRejected(
+            500,
+            "reload-failed",
+            "Model reload failed",
+            detail="the new model files were refused; the running version keeps serving",
+            log_reason=type(exc).__name__,
+        ) from exc
+    info.model_version = current.version
+    _log.info(
+        "model reloaded",
+        request_id=info.request_id,
+        trigger="http",
+        key_id=principal.id,
+        model=state.name,
+        model_version=current.version,
+        model_revision=current.revision,
+        previous_revision=previous.revision,
+    )
+    body = ReloadResult(
+        name=state.name,
+        version=current.version,
+        revision=current.revision,
+        previous_revision=previous.revision,
+    )
+    return Response(_encoder.encode(body), media_type=_JSON)
 
 
 async def openapi(request: Request) -> Response:

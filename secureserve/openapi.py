@@ -9,7 +9,14 @@ import msgspec
 from secureserve.problems import PROBLEM_MEDIA_TYPE, Problem
 from secureserve.schema import ModelSchema
 
-__all__ = ["ArtifactInfo", "ModelList", "ModelMetadata", "ModelSummary", "openapi_document"]
+__all__ = [
+    "ArtifactInfo",
+    "ModelList",
+    "ModelMetadata",
+    "ModelSummary",
+    "ReloadResult",
+    "openapi_document",
+]
 
 
 class ModelSummary(msgspec.Struct, frozen=True):
@@ -39,9 +46,19 @@ class ModelMetadata(msgspec.Struct, frozen=True):
 
     name: str
     version: str
+    revision: str
     artifacts: list[ArtifactInfo]
     max_instances: int
     openapi: str = "/openapi.json"
+
+
+class ReloadResult(msgspec.Struct, frozen=True):
+    """``POST /v1/models/{name}:reload`` (admin): the version now serving."""
+
+    name: str
+    version: str
+    revision: str
+    previous_revision: str
 
 
 def _problem(description: str) -> dict[str, Any]:

@@ -83,6 +83,13 @@ class InferenceRunner:
             thread.join(timeout)
             self._thread = None
 
+    def stop(self) -> None:
+        """Like ``close`` without waiting: queued jobs finish, then the thread ends."""
+        if self._thread is not None:
+            self._hand_over()
+            self._queue.put(_STOP)
+            self._thread = None
+
     def _hand_over(self) -> None:
         """Give the thread every job submitted in this loop iteration, in one put (one wake-up)."""
         if self._pending:

@@ -15,11 +15,14 @@ of request headers; docs/configuration.md says so.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import gc
 import signal
 import socket
 import ssl
+import threading
+from collections.abc import Generator
 from types import FrameType
 
 import uvicorn
@@ -28,6 +31,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from secureserve.config import Settings
 from secureserve.errors import ConfigError
+from secureserve.logs import get_logger
 from secureserve.tls import peer_certificate_subject
 
 __all__ = ["TLSHttpToolsProtocol", "bind_socket", "serve"]
@@ -86,21 +90,76 @@ def bind_socket(host: str, port: int) -> socket.socket:
 
 
 class _Server(uvicorn.Server):
-    """Turns readiness off as soon as a shutdown signal arrives.
+    """uvicorn's server plus readiness on shutdown and SIGHUP reloads.
 
-    A SIGTERM shutdown that drained gracefully exits 0: uvicorn would otherwise
-    re-raise the signal once it is done, and the process would die of it.
+    A shutdown signal turns readiness off at once. A SIGTERM shutdown that drained
+    gracefully exits 0: uvicorn would otherwise re-raise the signal once it is done,
+    and the process would die of it. SIGHUP reloads the model exactly like
+    ``POST /v1/models/{name}:reload`` (verified load beside the running version, then
+    an atomic swap; on failure the running version keeps serving).
     """
 
     def __init__(self, config: uvicorn.Config, app: Starlette) -> None:
         super().__init__(config)
         self._app = app
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._reloads: set[asyncio.Task[None]] = set()
+
+    async def serve(self, sockets: list[socket.socket] | None = None) -> None:
+        """Remember the loop (SIGHUP schedules work on it), then serve."""
+        self._loop = asyncio.get_running_loop()
+        await super().serve(sockets=sockets)
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        """The SIGINT and SIGTERM handling of uvicorn, plus SIGHUP for reloads."""
+        with super().capture_signals():
+            if threading.current_thread() is not threading.main_thread():
+                yield
+                return
+            previous = signal.signal(signal.SIGHUP, self._on_sighup)
+            try:
+                yield
+            finally:
+                signal.signal(signal.SIGHUP, previous)
+
+    def _on_sighup(self, sig: int, frame: FrameType | None) -> None:  # noqa: ARG002
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._start_reload)
+
+    def _start_reload(self) -> None:
+        task = asyncio.ensure_future(_reload_on_signal(self._app))
+        self._reloads.add(task)  # keep a reference until it is done
+        task.add_done_callback(self._reloads.discard)
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         self._app.state.serving.ready = False
         super().handle_exit(sig, frame)
         if sig == signal.SIGTERM:
             self._captured_signals.remove(sig)
+
+
+async def _reload_on_signal(app: Starlette) -> None:
+    state = app.state.serving
+    log = get_logger()
+    try:
+        previous, current = await state.reload()
+    except Exception:
+        log.exception(
+            "model reload refused",
+            trigger="SIGHUP",
+            model=state.name,
+            kept_revision=state.current.revision,
+        )
+        return
+    log.info(
+        "model reloaded",
+        trigger="SIGHUP",
+        model=state.name,
+        model_version=current.version,
+        model_revision=current.revision,
+        previous_revision=previous.revision,
+    )
 
 
 def serve(app: Starlette, settings: Settings, context: ssl.SSLContext, sock: socket.socket) -> None:

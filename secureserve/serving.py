@@ -7,8 +7,11 @@ handler that raises in ``load`` — surfaces where the app is created, as a
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import os
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import msgspec
@@ -30,20 +33,34 @@ from secureserve.runner import InferenceRunner
 from secureserve.schema import ModelSchema
 from secureserve.signing import verify
 
-__all__ = ["ServingState", "load_model"]
+__all__ = ["Deployment", "LoadedModel", "ServingState", "load_model"]
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A handler instance after ``load`` and ``warmup``, with what it opened."""
+
+    instance: Model[Any, Any]
+    opened: Mapping[str, ArtifactRecord]
+    revision: str  # first 12 hex digits of the lock's sha256: which release of the files
 
 
 def load_model(
     model: Model[Any, Any] | type[Model[Any, Any]],
     settings: Settings,
-) -> tuple[Model[Any, Any], Mapping[str, ArtifactRecord]]:
-    """Instantiate (if given a class), check, ``load`` and ``warmup`` the handler."""
+) -> LoadedModel:
+    """Instantiate (if given a class), check, ``load`` and ``warmup`` the handler.
+
+    Everything is verified on the way: the lock (and its signature when a signing key
+    is configured) before any file is read, each file against the lock as it is read.
+    """
     cls = model if isinstance(model, type) else type(model)
     if not (isinstance(cls, type) and issubclass(cls, Model)):
         raise ConfigError(f"{cls!r} is not a secureserve.Model subclass.")
     cls.check_definition()
     where = f"{cls.__module__}.{cls.__qualname__}"
     model_settings = settings.model
+    lock, revision = verified_lock(settings)
     artifacts = Artifacts(
         model_settings.dir,
         onnx_threads=model_settings.onnx_threads,
@@ -51,7 +68,7 @@ def load_model(
         onnx_optimization=model_settings.onnx_optimization,
         max_onnx_nodes=model_settings.onnx_max_nodes,
         max_file_bytes=model_settings.max_artifact_bytes,
-        lock=verified_lock(settings),
+        lock=lock,
         decryption_key=decryption_key(settings),
     )
     try:
@@ -65,20 +82,21 @@ def load_model(
             f"{where} failed while loading: {type(exc).__name__}: {exc}. "
             "Run with --debug for the traceback."
         ) from exc
-    return instance, artifacts.opened
+    return LoadedModel(instance, dict(artifacts.opened), revision)
 
 
-def verified_lock(settings: Settings) -> Lock:
+def verified_lock(settings: Settings) -> tuple[Lock, str]:
     """The project's lock, its signature verified when ``[model] signing_public_key`` is set.
 
     The signature is checked over the exact bytes that are then parsed. Without a
     lock file every artifact is refused (``MISSING_LOCK``), unless a signing key is
-    configured, in which case the missing lock is an error right away.
+    configured, in which case the missing lock is an error right away. Also returns
+    the revision: the first 12 hex digits of the lock's sha256 (``"unlocked"`` without).
     """
     path = settings.project_dir / LOCK_FILENAME
     public_key = settings.model.signing_public_key
     if not path.exists() and public_key is None:
-        return MISSING_LOCK
+        return MISSING_LOCK, "unlocked"
     lock, data = read_lock(path)
     if public_key is not None:
         signature_path = path.with_name(SIGNATURE_FILENAME)
@@ -91,7 +109,7 @@ def verified_lock(settings: Settings) -> Lock:
                 "released."
             ) from None
         verify(data, signature, public_key)
-    return lock
+    return lock, hashlib.sha256(data).hexdigest()[:12]
 
 
 def decryption_key(settings: Settings) -> bytes | None:
@@ -102,27 +120,83 @@ def decryption_key(settings: Settings) -> bytes | None:
     return load_key(key_file=key_file)
 
 
-class ServingState:
-    """Everything the routes need, built once when the app is created."""
+class Deployment:
+    """One loaded version of the model, with the inference thread that runs it.
 
-    def __init__(
-        self, model: Model[Any, Any], artifacts: Mapping[str, ArtifactRecord], settings: Settings
-    ) -> None:
+    Requests hold it from start to end (``acquire``/``release``); after a reload
+    swaps it out (``retire``), its thread stops once the last of them has finished,
+    so in-flight requests complete on the version they started with.
+    """
+
+    def __init__(self, loaded: LoadedModel, schema: ModelSchema, settings: Settings) -> None:
+        self.version: str = loaded.instance.version
+        self.revision = loaded.revision
+        self.artifacts = dict(loaded.opened)
+        self.runner = InferenceRunner(
+            loaded.instance,
+            schema,
+            max_batch=settings.server.max_instances,
+            timeout=settings.server.predict_timeout_s,
+        )
+        self._active = 0
+        self._retired = False
+
+    def acquire(self) -> None:
+        """A request starts on this version (event-loop thread only)."""
+        self._active += 1
+
+    def release(self) -> None:
+        """A request finished; a retired version stops when none is left."""
+        self._active -= 1
+        if self._retired and self._active == 0:
+            self.runner.stop()
+
+    def retire(self) -> None:
+        """Stop taking new requests; stop the thread when in-flight ones are done."""
+        self._retired = True
+        if self._active == 0:
+            self.runner.stop()
+
+
+class ServingState:
+    """What the routes need: the current deployment, the schema, limits and readiness."""
+
+    def __init__(self, cls: type[Model[Any, Any]], loaded: LoadedModel, settings: Settings) -> None:
         server = settings.server
-        cls = type(model)
+        self.cls = cls
+        self.settings = settings
         self.name = cls.name
-        self.version = cls.version
-        self.artifacts = dict(artifacts)
         self.max_instances = server.max_instances
         self.max_body_bytes = server.max_body_bytes
         self.body_timeout_s = server.body_timeout_s
         self.schema = ModelSchema(
             cls.input_type, cls.output_type, max_instances=server.max_instances
         )
-        self.runner = InferenceRunner(
-            model, self.schema, max_batch=server.max_instances, timeout=server.predict_timeout_s
-        )
+        self.current = Deployment(loaded, self.schema, settings)
         self.openapi_body = msgspec.json.encode(
-            openapi_document(self.name, self.version, self.schema)
+            openapi_document(self.name, cls.version, self.schema)
         )
         self.ready = True
+        self._reload_lock = asyncio.Lock()
+
+    @property
+    def runner(self) -> InferenceRunner:
+        """The current deployment's runner."""
+        return self.current.runner
+
+    async def reload(self) -> tuple[Deployment, Deployment]:
+        """Load the model again beside the running one and swap if, and only if, it all passed.
+
+        Lock, signature, formats, ``load`` and ``warmup`` run in a worker thread while
+        the current version keeps serving; any failure raises and changes nothing.
+        Returns (previous, new).
+        """
+        async with self._reload_lock:
+            loaded = await asyncio.to_thread(load_model, self.cls, self.settings)
+            previous, self.current = self.current, Deployment(loaded, self.schema, self.settings)
+            previous.retire()
+            return previous, self.current
+
+    def close(self) -> None:
+        """Shutdown: finish queued work of the current deployment and stop its thread."""
+        self.current.runner.close()
