@@ -41,7 +41,6 @@ __all__ = [
 ]
 
 _JSON: Final = "application/json"
-_log: Final = get_logger()
 _encoder: Final = msgspec.json.Encoder()
 _NOT_FOUND: Final = RequestRejected(404, "not-found", "Not found")
 _HEALTHY: Final = b'{"status":"ok"}'
@@ -130,10 +129,11 @@ async def reload(request: Request) -> Response:
     principal = _visible_model(request.scope, state, request.path_params["name"])
     require_role(principal, "admin")
     info = request.scope["secureserve"]
+    log = get_logger()
     try:
         previous, current = await state.reload()
     except Exception as exc:
-        _log.exception(
+        log.exception(
             "model reload refused",
             request_id=info.request_id,
             trigger="http",
@@ -149,7 +149,7 @@ async def reload(request: Request) -> Response:
             log_reason=type(exc).__name__,
         ) from exc
     info.model_version = current.version
-    _log.info(
+    log.info(
         "model reloaded",
         request_id=info.request_id,
         trigger="http",
