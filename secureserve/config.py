@@ -333,6 +333,12 @@ def _check_combinations(settings: Settings) -> None:
             "[server] workers: this version serves from one process; run one "
             "process per container and scale with replicas (set workers = 1)."
         )
+    if settings.project_dir.is_relative_to(settings.model.dir):
+        raise ConfigError(
+            f"[model] dir is {settings.model.dir}, which holds the project folder itself: the "
+            "model would see secureserve.toml, secrets/ and the lock. Keep the model files in "
+            "their own folder, such as models/."
+        )
     tls = settings.tls
     if (tls.cert is None) != (tls.key is None):
         raise ConfigError(

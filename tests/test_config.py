@@ -133,6 +133,8 @@ def test_load_settings_refuses_planned_features_instead_of_ignoring_them(tmp_pat
         ('[server]\ntrusted_proxies = ["not-an-ip"]\n', "trusted_proxies"),
         ('[tls]\ncert = "c.pem"\n', "[tls] cert and key"),
         ("[server]\nworkers = 2\n", "[server] workers"),
+        ('[model]\ndir = "."\n', "[model] dir"),
+        ('[model]\ndir = ".."\n', "[model] dir"),
         ('[model]\nonnx_allowed_domains = [""]\n', "onnx_allowed_domains"),
     ],
 )

@@ -3,7 +3,9 @@
 Every failure the user can fix is a ``SecureServeError`` and prints as one
 paragraph on stderr with a non-zero exit code; a traceback appears only with
 ``--debug``. Secrets generated here (API keys) are printed once to the terminal
-(stderr for ``run --dev``) and never logged. Each submodule registers its
+(stderr for ``run --dev``) and never logged. Paths given on the command line are
+relative to the working directory, like any shell tool; defaults live in the
+project folder (where secureserve.toml is). Each submodule registers its
 commands: ``serve`` (run, certs), ``keys``, ``models`` (lock, sign, verify,
 encrypt, decrypt and their keys).
 """

@@ -38,8 +38,12 @@ def register(commands: Any, common: argparse.ArgumentParser) -> None:
     signing_key = commands.add_parser("signing-key", help="Ed25519 signing keys")
     signing_sub = signing_key.add_subparsers(metavar="ACTION", required=True)
     new_signing = signing_sub.add_parser("new", parents=[common], help="create a key pair")
-    new_signing.add_argument("--private-key", type=Path, default=Path("secrets/signing-key.pem"))
-    new_signing.add_argument("--public-key", type=Path, default=Path("signing-key.pub.pem"))
+    new_signing.add_argument(
+        "--private-key", type=Path, help="default: secrets/signing-key.pem in the project"
+    )
+    new_signing.add_argument(
+        "--public-key", type=Path, help="default: signing-key.pub.pem in the project"
+    )
     new_signing.set_defaults(func=_signing_key_new)
 
     encrypt = commands.add_parser(
@@ -108,8 +112,8 @@ def _verify(args: argparse.Namespace) -> int:
 
 def _signing_key_new(args: argparse.Namespace) -> int:
     settings = settings_from(args)
-    private = _in_project(settings.project_dir, args.private_key)
-    public = _in_project(settings.project_dir, args.public_key)
+    private = args.private_key or settings.project_dir / "secrets" / "signing-key.pem"
+    public = args.public_key or settings.project_dir / "signing-key.pub.pem"
     private.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     key_id = signing.generate_signing_key(private, public)
     print(f"key {key_id}\n  private: {private} (mode 0600; keep it out of the repository)")
@@ -139,13 +143,8 @@ def _decrypt(args: argparse.Namespace) -> int:
 
 
 def _encryption_key_new(args: argparse.Namespace) -> int:
-    settings = settings_from(args)
-    path = _in_project(settings.project_dir, args.path)
+    path: Path = args.path
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     encryption.generate_key(path)
     print(f"wrote {path} (mode 0600); set [model] encryption_key_file to it on the server")
     return 0
-
-
-def _in_project(project_dir: Path, path: Path) -> Path:
-    return path if path.is_absolute() else project_dir / path
