@@ -333,7 +333,7 @@ def _check_combinations(settings: Settings) -> None:
             "[server] workers: this version serves from one process; run one "
             "process per container and scale with replicas (set workers = 1)."
         )
-    if settings.project_dir.is_relative_to(settings.model.dir):
+    if settings.project_dir.is_relative_to(settings.model.dir.resolve()):
         raise ConfigError(
             f"[model] dir is {settings.model.dir}, which holds the project folder itself: the "
             "model would see secureserve.toml, secrets/ and the lock. Keep the model files in "
