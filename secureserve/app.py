@@ -85,11 +85,12 @@ def create_app(
             Route("/v1/models", endpoints.list_models, methods=["GET"]),
             Route("/v1/models/{name}", endpoints.model_metadata, methods=["GET"]),
             Route("/openapi.json", endpoints.openapi, methods=["GET"]),
+            Route("/metrics", endpoints.metrics, methods=["GET"]),
             Route("/healthz", endpoints.healthz, methods=["GET"]),
             Route("/readyz", endpoints.readyz, methods=["GET"]),
         ],
         middleware=[
-            Middleware(RequestContext, logger=log, access=access_log()),
+            Middleware(RequestContext, logger=log, access=access_log(), metrics=state.metrics),
             Middleware(HttpsOnly),
             Middleware(InFlightLimit, limit=settings.server.max_in_flight),
             Middleware(

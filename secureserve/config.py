@@ -46,17 +46,7 @@ DEFAULT_MAX_CONNECTIONS: Final = 1024
 
 # Sections and keys that DESIGN.md names but this version does not implement yet.
 # Accepting them silently would suggest a protection that is not there.
-_PLANNED: Final = {
-    "limits": "rate limits and quotas",
-    "audit": "the audit trail",
-    "auth.jwks_file": "JWT verification",
-    "auth.jwt_issuer": "JWT verification",
-    "auth.jwt_audience": "JWT verification",
-    "auth.jwt_algorithms": "JWT verification",
-    "auth.jwt_roles_claim": "JWT verification",
-    "auth.jwt_models_claim": "JWT verification",
-    "auth.jwt_leeway_s": "JWT verification",
-}
+_PLANNED: Final[dict[str, str]] = {}
 
 
 class _Section(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -91,10 +81,49 @@ class TLSSettings(_Section, frozen=True):
     min_version: Literal["1.2", "1.3"] = "1.2"
 
 
+class ClientCertificate(_Section, frozen=True):
+    """One ``[[auth.client_certificates]]`` entry: a certificate subject mapped to a principal."""
+
+    subject: str
+    roles: tuple[Literal["predict", "explain", "metrics", "admin"], ...]
+    models: tuple[str, ...] | None = None
+
+
 class AuthSettings(_Section, frozen=True):
-    """``[auth]``: where API key records live (hashes only, never secrets)."""
+    """``[auth]``: API key records (hashes only), JWT verification, mTLS identities."""
 
     keys_file: Path = Path("secrets/api_keys.toml")
+    jwks_file: Path | None = None
+    jwt_issuer: str | None = None
+    jwt_audience: str | None = None
+    jwt_algorithms: tuple[Literal["RS256", "ES256", "EdDSA"], ...] = ("RS256", "ES256", "EdDSA")
+    jwt_roles_claim: str = "role"
+    jwt_models_claim: str = "models"
+    jwt_leeway_s: Annotated[int, msgspec.Meta(ge=0, le=300)] = 30
+    client_certificates: tuple[ClientCertificate, ...] = ()
+
+
+RateString = Annotated[str, msgspec.Meta(min_length=1, max_length=100)]
+
+
+class LimitsSettings(_Section, frozen=True):
+    """``[limits]``: rate limits and quotas (``limits`` rate strings such as ``"60/minute"``)."""
+
+    storage: str = "memory://"
+    per_principal: RateString | None = "60/minute"
+    per_model: RateString | None = None
+    auth_failures_per_ip: RateString | None = "10/minute"
+    quota: RateString | None = "10000/day"
+    on_storage_error: Literal["refuse", "memory"] = "refuse"
+
+
+class AuditSettings(_Section, frozen=True):
+    """``[audit]``: the hash-chained audit log."""
+
+    path: Path = Path("audit/audit.jsonl")
+    digest_key_file: Path | None = None
+    max_bytes: Annotated[int, msgspec.Meta(ge=4096, le=1 << 40)] = 100 * 1024 * 1024
+    on_write_error: Literal["refuse", "continue"] = "refuse"
 
 
 class ModelSettings(_Section, frozen=True):
@@ -124,6 +153,8 @@ class Settings(_Section, frozen=True):
     server: ServerSettings = msgspec.field(default_factory=ServerSettings)
     tls: TLSSettings = msgspec.field(default_factory=TLSSettings)
     auth: AuthSettings = msgspec.field(default_factory=AuthSettings)
+    limits: LimitsSettings = msgspec.field(default_factory=LimitsSettings)
+    audit: AuditSettings = msgspec.field(default_factory=AuditSettings)
     model: ModelSettings = msgspec.field(default_factory=ModelSettings)
     logging: LoggingSettings = msgspec.field(default_factory=LoggingSettings)
 
@@ -132,6 +163,8 @@ _SECTIONS: Final[dict[str, type[_Section]]] = {
     "server": ServerSettings,
     "tls": TLSSettings,
     "auth": AuthSettings,
+    "limits": LimitsSettings,
+    "audit": AuditSettings,
     "model": ModelSettings,
     "logging": LoggingSettings,
 }
@@ -144,6 +177,9 @@ _PATH_KEYS: Final = (
     ("tls", "key"),
     ("tls", "client_ca"),
     ("auth", "keys_file"),
+    ("auth", "jwks_file"),
+    ("audit", "path"),
+    ("audit", "digest_key_file"),
     ("model", "dir"),
     ("model", "signing_public_key"),
     ("model", "encryption_key_file"),
@@ -333,6 +369,8 @@ def _check_combinations(settings: Settings) -> None:
             "[server] workers: this version serves from one process; run one "
             "process per container and scale with replicas (set workers = 1)."
         )
+    _check_auth(settings.auth)
+    _check_limits(settings.limits)
     if settings.project_dir.is_relative_to(settings.model.dir.resolve()):
         raise ConfigError(
             f"[model] dir is {settings.model.dir}, which holds the project folder itself: the "
@@ -344,4 +382,47 @@ def _check_combinations(settings: Settings) -> None:
         raise ConfigError(
             "[tls] cert and key go together; set both (or use `secureserve run "
             "--dev` for a local development certificate)."
+        )
+
+
+def _check_auth(auth: AuthSettings) -> None:
+    jwt = {
+        "jwks_file": auth.jwks_file,
+        "jwt_issuer": auth.jwt_issuer,
+        "jwt_audience": auth.jwt_audience,
+    }
+    given = [key for key, value in jwt.items() if value is not None]
+    if given and len(given) != len(jwt):
+        missing = ", ".join(key for key in jwt if key not in given)
+        raise ConfigError(
+            f"[auth] JWT verification needs jwks_file, jwt_issuer and jwt_audience together; "
+            f"{missing} missing. Set all three, or none to accept API keys only."
+        )
+    if not auth.jwt_algorithms:
+        raise ConfigError(
+            "[auth] jwt_algorithms is empty; list at least one of RS256, ES256, EdDSA."
+        )
+    subjects = [entry.subject for entry in auth.client_certificates]
+    if len(set(subjects)) != len(subjects):
+        raise ConfigError("[auth] client_certificates lists a subject twice; keep one entry each.")
+
+
+def _check_limits(limits: LimitsSettings) -> None:
+    from limits import parse_many  # noqa: PLC0415 - only needed here
+
+    for key in ("per_principal", "per_model", "auth_failures_per_ip", "quota"):
+        value = getattr(limits, key)
+        if value is None:
+            continue
+        try:
+            parse_many(value)
+        except ValueError:
+            raise ConfigError(
+                f'[limits] {key} = {value!r} is not a rate such as "60/minute" or '
+                "\"10000/day\" (several may be joined with ';')."
+            ) from None
+    if not limits.storage.startswith(("memory://", "redis://", "rediss://", "async+redis://")):
+        raise ConfigError(
+            f'[limits] storage = {limits.storage!r}: use "memory://" (one process) or '
+            '"redis://host:port/db" (shared by replicas).'
         )

@@ -19,6 +19,7 @@ from secureserve.auth import Principal, require_role
 from secureserve.body import check_json_content_type, read_body
 from secureserve.errors import RequestRejected
 from secureserve.logs import get_logger
+from secureserve.metrics import CONTENT_TYPE
 from secureserve.openapi import (
     ArtifactInfo,
     ModelList,
@@ -34,6 +35,7 @@ __all__ = [
     "Predict",
     "healthz",
     "list_models",
+    "metrics",
     "model_metadata",
     "openapi",
     "readyz",
@@ -172,6 +174,13 @@ async def openapi(request: Request) -> Response:
     """``GET /openapi.json`` (any authenticated principal)."""
     state: ServingState = request.app.state.serving
     return Response(state.openapi_body, media_type=_JSON)
+
+
+async def metrics(request: Request) -> Response:
+    """``GET /metrics`` (role ``metrics``): Prometheus text format."""
+    state: ServingState = request.app.state.serving
+    require_role(request.scope["secureserve.principal"], "metrics")
+    return Response(state.metrics.render(), media_type=CONTENT_TYPE)
 
 
 async def healthz(_: Request) -> Response:

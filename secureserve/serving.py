@@ -27,6 +27,7 @@ from secureserve.lockfile import (
     Lock,
     read_lock,
 )
+from secureserve.metrics import Metrics
 from secureserve.model import Model
 from secureserve.openapi import openapi_document
 from secureserve.runner import InferenceRunner
@@ -173,6 +174,10 @@ class ServingState:
             cls.input_type, cls.output_type, max_instances=server.max_instances
         )
         self.current = Deployment(loaded, self.schema, settings)
+        self.metrics = Metrics()
+        self.metrics.serving(
+            model=self.name, version=self.current.version, revision=self.current.revision
+        )
         self.openapi_body = msgspec.json.encode(
             openapi_document(self.name, cls.version, self.schema)
         )
@@ -195,6 +200,10 @@ class ServingState:
             loaded = await asyncio.to_thread(load_model, self.cls, self.settings)
             previous, self.current = self.current, Deployment(loaded, self.schema, self.settings)
             previous.retire()
+            current = self.current
+            self.metrics.serving(
+                model=self.name, version=current.version, revision=current.revision
+            )
             return previous, self.current
 
     def close(self) -> None:

@@ -110,16 +110,16 @@ def test_load_settings_refuses_bad_environment_naming_the_variable(tmp_path, env
 
 
 @pytest.mark.parametrize(
-    "text",
-    [
-        '[limits]\nstorage = "memory://"\n',
-        '[audit]\npath = "a.jsonl"\n',
-        '[auth]\njwks_file = "jwks.json"\n',
-        '[audit]\ndigest_key_file = "k"\n',
-    ],
+    "text", ['[explain]\nmethod = "shap"\n', '[model]\ndrift_profile = "p.json"\n']
 )
-def test_load_settings_refuses_planned_features_instead_of_ignoring_them(tmp_path, text):
-    """Settings for features this version lacks are refused, never silently accepted."""
+def test_load_settings_refuses_planned_features_instead_of_ignoring_them(
+    tmp_path, monkeypatch, text
+):
+    """Settings for planned features are refused with that reason, never silently accepted."""
+    monkeypatch.setattr(
+        "secureserve.config._PLANNED",
+        {"explain": "explanations", "model.drift_profile": "drift monitoring"},
+    )
     _write(tmp_path, text)
     with pytest.raises(ConfigError, match="does not provide yet"):
         load_settings(project_dir=tmp_path, environ={})

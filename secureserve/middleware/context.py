@@ -19,6 +19,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from secureserve.errors import ModelError, RequestRejected
 from secureserve.logs import AccessLog, AccessRecord
+from secureserve.metrics import Metrics
 from secureserve.problems import as_rejection, problem_response
 
 __all__ = ["RequestContext", "RequestInfo"]
@@ -51,10 +52,11 @@ class RequestInfo:
 class RequestContext:
     """Wraps the app; see the module docstring."""
 
-    def __init__(self, app: ASGIApp, *, logger: Any, access: AccessLog) -> None:
+    def __init__(self, app: ASGIApp, *, logger: Any, access: AccessLog, metrics: Metrics) -> None:
         self.app = app
         self.log = logger
         self.access = access
+        self.metrics = metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """ASGI entry point."""
@@ -82,6 +84,7 @@ class RequestContext:
                 message["headers"] = headers
             await send(message)
 
+        self.metrics.in_flight.inc()
         try:
             await self.app(scope, receive, send_with_headers)
         except Exception as exc:  # the last resort for every failure
@@ -98,17 +101,23 @@ class RequestContext:
                 raise
             await problem_response(rejection, info.request_id)(scope, receive, send_with_headers)
         finally:
+            self.metrics.in_flight.dec()
+            seconds = time.perf_counter() - start
+            final = status or 500
             self.access(
                 AccessRecord(
                     request_id=info.request_id,
                     method=scope["method"],
                     path=scope["path"][:_MAX_LOGGED_PATH],
-                    status=status or 500,
-                    latency_ms=round((time.perf_counter() - start) * 1000, 3),
+                    status=final,
+                    latency_ms=round(seconds * 1000, 3),
                     key_id=info.principal_id,
                     model_version=info.model_version,
                     reason=info.log_reason,
                 )
+            )
+            self.metrics.observe(
+                path=scope["path"], status=final, seconds=seconds, reason=info.log_reason
             )
 
 

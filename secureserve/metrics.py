@@ -1,0 +1,116 @@
+"""Prometheus metrics, served at ``/metrics`` to principals with the ``metrics`` role.
+
+Each app has its own registry (never the process-global one), so a service that
+mounts secureserve keeps its own metrics apart. Label values come from small fixed
+sets (route names, status codes, refusal reasons), never from what a client sent,
+so a client cannot blow up the number of series.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+__all__ = ["CONTENT_TYPE", "Metrics", "route_of"]
+
+CONTENT_TYPE: Final = CONTENT_TYPE_LATEST
+_FIXED_PATHS: Final = {
+    "/v1/models": "models",
+    "/healthz": "healthz",
+    "/readyz": "readyz",
+    "/openapi.json": "openapi",
+    "/metrics": "metrics",
+}
+_AUTH_REASONS: Final = frozenset(
+    {
+        "missing",
+        "not-bearer",
+        "unknown-revoked-or-expired-key",
+        "key-file-invalid",
+        "no-client-certificate",
+        "auth-failures-per-ip",
+    }
+)
+_LIMIT_REASONS: Final = frozenset({"per_principal", "per_model", "quota", "auth-failures-per-ip"})
+_LATENCY_BUCKETS: Final = (
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+)  # fmt: skip
+
+
+def route_of(path: str) -> str:
+    """The route name of a path, from a fixed set (``other`` for anything unknown)."""
+    fixed = _FIXED_PATHS.get(path)
+    if fixed is not None:
+        return fixed
+    if path.startswith("/v1/models/"):
+        if path.endswith(":predict"):
+            return "predict"
+        if path.endswith(":reload"):
+            return "reload"
+        return "model"
+    return "other"
+
+
+class Metrics:
+    """The counters, histogram and gauges of one app."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.requests = Counter(
+            "secureserve_requests",
+            "HTTP requests by route and status.",
+            ("route", "status"),
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "secureserve_request_duration_seconds",
+            "Time from the first byte of the request to the end of the response.",
+            ("route",),
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.auth_failures = Counter(
+            "secureserve_auth_failures",
+            "Refused credentials by reason.",
+            ("reason",),
+            registry=self.registry,
+        )
+        self.limited = Counter(
+            "secureserve_rate_limited",
+            "Requests refused by a rate limit (reason: per_principal, per_model, "
+            "auth-failures-per-ip) or an exhausted quota (reason: quota).",
+            ("reason",),
+            registry=self.registry,
+        )
+        self.in_flight = Gauge(
+            "secureserve_in_flight_requests",
+            "Requests being served now.",
+            registry=self.registry,
+        )
+        self.model_info = Gauge(
+            "secureserve_model_info",
+            "The model version serving (value 1), by name, version and lock revision.",
+            ("model", "version", "revision"),
+            registry=self.registry,
+        )
+
+    def observe(self, *, path: str, status: int, seconds: float, reason: str | None) -> None:
+        """Record one finished request."""
+        route = route_of(path)
+        self.requests.labels(route, str(status)).inc()
+        self.latency.labels(route).observe(seconds)
+        if status == 401:  # noqa: PLR2004 - HTTP status
+            self.auth_failures.labels(reason if reason in _AUTH_REASONS else "other").inc()
+        elif status == 429:  # noqa: PLR2004 - HTTP status
+            self.limited.labels(reason if reason in _LIMIT_REASONS else "other").inc()
+
+    def serving(self, *, model: str, version: str, revision: str) -> None:
+        """Mark the version now serving (after start-up or a reload)."""
+        self.model_info.clear()
+        self.model_info.labels(model, version, revision).set(1)
+
+    def render(self) -> bytes:
+        """The Prometheus text exposition of this registry."""
+        return generate_latest(self.registry)
