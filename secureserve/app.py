@@ -28,7 +28,8 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from secureserve import endpoints
-from secureserve.config import Settings
+from secureserve.access import build_access
+from secureserve.config import Settings, resolve_paths
 from secureserve.keys import KeyStore
 from secureserve.logs import access_log, configure_logging, get_logger
 from secureserve.middleware.authentication import Authentication
@@ -47,20 +48,24 @@ def create_app(
     *,
     config: Settings | None = None,
     keys: KeyStore | None = None,
+    audit_key: bytes | None = None,
 ) -> Starlette:
     """Load ``model`` and return the ASGI app that serves it.
 
     ``config`` defaults to the built-in defaults; ``keys`` defaults to the key file
-    named by ``[auth] keys_file``. Raises ``ConfigError`` or ``ArtifactError``
-    before anything is served if the model cannot be loaded.
+    named by ``[auth] keys_file``; ``audit_key`` to ``[audit] digest_key_file`` (or a
+    key that lives only in this process, with a warning). Raises ``ConfigError`` or
+    ``ArtifactError`` before anything is served if the model cannot be loaded.
     """
-    settings = config or Settings()
+    settings = resolve_paths(config or Settings())
     if not structlog.is_configured():
         configure_logging(settings.logging.level)
     log = get_logger()
     cls = model if isinstance(model, type) else type(model)
     state = ServingState(cls, load_model(model, settings), settings)
-    keystore = keys if keys is not None else KeyStore(settings.auth.keys_file)
+    access = build_access(settings, logger=log, keys=keys, audit_key=audit_key)
+    state.audit = access.audit
+    state.limiter = access.limiter
 
     @contextlib.asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
@@ -77,6 +82,8 @@ def create_app(
         finally:
             state.ready = False
             state.close()
+            await access.limiter.aclose()
+            access.audit.close()
 
     app = Starlette(
         routes=[
@@ -90,13 +97,21 @@ def create_app(
             Route("/readyz", endpoints.readyz, methods=["GET"]),
         ],
         middleware=[
-            Middleware(RequestContext, logger=log, access=access_log(), metrics=state.metrics),
+            Middleware(
+                RequestContext,
+                logger=log,
+                access=access_log(),
+                metrics=state.metrics,
+                audit=access.audit,
+            ),
             Middleware(HttpsOnly),
             Middleware(InFlightLimit, limit=settings.server.max_in_flight),
             Middleware(
                 Authentication,
-                keys=keystore,
+                authenticator=access.authenticator,
                 require_client_cert=settings.tls.client_ca is not None,
+                limiter=access.limiter,
+                trusted_proxies=settings.server.trusted_proxies,
             ),
         ],
         exception_handlers={HTTPException: _http_exception},

@@ -14,12 +14,23 @@ from typing import TYPE_CHECKING, Final
 from secureserve.errors import RequestRejected
 
 if TYPE_CHECKING:
-    from secureserve.keys import KeyRecord, KeyStore
+    from collections.abc import Iterable, Mapping
 
-__all__ = ["Principal", "authenticate", "require_role"]
+    from secureserve.keys import KeyRecord, KeyStore
+    from secureserve.tokens import JWTVerifier
+
+__all__ = [
+    "Authenticator",
+    "Principal",
+    "authenticate",
+    "certificate_principals",
+    "require_role",
+    "unauthorized",
+]
 
 _BEARER: Final = "bearer "
-_MAX_CREDENTIAL_CHARS: Final = 4096
+_MAX_CREDENTIAL_CHARS: Final = 16384
+_JWT_DOTS: Final = 2
 _CHALLENGE: Final = {"WWW-Authenticate": 'Bearer realm="secureserve"'}
 
 
@@ -49,18 +60,72 @@ def unauthorized(reason: str) -> RequestRejected:
     )
 
 
-def authenticate(authorization: str | None, keys: KeyStore) -> Principal:
-    """Resolve an ``Authorization`` header value or raise a 401 ``RequestRejected``."""
-    if not authorization:
+class Authenticator:
+    """Every way a caller can prove who it is, tried in a fixed order.
+
+    1. ``Authorization: Bearer <credential>``: a JWT (three dot-separated parts)
+       when JWT verification is configured, else an API key. A bearer credential
+       that fails is a 401, never a fall-through to the next method.
+    2. Without a bearer credential, a verified client certificate whose subject is
+       mapped in ``[[auth.client_certificates]]``.
+    """
+
+    def __init__(
+        self,
+        *,
+        keys: KeyStore,
+        jwt: JWTVerifier | None = None,
+        certificates: Mapping[str, Principal] | None = None,
+    ) -> None:
+        self.keys = keys
+        self.jwt = jwt
+        self.certificates = dict(certificates or {})
+
+    def authenticate(self, authorization: str | None, client_subject: str | None) -> Principal:
+        """The principal, or a 401 ``RequestRejected`` whose ``log_reason`` says why."""
+        if authorization:
+            credential = authorization[7:]
+            if (
+                len(authorization) > _MAX_CREDENTIAL_CHARS
+                or authorization[:7].lower() != _BEARER
+                or not credential
+                or any(c.isspace() for c in credential)
+            ):
+                raise unauthorized("not-bearer")
+            if self.jwt is not None and credential.count(".") == _JWT_DOTS:
+                return self.jwt.verify(credential)
+            record = self.keys.verify(credential)
+            if record is None:
+                keys_broken = self.keys.last_error is not None
+                raise unauthorized(
+                    "key-file-invalid" if keys_broken else "unknown-revoked-or-expired-key"
+                )
+            return _principal(record)
+        if client_subject is not None:
+            principal = self.certificates.get(client_subject)
+            if principal is not None:
+                return principal
         raise unauthorized("missing")
-    if len(authorization) > _MAX_CREDENTIAL_CHARS or not authorization[:7].lower() == _BEARER:
-        raise unauthorized("not-bearer")
-    record = keys.verify(authorization[7:].strip())
-    if record is None:
-        raise unauthorized(
-            "key-file-invalid" if keys.last_error else "unknown-revoked-or-expired-key"
+
+
+def certificate_principals(
+    entries: Iterable[tuple[str, Iterable[str], Iterable[str] | None]],
+) -> dict[str, Principal]:
+    """Principals for ``(subject, roles, models)`` entries of ``[[auth.client_certificates]]``."""
+    return {
+        subject: Principal(
+            id=f"mtls:{subject}",
+            name=subject,
+            roles=frozenset(roles),
+            models=frozenset(models) if models is not None else None,
         )
-    return _principal(record)
+        for subject, roles, models in entries
+    }
+
+
+def authenticate(authorization: str | None, keys: KeyStore) -> Principal:
+    """Resolve an ``Authorization`` header value against API keys only (see ``Authenticator``)."""
+    return Authenticator(keys=keys).authenticate(authorization, None)
 
 
 @functools.lru_cache(maxsize=4096)

@@ -30,6 +30,7 @@ __all__ = [
     "Settings",
     "TLSSettings",
     "load_settings",
+    "resolve_paths",
 ]
 
 CONFIG_FILENAME: Final = "secureserve.toml"
@@ -219,21 +220,20 @@ def load_settings(
         )
     except msgspec.ValidationError as exc:
         raise ConfigError(f"{source}: {_describe(exc)}") from None
-    settings = _resolve_paths(settings)
+    settings = resolve_paths(settings)
     _check_combinations(settings)
     return settings
 
 
-def _resolve_paths(settings: Settings) -> Settings:
-    """Make every relative path absolute against the project folder."""
-    sections: dict[str, Any] = {}
+def resolve_paths(settings: Settings) -> Settings:
+    """Make every relative path absolute against the project folder (idempotent)."""
+    base = settings.project_dir.resolve()
+    sections: dict[str, Any] = {"project_dir": base}
     for section, key in _PATH_KEYS:
         current = sections.get(section, getattr(settings, section))
         value = getattr(current, key)
         if value is not None and not value.is_absolute():
-            sections[section] = msgspec.structs.replace(
-                current, **{key: settings.project_dir / value}
-            )
+            sections[section] = msgspec.structs.replace(current, **{key: base / value})
     return msgspec.structs.replace(settings, **sections)
 
 
@@ -298,8 +298,14 @@ def _from_environ(environ: dict[str, str] | os._Environ[str]) -> dict[str, dict[
 
 
 def _env_value(name: str, value: str, struct: type[_Section], key: str) -> Any:
-    """Strings stay strings for text and path keys; everything else is read as JSON."""
-    if _is_text(_field_types[struct][key]):
+    """Strings stay strings for text and path keys; everything else is read as JSON.
+
+    ``null`` unsets an optional key (e.g. ``SECURESERVE_LIMITS__QUOTA=null``).
+    """
+    hint = _field_types[struct][key]
+    if value == "null" and type(None) in get_args(hint):
+        return None
+    if _is_text(hint):
         return value
     try:
         return msgspec.json.decode(value)

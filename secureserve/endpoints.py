@@ -8,6 +8,7 @@ Each model route checks, in order: the model is visible to the principal (else
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING, Final
 
 import msgspec
@@ -18,7 +19,6 @@ from starlette.types import Receive, Scope, Send
 from secureserve.auth import Principal, require_role
 from secureserve.body import check_json_content_type, read_body
 from secureserve.errors import RequestRejected
-from secureserve.logs import get_logger
 from secureserve.metrics import CONTENT_TYPE
 from secureserve.openapi import (
     ArtifactInfo,
@@ -66,30 +66,47 @@ class Predict:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Authorise, read, decode, predict, answer; any refusal raises ``RequestRejected``."""
         state = self.state
+        info = scope["secureserve"]
         principal = _visible_model(scope, state, scope["path_params"]["name"])
         require_role(principal, "predict")
+        limit_headers = await state.limiter.check(principal.id, state.name)
+        state.audit.check_writable()  # no prediction that could not be recorded
         check_json_content_type(scope)
         body = await read_body(
             scope, receive, limit=state.max_body_bytes, deadline_s=state.body_timeout_s
         )
         instances = state.schema.decode_request(body)
         deployment = state.current  # this request finishes on this version, reload or not
-        scope["secureserve"].model_version = deployment.version
+        info.model_version = deployment.version
         deployment.acquire()
         try:
             payload = await deployment.runner.submit(instances)
         finally:
             deployment.release()
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 200,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(payload)).encode()),
-                ],
-            }
+        audit = state.audit
+        audit.record(  # before the answer leaves: a prediction is never unrecorded
+            event="request",
+            principal=principal.id,
+            roles=sorted(principal.roles),
+            request_id=info.request_id,
+            route="predict",
+            model=state.name,
+            model_version=deployment.version,
+            decision="allowed",
+            status=200,
+            latency_ms=round((time.perf_counter() - info.start) * 1000, 3),
+            input_digest=audit.digest(body),
+            output_digest=audit.digest(payload),
         )
+        info.audited = True
+        headers = [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(payload)).encode()),
+        ]
+        headers.extend(
+            (name.lower().encode(), value.encode()) for name, value in limit_headers.items()
+        )
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
         await send({"type": "http.response.body", "body": payload})
 
 
@@ -131,18 +148,11 @@ async def reload(request: Request) -> Response:
     principal = _visible_model(request.scope, state, request.path_params["name"])
     require_role(principal, "admin")
     info = request.scope["secureserve"]
-    log = get_logger()
     try:
-        previous, current = await state.reload()
-    except Exception as exc:
-        log.exception(
-            "model reload refused",
-            request_id=info.request_id,
-            trigger="http",
-            key_id=principal.id,
-            model=state.name,
-            kept_revision=state.current.revision,
+        previous, current = await state.reload(
+            trigger="http", principal=principal.id, request_id=info.request_id
         )
+    except Exception as exc:
         raise RequestRejected(
             500,
             "reload-failed",
@@ -151,16 +161,6 @@ async def reload(request: Request) -> Response:
             log_reason=type(exc).__name__,
         ) from exc
     info.model_version = current.version
-    log.info(
-        "model reloaded",
-        request_id=info.request_id,
-        trigger="http",
-        key_id=principal.id,
-        model=state.name,
-        model_version=current.version,
-        model_revision=current.revision,
-        previous_revision=previous.revision,
-    )
     body = ReloadResult(
         name=state.name,
         version=current.version,

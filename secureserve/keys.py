@@ -18,6 +18,7 @@ import secrets
 import tempfile
 import time
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -242,14 +243,24 @@ class KeyStore:
 
     If the file turns unreadable or invalid while serving, every key is refused
     until it is fixed (fail closed) and the error is logged by the caller via
-    ``last_error``.
+    ``last_error``. ``on_change(changes)`` is called after a reload that changed
+    the records, with one ``(key_id, what)`` pair per change (``"added"``,
+    ``"revoked"``, ``"removed"``, ``"changed"``), for the audit trail.
     """
 
-    def __init__(self, path: Path | None, *, records: list[KeyRecord] | None = None) -> None:
+    def __init__(
+        self,
+        path: Path | None,
+        *,
+        records: list[KeyRecord] | None = None,
+        on_change: Callable[[list[tuple[str, str]]], None] | None = None,
+    ) -> None:
         self._path = path
         self._by_id: dict[str, KeyRecord] = {}
         self._stamp: tuple[int, int, int] | None = None
         self._checked = 0.0
+        self._on_change = on_change
+        self._stamp_seen = False  # the first load is not a change
         self.last_error: str | None = None
         if records is not None:
             self._by_id = {r.id: r for r in records}
@@ -292,12 +303,28 @@ class KeyStore:
             self._stamp = (st.st_mtime_ns, st.st_size, st.st_ino)
         except FileNotFoundError:
             self._stamp = (0, 0, 0)
+        before = self._by_id
         try:
             self._by_id = {r.id: r for r in read_records(self._path)}
             self.last_error = None
         except ConfigError as exc:
             self._by_id = {}
             self.last_error = str(exc)
+        changes = _changes(before, self._by_id)
+        if changes and self._on_change is not None and self._stamp_seen:
+            self._on_change(changes)
+        self._stamp_seen = True
+
+
+def _changes(before: dict[str, KeyRecord], after: dict[str, KeyRecord]) -> list[tuple[str, str]]:
+    changes = [(key_id, "removed") for key_id in sorted(before.keys() - after.keys())]
+    for key_id in sorted(after):
+        old, new = before.get(key_id), after[key_id]
+        if old is None:
+            changes.append((key_id, "added"))
+        elif old != new:
+            changes.append((key_id, "revoked" if new.revoked and not old.revoked else "changed"))
+    return changes
 
 
 def _q(text: str) -> str:

@@ -31,7 +31,6 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from secureserve.config import Settings
 from secureserve.errors import ConfigError
-from secureserve.logs import get_logger
 from secureserve.tls import peer_certificate_subject
 
 __all__ = ["TLSHttpToolsProtocol", "bind_socket", "serve"]
@@ -140,26 +139,8 @@ class _Server(uvicorn.Server):
 
 
 async def _reload_on_signal(app: Starlette) -> None:
-    state = app.state.serving
-    log = get_logger()
-    try:
-        previous, current = await state.reload()
-    except Exception:
-        log.exception(
-            "model reload refused",
-            trigger="SIGHUP",
-            model=state.name,
-            kept_revision=state.current.revision,
-        )
-        return
-    log.info(
-        "model reloaded",
-        trigger="SIGHUP",
-        model=state.name,
-        model_version=current.version,
-        model_revision=current.revision,
-        previous_revision=previous.revision,
-    )
+    with contextlib.suppress(Exception):  # refused reloads are logged and audited by reload()
+        await app.state.serving.reload(trigger="SIGHUP")
 
 
 def serve(app: Starlette, settings: Settings, context: ssl.SSLContext, sock: socket.socket) -> None:

@@ -17,6 +17,7 @@ from typing import Any
 import msgspec
 
 from secureserve.artifacts import ArtifactRecord, Artifacts
+from secureserve.audit import AuditLog, AuditUnavailable
 from secureserve.config import Settings
 from secureserve.encryption import KEY_ENV, load_key
 from secureserve.errors import ConfigError, SecureServeError
@@ -27,9 +28,11 @@ from secureserve.lockfile import (
     Lock,
     read_lock,
 )
+from secureserve.logs import get_logger
 from secureserve.metrics import Metrics
 from secureserve.model import Model
 from secureserve.openapi import openapi_document
+from secureserve.ratelimit import RateLimiter
 from secureserve.runner import InferenceRunner
 from secureserve.schema import ModelSchema
 from secureserve.signing import verify
@@ -183,28 +186,64 @@ class ServingState:
         )
         self.ready = True
         self._reload_lock = asyncio.Lock()
+        # set by create_app once the access objects exist
+        self.audit: AuditLog
+        self.limiter: RateLimiter
 
     @property
     def runner(self) -> InferenceRunner:
         """The current deployment's runner."""
         return self.current.runner
 
-    async def reload(self) -> tuple[Deployment, Deployment]:
+    async def reload(
+        self, *, trigger: str, principal: str | None = None, request_id: str | None = None
+    ) -> tuple[Deployment, Deployment]:
         """Load the model again beside the running one and swap if, and only if, it all passed.
 
         Lock, signature, formats, ``load`` and ``warmup`` run in a worker thread while
-        the current version keeps serving; any failure raises and changes nothing.
-        Returns (previous, new).
+        the current version keeps serving; any failure is logged, audited and re-raised,
+        and changes nothing. Returns (previous, new).
         """
+        log = get_logger()
+        where = {"trigger": trigger, "request_id": request_id, "key_id": principal}
         async with self._reload_lock:
-            loaded = await asyncio.to_thread(load_model, self.cls, self.settings)
-            previous, self.current = self.current, Deployment(loaded, self.schema, self.settings)
+            kept = self.current
+            try:
+                loaded = await asyncio.to_thread(load_model, self.cls, self.settings)
+            except Exception as exc:
+                log.exception(
+                    "model reload refused", model=self.name, kept_revision=kept.revision, **where
+                )
+                detail = f"{type(exc).__name__}; {kept.revision} kept"
+                self._audit_reload("reload-refused", detail, where)
+                raise
+            current = Deployment(loaded, self.schema, self.settings)
+            previous, self.current = kept, current
             previous.retire()
-            current = self.current
-            self.metrics.serving(
-                model=self.name, version=current.version, revision=current.revision
+        self.metrics.serving(model=self.name, version=current.version, revision=current.revision)
+        log.info(
+            "model reloaded",
+            model=self.name,
+            model_version=current.version,
+            model_revision=current.revision,
+            previous_revision=previous.revision,
+            **where,
+        )
+        self._audit_reload("reload", f"{previous.revision} -> {current.revision}", where)
+        return previous, current
+
+    def _audit_reload(self, action: str, detail: str, where: dict[str, str | None]) -> None:
+        try:
+            self.audit.admin(
+                action=action,
+                principal=where["key_id"],
+                request_id=where["request_id"],
+                trigger=where["trigger"],
+                model=self.name,
+                detail=detail,
             )
-            return previous, self.current
+        except AuditUnavailable:
+            get_logger().exception("model reload not audited", request_id=where["request_id"])
 
     def close(self) -> None:
         """Shutdown: finish queued work of the current deployment and stop its thread."""

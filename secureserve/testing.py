@@ -9,9 +9,12 @@ talks to the app over the ASGI interface with an ``https`` scope. It needs
 
 from __future__ import annotations
 
+import os
+import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import msgspec
 from starlette.testclient import TestClient as _StarletteClient
 
 from secureserve.app import create_app
@@ -41,10 +44,22 @@ class TestClient(_StarletteClient):
         config: Settings | None = None,
         roles: tuple[str, ...] = ("predict",),
         models: tuple[str, ...] | None = None,
+        audit_path: Path | None = None,
     ) -> None:
         settings = config or load_settings(project_dir=project_dir or Path.cwd())
+        self.audit_path = audit_path or Path(tempfile.mkdtemp(prefix="secureserve-audit-")) / (
+            "audit.jsonl"
+        )
+        settings = msgspec.structs.replace(
+            settings, audit=msgspec.structs.replace(settings.audit, path=self.audit_path)
+        )
         key = mint_key(name="testing", roles=roles, models=models)
-        app = create_app(model, config=settings, keys=KeyStore(None, records=[key.record]))
+        app = create_app(
+            model,
+            config=settings,
+            keys=KeyStore(None, records=[key.record]),
+            audit_key=os.urandom(32),
+        )
         self.model_name: str = app.state.serving.name
         super().__init__(
             app, base_url="https://testserver", headers={"Authorization": f"Bearer {key.secret}"}

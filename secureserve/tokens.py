@@ -40,12 +40,13 @@ import msgspec
 
 from secureserve.auth import Principal, unauthorized
 from secureserve.errors import ConfigError
+from secureserve.keys import ROLES
 from secureserve.strict_json import find_duplicate_key
 
 __all__ = ["SUPPORTED_ALGORITHMS", "JWTVerifier", "looks_like_jwt"]
 
 SUPPORTED_ALGORITHMS: Final = ("RS256", "ES256", "EdDSA")
-ROLES: Final = frozenset({"predict", "explain", "metrics", "admin"})
+KNOWN_ROLES: Final = frozenset(ROLES)
 MAX_SUBJECT_CHARS: Final = 256
 MIN_RSA_BITS: Final = 2048
 _RELOAD_EVERY_S = 1.0  # at most one stat() per interval (tests shorten it)
@@ -207,7 +208,7 @@ class JWTVerifier:
         names = [value] if isinstance(value, str) else value
         if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
             raise unauthorized("jwt-roles-claim-invalid")
-        return frozenset(names) & ROLES
+        return frozenset(names) & KNOWN_ROLES
 
     def _models(self, claims: dict[str, Any]) -> frozenset[str] | None:
         if self._models_claim not in claims:
@@ -301,7 +302,8 @@ def _read_key(jwk: object, where: str, algorithms: tuple[str, ...]) -> _Key:
         )
     if "d" in jwk:
         raise ConfigError(f"{where}: holds private key material; keep only the public part here.")
-    if jwk.get("use", "sig") != "sig" or "verify" not in jwk.get("key_ops", ["verify"]):
+    key_ops = jwk.get("key_ops", ["verify"])
+    if jwk.get("use", "sig") != "sig" or not isinstance(key_ops, list) or "verify" not in key_ops:
         raise ConfigError(f"{where}: not a signature key (use/key_ops); remove it.")
     crv = jwk.get("crv")
     fitting = [a for a in algorithms if _FITS[a][0] == kty and crv in _FITS[a][1]]
@@ -351,6 +353,6 @@ def _numeric_date(claims: dict[str, Any], name: str) -> float | None:
     value = claims[name]
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise unauthorized(f"jwt-{name}-invalid")
-    if isinstance(value, float) and not math.isfinite(value):
+    if isinstance(value, float) and not math.isfinite(value):  # pragma: no cover - msgspec
         raise unauthorized(f"jwt-{name}-invalid")
     return value

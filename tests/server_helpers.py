@@ -37,6 +37,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from secureserve.audit import generate_digest_key
+
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
 HOST = "127.0.0.1"
@@ -341,6 +343,14 @@ def _start(
     stdout_path = logs / f"stdout-{port}.txt"
     stderr_path = logs / f"stderr-{port}.txt"
     command = [*CLI, "run", *(["--dev"] if dev else []), "--port", str(port), *args]
+    env = dict(env or {})
+    if not dev and "SECURESERVE_AUDIT__DIGEST_KEY_FILE" not in env:
+        # production runs need a digest key for the audit log: one per project
+        digest_key = project / "secrets" / "audit-digest.key"
+        if not digest_key.exists():
+            digest_key.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            generate_digest_key(digest_key)
+        env["SECURESERVE_AUDIT__DIGEST_KEY_FILE"] = str(digest_key)
     with stdout_path.open("wb") as out, stderr_path.open("wb") as err:
         process = subprocess.Popen(command, cwd=project, env=clean_env(env), stdout=out, stderr=err)
     return ServerProcess(

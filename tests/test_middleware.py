@@ -8,9 +8,11 @@ import io
 import json
 import logging
 import sys
+import tempfile
 import threading
 import time
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import httpx2
 import msgspec
@@ -60,8 +62,21 @@ RECORDS = [
 
 
 def _iris_app(**server):
-    """create_app(Iris) from examples/iris with the test key records and ``server`` overrides."""
+    """create_app(Iris) from examples/iris with the test key records and ``server`` overrides.
+
+    The audit log goes to a fresh temporary folder, and rate limits are off: these
+    tests send many refused credentials on purpose (limits have their own tests).
+    """
     settings = load_settings(project_dir=EXAMPLES / "iris")
+    settings = msgspec.structs.replace(
+        settings,
+        audit=msgspec.structs.replace(
+            settings.audit, path=Path(tempfile.mkdtemp(prefix="ss-audit-")) / "audit.jsonl"
+        ),
+        limits=msgspec.structs.replace(
+            settings.limits, per_principal=None, auth_failures_per_ip=None, quota=None
+        ),
+    )
     if server:
         settings = msgspec.structs.replace(
             settings, server=msgspec.structs.replace(settings.server, **server)

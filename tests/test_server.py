@@ -38,6 +38,14 @@ from server_helpers import (
 from secureserve.devcerts import ensure_dev_certificates
 from secureserve.keys import create_key
 
+# These servers take many requests and refused credentials from one address on purpose;
+# rate limits are tested on their own (tests/test_ratelimit.py, tests/test_limits_shared.py).
+NO_LIMITS = {
+    "SECURESERVE_LIMITS__PER_PRINCIPAL": "null",
+    "SECURESERVE_LIMITS__AUTH_FAILURES_PER_IP": "null",
+    "SECURESERVE_LIMITS__QUOTA": "null",
+}
+
 pytestmark = pytest.mark.slow
 
 PREDICT = "/v1/models/iris:predict"
@@ -164,7 +172,7 @@ def _await(predicate, timeout: float = 5.0):
 def dev_server(tmp_path_factory):
     """``secureserve run --dev`` on a copy of the iris example, shared by the module."""
     project = copy_iris(tmp_path_factory.mktemp("dev") / "iris")
-    with running_server(project) as server:
+    with running_server(project, env=NO_LIMITS) as server:
         yield server
 
 
@@ -180,7 +188,11 @@ def strict_server(tmp_path_factory):
     certs = ensure_dev_certificates(base / "certs")
     set_toml(project, "tls", cert=certs.cert, key=certs.key, min_version="1.3")
     key = create_key(project / "secrets" / "api_keys.toml", name="strict", roles=("predict",))
-    env = {"SECURESERVE_SERVER__BODY_TIMEOUT_S": "1", "SECURESERVE_SERVER__KEEP_ALIVE_S": "1"}
+    env = {
+        "SECURESERVE_SERVER__BODY_TIMEOUT_S": "1",
+        "SECURESERVE_SERVER__KEEP_ALIVE_S": "1",
+        **NO_LIMITS,
+    }
     with running_server(project, dev=False, ca=certs.ca_cert, key=key.secret, env=env) as server:
         yield server
 
@@ -203,7 +215,11 @@ def mtls_server(tmp_path_factory, client_pki):
     certs = ensure_dev_certificates(base / "certs")
     set_toml(project, "tls", client_ca=client_pki["trusted"].ca)
     key = create_key(project / "secrets" / "api_keys.toml", name="mtls", roles=("predict",))
-    env = {"SECURESERVE_TLS__CERT": str(certs.cert), "SECURESERVE_TLS__KEY": str(certs.key)}
+    env = {
+        "SECURESERVE_TLS__CERT": str(certs.cert),
+        "SECURESERVE_TLS__KEY": str(certs.key),
+        **NO_LIMITS,
+    }
     with running_server(project, dev=False, ca=certs.ca_cert, key=key.secret, env=env) as server:
         yield server
 

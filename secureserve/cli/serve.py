@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from secureserve.audit import generate_digest_key, load_digest_key
 from secureserve.cli._common import DEV_DIR, settings_from
 from secureserve.config import Settings
 from secureserve.errors import ConfigError
@@ -74,7 +75,7 @@ def _run(args: argparse.Namespace) -> int:
     )
     handler = _import_handler(args.app or settings.model.handler, settings.project_dir)
     configure_logging(settings.logging.level)
-    app = create_app(handler, config=settings)
+    app = create_app(handler, config=settings, audit_key=_audit_key(settings, dev=args.dev))
     sock = bind_socket(settings.server.host, settings.server.port)
     # Minted last, once nothing else can fail: the running key store picks it up.
     banner = _dev_banner(settings, dev_certs) if dev_certs is not None else None
@@ -92,6 +93,23 @@ def _run(args: argparse.Namespace) -> int:
         print(banner, file=sys.stderr, flush=True)
     serve(app, settings, context, sock)
     return 0
+
+
+def _audit_key(settings: Settings, *, dev: bool) -> bytes | None:
+    """The configured digest key; under --dev a local one is made once and reused."""
+    if settings.audit.digest_key_file is not None:
+        return None  # create_app loads it
+    if not dev:
+        raise ConfigError(
+            "[audit] digest_key_file is not set: the audit log's input/output digests need a "
+            "key that outlives the process. Create one with `secureserve audit key new "
+            "secrets/audit-digest.key` and set [audit] digest_key_file to it."
+        )
+    path = settings.project_dir / DEV_DIR / "audit-digest.key"
+    if not path.exists():
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        generate_digest_key(path)
+    return load_digest_key(path)
 
 
 def _dev_settings(settings: Settings, ensure: Any) -> tuple[Settings, Any]:

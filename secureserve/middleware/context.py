@@ -17,9 +17,11 @@ from typing import Any, Final
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from secureserve.audit import AuditLog, AuditUnavailable, decision
 from secureserve.errors import ModelError, RequestRejected
 from secureserve.logs import AccessLog, AccessRecord
-from secureserve.metrics import Metrics
+from secureserve.metrics import Metrics, route_of
+from secureserve.middleware.probes import is_probe
 from secureserve.problems import as_rejection, problem_response
 
 __all__ = ["RequestContext", "RequestInfo"]
@@ -40,23 +42,37 @@ _MAX_LOGGED_PATH: Final = 200
 class RequestInfo:
     """Per-request facts the inner layers fill in, for the response and the log."""
 
-    __slots__ = ("log_reason", "model_version", "principal_id", "request_id")
+    __slots__ = (
+        "audited",
+        "log_reason",
+        "model_version",
+        "principal_id",
+        "request_id",
+        "roles",
+        "start",
+    )
 
-    def __init__(self, request_id: str) -> None:
+    def __init__(self, request_id: str, start: float) -> None:
         self.request_id = request_id
+        self.start = start
         self.principal_id: str | None = None
+        self.roles: frozenset[str] = frozenset()
         self.model_version: str | None = None
         self.log_reason: str | None = None
+        self.audited = False  # the route wrote its own audit record (predictions)
 
 
 class RequestContext:
     """Wraps the app; see the module docstring."""
 
-    def __init__(self, app: ASGIApp, *, logger: Any, access: AccessLog, metrics: Metrics) -> None:
+    def __init__(
+        self, app: ASGIApp, *, logger: Any, access: AccessLog, metrics: Metrics, audit: AuditLog
+    ) -> None:
         self.app = app
         self.log = logger
         self.access = access
         self.metrics = metrics
+        self.audit = audit
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """ASGI entry point."""
@@ -67,7 +83,7 @@ class RequestContext:
             await self.app(scope, receive, send)
             return
         start = time.perf_counter()
-        info = RequestInfo(_request_id(scope["headers"]))
+        info = RequestInfo(_request_id(scope["headers"]), start)
         scope["secureserve"] = info
         rid = info.request_id.encode()
         status = 0
@@ -119,6 +135,25 @@ class RequestContext:
             self.metrics.observe(
                 path=scope["path"], status=final, seconds=seconds, reason=info.log_reason
             )
+            if not info.audited and not is_probe(scope):
+                self._audit(scope, info, final, seconds)
+
+    def _audit(self, scope: Scope, info: RequestInfo, status: int, seconds: float) -> None:
+        """Record a request the route did not record itself (refusals, metadata)."""
+        try:
+            self.audit.record(
+                event="request",
+                principal=info.principal_id,
+                roles=sorted(info.roles),
+                request_id=info.request_id,
+                route=route_of(scope["path"]),
+                model_version=info.model_version,
+                decision=decision(status),
+                status=status,
+                latency_ms=round(seconds * 1000, 3),
+            )
+        except AuditUnavailable:  # the response is gone already; the log keeps the trace
+            self.log.exception("request not audited", request_id=info.request_id)
 
 
 def _request_id(headers: list[tuple[bytes, bytes]]) -> str:

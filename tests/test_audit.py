@@ -1,0 +1,754 @@
+"""The audit trail: record shape, hash chain, tamper detection, rotation, fail-closed writes."""
+
+from __future__ import annotations
+
+import base64
+import errno
+import hashlib
+import itertools
+import os
+import shutil
+import stat
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pytest
+
+from secureserve import audit
+from secureserve.audit import (
+    GENESIS,
+    AuditLog,
+    AuditUnavailable,
+    VerifyResult,
+    chain_files,
+    format_result,
+    generate_digest_key,
+    load_digest_key,
+    verify_chain,
+)
+from secureserve.errors import ConfigError, RequestRejected
+
+KEY = bytes(range(32))
+OTHER_KEY = bytes(range(1, 33))
+NOW = datetime(2025, 1, 2, 3, 4, 5, 678901, tzinfo=UTC)
+
+
+class FakeLogger:
+    """Collects (level, event, fields) instead of printing."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, str, dict[str, Any]]] = []
+
+    def _add(self, level: str, event: str, **fields: Any) -> None:
+        self.events.append((level, event, fields))
+
+    def info(self, event: str, **fields: Any) -> None:
+        self._add("info", event, **fields)
+
+    def warning(self, event: str, **fields: Any) -> None:
+        self._add("warning", event, **fields)
+
+    def error(self, event: str, **fields: Any) -> None:
+        self._add("error", event, **fields)
+
+    def at(self, level: str) -> list[str]:
+        return [event for lvl, event, _ in self.events if lvl == level]
+
+
+@pytest.fixture
+def logger() -> FakeLogger:
+    return FakeLogger()
+
+
+@pytest.fixture
+def log_path(tmp_path: Path) -> Path:
+    return tmp_path / "audit" / "audit.jsonl"
+
+
+def _open(path: Path, logger: FakeLogger, **options: Any) -> AuditLog:
+    return AuditLog(path, digest_key=KEY, logger=logger, clock=lambda: NOW, **options)
+
+
+def _request(log: AuditLog, n: int = 0, **overrides: Any) -> None:
+    fields: dict[str, Any] = {
+        "event": "request",
+        "request_id": f"req-{n}",
+        "principal": "key-1",
+        "roles": ["predict"],
+        "route": "/v1/models/iris:predict",
+        "model": "iris",
+        "model_version": "1",
+        "decision": "allowed",
+        "status": 200,
+        "latency_ms": 1.23456,
+        "input_digest": log.digest(b'{"instances": []}'),
+        "output_digest": log.digest(b'{"predictions": []}'),
+    }
+    fields.update(overrides)
+    log.record(**fields)
+
+
+def _write_chain(path: Path, logger: FakeLogger, count: int, **options: Any) -> None:
+    with _open(path, logger, **options) as log:
+        for n in range(count):
+            _request(log, n)
+
+
+def _lines(path: Path) -> list[bytes]:
+    return path.read_bytes().splitlines(keepends=True)
+
+
+def _verify(path: Path, **options: Any) -> VerifyResult:
+    return verify_chain(chain_files(path), **options)
+
+
+# --------------------------------------------------------------------------- records
+
+
+def test_record_request_shape(log_path, logger):
+    """A request line is compact sorted JSON with every request field, time in RFC 3339 UTC."""
+    with _open(log_path, logger) as log:
+        _request(log, input_digest=None, output_digest=None)
+    line = log_path.read_bytes()
+    assert line.endswith(b"\n")
+    assert line.count(b"\n") == 1
+    record = msgspec.json.decode(line)
+    assert list(record) == sorted(record)
+    assert record == {
+        "decision": "allowed",
+        "event": "request",
+        "input_digest": None,
+        "latency_ms": 1.235,
+        "model": "iris",
+        "model_version": "1",
+        "output_digest": None,
+        "prev": GENESIS,
+        "principal": "key-1",
+        "request_id": "req-0",
+        "roles": ["predict"],
+        "route": "/v1/models/iris:predict",
+        "seq": 0,
+        "status": 200,
+        "time": "2025-01-02T03:04:05.678901Z",
+    }
+
+
+def test_record_admin_shape(log_path, logger):
+    """An admin line carries action, trigger, detail and no request-only fields."""
+    with _open(log_path, logger) as log:
+        log.record(event="admin", action="reload", trigger="SIGHUP", model="iris", detail="ok")
+    record = msgspec.json.decode(log_path.read_bytes())
+    assert record == {
+        "action": "reload",
+        "detail": "ok",
+        "event": "admin",
+        "model": "iris",
+        "prev": GENESIS,
+        "principal": None,
+        "roles": [],
+        "seq": 0,
+        "time": "2025-01-02T03:04:05.678901Z",
+        "trigger": "SIGHUP",
+    }
+
+
+def test_record_long_text_is_cut(log_path, logger):
+    """Over-long text (a client-chosen route, a detail) is shortened, not refused."""
+    with _open(log_path, logger) as log:
+        _request(log, route="/" + "a" * 5000)
+        log.record(event="admin", action="key-create", detail="d" * 500)
+    first, second = (msgspec.json.decode(line) for line in _lines(log_path))
+    assert len(first["route"]) == 1024
+    assert len(second["detail"]) == 200
+
+
+@pytest.mark.parametrize(
+    ("fields", "error"),
+    [
+        (
+            {"event": "request", "route": "/", "decision": "allowed", "status": 200, "x": 1},
+            TypeError,
+        ),
+        ({"event": "request", "route": "/", "decision": "maybe", "status": 200}, TypeError),
+        ({"event": "request", "route": "/", "decision": "allowed"}, ValueError),
+        ({"event": "admin"}, ValueError),
+        ({"event": "admin", "action": "reload", "seq": 5}, TypeError),
+        ({"event": "admin", "action": "reload", "prev": GENESIS}, TypeError),
+        (
+            {
+                "event": "request",
+                "route": "/",
+                "decision": "allowed",
+                "status": 200,
+                "input_digest": "raw input",
+            },
+            TypeError,
+        ),
+    ],
+)
+def test_record_rejects_misuse(log_path, logger, fields, error):
+    """Unknown or caller-filled fields, wrong values and raw data in a digest are refused."""
+    with _open(log_path, logger) as log, pytest.raises(error):
+        log.record(**fields)
+    assert log_path.read_bytes() == b""
+
+
+def test_files_are_private(tmp_path, logger):
+    """The folder is created 0700 and the file 0600."""
+    path = tmp_path / "new" / "audit.jsonl"
+    with _open(path, logger) as log:
+        _request(log)
+    assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+def test_digest_is_keyed(log_path, logger, tmp_path):
+    """Same data gives the same digest under one key and a different one under another."""
+    with _open(log_path, logger) as log:
+        digest = log.digest(b"hello")
+        assert digest == log.digest(b"hello")
+        assert digest != log.digest(b"hello!")
+    with AuditLog(tmp_path / "other.jsonl", digest_key=OTHER_KEY, logger=logger) as other:
+        assert other.digest(b"hello") != digest
+    assert digest.startswith("hmac-sha256:")
+    assert digest != "hmac-sha256:" + hashlib.sha256(b"hello").hexdigest()
+
+
+def test_no_raw_data_in_file(log_path, logger):
+    """Only digests of bodies reach the file: a marker in the body never appears."""
+    marker = b"SECRET-PATIENT-RECORD-4242"
+    body = b'{"instances": [{"note": "' + marker + b'"}]}'
+    with _open(log_path, logger) as log:
+        _request(log, input_digest=log.digest(body), output_digest=log.digest(marker))
+    content = log_path.read_bytes()
+    assert marker not in content
+    assert base64.b64encode(marker) not in content
+    assert marker.hex().encode() not in content
+
+
+def test_short_digest_key_refused(log_path, logger):
+    """A digest key under 32 bytes stops start-up."""
+    with pytest.raises(ConfigError, match="at least 32 bytes"):
+        AuditLog(log_path, digest_key=b"short", logger=logger)
+
+
+def test_admin_helper(log_path, logger):
+    """admin() writes an admin record with only the fields given."""
+    with _open(log_path, logger) as log:
+        log.admin(action="key-revoked", trigger="keys-file", detail="key 3f9c0a1b2c3d")
+        log.admin(action="reload", principal="ops", roles=["admin"], request_id="r-1")
+    first, second = (msgspec.json.decode(line) for line in _lines(log_path))
+    assert first["action"] == "key-revoked"
+    assert "request_id" not in first
+    assert (second["principal"], second["roles"], second["request_id"]) == ("ops", ["admin"], "r-1")
+    assert _verify(log_path).ok
+
+
+# --------------------------------------------------------------------------- chain
+
+
+def test_chain_verifies(log_path, logger):
+    """N records verify; the head is the SHA-256 of the last line."""
+    _write_chain(log_path, logger, 20)
+    result = _verify(log_path)
+    assert result.ok
+    assert result.records == 20
+    assert result.head == hashlib.sha256(_lines(log_path)[-1][:-1]).hexdigest()
+    assert result.first_problem is None
+
+
+def test_chain_edit_detected_on_next_line(log_path, logger):
+    """Editing line k (still valid JSON) is reported at line k+1 as a prev mismatch."""
+    _write_chain(log_path, logger, 10)
+    lines = _lines(log_path)
+    lines[3] = lines[3].replace(b'"status":200', b'"status":403')
+    log_path.write_bytes(b"".join(lines))
+    result = _verify(log_path)
+    assert not result.ok
+    assert (result.file, result.line, result.records) == (log_path, 5, 4)
+    assert result.first_problem is not None
+    assert "prev does not match" in result.first_problem
+
+
+def test_chain_edit_of_last_line_changes_head(log_path, logger):
+    """The last line has no successor: the edit verifies, but the head differs."""
+    _write_chain(log_path, logger, 5)
+    before = _verify(log_path).head
+    lines = _lines(log_path)
+    lines[-1] = lines[-1].replace(b'"status":200', b'"status":403')
+    log_path.write_bytes(b"".join(lines))
+    after = _verify(log_path)
+    assert after.ok
+    assert after.head != before
+
+
+def test_chain_garbled_line_detected_on_itself(log_path, logger):
+    """A line that is no longer a record is reported at its own position."""
+    _write_chain(log_path, logger, 5)
+    lines = _lines(log_path)
+    lines[2] = b'{"not": "a record"}\n'
+    log_path.write_bytes(b"".join(lines))
+    result = _verify(log_path)
+    assert (result.ok, result.line) == (False, 3)
+    assert "not an audit record" in (result.first_problem or "")
+
+
+def test_chain_deleted_line_detected(log_path, logger):
+    """Deleting line k makes the following record land at position k with a seq gap."""
+    _write_chain(log_path, logger, 10)
+    lines = _lines(log_path)
+    del lines[4]
+    log_path.write_bytes(b"".join(lines))
+    result = _verify(log_path)
+    assert (result.ok, result.line) == (False, 5)
+    assert "deleted" in (result.first_problem or "")
+
+
+def test_chain_swapped_lines_detected(log_path, logger):
+    """Swapping lines k and k+1 is reported at line k."""
+    _write_chain(log_path, logger, 10)
+    lines = _lines(log_path)
+    lines[6], lines[7] = lines[7], lines[6]
+    log_path.write_bytes(b"".join(lines))
+    result = _verify(log_path)
+    assert (result.ok, result.line) == (False, 7)
+    assert "seq 7 where 6" in (result.first_problem or "")
+
+
+def test_chain_torn_last_line_detected(log_path, logger):
+    """A last line cut short (no LF) is reported as incomplete."""
+    _write_chain(log_path, logger, 4)
+    content = log_path.read_bytes()
+    log_path.write_bytes(content[:-20])
+    result = _verify(log_path)
+    assert (result.ok, result.line, result.records) == (False, 4, 3)
+    assert "incomplete" in (result.first_problem or "")
+
+
+def test_chain_missing_start_detected(log_path, logger):
+    """Deleting the first line is reported unless the start is taken on trust."""
+    _write_chain(log_path, logger, 4)
+    log_path.write_bytes(b"".join(_lines(log_path)[1:]))
+    result = _verify(log_path)
+    assert (result.ok, result.line) == (False, 1)
+    assert "does not start here" in (result.first_problem or "")
+    assert _verify(log_path, require_genesis=False).ok
+
+
+def test_verify_nothing(tmp_path):
+    """No files at all is not a verified chain."""
+    result = verify_chain(chain_files(tmp_path / "audit.jsonl"))
+    assert not result.ok
+
+
+def test_verify_unreadable_file(tmp_path):
+    """A file that cannot be read is reported with its name."""
+    missing = tmp_path / "gone.jsonl"
+    result = verify_chain([missing])
+    assert (result.ok, result.file, result.line) == (False, missing, None)
+
+
+def test_format_result():
+    """OK is one line with the head; a failure names file, line and problem."""
+    ok = format_result(VerifyResult(ok=True, records=3, head="ab" * 32))
+    assert ok.startswith("OK: 3 audit records")
+    assert "\n" not in ok
+    bad = format_result(
+        VerifyResult(
+            ok=False, records=4, first_problem="seq 9 where 5", file=Path("a.jsonl"), line=5
+        )
+    )
+    assert "a.jsonl, line 5" in bad
+    assert "seq 9 where 5" in bad
+    assert bad.startswith("FAILED")
+
+
+# --------------------------------------------------------------------------- restart
+
+
+def test_new_log_continues_chain(log_path, logger):
+    """A new AuditLog (a restarted process) appends to the existing chain."""
+    _write_chain(log_path, logger, 3)
+    _write_chain(log_path, logger, 3)
+    assert [msgspec.json.decode(line)["seq"] for line in _lines(log_path)] == list(range(6))
+    assert _verify(log_path).ok
+
+
+def test_new_log_after_torn_line_starts_new_file(log_path, logger):
+    """A torn last line is moved aside, not appended to; verify still reports it."""
+    _write_chain(log_path, logger, 3)
+    log_path.write_bytes(log_path.read_bytes()[:-10])
+    _write_chain(log_path, logger, 2)
+    files = chain_files(log_path)
+    assert [p.name for p in files] == ["audit.1.jsonl", "audit.jsonl"]
+    first = msgspec.json.decode(_lines(log_path)[0])
+    assert first["rotated_from"] == "audit.1.jsonl"
+    assert first["seq"] == 2
+    assert any("torn" in event for event in logger.at("warning"))
+    result = verify_chain(files)
+    assert (result.ok, result.file, result.line) == (False, files[0], 3)
+
+
+def test_second_writer_refused(log_path, logger):
+    """Two AuditLogs on one file would interleave two chains: the second is refused."""
+    with _open(log_path, logger), pytest.raises(ConfigError, match="another process"):
+        _open(log_path, logger)
+
+
+def test_path_that_cannot_be_created(tmp_path, logger):
+    """A path whose folder is a file stops start-up with a ConfigError naming it."""
+    (tmp_path / "blocker").write_text("x")
+    with pytest.raises(ConfigError, match="blocker"):
+        _open(tmp_path / "blocker" / "audit.jsonl", logger)
+
+
+# --------------------------------------------------------------------------- rotation
+
+
+def _rotated_chain(path: Path, logger: FakeLogger) -> list[Path]:
+    _write_chain(path, logger, 12, max_bytes=1500)
+    files = chain_files(path)
+    assert len(files) >= 3
+    return files
+
+
+def test_rotation_verifies_across_files(log_path, logger):
+    """Rotated files link to each other and verify as one chain."""
+    files = _rotated_chain(log_path, logger)
+    assert files[-1] == log_path
+    assert [p.name for p in files[:-1]] == [f"audit.{n}.jsonl" for n in range(1, len(files))]
+    for older, newer in itertools.pairwise(files):
+        first = msgspec.json.decode(_lines(newer)[0])
+        assert first["rotated_from"] == older.name
+        assert first["prev"] == hashlib.sha256(_lines(older)[-1][:-1]).hexdigest()
+    assert all(p.stat().st_size <= 1500 for p in files)
+    result = verify_chain(files)
+    assert (result.ok, result.records) == (True, 12)
+    assert "audit chain head" in logger.at("info")
+
+
+def test_rotation_continues_after_restart(log_path, logger):
+    """A restarted process keeps rotating and the chain still verifies."""
+    _write_chain(log_path, logger, 6, max_bytes=1500)
+    _write_chain(log_path, logger, 6, max_bytes=1500)
+    assert verify_chain(chain_files(log_path)).records == 12
+
+
+def test_rotation_empty_current_file_continues_from_rotated(log_path, logger):
+    """An empty current file (crash after rotation) continues from the newest rotated file."""
+    files = _rotated_chain(log_path, logger)
+    log_path.unlink()
+    log_path.write_bytes(b"")
+    log_path.chmod(0o600)
+    _write_chain(log_path, logger, 1, max_bytes=1500)
+    first = msgspec.json.decode(_lines(log_path)[0])
+    assert first["rotated_from"] == files[-2].name
+    assert verify_chain(chain_files(log_path)).ok
+
+
+def test_rotation_missing_middle_file_detected(log_path, logger):
+    """Deleting a middle file is reported on the first line of the file after it."""
+    files = _rotated_chain(log_path, logger)
+    files[1].unlink()
+    result = verify_chain(chain_files(log_path))
+    assert (result.ok, result.file, result.line) == (False, files[2], 1)
+    assert "missing" in (result.first_problem or "")
+
+
+def test_rotation_missing_first_file_detected(log_path, logger):
+    """Deleting the oldest file is reported: the chain no longer starts at seq 0."""
+    files = _rotated_chain(log_path, logger)
+    files[0].unlink()
+    result = verify_chain(chain_files(log_path))
+    assert (result.ok, result.file, result.line) == (False, files[1], 1)
+    assert verify_chain(chain_files(log_path), require_genesis=False).ok
+
+
+def test_rotation_swapped_files_detected(log_path, logger):
+    """Swapping the contents of two rotated files is reported."""
+    files = _rotated_chain(log_path, logger)
+    one, two = files[0].read_bytes(), files[1].read_bytes()
+    files[0].write_bytes(two)
+    files[1].write_bytes(one)
+    result = verify_chain(chain_files(log_path))
+    assert (result.ok, result.file, result.line) == (False, files[0], 1)
+
+
+def test_rotation_edited_file_end_detected(log_path, logger):
+    """Editing the last line of a rotated file is caught by the next file's first prev."""
+    files = _rotated_chain(log_path, logger)
+    lines = _lines(files[0])
+    lines[-1] = lines[-1].replace(b'"status":200', b'"status":500')
+    files[0].write_bytes(b"".join(lines))
+    result = verify_chain(files)
+    assert (result.ok, result.file, result.line) == (False, files[1], 1)
+    assert "last line of" in (result.first_problem or "")
+
+
+# --------------------------------------------------------------------------- failures
+
+
+def test_deleted_file_is_recreated_and_recorded(log_path, logger):
+    """A file deleted while open is an incident: logged, recorded, and visible to verify."""
+    with _open(log_path, logger) as log:
+        _request(log, 0)
+        _request(log, 1)
+        log_path.unlink()
+        log.check_writable()
+        _request(log, 2)
+    lines = [msgspec.json.decode(line) for line in _lines(log_path)]
+    assert [r.get("action") for r in lines] == ["audit-file-recreated", None]
+    assert [r["seq"] for r in lines] == [2, 3]
+    assert any("deleted" in event for event in logger.at("error"))
+    assert not _verify(log_path).ok  # the lost records are a gap verify reports
+    assert _verify(log_path, require_genesis=False).ok
+
+
+def test_deleted_file_not_recreatable_refuses(log_path, logger, monkeypatch):
+    """When the deleted file cannot be recreated, requests are refused (fail closed)."""
+    with _open(log_path, logger) as log:
+        _request(log)
+        log_path.unlink()
+        real_open = os.open
+
+        def refuse(path: Any, flags: int, *args: Any, **kwargs: Any) -> int:
+            if Path(path) == log_path:
+                raise PermissionError(errno.EACCES, "Permission denied")
+            return real_open(path, flags, *args, **kwargs)
+
+        monkeypatch.setattr(audit.os, "open", refuse)
+        with pytest.raises(AuditUnavailable):
+            log.check_writable()
+        with pytest.raises(AuditUnavailable):
+            _request(log)
+        monkeypatch.setattr(audit.os, "open", real_open)
+        log.check_writable()
+        _request(log)
+    assert len(logger.at("error")) == 2  # the deletion, then one outage
+
+
+def test_read_only_file_refuses(log_path, logger):
+    """A file made read-only while serving refuses requests until it is writable again."""
+    with _open(log_path, logger) as log:
+        _request(log, 0)
+        log_path.chmod(0o400)
+        log_path.parent.chmod(0o500)
+        try:
+            with pytest.raises(AuditUnavailable) as caught:
+                log.check_writable()
+            with pytest.raises(AuditUnavailable):
+                _request(log, 1)
+        finally:
+            log_path.parent.chmod(0o700)
+            log_path.chmod(0o600)
+        problem = caught.value
+        assert isinstance(problem, RequestRejected)
+        assert (problem.status, problem.slug) == (503, "audit-unavailable")
+        assert problem.headers == {"Retry-After": "5"}
+        assert "read-only" in (problem.log_reason or "")
+        _request(log, 2)
+    records = [msgspec.json.decode(line) for line in _lines(log_path)]
+    assert [r.get("action") for r in records] == [None, "audit-resumed", None]
+    assert "1 records" in records[1]["detail"]
+    assert logger.at("error") == ["audit log cannot be written"]
+    assert _verify(log_path).ok
+
+
+def test_write_error_refuses(log_path, logger, monkeypatch):
+    """A disk that refuses the write (ENOSPC) makes record raise AuditUnavailable."""
+
+    def full(fd: int, data: bytes) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with _open(log_path, logger) as log:
+        monkeypatch.setattr(audit.os, "write", full)
+        with pytest.raises(AuditUnavailable, match="503"):
+            _request(log)
+        monkeypatch.undo()
+    assert log_path.read_bytes() == b""
+
+
+def test_write_error_continue_logs_once(log_path, logger, monkeypatch):
+    """In continue mode an outage is logged once, requests go on, the gap is recorded."""
+    real_write = os.write
+
+    def denied(fd: int, data: bytes) -> int:
+        raise PermissionError(errno.EPERM, "Operation not permitted")
+
+    with _open(log_path, logger, on_write_error="continue") as log:
+        _request(log, 0)
+        monkeypatch.setattr(audit.os, "write", denied)
+        for n in range(1, 4):
+            _request(log, n)
+        log.check_writable()
+        monkeypatch.setattr(audit.os, "write", real_write)
+        _request(log, 4)
+    assert logger.at("error") == ["audit log cannot be written"]
+    records = [msgspec.json.decode(line) for line in _lines(log_path)]
+    assert [r.get("request_id") for r in records] == ["req-0", None, "req-4"]
+    assert "3 records were not written" in records[1]["detail"]
+    assert _verify(log_path).ok
+
+
+def test_read_only_continue_mode_does_not_raise(log_path, logger):
+    """check_writable and record do not raise in continue mode; one error is logged."""
+    with _open(log_path, logger, on_write_error="continue") as log:
+        log_path.chmod(0o400)
+        try:
+            log.check_writable()
+            _request(log)
+            log.check_writable()
+        finally:
+            log_path.chmod(0o600)
+    assert logger.at("error") == ["audit log cannot be written"]
+
+
+def test_partial_write_is_undone(log_path, logger, monkeypatch):
+    """A write cut short by an error leaves no torn line: the chain still verifies."""
+    real_write = os.write
+    calls = {"n": 0}
+
+    def half(fd: int, data: bytes) -> int:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            return real_write(fd, bytes(data)[:10])
+        raise OSError(errno.EIO, "Input/output error")
+
+    with _open(log_path, logger) as log:
+        _request(log, 0)
+        monkeypatch.setattr(audit.os, "write", half)
+        with pytest.raises(AuditUnavailable):
+            _request(log, 1)
+        monkeypatch.setattr(audit.os, "write", real_write)
+        _request(log, 2)
+    assert _verify(log_path).ok
+
+
+def test_partial_write_not_undone_moves_file_aside(log_path, logger, monkeypatch):
+    """If the partial line cannot be removed, the next record starts a new file."""
+    real_write = os.write
+
+    def half(fd: int, data: bytes) -> int:
+        monkeypatch.setattr(audit.os, "write", failing)
+        return real_write(fd, bytes(data)[:10])
+
+    def failing(fd: int, data: bytes) -> int:
+        raise OSError(errno.EIO, "Input/output error")
+
+    def no_truncate(fd: int, length: int) -> None:
+        raise OSError(errno.EIO, "Input/output error")
+
+    with _open(log_path, logger) as log:
+        _request(log, 0)
+        monkeypatch.setattr(audit.os, "write", half)
+        monkeypatch.setattr(audit.os, "ftruncate", no_truncate)
+        with pytest.raises(AuditUnavailable):
+            _request(log, 1)
+        monkeypatch.undo()
+        _request(log, 2)
+    files = chain_files(log_path)
+    assert len(files) == 2
+    result = verify_chain(files)
+    assert (result.ok, result.file, result.line) == (False, files[0], 2)
+
+
+def test_replaced_file_refuses_until_removed(log_path, logger):
+    """A different file put in place of the open one is not written; removing it recovers."""
+    with _open(log_path, logger) as log:
+        _request(log)
+        log_path.rename(log_path.with_name("moved.jsonl"))
+        log_path.write_bytes(b"")
+        with pytest.raises(AuditUnavailable, match="503"):
+            log.check_writable()
+        log_path.unlink()
+        _request(log)
+    assert msgspec.json.decode(_lines(log_path)[0])["action"] == "audit-resumed"
+
+
+def test_closed_log_refuses(log_path, logger):
+    """After close, records are refused and the chain head has been logged."""
+    log = _open(log_path, logger)
+    _request(log)
+    log.close()
+    log.close()
+    with pytest.raises(AuditUnavailable):
+        _request(log)
+    assert logger.at("info").count("audit chain head") == 1
+
+
+def test_deleted_folder_is_recreated(log_path, logger):
+    """A folder deleted while serving is recreated (0700) with a file that continues the chain."""
+    with _open(log_path, logger) as log:
+        _request(log, 0)
+        shutil.rmtree(log_path.parent)
+        _request(log, 1)
+    assert stat.S_IMODE(log_path.parent.stat().st_mode) == 0o700
+    records = [msgspec.json.decode(line) for line in _lines(log_path)]
+    assert [r["seq"] for r in records] == [1, 2]
+    assert records[0]["action"] == "audit-file-recreated"
+
+
+# --------------------------------------------------------------------------- key files
+
+
+def test_digest_key_round_trip(tmp_path):
+    """A generated key is 32 bytes in a 0600 file and loads back."""
+    path = tmp_path / "digest.key"
+    generate_digest_key(path)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert len(load_digest_key(path)) == 32
+
+
+def test_digest_key_never_overwritten(tmp_path):
+    """Generating onto an existing file is refused and leaves it alone."""
+    path = tmp_path / "digest.key"
+    path.write_text("keep")
+    with pytest.raises(ConfigError, match="already exists"):
+        generate_digest_key(path)
+    assert path.read_text() == "keep"
+
+
+def test_digest_key_folder_missing(tmp_path):
+    """Generating into a missing folder names the path."""
+    with pytest.raises(ConfigError, match="cannot be created"):
+        generate_digest_key(tmp_path / "no" / "digest.key")
+
+
+@pytest.mark.parametrize(
+    ("content", "mode", "message"),
+    [
+        (base64.b64encode(KEY), 0o644, "other than its owner"),
+        (base64.b64encode(KEY), 0o640, "other than its owner"),
+        (b"", 0o600, "is empty"),
+        (b"not base64 !!", 0o600, "not valid base64"),
+        (base64.b64encode(b"x" * 16), 0o600, "16 bytes"),
+        (b"A" * 2000, 0o600, "too large"),
+    ],
+)
+def test_digest_key_rejected(tmp_path, content, mode, message):
+    """Each bad key file is refused with a message naming the file and the problem."""
+    path = tmp_path / "digest.key"
+    path.write_bytes(content)
+    path.chmod(mode)
+    with pytest.raises(ConfigError, match=message) as caught:
+        load_digest_key(path)
+    assert "[audit] digest_key_file" in str(caught.value)
+    assert str(path) in str(caught.value)
+
+
+def test_digest_key_missing_or_not_a_file(tmp_path):
+    """A missing key file and a folder are refused with the fix."""
+    with pytest.raises(ConfigError, match="audit key new"):
+        load_digest_key(tmp_path / "missing.key")
+    with pytest.raises(ConfigError, match="not a regular file"):
+        load_digest_key(tmp_path)
+
+
+def test_digest_key_longer_is_accepted(tmp_path):
+    """Keys longer than 32 bytes are fine."""
+    path = tmp_path / "digest.key"
+    path.write_bytes(base64.b64encode(b"k" * 64) + b"\n")
+    path.chmod(0o600)
+    assert load_digest_key(path) == b"k" * 64
