@@ -98,6 +98,7 @@ def build_access(
         auth_failures_per_ip=limits.auth_failures_per_ip,
         quota=limits.quota,
         on_storage_error=limits.on_storage_error,
+        key_prefix=limits.key_prefix,
         logger=logger,
     )
     return Access(

@@ -116,6 +116,7 @@ class LimitsSettings(_Section, frozen=True):
     auth_failures_per_ip: RateString | None = "10/minute"
     quota: RateString | None = "10000/day"
     on_storage_error: Literal["refuse", "memory"] = "refuse"
+    key_prefix: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_.-]{1,64}$")] = "secureserve"
 
 
 class AuditSettings(_Section, frozen=True):
