@@ -75,6 +75,8 @@ class Setup:
     bare_port: int
     python: str = sys.executable
     secureserve_bin: str = field(default_factory=lambda: _secureserve_bin())  # noqa: PLW0108
+    core: Path | None = None  # run secureserve from this source tree (no access settings)
+    extra_env: dict[str, str] = field(default_factory=dict)
 
     def env_ss(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("SECURESERVE_")}
@@ -85,11 +87,28 @@ class Setup:
             SECURESERVE_SERVER__PORT=str(self.ss_port),
             SECURESERVE_SERVER__HOST="127.0.0.1",
         )
+        if self.core is not None:
+            env["PYTHONPATH"] = str(self.core)
+            return env
+        # Limits stay on (every request is counted) but high enough never to refuse the
+        # load; the audit log is written as in production, with a digest key.
+        env.update(
+            SECURESERVE_AUDIT__PATH=str(self.workdir / "audit" / "audit.jsonl"),
+            SECURESERVE_AUDIT__DIGEST_KEY_FILE=str(self.workdir / "secrets" / "audit.key"),
+            SECURESERVE_AUDIT__MAX_BYTES=str(1 << 40),
+            SECURESERVE_LIMITS__PER_PRINCIPAL="1000000/second",
+            SECURESERVE_LIMITS__QUOTA="1000000000/day",
+        )
+        env.update(self.extra_env)
         return env
 
     def command(self, which: str) -> list[str]:
         if which == SS:
-            cmd = [self.secureserve_bin, "run"]
+            cmd = (
+                [self.python, "-m", "secureserve.cli", "run"]
+                if self.core is not None
+                else [self.secureserve_bin, "run"]
+            )
         else:
             cmd = [
                 self.python,
@@ -126,6 +145,10 @@ def make_setup(args: argparse.Namespace) -> Setup:
     certs = ensure_dev_certificates(workdir / "tls")
     keys_file = workdir / "secrets" / "api_keys.toml"
     key = create_key(keys_file, name="bench", roles=("predict",))
+    if args.core is None:
+        from secureserve.audit import generate_digest_key
+
+        generate_digest_key(workdir / "secrets" / "audit.key")
     return Setup(
         workdir=workdir,
         project=project,
@@ -138,6 +161,8 @@ def make_setup(args: argparse.Namespace) -> Setup:
         pin=args.pin,
         ss_port=args.ss_port,
         bare_port=args.bare_port,
+        core=args.core,
+        extra_env=dict(item.split("=", 1) for item in args.ss_env),
     )
 
 
@@ -647,6 +672,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--profile-top", type=int, default=10)
     parser.add_argument("--skip-load", action="store_true", help="only cold start (and profile)")
     parser.add_argument("--json", type=Path, help="also write the raw results here")
+    parser.add_argument(
+        "--ss-env", action="append", default=[], metavar="KEY=VALUE",
+        help="extra environment for secureserve, e.g. "
+        "SECURESERVE_LIMITS__STORAGE=redis://127.0.0.1:6379/14",
+    )  # fmt: skip
+    parser.add_argument(
+        "--core", type=Path, metavar="DIR",
+        help="serve with the secureserve source tree in DIR (a git worktree of an older "
+        "commit) instead of the installed one; no access-control settings are passed",
+    )  # fmt: skip
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder")
     args = parser.parse_args(argv)
     if shutil.which("wrk") is None:
