@@ -14,7 +14,7 @@ from typing import Any
 
 from secureserve.audit import AuditLog, AuditUnavailable, load_digest_key
 from secureserve.auth import Authenticator, certificate_principals
-from secureserve.config import Settings
+from secureserve.config import RATE_OFF, Settings
 from secureserve.keys import KeyStore
 from secureserve.ratelimit import RateLimiter
 from secureserve.tokens import JWTVerifier
@@ -93,10 +93,10 @@ def build_access(
     )
     limiter = RateLimiter(
         storage=limits.storage,
-        per_principal=limits.per_principal,
-        per_model=limits.per_model,
-        auth_failures_per_ip=limits.auth_failures_per_ip,
-        quota=limits.quota,
+        per_principal=_rate(limits.per_principal),
+        per_model=_rate(limits.per_model),
+        auth_failures_per_ip=_rate(limits.auth_failures_per_ip),
+        quota=_rate(limits.quota),
         on_storage_error=limits.on_storage_error,
         key_prefix=limits.key_prefix,
         logger=logger,
@@ -106,3 +106,8 @@ def build_access(
         limiter=limiter,
         audit=audit_log,
     )
+
+
+def _rate(value: str | None) -> str | None:
+    """A configured rate, or None when it is unset or switched ``off``."""
+    return None if value is None or value == RATE_OFF else value

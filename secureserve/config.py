@@ -105,6 +105,8 @@ class AuthSettings(_Section, frozen=True):
 
 
 RateString = Annotated[str, msgspec.Meta(min_length=1, max_length=100)]
+#: The value that switches a limit off in secureserve.toml (TOML has no null).
+RATE_OFF: Final = "off"
 
 
 class LimitsSettings(_Section, frozen=True):
@@ -377,6 +379,11 @@ def _check_combinations(settings: Settings) -> None:
             "process per container and scale with replicas (set workers = 1)."
         )
     _check_auth(settings.auth)
+    if settings.auth.client_certificates and settings.tls.client_ca is None:
+        raise ConfigError(
+            "[auth] client_certificates maps certificate subjects, but [tls] client_ca is not "
+            "set, so no client certificate is ever verified: set client_ca or remove the mapping."
+        )
     _check_limits(settings.limits)
     if settings.project_dir.is_relative_to(settings.model.dir.resolve()):
         raise ConfigError(
@@ -419,16 +426,19 @@ def _check_limits(limits: LimitsSettings) -> None:
 
     for key in ("per_principal", "per_model", "auth_failures_per_ip", "quota"):
         value = getattr(limits, key)
-        if value is None:
+        if value is None or value == RATE_OFF:
             continue
         try:
-            parse_many(value)
+            items = parse_many(value)
         except ValueError:
+            items = []
+        if len(items) != 1 or items[0].amount < 1:
             raise ConfigError(
-                f'[limits] {key} = {value!r} is not a rate such as "60/minute" or '
-                "\"10000/day\" (several may be joined with ';')."
-            ) from None
-    if not limits.storage.startswith(("memory://", "redis://", "rediss://", "async+redis://")):
+                f'[limits] {key} = {value!r} is not one rate such as "60/minute" or '
+                f'"10000/day"; write "{RATE_OFF}" to switch this limit off.'
+            )
+    schemes = ("memory://", "redis://", "rediss://", "async+redis://", "async+rediss://")
+    if not limits.storage.startswith(schemes):
         raise ConfigError(
             f'[limits] storage = {limits.storage!r}: use "memory://" (one process) or '
             '"redis://host:port/db" (shared by replicas).'

@@ -69,8 +69,8 @@ class Predict:
         info = scope["secureserve"]
         principal = _visible_model(scope, state, scope["path_params"]["name"])
         require_role(principal, "predict")
-        limit_headers = await state.limiter.check(principal.id, state.name)
         state.audit.check_writable()  # no prediction that could not be recorded
+        limit_headers = await state.limiter.check(principal.id, state.name)
         check_json_content_type(scope)
         body = await read_body(
             scope, receive, limit=state.max_body_bytes, deadline_s=state.body_timeout_s

@@ -8,6 +8,7 @@ so a client cannot blow up the number of series.
 
 from __future__ import annotations
 
+import re
 from typing import Final
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -30,9 +31,9 @@ _AUTH_REASONS: Final = frozenset(
         "unknown-revoked-or-expired-key",
         "key-file-invalid",
         "no-client-certificate",
-        "auth-failures-per-ip",
     }
 )
+_JWT_REASON: Final = re.compile(r"jwt-[a-z-]{1,40}")
 _LIMIT_REASONS: Final = frozenset({"per_principal", "per_model", "quota", "auth-failures-per-ip"})
 _LATENCY_BUCKETS: Final = (
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
@@ -102,7 +103,7 @@ class Metrics:
         self.requests.labels(route, str(status)).inc()
         self.latency.labels(route).observe(seconds)
         if status == 401:  # noqa: PLR2004 - HTTP status
-            self.auth_failures.labels(reason if reason in _AUTH_REASONS else "other").inc()
+            self.auth_failures.labels(_auth_reason(reason)).inc()
         elif status == 429:  # noqa: PLR2004 - HTTP status
             self.limited.labels(reason if reason in _LIMIT_REASONS else "other").inc()
 
@@ -114,3 +115,10 @@ class Metrics:
     def render(self) -> bytes:
         """The Prometheus text exposition of this registry."""
         return generate_latest(self.registry)
+
+
+def _auth_reason(reason: str | None) -> str:
+    """Known reasons (JWT checks are a fixed set in tokens.py) as they are, else ``other``."""
+    if reason is not None and (reason in _AUTH_REASONS or _JWT_REASON.fullmatch(reason)):
+        return reason
+    return "other"

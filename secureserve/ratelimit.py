@@ -143,7 +143,7 @@ def _limit(key: str, value: str | None, namespace: str, *, moving: bool) -> _Lim
     if len(items) != 1 or items[0].amount < 1:
         raise ConfigError(
             f'[limits] {key} = {value!r} is not one positive rate such as "60/minute"; '
-            "leave the key unset to disable this limit"
+            'write "off" to switch this limit off'
         )
     item = items[0]
     return _Limit(type(item)(item.amount, item.multiples, namespace=namespace), moving, key)

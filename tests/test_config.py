@@ -157,3 +157,36 @@ def test_settings_are_frozen():
     settings = Settings()
     with pytest.raises(AttributeError):
         settings.server.port = 1  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    ("text", "named"),
+    [
+        ('[limits]\nper_principal = "10/second;100/minute"\n', "[limits] per_principal"),
+        ('[limits]\nquota = "lots"\n', "[limits] quota"),
+        ('[limits]\nstorage = "mongodb://x"\n', "[limits] storage"),
+        ('[limits]\nkey_prefix = "a b"\n', "[limits] key_prefix"),
+        ('[auth]\njwks_file = "j.json"\n', "jwt_issuer, jwt_audience missing"),
+        (
+            '[[auth.client_certificates]]\nsubject = "CN=a"\nroles = ["predict"]\n',
+            "[tls] client_ca",
+        ),
+        ('[audit]\non_write_error = "ignore"\n', "[audit] on_write_error"),
+    ],
+)
+def test_load_settings_refuses_bad_access_settings(tmp_path, text, named):
+    """Rates, storage, JWT settings and certificate mappings are checked at start-up."""
+    _write(tmp_path, text)
+    with pytest.raises(ConfigError) as info:
+        load_settings(project_dir=tmp_path, environ={})
+    assert named in str(info.value)
+
+
+def test_load_settings_rate_off_and_null_switch_limits_off(tmp_path):
+    """The word off in the file and null in the environment both switch a limit off."""
+    _write(tmp_path, '[limits]\nquota = "off"\n')
+    settings = load_settings(
+        project_dir=tmp_path, environ={"SECURESERVE_LIMITS__PER_PRINCIPAL": "null"}
+    )
+    assert settings.limits.quota == "off"
+    assert settings.limits.per_principal is None

@@ -1,0 +1,346 @@
+"""Rate limits shared through Redis by real ``secureserve run`` processes.
+
+Three replicas on one Redis hold one global limit exactly; a Redis outage fails
+closed (503 ``limits-unavailable``) and recovers when Redis returns; the logged
+``on_storage_error = "memory"`` opt-in keeps serving on per-process counters.
+
+Isolation: each test uses its own ``[limits] key_prefix`` (a random one, through
+``SECURESERVE_LIMITS__KEY_PREFIX``) on the machine's Redis, and deletes only the keys
+under it at the end; the outage tests run their own ``redis-server`` on a free port
+and kill only that one. Without Redis these tests skip, unless
+``SECURESERVE_REQUIRE_REDIS=1`` (set by .ci/run): then they fail.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import NoReturn
+
+import pytest
+import redis
+from server_helpers import (
+    HOST,
+    Reply,
+    ServerProcess,
+    copy_iris,
+    free_port,
+    running_server,
+    set_toml,
+)
+
+from secureserve.devcerts import ensure_dev_certificates
+from secureserve.keys import create_key
+
+pytestmark = [pytest.mark.slow, pytest.mark.redis]
+
+SHARED_REDIS_PORT = 6379
+VALID = {"instances": [{"features": [5.1, 3.5, 1.4, 0.2]}]}
+PROBLEM = "urn:secureserve:problem:"
+REDIS_START_TIMEOUT_S = 5.0
+RECOVERY_TIMEOUT_S = 10.0  # the memory fallback retries Redis at most every 5 s
+LOG_TIMEOUT_S = 5.0
+
+
+# --------------------------------------------------------------------------- Redis
+
+
+def need(reason: str) -> NoReturn:
+    """Skip for ``reason``, or fail when SECURESERVE_REQUIRE_REDIS=1 (CI)."""
+    if os.environ.get("SECURESERVE_REQUIRE_REDIS") == "1":
+        pytest.fail(f"{reason}, and SECURESERVE_REQUIRE_REDIS=1 requires it", pytrace=False)
+    pytest.skip(reason)
+
+
+def redis_answers(port: int) -> bool:
+    """Whether a Redis server on 127.0.0.1:``port`` answers PING."""
+    try:
+        with socket.create_connection((HOST, port), timeout=0.5) as conn:
+            conn.sendall(b"PING\r\n")
+            return conn.recv(16).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+def fresh_prefix() -> str:
+    """A ``[limits] key_prefix`` no other run uses, so counters are never shared by accident."""
+    return f"sstest-{secrets.token_hex(6)}"
+
+
+def delete_prefix(port: int, prefix: str) -> None:
+    """Delete the keys under ``prefix`` (and only those) in DB 0 of the Redis on ``port``."""
+    client = redis.Redis(host=HOST, port=port, db=0, socket_timeout=2)
+    try:
+        names = list(client.scan_iter(match=f"{prefix}:*", count=500))
+        if names:
+            client.delete(*names)
+    finally:
+        client.close()
+
+
+def count_prefix(port: int, prefix: str) -> int:
+    """How many keys exist under ``prefix`` in DB 0 of the Redis on ``port``."""
+    client = redis.Redis(host=HOST, port=port, db=0, socket_timeout=2)
+    try:
+        return sum(1 for _ in client.scan_iter(match=f"{prefix}:*", count=500))
+    finally:
+        client.close()
+
+
+class OwnRedis:
+    """A private ``redis-server`` on a free port that a test kills and restarts."""
+
+    def __init__(self, binary: str, logs: Path) -> None:
+        self.binary = binary
+        self.logs = logs
+        self.port = free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+        self.url = f"redis://{HOST}:{self.port}/0"
+
+    def start(self) -> None:
+        """Start it on ``self.port`` (no persistence) and wait until it answers PING."""
+        command = [self.binary, "--port", str(self.port), "--bind", HOST]
+        command += ["--save", "", "--appendonly", "no"]
+        with (self.logs / f"redis-{self.port}.txt").open("ab") as out:
+            self.process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + REDIS_START_TIMEOUT_S
+        while not redis_answers(self.port):
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                self.kill()
+                pytest.fail(f"redis-server on port {self.port} did not start")
+            time.sleep(0.02)
+
+    def kill(self) -> None:
+        """SIGKILL this redis-server (no other) and reap it; a no-op when not running."""
+        if self.process is not None:
+            if self.process.poll() is None:
+                self.process.kill()
+            self.process.wait(5)
+            self.process = None
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[OwnRedis]:
+    """A started private redis-server, always killed at the end of the test."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        need("redis-server is not installed")
+    server = OwnRedis(binary, tmp_path)
+    try:
+        server.start()
+        yield server
+    finally:
+        server.kill()
+
+
+# --------------------------------------------------------------------------- servers
+
+
+@pytest.fixture
+def production_project(tmp_path: Path) -> tuple[Path, Path, str]:
+    """An iris project set up as in production: ``(project, CA certificate, API key)``.
+
+    Non-dev servers, because ``--dev`` mints a new key on every start and revokes the
+    previous one: replicas must share one key made with ``create_key``.
+    """
+    project = copy_iris(tmp_path / "iris")
+    certs = ensure_dev_certificates(tmp_path / "certs")
+    set_toml(project, "tls", cert=certs.cert, key=certs.key)
+    key = create_key(project / "secrets" / "api_keys.toml", name="replicas", roles=("predict",))
+    return project, certs.ca_cert, key.secret
+
+
+def limits_env(storage: str, prefix: str, per_principal: str, **extra: str) -> dict[str, str]:
+    """``[limits]`` through the environment: only ``per_principal`` counts (no quota)."""
+    return {
+        "SECURESERVE_LIMITS__STORAGE": storage,
+        "SECURESERVE_LIMITS__KEY_PREFIX": prefix,
+        "SECURESERVE_LIMITS__PER_PRINCIPAL": per_principal,
+        "SECURESERVE_LIMITS__QUOTA": "null",
+        **extra,
+    }
+
+
+@contextlib.contextmanager
+def replicas(
+    project: Path, ca: Path, key: str, env: dict[str, str], count: int
+) -> Iterator[list[ServerProcess]]:
+    """``count`` servers of one project, each with its own audit log; all stopped at the end."""
+    with contextlib.ExitStack() as stack:
+        servers = [
+            stack.enter_context(
+                running_server(
+                    project,
+                    dev=False,
+                    ca=ca,
+                    key=key,
+                    env={**env, "SECURESERVE_AUDIT__PATH": str(project / "audit" / f"r{n}.jsonl")},
+                )
+            )
+            for n in range(count)
+        ]
+        yield servers
+
+
+def round_robin(servers: list[ServerProcess], total: int) -> list[Reply]:
+    """``total`` predictions, one after the other, to each server in turn."""
+    return [servers[n % len(servers)].predict(VALID) for n in range(total)]
+
+
+def problem_type(reply: Reply) -> str:
+    """The ``type`` of a problem+json reply."""
+    body = reply.json()
+    assert isinstance(body, dict), reply.body
+    return str(body["type"])
+
+
+def assert_retry_after(reply: Reply, *, at_most: int) -> None:
+    """``Retry-After`` is a whole number of seconds in ``1..at_most``."""
+    value = reply.headers.get("retry-after")
+    assert value is not None, reply.headers
+    assert value.isdigit(), value
+    assert 1 <= int(value) <= at_most, value
+
+
+def events(server: ServerProcess) -> list[dict[str, object]]:
+    """The server's JSON log lines (stdout)."""
+    return [json.loads(line) for line in server.stdout().splitlines() if line.strip()]
+
+
+def wait_for_event(
+    server: ServerProcess, match: Callable[[dict[str, object]], bool]
+) -> dict[str, object]:
+    """The first log line ``match`` accepts, waiting up to LOG_TIMEOUT_S for it."""
+    deadline = time.monotonic() + LOG_TIMEOUT_S
+    while True:
+        found = next((line for line in events(server) if match(line)), None)
+        if found is not None:
+            return found
+        if time.monotonic() > deadline:
+            pytest.fail(f"no such log line; the log ends:\n{server.stdout()[-3000:]}")
+        time.sleep(0.05)
+
+
+def starts_with(text: str) -> Callable[[dict[str, object]], bool]:
+    """A log-line matcher on the start of ``event``."""
+    return lambda line: str(line.get("event", "")).startswith(text)
+
+
+# --------------------------------------------------------------------------- tests
+
+
+def test_limits_shared_across_three_replicas_exact(production_project):
+    """Three replicas on one Redis accept exactly ``per_principal`` requests in total.
+
+    21 predictions go round-robin, one at a time, to three servers limited to 7 a minute
+    per principal: exactly 7 succeed, the other 14 are 429 ``rate-limited`` with
+    ``Retry-After`` and ``RateLimit-Remaining: 0``. The same three replicas with memory
+    storage accept all 21 (7 each): the shared storage is what makes the limit global.
+    """
+    if not redis_answers(SHARED_REDIS_PORT):
+        need(f"no Redis answers on {HOST}:{SHARED_REDIS_PORT}")
+    project, ca, key = production_project
+    prefix = fresh_prefix()
+    shared = limits_env(f"redis://{HOST}:{SHARED_REDIS_PORT}/0", prefix, "7/minute")
+    try:
+        with replicas(project, ca, key, shared, 3) as servers:
+            replies = round_robin(servers, 21)
+            assert count_prefix(SHARED_REDIS_PORT, prefix) > 0  # the counters are in Redis
+    finally:
+        delete_prefix(SHARED_REDIS_PORT, prefix)
+
+    statuses = [reply.status for reply in replies]
+    assert statuses == [200] * 7 + [429] * 14, statuses
+    for reply in replies[:7]:
+        body = reply.json()
+        assert isinstance(body, dict), reply.body
+        assert body["predictions"][0]["label"] == "setosa"
+    for reply in replies[7:]:
+        assert problem_type(reply) == PROBLEM + "rate-limited", reply.body
+        assert_retry_after(reply, at_most=60)
+        assert reply.headers["ratelimit-limit"] == "7"
+        assert reply.headers["ratelimit-remaining"] == "0"
+
+    alone = limits_env("memory://", fresh_prefix(), "7/minute")
+    with replicas(project, ca, key, alone, 3) as servers:
+        assert [reply.status for reply in round_robin(servers, 21)] == [200] * 21
+
+
+def test_limits_redis_outage_fails_closed_then_recovers(production_project, own_redis):
+    """With Redis gone, predictions are 503 ``limits-unavailable``; they succeed once it is back.
+
+    The default ``on_storage_error = "refuse"``: after ``redis-server`` is killed no
+    prediction succeeds (the first one is already refused, bounded by the 0.5 s Redis
+    timeouts), each refusal carries ``Retry-After`` and no internals, and ``/healthz``
+    still answers. Restarted on the same port, predictions succeed again within seconds.
+    """
+    project, ca, key = production_project
+    env = limits_env(own_redis.url, fresh_prefix(), "1000/minute")
+    with replicas(project, ca, key, env, 1) as (server,):
+        assert server.predict(VALID).status == 200
+
+        own_redis.kill()
+        refused = [server.predict(VALID) for _ in range(3)]
+        for reply in refused:
+            assert reply.status == 503, (reply.status, reply.body)
+            assert problem_type(reply) == PROBLEM + "limits-unavailable"
+            assert_retry_after(reply, at_most=60)
+            text = reply.body.decode().lower()
+            assert "redis" not in text, text
+            assert "connection" not in text, text
+        assert server.request("GET", "/healthz").status == 200
+        wait_for_event(server, starts_with("rate-limit storage unavailable: refusing"))
+
+        own_redis.start()
+        deadline = time.monotonic() + RECOVERY_TIMEOUT_S
+        while (reply := server.predict(VALID)).status != 200:
+            assert reply.status == 503, (reply.status, reply.body)
+            assert time.monotonic() < deadline, "predictions still refused after Redis returned"
+            time.sleep(0.2)
+        wait_for_event(server, starts_with("rate-limit storage answers again"))
+        assert server.alive()
+
+
+def test_limits_redis_outage_memory_opt_in(production_project, own_redis):
+    """``on_storage_error = "memory"`` serves through an outage on per-process counters.
+
+    Start-up logs the "insecure opt-in" warning. With Redis killed, predictions still
+    succeed and a warning names the fallback; the memory counters still enforce
+    ``per_principal`` (4 a minute: the 5th in the outage is a 429). When Redis returns,
+    the next retry of it (at most every 5 s) switches back: a prediction succeeds again,
+    counted in the (empty) restarted Redis, and the switch is logged.
+    """
+    project, ca, key = production_project
+    env = limits_env(
+        own_redis.url, fresh_prefix(), "4/minute", SECURESERVE_LIMITS__ON_STORAGE_ERROR="memory"
+    )
+    with replicas(project, ca, key, env, 1) as (server,):
+        opt_in = wait_for_event(server, starts_with("insecure opt-in: [limits] on_storage_error"))
+        assert opt_in["level"] == "warning"
+        assert server.predict(VALID).status == 200
+
+        own_redis.kill()
+        during = [server.predict(VALID) for _ in range(5)]
+        assert [reply.status for reply in during] == [200] * 4 + [429], [r.body for r in during]
+        assert problem_type(during[-1]) == PROBLEM + "rate-limited"
+        fallback = wait_for_event(
+            server, starts_with("rate-limit storage unavailable: per-process memory")
+        )
+        assert fallback["level"] == "warning"
+        assert server.request("GET", "/healthz").status == 200
+
+        own_redis.start()
+        deadline = time.monotonic() + RECOVERY_TIMEOUT_S
+        while (reply := server.predict(VALID)).status != 200:
+            assert reply.status == 429, (reply.status, reply.body)  # memory counters, still full
+            assert time.monotonic() < deadline, "Redis not used again after it returned"
+            time.sleep(0.25)
+        wait_for_event(server, starts_with("rate-limit storage answers again"))
