@@ -8,6 +8,7 @@ or "invalid credentials"), never which check failed; the reason goes to the log.
 from __future__ import annotations
 
 import functools
+import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
@@ -31,6 +32,7 @@ __all__ = [
 _BEARER: Final = "bearer "
 _MAX_CREDENTIAL_CHARS: Final = 16384
 _JWT_DOTS: Final = 2
+_TOKEN: Final = re.compile(r"[!-~]+")  # RFC 6750 b64token and friends: visible ASCII, no spaces
 _CHALLENGE: Final = {"WWW-Authenticate": 'Bearer realm="secureserve"'}
 
 
@@ -88,8 +90,7 @@ class Authenticator:
             if (
                 len(authorization) > _MAX_CREDENTIAL_CHARS
                 or authorization[:7].lower() != _BEARER
-                or not credential
-                or any(c.isspace() for c in credential)
+                or _TOKEN.fullmatch(credential) is None
             ):
                 raise unauthorized("not-bearer")
             if self.jwt is not None and credential.count(".") == _JWT_DOTS:

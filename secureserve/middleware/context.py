@@ -141,16 +141,16 @@ class RequestContext:
     def _audit(self, scope: Scope, info: RequestInfo, status: int, seconds: float) -> None:
         """Record a request the route did not record itself (refusals, metadata)."""
         try:
-            self.audit.record(
-                event="request",
+            self.audit.request(
                 principal=info.principal_id,
                 roles=sorted(info.roles),
                 request_id=info.request_id,
                 route=route_of(scope["path"]),
+                model=None,
                 model_version=info.model_version,
                 decision=decision(status),
                 status=status,
-                latency_ms=round(seconds * 1000, 3),
+                latency_ms=seconds * 1000,
             )
         except AuditUnavailable:  # the response is gone already; the log keeps the trace
             self.log.exception("request not audited", request_id=info.request_id)
