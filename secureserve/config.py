@@ -439,7 +439,8 @@ def _check_limits(limits: LimitsSettings) -> None:
             )
     schemes = ("memory://", "redis://", "rediss://", "async+redis://", "async+rediss://")
     if not limits.storage.startswith(schemes):
+        scheme = limits.storage.partition("://")[0][:40]  # never echo a URL with a password
         raise ConfigError(
-            f'[limits] storage = {limits.storage!r}: use "memory://" (one process) or '
-            '"redis://host:port/db" (shared by replicas).'
+            f'[limits] storage: unsupported scheme {scheme!r}; use "memory://" (one process) '
+            'or "redis://host:port/db" (shared by replicas).'
         )

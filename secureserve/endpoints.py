@@ -151,6 +151,8 @@ async def reload(request: Request) -> Response:
         previous, current = await state.reload(
             trigger="http", principal=principal.id, request_id=info.request_id
         )
+    except RequestRejected:  # the audit log cannot record it: 503 audit-unavailable
+        raise
     except Exception as exc:
         raise RequestRejected(
             500,
@@ -170,8 +172,9 @@ async def reload(request: Request) -> Response:
 
 
 async def openapi(request: Request) -> Response:
-    """``GET /openapi.json`` (any authenticated principal)."""
+    """``GET /openapi.json``: any principal that may use the model (else 404, as if absent)."""
     state: ServingState = request.app.state.serving
+    _visible_model(request.scope, state, state.name)
     return Response(state.openapi_body, media_type=_JSON)
 
 

@@ -112,6 +112,12 @@ def read_records(path: Path) -> list[KeyRecord]:
             f"{path}: not a valid key file ({exc}); recreate keys with `secureserve keys create`."
         ) from None
     for record in records:
+        for moment in (record.created, record.expires, record.revoked):
+            if moment is not None and moment.tzinfo is None:
+                raise ConfigError(
+                    f"{path}: key {record.id} has a date without a time zone; write it in "
+                    "UTC with a Z, e.g. 2030-01-01T00:00:00Z."
+                )
         if not set(record.roles) <= set(ROLES):
             raise ConfigError(
                 f"{path}: key {record.id} has an unknown role; roles are {', '.join(ROLES)}."

@@ -202,12 +202,16 @@ class ServingState:
 
         Lock, signature, formats, ``load`` and ``warmup`` run in a worker thread while
         the current version keeps serving; any failure is logged, audited and re-raised,
-        and changes nothing. Returns (previous, new).
+        and changes nothing. A model change is never unrecorded: when the audit log
+        cannot be written (and ``[audit] on_write_error`` is ``refuse``) the reload is
+        refused before anything is loaded, and the swap happens only after its record
+        was written. Returns (previous, new).
         """
         log = get_logger()
         where = {"trigger": trigger, "request_id": request_id, "key_id": principal}
         async with self._reload_lock:
             kept = self.current
+            self.audit.check_writable()
             try:
                 loaded = await asyncio.to_thread(load_model, self.cls, self.settings)
             except Exception as exc:
@@ -218,6 +222,14 @@ class ServingState:
                 self._audit_reload("reload-refused", detail, where)
                 raise
             current = Deployment(loaded, self.schema, self.settings)
+            self.audit.admin(  # before the swap: raises AuditUnavailable, and nothing changes
+                action="reload",
+                principal=principal,
+                request_id=request_id,
+                trigger=trigger,
+                model=self.name,
+                detail=f"{kept.revision} -> {current.revision}",
+            )
             previous, self.current = kept, current
             previous.retire()
         self.metrics.serving(model=self.name, version=current.version, revision=current.revision)
@@ -229,7 +241,6 @@ class ServingState:
             previous_revision=previous.revision,
             **where,
         )
-        self._audit_reload("reload", f"{previous.revision} -> {current.revision}", where)
         return previous, current
 
     def _audit_reload(self, action: str, detail: str, where: dict[str, str | None]) -> None:

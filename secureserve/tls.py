@@ -76,6 +76,7 @@ _SECURITY_LEVEL: Final = "@SECLEVEL=2"
 #: Smallest RSA modulus accepted for the server key (Mozilla intermediate, NIST SP 800-131A).
 MIN_RSA_BITS: Final = 2048
 
+_SPECIAL: Final = frozenset(',+"\\<>;=')
 _EC_CURVES: Final = frozenset({"secp256r1", "secp384r1"})
 _MAX_PEM_BYTES: Final = 1024 * 1024
 _VERSIONS: Final = {"1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}
@@ -180,13 +181,15 @@ def server_context(
 
 
 def peer_certificate_subject(peercert: Mapping[str, Any] | None) -> str | None:
-    """Render the subject of ``SSLSocket.getpeercert()`` as ``"CN=alice,O=Example"``.
+    r"""Render the subject of ``SSLSocket.getpeercert()`` as ``"CN=alice,O=Example"``.
 
     Returns None when there is no verified client certificate: ``getpeercert()``
     returns None or an empty dict in that case (CERT_OPTIONAL without a certificate).
     Attribute names are OpenSSL's long names, except the common short ones (CN, O,
-    OU, C, ST, L); values are printed as they are, so use it for logs and audit, not
-    for parsing.
+    OU, C, ST, L). Values are escaped as RFC 4514 says (``\,``, ``\+``, ``\=`` ...)
+    and the attributes of one multi-valued RDN are joined with ``+``, so two different
+    subjects never render the same: a CN of ``"alice,O=Example"`` cannot pass for
+    ``CN=alice`` in ``O=Example``; the string is an identity (client_certificates).
     """
     if not peercert:
         return None
@@ -198,12 +201,21 @@ def peer_certificate_subject(peercert: Mapping[str, Any] | None) -> str | None:
         "stateOrProvinceName": "ST",
         "localityName": "L",
     }
-    parts = [
-        f"{short.get(name, name)}={value}"
+    rdns = [
+        "+".join(f"{short.get(name, name)}={_escape(value)}" for name, value in rdn)
         for rdn in peercert.get("subject", ())
-        for name, value in rdn
     ]
-    return ",".join(parts) or None
+    return ",".join(rdns) or None
+
+
+def _escape(value: str) -> str:
+    """RFC 4514 escaping of an attribute value."""
+    escaped = "".join(f"\\{c}" if c in _SPECIAL else c for c in value)
+    if escaped.startswith(("#", " ")):
+        escaped = "\\" + escaped
+    if escaped.endswith(" ") and not escaped.endswith("\\ "):
+        escaped = escaped[:-1] + "\\ "
+    return escaped
 
 
 def _restrict_groups(context: ssl.SSLContext) -> None:

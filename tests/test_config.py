@@ -190,3 +190,12 @@ def test_load_settings_rate_off_and_null_switch_limits_off(tmp_path):
     )
     assert settings.limits.quota == "off"
     assert settings.limits.per_principal is None
+
+
+def test_load_settings_storage_error_never_echoes_credentials(tmp_path):
+    """An unsupported storage URL is named by its scheme only (it may hold a password)."""
+    _write(tmp_path, '[limits]\nstorage = "mongodb://admin:hunter2@db:27017"\n')
+    with pytest.raises(ConfigError) as info:
+        load_settings(project_dir=tmp_path, environ={})
+    assert "hunter2" not in str(info.value)
+    assert "mongodb" in str(info.value)

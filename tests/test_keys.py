@@ -155,3 +155,12 @@ def test_read_records_refuses_invalid_files(tmp_path, text):
     path.write_text(text)
     with pytest.raises(ConfigError, match=r"k\.toml"):
         list_keys(path)
+
+
+def test_read_records_refuses_dates_without_time_zone(tmp_path):
+    """A hand-edited expiry without a zone is refused at load, not a 500 at request time."""
+    path = tmp_path / "k.toml"
+    create_key(path, name="ci", roles=("predict",))
+    path.write_text(path.read_text() + "expires = 2030-01-01T00:00:00\n")
+    with pytest.raises(ConfigError, match="time zone"):
+        list_keys(path)

@@ -182,3 +182,29 @@ def test_reload_signed_release_end_to_end(tmp_path):
     logs = [line for line in server.log_lines() if line.get("event") == "model reload refused"]
     assert len(logs) == 2
     assert {line["trigger"] for line in logs} == {"http", "SIGHUP"}
+
+
+def test_reload_refused_when_the_audit_log_cannot_record_it(project):
+    """No unrecorded model change: an unwritable audit log refuses the reload (503)."""
+    with _iris(project) as client:
+        before = client.get("/v1/models/iris").json()["revision"]
+        _set_labels(project, ["one", "two", "three"])
+        _relock(project)
+        client.audit_path.chmod(0o400)
+        try:
+            reply = client.post(RELOAD)
+        finally:
+            client.audit_path.chmod(0o600)
+        assert reply.status_code == 503
+        assert reply.json()["type"] == "urn:secureserve:problem:audit-unavailable"
+        assert client.get("/v1/models/iris").json()["revision"] == before
+
+
+def test_openapi_hidden_from_principals_without_the_model(project):
+    """A key limited to other models gets 404 for the schema too, as if the model were absent."""
+    from app import Iris
+
+    with TestClient(Iris, project_dir=project, models=("other",)) as client:
+        assert client.get("/openapi.json").status_code == 404
+    with TestClient(Iris, project_dir=project) as client:
+        assert client.get("/openapi.json").status_code == 200

@@ -723,3 +723,17 @@ def test_server_context_mtls_resumption_keeps_certificate_state(
     subject = peer_certificate_subject(second["peercert"])
     assert subject == peer_certificate_subject(first["peercert"])
     assert subject == ("CN=alice" if label else None)
+
+
+@pytest.mark.parametrize(
+    ("subject", "rendered"),
+    [
+        (((("commonName", "alice,O=Example"),),), "CN=alice\\,O\\=Example"),
+        (((("commonName", "alice"),), (("organizationName", "Example"),)), "CN=alice,O=Example"),
+        (((("commonName", "a"), ("organizationName", "b")),), "CN=a+O=b"),
+        (((("commonName", '#"x<y>;z'),),), 'CN=\\#\\"x\\<y\\>\\;z'),
+    ],
+)
+def test_peer_certificate_subject_escapes_so_subjects_never_collide(subject, rendered):
+    """A value holding separators renders escaped: it cannot pass for another subject."""
+    assert peer_certificate_subject({"subject": subject}) == rendered
