@@ -84,7 +84,7 @@ class Predict:
         finally:
             deployment.release()
         audit = state.audit
-        audit.request(  # before the answer leaves: a prediction is never unrecorded
+        await audit.request_async(  # before the answer leaves: a prediction is never unrecorded
             principal=principal.id,
             roles=sorted(principal.roles),
             request_id=info.request_id,

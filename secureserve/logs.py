@@ -13,6 +13,7 @@ generic processor chain as the largest per-request cost of the server.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import sys
@@ -155,6 +156,7 @@ class _FastAccessLog(AccessLog):
         self._stream = stream
         self._second = -1
         self._prefix = ""
+        self._pending: list[bytes] = []
 
     def __call__(self, record: AccessRecord) -> None:
         """Record one finished request."""
@@ -164,7 +166,18 @@ class _FastAccessLog(AccessLog):
             )
         head = b'{"logger":"secureserve","event":"request","level":"info","timestamp":"'
         line = head + self._timestamp() + b'",' + _encoder.encode(record)[1:] + b"\n"
-        self._stream.write(line)
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # not serving: write at once
+            self._stream.write(line)
+            return
+        if not self._pending:  # one write per event-loop iteration, not one per request
+            loop.call_soon(self._flush)
+        self._pending.append(line)
+
+    def _flush(self) -> None:
+        lines, self._pending = self._pending, []
+        self._stream.write(b"".join(lines))
 
     def _timestamp(self) -> bytes:
         now = time.time()

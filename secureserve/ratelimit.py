@@ -209,8 +209,13 @@ def _seconds_until(epoch: float) -> str:
     return str(max(1, math.ceil(epoch - time.time())))
 
 
+_IPV4_DOTS: Final = 3
+
+
 def _ip_key(ip: str) -> str:
     """The address itself for IPv4, its /64 for IPv6 (one host gets a whole /64)."""
+    if ":" not in ip and ip.count(".") == _IPV4_DOTS and ip.replace(".", "").isdigit():
+        return ip  # dotted IPv4 as the server reported it: nothing to normalise
     try:
         addr = ipaddress.ip_address(ip)
     except ValueError:

@@ -752,3 +752,70 @@ def test_digest_key_longer_is_accepted(tmp_path):
     path.write_bytes(base64.b64encode(b"k" * 64) + b"\n")
     path.chmod(0o600)
     assert load_digest_key(path) == b"k" * 64
+
+
+def _request_fields(n: int) -> dict[str, Any]:
+    return {
+        "principal": "p",
+        "roles": ["predict"],
+        "request_id": f"req-{n:08d}",
+        "route": "predict",
+        "model": "iris",
+        "model_version": "1",
+        "decision": "allowed",
+        "status": 200,
+        "latency_ms": 1.0,
+    }
+
+
+def test_request_async_writes_one_iteration_with_one_write(tmp_path, monkeypatch):
+    """Records queued in one loop iteration go out in one write, chained in order."""
+    import asyncio
+
+    log = AuditLog(tmp_path / "a.jsonl", digest_key=os.urandom(32))
+    writes: list[int] = []
+    real_write = os.write
+
+    def counting_write(fd, data):
+        writes.append(len(data))
+        return real_write(fd, data)
+
+    monkeypatch.setattr(audit.os, "write", counting_write)
+
+    async def scenario():
+        await asyncio.gather(*(log.request_async(**_request_fields(n)) for n in range(10)))
+
+    asyncio.run(scenario())
+    log.close()
+    assert len(writes) == 1
+    result = verify_chain(chain_files(tmp_path / "a.jsonl"))
+    assert result.ok
+    assert result.records == 10
+    lines = (tmp_path / "a.jsonl").read_bytes().splitlines()
+    ids = [msgspec.json.decode(line)["request_id"] for line in lines]
+    assert ids == [f"req-{n:08d}" for n in range(10)]
+
+
+def test_request_async_failed_batch_refuses_all_and_keeps_the_chain(tmp_path, monkeypatch):
+    """A failed batch write refuses every waiting record and leaves the chain unbroken."""
+    import asyncio
+
+    log = AuditLog(tmp_path / "a.jsonl", digest_key=os.urandom(32))
+    log.request(**_request_fields(0))
+    real_write = os.write
+
+    def failing_write(fd, data):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    async def batch(first: int) -> list[object]:
+        jobs = (log.request_async(**_request_fields(n)) for n in range(first, first + 3))
+        return await asyncio.gather(*jobs, return_exceptions=True)
+
+    monkeypatch.setattr(audit.os, "write", failing_write)
+    results = asyncio.run(batch(1))
+    assert all(isinstance(r, RequestRejected) and r.status == 503 for r in results)
+    monkeypatch.setattr(audit.os, "write", real_write)
+    assert asyncio.run(batch(4)) == [None, None, None]
+    log.close()
+    result = verify_chain(chain_files(tmp_path / "a.jsonl"))
+    assert result.ok, result.first_problem
