@@ -70,7 +70,7 @@ class Predict:
         principal = _visible_model(scope, state, scope["path_params"]["name"])
         require_role(principal, "predict")
         state.audit.check_writable()  # no prediction that could not be recorded
-        limit_headers = await state.limiter.check(principal.id, state.name)
+        await state.limiter.check(principal.id, state.name)
         check_json_content_type(scope)
         body = await read_body(
             scope, receive, limit=state.max_body_bytes, deadline_s=state.body_timeout_s
@@ -102,9 +102,6 @@ class Predict:
             (b"content-type", b"application/json"),
             (b"content-length", str(len(payload)).encode()),
         ]
-        headers.extend(
-            (name.lower().encode(), value.encode()) for name, value in limit_headers.items()
-        )
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         await send({"type": "http.response.body", "body": payload})
 

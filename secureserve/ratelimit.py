@@ -41,7 +41,6 @@ connections belong to the loop that opened them).
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import functools
 import ipaddress
@@ -261,17 +260,17 @@ class RateLimiter:
         )
         # Redis answers several reads at once over separate connections; memory is faster
         # awaited in turn than through tasks.
-        self._concurrent = "redis" in storage.partition("://")[0]
+        shared_storage = "redis" in storage.partition("://")[0]
         self._fallback = (
-            _MemoryBackend() if on_storage_error == "memory" and self._concurrent else None
+            _MemoryBackend() if on_storage_error == "memory" and shared_storage else None
         )
         self._retry_s = _SHARED_RETRY_S
         self._down = False
         self._next_try = 0.0
         self._log = logger if logger is not None else get_logger("secureserve.ratelimit")
 
-    async def check(self, principal_id: str, model: str) -> dict[str, str]:
-        """Count one request by ``principal_id`` on ``model``; the RateLimit headers to send.
+    async def check(self, principal_id: str, model: str) -> None:
+        """Count one request by ``principal_id`` on ``model``: principal, then model, then quota.
 
         Raises ``RequestRejected`` 429 ``rate-limited`` or ``quota-exhausted`` (with
         ``Retry-After`` and ``RateLimit-*``), or 503 ``limits-unavailable``.
@@ -285,9 +284,8 @@ class RateLimiter:
             )
             if limit is not None
         ]
-        if not plan:
-            return {}
-        return await self._run(lambda backend: self._count(backend, plan))
+        if plan:
+            await self._run(lambda backend: self._count(backend, plan))
 
     async def auth_failure(self, ip: str) -> None:
         """Record one failed authentication from ``ip``."""
@@ -326,11 +324,9 @@ class RateLimiter:
 
     async def _count(
         self, backend: _Backend | _MemoryBackend, plan: list[tuple[_Limit, str]]
-    ) -> dict[str, str]:
-        left: list[int] = []
+    ) -> None:
         for limit, ident in plan:
-            remaining = await backend.hit(limit, ident)
-            if remaining is None:
+            if await backend.hit(limit, ident) is None:
                 _, reset = await backend.stats(limit, ident, 0)
                 quota = not limit.moving
                 raise RequestRejected(
@@ -340,17 +336,9 @@ class RateLimiter:
                     headers={"Retry-After": _seconds_until(reset)} | _headers(limit, 0, reset),
                     log_reason=limit.reason,
                 )
-            left.append(remaining)
-        reads = [backend.stats(lim, ident, n) for (lim, ident), n in zip(plan, left, strict=True)]
-        if self._concurrent and backend is self._shared:
-            stats = await asyncio.gather(*reads)
-        else:
-            stats = [await read for read in reads]
-        # The tightest limit: fewest requests left, then the later reset.
-        (remaining, reset), (limit, _) = min(
-            zip(stats, plan, strict=True), key=lambda pair: (pair[0][0], -pair[0][1])
-        )
-        return _headers(limit, remaining, reset)
+        # A counted request gets no RateLimit headers: reading every window back would
+        # double the storage work of each prediction (a round trip each with Redis).
+        # Refusals carry Retry-After and RateLimit-*.
 
     async def _run(self, op: Callable[[_Backend | _MemoryBackend], Awaitable[_T]]) -> _T:
         """``op`` on the shared storage; on failure, 503 or the memory fallback."""

@@ -478,16 +478,14 @@ def test_auth_failures_per_ip_blocks_before_credentials(iris_project, access_lin
 def test_limits_predict_refused_after_budget(  # noqa: PLR0917 - parametrized
     iris_project, access_lines, limits, allowed, slug, reason
 ):
-    """Successes carry RateLimit-* counting down; the next prediction is a 429 with Retry-After."""
+    """N predictions pass (no RateLimit headers on success); the next is a 429 with them."""
     key = mint_key(name="budget", roles=("predict", "metrics"))
     app = _app(_settings(iris_project, limits=limits), key)
     with _client(app) as client:
-        for i in range(allowed):
+        for _ in range(allowed):
             reply = _predict(client, key)
             assert reply.status_code == 200, reply.text
-            assert reply.headers["ratelimit-limit"] == str(allowed)
-            assert reply.headers["ratelimit-remaining"] == str(allowed - 1 - i)
-            assert int(reply.headers["ratelimit-reset"]) >= 1
+            assert "ratelimit-limit" not in reply.headers
         refused = _predict(client, key)
         _problem(refused, 429, slug)
         _retry_after(refused)
