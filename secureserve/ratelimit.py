@@ -209,6 +209,7 @@ def _seconds_until(epoch: float) -> str:
 
 
 _IPV4_DOTS: Final = 3
+_MAX_RECENT_FAILURES: Final = 100_000
 
 
 def _ip_key(ip: str) -> str:
@@ -253,6 +254,7 @@ class RateLimiter:
         self._model = _limit("per_model", per_model, "mw:model", moving=True)
         self._quota = _limit("quota", quota, "fw:quota", moving=False)
         self._auth = _limit("auth_failures_per_ip", auth_failures_per_ip, "mw:auth-ip", moving=True)
+        self._recent_failures: dict[str, float] = {}  # address key -> last failure here
         self._shared = (
             _MemoryBackend()
             if _SCHEMES.get(storage.partition("://")[0]) == "async+memory"
@@ -291,13 +293,29 @@ class RateLimiter:
         """Record one failed authentication from ``ip``."""
         if self._auth is not None:
             auth, key = self._auth, _ip_key(ip)
+            failures = self._recent_failures
+            if len(failures) >= _MAX_RECENT_FAILURES:  # a flood of addresses: forget the hints
+                failures.clear()
+            failures[key] = time.monotonic()
             await self._run(lambda backend: backend.hit(auth, key))
 
     async def auth_blocked(self, ip: str) -> dict[str, str] | None:
-        """None if ``ip`` may try to authenticate, else the 429 headers (``Retry-After``)."""
+        """None if ``ip`` may try to authenticate, else the 429 headers (``Retry-After``).
+
+        The counters are consulted only for an address that failed in this process
+        within the window: every other request is spared a storage call (a Redis round
+        trip). With replicas, an address blocked by its failures on another replica gets
+        at most one more failure here before this replica consults the shared count too.
+        """
         if self._auth is None:
             return None
         auth, key = self._auth, _ip_key(ip)
+        last = self._recent_failures.get(key)
+        if last is None:
+            return None
+        if time.monotonic() - last > auth.item.get_expiry():
+            self._recent_failures.pop(key, None)
+            return None
         remaining, reset = await self._run(lambda backend: backend.stats(auth, key))
         return None if remaining > 0 else {"Retry-After": _seconds_until(reset)}
 

@@ -514,8 +514,8 @@ async def refuse_then_recover(limiter: RateLimiter, log: Recorder, own_redis: Ow
     own_redis.kill()
     calls: list[Callable[[], Awaitable[Any]]] = [
         lambda: limiter.check("alice", "iris"),
-        lambda: limiter.auth_blocked("203.0.113.7"),
         lambda: limiter.auth_failure("203.0.113.7"),
+        lambda: limiter.auth_blocked("203.0.113.7"),  # consults the store after a failure
         lambda: limiter.check("bob", "iris"),
     ]
     for call in calls:
@@ -584,3 +584,28 @@ async def fall_back_then_recover(
     assert await accepted_count(second, "alice", "iris", 3) == 1  # 4 shared in total
     assert [log.levels() for log in logs] == [["warning", "info"], ["warning", "info"]]
     assert await second.healthy()
+
+
+def test_auth_blocked_spares_the_store_for_addresses_without_failures(monkeypatch):
+    """Only an address that failed here recently costs a storage call before authenticating."""
+
+    async def scenario():
+        limiter = RateLimiter(auth_failures_per_ip="2/minute")
+        calls: list[str] = []
+        backend = type(limiter._shared)
+        stats = backend.stats
+
+        async def counting(self, limit, ident, left=-1):
+            calls.append(ident)
+            return await stats(self, limit, ident, left)
+
+        monkeypatch.setattr(backend, "stats", counting)
+        assert await limiter.auth_blocked("198.51.100.9") is None
+        assert calls == []
+        await limiter.auth_failure("198.51.100.9")
+        await limiter.auth_failure("198.51.100.9")
+        assert await limiter.auth_blocked("198.51.100.9") is not None
+        assert calls == ["198.51.100.9"]
+
+    run(scenario)
+
