@@ -44,6 +44,7 @@ import msgspec
 
 from secureserve._time import utc
 from secureserve.errors import ConfigError, RequestRejected
+from secureserve.secretfiles import create_new, read_private
 
 if sys.platform != "win32":
     import fcntl
@@ -973,27 +974,7 @@ def generate_digest_key(path: Path) -> None:
     the old key could no longer be matched).
     """
     content = base64.b64encode(os.urandom(_KEY_BYTES)) + b"\n"
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
-    try:
-        fd = os.open(path, flags, 0o600)
-    except FileExistsError:
-        raise ConfigError(
-            f"{path} already exists; secureserve never overwrites a digest key (digests in "
-            "the audit log could no longer be matched). Choose another path."
-        ) from None
-    except OSError as exc:
-        raise ConfigError(
-            f"{path} cannot be created ({exc.strerror}); check that its folder exists and "
-            "is writable."
-        ) from None
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(content)
-            handle.flush()
-            os.fsync(handle.fileno())
-    except BaseException:
-        path.unlink(missing_ok=True)
-        raise
+    create_new(path, content, keeps="digests in the audit log could no longer be matched")
 
 
 def load_digest_key(path: Path) -> bytes:
@@ -1004,30 +985,13 @@ def load_digest_key(path: Path) -> bytes:
     base64, or shorter than 32 bytes.
     """
     source = f"{_KEY_SETTING} {path}"
-    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0)
-    try:
-        fd = os.open(path, flags)
-    except FileNotFoundError:
-        raise ConfigError(f"{source} does not exist; check the path, or {_KEY_HINT}.") from None
-    except OSError as exc:
-        raise ConfigError(
-            f"{source} cannot be opened ({exc.strerror}); check that this user may read it."
-        ) from None
-    info = os.fstat(fd)
-    if not stat.S_ISREG(info.st_mode):
-        os.close(fd)
-        raise ConfigError(f"{source} is not a regular file; point it at the key file.")
-    with os.fdopen(fd, "rb") as handle:
-        permissions = stat.S_IMODE(info.st_mode)
-        if os.name != "nt" and permissions & 0o077:
-            raise ConfigError(
-                f"{source} can be read or written by users other than its owner (mode "
-                f"{permissions:04o}); whoever reads it can confirm guessed inputs against the "
-                f"audit log. Restrict it with `chmod 600 {path}`."
-            )
-        content = handle.read(_MAX_KEY_FILE + 1)
-    if len(content) > _MAX_KEY_FILE:
-        raise ConfigError(f"{source} is too large to be a key file; point it at the key file.")
+    content = read_private(
+        path,
+        source=source,
+        exposure="whoever reads it can confirm guessed inputs against the audit log",
+        hint=_KEY_HINT,
+        max_bytes=_MAX_KEY_FILE,
+    )
     text = content.strip(b" \t\r\n")
     if not text:
         raise ConfigError(f"{source} is empty; {_KEY_HINT}.")

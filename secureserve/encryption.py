@@ -60,6 +60,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from secureserve.errors import ArtifactError, ConfigError
+from secureserve.secretfiles import create_new, read_private
 
 if TYPE_CHECKING:
     from collections.abc import Iterator, Mapping
@@ -107,27 +108,7 @@ def generate_key(path: Path) -> None:
     existing file (:class:`ConfigError` names it).
     """
     content = base64.b64encode(os.urandom(_KEY_BYTES)) + b"\n"
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
-    try:
-        fd = os.open(path, flags, 0o600)
-    except FileExistsError:
-        raise ConfigError(
-            f"{path} already exists; secureserve never overwrites a key (files encrypted "
-            "with it could no longer be read). Choose another path."
-        ) from None
-    except OSError as exc:
-        raise ConfigError(
-            f"{path} cannot be created ({exc.strerror}); check that its folder exists and "
-            "is writable."
-        ) from None
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(content)
-            handle.flush()
-            os.fsync(handle.fileno())
-    except BaseException:
-        path.unlink(missing_ok=True)
-        raise
+    create_new(path, content, keeps="files encrypted with it could no longer be read")
 
 
 def load_key(
@@ -436,35 +417,14 @@ def _atomic_output(target: Path) -> Iterator[BinaryIO]:
 
 def _read_key_file(path: Path) -> bytes:
     """Read a small, private, regular key file through one descriptor."""
-    setting = f"{_KEY_SETTING} {path}"
-    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0)
-    try:
-        fd = os.open(path, flags)
-    except FileNotFoundError:
-        raise ConfigError(
-            f"{setting} does not exist; check the path, or {_GENERATE_HINT}."
-        ) from None
-    except OSError as exc:
-        raise ConfigError(
-            f"{setting} cannot be opened ({exc.strerror}); check that this user may read it."
-        ) from None
-    info = os.fstat(fd)
-    if not stat.S_ISREG(info.st_mode):
-        os.close(fd)
-        raise ConfigError(f"{setting} is not a regular file; point it at the key file.")
-    with os.fdopen(fd, "rb") as handle:
-        permissions = stat.S_IMODE(info.st_mode)
-        if os.name != "nt" and permissions & 0o077:
-            raise ConfigError(
-                f"{setting} can be read or written by users other than its owner (mode "
-                f"{permissions:04o}); anyone who reads it can decrypt the models. Restrict "
-                f"it with `chmod 600 {path}` (in Kubernetes, mount the secret with "
-                "defaultMode 0400)."
-            )
-        content = handle.read(_MAX_KEY_FILE + 1)
-    if len(content) > _MAX_KEY_FILE:
-        raise ConfigError(f"{setting} is too large to be a key file; point it at the key file.")
-    return content
+    return read_private(
+        path,
+        source=f"{_KEY_SETTING} {path}",
+        exposure="anyone who reads it can decrypt the models (in Kubernetes, mount the "
+        "secret with defaultMode 0400)",
+        hint=_GENERATE_HINT,
+        max_bytes=_MAX_KEY_FILE,
+    )
 
 
 def _decode_key(raw: bytes, source: str) -> bytes:

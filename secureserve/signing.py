@@ -43,6 +43,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 )
 
 from secureserve.errors import ArtifactError, ConfigError
+from secureserve.secretfiles import create_new
 
 __all__ = [
     "SIGNATURE_FORMAT",
@@ -217,27 +218,7 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 
 def _write_new(path: Path, content: bytes, mode: int) -> None:
     """Create ``path`` with ``mode`` from the first instant; never follow or replace."""
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
-    try:
-        fd = os.open(path, flags, mode)
-    except FileExistsError:
-        raise ConfigError(
-            f"{path} already exists; secureserve never overwrites a key. Choose another path."
-        ) from None
-    except OSError as exc:
-        raise ConfigError(
-            f"{path} cannot be created ({exc.strerror}); check that its folder exists and "
-            "is writable."
-        ) from None
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            os.fchmod(handle.fileno(), mode)  # the umask may have removed bits of 0644
-            handle.write(content)
-            handle.flush()
-            os.fsync(handle.fileno())
-    except BaseException:
-        path.unlink(missing_ok=True)
-        raise
+    create_new(path, content, mode=mode)
 
 
 def _read_key_file(path: Path, what: str, *, private: bool) -> bytes:

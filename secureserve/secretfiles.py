@@ -1,0 +1,81 @@
+"""Files that hold secrets: created private from the first instant, read only when private.
+
+Used for the encryption key, the audit digest key and the signing key pair, so that
+the rules are written once: a new file is created with ``O_EXCL`` and its final mode
+(never replacing an existing key, whose loss would orphan what it protects), and a
+key is read through one descriptor that must be a regular file no one but its owner
+can read or write. Messages name the file and the fix, never its content.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+from secureserve.errors import ConfigError
+
+__all__ = ["create_new", "read_private"]
+
+
+def create_new(path: Path, content: bytes, *, mode: int = 0o600, keeps: str = "") -> None:
+    """Create ``path`` with ``mode`` and ``content``; never follow a link or replace a file.
+
+    ``keeps`` says what an overwrite would break, for the refusal message.
+    """
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+    try:
+        fd = os.open(path, flags, mode)
+    except FileExistsError:
+        why = f" ({keeps})" if keeps else ""
+        raise ConfigError(
+            f"{path} already exists; secureserve never overwrites a key{why}. Choose another path."
+        ) from None
+    except OSError as exc:
+        raise ConfigError(
+            f"{path} cannot be created ({exc.strerror}); check that its folder exists and "
+            "is writable."
+        ) from None
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            os.fchmod(handle.fileno(), mode)  # the umask may have removed bits
+            handle.write(content)
+            handle.flush()
+            os.fsync(handle.fileno())
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise
+
+
+def read_private(path: Path, *, source: str, exposure: str, hint: str, max_bytes: int) -> bytes:
+    """The content of a small key file that only its owner may read or write.
+
+    ``source`` names it in messages (``"[audit] digest_key_file /run/k"``), ``exposure``
+    says what a reader of a loose file could do, ``hint`` how to create one. Symbolic
+    links are followed (Kubernetes secret volumes are made of them); the checks apply to
+    the file that was opened, through the same descriptor that is read.
+    """
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0)
+    try:
+        fd = os.open(path, flags)
+    except FileNotFoundError:
+        raise ConfigError(f"{source} does not exist; check the path, or {hint}.") from None
+    except OSError as exc:
+        raise ConfigError(
+            f"{source} cannot be opened ({exc.strerror}); check that this user may read it."
+        ) from None
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode):
+        os.close(fd)
+        raise ConfigError(f"{source} is not a regular file; point it at the key file.")
+    with os.fdopen(fd, "rb") as handle:
+        permissions = stat.S_IMODE(info.st_mode)
+        if os.name != "nt" and permissions & 0o077:
+            raise ConfigError(
+                f"{source} can be read or written by users other than its owner (mode "
+                f"{permissions:04o}); {exposure}. Restrict it with `chmod 600 {path}`."
+            )
+        content = handle.read(max_bytes + 1)
+    if len(content) > max_bytes:
+        raise ConfigError(f"{source} is too large to be a key file; point it at the key file.")
+    return content
