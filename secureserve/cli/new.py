@@ -1,0 +1,43 @@
+"""``secureserve new NAME [--template onnx] [--dir PARENT]``."""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+from pathlib import Path
+from typing import Any
+
+from secureserve.scaffold import TEMPLATES, create_project
+
+
+def register(commands: Any, common: argparse.ArgumentParser) -> None:
+    """Add ``new`` to the command line."""
+    new = commands.add_parser(
+        "new", parents=[common], help="create a project: handler, signed model, tests"
+    )
+    new.add_argument("name", help="project name: a Python package name, e.g. my_model")
+    new.add_argument(
+        "--template",
+        default=TEMPLATES[0],
+        help=f"what to render (default: {TEMPLATES[0]}; safetensors is planned)",
+    )
+    new.add_argument(
+        "--dir",
+        type=Path,
+        default=Path(),
+        help="folder to create the project in (default: the working directory)",
+    )
+    new.set_defaults(func=_new)
+
+
+def _new(args: argparse.Namespace) -> int:
+    project = create_project(args.name, parent=args.dir, template=args.template)
+    print(f"created {project.path}/")
+    for name in project.files:
+        print(f"  {name}")
+    print(f"signed secureserve.lock with key {project.key_id}")
+    print("secrets/ holds private keys (mode 0600) and is git-ignored: never commit it.")
+    print("next steps:")
+    print(f"  cd {shlex.quote(str(project.path))} && pip install -e '.[test]' && pytest")
+    print("  secureserve run --dev")
+    return 0

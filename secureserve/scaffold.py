@@ -1,0 +1,281 @@
+"""``secureserve new NAME``: render a new project from a template.
+
+A template is a folder under ``templates/`` (shipped in the wheel as
+``secureserve/_templates``). Rendering is plain string replacement of two fixed
+tokens, ``__project_name__`` and ``__ProjectName__`` (its CamelCase), in file
+contents and file names; nothing in a template is evaluated or formatted, and the
+name is validated before anything is written. Each project then gets its own
+generated files: a tiny deterministic ONNX model, an audit digest key, an Ed25519
+signing key pair, ``secureserve.lock`` and its signature.
+
+Everything is built in a hidden folder beside the target and renamed into place at
+the end, so a failure leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+import json
+import keyword
+import os
+import re
+import shutil
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from secureserve.audit import generate_digest_key
+from secureserve.config import CONFIG_FILENAME, load_settings
+from secureserve.errors import ConfigError
+from secureserve.lockfile import SIGNATURE_FILENAME
+from secureserve.release import lock_project, verify_project
+from secureserve.signing import generate_signing_key, sign
+
+__all__ = [
+    "TEMPLATES",
+    "Project",
+    "class_name",
+    "create_project",
+    "templates_root",
+    "validate_name",
+]
+
+#: Templates that can be rendered; the first is the default.
+TEMPLATES: Final = ("onnx",)
+#: Templates that are planned but not shipped yet (refused with a clear message).
+_PLANNED_TEMPLATES: Final = frozenset({"safetensors"})
+
+NAME_TOKEN: Final = "__project_name__"  # noqa: S105 - a template token, not a secret
+CLASS_TOKEN: Final = "__ProjectName__"  # noqa: S105 - a template token, not a secret
+#: The project name is also the model name (``secureserve.model.NAME_PATTERN``: 63 at most).
+MAX_NAME_LENGTH: Final = 63
+_NAME_RE: Final = re.compile(r"[a-z][a-z0-9_]*")
+#: Import names of secureserve and the packages it depends on: a project named like
+#: one of them would shadow it.
+_RESERVED: Final = frozenset(
+    {
+        "secureserve",
+        "starlette",
+        "msgspec",
+        "safetensors",
+        "onnx",
+        "onnxruntime",
+        "structlog",
+        "limits",
+        "uvicorn",
+        "uvloop",
+        "httptools",
+        "cryptography",
+        "numpy",
+        "prometheus_client",
+        "jwt",
+        "redis",
+        "httpx2",
+        "pytest",
+        "app",
+        "tests",
+    }
+)
+#: Names the templates' handler module defines besides the handler class.
+_TEMPLATE_NAMES: Final = frozenset({"Annotated", "Features", "Prediction", "Model"})
+#: Top-level template files written under another name.
+_RENAMES: Final = {"gitignore": ".gitignore"}
+_SKIPPED: Final = frozenset({"__pycache__", ".pytest_cache", ".ruff_cache", ".mypy_cache"})
+
+# The generated model: softmax(x @ W + b), two features -> two classes. Class 1
+# ("second") wins exactly when the second feature is larger than the first.
+_LABELS: Final = ("first", "second")
+_WEIGHTS: Final = ((1.0, -1.0), (-1.0, 1.0))
+_BIAS: Final = (0.0, 0.0)
+_OPSET: Final = 17
+_IR_VERSION: Final = 8
+
+
+@dataclass(frozen=True)
+class Project:
+    """What :func:`create_project` made."""
+
+    path: Path
+    files: tuple[str, ...]
+    key_id: str
+
+
+def validate_name(name: str) -> None:
+    """Raise :class:`ConfigError` with a one-line reason unless ``name`` can name a project."""
+    if not name:
+        raise ConfigError("the project name is empty; give a name such as my_model.")
+    if "/" in name or "\\" in name or name in {".", ".."} or os.sep in name:
+        raise ConfigError(
+            f"{name!r} is a path, not a name; give a plain name and the folder with --dir."
+        )
+    if len(name) > MAX_NAME_LENGTH:
+        raise ConfigError(
+            f"the project name is {len(name)} characters long; at most {MAX_NAME_LENGTH} "
+            "are allowed."
+        )
+    if _NAME_RE.fullmatch(name) is None:
+        raise ConfigError(
+            f"{name!r} is not a valid package name: use lower-case letters, digits and "
+            "underscores, starting with a letter (e.g. my_model)."
+        )
+    if keyword.iskeyword(name) or keyword.issoftkeyword(name):
+        raise ConfigError(f"{name!r} is a Python keyword; choose another name.")
+    if name in sys.stdlib_module_names:
+        raise ConfigError(
+            f"{name!r} is a standard-library module; a project named so would shadow it."
+        )
+    if name in _RESERVED:
+        raise ConfigError(
+            f"{name!r} is the name of secureserve, a package it uses, or a file of the "
+            "project; choose another name."
+        )
+    if class_name(name) in _TEMPLATE_NAMES or keyword.iskeyword(class_name(name)):
+        raise ConfigError(
+            f"{name!r} would make the handler class {class_name(name)}, a name the "
+            "template already uses; choose another name."
+        )
+
+
+def class_name(name: str) -> str:
+    """CamelCase of a project name: ``fraud_score`` -> ``FraudScore``."""
+    return "".join(part[:1].upper() + part[1:] for part in name.split("_"))
+
+
+def templates_root() -> Path:
+    """The folder of templates: in the wheel, else beside the package (editable install)."""
+    packaged = importlib.resources.files("secureserve") / "_templates"
+    if isinstance(packaged, Path) and packaged.is_dir():
+        return packaged
+    repository = Path(__file__).resolve().parents[1] / "templates"
+    if repository.is_dir():
+        return repository
+    raise ConfigError(  # pragma: no cover - a broken installation
+        "the project templates are missing from this secureserve installation; reinstall it."
+    )
+
+
+def create_project(name: str, *, parent: Path, template: str = TEMPLATES[0]) -> Project:
+    """Render ``template`` into ``parent / name`` and generate its model, keys and lock.
+
+    Raises :class:`ConfigError` (and writes nothing) when the name, the template or
+    the target is refused.
+    """
+    validate_name(name)
+    source = _template_dir(template)
+    if not parent.is_dir():
+        raise ConfigError(f"{parent} is not a folder; create it first or check --dir.")
+    target = parent / name
+    if os.path.lexists(target):
+        raise ConfigError(f"{target} already exists; secureserve new never overwrites.")
+    staging = Path(tempfile.mkdtemp(prefix=f".{name}-", suffix=".partial", dir=parent))
+    try:
+        _render(source, staging, {NAME_TOKEN: name, CLASS_TOKEN: class_name(name)})
+        _write_model(staging / "models")
+        key_id = _secure(staging)
+        files = tuple(
+            sorted(p.relative_to(staging).as_posix() for p in staging.rglob("*") if p.is_file())
+        )
+        staging.chmod(0o755)  # mkdtemp made it 0700; secrets/ itself stays 0700
+        _move_into_place(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return Project(path=target, files=files, key_id=key_id)
+
+
+def _move_into_place(staging: Path, target: Path) -> None:
+    """Rename the finished project to ``target``, unless something appeared there meanwhile."""
+    # os.rename would silently replace an empty folder created since the first check.
+    if os.path.lexists(target):
+        raise ConfigError(f"{target} appeared while rendering; nothing was written.")
+    staging.rename(target)
+
+
+def _template_dir(template: str) -> Path:
+    if template in _PLANNED_TEMPLATES:
+        raise ConfigError(
+            f"the {template} template is not available yet; use --template {TEMPLATES[0]}."
+        )
+    if template not in TEMPLATES:
+        raise ConfigError(f"unknown template {template!r}; choose one of: {', '.join(TEMPLATES)}.")
+    folder = templates_root() / template
+    if not folder.is_dir():  # pragma: no cover - a broken installation
+        raise ConfigError(f"the {template} template is missing from {folder.parent}.")
+    return folder
+
+
+def _render(source: Path, destination: Path, replacements: dict[str, str]) -> None:
+    """Copy ``source`` into ``destination``, replacing each token in names and text."""
+
+    def replace(text: str) -> str:
+        for token, value in replacements.items():
+            text = text.replace(token, value)
+        return text
+
+    for root, dirs, files in os.walk(source):
+        dirs[:] = sorted(d for d in dirs if d not in _SKIPPED)
+        relative = Path(root).relative_to(source)
+        for file in sorted(files):
+            if file.endswith(".pyc"):
+                continue
+            name = _RENAMES.get(file, file) if relative == Path() else file
+            out = destination / replace((relative / name).as_posix())
+            out.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+            content = (Path(root) / file).read_text(encoding="utf-8")
+            out.write_text(replace(content), encoding="utf-8", newline="\n")
+            out.chmod(0o644)
+
+
+def _write_model(models: Path) -> None:
+    """Write the deterministic two-class model and its labels into ``models``."""
+    weights = np.array(_WEIGHTS, dtype=np.float32)
+    bias = np.array(_BIAS, dtype=np.float32)
+    n_features, n_classes = weights.shape
+    graph = helper.make_graph(
+        nodes=[
+            helper.make_node("MatMul", ["x", "W"], ["logits_raw"], name="matmul"),
+            helper.make_node("Add", ["logits_raw", "b"], ["logits"], name="add"),
+            helper.make_node("Softmax", ["logits"], ["probs"], name="softmax", axis=-1),
+        ],
+        name="logistic_regression",
+        inputs=[helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", n_features])],
+        outputs=[helper.make_tensor_value_info("probs", TensorProto.FLOAT, ["N", n_classes])],
+        initializer=[
+            numpy_helper.from_array(weights, name="W"),
+            numpy_helper.from_array(bias, name="b"),
+        ],
+    )
+    model = helper.make_model(
+        graph,
+        opset_imports=[helper.make_opsetid("", _OPSET)],
+        ir_version=_IR_VERSION,
+        producer_name="secureserve-new",
+    )
+    onnx.checker.check_model(model, full_check=True)
+    models.mkdir(mode=0o755, exist_ok=True)
+    (models / "model.onnx").write_bytes(model.SerializeToString(deterministic=True))
+    (models / "labels.json").write_text(json.dumps(list(_LABELS)) + "\n", encoding="utf-8")
+
+
+def _secure(project: Path) -> str:
+    """Create the audit and signing keys, lock and sign the model folder; return the key id."""
+    secrets = project / "secrets"
+    secrets.mkdir(mode=0o700)
+    generate_digest_key(secrets / "audit-digest.key")
+    private_key = secrets / "signing-key.pem"
+    key_id = generate_signing_key(private_key, project / "signing-key.pub.pem")
+    # The environment must not change what is written: read the rendered file alone.
+    settings = load_settings(project / CONFIG_FILENAME, environ={})
+    report = lock_project(settings)
+    signature = sign(report.path.read_bytes(), private_key)
+    (project / SIGNATURE_FILENAME).write_bytes(signature)
+    check = verify_project(settings, settings.model.signing_public_key)
+    if not check.ok:  # pragma: no cover - would be a bug in lock or sign
+        raise ConfigError(f"the new project does not verify: {'; '.join(check.problems)}")
+    return key_id
