@@ -66,7 +66,7 @@ _CONVERT_PICKLE = (
 )
 _FIXES: dict[Format, str] = {
     Format.PICKLE: _CONVERT_PICKLE,
-    Format.TORCH_ZIP: "torch.load unpickles its data.pkl and can run code; secureserve never "
+    Format.TORCH_ZIP: "PyTorch's loader unpickles its data.pkl and can run code; secureserve never "
     "unpickles. In a trusted environment load it and save the weights with "
     "safetensors.torch.save_file(model.state_dict(), 'model.safetensors') (or export to ONNX)",
     Format.TORCH_LEGACY: _CONVERT_PICKLE,
