@@ -165,35 +165,28 @@ _encoder: Final = msgspec.json.Encoder(order="sorted")
 _decoder: Final = msgspec.json.Decoder(AuditRecord)
 
 
-def _request_fields(
-    *,
-    principal: str | None,
-    roles: Sequence[str],
-    request_id: str,
-    route: str,
-    model: str | None,
-    model_version: str | None,
-    decision: Decision,
-    status: int,
-    latency_ms: float,
-    input_digest: str | None = None,
-    output_digest: str | None = None,
-) -> dict[str, Any]:
+class RequestEntry(msgspec.Struct, frozen=True, kw_only=True):
+    """What a request record says; :meth:`AuditLog.request` adds time, seq and prev."""
+
+    principal: str | None
+    roles: Sequence[str]
+    request_id: str
+    route: str
+    model: str | None
+    model_version: str | None
+    decision: Decision
+    status: int
+    latency_ms: float
+    input_digest: str | None = None
+    output_digest: str | None = None
+
+
+def _request_fields(entry: RequestEntry) -> dict[str, Any]:
     """The fields of a request record, as :meth:`AuditLog.record` would shape them."""
-    return {
-        "event": "request",
-        "principal": principal,
-        "roles": list(roles),
-        "request_id": request_id,
-        "route": route,
-        "model": model,
-        "model_version": model_version,
-        "decision": decision,
-        "status": status,
-        "latency_ms": round(latency_ms, 3),
-        "input_digest": input_digest,
-        "output_digest": output_digest,
-    }
+    fields = msgspec.structs.asdict(entry)
+    fields["roles"] = list(entry.roles)
+    fields["latency_ms"] = round(entry.latency_ms, 3)
+    return {"event": "request", **fields}
 
 
 def decision(status: int) -> Decision:
@@ -315,44 +308,16 @@ class AuditLog:
         """
         self._commit(_shape(fields))
 
-    def request(
-        self,
-        *,
-        principal: str | None,
-        roles: Sequence[str],
-        request_id: str,
-        route: str,
-        model: str | None,
-        model_version: str | None,
-        decision: Decision,
-        status: int,
-        latency_ms: float,
-        input_digest: str | None = None,
-        output_digest: str | None = None,
-    ) -> None:
+    def request(self, entry: RequestEntry) -> None:
         """Append a request record: :meth:`record` for the hot path.
 
         Every field comes from secureserve itself (typed, bounded: route names, ids
         matching fixed patterns, digests made by :meth:`digest`), so the generic
         validation of :meth:`record` is skipped; the line is the same.
         """
-        self._commit(
-            _request_fields(
-                principal=principal,
-                roles=roles,
-                request_id=request_id,
-                route=route,
-                model=model,
-                model_version=model_version,
-                decision=decision,
-                status=status,
-                latency_ms=latency_ms,
-                input_digest=input_digest,
-                output_digest=output_digest,
-            )
-        )
+        self._commit(_request_fields(entry))
 
-    async def request_async(self, **fields: Any) -> None:
+    async def request_async(self, entry: RequestEntry) -> None:
         """:meth:`request` with one ``write`` per event-loop iteration for every record queued.
 
         Returns once this record is in the file (a prediction still never answers
@@ -360,7 +325,7 @@ class AuditLog:
         :meth:`request`. The records of one iteration are chained in order and written
         with a single system call instead of one each.
         """
-        line_fields = _request_fields(**fields)
+        line_fields = _request_fields(entry)
         loop = asyncio.get_running_loop()
         future: asyncio.Future[None] = loop.create_future()
         if not self._batch:

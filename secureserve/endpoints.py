@@ -16,6 +16,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
+from secureserve.audit import RequestEntry
 from secureserve.auth import Principal, require_role
 from secureserve.body import check_json_content_type, read_body
 from secureserve.errors import RequestRejected
@@ -85,17 +86,19 @@ class Predict:
             deployment.release()
         audit = state.audit
         await audit.request_async(  # before the answer leaves: a prediction is never unrecorded
-            principal=principal.id,
-            roles=sorted(principal.roles),
-            request_id=info.request_id,
-            route="predict",
-            model=state.name,
-            model_version=deployment.version,
-            decision="allowed",
-            status=200,
-            latency_ms=(time.perf_counter() - info.start) * 1000,
-            input_digest=audit.digest(body),
-            output_digest=audit.digest(payload),
+            RequestEntry(
+                principal=principal.id,
+                roles=sorted(principal.roles),
+                request_id=info.request_id,
+                route="predict",
+                model=state.name,
+                model_version=deployment.version,
+                decision="allowed",
+                status=200,
+                latency_ms=(time.perf_counter() - info.start) * 1000,
+                input_digest=audit.digest(body),
+                output_digest=audit.digest(payload),
+            )
         )
         info.audited = True
         headers = [

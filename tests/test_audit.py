@@ -21,6 +21,7 @@ from secureserve.audit import (
     GENESIS,
     AuditLog,
     AuditUnavailable,
+    RequestEntry,
     VerifyResult,
     chain_files,
     format_result,
@@ -783,7 +784,9 @@ def test_request_async_writes_one_iteration_with_one_write(tmp_path, monkeypatch
     monkeypatch.setattr(audit.os, "write", counting_write)
 
     async def scenario():
-        await asyncio.gather(*(log.request_async(**_request_fields(n)) for n in range(10)))
+        await asyncio.gather(
+            *(log.request_async(RequestEntry(**_request_fields(n))) for n in range(10))
+        )
 
     asyncio.run(scenario())
     log.close()
@@ -801,14 +804,16 @@ def test_request_async_failed_batch_refuses_all_and_keeps_the_chain(tmp_path, mo
     import asyncio
 
     log = AuditLog(tmp_path / "a.jsonl", digest_key=os.urandom(32))
-    log.request(**_request_fields(0))
+    log.request(RequestEntry(**_request_fields(0)))
     real_write = os.write
 
     def failing_write(fd, data):
         raise OSError(errno.ENOSPC, "No space left on device")
 
     async def batch(first: int) -> list[object]:
-        jobs = (log.request_async(**_request_fields(n)) for n in range(first, first + 3))
+        jobs = (
+            log.request_async(RequestEntry(**_request_fields(n))) for n in range(first, first + 3)
+        )
         return await asyncio.gather(*jobs, return_exceptions=True)
 
     monkeypatch.setattr(audit.os, "write", failing_write)

@@ -17,7 +17,7 @@ from typing import Any, Final
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from secureserve.audit import AuditLog, AuditUnavailable, decision
+from secureserve.audit import AuditLog, AuditUnavailable, RequestEntry, decision
 from secureserve.errors import ModelError, RequestRejected
 from secureserve.logs import AccessLog, AccessRecord
 from secureserve.metrics import Metrics, route_of
@@ -142,15 +142,17 @@ class RequestContext:
         """Record a request the route did not record itself (refusals, metadata)."""
         try:
             self.audit.request(
-                principal=info.principal_id,
-                roles=sorted(info.roles),
-                request_id=info.request_id,
-                route=route_of(scope["path"]),
-                model=None,
-                model_version=info.model_version,
-                decision=decision(status),
-                status=status,
-                latency_ms=seconds * 1000,
+                RequestEntry(
+                    principal=info.principal_id,
+                    roles=sorted(info.roles),
+                    request_id=info.request_id,
+                    route=route_of(scope["path"]),
+                    model=None,
+                    model_version=info.model_version,
+                    decision=decision(status),
+                    status=status,
+                    latency_ms=seconds * 1000,
+                )
             )
         except AuditUnavailable:  # the response is gone already; the log keeps the trace
             self.log.exception("request not audited", request_id=info.request_id)
