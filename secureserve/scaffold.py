@@ -1,7 +1,9 @@
 """``secureserve new NAME``: render a new project from a template.
 
 A template is a folder under ``templates/`` (shipped in the wheel as
-``secureserve/_templates``). Rendering is plain string replacement of two fixed
+``secureserve/_templates``), rendered over ``templates/common/``, which holds what
+every project gets (settings, packaging, Dockerfile, Kubernetes manifests, CI); the
+two layers never hold the same file. Rendering is plain string replacement of two fixed
 tokens, ``__project_name__`` and ``__ProjectName__`` (its CamelCase), in file
 contents and file names; nothing in a template is evaluated or formatted, and the
 name is validated before anything is written. Each project then gets its own
@@ -84,8 +86,11 @@ _RESERVED: Final = frozenset(
 )
 #: Names the templates' handler module defines besides the handler class.
 _TEMPLATE_NAMES: Final = frozenset({"Annotated", "Features", "Prediction", "Model"})
-#: Top-level template files written under another name.
-_RENAMES: Final = {"gitignore": ".gitignore"}
+#: The layer every template is rendered over.
+_COMMON: Final = "common"
+#: Top-level template files and folders written under another name (dotfiles would be
+#: easy to lose in packaging).
+_RENAMES: Final = {"gitignore": ".gitignore", "dockerignore": ".dockerignore", "github": ".github"}
 _SKIPPED: Final = frozenset({"__pycache__", ".pytest_cache", ".ruff_cache", ".mypy_cache"})
 
 # The generated model: softmax(x @ W + b), two features -> two classes. Class 1
@@ -175,7 +180,9 @@ def create_project(name: str, *, parent: Path, template: str = TEMPLATES[0]) -> 
         raise ConfigError(f"{target} already exists; secureserve new never overwrites.")
     staging = Path(tempfile.mkdtemp(prefix=f".{name}-", suffix=".partial", dir=parent))
     try:
-        _render(source, staging, {NAME_TOKEN: name, CLASS_TOKEN: class_name(name)})
+        tokens = {NAME_TOKEN: name, CLASS_TOKEN: class_name(name)}
+        for layer in (source.parent / _COMMON, source):
+            _render(layer, staging, tokens)
         _write_model(staging / "models")
         key_id = _secure(staging)
         files = tuple(
@@ -224,8 +231,11 @@ def _render(source: Path, destination: Path, replacements: dict[str, str]) -> No
         for file in sorted(files):
             if file.endswith(".pyc"):
                 continue
-            name = _RENAMES.get(file, file) if relative == Path() else file
-            out = destination / replace((relative / name).as_posix())
+            parts = (relative / file).parts
+            name = Path(_RENAMES.get(parts[0], parts[0]), *parts[1:]).as_posix()
+            out = destination / replace(name)
+            if out.exists():  # pragma: no cover - a broken installation
+                raise ConfigError(f"two template layers both write {name}; reinstall secureserve.")
             out.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
             content = (Path(root) / file).read_text(encoding="utf-8")
             out.write_text(replace(content), encoding="utf-8", newline="\n")
