@@ -1,0 +1,393 @@
+"""Tests of ``secureserve doctor`` (``secureserve.doctor`` and ``secureserve.cli.doctor``).
+
+Each test starts from a fresh ``secureserve new`` project, weakens one thing, and
+checks that exactly the expected finding appears with the expected severity.
+"""
+
+import json
+import os
+import shutil
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+
+from secureserve.cli import main
+from secureserve.devcerts import ensure_dev_certificates
+from secureserve.doctor import Severity, diagnose, format_report
+from secureserve.doctor.files import ignored
+from secureserve.keys import create_key
+from secureserve.scaffold import create_project
+
+#: What a fresh project reports on a developer machine: notes only.
+FRESH_CODES = {"tls-not-configured", "tls-1.2-accepted", "auth-no-credentials"}
+
+
+@pytest.fixture(scope="module")
+def template(tmp_path_factory) -> Path:
+    """One generated project, copied for each test (key generation is not free)."""
+    return create_project("demo", parent=tmp_path_factory.mktemp("template")).path
+
+
+@pytest.fixture
+def project(template, tmp_path) -> Path:
+    copy = tmp_path / "demo"
+    shutil.copytree(template, copy)
+    return copy
+
+
+def codes(report, severity=None):
+    return {f.code for f in report.findings if severity is None or f.severity is severity}
+
+
+def run(project, **environ):
+    return diagnose(project, environ={f"SECURESERVE_{k}": v for k, v in environ.items()})
+
+
+# --- a fresh project ------------------------------------------------------------------
+
+
+def test_fresh_project_has_no_errors_or_warnings(project):
+    report = run(project)
+    assert report.ok
+    assert codes(report) - {"model-files-writable"} == FRESH_CODES
+    assert codes(report, Severity.ERROR) == set()
+    assert codes(report, Severity.WARNING) == set()
+
+
+def test_cli_exit_codes_and_json(project, capsys):
+    assert main(["doctor", str(project)]) == 0
+    text = capsys.readouterr().out
+    assert text.startswith(f"secureserve doctor: {project}")
+    assert "0 error(s), 0 warning(s)" in text
+
+    assert main(["doctor", str(project), "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["ok"] is True
+    assert data["summary"]["error"] == 0
+    finding = data["findings"][0]
+    assert set(finding) == {"severity", "code", "subject", "message", "fix"}
+
+    (project / "secureserve.toml").write_text('[logging]\nlevel = "debug"\n', "utf-8")
+    assert main(["doctor", str(project)]) == 0  # a warning alone passes ...
+    assert main(["doctor", str(project), "--strict"]) == 1  # ... unless --strict
+    capsys.readouterr()
+
+
+def test_cli_exits_non_zero_on_an_error(project, capsys):
+    (project / "models" / "labels.json").write_text('["a", "b"]\n', "utf-8")
+    assert main(["doctor", str(project)]) == 1
+    out = capsys.readouterr().out
+    assert "ERROR    model-verify-failed" in out
+    assert "fix the errors before production" in out
+
+
+def test_invalid_settings_are_one_error(project):
+    report = run(project, SERVER__WORKERS="2")
+    [finding] = [f for f in report.findings if f.code == "config-invalid"]
+    assert finding.severity is Severity.ERROR
+    assert "workers" in finding.message
+    assert not report.ok
+
+
+def test_missing_settings_file_is_a_warning(tmp_path):
+    report = diagnose(tmp_path, environ={})
+    assert "config-missing" in codes(report, Severity.WARNING)
+
+
+# --- TLS ------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def with_certificate(project):
+    certs = ensure_dev_certificates(project / ".secureserve")
+    environ = {"TLS__CERT": str(certs.cert), "TLS__KEY": str(certs.key)}
+    expires = x509.load_pem_x509_certificate(certs.cert.read_bytes()).not_valid_after_utc
+    return project, certs, environ, expires
+
+
+def test_valid_certificate_has_no_tls_finding(with_certificate):
+    project, _, environ, expires = with_certificate
+    report = diagnose(
+        project,
+        environ={f"SECURESERVE_{k}": v for k, v in environ.items()},
+        now=expires - timedelta(days=60),
+    )
+    assert not {c for c in codes(report) if c.startswith("tls-")} - {"tls-1.2-accepted"}
+
+
+def test_certificate_expiring_soon_is_a_warning(with_certificate):
+    project, _, environ, expires = with_certificate
+    env = {f"SECURESERVE_{k}": v for k, v in environ.items()}
+    report = diagnose(project, environ=env, now=expires - timedelta(days=10))
+    [finding] = [f for f in report.findings if f.code == "tls-expires-soon"]
+    assert finding.severity is Severity.WARNING
+    assert "expires in 9 days" in finding.message or "expires in 10 days" in finding.message
+    expired = diagnose(project, environ=env, now=expires + timedelta(days=1))
+    assert "tls-invalid" in codes(expired, Severity.ERROR)
+
+
+def test_readable_tls_key_is_an_error(with_certificate):
+    project, certs, environ, _ = with_certificate
+    certs.key.chmod(0o644)
+    report = diagnose(project, environ={f"SECURESERVE_{k}": v for k, v in environ.items()})
+    [finding] = [f for f in report.findings if f.code == "tls-invalid"]
+    assert "readable by every user" in finding.message
+
+
+def test_certificate_not_here_is_a_warning(project):
+    report = run(project, TLS__CERT="/run/secrets/tls/tls.crt", TLS__KEY="/run/secrets/tls/k")
+    assert "tls-file-missing" in codes(report, Severity.WARNING)
+    assert report.ok
+
+
+# --- keys and secrets -----------------------------------------------------------------
+
+
+def test_digest_key_readable_by_group_is_an_error(project):
+    (project / "secrets" / "audit-digest.key").chmod(0o640)
+    report = run(project)
+    [finding] = [f for f in report.findings if f.code == "key-file-invalid"]
+    assert finding.severity is Severity.ERROR
+    assert "0640" in finding.message
+
+
+def test_digest_key_missing_or_unset_is_a_warning(project):
+    (project / "secrets" / "audit-digest.key").unlink()
+    assert "key-file-missing" in codes(run(project), Severity.WARNING)
+    unset = run(project, AUDIT__DIGEST_KEY_FILE="null")
+    assert "audit-digest-key-unset" in codes(unset, Severity.WARNING)
+
+
+def test_key_content_never_appears_in_the_report(project):
+    key = project / "secrets" / "audit-digest.key"
+    secret = key.read_text().strip()
+    key.chmod(0o644)
+    report = run(project)
+    assert not report.ok
+    assert secret not in report.to_json().decode()
+    assert secret not in format_report(report)
+
+
+def test_active_dev_key_is_a_warning_and_counts_as_a_credential(project):
+    create_key(project / "secrets" / "api_keys.toml", name="dev", roles=("predict",), dev=True)
+    report = run(project)
+    assert "keys-dev-key" in codes(report, Severity.WARNING)
+    assert "auth-no-credentials" not in codes(report)
+
+
+def test_broken_keys_file_is_an_error(project):
+    (project / "secrets" / "api_keys.toml").write_text("[[keys]]\nid = 1\n", "utf-8")
+    assert "keys-file-invalid" in codes(run(project), Severity.ERROR)
+
+
+def test_jwks_with_a_private_key_is_an_error(project):
+    jwks = project / "jwks.json"
+    jwks.write_text(json.dumps({"keys": [{"kty": "OKP", "crv": "Ed25519", "x": "A", "d": "B"}]}))
+    report = run(
+        project,
+        AUTH__JWKS_FILE=str(jwks),
+        AUTH__JWT_ISSUER="https://issuer.example",
+        AUTH__JWT_AUDIENCE="demo",
+        AUTH__JWT_LEEWAY_S="120",
+    )
+    assert "jwks-invalid" in codes(report, Severity.ERROR)
+    assert "jwt-leeway-large" in codes(report, Severity.WARNING)
+
+
+def test_private_key_in_the_model_folder_is_an_error(project):
+    shutil.copy(project / "secrets" / "signing-key.pem", project / "models" / "key.pem")
+    report = run(project)
+    assert "private-key-in-model-dir" in codes(report, Severity.ERROR)
+    assert "model-unlisted" in codes(report, Severity.WARNING)
+
+
+def test_private_key_not_git_ignored_is_an_error(project):
+    (project / ".gitignore").write_text("audit/\n", "utf-8")
+    findings = [f for f in run(project).findings if f.code == "private-key-not-ignored"]
+    assert {f.subject for f in findings} == {
+        "secrets/signing-key.pem",
+        "secrets/audit-digest.key",
+    }
+
+
+def test_private_key_readable_by_others_is_an_error(project):
+    (project / "secrets" / "signing-key.pem").chmod(0o644)
+    [finding] = [f for f in run(project).findings if f.code == "private-key-permissions"]
+    assert finding.subject == "secrets/signing-key.pem"
+
+
+def test_password_in_the_settings_file_is_an_error(project):
+    config = project / "secureserve.toml"
+    written = config.read_text("utf-8").replace(
+        "[limits]\n", '[limits]\nstorage = "redis://:hunter2@127.0.0.1:6379/0"\n'
+    )
+    config.write_text(written, "utf-8")
+    report = run(project)
+    assert "secret-in-config" in codes(report, Severity.ERROR)
+    assert "hunter2" not in report.to_json().decode()
+
+
+def test_password_in_the_environment_is_fine(project):
+    report = run(project, LIMITS__STORAGE="redis://:hunter2@127.0.0.1:6379/0")
+    assert "secret-in-config" not in codes(report)
+
+
+# --- relaxed protections ----------------------------------------------------------------
+
+
+def test_limits_switched_off_are_warnings(project):
+    report = run(
+        project,
+        LIMITS__PER_PRINCIPAL="off",
+        LIMITS__AUTH_FAILURES_PER_IP="off",
+        LIMITS__QUOTA="off",
+        LIMITS__ON_STORAGE_ERROR="memory",
+    )
+    subjects = {f.subject for f in report.findings if f.code == "limit-off"}
+    assert subjects == {
+        "[limits] per_principal",
+        "[limits] auth_failures_per_ip",
+        "[limits] quota",
+    }
+    assert "limits-storage-fallback" in codes(report, Severity.WARNING)
+    assert report.ok
+
+
+@pytest.mark.parametrize(
+    ("environ", "code"),
+    [
+        ({"AUDIT__ON_WRITE_ERROR": "continue"}, "audit-continue"),
+        ({"LOGGING__LEVEL": "debug"}, "logging-debug"),
+        ({"MODEL__ONNX_ALLOWED_DOMAINS": '["com.example"]'}, "onnx-custom-domains"),
+        ({"SERVER__MAX_BODY_BYTES": str(128 * 1024 * 1024)}, "body-limit-large"),
+        ({"SERVER__TRUSTED_PROXIES": '["10.0.0.0/8"]'}, "trusted-proxies-wide"),
+        ({"MODEL__SIGNING_PUBLIC_KEY": "null"}, "model-unsigned"),
+    ],
+)
+def test_opt_outs_are_warnings(project, environ, code):
+    report = run(project, **environ)
+    assert code in codes(report, Severity.WARNING)
+    assert code not in codes(run(project))
+
+
+# --- model files ------------------------------------------------------------------------
+
+
+def test_changed_model_file_is_an_error(project):
+    (project / "models" / "model.onnx").write_bytes(b"\x08\x08")
+    [finding] = [f for f in run(project).findings if f.code == "model-verify-failed"]
+    assert "model.onnx" in finding.message
+
+
+def test_missing_lock_is_an_error(project):
+    (project / "secureserve.lock").unlink()
+    assert "model-unlocked" in codes(run(project, MODEL__SIGNING_PUBLIC_KEY="null"))
+    assert "model-unlocked" in codes(run(project), Severity.ERROR)
+
+
+def test_missing_signature_is_an_error(project):
+    (project / "secureserve.lock.sig").unlink()
+    [finding] = [f for f in run(project).findings if f.code == "model-verify-failed"]
+    assert "unsigned" in finding.message
+
+
+def test_model_files_writable_by_others_are_an_error(project):
+    (project / "models" / "model.onnx").chmod(0o666)
+    assert "model-files-shared-writable" in codes(run(project), Severity.ERROR)
+
+
+def test_model_files_writable_by_this_user_are_a_note(project, monkeypatch):
+    [finding] = [f for f in run(project).findings if f.code == "model-files-writable"]
+    assert finding.severity is Severity.INFO
+    monkeypatch.setattr(os, "access", lambda path, mode: False)
+    assert "model-files-writable" not in codes(run(project))
+
+
+# --- Dockerfile and Kubernetes ------------------------------------------------------------
+
+DOCKERIGNORE = "secrets/\n.secureserve/\n"
+GOOD_FINAL = 'USER 10001:10001\nHEALTHCHECK CMD ["true"]\nENTRYPOINT ["secureserve", "run"]\n'
+
+
+@pytest.mark.parametrize(
+    ("final_stage", "code", "severity"),
+    [
+        ('ENTRYPOINT ["secureserve", "run"]\n', "docker-root", Severity.ERROR),
+        ("USER root\n" + GOOD_FINAL.replace("USER 10001:10001\n", ""), "docker-root", None),
+        ("USER 0:0\n" + GOOD_FINAL.replace("USER 10001:10001\n", ""), "docker-root", None),
+        (GOOD_FINAL.replace("10001:10001", "app"), "docker-user-name", Severity.WARNING),
+        (GOOD_FINAL.replace('"run"]', '"run", \\\n  "--dev"]'), "docker-dev-mode", None),
+        (GOOD_FINAL.replace('HEALTHCHECK CMD ["true"]\n', ""), "docker-no-healthcheck", None),
+    ],
+)
+def test_dockerfile_findings(project, final_stage, code, severity):
+    # The builder stage's USER must not count for the final stage.
+    (project / "Dockerfile").write_text(
+        "FROM python:3.11-slim AS build\nUSER 10001\nRUN true\n\nFROM python:3.11-slim\n"
+        + final_stage,
+        "utf-8",
+    )
+    (project / ".dockerignore").write_text(DOCKERIGNORE, "utf-8")
+    report = run(project)
+    assert code in codes(report, severity)
+    (project / "Dockerfile").write_text("FROM python:3.11-slim\n" + GOOD_FINAL, "utf-8")
+    assert not {c for c in codes(run(project)) if c.startswith("docker-")}
+
+
+def test_build_context_with_keys_is_an_error(project):
+    (project / "Dockerfile").write_text("FROM python:3.11-slim\n" + GOOD_FINAL, "utf-8")
+    (project / ".dockerignore").unlink(missing_ok=True)
+    exposed = {f.subject for f in run(project).findings if f.code == "private-key-in-image"}
+    assert exposed == {"secrets/signing-key.pem", "secrets/audit-digest.key"}
+    (project / ".dockerignore").write_text(DOCKERIGNORE, "utf-8")
+    assert "private-key-in-image" not in codes(run(project))
+    (project / ".dockerignore").write_text(DOCKERIGNORE + "!secrets/audit-digest.key\n")
+    exposed = {f.subject for f in run(project).findings if f.code == "private-key-in-image"}
+    assert exposed == {"secrets/audit-digest.key"}
+
+
+def test_replicas_with_memory_limits_are_an_error(project):
+    k8s = project / "k8s"
+    k8s.mkdir(exist_ok=True)
+    for stale in k8s.iterdir():
+        stale.unlink()
+    (k8s / "deployment.yaml").write_text("kind: Deployment\nspec:\n  replicas: 3\n", "utf-8")
+    assert "limits-memory-replicas" in codes(run(project), Severity.ERROR)
+    shared = run(project, LIMITS__STORAGE="redis://127.0.0.1:6379/0")
+    assert "limits-memory-replicas" not in codes(shared)
+    (k8s / "deployment.yaml").write_text(
+        "kind: Deployment\nspec:\n  replicas: 3\n  env:\n    - name: SECURESERVE_LIMITS__STORAGE\n",
+        "utf-8",
+    )
+    assert "limits-memory-replicas" not in codes(run(project))
+
+
+# --- ignore files ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("path", "patterns", "anchored", "expected"),
+    [
+        ("secrets/key.pem", ["secrets/"], False, True),
+        ("secrets/key.pem", ["secrets/"], True, True),
+        ("a/secrets/key.pem", ["secrets/"], False, True),  # git: any depth
+        ("a/secrets/key.pem", ["secrets/"], True, False),  # Docker: from the root
+        ("a/secrets/key.pem", ["**/secrets"], True, True),
+        ("key.pem", ["*.pem"], True, True),
+        ("a/b/key.pem", ["**/*.pem"], True, True),
+        ("a/b/key.pem", ["a/*.pem"], True, False),
+        ("certs/key.pem", ["*.pem"], True, False),
+        ("certs/key.pem", ["*.pem"], False, True),
+        ("secrets", ["secrets/"], False, False),  # a file, not a folder
+        ("secrets/a.key", ["secrets/", "!secrets/a.key"], True, False),
+        ("secrets/a.key", ["/secrets"], False, True),
+        ("models/secrets/a.key", ["/secrets"], False, False),
+        ("x.key", ["# x.key", "y.key"], False, False),
+    ],
+)
+def test_ignored(path, patterns, anchored, expected):
+    assert ignored(path, [p for p in patterns if not p.startswith("#")], anchored=anchored) is (
+        expected
+    )
