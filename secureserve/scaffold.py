@@ -7,8 +7,9 @@ two layers never hold the same file. Rendering is plain string replacement of tw
 tokens, ``__project_name__`` and ``__ProjectName__`` (its CamelCase), in file
 contents and file names; nothing in a template is evaluated or formatted, and the
 name is validated before anything is written. Each project then gets its own
-generated files: a tiny deterministic ONNX model, an audit digest key, an Ed25519
-signing key pair, ``secureserve.lock`` and its signature.
+generated files: a tiny deterministic model in the template's format (``model.onnx``
+or ``model.safetensors``, the same weights either way) and its labels, an audit
+digest key, an Ed25519 signing key pair, ``secureserve.lock`` and its signature.
 
 Everything is built in a hidden folder beside the target and renamed into place at
 the end, so a failure leaves nothing behind.
@@ -24,12 +25,14 @@ import re
 import shutil
 import sys
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
 import numpy as np
 import onnx
+import safetensors.numpy
 from onnx import TensorProto, helper, numpy_helper
 
 from secureserve.audit import generate_digest_key
@@ -48,13 +51,13 @@ __all__ = [
     "validate_name",
 ]
 
-#: Templates that can be rendered; the first is the default.
-TEMPLATES: Final = ("onnx",)
-#: Templates that are planned but not shipped yet (refused with a clear message).
-_PLANNED_TEMPLATES: Final = frozenset({"safetensors"})
+#: Templates that can be rendered; the first is the default. Each has a model writer
+#: in ``_MODEL_WRITERS``.
+TEMPLATES: Final = ("onnx", "safetensors")
 
 NAME_TOKEN: Final = "__project_name__"  # noqa: S105 - a template token, not a secret
 CLASS_TOKEN: Final = "__ProjectName__"  # noqa: S105 - a template token, not a secret
+DNS_TOKEN: Final = "__project-name__"  # noqa: S105 - a template token, not a secret
 #: The project name is also the model name (``secureserve.model.NAME_PATTERN``: 63 at most).
 MAX_NAME_LENGTH: Final = 63
 _NAME_RE: Final = re.compile(r"[a-z][a-z0-9_]*")
@@ -94,7 +97,8 @@ _RENAMES: Final = {"gitignore": ".gitignore", "dockerignore": ".dockerignore", "
 _SKIPPED: Final = frozenset({"__pycache__", ".pytest_cache", ".ruff_cache", ".mypy_cache"})
 
 # The generated model: softmax(x @ W + b), two features -> two classes. Class 1
-# ("second") wins exactly when the second feature is larger than the first.
+# ("second") wins exactly when the second feature is larger than the first. Every
+# template gets these weights, in its own format.
 _LABELS: Final = ("first", "second")
 _WEIGHTS: Final = ((1.0, -1.0), (-1.0, 1.0))
 _BIAS: Final = (0.0, 0.0)
@@ -180,10 +184,17 @@ def create_project(name: str, *, parent: Path, template: str = TEMPLATES[0]) -> 
         raise ConfigError(f"{target} already exists; secureserve new never overwrites.")
     staging = Path(tempfile.mkdtemp(prefix=f".{name}-", suffix=".partial", dir=parent))
     try:
-        tokens = {NAME_TOKEN: name, CLASS_TOKEN: class_name(name)}
+        tokens = {
+            NAME_TOKEN: name,
+            CLASS_TOKEN: class_name(name),
+            DNS_TOKEN: name.replace("_", "-"),
+        }
         for layer in (source.parent / _COMMON, source):
             _render(layer, staging, tokens)
-        _write_model(staging / "models")
+        models = staging / "models"
+        models.mkdir(mode=0o755)
+        _MODEL_WRITERS[template](models)
+        (models / "labels.json").write_text(json.dumps(list(_LABELS)) + "\n", encoding="utf-8")
         key_id = _secure(staging)
         files = tuple(
             sorted(p.relative_to(staging).as_posix() for p in staging.rglob("*") if p.is_file())
@@ -205,10 +216,6 @@ def _move_into_place(staging: Path, target: Path) -> None:
 
 
 def _template_dir(template: str) -> Path:
-    if template in _PLANNED_TEMPLATES:
-        raise ConfigError(
-            f"the {template} template is not available yet; use --template {TEMPLATES[0]}."
-        )
     if template not in TEMPLATES:
         raise ConfigError(f"unknown template {template!r}; choose one of: {', '.join(TEMPLATES)}.")
     folder = templates_root() / template
@@ -242,8 +249,8 @@ def _render(source: Path, destination: Path, replacements: dict[str, str]) -> No
             out.chmod(0o644)
 
 
-def _write_model(models: Path) -> None:
-    """Write the deterministic two-class model and its labels into ``models``."""
+def _write_onnx_model(models: Path) -> None:
+    """Write the deterministic two-class model as ``models/model.onnx``."""
     weights = np.array(_WEIGHTS, dtype=np.float32)
     bias = np.array(_BIAS, dtype=np.float32)
     n_features, n_classes = weights.shape
@@ -268,9 +275,26 @@ def _write_model(models: Path) -> None:
         producer_name="secureserve-new",
     )
     onnx.checker.check_model(model, full_check=True)
-    models.mkdir(mode=0o755, exist_ok=True)
     (models / "model.onnx").write_bytes(model.SerializeToString(deterministic=True))
-    (models / "labels.json").write_text(json.dumps(list(_LABELS)) + "\n", encoding="utf-8")
+
+
+def _write_safetensors_model(models: Path) -> None:
+    """Write the same weights as ``models/model.safetensors``: tensors ``W`` and ``b``.
+
+    No metadata: the header holds only the two tensors, so the bytes never vary.
+    """
+    tensors = {
+        "W": np.array(_WEIGHTS, dtype=np.float32),
+        "b": np.array(_BIAS, dtype=np.float32),
+    }
+    safetensors.numpy.save_file(tensors, models / "model.safetensors")
+
+
+#: How each template's model file is written into the (existing) ``models`` folder.
+_MODEL_WRITERS: Final[dict[str, Callable[[Path], None]]] = {
+    "onnx": _write_onnx_model,
+    "safetensors": _write_safetensors_model,
+}
 
 
 def _secure(project: Path) -> str:

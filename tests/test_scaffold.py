@@ -1,64 +1,138 @@
 """Tests of ``secureserve new`` (``secureserve.scaffold`` and ``secureserve.cli.new``)."""
 
+import importlib.util
+import json
+import os
 import stat
+import struct
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import pytest
 
+from secureserve import scaffold
 from secureserve.cli import main
 from secureserve.config import load_settings
 from secureserve.errors import ConfigError
+from secureserve.formats import Format, detect_format
+from secureserve.lockfile import read_lock
 from secureserve.release import verify_project
-from secureserve.scaffold import class_name, create_project, validate_name
+from secureserve.scaffold import TEMPLATES, class_name, create_project, validate_name
+from secureserve.testing import TestClient
 
-EXPECTED_FILES = {
-    ".gitignore",
+#: Files rendered from templates/common/ that every project must have (the layer may
+#: hold more: they are checked against the layer itself).
+COMMON_FILES = {".gitignore", "pyproject.toml", "secureserve.toml"}
+#: What every template renders besides the common layer, and what `new` generates.
+TEMPLATE_FILES = {
     "README.md",
     "app.py",
     "models/labels.json",
-    "models/model.onnx",
-    "pyproject.toml",
     "secrets/audit-digest.key",
     "secrets/signing-key.pem",
     "secureserve.lock",
     "secureserve.lock.sig",
-    "secureserve.toml",
     "signing-key.pub.pem",
     "tests/test_app.py",
 }
+#: The generated model file of each template and the format its bytes must show.
+MODEL_FILES = {
+    "onnx": ("models/model.onnx", Format.ONNX),
+    "safetensors": ("models/model.safetensors", Format.SAFETENSORS),
+}
+#: How each template's app.py opens its model.
+LOADER_CALLS = {
+    "onnx": 'artifacts.onnx("model.onnx")',
+    "safetensors": 'artifacts.safetensors("model.safetensors")',
+}
+
+
+@pytest.fixture(scope="module", params=TEMPLATES)
+def template(request: pytest.FixtureRequest) -> str:
+    """Each shipped template in turn."""
+    return str(request.param)
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One project named demo, made through the command line."""
-    parent = tmp_path_factory.mktemp("projects")
-    assert main(["new", "demo", "--dir", str(parent)]) == 0
+def project(template: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One project named demo from ``template``, made through the command line."""
+    parent = tmp_path_factory.mktemp(f"projects-{template}")
+    assert main(["new", "demo", "--template", template, "--dir", str(parent)]) == 0
     return parent / "demo"
 
 
-def test_new_creates_the_project_files(project):
+def _load_handler(project: Path, module_name: str, monkeypatch: pytest.MonkeyPatch) -> type:
+    """Import ``project/app.py`` under ``module_name`` and return its handler class."""
+    spec = importlib.util.spec_from_file_location(module_name, project / "app.py")
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, module_name, module)
+    spec.loader.exec_module(module)
+    return getattr(module, class_name(project.name))
+
+
+def test_templates_are_onnx_then_safetensors():
+    """Both templates ship, onnx first (the default)."""
+    assert TEMPLATES == ("onnx", "safetensors")
+
+
+def _common_layer_files() -> set[str]:
+    """The names the common layer renders to (top-level renames applied, no tokens)."""
+    root = scaffold.templates_root() / "common"
+    names = set()
+    for path in root.rglob("*"):
+        if path.is_file() and "__pycache__" not in path.parts:
+            first, *rest = path.relative_to(root).parts
+            names.add(Path(scaffold._RENAMES.get(first, first), *rest).as_posix())
+    return names
+
+
+def test_every_template_has_a_folder_and_a_model_writer():
+    """Each shipped template has its folder beside common/ and a model writer, no more."""
+    root = scaffold.templates_root()
+    for template in TEMPLATES:
+        assert (root / template / "app.py").is_file(), template
+        assert (root / template / "tests" / "test_app.py").is_file(), template
+    assert set(scaffold._MODEL_WRITERS) == set(TEMPLATES)
+
+
+def test_new_creates_the_project_files(template, project):
     """Every template file, the model, keys, lock and signature exist; no token is left."""
     files = {p.relative_to(project).as_posix() for p in project.rglob("*") if p.is_file()}
-    assert files == EXPECTED_FILES
+    common = _common_layer_files()
+    assert common >= COMMON_FILES
+    assert common <= files
+    assert files - common == TEMPLATE_FILES | {MODEL_FILES[template][0]}
     for name in ("app.py", "secureserve.toml", "README.md", "pyproject.toml", "tests/test_app.py"):
         text = (project / name).read_text("utf-8")
         assert "__project_name__" not in text
         assert "__ProjectName__" not in text
-    assert "class Demo(ss.Model[Features, Prediction]):" in (project / "app.py").read_text()
+    app = (project / "app.py").read_text()
+    assert "class Demo(ss.Model[Features, Prediction]):" in app
+    assert LOADER_CALLS[template] in app
+    for other, call in LOADER_CALLS.items():
+        if other != template:
+            assert call not in app
     assert 'name = "demo"' in (project / "pyproject.toml").read_text()
     assert not [p for p in project.parent.iterdir() if p.name != "demo"]
 
 
-def test_new_lock_verifies_with_the_project_key(project):
-    """The generated lock is signed and every model file matches it."""
+def test_new_lock_verifies_with_the_project_key(template, project):
+    """The generated lock is signed, lists the model and labels, and every file matches."""
     settings = load_settings(project_dir=project, environ={})
     assert settings.model.signing_public_key == project / "signing-key.pub.pem"
     assert settings.audit.digest_key_file == project / "secrets" / "audit-digest.key"
     report = verify_project(settings, settings.model.signing_public_key)
     assert report.ok, report.problems
     assert report.checked == 2
+    assert report.unlisted == []
+    lock, _ = read_lock(project / "secureserve.lock")
+    model_name = MODEL_FILES[template][0].removeprefix("models/")
+    assert set(lock.files) == {model_name, "labels.json"}
+    assert lock.files[model_name].format == MODEL_FILES[template][1].value
 
 
 def test_new_private_keys_are_private(project):
@@ -70,14 +144,80 @@ def test_new_private_keys_are_private(project):
     assert {"secrets/", ".secureserve/", "audit/", "__pycache__/", ".venv/"} <= set(ignored)
 
 
-def test_new_model_is_deterministic(project, tmp_path):
+def test_new_model_is_deterministic(template, project, tmp_path):
     """Two projects with the same name get byte-identical model files (keys differ)."""
-    other = create_project("demo", parent=tmp_path).path
-    for name in ("models/model.onnx", "models/labels.json", "secureserve.lock", "app.py"):
+    other = create_project("demo", parent=tmp_path, template=template).path
+    model = MODEL_FILES[template][0]
+    for name in (model, "models/labels.json", "secureserve.lock", "app.py"):
         assert (other / name).read_bytes() == (project / name).read_bytes(), name
     assert (other / "signing-key.pub.pem").read_bytes() != (
         project / "signing-key.pub.pem"
     ).read_bytes()
+
+
+def test_new_model_is_identical_in_another_process(template, project, tmp_path):
+    """A fresh interpreter (another hash seed) writes the same model bytes."""
+    script = textwrap.dedent(
+        f"""
+        from pathlib import Path
+        from secureserve.scaffold import create_project
+        create_project("demo", parent=Path({str(tmp_path)!r}), template={template!r})
+        """
+    )
+    subprocess.run(
+        [sys.executable, "-c", script],
+        env={**os.environ, "PYTHONHASHSEED": "12345"},
+        check=True,
+        timeout=60,
+    )
+    model = MODEL_FILES[template][0]
+    assert (tmp_path / "demo" / model).read_bytes() == (project / model).read_bytes()
+
+
+def test_new_model_format_is_detected(template, project):
+    """The model file's bytes are detected as the template's format, not by its name."""
+    model, expected = MODEL_FILES[template]
+    assert detect_format((project / model).read_bytes()) is expected
+    assert json.loads((project / "models/labels.json").read_text()) == ["first", "second"]
+
+
+def test_new_safetensors_model_holds_only_w_and_b(tmp_path):
+    """The safetensors header lists exactly W (2x2) and b (2) as F32, with no metadata."""
+    project = create_project("demo", parent=tmp_path, template="safetensors").path
+    data = (project / "models/model.safetensors").read_bytes()
+    (header_len,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8 : 8 + header_len])
+    assert header == {
+        "W": {"dtype": "F32", "shape": [2, 2], "data_offsets": [0, 16]},
+        "b": {"dtype": "F32", "shape": [2], "data_offsets": [16, 24]},
+    }
+    assert struct.unpack("<6f", data[8 + header_len :]) == (1.0, -1.0, -1.0, 1.0, 0.0, 0.0)
+
+
+def test_new_templates_predict_alike(tmp_path, monkeypatch):
+    """Served through TestClient, the onnx and safetensors projects give the same answers."""
+    inputs = ([1, 3], [3, 1], [2, 2], [0.5, 0.25], [-3.5, -3], [-1000, 1000])
+    instances = [{"features": features} for features in inputs]
+    answers = {}
+    for template in TEMPLATES:
+        parent = tmp_path / template
+        parent.mkdir()
+        project = create_project("demo", parent=parent, template=template).path
+        handler = _load_handler(project, f"scaffold_{template}_app", monkeypatch)
+        with TestClient(handler, project_dir=project) as client:
+            response = client.predict(instances)
+        assert response.status_code == 200, response.text
+        answers[template] = response.json()["predictions"]
+    onnx_answers, safetensors_answers = answers["onnx"], answers["safetensors"]
+    labels = ["second", "first", "first", "first", "second", "second"]
+    assert [p["label"] for p in onnx_answers] == labels
+    assert [p["label"] for p in safetensors_answers] == labels
+    for ours, theirs in zip(safetensors_answers, onnx_answers, strict=True):
+        assert ours["score"] == pytest.approx(theirs["score"], abs=1e-4)
+    # softmax of logits (x0 - x1, x1 - x0): 1 / (1 + e^-1) for [0.5, 0.25].
+    assert safetensors_answers[3]["score"] == pytest.approx(0.6225, abs=1e-4)
+    assert safetensors_answers[2]["score"] == 0.5
+    assert safetensors_answers[5]["score"] == 1.0
 
 
 def test_new_project_tests_pass(project):
@@ -159,17 +299,21 @@ def test_new_refuses_existing_target(existing, tmp_path, capsys):
     assert (target / "keep.txt" if existing == "dir" else target).read_text() == "mine"
 
 
-def test_new_refuses_planned_template(tmp_path, capsys):
-    """--template safetensors is refused as not yet available; nothing is written."""
-    assert main(["new", "demo", "--template", "safetensors", "--dir", str(tmp_path)]) == 1
-    assert "not available yet" in capsys.readouterr().err
+def test_new_refuses_unknown_template_on_the_command_line(tmp_path, capsys):
+    """--template pytorch is one line naming the choices (not a usage error); nothing written."""
+    assert main(["new", "demo", "--template", "pytorch", "--dir", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert err == (
+        "secureserve: error: unknown template 'pytorch'; choose one of: onnx, safetensors.\n"
+    )
     assert list(tmp_path.iterdir()) == []
 
 
-def test_new_refuses_unknown_template(tmp_path):
-    """An unknown template name is a ConfigError naming the choices."""
-    with pytest.raises(ConfigError, match="choose one of: onnx"):
-        create_project("demo", parent=tmp_path, template="../etc")
+@pytest.mark.parametrize("template", ["../etc", "common", "ONNX", "", "pytorch"])
+def test_new_refuses_unknown_template(template, tmp_path):
+    """A name that is not a shipped template (a path, the common layer) is a ConfigError."""
+    with pytest.raises(ConfigError, match="choose one of: onnx, safetensors"):
+        create_project("demo", parent=tmp_path, template=template)
     assert list(tmp_path.iterdir()) == []
 
 
@@ -180,16 +324,16 @@ def test_new_refuses_missing_parent(tmp_path):
     assert not (tmp_path / "missing").exists()
 
 
-def test_new_leaves_nothing_behind_on_failure(tmp_path, monkeypatch):
-    """A failure while generating removes the half-built folder."""
-    from secureserve import scaffold
+@pytest.mark.parametrize("template", TEMPLATES)
+def test_new_leaves_nothing_behind_on_failure(template, tmp_path, monkeypatch):
+    """A failure while generating the model removes the half-built folder."""
 
     def boom(models: Path) -> None:
         raise ConfigError("simulated failure")
 
-    monkeypatch.setattr(scaffold, "_write_model", boom)
+    monkeypatch.setitem(scaffold._MODEL_WRITERS, template, boom)
     with pytest.raises(ConfigError, match="simulated"):
-        create_project("demo", parent=tmp_path)
+        create_project("demo", parent=tmp_path, template=template)
     assert list(tmp_path.iterdir()) == []
 
 

@@ -1,4 +1,4 @@
-"""``secureserve new NAME [--template onnx] [--dir PARENT]``."""
+"""``secureserve new NAME [--template {onnx,safetensors}] [--dir PARENT]``."""
 
 from __future__ import annotations
 
@@ -16,10 +16,16 @@ def register(commands: Any, common: argparse.ArgumentParser) -> None:
         "new", parents=[common], help="create a project: handler, signed model, tests"
     )
     new.add_argument("name", help="project name: a Python package name, e.g. my_model")
+    # Not choices=TEMPLATES: scaffold refuses an unknown template with a one-line reason,
+    # like every other refusal of `new`, instead of argparse's usage error.
     new.add_argument(
         "--template",
         default=TEMPLATES[0],
-        help=f"what to render (default: {TEMPLATES[0]}; safetensors is planned)",
+        metavar="{" + ",".join(TEMPLATES) + "}",
+        help=(
+            "the model format to start from: onnx (a graph run by onnxruntime) or "
+            f"safetensors (weights, forward pass in numpy in app.py) (default: {TEMPLATES[0]})"
+        ),
     )
     new.add_argument(
         "--dir",

@@ -1,0 +1,60 @@
+"""The __project_name__ handler: two numbers in, the class of the larger one out.
+
+Serve it with ``secureserve run --dev`` from this folder (``secureserve.toml``
+names ``app:__ProjectName__``). The weights are ``models/model.safetensors``
+(tensors ``W`` and ``b`` of a tiny logistic regression written by ``secureserve
+new``); the forward pass is plain numpy, below. Replace the weights with your
+own, adapt ``predict`` to your architecture, then run ``secureserve lock`` and
+``secureserve sign``.
+"""
+
+from typing import Annotated
+
+import msgspec
+import numpy as np
+import secureserve as ss
+
+
+class Features(msgspec.Struct, forbid_unknown_fields=True):
+    """One instance: exactly two numbers, each between -1000 and 1000.
+
+    The bounds are part of the schema: a request outside them is a 422 before the
+    model sees it.
+    """
+
+    features: Annotated[
+        list[Annotated[float, msgspec.Meta(ge=-1000, le=1000)]],
+        msgspec.Meta(min_length=2, max_length=2),
+    ]
+
+
+class Prediction(msgspec.Struct):
+    """The most likely class and its probability, rounded to 4 decimals."""
+
+    label: str
+    score: float
+
+
+class __ProjectName__(ss.Model[Features, Prediction]):
+    """softmax(x @ W + b) over two classes, computed with numpy."""
+
+    name = "__project_name__"
+    version = "0.1.0"
+
+    def load(self, artifacts: ss.Artifacts) -> None:
+        """Read the hash-verified weights ``W`` (2x2) and ``b`` (2) and the class labels."""
+        weights = artifacts.safetensors("model.safetensors")
+        self.weights, self.bias = weights["W"], weights["b"]
+        self.labels: list[str] = artifacts.json("labels.json")
+
+    def predict(self, batch: list[Features]) -> list[Prediction]:
+        """Classify a batch with one forward pass."""
+        x = np.array([item.features for item in batch], dtype=np.float32)
+        logits = x @ self.weights + self.bias
+        exp = np.exp(logits - logits.max(axis=1, keepdims=True))
+        probs = exp / exp.sum(axis=1, keepdims=True)
+        best = probs.argmax(axis=1)
+        return [
+            Prediction(label=self.labels[i], score=round(float(row[i]), 4))
+            for i, row in zip(best, probs, strict=True)
+        ]
