@@ -358,6 +358,14 @@ def _start(
     )
 
 
+def dev_banner(stderr: str) -> tuple[Path, str] | None:
+    """The CA path and API key that ``secureserve run --dev`` printed, once both are there."""
+    ca, key = _BANNER_CA.search(stderr), _BANNER_KEY.search(stderr)
+    if ca is None or key is None:
+        return None
+    return Path(ca.group(1)), key.group(1)
+
+
 def _wait_ready(server: ServerProcess, dev: bool, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     last: BaseException | None = None
@@ -369,12 +377,11 @@ def _wait_ready(server: ServerProcess, dev: bool, timeout: float) -> None:
             )
             raise RuntimeError(msg)
         if dev and server.key is None:
-            banner = server.stderr()
-            ca, key = _BANNER_CA.search(banner), _BANNER_KEY.search(banner)
-            if ca is None or key is None:
+            banner = dev_banner(server.stderr())
+            if banner is None:
                 time.sleep(0.05)
                 continue
-            server.ca, server.key = Path(ca.group(1)), key.group(1)
+            server.ca, server.key = banner
         try:
             if server.request("GET", "/healthz").status == 200:
                 return
