@@ -3,9 +3,10 @@
 A template is a folder under ``templates/`` (shipped in the wheel as
 ``secureserve/_templates``), rendered over ``templates/common/``, which holds what
 every project gets (settings, packaging, Dockerfile, Kubernetes manifests, CI); the
-two layers never hold the same file. Rendering is plain string replacement of two fixed
-tokens, ``__project_name__`` and ``__ProjectName__`` (its CamelCase), in file
-contents and file names; nothing in a template is evaluated or formatted, and the
+two layers never hold the same file. Rendering is plain string replacement of three fixed
+tokens, ``__project_name__``, ``__ProjectName__`` (its CamelCase) and
+``__project-name__`` (with ``-`` for ``_``, for Kubernetes names), in file contents and
+file names; nothing in a template is evaluated or formatted, and the
 name is validated before anything is written. Each project then gets its own
 generated files: a tiny deterministic model in the template's format (``model.onnx``
 or ``model.safetensors``, the same weights either way) and its labels, an audit
@@ -58,9 +59,11 @@ TEMPLATES: Final = ("onnx", "safetensors")
 NAME_TOKEN: Final = "__project_name__"  # noqa: S105 - a template token, not a secret
 CLASS_TOKEN: Final = "__ProjectName__"  # noqa: S105 - a template token, not a secret
 DNS_TOKEN: Final = "__project-name__"  # noqa: S105 - a template token, not a secret
-#: The project name is also the model name (``secureserve.model.NAME_PATTERN``: 63 at most).
-MAX_NAME_LENGTH: Final = 63
-_NAME_RE: Final = re.compile(r"[a-z][a-z0-9_]*")
+#: The project name is also the model name (``secureserve.model.NAME_PATTERN``: 63 at
+#: most) and, with ``-`` for ``_``, the stem of Kubernetes object names, the longest
+#: being ``NAME-redis``: Service names are DNS labels of 63 characters at most.
+MAX_NAME_LENGTH: Final = 57
+_NAME_RE: Final = re.compile(r"[a-z](?:[a-z0-9_]*[a-z0-9])?")
 #: Import names of secureserve and the packages it depends on: a project named like
 #: one of them would shadow it.
 _RESERVED: Final = frozenset(
@@ -130,8 +133,9 @@ def validate_name(name: str) -> None:
         )
     if _NAME_RE.fullmatch(name) is None:
         raise ConfigError(
-            f"{name!r} is not a valid package name: use lower-case letters, digits and "
-            "underscores, starting with a letter (e.g. my_model)."
+            f"{name!r} is not a valid project name: use lower-case letters, digits and "
+            "underscores, starting with a letter and not ending with an underscore "
+            "(e.g. my_model)."
         )
     if keyword.iskeyword(name) or keyword.issoftkeyword(name):
         raise ConfigError(f"{name!r} is a Python keyword; choose another name.")

@@ -263,6 +263,8 @@ BAD_NAMES = [
     pytest.param('a"b', id="quote"),
     pytest.param("", id="empty"),
     pytest.param("a" * 300, id="300-characters"),
+    pytest.param("a" * 58, id="58-characters"),  # NAME-redis would pass 63 in Kubernetes
+    pytest.param("demo_", id="trailing-underscore"),  # demo- is not a DNS label
     pytest.param("os", id="stdlib"),
     pytest.param("secureserve", id="secureserve"),
     pytest.param("numpy", id="dependency"),
@@ -280,6 +282,11 @@ def test_new_refuses_bad_name(name, tmp_path, capsys):
     assert err.startswith("secureserve: error: ")
     assert err.count("\n") == 1
     assert list(tmp_path.iterdir()) == []
+
+
+def test_longest_name_is_accepted(tmp_path):
+    """57 characters is the longest name: its Kubernetes names stay DNS labels."""
+    validate_name("a" * 57)
 
 
 @pytest.mark.parametrize("existing", ["dir", "file"])
