@@ -20,6 +20,7 @@ from typing import Annotated, Any, Final, Literal, Union, get_args, get_origin
 import msgspec
 
 from secureserve.errors import ConfigError
+from secureserve.secretfiles import read_regular
 
 __all__ = [
     "CONFIG_FILENAME",
@@ -38,6 +39,7 @@ ENV_PREFIX: Final = "SECURESERVE_"
 # Secrets passed in the environment: read where they are used, never part of Settings.
 _SECRET_VARIABLES: Final = frozenset({"SECURESERVE_MODEL__ENCRYPTION_KEY"})
 
+_MAX_CONFIG_BYTES: Final = 1024 * 1024
 DEFAULT_MAX_BODY_BYTES: Final = 1_048_576
 DEFAULT_MAX_INSTANCES: Final = 64
 DEFAULT_MAX_IN_FLIGHT: Final = 256
@@ -207,11 +209,11 @@ def load_settings(
     raw: dict[str, dict[str, Any]] = {}
     if config is not None:
         config = config if config.is_absolute() else base / config
-        if not config.is_file():
+        if not config.exists():
             raise ConfigError(f"configuration file {config} does not exist; check --config.")
         base = config.resolve().parent
         raw = _read_toml(config)
-    elif (base / CONFIG_FILENAME).is_file():
+    elif (base / CONFIG_FILENAME).exists():  # a folder or FIFO there is refused, not skipped
         raw = _read_toml(base / CONFIG_FILENAME)
     source = str(config) if config is not None else CONFIG_FILENAME
     _refuse_planned(raw, source)
@@ -248,12 +250,12 @@ def _path_hook(kind: type, value: Any) -> Any:
 
 def _read_toml(path: Path) -> dict[str, dict[str, Any]]:
     try:
-        with path.open("rb") as fh:
-            data = tomllib.load(fh)
-    except tomllib.TOMLDecodeError as exc:
+        raw = read_regular(path, max_bytes=_MAX_CONFIG_BYTES, source=str(path))
+        data = tomllib.loads(raw.decode("utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: does not exist; check --config.") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: not valid TOML ({exc}); fix the syntax.") from None
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot be read ({exc.strerror}).") from None
     for section, body in data.items():
         if not isinstance(body, dict):
             raise ConfigError(

@@ -27,6 +27,7 @@ from typing import Final
 import msgspec
 
 from secureserve.errors import ConfigError
+from secureserve.secretfiles import read_regular
 
 __all__ = [
     "ROLES",
@@ -45,6 +46,8 @@ _KEY_RE: Final = re.compile(r"ss_([0-9a-f]{12})_([A-Za-z0-9_-]{43})")
 _NAME_RE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9 ._@-]{0,63}")
 _MODEL_RE: Final = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")
 _RELOAD_EVERY_S: Final = 1.0
+#: Room for about 40,000 key records.
+_MAX_KEY_FILE_BYTES: Final = 16 * 1024 * 1024
 _HEADER: Final = (
     "# API keys of this secureserve project, managed with `secureserve keys`.\n"
     "# Only SHA-256 digests of the secrets are stored here; the secrets were shown once.\n"
@@ -98,13 +101,9 @@ def digest(secret: str) -> str:
 def read_records(path: Path) -> list[KeyRecord]:
     """Read and validate the key file; a missing file means no keys."""
     try:
-        data = path.read_bytes()
+        data = read_regular(path, max_bytes=_MAX_KEY_FILE_BYTES, source=f"key file {path}")
     except FileNotFoundError:
         return []
-    except OSError as exc:
-        raise ConfigError(
-            f"{path}: cannot be read ({exc.strerror}); check its permissions."
-        ) from None
     try:
         records = msgspec.convert(tomllib.loads(data.decode()), _KeyFile, strict=False).keys
     except (tomllib.TOMLDecodeError, UnicodeDecodeError, msgspec.ValidationError) as exc:

@@ -28,6 +28,7 @@ from typing import Annotated, Final
 import msgspec
 
 from secureserve.errors import ArtifactError, ConfigError
+from secureserve.secretfiles import read_regular
 from secureserve.strict_json import find_duplicate_key
 
 __all__ = [
@@ -121,15 +122,13 @@ def write_lock(path: Path, data: bytes) -> None:
 def read_lock(path: Path) -> tuple[Lock, bytes]:
     """Parse the lock strictly; return it with the exact bytes read (for the signature check)."""
     try:
-        with path.open("rb") as fh:
-            data = fh.read(_MAX_LOCK_BYTES + 1)
+        # One byte over the limit still reaches parse_lock, which names the problem.
+        data = read_regular(path, max_bytes=_MAX_LOCK_BYTES + 1, source=str(path))
     except FileNotFoundError:
         raise ConfigError(
             f"{path} does not exist: run `secureserve lock` to record the model files "
             "(every file a model opens must be listed with its sha256)."
         ) from None
-    except OSError as exc:
-        raise ConfigError(f"{path} cannot be read ({exc.strerror}).") from None
     return parse_lock(data, source=str(path)), data
 
 

@@ -24,7 +24,7 @@ from secureserve.lockfile import (
     read_lock,
     write_lock,
 )
-from secureserve.signing import verify
+from secureserve.signing import read_signature, verify
 
 __all__ = ["LockReport", "VerifyReport", "lock_project", "verify_project"]
 
@@ -111,7 +111,7 @@ def verify_project(settings: Settings, public_key: Path | None) -> VerifyReport:
     report = VerifyReport()
     if public_key is not None:
         try:
-            signature = path.with_name(SIGNATURE_FILENAME).read_bytes()
+            signature = read_signature(path.with_name(SIGNATURE_FILENAME))
         except FileNotFoundError:
             report.problems.append(f"{SIGNATURE_FILENAME} does not exist: the lock is unsigned")
         else:

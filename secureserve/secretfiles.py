@@ -1,10 +1,15 @@
-"""Files that hold secrets: created private from the first instant, read only when private.
+"""Small files secureserve reads, and files that hold secrets.
 
-Used for the encryption key, the audit digest key and the signing key pair, so that
-the rules are written once: a new file is created with ``O_EXCL`` and its final mode
-(never replacing an existing key, whose loss would orphan what it protects), and a
-key is read through one descriptor that must be a regular file no one but its owner
-can read or write. Messages name the file and the fix, never its content.
+Keys are created private from the first instant and read only when private. Used for
+the encryption key, the audit digest key and the signing key pair, so that the rules
+are written once: a new file is created with ``O_EXCL`` and its final mode (never
+replacing an existing key, whose loss would orphan what it protects), and a key is
+read through one descriptor that must be a regular file no one but its owner can read
+or write. Messages name the file and the fix, never its content.
+
+:func:`read_regular` is the bounded read behind every small file (settings, key
+records, lock, signature, JWKS): a FIFO, a device or a directory in its place is
+refused instead of blocking or filling memory.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ from pathlib import Path
 
 from secureserve.errors import ConfigError
 
-__all__ = ["create_new", "read_private"]
+__all__ = ["create_new", "read_private", "read_regular"]
 
 
 def create_new(path: Path, content: bytes, *, mode: int = 0o600, keeps: str = "") -> None:
@@ -45,6 +50,35 @@ def create_new(path: Path, content: bytes, *, mode: int = 0o600, keeps: str = ""
     except BaseException:
         path.unlink(missing_ok=True)
         raise
+
+
+_READ_FLAGS = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0)
+
+
+def read_regular(path: Path, *, max_bytes: int, source: str) -> bytes:
+    """The content of ``path``, a regular file of at most ``max_bytes`` bytes.
+
+    ``source`` names it in messages. ``FileNotFoundError`` is left to the caller (a
+    missing file means different things to different callers); any other problem is a
+    :class:`ConfigError`. The file is opened without blocking, so a FIFO put in its
+    place cannot hang the reader, and checked through the descriptor that is read.
+    """
+    try:
+        fd = os.open(path, _READ_FLAGS | getattr(os, "O_CLOEXEC", 0))
+    except FileNotFoundError:
+        raise
+    except OSError as exc:
+        raise ConfigError(
+            f"{source} cannot be read ({exc.strerror}); check its permissions."
+        ) from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise ConfigError(f"{source} is not a regular file; point it at the file itself.")
+    with os.fdopen(fd, "rb") as handle:
+        content = handle.read(max_bytes + 1)
+    if len(content) > max_bytes:
+        raise ConfigError(f"{source} is larger than {max_bytes} bytes; check the path.")
+    return content
 
 
 def read_private(path: Path, *, source: str, exposure: str, hint: str, max_bytes: int) -> bytes:

@@ -35,7 +35,7 @@ from secureserve.openapi import openapi_document
 from secureserve.ratelimit import RateLimiter
 from secureserve.runner import InferenceRunner
 from secureserve.schema import ModelSchema
-from secureserve.signing import verify
+from secureserve.signing import read_signature, verify
 
 __all__ = ["Deployment", "LoadedModel", "ServingState", "load_model"]
 
@@ -105,7 +105,7 @@ def verified_lock(settings: Settings) -> tuple[Lock, str]:
     if public_key is not None:
         signature_path = path.with_name(SIGNATURE_FILENAME)
         try:
-            signature = signature_path.read_bytes()
+            signature = read_signature(signature_path)
         except FileNotFoundError:
             raise ConfigError(
                 f"{signature_path} does not exist, but [model] signing_public_key requires a "

@@ -43,12 +43,13 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 )
 
 from secureserve.errors import ArtifactError, ConfigError
-from secureserve.secretfiles import create_new
+from secureserve.secretfiles import create_new, read_regular
 
 __all__ = [
     "SIGNATURE_FORMAT",
     "generate_signing_key",
     "key_id",
+    "read_signature",
     "sign",
     "verify",
 ]
@@ -105,6 +106,11 @@ def key_id(public_key: Ed25519PublicKey) -> str:
     """First 16 hex digits of SHA-256 over the raw 32-byte public key."""
     raw = public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
     return hashlib.sha256(raw).hexdigest()[:16]
+
+
+def read_signature(path: Path) -> bytes:
+    """The bytes of a signature file, bounded; ``FileNotFoundError`` if it is missing."""
+    return read_regular(path, max_bytes=_MAX_SIGNATURE_FILE + 1, source=str(path))
 
 
 def sign(data: bytes, private_key: Path) -> bytes:

@@ -41,6 +41,7 @@ import msgspec
 from secureserve.auth import Principal, unauthorized
 from secureserve.errors import ConfigError
 from secureserve.keys import ROLES
+from secureserve.secretfiles import read_regular
 from secureserve.strict_json import find_duplicate_key
 
 __all__ = ["SUPPORTED_ALGORITHMS", "JWTVerifier", "looks_like_jwt"]
@@ -59,6 +60,7 @@ _FITS: Final[dict[str, tuple[str, frozenset[str | None]]]] = {
     "EdDSA": ("OKP", frozenset({"Ed25519", "Ed448"})),
 }
 _MISSING: Final = (0, 0, 0)
+_MAX_JWKS_BYTES: Final = 1024 * 1024
 
 
 def looks_like_jwt(credential: str) -> bool:
@@ -265,9 +267,9 @@ def _read_jwks(path: Path, algorithms: tuple[str, ...]) -> dict[str, _Key]:
     """Every key of the JWKS file by ``kid``; ``ConfigError`` naming the file and the fix."""
     fix = "publish the issuer's public signing keys there as a JWKS"
     try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise ConfigError(f"JWKS file {path}: cannot be read ({exc.strerror}); {fix}.") from None
+        data = read_regular(path, max_bytes=_MAX_JWKS_BYTES, source=f"JWKS file {path}")
+    except FileNotFoundError:
+        raise ConfigError(f"JWKS file {path}: does not exist; {fix}.") from None
     try:
         document = msgspec.json.decode(data)
     except msgspec.DecodeError:
