@@ -7,6 +7,7 @@ checks that exactly the expected finding appears with the expected severity.
 import json
 import os
 import shutil
+import subprocess
 from datetime import timedelta
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from cryptography import x509
 from secureserve.cli import main
 from secureserve.devcerts import ensure_dev_certificates
 from secureserve.doctor import Severity, diagnose, format_report
-from secureserve.doctor.files import ignored
+from secureserve.doctor.ignorefiles import ignored
 from secureserve.keys import create_key
 from secureserve.scaffold import create_project
 
@@ -51,7 +52,7 @@ def run(project, **environ):
 def test_fresh_project_has_no_errors_or_warnings(project):
     report = run(project)
     assert report.ok
-    assert codes(report) - {"model-files-writable"} == FRESH_CODES
+    assert codes(report) - {"files-writable"} == FRESH_CODES
     assert codes(report, Severity.ERROR) == set()
     assert codes(report, Severity.WARNING) == set()
 
@@ -293,16 +294,18 @@ def test_missing_signature_is_an_error(project):
     assert "unsigned" in finding.message
 
 
-def test_model_files_writable_by_others_are_an_error(project):
-    (project / "models" / "model.onnx").chmod(0o666)
-    assert "model-files-shared-writable" in codes(run(project), Severity.ERROR)
+@pytest.mark.parametrize("name", ["models/model.onnx", "app.py", "secureserve.toml", "."])
+def test_served_files_writable_by_others_are_an_error(project, name):
+    (project / name).chmod(0o777 if name == "." else 0o666)
+    [finding] = [f for f in run(project).findings if f.code == "files-shared-writable"]
+    assert str((project / name).resolve()) in finding.message
 
 
-def test_model_files_writable_by_this_user_are_a_note(project, monkeypatch):
-    [finding] = [f for f in run(project).findings if f.code == "model-files-writable"]
+def test_served_files_writable_by_this_user_are_a_note(project, monkeypatch):
+    [finding] = [f for f in run(project).findings if f.code == "files-writable"]
     assert finding.severity is Severity.INFO
     monkeypatch.setattr(os, "access", lambda path, mode: False)
-    assert "model-files-writable" not in codes(run(project))
+    assert "files-writable" not in codes(run(project))
 
 
 # --- Dockerfile and Kubernetes ------------------------------------------------------------
@@ -391,3 +394,221 @@ def test_ignored(path, patterns, anchored, expected):
     assert ignored(path, [p for p in patterns if not p.startswith("#")], anchored=anchored) is (
         expected
     )
+
+
+# --- hostile projects: no hang, no crash, no forged output ---------------------------------
+
+
+@pytest.mark.parametrize(
+    "name", ["k8s/x.yaml", ".gitignore", ".dockerignore", "secureserve.lock", "Dockerfile"]
+)
+def test_a_fifo_in_place_of_a_file_does_not_hang(project, name):
+    path = project / name
+    path.parent.mkdir(exist_ok=True)
+    path.unlink(missing_ok=True)
+    os.mkfifo(path)
+    report = run(project)  # would block forever on open() or read()
+    assert report.findings
+
+
+def test_api_key_records_as_a_fifo_are_an_error(project):
+    os.mkfifo(project / "secrets" / "api_keys.toml")
+    [finding] = [f for f in run(project).findings if f.code == "keys-file-invalid"]
+    assert "not a regular file" in finding.message
+
+
+def test_symlink_loops_and_odd_entries_do_not_crash(project):
+    (project / "loop").symlink_to("loop")
+    (project / "k8s" / "dir.yaml").mkdir(parents=True)
+    (project / "zero.key").symlink_to("/dev/zero")
+    report = run(project)
+    assert "doctor-check-failed" not in codes(report)
+    assert "private-key-permissions" not in codes(report)  # links are not followed
+
+
+def test_a_failing_check_is_an_error_not_a_pass(project, monkeypatch):
+    from secureserve.doctor import files
+
+    def broken(project, settings):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(files, "check", broken)
+    [finding] = [f for f in run(project).findings if f.code == "doctor-check-failed"]
+    assert finding.severity is Severity.ERROR
+    assert "RuntimeError" in finding.message
+    with pytest.raises(RuntimeError):
+        diagnose(project, environ={}, debug=True)
+
+
+def test_hostile_file_names_cannot_forge_the_report(project, capsys):
+    forged = "x\n0 error(s), 0 warning(s): no error-level findings.\x1b[2J.key"
+    (project / forged).write_text("k", "utf-8")
+    (project / os.fsdecode(b"bad\xff.key")).write_text("k", "utf-8")
+    (project / ".gitignore").write_text("audit/\n", "utf-8")
+    assert main(["doctor", str(project)]) == 1
+    out = capsys.readouterr().out
+    assert "\x1b" not in out
+    assert "x\\x0a0 error(s)" in out
+    assert main(["doctor", str(project), "--json"]) == 1
+    data = json.loads(capsys.readouterr().out)
+    subjects = {f["subject"] for f in data["findings"] if f["code"] == "private-key-not-ignored"}
+    assert "bad\\xff.key" in subjects
+
+
+def test_many_unlisted_files_are_summarised(project):
+    for i in range(25):
+        (project / "models" / f"extra{i:02}.json").write_text("{}", "utf-8")
+    [finding] = [f for f in run(project).findings if f.code == "model-unlisted"]
+    assert finding.message.endswith("and 15 more.")
+
+
+# --- secrets written in files ---------------------------------------------------------------
+
+
+def test_api_key_in_a_file_is_an_error_without_repeating_it(project):
+    key = create_key(project / "secrets" / "api_keys.toml", name="c", roles=("predict",))
+    (project / "client.py").write_text(f'\n\nKEY = "{key.secret}"\n', "utf-8")
+    report = run(project)
+    [finding] = [f for f in report.findings if f.code == "secret-in-file"]
+    assert finding.subject == "client.py:3"
+    secret_part = key.secret.rsplit("_", 1)[1]
+    assert secret_part not in report.to_json().decode()
+
+
+def test_encryption_key_in_an_env_file_is_an_error(project):
+    (project / ".env").write_text("SECURESERVE_MODEL__ENCRYPTION_KEY=" + "A" * 43 + "=\n")
+    assert "secret-in-file" in codes(run(project), Severity.ERROR)
+
+
+def test_password_in_the_storage_url_query_is_an_error(project):
+    config = project / "secureserve.toml"
+    for url in ("redis://redis:6379/0?password=hunter2", "redis://:pw@[::1:6379/0"):
+        text = config.read_text("utf-8").split("\n[limits]\n")[0]
+        config.write_text(f'{text}\n[limits]\nstorage = "{url}"\n', "utf-8")
+        report = run(project)
+        assert "secret-in-config" in codes(report, Severity.ERROR) or "config-invalid" in codes(
+            report
+        )
+        assert "hunter2" not in report.to_json().decode()
+        assert "doctor-check-failed" not in codes(report)
+
+
+# --- git and Docker decide what is shipped ----------------------------------------------------
+
+
+def _git(project, *args):
+    subprocess.run(["git", "-C", str(project), *args], check=True, capture_output=True)
+
+
+@pytest.fixture
+def repository(project):
+    _git(project, "init", "-q")
+    return project
+
+
+def test_a_tracked_key_is_not_ignored_whatever_gitignore_says(repository):
+    assert "private-key-not-ignored" not in codes(run(repository))
+    _git(repository, "add", "-f", "secrets/signing-key.pem")
+    [finding] = [f for f in run(repository).findings if f.code == "private-key-not-ignored"]
+    assert finding.subject == "secrets/signing-key.pem"
+
+
+def test_a_nested_gitignore_can_re_include_a_key(repository):
+    (repository / "secrets" / ".gitignore").write_text("!audit-digest.key\n", "utf-8")
+    (repository / ".gitignore").write_text("secrets/*\n!secrets/.gitignore\n", "utf-8")
+    subjects = {f.subject for f in run(repository).findings if f.code == "private-key-not-ignored"}
+    assert subjects == {"secrets/audit-digest.key"}
+
+
+def test_a_project_in_a_repository_without_rules_is_judged_by_git(tmp_path, template):
+    shutil.copytree(template, tmp_path / "repo" / "demo")
+    (tmp_path / "repo" / "demo" / ".gitignore").unlink()
+    _git(tmp_path / "repo", "init", "-q")
+    subjects = {
+        f.subject
+        for f in run(tmp_path / "repo" / "demo").findings
+        if f.code == "private-key-not-ignored"
+    }
+    assert subjects == {"secrets/signing-key.pem", "secrets/audit-digest.key"}
+
+
+@pytest.mark.parametrize(
+    ("ignore_file", "rules"),
+    [
+        (".dockerignore", "secrets/\n!./secrets/signing-key.pem\n"),
+        (".dockerignore", "secrets/\n! secrets/signing-key.pem\n"),
+        (".dockerignore", "secrets/\n!/secrets//signing-key.pem\n"),
+        ("Dockerfile.dockerignore", "secrets/audit-digest.key\n"),  # preferred by BuildKit
+    ],
+)
+def test_docker_reincludes_are_cleaned_like_docker_does(project, ignore_file, rules):
+    (project / "Dockerfile").write_text("FROM python:3.11-slim\n" + GOOD_FINAL, "utf-8")
+    (project / ".dockerignore").write_text(DOCKERIGNORE, "utf-8")
+    (project / ignore_file).write_text(rules, "utf-8")
+    [finding] = [f for f in run(project).findings if f.code == "private-key-in-image"]
+    assert finding.subject == "secrets/signing-key.pem"
+
+
+# --- the Dockerfile, read as the builder reads it ---------------------------------------------
+
+FINAL = "FROM python:3.11-slim\n"
+
+
+@pytest.mark.parametrize(
+    ("dockerfile", "code"),
+    [
+        (FINAL + 'USER 10001\nENTRYPOINT ["secureserve", "run", \\\n\n# x\n  "--dev"]\n', "dev"),
+        (FINAL + 'USER 10001\nENTRYPOINT\t["secureserve", "run", "--dev"]\n', "dev"),
+        (FINAL + "USER 10001\nENV MODE=--dev\nCMD secureserve run $MODE\n", "dev"),
+        ("FROM python:3.11-slim AS base\nCMD secureserve run --dev\nFROM base\nUSER 1\n", "dev"),
+        (FINAL + "USER 00\n", "root"),
+        ("ARG UID=0\n" + FINAL + "ARG UID\nUSER ${UID}\n", "root"),
+        (FINAL + 'USER "root"\n', "root"),
+        (FINAL + "RUN <<EOF\nUSER 10001\nEOF\n", "root"),
+        ("FROM python:3.11-slim AS base\nUSER 0\nFROM base\n", "root"),
+        (FINAL + "user 0:0\n", "root"),
+    ],
+)
+def test_dockerfile_tricks_are_seen_through(project, dockerfile, code):
+    (project / "Dockerfile").write_text(dockerfile, "utf-8")
+    (project / ".dockerignore").write_text(DOCKERIGNORE, "utf-8")
+    expected = {"dev": "docker-dev-mode", "root": "docker-root"}[code]
+    assert expected in codes(run(project), Severity.ERROR)
+
+
+def test_unresolved_user_and_disabled_healthcheck(project):
+    (project / "Dockerfile").write_text(FINAL + "USER $APP_UID\nHEALTHCHECK NONE\n", "utf-8")
+    report = run(project)
+    assert {"docker-user-name", "docker-unresolved"} <= codes(report, Severity.WARNING)
+    assert "docker-no-healthcheck" in codes(report, Severity.INFO)
+
+
+def test_containerfile_is_read_too(project):
+    (project / "Dockerfile").unlink(missing_ok=True)
+    (project / "Containerfile").write_text(FINAL + 'CMD ["secureserve", "run"]\n', "utf-8")
+    assert "docker-root" in codes(run(project), Severity.ERROR)
+
+
+def test_settings_set_by_the_dockerfile_are_checked(project):
+    (project / "Dockerfile").write_text(
+        FINAL
+        + "ENV SECURESERVE_LIMITS__PER_PRINCIPAL=off \\\n    SECURESERVE_LOGGING__LEVEL=debug\n"
+        + GOOD_FINAL,
+        "utf-8",
+    )
+    report = run(project)
+    subjects = {f.subject for f in report.findings if f.code in {"limit-off", "logging-debug"}}
+    assert subjects == {
+        "[limits] per_principal (as set by the Dockerfile ENV)",
+        "[logging] level (as set by the Dockerfile ENV)",
+    }
+
+
+def test_replicas_check_ignores_comments_and_reads_quoted_kinds(project):
+    k8s = project / "k8s"
+    shutil.rmtree(k8s, ignore_errors=True)
+    k8s.mkdir()
+    (k8s / "hpa.yaml").write_text(
+        'kind: "HorizontalPodAutoscaler"\n# set SECURESERVE_LIMITS__STORAGE here\n', "utf-8"
+    )
+    assert "limits-memory-replicas" in codes(run(project), Severity.ERROR)

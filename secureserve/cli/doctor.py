@@ -32,7 +32,7 @@ def _doctor(args: argparse.Namespace) -> int:
     config = args.config
     if config is not None and not config.is_absolute():
         config = Path.cwd() / config  # like every command: relative to the working directory
-    report = diagnose(args.path, config=config)
+    report = diagnose(args.path, config=config, debug=args.debug)
     if args.json:
         sys.stdout.buffer.write(report.to_json() + b"\n")
     else:

@@ -10,25 +10,34 @@ production (the command exits non-zero); ``warning`` is a protection switched of
 something to double-check; ``info`` is a note that needs no action in development.
 Files that are git-ignored in a checkout (the audit digest key, API key records) are
 usually mounted where the server runs, so their absence is a warning, not an error.
+
+A check that cannot finish (an unreadable file, say) is itself an error finding: the
+doctor never passes a project it could not examine. Everything printed is escaped, so
+a hostile file name cannot forge lines of the report or move the terminal's cursor.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import textwrap
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import Final
 
 import msgspec
 
 from secureserve.config import CONFIG_FILENAME, Settings, load_settings
 from secureserve.doctor import files, settings
-from secureserve.doctor.findings import Finding, Severity
+from secureserve.doctor.findings import Finding, Severity, error, warning
 from secureserve.errors import ConfigError
 
 __all__ = ["Finding", "Report", "Severity", "diagnose", "format_report"]
+
+#: Control characters (C0, DEL, C1) and lone surrogates from undecodable file names.
+_UNPRINTABLE: Final = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
 
 
 @dataclass(frozen=True)
@@ -51,10 +60,10 @@ class Report:
         """The report for machines: project, findings and a count per severity."""
         return msgspec.json.encode(
             {
-                "project": str(self.project),
+                "project": printable(str(self.project)),
                 "ok": self.ok,
                 "summary": {severity.value: self.count(severity) for severity in Severity},
-                "findings": self.findings,
+                "findings": [_printable_finding(f) for f in self.findings],
             }
         )
 
@@ -65,52 +74,129 @@ def diagnose(
     config: Path | None = None,
     environ: Mapping[str, str] | None = None,
     now: datetime | None = None,
+    debug: bool = False,
 ) -> Report:
     """Examine the project in ``project_dir`` (settings from ``config`` if given).
 
     ``environ`` (default: ``os.environ``) is the environment the settings are read
     with, as ``secureserve run`` would; ``now`` fixes the clock for certificate dates.
+    ``debug`` lets an unexpected exception in a check propagate instead of becoming a
+    ``doctor-check-failed`` finding. When the project's Dockerfile sets
+    ``SECURESERVE_*`` variables, the settings are checked a second time with them, as
+    the image will run.
     """
-    project_dir = project_dir.resolve()
+    project = Path(os.path.realpath(project_dir))
     env = dict(os.environ if environ is None else environ)
     found: list[Finding] = []
-    loaded: Settings | None = None
-    if config is None and not (project_dir / CONFIG_FILENAME).is_file():
+    if config is None and not (project / CONFIG_FILENAME).is_file():
         found.append(
-            Finding(
-                severity=Severity.WARNING,
-                code="config-missing",
-                subject=CONFIG_FILENAME,
-                message=f"there is no {CONFIG_FILENAME} in {project_dir}; every setting is "
-                "a default and no handler is named.",
-                fix="run the doctor in the project folder, pass --config, or create a "
-                "project with `secureserve new`.",
+            warning(
+                "config-missing",
+                CONFIG_FILENAME,
+                f"there is no {CONFIG_FILENAME} in {project}; every setting is a default and "
+                "no handler is named.",
+                "run the doctor in the project folder, pass --config, or create a project "
+                "with `secureserve new`.",
             )
         )
+    loaded = _load(project, config, env, found, subject=str(config or CONFIG_FILENAME))
+    if loaded is not None:
+        _run(
+            "settings",
+            found,
+            lambda: settings.check(loaded, config_file=config, now=now),
+            debug=debug,
+        )
+    _run("files", found, lambda: files.check(project, loaded), debug=debug)
+    _run("image", found, lambda: _image_findings(project, config, env, now, found), debug=debug)
+    return Report(project=project, findings=tuple(sorted(found, key=lambda f: f.rank)))
+
+
+def _load(
+    project: Path, config: Path | None, env: dict[str, str], found: list[Finding], *, subject: str
+) -> Settings | None:
     try:
-        loaded = load_settings(config, project_dir=project_dir, environ=env)
+        return load_settings(config, project_dir=project, environ=env)
     except ConfigError as exc:
         found.append(
-            Finding(
-                severity=Severity.ERROR,
-                code="config-invalid",
-                subject=str(config or CONFIG_FILENAME),
-                message=f"the settings do not load, so `secureserve run` stops: {exc}",
-                fix="fix the setting named above; the other checks need valid settings.",
+            error(
+                "config-invalid",
+                subject,
+                f"the settings do not load, so `secureserve run` stops: {exc}",
+                "fix the setting named above; the other settings checks need valid settings.",
             )
         )
+        return None
+
+
+def _image_findings(
+    project: Path,
+    config: Path | None,
+    env: dict[str, str],
+    now: datetime | None,
+    found: list[Finding],
+) -> Iterable[Finding]:
+    """Settings findings that appear only with the Dockerfile's ``SECURESERVE_*`` values."""
+    image_env = files.image_environment(project)
+    if not image_env:
+        return []
+    subject = "Dockerfile ENV"
+    extra: list[Finding] = []
+    loaded = _load(project, config, {**env, **image_env}, extra, subject=subject)
     if loaded is not None:
-        found.extend(settings.check(loaded, config_file=config, environ=env, now=now))
-    found.extend(files.check(project_dir, loaded))
-    ordered = sorted(found, key=lambda finding: finding.rank)
-    return Report(project=project_dir, findings=tuple(ordered))
+        extra.extend(settings.check(loaded, config_file=config, now=now))
+    seen = {(f.code, f.message) for f in found}
+    return [
+        msgspec.structs.replace(f, subject=f"{f.subject} (as set by the Dockerfile ENV)")
+        for f in extra
+        if (f.code, f.message) not in seen
+    ]
+
+
+def _run(
+    name: str,
+    found: list[Finding],
+    check: Callable[[], Iterable[Finding]],
+    *,
+    debug: bool,
+) -> None:
+    """Collect a group's findings; a group that fails becomes an error finding itself."""
+    try:
+        found.extend(check())
+    except Exception as exc:
+        if debug:
+            raise
+        found.append(
+            error(
+                "doctor-check-failed",
+                name,
+                f"the {name} checks could not finish ({type(exc).__name__}), so this part "
+                "of the project was not examined.",
+                "run `secureserve doctor --debug` for the traceback, fix what it names, "
+                "and run the doctor again.",
+            )
+        )
+
+
+def printable(text: str) -> str:
+    """``text`` with control characters and undecodable bytes shown as escapes."""
+    return _UNPRINTABLE.sub(lambda m: f"\\x{ord(m.group()) & 0xFF:02x}", text)
+
+
+def _printable_finding(finding: Finding) -> Finding:
+    return msgspec.structs.replace(
+        finding,
+        subject=printable(finding.subject),
+        message=printable(finding.message),
+        fix=printable(finding.fix),
+    )
 
 
 def format_report(report: Report, *, width: int = 100) -> str:
     """The report for people: one block per finding and a summary line."""
-    lines = [f"secureserve doctor: {report.project}"]
+    lines = [f"secureserve doctor: {printable(str(report.project))}"]
     indent = " " * 9
-    for finding in report.findings:
+    for finding in map(_printable_finding, report.findings):
         lines.append(f"{finding.severity.value.upper():<8} {finding.code}: {finding.subject}")
         for text in (finding.message, f"fix: {finding.fix}"):
             lines.extend(

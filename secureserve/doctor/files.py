@@ -1,293 +1,284 @@
-"""Doctor checks on the project's files: private keys, Dockerfile, Kubernetes manifests.
+"""Doctor checks on the project's files: keys and secrets, Dockerfile, Kubernetes manifests.
 
-Private keys are found by content (a PEM ``PRIVATE KEY`` block) and by the settings
-that name key files. One that sits in the model folder, in the Docker build context,
-or outside ``.gitignore`` is an error: it would be shipped, baked into an image, or
-committed. Ignore files are read with the common subset of their syntax (``*``,
-``**``, ``?``, a leading ``/``, a trailing ``/``, ``!`` to re-include; no character
-classes or escapes); a pattern outside that subset may be judged differently than git
-or Docker would.
+The project folder is walked once, without following symbolic links, reading at
+most the first 64 KiB of each regular file (a bounded number of files). A file is a
+private key when it holds a PEM ``PRIVATE KEY`` block, is named ``*.key``, or is a key
+file the settings name. One that sits in the model folder, in the Docker build
+context, or where git would commit it is an error: it would be shipped, baked into an
+image, or pushed. API keys (``ss_<id>_<secret>``) and model encryption keys written
+into files are errors too: a secret in a file is a secret that gets copied.
 """
 
 from __future__ import annotations
 
-import functools
 import os
 import re
+import shlex
 import stat
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
 from secureserve.config import Settings
+from secureserve.doctor._read import read_text
+from secureserve.doctor.dockerfile import Image, parse_dockerfile, read_dockerfile
 from secureserve.doctor.findings import Finding, error, info, warning
+from secureserve.doctor.ignorefiles import docker_excluded, git_view
 
-__all__ = ["check", "ignored"]
+__all__ = ["check", "image_environment"]
 
-#: Folders never searched for keys: environments, caches and version control.
+#: Folders never searched: environments, caches and version control.
 _SKIPPED_DIRS: Final = frozenset(
     {".git", ".venv", "venv", "node_modules", "__pycache__", ".tox", ".nox"}
-    | {".mypy_cache", ".pytest_cache", ".ruff_cache", "build", "dist"}
+    | {".mypy_cache", ".pytest_cache", ".ruff_cache"}
 )
-#: At most this many files are read while looking for keys (a project, not a disk).
+#: At most this many files are looked at (a project, not a disk).
 _MAX_FILES: Final = 20_000
-_MAX_KEY_FILE_BYTES: Final = 64 * 1024
+_HEAD_BYTES: Final = 64 * 1024
 _PEM_PRIVATE: Final = re.compile(rb"-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY-----")
-_ROOT_USERS: Final = frozenset({"root", "0"})
+_API_KEY: Final = re.compile(rb"ss_([0-9a-f]{12})_[A-Za-z0-9_-]{43}(?![A-Za-z0-9_-])")
+_ENCRYPTION_KEY: Final = re.compile(
+    rb"SECURESERVE_MODEL__ENCRYPTION_KEY[\"']?\s*[=:]\s*[\"']?[A-Za-z0-9+/]{43}="
+)
 _LIMITS_STORAGE_ENV: Final = "SECURESERVE_LIMITS__STORAGE"
+
+
+@dataclass
+class _Scan:
+    keys: list[Path] = field(default_factory=list)
+    #: (file, line number, what) for each secret written in a file.
+    secrets: list[tuple[Path, int, str]] = field(default_factory=list)
+    truncated: bool = False
 
 
 def check(project: Path, settings: Settings | None) -> Iterator[Finding]:
     """File findings for ``project``; ``settings`` is None when they did not load."""
-    keys = _private_keys(project, settings)
-    yield from _check_key_exposure(project, settings, keys)
-    dockerfile = project / "Dockerfile"
-    if dockerfile.is_file():
-        yield from _check_dockerfile(dockerfile)
+    scan = _scan(project, settings)
+    if scan.truncated:
+        yield warning(
+            "doctor-scan-truncated",
+            str(project),
+            f"the project holds more than {_MAX_FILES} files; only the first were searched "
+            "for keys and secrets.",
+            "run the doctor on the folder that is deployed, without data or environments.",
+        )
+    dockerfile = read_dockerfile(project)
+    yield from _check_keys(project, settings, scan.keys, dockerfile)
+    yield from _check_secrets(project, scan.secrets)
+    if dockerfile is not None:
+        yield from _check_image(dockerfile[0].name, parse_dockerfile(dockerfile[1]))
     if settings is not None and settings.limits.storage.startswith("memory://"):
         yield from _check_replicas(project)
 
 
-def ignored(relative: str, patterns: list[str], *, anchored: bool) -> bool:
-    """Whether ``relative`` (a POSIX path) is excluded by ``patterns``, in file order.
-
-    ``anchored`` gives Docker's rule (every pattern is matched from the root); git
-    matches a pattern without a slash against the name at any depth. A path is also
-    excluded when one of its parent folders is.
-    """
-    parts = relative.split("/")
-    excluded = False
-    for line in patterns:
-        negate = line.startswith("!")
-        pattern = line[1:] if negate else line
-        folder_only = pattern.endswith("/")
-        pattern = pattern.strip("/") if anchored else pattern.rstrip("/")
-        rooted = anchored or "/" in pattern
-        pattern = pattern.lstrip("/")
-        if pattern and _matches(parts, pattern, rooted=rooted, folder_only=folder_only):
-            excluded = not negate
-    return excluded
+def image_environment(project: Path) -> dict[str, str]:
+    """The ``SECURESERVE_*`` variables the project's Dockerfile sets in its final image."""
+    dockerfile = read_dockerfile(project)
+    if dockerfile is None:
+        return {}
+    env = parse_dockerfile(dockerfile[1]).env
+    return {key: value for key, value in env.items() if key.startswith("SECURESERVE_")}
 
 
-def _matches(parts: list[str], pattern: str, *, rooted: bool, folder_only: bool) -> bool:
-    """Whether ``pattern`` matches the path or one of its parent folders."""
-    regex = _glob(pattern)
-    last = len(parts) - 1 if folder_only else len(parts)
-    for end in range(1, last + 1):
-        candidate = "/".join(parts[:end]) if rooted else parts[end - 1]
-        if regex.fullmatch(candidate):
-            return True
-    return False
+# --- the walk -------------------------------------------------------------------------
 
 
-@functools.cache
-def _glob(pattern: str) -> re.Pattern[str]:
-    """``*`` and ``?`` stay within one path component; ``**/`` spans any number of them."""
-    out: list[str] = []
-    i = 0
-    while i < len(pattern):
-        if pattern.startswith("**/", i):
-            out.append("(?:.*/)?")
-            i += 3
-        elif pattern.startswith("**", i):
-            out.append(".*")
-            i += 2
-        elif pattern[i] == "*":
-            out.append("[^/]*")
-            i += 1
-        elif pattern[i] == "?":
-            out.append("[^/]")
-            i += 1
-        else:
-            out.append(re.escape(pattern[i]))
-            i += 1
-    return re.compile("".join(out))
-
-
-def _read_patterns(path: Path) -> list[str] | None:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError):
-        return None
-    lines = (line.strip() for line in text.splitlines())
-    return [line for line in lines if line and not line.startswith("#")]
-
-
-def _private_keys(project: Path, settings: Settings | None) -> list[Path]:
-    """Files in the project that hold private keys, by content or by setting."""
-    named: set[Path] = set()
-    if settings is not None:
-        for path in (
-            settings.audit.digest_key_file,
-            settings.model.encryption_key_file,
-            settings.tls.key,
-        ):
-            if path is not None and path.is_file() and path.resolve().is_relative_to(project):
-                named.add(path.resolve())
-    found: list[Path] = []
+def _scan(project: Path, settings: Settings | None) -> _Scan:
+    named = _named_key_files(project, settings)
+    scan = _Scan()
     seen = 0
     for root, dirs, files in os.walk(project):
         dirs[:] = sorted(d for d in dirs if d not in _SKIPPED_DIRS)
         for name in sorted(files):
             seen += 1
             if seen > _MAX_FILES:
-                return sorted(set(found) | named)
+                scan.truncated = True
+                return scan
             path = Path(root) / name
-            if path.resolve() in named or _holds_private_key(path):
-                found.append(path.resolve())
-    return sorted(set(found) | named)
+            head = _head(path)
+            if head is None:
+                continue
+            if name.endswith(".key") or path in named or _PEM_PRIVATE.search(head):
+                scan.keys.append(path)
+                continue
+            for match in _API_KEY.finditer(head):
+                line = head.count(b"\n", 0, match.start()) + 1
+                scan.secrets.append((path, line, f"API key ss_{match.group(1).decode()}_..."))
+            for match in _ENCRYPTION_KEY.finditer(head):
+                line = head.count(b"\n", 0, match.start()) + 1
+                scan.secrets.append((path, line, "model encryption key"))
+    return scan
 
 
-def _holds_private_key(path: Path) -> bool:
+def _named_key_files(project: Path, settings: Settings | None) -> set[Path]:
+    if settings is None:
+        return set()
+    named = (settings.audit.digest_key_file, settings.model.encryption_key_file, settings.tls.key)
+    root = os.path.realpath(project)
+    return {
+        Path(project, os.path.relpath(os.path.realpath(p), root))
+        for p in named
+        if p is not None and os.path.realpath(p).startswith(root + os.sep)
+    }
+
+
+def _head(path: Path) -> bytes | None:
+    """The first bytes of a regular file (never a link, FIFO or device)."""
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOFOLLOW", 0)
     try:
-        info_ = path.lstat()
-        if not stat.S_ISREG(info_.st_mode) or info_.st_size > _MAX_KEY_FILE_BYTES:
-            return False
-        return _PEM_PRIVATE.search(path.read_bytes()) is not None
+        fd = os.open(path, flags)
     except OSError:
-        return False
+        return None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        return os.read(fd, _HEAD_BYTES)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
 
 
-def _check_key_exposure(
-    project: Path, settings: Settings | None, keys: list[Path]
+# --- keys and secrets -------------------------------------------------------------------
+
+
+def _check_keys(
+    project: Path,
+    settings: Settings | None,
+    keys: list[Path],
+    dockerfile: tuple[Path, str] | None,
 ) -> Iterator[Finding]:
-    model_dir = settings.model.dir.resolve() if settings is not None else None
-    gitignore = _read_patterns(project / ".gitignore")
-    dockerignore = _read_patterns(project / ".dockerignore")
-    has_dockerfile = (project / "Dockerfile").is_file()
-    for key in keys:
-        relative = key.relative_to(project).as_posix()
-        mode = stat.S_IMODE(key.stat().st_mode)
-        if mode & 0o004 or mode & 0o022:
+    relatives = [key.relative_to(project).as_posix() for key in keys]
+    git = git_view(project, relatives)
+    image = dockerfile[0].name if dockerfile is not None else ""
+    excluded = docker_excluded(project, relatives, image) if image else None
+    model_dir = os.path.realpath(settings.model.dir) + os.sep if settings is not None else None
+    for key, relative in zip(keys, relatives, strict=True):
+        quoted = shlex.quote(relative)
+        mode = stat.S_IMODE(key.lstat().st_mode)
+        if mode & 0o026:
             yield error(
                 "private-key-permissions",
                 relative,
-                f"this private key can be read or written by other users (mode {mode:04o}).",
-                f"restrict it with `chmod 600 {relative}`.",
+                f"this key can be read by every user or written by others (mode {mode:04o}).",
+                f"restrict it with `chmod 600 {quoted}`.",
             )
-        if model_dir is not None and key.is_relative_to(model_dir):
+        if model_dir is not None and os.path.realpath(key).startswith(model_dir):
             yield error(
                 "private-key-in-model-dir",
                 relative,
-                "a private key lies in the model folder, which is shipped with the model "
-                "and readable by the server.",
+                "a key lies in the model folder, which is shipped with the model and "
+                "readable by the server.",
                 "move it out of [model] dir (to secrets/) and lock the folder again.",
             )
-        if has_dockerfile and not ignored(relative, dockerignore or [], anchored=True):
+        if excluded is not None and relative not in excluded:
             yield error(
                 "private-key-in-image",
                 relative,
-                "a private key is part of the Docker build context: a `COPY` can bake it "
-                "into the image, where anyone who pulls the image can read it.",
-                f"add `{relative}` (or its folder, e.g. `secrets/`) to .dockerignore and "
-                "mount it at run time instead.",
+                f"a key is part of the build context of the {image}: a `COPY` can bake it "
+                "into the image, where whoever pulls the image can read it.",
+                f"add {quoted} (or its folder, e.g. secrets/) to .dockerignore and mount "
+                "it at run time instead.",
             )
-        yield from _check_git(project, relative, gitignore)
-
-
-def _check_git(project: Path, relative: str, gitignore: list[str] | None) -> Iterator[Finding]:
-    if gitignore is not None:
-        if not ignored(relative, gitignore, anchored=False):
+        if git.known and relative not in git.ignored:
             yield error(
                 "private-key-not-ignored",
                 relative,
-                "a private key is not git-ignored and can be committed by accident.",
-                f"add `{relative}` (or its folder, e.g. `secrets/`) to .gitignore.",
+                "git would commit this key: it is tracked already, or no .gitignore rule "
+                "excludes it.",
+                f"add {quoted} (or its folder, e.g. secrets/) to .gitignore; if it is "
+                f"tracked, `git rm --cached {quoted}` and replace the key.",
             )
-    elif (project / ".git").exists():
+
+
+def _check_secrets(project: Path, secrets: list[tuple[Path, int, str]]) -> Iterator[Finding]:
+    for path, line, what in secrets:
         yield error(
-            "private-key-not-ignored",
-            relative,
-            "this repository has no .gitignore, so the private key can be committed.",
-            "add a .gitignore that lists secrets/ (`secureserve new` writes one).",
+            "secret-in-file",
+            f"{path.relative_to(project).as_posix()}:{line}",
+            f"a {what} is written here in plain text.",
+            "remove it, treat it as leaked (revoke an API key with `secureserve keys "
+            "revoke ID`, re-encrypt with a new encryption key), and pass secrets through "
+            "the environment or a secret store.",
         )
 
 
-def _instructions(dockerfile: Path) -> list[tuple[str, str]]:
-    """``(INSTRUCTION, arguments)`` pairs, with continuation lines joined."""
-    joined: list[str] = []
-    pending = ""
-    for raw in dockerfile.read_text(encoding="utf-8", errors="replace").splitlines():
-        line = raw.strip()
-        if not pending and (not line or line.startswith("#")):
-            continue
-        if line.endswith("\\"):
-            pending += line[:-1] + " "
-            continue
-        joined.append(pending + line)
-        pending = ""
-    if pending:
-        joined.append(pending)
-    result: list[tuple[str, str]] = []
-    for line in joined:
-        word, _, rest = line.partition(" ")
-        result.append((word.upper(), rest.strip()))
-    return result
+# --- Dockerfile -------------------------------------------------------------------------
 
 
-def _check_dockerfile(dockerfile: Path) -> Iterator[Finding]:
-    instructions = _instructions(dockerfile)
-    starts = [i for i, (word, _) in enumerate(instructions) if word == "FROM"]
-    final = instructions[starts[-1] :] if starts else instructions
-    users = [arguments for word, arguments in final if word == "USER"]
-    if not users:
+def _check_image(name: str, image: Image) -> Iterator[Finding]:
+    user = image.user
+    uid = (user or "").split(":", 1)[0].strip()
+    if user is None:
         yield error(
             "docker-root",
-            "Dockerfile",
-            "the final stage has no USER instruction, so the server runs as root.",
+            name,
+            "the final image has no USER instruction, so the server runs as root.",
             "add `USER 10001:10001` (a numeric, non-root user) before the ENTRYPOINT.",
         )
-    else:
-        user = users[-1].split(":", 1)[0].strip()
-        if user in _ROOT_USERS:
-            yield error(
-                "docker-root",
-                "Dockerfile",
-                f"the final stage runs as {users[-1]!r}, which is root.",
-                "switch to a non-root user, e.g. `USER 10001:10001`.",
-            )
-        elif not user.isdigit():
-            yield warning(
-                "docker-user-name",
-                "Dockerfile",
-                f"USER {users[-1]} is a name: Kubernetes' runAsNonRoot can only verify a "
-                "numeric user, and a name can map to uid 0.",
-                "use a numeric uid and gid, e.g. `USER 10001:10001`.",
-            )
-    runs = " ".join(arguments for word, arguments in final if word in {"CMD", "ENTRYPOINT"})
-    if "--dev" in runs:
+    elif uid == "root" or (uid.isdigit() and int(uid) == 0):
+        yield error(
+            "docker-root",
+            name,
+            f"the final image runs as {user!r}, which is root.",
+            "switch to a non-root user, e.g. `USER 10001:10001`.",
+        )
+    elif not uid.isdigit():
+        yield warning(
+            "docker-user-name",
+            name,
+            f"USER {user} is not a numeric uid: Kubernetes' runAsNonRoot can only verify a "
+            "number, and a name (or an unresolved variable) can map to uid 0.",
+            "use a numeric uid and gid, e.g. `USER 10001:10001`.",
+        )
+    if "--dev" in image.command or any(w.endswith(" --dev") for w in image.command):
         yield error(
             "docker-dev-mode",
-            "Dockerfile",
+            name,
             "the image starts `secureserve run --dev`: a development certificate, a fresh "
             "key printed to the log, and 127.0.0.1 only.",
             "start `secureserve run` and mount the certificate and keys.",
         )
-    if not any(word == "HEALTHCHECK" for word, _ in final):
+    elif image.unresolved:
+        yield warning(
+            "docker-unresolved",
+            name,
+            "the user or start command uses variables set only at build or run time: "
+            f"{', '.join(sorted(image.unresolved))}; the doctor cannot tell what they hold.",
+            "write the user and command literally in the final stage.",
+        )
+    if not image.healthcheck:
         yield info(
             "docker-no-healthcheck",
-            "Dockerfile",
+            name,
             "the image has no HEALTHCHECK, so plain Docker cannot tell a hung server.",
             "add one that requests https://127.0.0.1:8443/healthz (the generated "
             "Dockerfile has one).",
         )
 
 
+# --- Kubernetes -------------------------------------------------------------------------
+
+
 def _check_replicas(project: Path) -> Iterator[Finding]:
     """Kubernetes manifests that run several replicas while limits are counted in memory."""
     folder = project / "k8s"
-    if not folder.is_dir():
+    if not folder.is_dir() or folder.is_symlink():
         return
-    texts = [p.read_text("utf-8", errors="replace") for p in sorted(folder.glob("*.y*ml"))]
-    manifests = "\n".join(texts)
-    counts = re.findall(r"^\s*replicas:\s*(\d+)", manifests, re.MULTILINE)
-    replicated = "kind: HorizontalPodAutoscaler" in manifests or any(int(n) > 1 for n in counts)
-    if replicated and _LIMITS_STORAGE_ENV not in manifests:
+    texts = [read_text(p) or "" for p in sorted(folder.glob("*.y*ml"))[:100]]
+    lines = [line.split(" #", 1)[0] for text in texts for line in text.splitlines()]
+    manifests = "\n".join(line for line in lines if not line.lstrip().startswith("#"))
+    quote = "[\"']?"
+    autoscaled = re.search(rf"kind:\s*{quote}HorizontalPodAutoscaler\b", manifests)
+    counts = re.findall(rf"^\s*replicas:\s*{quote}(\d+)", manifests, re.MULTILINE)
+    shared = re.search(rf"name:\s*{quote}{_LIMITS_STORAGE_ENV}\b", manifests)
+    if (autoscaled or any(int(n) > 1 for n in counts)) and not shared:
         yield error(
             "limits-memory-replicas",
             "k8s/",
             "the manifests run several replicas, but [limits] storage is memory:// and no "
-            f"manifest sets {_LIMITS_STORAGE_ENV}: each replica counts alone, so every "
+            f"container sets {_LIMITS_STORAGE_ENV}: each replica counts alone, so every "
             "limit and quota is multiplied by the number of replicas.",
             f"set {_LIMITS_STORAGE_ENV} to a redis:// URL from a secretKeyRef (the "
             "generated Deployment does).",

@@ -12,11 +12,11 @@ import ipaddress
 import os
 import stat
 import tomllib
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Final
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 from cryptography import x509
 
@@ -27,7 +27,7 @@ from secureserve.doctor.findings import Finding, error, info, warning
 from secureserve.encryption import load_key
 from secureserve.errors import ArtifactError, ConfigError
 from secureserve.keys import read_records
-from secureserve.lockfile import LOCK_FILENAME
+from secureserve.lockfile import LOCK_FILENAME, SIGNATURE_FILENAME
 from secureserve.release import model_files, verify_project
 from secureserve.tls import check_certificate_files
 from secureserve.tokens import JWTVerifier
@@ -42,13 +42,16 @@ LARGE_BODY_BYTES: Final = 64 * 1024 * 1024
 LARGE_LEEWAY_S: Final = 60
 #: Trusted proxy networks wider than these let many hosts set the client address.
 _WIDE_PREFIX: Final = {4: 16, 6: 48}
+#: How many file names a finding lists before "and N more".
+_SAMPLE: Final = 10
+#: Model files checked for write permission (a model folder, not a disk).
+_MAX_CHECKED_FILES: Final = 10_000
 
 
 def check(
     settings: Settings,
     *,
     config_file: Path | None,
-    environ: Mapping[str, str],
     now: datetime | None,
 ) -> Iterator[Finding]:
     """Every settings finding for ``settings``, section by section."""
@@ -56,7 +59,8 @@ def check(
     yield from _check_auth(settings, utc(now))
     yield from _check_limits(settings, config_file)
     yield from _check_audit(settings)
-    yield from _check_model(settings, environ)
+    yield from _check_model(settings)
+    yield from _check_writable(settings, config_file)
     yield from _check_server(settings)
     if settings.logging.level == "debug":
         yield warning(
@@ -201,7 +205,7 @@ def _check_limits(settings: Settings, config_file: Path | None) -> Iterator[Find
             'set on_storage_error = "refuse" (the default).',
         )
     written = _raw_setting(settings, config_file, "limits", "storage")
-    if isinstance(written, str) and urlsplit(written).password:
+    if isinstance(written, str) and _has_password(written):
         yield error(
             "secret-in-config",
             "[limits] storage",
@@ -248,12 +252,12 @@ def _check_audit(settings: Settings) -> Iterator[Finding]:
             yield error("key-file-invalid", "[audit] digest_key_file", str(exc), _FIX_SEE_MESSAGE)
 
 
-def _check_model(settings: Settings, environ: Mapping[str, str]) -> Iterator[Finding]:
+def _check_model(settings: Settings) -> Iterator[Finding]:
     model = settings.model
     if model.encryption_key_file is not None:
         if model.encryption_key_file.exists():
             try:
-                load_key(key_file=model.encryption_key_file, environ=environ)
+                load_key(key_file=model.encryption_key_file)
             except ConfigError as exc:
                 yield error(
                     "key-file-invalid", "[model] encryption_key_file", str(exc), _FIX_SEE_MESSAGE
@@ -312,41 +316,71 @@ def _check_artifacts(settings: Settings) -> Iterator[Finding]:
     for problem in report.problems:
         yield error("model-verify-failed", LOCK_FILENAME, problem, _FIX_RELOCK)
     if report.unlisted:
+        sample = ", ".join(report.unlisted[:_SAMPLE])
+        more = (
+            f" and {len(report.unlisted) - _SAMPLE} more" if len(report.unlisted) > _SAMPLE else ""
+        )
         yield warning(
             "model-unlisted",
             subject,
-            f"not in {LOCK_FILENAME}, so never loaded: {', '.join(report.unlisted)}.",
+            f"not in {LOCK_FILENAME}, so never loaded: {sample}{more}.",
             "remove them, or lock and sign again if they belong to the model.",
         )
-    yield from _check_writable(settings, names)
 
 
-def _check_writable(settings: Settings, names: list[str]) -> Iterator[Finding]:
-    """Model files, lock, signature and public key must not be writable by the server."""
-    paths = [settings.model.dir, *(settings.model.dir / name for name in names)]
-    paths.append(settings.project_dir / LOCK_FILENAME)
-    if settings.model.signing_public_key is not None:
-        paths.append(settings.model.signing_public_key)
-    shared = [p for p in paths if p.exists() and stat.S_IMODE(p.stat().st_mode) & 0o022]
+def _check_writable(settings: Settings, config_file: Path | None) -> Iterator[Finding]:
+    """What the server runs and trusts must not be writable by other users, or by it."""
+    paths = _served_paths(settings, config_file)
+    shared: list[Path] = []
+    writable = False
+    for path in paths:
+        try:
+            mode = stat.S_IMODE(path.lstat().st_mode)
+        except OSError:
+            continue
+        if mode & 0o022 and not path.is_symlink():
+            shared.append(path)
+        writable = writable or os.access(path, os.W_OK, follow_symlinks=False)
     if shared:
+        sample = ", ".join(str(p) for p in shared[:_SAMPLE])
+        more = f" and {len(shared) - _SAMPLE} more" if len(shared) > _SAMPLE else ""
         yield error(
-            "model-files-shared-writable",
-            f"[model] dir {settings.model.dir}",
-            "writable by other users: "
-            + ", ".join(str(p) for p in shared[:5])
-            + (" ..." if len(shared) > 5 else "")  # noqa: PLR2004 - a short sample
-            + "; any of them can replace the model or its lock.",
+            "files-shared-writable",
+            str(settings.project_dir),
+            f"writable by other users: {sample}{more}. Whoever can write the handler, the "
+            "settings, the model files, the lock or the keys that check it controls what "
+            "is served.",
             "remove group and other write permission (`chmod go-w`).",
         )
-    elif any(os.access(p, os.W_OK) for p in paths if p.exists()):
+    elif writable:
         yield info(
-            "model-files-writable",
-            f"[model] dir {settings.model.dir}",
-            f"the model files are writable by this user (uid {os.getuid()}); if the "
-            "server runs as this user, a compromised server can change what it serves.",
+            "files-writable",
+            str(settings.project_dir),
+            f"the handler, settings and model files are writable by this user (uid "
+            f"{os.getuid()}); if the server runs as this user, a compromised server can "
+            "change what it serves.",
             "in production let another user own them (the generated Dockerfile copies "
             "them as root and runs the server as uid 10001).",
         )
+
+
+def _served_paths(settings: Settings, config_file: Path | None) -> list[Path]:
+    """The project folder, handler module, settings, lock, signature, public key, models."""
+    project = settings.project_dir
+    paths = [project, project / LOCK_FILENAME, project / SIGNATURE_FILENAME]
+    paths.append(config_file if config_file is not None else project / CONFIG_FILENAME)
+    if settings.model.handler:
+        module = settings.model.handler.partition(":")[0].replace(".", "/")
+        paths += [project / f"{module}.py", project / module / "__init__.py"]
+    if settings.model.signing_public_key is not None:
+        paths.append(settings.model.signing_public_key)
+    paths.append(settings.model.dir)
+    try:
+        names = model_files(settings.model.dir)
+    except ConfigError:
+        names = []
+    paths.extend(settings.model.dir / name for name in names[:_MAX_CHECKED_FILES])
+    return paths
 
 
 def _check_server(settings: Settings) -> Iterator[Finding]:
@@ -368,6 +402,16 @@ def _check_server(settings: Settings) -> Iterator[Finding]:
                 "which the per-address limit on failed logins relies on.",
                 "list only your load balancers' addresses.",
             )
+
+
+def _has_password(url: str) -> bool:
+    """Whether a storage URL carries a password, in its user part or its query."""
+    try:
+        parts = urlsplit(url)
+        in_userinfo = bool(parts.password)
+    except ValueError:  # malformed: judge by the text alone
+        return "@" in url or "password" in url.lower()
+    return in_userinfo or any(key.lower() == "password" for key in parse_qs(parts.query))
 
 
 def _raw_setting(settings: Settings, config_file: Path | None, section: str, key: str) -> object:
