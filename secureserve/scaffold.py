@@ -13,7 +13,10 @@ or ``model.safetensors``, the same weights either way) and its labels, an audit
 digest key, an Ed25519 signing key pair, ``secureserve.lock`` and its signature.
 
 Everything is built in a hidden folder beside the target and renamed into place at
-the end, so a failure leaves nothing behind.
+the end, so a failure leaves nothing behind. Before the rename every file and folder is
+given a fixed mode, whatever the umask: files 0644 and folders 0755, except
+``secrets/`` (0700) and the files in it (0600). A group-writable model file, lock or
+public key would let another user swap the model.
 """
 
 from __future__ import annotations
@@ -98,6 +101,12 @@ _COMMON: Final = "common"
 #: easy to lose in packaging).
 _RENAMES: Final = {"gitignore": ".gitignore", "dockerignore": ".dockerignore", "github": ".github"}
 _SKIPPED: Final = frozenset({"__pycache__", ".pytest_cache", ".ruff_cache", ".mypy_cache"})
+#: The folder of private keys, and the modes of what ``new`` creates, in it and elsewhere.
+_SECRETS: Final = "secrets"
+_SECRET_DIR_MODE: Final = 0o700
+_SECRET_FILE_MODE: Final = 0o600
+_DIR_MODE: Final = 0o755
+_FILE_MODE: Final = 0o644
 
 # The generated model: softmax(x @ W + b), two features -> two classes. Class 1
 # ("second") wins exactly when the second feature is larger than the first. Every
@@ -196,19 +205,29 @@ def create_project(name: str, *, parent: Path, template: str = TEMPLATES[0]) -> 
         for layer in (source.parent / _COMMON, source):
             _render(layer, staging, tokens)
         models = staging / "models"
-        models.mkdir(mode=0o755)
+        models.mkdir()
         _MODEL_WRITERS[template](models)
         (models / "labels.json").write_text(json.dumps(list(_LABELS)) + "\n", encoding="utf-8")
         key_id = _secure(staging)
         files = tuple(
             sorted(p.relative_to(staging).as_posix() for p in staging.rglob("*") if p.is_file())
         )
-        staging.chmod(0o755)  # mkdtemp made it 0700; secrets/ itself stays 0700
+        _set_modes(staging)  # mkdtemp made it 0700; the umask chose the rest
         _move_into_place(staging, target)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return Project(path=target, files=files, key_id=key_id)
+
+
+def _set_modes(project: Path) -> None:
+    """Give every folder and file under ``project`` its fixed mode, whatever the umask."""
+    for root, _, files in os.walk(project):
+        folder = Path(root)
+        secret = folder.relative_to(project).parts[:1] == (_SECRETS,)
+        folder.chmod(_SECRET_DIR_MODE if secret else _DIR_MODE)
+        for file in files:
+            (folder / file).chmod(_SECRET_FILE_MODE if secret else _FILE_MODE)
 
 
 def _move_into_place(staging: Path, target: Path) -> None:
@@ -247,10 +266,9 @@ def _render(source: Path, destination: Path, replacements: dict[str, str]) -> No
             out = destination / replace(name)
             if out.exists():  # pragma: no cover - a broken installation
                 raise ConfigError(f"two template layers both write {name}; reinstall secureserve.")
-            out.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+            out.parent.mkdir(parents=True, exist_ok=True)
             content = (Path(root) / file).read_text(encoding="utf-8")
             out.write_text(replace(content), encoding="utf-8", newline="\n")
-            out.chmod(0o644)
 
 
 def _write_onnx_model(models: Path) -> None:
@@ -303,8 +321,8 @@ _MODEL_WRITERS: Final[dict[str, Callable[[Path], None]]] = {
 
 def _secure(project: Path) -> str:
     """Create the audit and signing keys, lock and sign the model folder; return the key id."""
-    secrets = project / "secrets"
-    secrets.mkdir(mode=0o700)
+    secrets = project / _SECRETS
+    secrets.mkdir(mode=_SECRET_DIR_MODE)  # owner-only before any key is written
     generate_digest_key(secrets / "audit-digest.key")
     private_key = secrets / "signing-key.pem"
     key_id = generate_signing_key(private_key, project / "signing-key.pub.pem")

@@ -15,6 +15,7 @@ import pytest
 from secureserve import scaffold
 from secureserve.cli import main
 from secureserve.config import load_settings
+from secureserve.doctor import Severity, diagnose
 from secureserve.errors import ConfigError
 from secureserve.formats import Format, detect_format
 from secureserve.lockfile import read_lock
@@ -42,6 +43,8 @@ MODEL_FILES = {
     "onnx": ("models/model.onnx", Format.ONNX),
     "safetensors": ("models/model.safetensors", Format.SAFETENSORS),
 }
+#: The mode of everything `new` creates, by (inside secrets/, is a folder).
+MODES = {(False, False): 0o644, (False, True): 0o755, (True, False): 0o600, (True, True): 0o700}
 #: How each template's app.py opens its model.
 LOADER_CALLS = {
     "onnx": 'artifacts.onnx("model.onnx")',
@@ -140,8 +143,35 @@ def test_new_private_keys_are_private(project):
     assert stat.S_IMODE((project / "secrets").stat().st_mode) == 0o700
     for name in ("signing-key.pem", "audit-digest.key"):
         assert stat.S_IMODE((project / "secrets" / name).stat().st_mode) == 0o600
-    ignored = (project / ".gitignore").read_text().splitlines()
-    assert {"secrets/", ".secureserve/", "audit/", "__pycache__/", ".venv/"} <= set(ignored)
+    ignored = set((project / ".gitignore").read_text().splitlines())
+    assert {"secrets/", ".secureserve/", "audit/", "*.key", "run/"} <= ignored
+    assert {"__pycache__/", ".venv/"} <= ignored
+
+
+@pytest.mark.parametrize("template", TEMPLATES)
+def test_new_modes_ignore_the_umask(template, tmp_path):
+    """Under umask 002 files are 0644 and folders 0755 (secrets/ 0700, its files 0600).
+
+    A group-writable model file, lock or public key would let another user swap the
+    model: the doctor must find no error in a project made under a permissive umask.
+    """
+    previous = os.umask(0o002)
+    try:
+        project = create_project("demo", parent=tmp_path, template=template).path
+    finally:
+        os.umask(previous)
+    modes = {
+        path.relative_to(project).as_posix(): stat.S_IMODE(path.lstat().st_mode)
+        for path in (project, *project.rglob("*"))
+    }
+    secret = {name for name in modes if name == "secrets" or name.startswith("secrets/")}
+    assert secret == {"secrets", "secrets/audit-digest.key", "secrets/signing-key.pem"}
+    for name, mode in modes.items():
+        expected = MODES[name in secret, (project / name).is_dir()]
+        assert mode == expected, f"{name}: {oct(mode)}"
+    report = diagnose(project, environ={})
+    errors = [f.code for f in report.findings if f.severity is Severity.ERROR]
+    assert errors == []
 
 
 def test_new_model_is_deterministic(template, project, tmp_path):

@@ -7,8 +7,11 @@ properties on the parsed YAML, the Dockerfile against its build context.
 """
 
 import json
+import os
 import re
 import shlex
+import shutil
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +53,8 @@ LABEL_VALUE = re.compile(r"[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?")
 PINNED_ACTION = re.compile(r"[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+@[0-9a-f]{40}")
 #: What `secureserve run` waits for at most on SIGTERM with the default timeouts.
 DRAIN_S = 21
+#: A host folder mounted by the Dockerfile's `docker run` example: -v "$PWD/SOURCE:TARGET".
+DOCKER_RUN_MOUNT = re.compile(r'-v "\$PWD/([^:"]+):([^:"]+)(?::ro)?"')
 
 
 @pytest.fixture(scope="module")
@@ -207,8 +212,20 @@ def test_k8s_rollout_and_shutdown_give_time_to_drain(k8s):
     server = _container(pod, "server")
     sleep = server["lifecycle"]["preStop"]["exec"]["command"]
     assert sleep[0] == "sleep"
-    assert int(sleep[1]) > server["readinessProbe"]["periodSeconds"]
+    readiness = server["readinessProbe"]
+    assert int(sleep[1]) > readiness["periodSeconds"] * readiness["failureThreshold"]
     assert pod["terminationGracePeriodSeconds"] >= int(sleep[1]) + DRAIN_S
+
+
+def test_k8s_readiness_tolerates_a_slow_answer(k8s):
+    """One late /readyz answer does not take a replica out: three misses in a row do.
+
+    With one miss allowed, a load spike slowing every replica past the probe's timeout
+    would empty the Service at once.
+    """
+    readiness = _container(_pod_specs(k8s)[DNS_NAME], "server")["readinessProbe"]
+    assert readiness["failureThreshold"] >= 3
+    assert readiness["timeoutSeconds"] < readiness["periodSeconds"]
 
 
 def test_k8s_holds_no_secret_values(k8s, project):
@@ -364,6 +381,22 @@ def test_k8s_redis_requires_a_password_and_keeps_nothing(k8s):
     assert args[args.index("--requirepass") + 1] == "$(REDIS_PASSWORD)"
     assert args[args.index("--save") + 1] == ""
     assert args[args.index("--appendonly") + 1] == "no"
+
+
+def test_k8s_redis_never_evicts_counters(k8s):
+    """When its memory is full Redis refuses writes (limits fail closed) and evicts nothing.
+
+    An eviction policy would drop rate-limit counters and let clients past their limits.
+    The memory cap stays below the container's limit, so Redis refuses before it is killed.
+    """
+    redis = _container(_pod_specs(k8s)[f"{DNS_NAME}-redis"], "redis")
+    args = redis["args"]
+    assert args[args.index("--maxmemory-policy") + 1] == "noeviction"
+    cap = re.fullmatch(r"(\d+)mb", args[args.index("--maxmemory") + 1])  # Redis: mb = MiB
+    limit = re.fullmatch(r"(\d+)Mi", redis["resources"]["limits"]["memory"])
+    assert cap
+    assert limit
+    assert int(cap[1]) < int(limit[1])
     assert redis["command"] == ["redis-server"]
     assert _pod_specs(k8s)[f"{DNS_NAME}-redis"]["securityContext"]["runAsUser"] == 999
 
@@ -506,6 +539,7 @@ def test_dockerignore_keeps_every_secret_out(project):
         "audit/audit.jsonl",
         "certs/server-key.pem",
         "tls.key",
+        "run/api-keys/api_keys.toml",
         ".git/config",
         ".venv/bin/python",
         "tests/test_app.py",
@@ -517,7 +551,95 @@ def test_dockerignore_keeps_every_secret_out(project):
         assert not _dockerignore_excludes(patterns, path), path
 
 
+def test_dockerfile_run_example_mounts_only_ignored_folders(project, tmp_path):
+    """The `docker run` example mounts secrets from secrets/ and the audit log from audit/.
+
+    Both are git-ignored, and secrets/ is also out of the build context, so following the
+    example can neither commit a key nor bake one into an image.
+    """
+    text = (project / "Dockerfile").read_text("utf-8")
+    mounts = dict(DOCKER_RUN_MOUNT.findall(text))
+    assert sorted(mounts.values()) == [
+        "/run/keys",
+        "/run/secrets/api-keys",
+        "/run/secrets/tls",
+        "/var/lib/secureserve/audit",
+    ]
+    secret_mounts = [source for source, target in mounts.items() if target.startswith("/run/")]
+    assert len(secret_mounts) == 3
+    for source in secret_mounts:
+        assert source.startswith("secrets/"), source
+    assert mounts.get("audit/docker") == "/var/lib/secureserve/audit"
+    inside = [f"{source}/file" for source in mounts]
+    assert _git_ignored(project, inside, tmp_path) == set(inside)
+    patterns = _dockerignore_patterns((project / ".dockerignore").read_text("utf-8"))
+    for path in inside:
+        assert _dockerignore_excludes(patterns, path), path
+
+
+def test_gitignore_keeps_every_secret_out_of_git(project, tmp_path):
+    """Git ignores secrets, private keys anywhere, run/ and audit logs; not the project."""
+    secrets = [
+        "secrets/signing-key.pem",
+        "secrets/audit-digest.key",
+        "secrets/tls/tls.key",
+        "secrets/api_keys.toml",
+        ".secureserve/ca-key.pem",
+        "audit/audit.jsonl",
+        "certs/server.key",
+        "tls.key",
+        "run/tls/tls.key",
+        "run/api-keys/api_keys.toml",
+        "app/__pycache__/app.cpython-311.pyc",
+    ]
+    kept = [
+        "app.py",
+        "secureserve.toml",
+        "secureserve.lock",
+        "secureserve.lock.sig",
+        "signing-key.pub.pem",
+        "models/model.onnx",
+        "models/labels.json",
+        "Dockerfile",
+        "k8s/deployment.yaml",
+    ]
+    assert _git_ignored(project, secrets + kept, tmp_path) == set(secrets)
+
+
 # --- helpers -------------------------------------------------------------------------
+
+
+def _git_ignored(project: Path, paths: list[str], tmp_path: Path) -> set[str]:
+    """Which ``paths`` git ignores in a repository holding the project's .gitignore alone.
+
+    No global, system or user ignore file takes part: only the project's own rules.
+    """
+    git = shutil.which("git")
+    if git is None:  # pragma: no cover - git is installed wherever the tests run
+        pytest.skip("git is not installed")
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    shutil.copyfile(project / ".gitignore", repo / ".gitignore")
+    env = {
+        **os.environ,
+        "GIT_CONFIG_GLOBAL": os.devnull,
+        "GIT_CONFIG_NOSYSTEM": "1",
+        "HOME": str(tmp_path),
+        "XDG_CONFIG_HOME": str(tmp_path),
+    }
+    subprocess.run([git, "init", "-q"], cwd=repo, env=env, check=True, timeout=30)
+    result = subprocess.run(
+        [git, "-c", "core.excludesFile=", "check-ignore", "--no-index", "--stdin"],
+        cwd=repo,
+        env=env,
+        input="\n".join(paths) + "\n",
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode in {0, 1}, result.stderr  # 1: nothing is ignored
+    return set(result.stdout.splitlines())
 
 
 def _load_k8s(project: Path) -> list[dict[str, Any]]:
