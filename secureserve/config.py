@@ -256,6 +256,8 @@ def _read_toml(path: Path) -> dict[str, dict[str, Any]]:
         raise ConfigError(f"{path}: does not exist; check --config.") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: not valid TOML ({exc}); fix the syntax.") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: nested too deeply to be settings; fix the file.") from None
     for section, body in data.items():
         if not isinstance(body, dict):
             raise ConfigError(

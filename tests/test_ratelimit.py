@@ -608,4 +608,3 @@ def test_auth_blocked_spares_the_store_for_addresses_without_failures(monkeypatc
         assert calls == ["198.51.100.9"]
 
     run(scenario)
-

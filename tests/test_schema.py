@@ -47,8 +47,10 @@ def test_decode_request_returns_typed_instances(schema):
         (b"", 400, None),
         (b'{"instances": []}', 422, "$.instances: length must be >= 1"),
         (
-            (b'{"instances": [{"features": [1,2,3,4]}, {"features": [1,2,3,4]},'
-            b' {"features": [1,2,3,4]}]}'),
+            (
+                b'{"instances": [{"features": [1,2,3,4]}, {"features": [1,2,3,4]},'
+                b' {"features": [1,2,3,4]}]}'
+            ),
             422,
             "$.instances: length must be <= 2",
         ),

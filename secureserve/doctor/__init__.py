@@ -36,8 +36,11 @@ from secureserve.errors import ConfigError
 
 __all__ = ["Finding", "Report", "Severity", "diagnose", "format_report"]
 
-#: Control characters (C0, DEL, C1) and lone surrogates from undecodable file names.
-_UNPRINTABLE: Final = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+#: Control characters (C0, DEL, C1), bidirectional overrides and isolates (which reorder
+#: what a terminal shows), and lone surrogates from undecodable file names.
+_UNPRINTABLE: Final = re.compile(
+    "[\x00-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069\ud800-\udfff]"
+)
 
 
 @dataclass(frozen=True)
@@ -117,7 +120,7 @@ def _load(
 ) -> Settings | None:
     try:
         return load_settings(config, project_dir=project, environ=env)
-    except ConfigError as exc:
+    except (ConfigError, RecursionError) as exc:
         found.append(
             error(
                 "config-invalid",
@@ -180,7 +183,14 @@ def _run(
 
 def printable(text: str) -> str:
     """``text`` with control characters and undecodable bytes shown as escapes."""
-    return _UNPRINTABLE.sub(lambda m: f"\\x{ord(m.group()) & 0xFF:02x}", text)
+    return _UNPRINTABLE.sub(_escape, text)
+
+
+def _escape(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    if 0xDC80 <= code <= 0xDCFF:  # noqa: PLR2004 - surrogateescape: the undecodable byte
+        return f"\\x{code - 0xDC00:02x}"
+    return f"\\x{code:02x}" if code <= 0xFF else f"\\u{code:04x}"  # noqa: PLR2004
 
 
 def _printable_finding(finding: Finding) -> Finding:

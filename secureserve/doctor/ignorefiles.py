@@ -1,19 +1,31 @@
-"""Would git commit a file, would ``docker build`` send it? Asked of ignore files.
+r"""Would git commit a file, would ``docker build`` send it? Asked of ignore files.
 
 Inside a git repository the answer comes from ``git check-ignore`` itself, which
 knows nested ``.gitignore`` files, global excludes and files already tracked (a
-tracked file is committed whatever ``.gitignore`` says). Without git, the project's
-own ``.gitignore`` is read with the common subset of its syntax. ``.dockerignore``
-(or ``<Dockerfile>.dockerignore``, which BuildKit prefers) is read the way Docker
-cleans its patterns: surrounding spaces trimmed, also after ``!``, paths normalised,
-a leading ``/`` dropped, every pattern matched from the root of the build context.
+tracked file is committed whatever ``.gitignore`` says). git is run with the
+repository's file-system monitor and untracked cache switched off, so a hostile
+``.git/config`` cannot make the doctor run a command; if git fails inside a
+repository, that is an error, never a quiet fallback. Without a repository (or
+without git installed) the project's own ``.gitignore`` is read with the common
+subset of its syntax.
+
+``.dockerignore`` (or ``<Dockerfile>.dockerignore``, which BuildKit prefers) is read
+as Docker reads it: lines split at ``\n`` (a trailing ``\r`` dropped), a line that
+starts with ``#`` is a comment before anything is trimmed, then Go's notion of
+white space is trimmed (also after ``!``), the path is cleaned and a leading ``/``
+dropped; every pattern is matched from the root of the build context.
+
+Patterns are matched one path component at a time with :func:`fnmatch.fnmatchcase`
+(``**`` spans components), which takes time linear in the pattern and path, so a
+hostile pattern cannot stall the doctor.
 """
 
 from __future__ import annotations
 
+import fnmatch
 import functools
+import os
 import posixpath
-import re
 import shutil
 import subprocess
 from collections.abc import Iterable
@@ -23,9 +35,21 @@ from typing import Final
 
 from secureserve.doctor._read import read_text
 
-__all__ = ["GitView", "docker_excluded", "git_view", "ignored"]
+__all__ = ["GitFailed", "GitView", "docker_excluded", "git_view", "ignored"]
 
 _GIT_TIMEOUT_S: Final = 10.0
+#: What Go's ``strings.TrimSpace`` trims (``unicode.IsSpace``); Python's ``str.strip``
+#: also trims \x1c-\x1f, which Docker keeps as part of the pattern.
+_GO_SPACE: Final = (
+    "\t\n\v\f\r \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008"
+    "\u2009\u200a\u2028\u2029\u202f\u205f\u3000"
+)
+#: git settings that would run a command or trust cached state while answering.
+_SAFE_GIT: Final = ("-c", "core.fsmonitor=false", "-c", "core.untrackedCache=false")
+
+
+class GitFailed(Exception):  # noqa: N818 - a condition the caller reports, not a bug
+    """git is installed and the project is in a repository, but git could not answer."""
 
 
 @dataclass(frozen=True)
@@ -44,13 +68,13 @@ def git_view(project: Path, relatives: list[str]) -> GitView:
     """Ask git (or, outside a repository, the project's ``.gitignore``) about ``relatives``."""
     rules = read_text(project / ".gitignore")
     repository = _repository_root(project)
-    if repository is not None and relatives:
-        answer = _check_ignore(project, relatives)
-        if answer is not None:
-            return GitView(answer, known=True, repository_without_rules=rules is None)
+    git = shutil.which("git")
+    if repository is not None and git is not None:
+        answer = _check_ignore(git, project, relatives) if relatives else frozenset()
+        return GitView(answer, known=True, repository_without_rules=rules is None)
     if rules is None:
         return GitView(frozenset(), known=repository is not None, repository_without_rules=True)
-    patterns = [p for p in (line.rstrip() for line in rules.splitlines()) if p and p[0] != "#"]
+    patterns = [p for p in (line.rstrip(" ") for line in _lines(rules)) if p and p[0] != "#"]
     chosen = frozenset(r for r in relatives if ignored(r, patterns, anchored=False))
     return GitView(chosen, known=True)
 
@@ -63,14 +87,17 @@ def docker_excluded(project: Path, relatives: Iterable[str], dockerfile: str) ->
     if rules is None:
         return frozenset()
     patterns: list[str] = []
-    for raw in rules.splitlines():
-        line = raw.strip()
-        if not line or line.startswith("#"):
-            continue
+    for raw in _lines(rules.removeprefix("\ufeff")):
+        if raw.startswith("#"):
+            continue  # a comment before anything is trimmed, as Docker reads it
+        line = raw.strip(_GO_SPACE)
         negate = line.startswith("!")
-        body = posixpath.normpath(line[1:].strip() if negate else line).lstrip("/")
-        if body and body != ".":
-            patterns.append(("!" if negate else "") + body)
+        body = line[1:].strip(_GO_SPACE) if negate else line
+        if not body:
+            continue
+        body = posixpath.normpath(body)
+        body = body[1:] if len(body) > 1 and body.startswith("/") else body
+        patterns.append(("!" if negate else "") + body)
     return frozenset(r for r in relatives if ignored(r, patterns, anchored=True))
 
 
@@ -98,36 +125,30 @@ def ignored(relative: str, patterns: list[str], *, anchored: bool) -> bool:
 
 def _matches(parts: list[str], pattern: str, *, rooted: bool, folder_only: bool) -> bool:
     """Whether ``pattern`` matches the path or one of its parent folders."""
-    regex = _glob(pattern)
     last = len(parts) - 1 if folder_only else len(parts)
-    for end in range(1, last + 1):
-        candidate = "/".join(parts[:end]) if rooted else parts[end - 1]
-        if regex.fullmatch(candidate):
-            return True
-    return False
+    if not rooted:
+        return any(fnmatch.fnmatchcase(parts[end - 1], pattern) for end in range(1, last + 1))
+    words = tuple(pattern.split("/"))
+    return any(_match_words(words, tuple(parts[:end])) for end in range(1, last + 1))
 
 
-@functools.cache
-def _glob(pattern: str) -> re.Pattern[str]:
-    out: list[str] = []
-    i = 0
-    while i < len(pattern):
-        if pattern.startswith("**/", i):
-            out.append("(?:.*/)?")
-            i += 3
-        elif pattern.startswith("**", i):
-            out.append(".*")
-            i += 2
-        elif pattern[i] == "*":
-            out.append("[^/]*")
-            i += 1
-        elif pattern[i] == "?":
-            out.append("[^/]")
-            i += 1
-        else:
-            out.append(re.escape(pattern[i]))
-            i += 1
-    return re.compile("".join(out))
+@functools.lru_cache(maxsize=4096)
+def _match_words(words: tuple[str, ...], parts: tuple[str, ...]) -> bool:
+    """Component-wise match; ``**`` matches any number of components (memoised, so linear)."""
+    if not words:
+        return not parts
+    if words[0] == "**":
+        return _match_words(words[1:], parts) or (bool(parts) and _match_words(words, parts[1:]))
+    return (
+        bool(parts)
+        and fnmatch.fnmatchcase(parts[0], words[0])
+        and _match_words(words[1:], parts[1:])
+    )
+
+
+def _lines(text: str) -> list[str]:
+    """Lines as Go's line scanner gives them: split at LF, a trailing CR removed."""
+    return [line.removesuffix("\r") for line in text.split("\n")]
 
 
 def _repository_root(project: Path) -> Path | None:
@@ -137,22 +158,22 @@ def _repository_root(project: Path) -> Path | None:
     return None
 
 
-def _check_ignore(project: Path, relatives: list[str]) -> frozenset[str] | None:
-    """``git check-ignore`` over ``relatives``; None when git is missing or fails."""
-    git = shutil.which("git")
-    if git is None:
-        return None
+def _check_ignore(git: str, project: Path, relatives: list[str]) -> frozenset[str]:
+    """The paths among ``relatives`` that git ignores (tracked files never are)."""
+    env = {**os.environ, "GIT_OPTIONAL_LOCKS": "0", "GIT_TERMINAL_PROMPT": "0"}
     try:
         done = subprocess.run(  # noqa: S603 - fixed arguments, paths on stdin
-            [git, "-C", str(project), "check-ignore", "--stdin", "-z"],
+            [git, *_SAFE_GIT, "-C", str(project), "check-ignore", "--stdin", "-z"],
             input="\0".join(relatives).encode("utf-8", "surrogateescape") + b"\0",
             capture_output=True,
             timeout=_GIT_TIMEOUT_S,
             check=False,
+            env=env,
         )
-    except (OSError, subprocess.TimeoutExpired):
-        return None
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise GitFailed(f"git did not answer ({type(exc).__name__})") from None
     if done.returncode not in {0, 1}:  # 1: none of them is ignored
-        return None
+        reason = done.stderr.decode("utf-8", "replace").strip().splitlines()[:1]
+        raise GitFailed(f"git check-ignore failed: {reason[0] if reason else done.returncode}")
     names = done.stdout.decode("utf-8", "surrogateescape").split("\0")
     return frozenset(name for name in names if name)

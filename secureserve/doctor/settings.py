@@ -8,8 +8,10 @@ refused; the doctor adds what the server accepts but is weaker than the defaults
 
 from __future__ import annotations
 
+import grp
 import ipaddress
 import os
+import pwd
 import stat
 import tomllib
 from collections.abc import Iterator
@@ -32,7 +34,7 @@ from secureserve.release import model_files, verify_project
 from secureserve.tls import check_certificate_files
 from secureserve.tokens import JWTVerifier
 
-__all__ = ["check"]
+__all__ = ["check", "has_password"]
 
 #: A certificate that expires sooner than this is a warning.
 EXPIRY_WARNING: Final = timedelta(days=30)
@@ -85,7 +87,7 @@ def _check_tls(settings: Settings, now: datetime) -> Iterator[Finding]:
         )
     elif not tls.cert.exists() or not tls.key.exists():
         missing = tls.cert if not tls.cert.exists() else tls.key
-        yield warning(
+        yield info(
             "tls-file-missing",
             "[tls] cert, key",
             f"{missing} does not exist here, so the certificate could not be checked.",
@@ -99,7 +101,7 @@ def _check_tls(settings: Settings, now: datetime) -> Iterator[Finding]:
         else:
             yield from _check_expiry(tls.cert, now)
     if tls.client_ca is not None and not tls.client_ca.is_file():
-        yield warning(
+        yield info(
             "tls-file-missing",
             "[tls] client_ca",
             f"{tls.client_ca} does not exist here; the server refuses to start without it.",
@@ -205,7 +207,7 @@ def _check_limits(settings: Settings, config_file: Path | None) -> Iterator[Find
             'set on_storage_error = "refuse" (the default).',
         )
     written = _raw_setting(settings, config_file, "limits", "storage")
-    if isinstance(written, str) and _has_password(written):
+    if isinstance(written, str) and has_password(written):
         yield error(
             "secret-in-config",
             "[limits] storage",
@@ -237,7 +239,7 @@ def _check_audit(settings: Settings) -> Iterator[Finding]:
             "digest_key_file.",
         )
     elif not key_file.exists():
-        yield warning(
+        yield info(
             "key-file-missing",
             "[audit] digest_key_file",
             f"{key_file} does not exist here (it is git-ignored); the server refuses to "
@@ -263,7 +265,7 @@ def _check_model(settings: Settings) -> Iterator[Finding]:
                     "key-file-invalid", "[model] encryption_key_file", str(exc), _FIX_SEE_MESSAGE
                 )
         else:
-            yield warning(
+            yield info(
                 "key-file-missing",
                 "[model] encryption_key_file",
                 f"{model.encryption_key_file} does not exist here.",
@@ -330,17 +332,16 @@ def _check_artifacts(settings: Settings) -> Iterator[Finding]:
 
 def _check_writable(settings: Settings, config_file: Path | None) -> Iterator[Finding]:
     """What the server runs and trusts must not be writable by other users, or by it."""
-    paths = _served_paths(settings, config_file)
     shared: list[Path] = []
     writable = False
-    for path in paths:
+    for path in _served_paths(settings, config_file):
         try:
-            mode = stat.S_IMODE(path.lstat().st_mode)
+            status = path.stat()  # a link's target is what the server reads
         except OSError:
             continue
-        if mode & 0o022 and not path.is_symlink():
+        if _writable_by_others(status):
             shared.append(path)
-        writable = writable or os.access(path, os.W_OK, follow_symlinks=False)
+        writable = writable or os.access(path, os.W_OK)
     if shared:
         sample = ", ".join(str(p) for p in shared[:_SAMPLE])
         more = f" and {len(shared) - _SAMPLE} more" if len(shared) > _SAMPLE else ""
@@ -364,23 +365,58 @@ def _check_writable(settings: Settings, config_file: Path | None) -> Iterator[Fi
         )
 
 
+def _writable_by_others(status: os.stat_result) -> bool:
+    """Other users may write it: world-writable, or group-writable by a shared group.
+
+    Group write is harmless in a user private group (the owner's primary group, with no
+    other members), which is what a umask of 002 gives on many systems.
+    """
+    mode = stat.S_IMODE(status.st_mode)
+    if mode & stat.S_IWOTH:
+        return True
+    if not mode & stat.S_IWGRP:
+        return False
+    try:
+        owner = pwd.getpwuid(status.st_uid)
+        group = grp.getgrgid(status.st_gid)
+    except KeyError:
+        return True  # an unknown owner or group: assume shared
+    return not (owner.pw_gid == status.st_gid and not group.gr_mem)
+
+
 def _served_paths(settings: Settings, config_file: Path | None) -> list[Path]:
-    """The project folder, handler module, settings, lock, signature, public key, models."""
+    """The project folder, handler code, settings, lock, signature, public key, models."""
     project = settings.project_dir
-    paths = [project, project / LOCK_FILENAME, project / SIGNATURE_FILENAME]
+    paths = [project, project / "__pycache__", project / LOCK_FILENAME]
+    paths += [project / SIGNATURE_FILENAME]
     paths.append(config_file if config_file is not None else project / CONFIG_FILENAME)
     if settings.model.handler:
-        module = settings.model.handler.partition(":")[0].replace(".", "/")
-        paths += [project / f"{module}.py", project / module / "__init__.py"]
+        folder = project
+        parts = settings.model.handler.partition(":")[0].split(".")
+        for part in parts[:-1]:  # packages: each folder, __init__.py and cache
+            folder /= part
+            paths += [folder, folder / "__init__.py", folder / "__pycache__"]
+        paths += [
+            folder / f"{parts[-1]}.py",
+            folder / parts[-1],
+            folder / parts[-1] / "__init__.py",
+        ]
     if settings.model.signing_public_key is not None:
         paths.append(settings.model.signing_public_key)
     paths.append(settings.model.dir)
-    try:
-        names = model_files(settings.model.dir)
-    except ConfigError:
-        names = []
-    paths.extend(settings.model.dir / name for name in names[:_MAX_CHECKED_FILES])
+    paths.extend(_model_paths(settings.model.dir))
     return paths
+
+
+def _model_paths(model_dir: Path) -> Iterator[Path]:
+    """Folders and files under the model folder, at most ``_MAX_CHECKED_FILES``."""
+    count = 0
+    for root, dirs, files in os.walk(model_dir):
+        for name in (*dirs, *files):
+            count += 1
+            if count > _MAX_CHECKED_FILES:
+                return
+            yield Path(root) / name
 
 
 def _check_server(settings: Settings) -> Iterator[Finding]:
@@ -404,7 +440,7 @@ def _check_server(settings: Settings) -> Iterator[Finding]:
             )
 
 
-def _has_password(url: str) -> bool:
+def has_password(url: str) -> bool:
     """Whether a storage URL carries a password, in its user part or its query."""
     try:
         parts = urlsplit(url)
