@@ -92,6 +92,18 @@ def test_invalid_settings_are_one_error(project):
     assert not report.ok
 
 
+@pytest.mark.parametrize("make", [lambda p: None, lambda p: p.write_text("x")])
+def test_a_path_that_is_not_a_folder_is_refused_in_one_line(tmp_path, capsys, make):
+    target = tmp_path / "project"
+    make(target)
+    assert main(["doctor", str(target)]) == 1
+    err = capsys.readouterr().err
+    assert (
+        err == f"secureserve: error: {target} is not a folder; give the project folder "
+        "(the one that holds secureserve.toml).\n"
+    )
+
+
 def test_missing_settings_file_is_a_warning(tmp_path):
     report = diagnose(tmp_path, environ={})
     assert "config-missing" in codes(report, Severity.WARNING)

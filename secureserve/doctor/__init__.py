@@ -86,9 +86,14 @@ def diagnose(
     ``debug`` lets an unexpected exception in a check propagate instead of becoming a
     ``doctor-check-failed`` finding. When the project's Dockerfile sets
     ``SECURESERVE_*`` variables, the settings are checked a second time with them, as
-    the image will run.
+    the image will run. Raises :class:`ConfigError` when ``project_dir`` is not a folder.
     """
     project = Path(os.path.realpath(project_dir))
+    if not project.is_dir():
+        raise ConfigError(
+            f"{project_dir} is not a folder; give the project folder (the one that holds "
+            f"{CONFIG_FILENAME})."
+        )
     env = dict(os.environ if environ is None else environ)
     found: list[Finding] = []
     if config is None and not (project / CONFIG_FILENAME).is_file():
