@@ -752,3 +752,25 @@ def test_bidi_overrides_in_names_are_escaped(project):
     (project / "a\u202egp.key").write_text("k", "utf-8")
     (project / ".gitignore").write_text("audit/\n", "utf-8")
     assert "\u202e" not in format_report(run(project))
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        '        - name: SECURESERVE_LIMITS__QUOTA\n          value: "off"\n',
+        "        - {name: SECURESERVE_LIMITS__QUOTA, value: 'off'}\n",
+    ],
+)
+def test_settings_set_by_the_manifests_are_checked(project, env):
+    (project / "Dockerfile").unlink(missing_ok=True)
+    k8s = project / "k8s"
+    shutil.rmtree(k8s, ignore_errors=True)
+    k8s.mkdir()
+    (k8s / "deployment.yaml").write_text(
+        "kind: Deployment\nspec:\n  template:\n    spec:\n      containers:\n"
+        "      - name: server\n        env:\n" + env,
+        "utf-8",
+    )
+    [finding] = [f for f in run(project).findings if f.code == "limit-off"]
+    assert finding.subject == "[limits] quota (as set by k8s/)"
+    assert finding.severity is Severity.WARNING

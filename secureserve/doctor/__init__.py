@@ -36,6 +36,12 @@ from secureserve.errors import ConfigError
 
 __all__ = ["Finding", "Report", "Severity", "diagnose", "format_report"]
 
+#: Findings about files present only where the server runs, left out of the re-check
+#: with the deployment files' settings.
+_MOUNTED_AT_RUN_TIME: Final = frozenset(
+    {"tls-file-missing", "key-file-missing", "auth-no-credentials", "files-writable"}
+)
+
 #: Control characters (C0, DEL, C1), bidirectional overrides and isolates (which reorder
 #: what a terminal shows), and lone surrogates from undecodable file names.
 _UNPRINTABLE: Final = re.compile(
@@ -116,7 +122,9 @@ def diagnose(
             debug=debug,
         )
     _run("files", found, lambda: files.check(project, loaded), debug=debug)
-    _run("image", found, lambda: _image_findings(project, config, env, now, found), debug=debug)
+    _run(
+        "deployed", found, lambda: _deployed_findings(project, config, env, now, found), debug=debug
+    )
     return Report(project=project, findings=tuple(sorted(found, key=lambda f: f.rank)))
 
 
@@ -137,27 +145,38 @@ def _load(
         return None
 
 
-def _image_findings(
+def _deployed_findings(
     project: Path,
     config: Path | None,
     env: dict[str, str],
     now: datetime | None,
     found: list[Finding],
 ) -> Iterable[Finding]:
-    """Settings findings that appear only with the Dockerfile's ``SECURESERVE_*`` values."""
-    image_env = files.image_environment(project)
-    if not image_env:
+    """Settings findings that appear only with the values the deployment files set.
+
+    The Dockerfile's ``ENV`` and then the literal ``env`` values of the ``k8s/``
+    manifests (a container's environment overrides its image's) are laid over
+    ``env``. Findings about files that exist only where the server runs (mounted
+    keys and certificates) are left out: their absence here is expected.
+    """
+    sources = [("the Dockerfile ENV", files.image_environment(project))]
+    sources.append(("k8s/", files.manifest_environment(project)))
+    used = [(label, values) for label, values in sources if values]
+    if not used:
         return []
-    subject = "Dockerfile ENV"
+    label = " and ".join(name for name, _ in used)
+    deployed = dict(env)
+    for _, values in used:
+        deployed.update(values)
     extra: list[Finding] = []
-    loaded = _load(project, config, {**env, **image_env}, extra, subject=subject)
+    loaded = _load(project, config, deployed, extra, subject=label)
     if loaded is not None:
         extra.extend(settings.check(loaded, config_file=config, now=now))
     seen = {(f.code, f.message) for f in found}
     return [
-        msgspec.structs.replace(f, subject=f"{f.subject} (as set by the Dockerfile ENV)")
+        msgspec.structs.replace(f, subject=f"{f.subject} (as set by {label})")
         for f in extra
-        if (f.code, f.message) not in seen
+        if (f.code, f.message) not in seen and f.code not in _MOUNTED_AT_RUN_TIME
     ]
 
 

@@ -29,7 +29,7 @@ from secureserve.doctor.ignorefiles import GitFailed, docker_excluded, git_view
 from secureserve.doctor.settings import has_password
 from secureserve.errors import ConfigError
 
-__all__ = ["check", "image_environment"]
+__all__ = ["check", "image_environment", "manifest_environment"]
 
 #: Folders never searched: environments, caches and version control.
 _SKIPPED_DIRS: Final = frozenset(
@@ -54,6 +54,13 @@ _ENCRYPTION_KEY: Final = re.compile(
 _LIMITS_STORAGE_ENV: Final = "SECURESERVE_LIMITS__STORAGE"
 #: Kubernetes manifests read under k8s/ (a deployment folder, not a disk).
 _MAX_MANIFESTS: Final = 200
+#: ``- name: SECURESERVE_X`` then ``value: ...`` (block style), or on one line (flow).
+_ENV_BLOCK: Final = re.compile(
+    r"name:\s*[\"']?(SECURESERVE_[A-Z0-9_]+)[\"']?\s*\n\s*value:[ \t]*([^\n]*)"
+)
+_ENV_FLOW: Final = re.compile(
+    r"\{\s*name:\s*[\"']?(SECURESERVE_[A-Z0-9_]+)[\"']?\s*,\s*value:[ \t]*([^}\n]*)"
+)
 
 
 @dataclass
@@ -108,6 +115,30 @@ def image_environment(project: Path) -> dict[str, str]:
         return {}
     env = parse_dockerfile(dockerfile[1]).env
     return {key: value for key, value in env.items() if key.startswith("SECURESERVE_")}
+
+
+def manifest_environment(project: Path) -> dict[str, str]:
+    """``SECURESERVE_*`` variables given literal values in the ``k8s/`` manifests.
+
+    Values from ``valueFrom`` (secrets, fields) are unknown here and left out, and so is
+    the encryption key, which must never be written in a manifest.
+    """
+    manifests = _manifest_text(project / "k8s")
+    if manifests is None:
+        return {}
+    found: dict[str, str] = {}
+    for name, raw in _ENV_BLOCK.findall(manifests) + _ENV_FLOW.findall(manifests):
+        if name != "SECURESERVE_MODEL__ENCRYPTION_KEY":
+            found[name] = _yaml_scalar(raw)
+    return found
+
+
+def _yaml_scalar(raw: str) -> str:
+    """A plain or quoted one-line YAML scalar (enough for environment values)."""
+    text = raw.strip().rstrip(",}").strip()
+    if len(text) >= 2 and text[0] == text[-1] and text[0] in "\"'":  # noqa: PLR2004
+        return text[1:-1]
+    return text
 
 
 # --- the walk -------------------------------------------------------------------------
