@@ -611,6 +611,7 @@ def test_containerfile_is_read_too(project):
 
 
 def test_settings_set_by_the_dockerfile_are_checked(project):
+    shutil.rmtree(project / "k8s")  # its literal values would be named too
     (project / "Dockerfile").write_text(
         FINAL
         + "ENV SECURESERVE_LIMITS__PER_PRINCIPAL=off \\\n    SECURESERVE_LOGGING__LEVEL=debug\n"
