@@ -7,7 +7,11 @@ from typing import Final
 
 import msgspec
 
-__all__ = ["Finding", "Severity", "error", "info", "warning"]
+__all__ = ["FIX_SEE_MESSAGE", "Finding", "Severity", "error", "info", "warning"]
+
+
+#: The fix of a finding whose message comes from the server's own validator.
+FIX_SEE_MESSAGE: Final = "do what the message says; the server refuses this too."
 
 
 class Severity(StrEnum):

@@ -1,18 +1,15 @@
 """Doctor checks on the loaded settings and the files they name.
 
 Each ``_check_*`` function looks at one section and yields findings. The checks
-reuse the server's own validators (certificate files, key files, JWKS, the lock and
-its signature), so the doctor and ``secureserve run`` never disagree about what is
-refused; the doctor adds what the server accepts but is weaker than the defaults.
+reuse the server's own validators (certificate files, key files, JWKS), so the doctor
+and ``secureserve run`` never disagree about what is refused; the doctor adds what the
+server accepts but is weaker than the defaults. The model folder, its lock and the
+files the server must not be able to change are checked in :mod:`.model`.
 """
 
 from __future__ import annotations
 
-import grp
 import ipaddress
-import os
-import pwd
-import stat
 import tomllib
 from collections.abc import Iterator
 from datetime import datetime, timedelta
@@ -25,12 +22,10 @@ from cryptography import x509
 from secureserve._time import utc
 from secureserve.audit import load_digest_key
 from secureserve.config import CONFIG_FILENAME, RATE_OFF, Settings
-from secureserve.doctor.findings import Finding, error, info, warning
-from secureserve.encryption import load_key
-from secureserve.errors import ArtifactError, ConfigError
+from secureserve.doctor import model
+from secureserve.doctor.findings import FIX_SEE_MESSAGE, Finding, error, info, warning
+from secureserve.errors import ConfigError
 from secureserve.keys import read_records
-from secureserve.lockfile import LOCK_FILENAME, SIGNATURE_FILENAME
-from secureserve.release import model_files, verify_project
 from secureserve.tls import check_certificate_files
 from secureserve.tokens import JWTVerifier
 
@@ -44,10 +39,6 @@ LARGE_BODY_BYTES: Final = 64 * 1024 * 1024
 LARGE_LEEWAY_S: Final = 60
 #: Trusted proxy networks wider than these let many hosts set the client address.
 _WIDE_PREFIX: Final = {4: 16, 6: 48}
-#: How many file names a finding lists before "and N more".
-_SAMPLE: Final = 10
-#: Model files checked for write permission (a model folder, not a disk).
-_MAX_CHECKED_FILES: Final = 10_000
 
 
 def check(
@@ -61,8 +52,7 @@ def check(
     yield from _check_auth(settings, utc(now))
     yield from _check_limits(settings, config_file)
     yield from _check_audit(settings)
-    yield from _check_model(settings)
-    yield from _check_writable(settings, config_file)
+    yield from model.check(settings, config_file=config_file)
     yield from _check_server(settings)
     if settings.logging.level == "debug":
         yield warning(
@@ -97,7 +87,7 @@ def _check_tls(settings: Settings, now: datetime) -> Iterator[Finding]:
         try:
             check_certificate_files(tls.cert, tls.key, now=now)
         except ConfigError as exc:
-            yield error("tls-invalid", "[tls] cert, key", str(exc), _FIX_SEE_MESSAGE)
+            yield error("tls-invalid", "[tls] cert, key", str(exc), FIX_SEE_MESSAGE)
         else:
             yield from _check_expiry(tls.cert, now)
     if tls.client_ca is not None and not tls.client_ca.is_file():
@@ -135,7 +125,7 @@ def _check_auth(settings: Settings, now: datetime) -> Iterator[Finding]:
     try:
         records = read_records(auth.keys_file)
     except ConfigError as exc:
-        yield error("keys-file-invalid", "[auth] keys_file", str(exc), _FIX_SEE_MESSAGE)
+        yield error("keys-file-invalid", "[auth] keys_file", str(exc), FIX_SEE_MESSAGE)
         records = []
     for record in records:
         if not record.active(now):
@@ -161,7 +151,7 @@ def _check_auth(settings: Settings, now: datetime) -> Iterator[Finding]:
                 leeway_s=auth.jwt_leeway_s,
             )
         except ConfigError as exc:
-            yield error("jwks-invalid", "[auth] jwks_file", str(exc), _FIX_SEE_MESSAGE)
+            yield error("jwks-invalid", "[auth] jwks_file", str(exc), FIX_SEE_MESSAGE)
         if auth.jwt_leeway_s > LARGE_LEEWAY_S:
             yield warning(
                 "jwt-leeway-large",
@@ -251,172 +241,7 @@ def _check_audit(settings: Settings) -> Iterator[Finding]:
         try:
             load_digest_key(key_file)
         except ConfigError as exc:
-            yield error("key-file-invalid", "[audit] digest_key_file", str(exc), _FIX_SEE_MESSAGE)
-
-
-def _check_model(settings: Settings) -> Iterator[Finding]:
-    model = settings.model
-    if model.encryption_key_file is not None:
-        if model.encryption_key_file.exists():
-            try:
-                load_key(key_file=model.encryption_key_file)
-            except ConfigError as exc:
-                yield error(
-                    "key-file-invalid", "[model] encryption_key_file", str(exc), _FIX_SEE_MESSAGE
-                )
-        else:
-            yield info(
-                "key-file-missing",
-                "[model] encryption_key_file",
-                f"{model.encryption_key_file} does not exist here.",
-                "make sure it is mounted where the server runs.",
-            )
-    if model.onnx_allowed_domains:
-        yield warning(
-            "onnx-custom-domains",
-            "[model] onnx_allowed_domains",
-            f"ONNX operators from {', '.join(model.onnx_allowed_domains)} are accepted: "
-            "custom operators are native code outside onnxruntime's own.",
-            "allow only the domains your models need, and only from libraries you trust.",
-        )
-    yield from _check_artifacts(settings)
-
-
-def _check_artifacts(settings: Settings) -> Iterator[Finding]:
-    model = settings.model
-    subject = f"[model] dir {model.dir}"
-    try:
-        names = model_files(model.dir)
-    except ConfigError as exc:
-        yield error("model-dir-missing", subject, str(exc), "create it or fix [model] dir.")
-        return
-    lock = settings.project_dir / LOCK_FILENAME
-    if not lock.exists():
-        if names:
-            yield error(
-                "model-unlocked",
-                LOCK_FILENAME,
-                f"{len(names)} model file(s) but no {LOCK_FILENAME}: the server refuses "
-                "every artifact that no lock lists.",
-                "run `secureserve lock`, then sign the lock with `secureserve sign`.",
-            )
-        return
-    if model.signing_public_key is None:
-        yield warning(
-            "model-unsigned",
-            "[model] signing_public_key",
-            f"{LOCK_FILENAME} is not checked against a signature: whoever can write the "
-            "model folder and the lock can swap the model unnoticed.",
-            "sign releases (`secureserve sign --private-key KEY`) and set "
-            "signing_public_key to the public key.",
-        )
-    try:
-        report = verify_project(settings, model.signing_public_key)
-    except (ConfigError, ArtifactError) as exc:
-        yield error("model-verify-failed", LOCK_FILENAME, str(exc), _FIX_RELOCK)
-        return
-    for problem in report.problems:
-        yield error("model-verify-failed", LOCK_FILENAME, problem, _FIX_RELOCK)
-    if report.unlisted:
-        sample = ", ".join(report.unlisted[:_SAMPLE])
-        more = (
-            f" and {len(report.unlisted) - _SAMPLE} more" if len(report.unlisted) > _SAMPLE else ""
-        )
-        yield warning(
-            "model-unlisted",
-            subject,
-            f"not in {LOCK_FILENAME}, so never loaded: {sample}{more}.",
-            "remove them, or lock and sign again if they belong to the model.",
-        )
-
-
-def _check_writable(settings: Settings, config_file: Path | None) -> Iterator[Finding]:
-    """What the server runs and trusts must not be writable by other users, or by it."""
-    shared: list[Path] = []
-    writable = False
-    for path in _served_paths(settings, config_file):
-        try:
-            status = path.stat()  # a link's target is what the server reads
-        except OSError:
-            continue
-        if _writable_by_others(status):
-            shared.append(path)
-        writable = writable or os.access(path, os.W_OK)
-    if shared:
-        sample = ", ".join(str(p) for p in shared[:_SAMPLE])
-        more = f" and {len(shared) - _SAMPLE} more" if len(shared) > _SAMPLE else ""
-        yield error(
-            "files-shared-writable",
-            str(settings.project_dir),
-            f"writable by other users: {sample}{more}. Whoever can write the handler, the "
-            "settings, the model files, the lock or the keys that check it controls what "
-            "is served.",
-            "remove group and other write permission (`chmod go-w`).",
-        )
-    elif writable:
-        yield info(
-            "files-writable",
-            str(settings.project_dir),
-            f"the handler, settings and model files are writable by this user (uid "
-            f"{os.getuid()}); if the server runs as this user, a compromised server can "
-            "change what it serves.",
-            "in production let another user own them (the generated Dockerfile copies "
-            "them as root and runs the server as uid 10001).",
-        )
-
-
-def _writable_by_others(status: os.stat_result) -> bool:
-    """Other users may write it: world-writable, or group-writable by a shared group.
-
-    Group write is harmless in a user private group (the owner's primary group, with no
-    other members), which is what a umask of 002 gives on many systems.
-    """
-    mode = stat.S_IMODE(status.st_mode)
-    if mode & stat.S_IWOTH:
-        return True
-    if not mode & stat.S_IWGRP:
-        return False
-    try:
-        owner = pwd.getpwuid(status.st_uid)
-        group = grp.getgrgid(status.st_gid)
-    except KeyError:
-        return True  # an unknown owner or group: assume shared
-    return not (owner.pw_gid == status.st_gid and not group.gr_mem)
-
-
-def _served_paths(settings: Settings, config_file: Path | None) -> list[Path]:
-    """The project folder, handler code, settings, lock, signature, public key, models."""
-    project = settings.project_dir
-    paths = [project, project / "__pycache__", project / LOCK_FILENAME]
-    paths += [project / SIGNATURE_FILENAME]
-    paths.append(config_file if config_file is not None else project / CONFIG_FILENAME)
-    if settings.model.handler:
-        folder = project
-        parts = settings.model.handler.partition(":")[0].split(".")
-        for part in parts[:-1]:  # packages: each folder, __init__.py and cache
-            folder /= part
-            paths += [folder, folder / "__init__.py", folder / "__pycache__"]
-        paths += [
-            folder / f"{parts[-1]}.py",
-            folder / parts[-1],
-            folder / parts[-1] / "__init__.py",
-        ]
-    if settings.model.signing_public_key is not None:
-        paths.append(settings.model.signing_public_key)
-    paths.append(settings.model.dir)
-    paths.extend(_model_paths(settings.model.dir))
-    return paths
-
-
-def _model_paths(model_dir: Path) -> Iterator[Path]:
-    """Folders and files under the model folder, at most ``_MAX_CHECKED_FILES``."""
-    count = 0
-    for root, dirs, files in os.walk(model_dir):
-        for name in (*dirs, *files):
-            count += 1
-            if count > _MAX_CHECKED_FILES:
-                return
-            yield Path(root) / name
+            yield error("key-file-invalid", "[audit] digest_key_file", str(exc), FIX_SEE_MESSAGE)
 
 
 def _check_server(settings: Settings) -> Iterator[Finding]:
@@ -461,10 +286,3 @@ def _raw_setting(settings: Settings, config_file: Path | None, section: str, key
     except (OSError, tomllib.TOMLDecodeError):
         return None
     return table.get(key) if isinstance(table, dict) else None
-
-
-_FIX_SEE_MESSAGE: Final = "do what the message says; the server refuses this too."
-_FIX_RELOCK: Final = (
-    "if the change is intended, run `secureserve lock` and `secureserve sign` where "
-    "releases are made; otherwise restore the released files."
-)
