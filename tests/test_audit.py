@@ -16,7 +16,6 @@ from typing import Any
 import msgspec
 import pytest
 
-from secureserve import audit
 from secureserve.audit import (
     GENESIS,
     AuditLog,
@@ -28,6 +27,7 @@ from secureserve.audit import (
     generate_digest_key,
     load_digest_key,
     verify_chain,
+    writer,
 )
 from secureserve.errors import ConfigError, RequestRejected
 
@@ -519,12 +519,12 @@ def test_deleted_file_not_recreatable_refuses(log_path, logger, monkeypatch):
                 raise PermissionError(errno.EACCES, "Permission denied")
             return real_open(path, flags, *args, **kwargs)
 
-        monkeypatch.setattr(audit.os, "open", refuse)
+        monkeypatch.setattr(writer.os, "open", refuse)
         with pytest.raises(AuditUnavailable):
             log.check_writable()
         with pytest.raises(AuditUnavailable):
             _request(log)
-        monkeypatch.setattr(audit.os, "open", real_open)
+        monkeypatch.setattr(writer.os, "open", real_open)
         log.check_writable()
         _request(log)
     assert len(logger.at("error")) == 2  # the deletion, then one outage
@@ -564,7 +564,7 @@ def test_write_error_refuses(log_path, logger, monkeypatch):
         raise OSError(errno.ENOSPC, "No space left on device")
 
     with _open(log_path, logger) as log:
-        monkeypatch.setattr(audit.os, "write", full)
+        monkeypatch.setattr(writer.os, "write", full)
         with pytest.raises(AuditUnavailable, match="503"):
             _request(log)
         monkeypatch.undo()
@@ -580,11 +580,11 @@ def test_write_error_continue_logs_once(log_path, logger, monkeypatch):
 
     with _open(log_path, logger, on_write_error="continue") as log:
         _request(log, 0)
-        monkeypatch.setattr(audit.os, "write", denied)
+        monkeypatch.setattr(writer.os, "write", denied)
         for n in range(1, 4):
             _request(log, n)
         log.check_writable()
-        monkeypatch.setattr(audit.os, "write", real_write)
+        monkeypatch.setattr(writer.os, "write", real_write)
         _request(log, 4)
     assert logger.at("error") == ["audit log cannot be written"]
     records = [msgspec.json.decode(line) for line in _lines(log_path)]
@@ -619,10 +619,10 @@ def test_partial_write_is_undone(log_path, logger, monkeypatch):
 
     with _open(log_path, logger) as log:
         _request(log, 0)
-        monkeypatch.setattr(audit.os, "write", half)
+        monkeypatch.setattr(writer.os, "write", half)
         with pytest.raises(AuditUnavailable):
             _request(log, 1)
-        monkeypatch.setattr(audit.os, "write", real_write)
+        monkeypatch.setattr(writer.os, "write", real_write)
         _request(log, 2)
     assert _verify(log_path).ok
 
@@ -632,7 +632,7 @@ def test_partial_write_not_undone_moves_file_aside(log_path, logger, monkeypatch
     real_write = os.write
 
     def half(fd: int, data: bytes) -> int:
-        monkeypatch.setattr(audit.os, "write", failing)
+        monkeypatch.setattr(writer.os, "write", failing)
         return real_write(fd, bytes(data)[:10])
 
     def failing(fd: int, data: bytes) -> int:
@@ -643,8 +643,8 @@ def test_partial_write_not_undone_moves_file_aside(log_path, logger, monkeypatch
 
     with _open(log_path, logger) as log:
         _request(log, 0)
-        monkeypatch.setattr(audit.os, "write", half)
-        monkeypatch.setattr(audit.os, "ftruncate", no_truncate)
+        monkeypatch.setattr(writer.os, "write", half)
+        monkeypatch.setattr(writer.os, "ftruncate", no_truncate)
         with pytest.raises(AuditUnavailable):
             _request(log, 1)
         monkeypatch.undo()
@@ -781,7 +781,7 @@ def test_request_async_writes_one_iteration_with_one_write(tmp_path, monkeypatch
         writes.append(len(data))
         return real_write(fd, data)
 
-    monkeypatch.setattr(audit.os, "write", counting_write)
+    monkeypatch.setattr(writer.os, "write", counting_write)
 
     async def scenario():
         await asyncio.gather(
@@ -816,10 +816,10 @@ def test_request_async_failed_batch_refuses_all_and_keeps_the_chain(tmp_path, mo
         )
         return await asyncio.gather(*jobs, return_exceptions=True)
 
-    monkeypatch.setattr(audit.os, "write", failing_write)
+    monkeypatch.setattr(writer.os, "write", failing_write)
     results = asyncio.run(batch(1))
     assert all(isinstance(r, RequestRejected) and r.status == 503 for r in results)
-    monkeypatch.setattr(audit.os, "write", real_write)
+    monkeypatch.setattr(writer.os, "write", real_write)
     assert asyncio.run(batch(4)) == [None, None, None]
     log.close()
     result = verify_chain(chain_files(tmp_path / "a.jsonl"))

@@ -1,160 +1,48 @@
-"""The audit trail: a hash-chained JSON-lines log, separate from the application log.
+"""The audit writer: :class:`AuditLog` appends hash-chained records to one file.
 
-One line per prediction request and per admin action (reload, key changes), each a
-compact JSON object with sorted keys, terminated by LF. Inputs and outputs appear only
-as keyed digests (``hmac-sha256:<hex>``, see :meth:`AuditLog.digest`), never raw.
-
-Chain. Every record carries ``seq`` (0, 1, 2, ... without gaps) and ``prev``, the hex
-SHA-256 of the exact bytes of the previous line without its LF (``"0" * 64`` for the
-first record ever). When a file reaches ``max_bytes`` it is renamed to
-``<stem>.<n>.jsonl`` (``n`` increasing) and the chain continues in a new file whose
-first record names the old one in ``rotated_from``. :func:`verify_chain` walks the
-files oldest first and reports the first line that breaks the chain: an edited line
-shows up on the line after it (its ``prev`` no longer matches), a deleted or moved line
-on its own position (``seq`` jumps), a missing or swapped file on the first line of the
-file after it. Editing the very last line cannot be seen from inside the chain; compare
-the chain head that verification prints with the ``audit chain head`` lines the server
-writes to its application log at every rotation and at shutdown.
-
-Failure. When a record cannot be written (disk full, file made read-only, folder gone)
-the default (``on_write_error="refuse"``) raises :class:`AuditUnavailable`, a 503 with
-``Retry-After``, so the caller refuses the request (fail closed). ``"continue"`` logs
-one error per outage and serves on; when writing works again, an ``audit-resumed``
-record states how many records were lost.
+It continues an existing chain at start-up, rotates the file at ``max_bytes``, batches
+request records per event-loop iteration, notices a file deleted, replaced or made
+read-only, and fails closed (:class:`~secureserve.audit.records.AuditUnavailable`)
+when it cannot write. Uses the records, verification (to name and continue rotated
+files) and digest key modules; none of them uses this one.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
-import hashlib
 import hmac
 import os
-import re
 import stat
 import sys
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any, Final, Literal, Self
+from typing import Any, Final, Literal, Self
 
 import msgspec
 
 from secureserve._time import utc
-from secureserve.errors import ConfigError, RequestRejected
-from secureserve.secretfiles import create_new, read_private
+from secureserve.audit.digest_key import KEY_BYTES, KEY_HINT
+from secureserve.audit.records import (
+    DIGEST_PREFIX,
+    GENESIS,
+    AuditUnavailable,
+    RequestEntry,
+    parse,
+    request_fields,
+    sha256,
+    shape,
+)
+from secureserve.audit.verify import chain_files, listdir, rotated_pattern
+from secureserve.errors import ConfigError
 
 if sys.platform != "win32":
     import fcntl
 
 __all__ = [
-    "DIGEST_PREFIX",
-    "GENESIS",
     "AuditLog",
-    "AuditRecord",
-    "AuditUnavailable",
-    "VerifyResult",
-    "chain_files",
-    "format_result",
-    "generate_digest_key",
-    "load_digest_key",
-    "verify_chain",
 ]
-
-GENESIS: Final = "0" * 64
-DIGEST_PREFIX: Final = "hmac-sha256:"
-_KEY_BYTES: Final = 32
-_MAX_KEY_FILE: Final = 1024
-_MAX_DETAIL: Final = 200
-_KEY_SETTING: Final = "[audit] digest_key_file"
-_KEY_HINT: Final = "create one with `secureserve audit key new PATH` (or `openssl rand -base64 32`)"
-_HEX64: Final = "^[0-9a-f]{64}$"
-_DIGEST: Final = f"^{DIGEST_PREFIX}[0-9a-f]{{64}}$"
-# Written on every line of their event (null when absent), so every line has one shape.
-_ALWAYS: Final = frozenset({"time", "seq", "prev", "event", "principal", "roles"})
-_REQUEST: Final = frozenset(
-    {
-        "request_id",
-        "route",
-        "model",
-        "model_version",
-        "decision",
-        "status",
-        "latency_ms",
-        "input_digest",
-        "output_digest",
-    }
-)
-
-Decision = Literal["allowed", "denied", "limited", "error"]
-Digest = Annotated[str, msgspec.Meta(pattern=_DIGEST)]
-_MAX_TEXT: Final = 1024
-
-
-class AuditRecord(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """One audit line. ``event`` says which of the optional fields are meaningful.
-
-    Request records carry every request field (``null`` when absent); admin records
-    carry ``action`` and whichever of ``request_id``/``trigger``/``model``/``detail``
-    apply. ``rotated_from`` appears on the first record of a file that continues
-    another.
-    """
-
-    time: str
-    seq: Annotated[int, msgspec.Meta(ge=0)]
-    prev: Annotated[str, msgspec.Meta(pattern=_HEX64)]
-    event: Literal["request", "admin"]
-    principal: str | None = None
-    roles: tuple[str, ...] = ()
-    request_id: str | None = None
-    route: str | None = None
-    model: str | None = None
-    model_version: str | None = None
-    decision: Decision | None = None
-    status: Annotated[int, msgspec.Meta(ge=100, le=599)] | None = None
-    latency_ms: Annotated[float, msgspec.Meta(ge=0)] | None = None
-    input_digest: Digest | None = None
-    output_digest: Digest | None = None
-    action: str | None = None
-    trigger: str | None = None
-    detail: str | None = None
-    rotated_from: str | None = None
-
-
-class AuditUnavailable(RequestRejected):
-    """The audit log cannot be written, so the request is refused (503, ``Retry-After: 5``).
-
-    ``log_reason`` says why (deleted, read-only, the OS error); the client sees only
-    the fixed title.
-    """
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(
-            503,
-            "audit-unavailable",
-            "Service temporarily unavailable",
-            headers={"Retry-After": "5"},
-            log_reason=f"audit log unavailable: {reason}",
-        )
-
-
-class VerifyResult(msgspec.Struct, frozen=True, kw_only=True):
-    """What :func:`verify_chain` found.
-
-    ``records`` counts the records that verified before the first problem; ``file``
-    and ``line`` (1-based) locate that problem. ``head`` is the SHA-256 of the last
-    line that verified: compare it with the ``audit chain head`` lines of the
-    application log to catch an edited or removed tail.
-    """
-
-    ok: bool
-    records: int
-    first_problem: str | None = None
-    file: Path | None = None
-    line: int | None = None
-    head: str | None = None
 
 
 class _Unwritable(Exception):  # noqa: N818 - internal signal, never leaves this module
@@ -162,51 +50,6 @@ class _Unwritable(Exception):  # noqa: N818 - internal signal, never leaves this
 
 
 _encoder: Final = msgspec.json.Encoder(order="sorted")
-_decoder: Final = msgspec.json.Decoder(AuditRecord)
-
-
-class RequestEntry(msgspec.Struct, frozen=True, kw_only=True):
-    """What a request record says; :meth:`AuditLog.request` adds time, seq and prev."""
-
-    principal: str | None
-    roles: Sequence[str]
-    request_id: str
-    route: str
-    model: str | None
-    model_version: str | None
-    decision: Decision
-    status: int
-    latency_ms: float
-    input_digest: str | None = None
-    output_digest: str | None = None
-
-
-def _request_fields(entry: RequestEntry) -> dict[str, Any]:
-    """The fields of a request record, as :meth:`AuditLog.record` would shape them."""
-    fields = msgspec.structs.asdict(entry)
-    fields["roles"] = list(entry.roles)
-    fields["latency_ms"] = round(entry.latency_ms, 3)
-    return {"event": "request", **fields}
-
-
-def decision(status: int) -> Decision:
-    """The audit decision an HTTP status stands for: 429 limited, other 4xx denied, 5xx error."""
-    if status < 400:  # noqa: PLR2004 - HTTP status classes
-        return "allowed"
-    if status == 429:  # noqa: PLR2004
-        return "limited"
-    return "denied" if status < 500 else "error"  # noqa: PLR2004
-
-
-def _sha256(line: bytes) -> str:
-    return hashlib.sha256(line).hexdigest()
-
-
-def _parse(line: bytes) -> AuditRecord | None:
-    try:
-        return _decoder.decode(line)
-    except msgspec.DecodeError:
-        return None
 
 
 def _now() -> datetime:
@@ -250,10 +93,10 @@ class AuditLog:
         logger: Any = None,
         clock: Callable[[], datetime] = _now,
     ) -> None:
-        if not isinstance(digest_key, bytes) or len(digest_key) < _KEY_BYTES:
+        if not isinstance(digest_key, bytes) or len(digest_key) < KEY_BYTES:
             raise ConfigError(
-                f"the audit digest key must be at least {_KEY_BYTES} bytes; load it with "
-                f"secureserve.audit.load_digest_key ({_KEY_HINT})."
+                f"the audit digest key must be at least {KEY_BYTES} bytes; load it with "
+                f"secureserve.audit.load_digest_key ({KEY_HINT})."
             )
         if max_bytes < 1:
             raise ConfigError("[audit] max_bytes must be positive.")
@@ -306,7 +149,7 @@ class AuditLog:
         :class:`ValueError`). An unwritable log raises :class:`AuditUnavailable` in
         "refuse" mode; in "continue" mode it logs one error per outage and returns.
         """
-        self._commit(_shape(fields))
+        self._commit(shape(fields))
 
     def request(self, entry: RequestEntry) -> None:
         """Append a request record: :meth:`record` for the hot path.
@@ -315,7 +158,7 @@ class AuditLog:
         matching fixed patterns, digests made by :meth:`digest`), so the generic
         validation of :meth:`record` is skipped; the line is the same.
         """
-        self._commit(_request_fields(entry))
+        self._commit(request_fields(entry))
 
     async def request_async(self, entry: RequestEntry) -> None:
         """:meth:`request` with one ``write`` per event-loop iteration for every record queued.
@@ -325,7 +168,7 @@ class AuditLog:
         :meth:`request`. The records of one iteration are chained in order and written
         with a single system call instead of one each.
         """
-        line_fields = _request_fields(entry)
+        line_fields = request_fields(entry)
         loop = asyncio.get_running_loop()
         future: asyncio.Future[None] = loop.create_future()
         if not self._batch:
@@ -370,7 +213,7 @@ class AuditLog:
         for fields in batch:
             line = self._line(fields)
             lines.append(line)
-            self._prev, self._seq, self._rotated_from = _sha256(line[:-1]), self._seq + 1, None
+            self._prev, self._seq, self._rotated_from = sha256(line[:-1]), self._seq + 1, None
         data = b"".join(lines)
         if self._size and self._size + len(data) > self._max_bytes:
             self._seq, self._prev, self._rotated_from = saved
@@ -564,9 +407,9 @@ class AuditLog:
         self._fd, self._ident, self._size = fd, (info.st_dev, info.st_ino), size
 
     def _rotated_name(self) -> Path:
-        pattern = _rotated_pattern(self.path)
+        pattern = rotated_pattern(self.path)
         numbers = [
-            int(m.group(1)) for p in _listdir(self.path.parent) if (m := pattern.match(p.name))
+            int(m.group(1)) for p in listdir(self.path.parent) if (m := pattern.match(p.name))
         ]
         return self.path.with_suffix(f".{max(numbers, default=0) + 1}.jsonl")
 
@@ -613,7 +456,7 @@ class AuditLog:
         self._open_new()
 
     def _note(self, action: str, detail: str) -> dict[str, Any]:
-        return _shape({"event": "admin", "action": action, "trigger": "audit", "detail": detail})
+        return shape({"event": "admin", "action": action, "trigger": "audit", "detail": detail})
 
     def _resumed_detail(self) -> str:
         return (
@@ -655,7 +498,7 @@ class AuditLog:
                     self._torn = True
             raise
         self._size += len(line)
-        self._prev = _sha256(line[:-1])
+        self._prev = sha256(line[:-1])
         self._seq += 1
         self._rotated_from = None
 
@@ -700,34 +543,6 @@ class AuditLog:
             head=self._prev,
             **extra,
         )
-
-
-def _shape(fields: dict[str, Any]) -> dict[str, Any]:
-    """Validate caller fields as an :class:`AuditRecord` and keep the ones its event writes."""
-    for name in ("time", "seq", "prev", "rotated_from"):
-        if name in fields:
-            raise TypeError(f"audit field {name!r} is filled in by AuditLog, not the caller")
-    try:
-        record = msgspec.convert({**fields, "time": "", "seq": 0, "prev": GENESIS}, AuditRecord)
-    except msgspec.ValidationError as exc:
-        raise TypeError(f"invalid audit record: {exc}") from None
-    if record.event == "request" and None in (record.route, record.decision, record.status):
-        raise ValueError("a request audit record needs route, decision and status")
-    if record.event == "admin" and record.action is None:
-        raise ValueError("an admin audit record needs an action")
-    values = msgspec.structs.asdict(record)
-    for name, value in values.items():  # long client-influenced text is cut, not refused
-        limit = _MAX_DETAIL if name == "detail" else _MAX_TEXT
-        if isinstance(value, str) and len(value) > limit:
-            values[name] = value[: limit - 1] + "…"
-    if record.latency_ms is not None:
-        values["latency_ms"] = round(record.latency_ms, 3)
-    always = _ALWAYS | _REQUEST if record.event == "request" else _ALWAYS
-    return {
-        name: value
-        for name, value in values.items()
-        if name not in {"time", "seq", "prev"} and (name in always or value is not None)
-    }
 
 
 def _reason(exc: BaseException) -> str:
@@ -775,198 +590,13 @@ def _tail(fd: int) -> tuple[str, int, bool] | None:
             break
         start = lower
     last = os.pread(fd, end - start, start)
-    record = _parse(last) if clean else None
+    record = parse(last) if clean else None
     if record is not None:
-        return _sha256(last), record.seq + 1, True
+        return sha256(last), record.seq + 1, True
     next_seq = 0
     for line in reversed(os.pread(fd, start, 0).split(b"\n")):  # rare: damaged tail
-        earlier = _parse(line)
+        earlier = parse(line)
         if earlier is not None:
             next_seq = earlier.seq + 1
             break
-    return _sha256(last), next_seq, False
-
-
-# --------------------------------------------------------------------------- verification
-
-
-def _rotated_pattern(path: Path) -> re.Pattern[str]:
-    return re.compile(re.escape(path.stem) + r"\.(\d+)\.jsonl\Z")
-
-
-def _listdir(folder: Path) -> list[Path]:
-    try:
-        return list(folder.iterdir())
-    except FileNotFoundError:
-        return []
-
-
-def chain_files(path: Path) -> list[Path]:
-    """The rotated files of ``path`` (``<stem>.<n>.jsonl``, by ``n``) then ``path`` if it exists."""
-    pattern = _rotated_pattern(path)
-    rotated = sorted(
-        (int(m.group(1)), p) for p in _listdir(path.parent) if (m := pattern.match(p.name))
-    )
-    files = [p for _, p in rotated]
-    if path.exists():
-        files.append(path)
-    return files
-
-
-def _lines(path: Path) -> Iterator[bytes]:
-    with path.open("rb") as handle:
-        yield from handle
-
-
-def verify_chain(paths: Sequence[Path], *, require_genesis: bool = True) -> VerifyResult:
-    """Check the chain through ``paths`` (oldest first, see :func:`chain_files`).
-
-    Reports the first problem: a line that is torn or not a record; a ``seq`` that is
-    not the previous one plus one (a deleted or reordered record, or a missing or
-    swapped file); a ``prev`` that is not the SHA-256 of the previous line (that line
-    was edited; across files, the previous file was edited, replaced or one between
-    is missing). ``require_genesis=False`` accepts a chain whose oldest files were
-    removed on purpose (retention): its first record is then taken on trust.
-    """
-    if not paths:
-        return VerifyResult(ok=False, records=0, first_problem="there is no audit file to verify")
-    cursor = _Cursor(require_genesis=require_genesis)
-    for path in paths:
-        number = 0
-        try:
-            for raw in _lines(path):
-                number += 1
-                problem = cursor.advance(raw, first_in_file=number == 1)
-                if problem is not None:
-                    return cursor.failed(problem, path, number)
-        except OSError as exc:
-            return cursor.failed(f"the file cannot be read ({exc.strerror})", path, None)
-        if number:
-            cursor.previous_file = path
-    return VerifyResult(ok=True, records=cursor.records, head=cursor.prev)
-
-
-class _Cursor:
-    """Where verification stands: the last good line's hash, the next seq, the file."""
-
-    def __init__(self, *, require_genesis: bool) -> None:
-        self.require_genesis = require_genesis
-        self.records = 0
-        self.prev: str | None = None
-        self.expected = 0
-        self.previous_file: Path | None = None
-
-    def advance(self, raw: bytes, *, first_in_file: bool) -> str | None:
-        """Check one raw line (with its LF); move past it, or say what is wrong with it."""
-        if not raw.endswith(b"\n"):
-            return (
-                "the line is incomplete (no line end): a write was cut short (crash, full "
-                "disk) or the file was truncated"
-            )
-        record = _parse(raw[:-1])
-        if record is None:
-            return "the line is not an audit record (not JSON, or fields missing or wrong)"
-        problem = self._link(record, first_in_file=first_in_file)
-        if problem is None:
-            self.prev, self.expected = _sha256(raw[:-1]), record.seq + 1
-            self.records += 1
-        return problem
-
-    def _link(self, record: AuditRecord, *, first_in_file: bool) -> str | None:
-        if self.prev is None:
-            return self._genesis(record)
-        if record.seq != self.expected:
-            if first_in_file:
-                return (
-                    f"this file starts at seq {record.seq} but {self.previous_file} ended at "
-                    f"seq {self.expected - 1}: a file between them is missing, or files were "
-                    "swapped"
-                )
-            what = "deleted" if record.seq > self.expected else "reordered or duplicated"
-            return f"seq {record.seq} where {self.expected} was expected: a record was {what}"
-        if record.prev == self.prev:
-            return None
-        if first_in_file:
-            return (
-                f"prev does not match the last line of {self.previous_file}: that file was "
-                "edited or replaced"
-            )
-        return (
-            "prev does not match the hash of the line before: that line was edited (or "
-            "lines were reordered)"
-        )
-
-    def _genesis(self, record: AuditRecord) -> str | None:
-        if self.require_genesis and (record.seq != 0 or record.prev != GENESIS):
-            return (
-                f"the chain does not start here: seq {record.seq} instead of 0 with the "
-                "genesis prev; earlier records or files are missing"
-            )
-        return None
-
-    def failed(self, problem: str, file: Path, line: int | None) -> VerifyResult:
-        return VerifyResult(
-            ok=False,
-            records=self.records,
-            first_problem=problem,
-            file=file,
-            line=line,
-            head=self.prev,
-        )
-
-
-def format_result(result: VerifyResult) -> str:
-    """One line when the chain verified, one paragraph naming file, line and problem if not."""
-    if result.ok:
-        return f"OK: {result.records} audit records verified; chain head sha256 {result.head}."
-    where = "" if result.file is None else f" {result.file}"
-    if result.line is not None:
-        where += f", line {result.line}"
-    return (
-        f"FAILED:{where}: {result.first_problem}. {result.records} records before it "
-        "verified. The audit log was altered or damaged at or just before this point; keep "
-        "the files as evidence and compare them with a backup or your log collector."
-    )
-
-
-# --------------------------------------------------------------------------- digest key
-
-
-def generate_digest_key(path: Path) -> None:
-    """Write 32 random bytes, base64 and a newline, to a new file ``path`` (mode 0600).
-
-    Never overwrites: an existing file is a :class:`ConfigError` (digests made with
-    the old key could no longer be matched).
-    """
-    content = base64.b64encode(os.urandom(_KEY_BYTES)) + b"\n"
-    create_new(path, content, keeps="digests in the audit log could no longer be matched")
-
-
-def load_digest_key(path: Path) -> bytes:
-    """The audit digest key in ``path``: base64 of at least 32 bytes, in a private file.
-
-    Raises :class:`ConfigError` naming the file (never its content) and the fix when
-    it is missing, not a regular file, readable or writable by group or others, not
-    base64, or shorter than 32 bytes.
-    """
-    source = f"{_KEY_SETTING} {path}"
-    content = read_private(
-        path,
-        source=source,
-        exposure="whoever reads it can confirm guessed inputs against the audit log",
-        hint=_KEY_HINT,
-        max_bytes=_MAX_KEY_FILE,
-    )
-    text = content.strip(b" \t\r\n")
-    if not text:
-        raise ConfigError(f"{source} is empty; {_KEY_HINT}.")
-    try:
-        key = base64.b64decode(text, validate=True)
-    except (binascii.Error, ValueError):
-        raise ConfigError(f"{source} is not valid base64; {_KEY_HINT}.") from None
-    if len(key) < _KEY_BYTES:
-        raise ConfigError(
-            f"{source} decodes to {len(key)} bytes; the digest key needs at least "
-            f"{_KEY_BYTES}. {_KEY_HINT[0].upper()}{_KEY_HINT[1:]}."
-        )
-    return key
+    return sha256(last), next_seq, False

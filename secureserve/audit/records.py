@@ -1,0 +1,182 @@
+"""Audit records: what one line of the audit log holds, and how fields get that shape.
+
+:class:`AuditRecord` is one line; :class:`RequestEntry` is what a request record
+says before the writer adds ``time``, ``seq`` and ``prev``; :func:`shape` and
+:func:`request_fields` turn caller fields into a line's fields; :func:`sha256` and
+:func:`parse` hash and read lines for the writer and for verification. Depends on no
+other audit module.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from typing import Annotated, Any, Final, Literal
+
+import msgspec
+
+from secureserve.errors import RequestRejected
+
+__all__ = [
+    "DIGEST_PREFIX",
+    "GENESIS",
+    "AuditRecord",
+    "AuditUnavailable",
+    "Decision",
+    "Digest",
+    "RequestEntry",
+    "decision",
+    "parse",
+    "request_fields",
+    "sha256",
+    "shape",
+]
+
+GENESIS: Final = "0" * 64
+DIGEST_PREFIX: Final = "hmac-sha256:"
+_MAX_DETAIL: Final = 200
+_HEX64: Final = "^[0-9a-f]{64}$"
+_DIGEST: Final = f"^{DIGEST_PREFIX}[0-9a-f]{{64}}$"
+# Written on every line of their event (null when absent), so every line has one shape.
+_ALWAYS: Final = frozenset({"time", "seq", "prev", "event", "principal", "roles"})
+_REQUEST: Final = frozenset(
+    {
+        "request_id",
+        "route",
+        "model",
+        "model_version",
+        "decision",
+        "status",
+        "latency_ms",
+        "input_digest",
+        "output_digest",
+    }
+)
+
+Decision = Literal["allowed", "denied", "limited", "error"]
+Digest = Annotated[str, msgspec.Meta(pattern=_DIGEST)]
+_MAX_TEXT: Final = 1024
+
+
+class AuditRecord(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """One audit line. ``event`` says which of the optional fields are meaningful.
+
+    Request records carry every request field (``null`` when absent); admin records
+    carry ``action`` and whichever of ``request_id``/``trigger``/``model``/``detail``
+    apply. ``rotated_from`` appears on the first record of a file that continues
+    another.
+    """
+
+    time: str
+    seq: Annotated[int, msgspec.Meta(ge=0)]
+    prev: Annotated[str, msgspec.Meta(pattern=_HEX64)]
+    event: Literal["request", "admin"]
+    principal: str | None = None
+    roles: tuple[str, ...] = ()
+    request_id: str | None = None
+    route: str | None = None
+    model: str | None = None
+    model_version: str | None = None
+    decision: Decision | None = None
+    status: Annotated[int, msgspec.Meta(ge=100, le=599)] | None = None
+    latency_ms: Annotated[float, msgspec.Meta(ge=0)] | None = None
+    input_digest: Digest | None = None
+    output_digest: Digest | None = None
+    action: str | None = None
+    trigger: str | None = None
+    detail: str | None = None
+    rotated_from: str | None = None
+
+
+class AuditUnavailable(RequestRejected):
+    """The audit log cannot be written, so the request is refused (503, ``Retry-After: 5``).
+
+    ``log_reason`` says why (deleted, read-only, the OS error); the client sees only
+    the fixed title.
+    """
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(
+            503,
+            "audit-unavailable",
+            "Service temporarily unavailable",
+            headers={"Retry-After": "5"},
+            log_reason=f"audit log unavailable: {reason}",
+        )
+
+
+_decoder: Final = msgspec.json.Decoder(AuditRecord)
+
+
+class RequestEntry(msgspec.Struct, frozen=True, kw_only=True):
+    """What a request record says; :meth:`AuditLog.request` adds time, seq and prev."""
+
+    principal: str | None
+    roles: Sequence[str]
+    request_id: str
+    route: str
+    model: str | None
+    model_version: str | None
+    decision: Decision
+    status: int
+    latency_ms: float
+    input_digest: str | None = None
+    output_digest: str | None = None
+
+
+def request_fields(entry: RequestEntry) -> dict[str, Any]:
+    """The fields of a request record, as :meth:`AuditLog.record` would shape them."""
+    fields = msgspec.structs.asdict(entry)
+    fields["roles"] = list(entry.roles)
+    fields["latency_ms"] = round(entry.latency_ms, 3)
+    return {"event": "request", **fields}
+
+
+def decision(status: int) -> Decision:
+    """The audit decision an HTTP status stands for: 429 limited, other 4xx denied, 5xx error."""
+    if status < 400:  # noqa: PLR2004 - HTTP status classes
+        return "allowed"
+    if status == 429:  # noqa: PLR2004
+        return "limited"
+    return "denied" if status < 500 else "error"  # noqa: PLR2004
+
+
+def sha256(line: bytes) -> str:
+    """The hex SHA-256 of ``line`` (a line's bytes without its LF): the next ``prev``."""
+    return hashlib.sha256(line).hexdigest()
+
+
+def parse(line: bytes) -> AuditRecord | None:
+    """The record on ``line``, or None when it is not one (torn, not JSON, fields wrong)."""
+    try:
+        return _decoder.decode(line)
+    except msgspec.DecodeError:
+        return None
+
+
+def shape(fields: dict[str, Any]) -> dict[str, Any]:
+    """Validate caller fields as an :class:`AuditRecord` and keep the ones its event writes."""
+    for name in ("time", "seq", "prev", "rotated_from"):
+        if name in fields:
+            raise TypeError(f"audit field {name!r} is filled in by AuditLog, not the caller")
+    try:
+        record = msgspec.convert({**fields, "time": "", "seq": 0, "prev": GENESIS}, AuditRecord)
+    except msgspec.ValidationError as exc:
+        raise TypeError(f"invalid audit record: {exc}") from None
+    if record.event == "request" and None in (record.route, record.decision, record.status):
+        raise ValueError("a request audit record needs route, decision and status")
+    if record.event == "admin" and record.action is None:
+        raise ValueError("an admin audit record needs an action")
+    values = msgspec.structs.asdict(record)
+    for name, value in values.items():  # long client-influenced text is cut, not refused
+        limit = _MAX_DETAIL if name == "detail" else _MAX_TEXT
+        if isinstance(value, str) and len(value) > limit:
+            values[name] = value[: limit - 1] + "…"
+    if record.latency_ms is not None:
+        values["latency_ms"] = round(record.latency_ms, 3)
+    always = _ALWAYS | _REQUEST if record.event == "request" else _ALWAYS
+    return {
+        name: value
+        for name, value in values.items()
+        if name not in {"time", "seq", "prev"} and (name in always or value is not None)
+    }
