@@ -50,7 +50,6 @@ import base64
 import binascii
 import contextlib
 import os
-import stat
 import struct
 import tempfile
 from pathlib import Path
@@ -60,7 +59,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from secureserve.errors import ArtifactError, ConfigError
-from secureserve.secretfiles import create_new, read_private
+from secureserve.secretfiles import create_new, open_regular, read_private
 
 if TYPE_CHECKING:
     from collections.abc import Iterator, Mapping
@@ -379,17 +378,10 @@ def _refuse_existing(target: Path) -> None:
 
 def _open_regular(path: Path) -> BinaryIO:
     """Open ``path`` for reading, refusing anything but a regular file."""
-    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0)
     try:
-        fd = os.open(path, flags)
-    except OSError as exc:
-        raise ConfigError(
-            f"{path} cannot be opened ({exc.strerror}); check the path and its permissions."
-        ) from None
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
-        os.close(fd)
-        raise ConfigError(f"{path} is not a regular file; name the artifact file itself.")
-    return os.fdopen(fd, "rb")
+        return open_regular(path, source=str(path))
+    except FileNotFoundError:
+        raise ConfigError(f"{path} cannot be opened (it does not exist); check the path.") from None
 
 
 @contextlib.contextmanager

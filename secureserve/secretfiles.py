@@ -7,9 +7,10 @@ replacing an existing key, whose loss would orphan what it protects), and a key 
 read through one descriptor that must be a regular file no one but its owner can read
 or write. Messages name the file and the fix, never its content.
 
-:func:`read_regular` is the bounded read behind every small file (settings, key
-records, lock, signature, JWKS): a FIFO, a device or a directory in its place is
-refused instead of blocking or filling memory.
+:func:`open_regular` opens what secureserve reads (artifacts streamed for encryption
+included) and :func:`read_regular` is the bounded read behind every small file
+(settings, key records, lock, signature, JWKS): a FIFO, a device or a directory in its
+place is refused instead of blocking or filling memory.
 """
 
 from __future__ import annotations
@@ -17,10 +18,11 @@ from __future__ import annotations
 import os
 import stat
 from pathlib import Path
+from typing import BinaryIO
 
 from secureserve.errors import ConfigError
 
-__all__ = ["create_new", "read_private", "read_regular"]
+__all__ = ["create_new", "open_regular", "read_private", "read_regular"]
 
 
 def create_new(path: Path, content: bytes, *, mode: int = 0o600, keeps: str = "") -> None:
@@ -52,29 +54,42 @@ def create_new(path: Path, content: bytes, *, mode: int = 0o600, keeps: str = ""
         raise
 
 
-_READ_FLAGS = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0)
+_READ_FLAGS = (
+    os.O_RDONLY
+    | getattr(os, "O_NONBLOCK", 0)
+    | getattr(os, "O_NOCTTY", 0)
+    | getattr(os, "O_CLOEXEC", 0)
+)
+
+
+def open_regular(path: Path, *, source: str) -> BinaryIO:
+    """Open ``path`` for reading, refusing anything but a regular file.
+
+    ``source`` names it in messages. ``FileNotFoundError`` is left to the caller (a
+    missing file means different things to different callers); any other problem is a
+    :class:`ConfigError`. The file is opened without blocking, so a FIFO put in its
+    place cannot hang the reader, and checked through the descriptor that is returned.
+    """
+    try:
+        fd = os.open(path, _READ_FLAGS)
+    except FileNotFoundError:
+        raise
+    except OSError as exc:
+        raise ConfigError(
+            f"{source} cannot be read ({exc.strerror}); check that this user may read it."
+        ) from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise ConfigError(f"{source} is not a regular file; point it at the file itself.")
+    return os.fdopen(fd, "rb")
 
 
 def read_regular(path: Path, *, max_bytes: int, source: str) -> bytes:
     """The content of ``path``, a regular file of at most ``max_bytes`` bytes.
 
-    ``source`` names it in messages. ``FileNotFoundError`` is left to the caller (a
-    missing file means different things to different callers); any other problem is a
-    :class:`ConfigError`. The file is opened without blocking, so a FIFO put in its
-    place cannot hang the reader, and checked through the descriptor that is read.
+    Opened by :func:`open_regular` (so ``FileNotFoundError`` is the caller's too).
     """
-    try:
-        fd = os.open(path, _READ_FLAGS | getattr(os, "O_CLOEXEC", 0))
-    except FileNotFoundError:
-        raise
-    except OSError as exc:
-        raise ConfigError(
-            f"{source} cannot be read ({exc.strerror}); check its permissions."
-        ) from None
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
-        os.close(fd)
-        raise ConfigError(f"{source} is not a regular file; point it at the file itself.")
-    with os.fdopen(fd, "rb") as handle:
+    with open_regular(path, source=source) as handle:
         content = handle.read(max_bytes + 1)
     if len(content) > max_bytes:
         raise ConfigError(f"{source} is larger than {max_bytes} bytes; check the path.")
@@ -89,21 +104,12 @@ def read_private(path: Path, *, source: str, exposure: str, hint: str, max_bytes
     links are followed (Kubernetes secret volumes are made of them); the checks apply to
     the file that was opened, through the same descriptor that is read.
     """
-    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0)
     try:
-        fd = os.open(path, flags)
+        handle = open_regular(path, source=source)
     except FileNotFoundError:
         raise ConfigError(f"{source} does not exist; check the path, or {hint}.") from None
-    except OSError as exc:
-        raise ConfigError(
-            f"{source} cannot be opened ({exc.strerror}); check that this user may read it."
-        ) from None
-    info = os.fstat(fd)
-    if not stat.S_ISREG(info.st_mode):
-        os.close(fd)
-        raise ConfigError(f"{source} is not a regular file; point it at the key file.")
-    with os.fdopen(fd, "rb") as handle:
-        permissions = stat.S_IMODE(info.st_mode)
+    with handle:
+        permissions = stat.S_IMODE(os.fstat(handle.fileno()).st_mode)
         if os.name != "nt" and permissions & 0o077:
             raise ConfigError(
                 f"{source} can be read or written by users other than its owner (mode "

@@ -31,7 +31,6 @@ import hashlib
 import json
 import os
 import re
-import stat
 from pathlib import Path
 from typing import Any, Final
 
@@ -43,7 +42,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 )
 
 from secureserve.errors import ArtifactError, ConfigError
-from secureserve.secretfiles import create_new, read_regular
+from secureserve.secretfiles import create_new, read_private, read_regular
 
 __all__ = [
     "SIGNATURE_FORMAT",
@@ -229,38 +228,20 @@ def _write_new(path: Path, content: bytes, mode: int) -> None:
 
 def _read_key_file(path: Path, what: str, *, private: bool) -> bytes:
     """Read a small regular key file through one descriptor (no stat/open race)."""
-    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0)
-    try:
-        fd = os.open(path, flags)
-    except FileNotFoundError:
-        raise ConfigError(
-            f"{what} {path} does not exist; check the path, or create a key pair with "
-            "`secureserve signing-key new`."
-        ) from None
-    except OSError as exc:
-        raise ConfigError(
-            f"{what} {path} cannot be opened ({exc.strerror}); check the path and that "
-            "this user may read it."
-        ) from None
-    info = os.fstat(fd)
-    if not stat.S_ISREG(info.st_mode):
-        os.close(fd)
-        raise ConfigError(f"{what} {path} is not a regular file; point it at the PEM file.")
-    with os.fdopen(fd, "rb") as handle:
-        permissions = stat.S_IMODE(info.st_mode)
-        if private and os.name != "nt" and permissions & 0o077:
-            raise ConfigError(
-                f"{what} {path} can be read or written by users other than its owner (mode "
-                f"{permissions:04o}); anyone who reads it can sign a lock your servers "
-                f"will trust. Restrict it with `chmod 600 {path}`."
-            )
-        content = handle.read(_MAX_PEM_BYTES + 1)
-    if len(content) > _MAX_PEM_BYTES:
-        raise ConfigError(
-            f"{what} {path} is larger than {_MAX_PEM_BYTES} bytes, too large for a PEM key; "
-            "point it at the right file."
+    source = f"{what} {path}"
+    hint = "create a key pair with `secureserve signing-key new`"
+    if private:
+        return read_private(
+            path,
+            source=source,
+            exposure="anyone who reads it can sign a lock your servers will trust",
+            hint=hint,
+            max_bytes=_MAX_PEM_BYTES,
         )
-    return content
+    try:
+        return read_regular(path, max_bytes=_MAX_PEM_BYTES, source=source)
+    except FileNotFoundError:
+        raise ConfigError(f"{source} does not exist; check the path, or {hint}.") from None
 
 
 def _load_private_key(path: Path) -> Ed25519PrivateKey:
