@@ -2,7 +2,7 @@
 
 A template is a folder under ``templates/`` (shipped in the wheel as
 ``secureserve/_templates``), rendered over ``templates/common/``, which holds what
-every project gets (settings, packaging, Dockerfile, Kubernetes manifests, CI); the
+every project gets (settings, packaging, tests, Dockerfile, Kubernetes manifests, CI); the
 two layers never hold the same file. Rendering is plain string replacement of three fixed
 tokens, ``__project_name__``, ``__ProjectName__`` (its CamelCase) and
 ``__project-name__`` (with ``-`` for ``_``, for Kubernetes names), in file contents and

@@ -25,7 +25,7 @@ from secureserve.testing import TestClient
 
 #: Files rendered from templates/common/ that every project must have (the layer may
 #: hold more: they are checked against the layer itself).
-COMMON_FILES = {".gitignore", "pyproject.toml", "secureserve.toml"}
+COMMON_FILES = {".gitignore", "pyproject.toml", "secureserve.toml", "tests/test_app.py"}
 #: What every template renders besides the common layer, and what `new` generates.
 TEMPLATE_FILES = {
     "README.md",
@@ -36,7 +36,6 @@ TEMPLATE_FILES = {
     "secureserve.lock",
     "secureserve.lock.sig",
     "signing-key.pub.pem",
-    "tests/test_app.py",
 }
 #: The generated model file of each template and the format its bytes must show.
 MODEL_FILES = {
@@ -98,7 +97,7 @@ def test_every_template_has_a_folder_and_a_model_writer():
     root = scaffold.templates_root()
     for template in TEMPLATES:
         assert (root / template / "app.py").is_file(), template
-        assert (root / template / "tests" / "test_app.py").is_file(), template
+    assert (root / "common" / "tests" / "test_app.py").is_file()  # one test file for all
     assert set(scaffold._MODEL_WRITERS) == set(TEMPLATES)
 
 
