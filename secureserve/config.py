@@ -15,12 +15,24 @@ import re
 import tomllib
 from pathlib import Path
 from types import UnionType
-from typing import Annotated, Any, Final, Literal, Union, get_args, get_origin
+from typing import (
+    TYPE_CHECKING,
+    Annotated,
+    Any,
+    Final,
+    Literal,
+    Union,
+    get_args,
+    get_origin,
+)
 
 import msgspec
 
 from secureserve.errors import ConfigError
 from secureserve.secretfiles import read_regular
+
+if TYPE_CHECKING:
+    from limits import RateLimitItem
 
 __all__ = [
     "CONFIG_FILENAME",
@@ -31,6 +43,7 @@ __all__ = [
     "Settings",
     "TLSSettings",
     "load_settings",
+    "parse_rate",
     "resolve_paths",
 ]
 
@@ -425,22 +438,27 @@ def _check_auth(auth: AuthSettings) -> None:
         raise ConfigError("[auth] client_certificates lists a subject twice; keep one entry each.")
 
 
-def _check_limits(limits: LimitsSettings) -> None:
-    from limits import parse_many  # noqa: PLC0415 - only needed here
+def parse_rate(key: str, value: str) -> RateLimitItem:
+    """The one positive rate ``value`` of ``[limits] key``, or a ``ConfigError`` naming it."""
+    from limits import parse_many  # noqa: PLC0415 - importing limits is slow; only needed here
 
+    try:
+        items = parse_many(value)
+    except ValueError:
+        items = []
+    if len(items) != 1 or items[0].amount < 1:
+        raise ConfigError(
+            f'[limits] {key} = {value!r} is not one rate such as "60/minute" or '
+            f'"10000/day"; write "{RATE_OFF}" to switch this limit off.'
+        )
+    return items[0]
+
+
+def _check_limits(limits: LimitsSettings) -> None:
     for key in ("per_principal", "per_model", "auth_failures_per_ip", "quota"):
         value = getattr(limits, key)
-        if value is None or value == RATE_OFF:
-            continue
-        try:
-            items = parse_many(value)
-        except ValueError:
-            items = []
-        if len(items) != 1 or items[0].amount < 1:
-            raise ConfigError(
-                f'[limits] {key} = {value!r} is not one rate such as "60/minute" or '
-                f'"10000/day"; write "{RATE_OFF}" to switch this limit off.'
-            )
+        if value is not None and value != RATE_OFF:
+            parse_rate(key, value)
     schemes = ("memory://", "redis://", "rediss://", "async+redis://", "async+rediss://")
     if not limits.storage.startswith(schemes):
         scheme = limits.storage.partition("://")[0][:40]  # never echo a URL with a password

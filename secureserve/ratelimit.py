@@ -50,7 +50,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Literal, TypeVar
 
-from limits import RateLimitItem, parse_many
+from limits import RateLimitItem
 from limits.aio.storage import Storage
 from limits.aio.strategies import MovingWindowRateLimiter
 from limits.errors import ConfigurationError
@@ -58,6 +58,7 @@ from limits.storage import MemoryStorage as SyncMemoryStorage
 from limits.storage import storage_from_string
 from limits.strategies import MovingWindowRateLimiter as SyncMovingWindow
 
+from secureserve.config import parse_rate
 from secureserve.errors import ConfigError, RequestRejected
 from secureserve.logs import get_logger
 
@@ -150,16 +151,7 @@ class _MemoryBackend:
 def _limit(key: str, value: str | None, namespace: str, *, moving: bool) -> _Limit | None:
     if value is None:
         return None
-    try:
-        items = parse_many(value)
-    except ValueError:
-        items = []
-    if len(items) != 1 or items[0].amount < 1:
-        raise ConfigError(
-            f'[limits] {key} = {value!r} is not one positive rate such as "60/minute"; '
-            'write "off" to switch this limit off'
-        )
-    item = items[0]
+    item = parse_rate(key, value)
     return _Limit(type(item)(item.amount, item.multiples, namespace=namespace), moving, key)
 
 
