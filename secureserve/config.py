@@ -44,6 +44,7 @@ __all__ = [
     "TLSSettings",
     "load_settings",
     "parse_rate",
+    "read_config_file",
     "resolve_paths",
 ]
 
@@ -225,9 +226,9 @@ def load_settings(
         if not config.exists():
             raise ConfigError(f"configuration file {config} does not exist; check --config.")
         base = config.resolve().parent
-        raw = _read_toml(config)
+        raw = read_config_file(config)
     elif (base / CONFIG_FILENAME).exists():  # a folder or FIFO there is refused, not skipped
-        raw = _read_toml(base / CONFIG_FILENAME)
+        raw = read_config_file(base / CONFIG_FILENAME)
     source = str(config) if config is not None else CONFIG_FILENAME
     _refuse_planned(raw, source)
     _merge(raw, _from_environ(os.environ if environ is None else environ))
@@ -261,7 +262,8 @@ def _path_hook(kind: type, value: Any) -> Any:
     raise NotImplementedError
 
 
-def _read_toml(path: Path) -> dict[str, dict[str, Any]]:
+def read_config_file(path: Path) -> dict[str, dict[str, Any]]:
+    """The tables of a settings file, read once and bounded; ``ConfigError`` if unusable."""
     try:
         raw = read_regular(path, max_bytes=_MAX_CONFIG_BYTES, source=str(path))
         data = tomllib.loads(raw.decode("utf-8"))

@@ -87,8 +87,8 @@ def check_certificate_files(
     key: Path,
     *,
     now: datetime | None = None,
-) -> None:
-    """Refuse a certificate and key secureserve should not serve with.
+) -> x509.Certificate:
+    """Refuse a certificate and key secureserve should not serve with; return the leaf.
 
     ``cert`` is a PEM file whose first certificate is the server's (any following
     ones are its intermediates); ``key`` is the matching unencrypted PEM private key.
@@ -113,6 +113,7 @@ def check_certificate_files(
             "(or issue a new certificate for this key)."
         )
     _check_validity(cert, certificate, moment)
+    return certificate
 
 
 def server_context(

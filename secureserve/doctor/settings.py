@@ -10,7 +10,6 @@ files the server must not be able to change are checked in :mod:`.model`.
 from __future__ import annotations
 
 import ipaddress
-import tomllib
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -21,7 +20,7 @@ from cryptography import x509
 
 from secureserve._time import utc
 from secureserve.audit import load_digest_key
-from secureserve.config import CONFIG_FILENAME, RATE_OFF, Settings
+from secureserve.config import CONFIG_FILENAME, RATE_OFF, Settings, read_config_file
 from secureserve.doctor import model
 from secureserve.doctor.findings import FIX_SEE_MESSAGE, Finding, error, info, warning
 from secureserve.errors import ConfigError
@@ -85,11 +84,11 @@ def _check_tls(settings: Settings, now: datetime) -> Iterator[Finding]:
         )
     else:
         try:
-            check_certificate_files(tls.cert, tls.key, now=now)
+            certificate = check_certificate_files(tls.cert, tls.key, now=now)
         except ConfigError as exc:
             yield error("tls-invalid", "[tls] cert, key", str(exc), FIX_SEE_MESSAGE)
         else:
-            yield from _check_expiry(tls.cert, now)
+            yield from _check_expiry(tls.cert, certificate, now)
     if tls.client_ca is not None and not tls.client_ca.is_file():
         yield info(
             "tls-file-missing",
@@ -106,8 +105,7 @@ def _check_tls(settings: Settings, now: datetime) -> Iterator[Finding]:
         )
 
 
-def _check_expiry(cert: Path, now: datetime) -> Iterator[Finding]:
-    certificate = x509.load_pem_x509_certificate(cert.read_bytes())
+def _check_expiry(cert: Path, certificate: x509.Certificate, now: datetime) -> Iterator[Finding]:
     left = certificate.not_valid_after_utc - now
     if left < EXPIRY_WARNING:
         yield warning(
@@ -281,8 +279,7 @@ def _raw_setting(settings: Settings, config_file: Path | None, section: str, key
     if not path.is_absolute():
         path = settings.project_dir / path
     try:
-        with path.open("rb") as handle:
-            table = tomllib.load(handle).get(section, {})
-    except (OSError, tomllib.TOMLDecodeError):
+        table = read_config_file(path).get(section, {})
+    except ConfigError:
         return None
-    return table.get(key) if isinstance(table, dict) else None
+    return table.get(key)
