@@ -2,8 +2,8 @@
 
 ``build_access`` turns ``[auth]``, ``[limits]`` and ``[audit]`` into the objects the
 middleware and routes use, and logs every explicit weakening at start-up (the
-memory fallback for shared limits, writing on after an audit failure, a digest key
-that lives only in this process).
+memory fallback for shared limits, writing on after an audit failure, an audit line
+for every unauthenticated refusal, a digest key that lives only in this process).
 """
 
 from __future__ import annotations
@@ -63,6 +63,12 @@ def build_access(
             "when the audit log cannot be written",
             setting="audit.on_write_error",
         )
+    if audit.refusal_window_s == 0:
+        logger.warning(
+            "insecure opt-in: [audit] refusal_window_s = 0; every refusal of an "
+            "unauthenticated caller is written at once, so anyone can grow the audit log",
+            setting="audit.refusal_window_s",
+        )
     if audit_key is None and audit.digest_key_file is not None:
         audit_key = load_digest_key(audit.digest_key_file)
     if audit_key is None:
@@ -76,6 +82,8 @@ def build_access(
         audit.path,
         digest_key=audit_key,
         max_bytes=audit.max_bytes,
+        max_files=audit.max_files,
+        refusal_window_s=audit.refusal_window_s,
         on_write_error=audit.on_write_error,
         logger=logger,
     )
@@ -98,6 +106,7 @@ def build_access(
         auth_failures_per_ip=_rate(limits.auth_failures_per_ip),
         quota=_rate(limits.quota),
         on_storage_error=limits.on_storage_error,
+        storage_timeout_s=limits.storage_timeout_s,
         key_prefix=limits.key_prefix,
         logger=logger,
     )

@@ -21,6 +21,7 @@ from typing import Any
 
 import structlog
 from starlette.applications import Starlette
+from starlette.convertors import StringConvertor, register_url_convertor
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
@@ -29,7 +30,7 @@ from starlette.routing import Route
 
 from secureserve import endpoints
 from secureserve.access import build_access
-from secureserve.config import Settings, resolve_paths
+from secureserve.config import Settings, check_settings, resolve_paths
 from secureserve.keys import KeyStore
 from secureserve.logs import access_log, configure_logging, get_logger
 from secureserve.middleware.authentication import Authentication
@@ -58,6 +59,8 @@ def create_app(
     ``ArtifactError`` before anything is served if the model cannot be loaded.
     """
     settings = resolve_paths(config or Settings())
+    check_settings(settings)
+    register_url_convertor("model", _ModelName())
     if not structlog.is_configured():
         configure_logging(settings.logging.level)
     log = get_logger()
@@ -90,7 +93,7 @@ def create_app(
             Route("/v1/models/{name}:predict", endpoints.Predict(state), methods=["POST"]),
             Route("/v1/models/{name}:reload", endpoints.reload, methods=["POST"]),
             Route("/v1/models", endpoints.list_models, methods=["GET"]),
-            Route("/v1/models/{name}", endpoints.model_metadata, methods=["GET"]),
+            Route("/v1/models/{name:model}", endpoints.model_metadata, methods=["GET"]),
             Route("/openapi.json", endpoints.openapi, methods=["GET"]),
             Route("/metrics", endpoints.metrics, methods=["GET"]),
             Route("/healthz", endpoints.healthz, methods=["GET"]),
@@ -103,6 +106,7 @@ def create_app(
                 access=access_log(),
                 metrics=state.metrics,
                 audit=access.audit,
+                trusted_proxies=settings.server.trusted_proxies,
             ),
             Middleware(HttpsOnly),
             Middleware(InFlightLimit, limit=settings.server.max_in_flight),
@@ -120,6 +124,16 @@ def create_app(
     app.router.redirect_slashes = False  # a redirect would echo the Host header back
     app.state.serving = state
     return app
+
+
+class _ModelName(StringConvertor):
+    """A model name in a path: a segment without ``:``.
+
+    So ``GET /v1/models/iris:predict`` belongs to the predict route (405, ``Allow: POST``)
+    instead of asking for the metadata of a model named ``iris:predict``.
+    """
+
+    regex = "[^/:]+"
 
 
 async def _http_exception(request: Request, exc: Exception) -> Response:

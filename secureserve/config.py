@@ -4,7 +4,8 @@ Every section is a strict msgspec Struct, so an unknown key or a wrong type stop
 start-up with a message that names the key (``[server] port``) or the environment
 variable and says what to do. Relative paths are resolved against the folder of
 the configuration file (the project folder), never against a later working
-directory. Insecure combinations are refused in :func:`_check_combinations`.
+directory. Insecure combinations are refused in :func:`check_settings`, which
+``create_app`` also runs on settings built in code.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ __all__ = [
     "ServerSettings",
     "Settings",
     "TLSSettings",
+    "check_settings",
     "load_settings",
     "parse_rate",
     "read_config_file",
@@ -55,11 +57,17 @@ _SECRET_VARIABLES: Final = frozenset({"SECURESERVE_MODEL__ENCRYPTION_KEY"})
 
 _MAX_CONFIG_BYTES: Final = 1024 * 1024
 DEFAULT_MAX_BODY_BYTES: Final = 1_048_576
-DEFAULT_MAX_INSTANCES: Final = 64
+DEFAULT_MAX_INSTANCES: Final = 32
 DEFAULT_MAX_IN_FLIGHT: Final = 256
 DEFAULT_TIMEOUT_S: Final = 10.0
 DEFAULT_KEEP_ALIVE_S: Final = 5
 DEFAULT_MAX_CONNECTIONS: Final = 1024
+#: Rotated audit files kept: with the default max_bytes the log peaks at (9 + 1) x 100 MiB,
+#: inside the 1 GiB volume that `secureserve new` gives it in Kubernetes.
+DEFAULT_AUDIT_MAX_FILES: Final = 9
+#: Refusals of unauthenticated callers are counted per address for this long, then written.
+DEFAULT_REFUSAL_WINDOW_S: Final = 60.0
+DEFAULT_STORAGE_TIMEOUT_S: Final = 0.5
 
 # Sections and keys that DESIGN.md names but this version does not implement yet.
 # Accepting them silently would suggest a protection that is not there.
@@ -134,6 +142,7 @@ class LimitsSettings(_Section, frozen=True):
     auth_failures_per_ip: RateString | None = "10/minute"
     quota: RateString | None = "10000/day"
     on_storage_error: Literal["refuse", "memory"] = "refuse"
+    storage_timeout_s: Annotated[float, msgspec.Meta(gt=0, le=10)] = DEFAULT_STORAGE_TIMEOUT_S
     key_prefix: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_.-]{1,64}$")] = "secureserve"
 
 
@@ -143,6 +152,8 @@ class AuditSettings(_Section, frozen=True):
     path: Path = Path("audit/audit.jsonl")
     digest_key_file: Path | None = None
     max_bytes: Annotated[int, msgspec.Meta(ge=4096, le=1 << 40)] = 100 * 1024 * 1024
+    max_files: Annotated[int, msgspec.Meta(ge=1, le=100_000)] = DEFAULT_AUDIT_MAX_FILES
+    refusal_window_s: Annotated[float, msgspec.Meta(ge=0, le=3600)] = DEFAULT_REFUSAL_WINDOW_S
     on_write_error: Literal["refuse", "continue"] = "refuse"
 
 
@@ -240,7 +251,7 @@ def load_settings(
     except msgspec.ValidationError as exc:
         raise ConfigError(f"{source}: {_describe(exc)}") from None
     settings = resolve_paths(settings)
-    _check_combinations(settings)
+    check_settings(settings)
     return settings
 
 
@@ -372,7 +383,8 @@ def _describe(exc: msgspec.ValidationError) -> str:
     return f"{place}: {reason}; see docs/configuration.md for the allowed values."
 
 
-def _check_combinations(settings: Settings) -> None:
+def check_settings(settings: Settings) -> None:
+    """Refuse insecure or unservable combinations with a ``ConfigError`` naming the keys."""
     for proxy in settings.server.trusted_proxies:
         try:
             network = ipaddress.ip_network(proxy, strict=False)
@@ -403,7 +415,7 @@ def _check_combinations(settings: Settings) -> None:
             "[auth] client_certificates maps certificate subjects, but [tls] client_ca is not "
             "set, so no client certificate is ever verified: set client_ca or remove the mapping."
         )
-    _check_limits(settings.limits)
+    _check_limits(settings.limits, settings.server.max_instances)
     if settings.project_dir.is_relative_to(settings.model.dir.resolve()):
         raise ConfigError(
             f"[model] dir is {settings.model.dir}, which holds the project folder itself: the "
@@ -456,11 +468,18 @@ def parse_rate(key: str, value: str) -> RateLimitItem:
     return items[0]
 
 
-def _check_limits(limits: LimitsSettings) -> None:
+def _check_limits(limits: LimitsSettings, max_instances: int) -> None:
     for key in ("per_principal", "per_model", "auth_failures_per_ip", "quota"):
         value = getattr(limits, key)
         if value is not None and value != RATE_OFF:
-            parse_rate(key, value)
+            amount = parse_rate(key, value).amount
+            if key != "auth_failures_per_ip" and amount < max_instances:
+                raise ConfigError(
+                    f"[limits] {key} = {value!r} admits {amount} predictions per window, but "
+                    f"[server] max_instances = {max_instances} lets one request ask for more: "
+                    "such a request could never be served. Lower max_instances to at most "
+                    f"{amount} or raise {key}."
+                )
     schemes = ("memory://", "redis://", "rediss://", "async+redis://", "async+rediss://")
     if not limits.storage.startswith(schemes):
         scheme = limits.storage.partition("://")[0][:40]  # never echo a URL with a password

@@ -45,16 +45,21 @@ __all__ = [
 
 _JSON: Final = "application/json"
 _encoder: Final = msgspec.json.Encoder()
-_NOT_FOUND: Final = RequestRejected(404, "not-found", "Not found")
 _HEALTHY: Final = b'{"status":"ok"}'
 _READY: Final = b'{"status":"ready"}'
 _NOT_READY: Final = b'{"status":"not ready"}'
 
 
-def _visible_model(scope: Scope, state: ServingState, name: str) -> Principal:
+async def _visible_model(scope: Scope, state: ServingState, name: str) -> Principal:
+    """The principal, if it may see model ``name``; else 404, as if the model did not exist.
+
+    A miss costs one prediction from the principal's own windows (not a per-model
+    window named by the made-up name), so probing names is throttled like predicting.
+    """
     principal: Principal = scope["secureserve.principal"]
     if name != state.name or not principal.may_use(name):
-        raise _NOT_FOUND
+        await state.limiter.check(principal.id, None)
+        raise RequestRejected(404, "not-found", "Not found")
     return principal
 
 
@@ -68,15 +73,18 @@ class Predict:
         """Authorise, read, decode, predict, answer; any refusal raises ``RequestRejected``."""
         state = self.state
         info = scope["secureserve"]
-        principal = _visible_model(scope, state, scope["path_params"]["name"])
+        principal = await _visible_model(scope, state, scope["path_params"]["name"])
         require_role(principal, "predict")
         state.audit.check_writable()  # no prediction that could not be recorded
-        await state.limiter.check(principal.id, state.name)
+        limiter = state.limiter
+        await limiter.check(principal.id, state.name)  # admitted: one prediction, body or not
         check_json_content_type(scope)
         body = await read_body(
             scope, receive, limit=state.max_body_bytes, deadline_s=state.body_timeout_s
         )
         instances = state.schema.decode_request(body)
+        if len(instances) > 1:  # the rest of what it asks for, or the whole request is refused
+            await limiter.check(principal.id, state.name, len(instances) - 1)
         deployment = state.current  # this request finishes on this version, reload or not
         info.model_version = deployment.version
         deployment.acquire()
@@ -121,7 +129,7 @@ async def list_models(request: Request) -> Response:
 async def model_metadata(request: Request) -> Response:
     """``GET /v1/models/{name}`` (role ``admin``): version, artifact hashes, limits."""
     state: ServingState = request.app.state.serving
-    principal = _visible_model(request.scope, state, request.path_params["name"])
+    principal = await _visible_model(request.scope, state, request.path_params["name"])
     require_role(principal, "admin")
     current = state.current
     request.scope["secureserve"].model_version = current.version
@@ -144,7 +152,7 @@ async def reload(request: Request) -> Response:
     without details, the log gets the reason.
     """
     state: ServingState = request.app.state.serving
-    principal = _visible_model(request.scope, state, request.path_params["name"])
+    principal = await _visible_model(request.scope, state, request.path_params["name"])
     require_role(principal, "admin")
     info = request.scope["secureserve"]
     try:
@@ -174,7 +182,7 @@ async def reload(request: Request) -> Response:
 async def openapi(request: Request) -> Response:
     """``GET /openapi.json``: any principal that may use the model (else 404, as if absent)."""
     state: ServingState = request.app.state.serving
-    _visible_model(request.scope, state, state.name)
+    await _visible_model(request.scope, state, state.name)
     return Response(state.openapi_body, media_type=_JSON)
 
 

@@ -21,7 +21,6 @@ PROBLEM_MEDIA_TYPE: Final = "application/problem+json"
 TYPE_PREFIX: Final = "urn:secureserve:problem:"
 
 _encoder: Final = msgspec.json.Encoder()
-_INTERNAL: Final = RequestRejected(500, "internal", "Internal server error")
 _BY_STATUS: Final = {
     400: ("bad-request", "Bad request"),
     404: ("not-found", "Not found"),
@@ -47,7 +46,7 @@ def as_rejection(exc: BaseException) -> RequestRejected:
     if isinstance(exc, HTTPException):  # raised by Starlette's router: 404, 405
         slug, title = _BY_STATUS.get(exc.status_code, ("error", "Request failed"))
         return RequestRejected(exc.status_code, slug, title, headers=dict(exc.headers or {}))
-    return _INTERNAL
+    return RequestRejected(500, "internal", "Internal server error")
 
 
 def problem_response(rejection: RequestRejected, request_id: str) -> Response:

@@ -1,72 +1,67 @@
-"""Rate limits, quotas and failed-authentication throttling, over ``limits``.
+"""Rate limits, quotas and failed-authentication throttling, counted in predictions.
 
-One :class:`RateLimiter` per process answers three questions for the middleware:
-may this principal call this model now (:meth:`RateLimiter.check`), may this
-address try to authenticate (:meth:`RateLimiter.auth_blocked`, asked *before*
-credentials are verified) and is the shared storage up (:meth:`RateLimiter.healthy`).
+One :class:`RateLimiter` per process answers three questions for the middleware and
+the routes: may this principal have ``cost`` more predictions of this model now
+(:meth:`RateLimiter.check`), may this address try to authenticate
+(:meth:`RateLimiter.auth_blocked`, asked *before* credentials are verified) and is the
+shared storage up (:meth:`RateLimiter.healthy`).
 
-Strategies. Request rates (``per_principal``, ``per_model``) and failed
-authentications use ``limits``' moving window: no burst of twice the limit at a
-window edge. The long ``quota`` uses a fixed window: it is a budget, not a burst
-control (bursts are ``per_principal``'s job), and a moving window would keep one
-timestamp per request, 10,000 entries per principal for ``"10000/day"``. The fixed
-window starts at a principal's first counted request, not at midnight.
+Predictions, not requests. ``per_principal``, ``per_model`` and ``quota`` count
+instances: a route charges 1 when it admits a request (before the body is read, so a
+bad body still costs) and ``n - 1`` more once the body decoded to ``n`` instances. A
+charge is taken from the principal's window, the model's window and the quota together
+or not at all (:mod:`secureserve.windows`), so a request that would cross any of them is
+refused whole, with ``Retry-After`` saying when a request of that size fits again.
+A request for a model name the principal cannot see charges only the principal's own
+windows (``model=None``), never a per-model window named by a made-up name.
 
-Keys. The storage prefix is ``key_prefix``; every limit kind has its own namespace
-that also names its strategy, so a moving-window list and a fixed-window counter can
-never share a Redis key (they would, with the same rate string, and fail WRONGTYPE)::
+Strategies. Rates (``per_principal``, ``per_model``) and failed authentications are
+moving windows: no burst of twice the limit at a window edge. The long ``quota`` is a
+fixed window starting at a principal's first prediction: a budget, not a burst control,
+and one counter instead of one entry per prediction.
+
+Keys (``limits``' layout, so its tools read them; the prefix is ``key_prefix``)::
 
     secureserve:mw:principal/<principal id>/60/1/minute
     secureserve:mw:model/<model>/600/1/minute          (all principals together)
     secureserve:mw:auth-ip/<ip or IPv6 /64>/10/1/minute
     secureserve:fw:quota/<principal id>/10000/1/day
 
-Order. :meth:`RateLimiter.check` hits per-principal, then per-model, then the
-quota, and stops at the first refusal: each hit is one atomic call, so counts stay
-exact across processes (a ``test()`` first would double the round trips and still
-race). A request refused by a rate never reaches the quota; one refused by the
-per-model limit has counted once in its principal's window (a moving-window entry
-cannot be refunded), and a principal over its own rate never eats the shared
-per-model budget. IPv6 clients are throttled per /64, the block one host is given.
-
-Storage errors. ``on_storage_error="refuse"`` (the default) fails closed: every
-call the storage cannot answer is a 503 ``limits-unavailable`` with ``Retry-After``.
-``"memory"`` falls back to per-process memory counters, logs one warning per outage,
-and retries the shared storage with the next call at most every
-``_SHARED_RETRY_S`` seconds; the first call it answers switches back (logged).
-Redis calls time out after ``_SOCKET_TIMEOUT_S`` so a hung server cannot hang
-requests. Use one ``RateLimiter`` from one event loop (the Redis client's
-connections belong to the loop that opened them).
+Storage errors. Every call on the shared storage has a deadline,
+``storage_timeout_s``; a call that fails or misses it marks the storage down. Then
+``on_storage_error="refuse"`` (the default) fails closed: 503 ``limits-unavailable``
+with ``Retry-After``, at once for every request until the next retry, at most every
+:data:`_RETRY_S` second (so a hung Redis costs one request per second its deadline, not
+every request). ``"memory"`` counts in per-process memory meanwhile, logging one warning
+per outage. The first call the storage answers again restores it (logged). IPv6 clients
+are throttled per /64, the block one host is given. Use one ``RateLimiter`` from one
+event loop (the Redis client's connections belong to the loop that opened them).
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import ipaddress
 import math
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any, Final, Literal, TypeVar
 
-from limits import RateLimitItem
 from limits.aio.storage import Storage
-from limits.aio.strategies import MovingWindowRateLimiter
 from limits.errors import ConfigurationError
-from limits.storage import MemoryStorage as SyncMemoryStorage
 from limits.storage import storage_from_string
-from limits.strategies import MovingWindowRateLimiter as SyncMovingWindow
 
-from secureserve.config import parse_rate
+from secureserve.config import DEFAULT_STORAGE_TIMEOUT_S, parse_rate
 from secureserve.errors import ConfigError, RequestRejected
 from secureserve.logs import get_logger
+from secureserve.windows import MemoryWindows, RedisWindows, Refusal, Window
 
 __all__ = ["RateLimiter", "client_ip"]
 
 _T = TypeVar("_T")
-_SHARED_RETRY_S: Final = 5.0
-_SOCKET_TIMEOUT_S: Final = 0.5
+_RETRY_S: Final = 1.0
 _UNAVAILABLE_RETRY_AFTER: Final = "5"
 _SCHEMES: Final = {
     "memory": "async+memory",
@@ -76,86 +71,17 @@ _SCHEMES: Final = {
     "async+redis": "async+redis",
     "async+rediss": "async+rediss",
 }
+_Backend = MemoryWindows | RedisWindows
 
 
-@dataclass(frozen=True, slots=True)
-class _Limit:
-    """One configured limit: the rate, whether it is a moving window, and its names."""
-
-    item: RateLimitItem
-    moving: bool
-    reason: str  # log_reason of a refusal: per_principal, per_model, quota, auth_failures
-
-
-class _Backend:
-    """A storage and the moving-window strategy over it; fixed windows use the storage."""
-
-    __slots__ = ("moving", "storage")
-
-    def __init__(self, storage: Storage) -> None:
-        self.storage = storage
-        self.moving = MovingWindowRateLimiter(storage)
-
-    async def hit(self, limit: _Limit, ident: str) -> int | None:
-        """Count one; the requests then left, or None when the hit was refused.
-
-        A fixed window is ``FixedWindowRateLimiter.hit`` inlined: its ``incr`` returns
-        the count, which saves the round trip that ``get_window_stats`` would spend.
-        """
-        item = limit.item
-        if limit.moving:
-            return -1 if await self.moving.hit(item, ident) else None
-        count = await self.storage.incr(item.key_for(ident), item.get_expiry())
-        return item.amount - count if count <= item.amount else None
-
-    async def stats(self, limit: _Limit, ident: str, left: int = -1) -> tuple[int, float]:
-        """``(remaining, reset epoch seconds)``; ``left`` is what :meth:`hit` returned."""
-        if limit.moving:
-            reset, remaining = await self.moving.get_window_stats(limit.item, ident)
-            return max(0, remaining), reset
-        return max(0, left), await self.storage.get_expiry(limit.item.key_for(ident))
-
-
-class _MemoryBackend:
-    """Per-process counters on ``limits``' synchronous memory storage.
-
-    ``limits``' async memory storage costs tens of microseconds a check on a live
-    event loop (asyncio locks, and upstream 5.8 starts a sweep task with a thread hop
-    per key after nearly every hit); the synchronous storage is a dict behind a lock
-    held for microseconds (about 4 µs a hit), so calling it on the loop never blocks.
-    Same interface as :class:`_Backend`.
-    """
-
-    __slots__ = ("moving", "storage")
-
-    def __init__(self) -> None:
-        self.storage = SyncMemoryStorage()
-        self.moving = SyncMovingWindow(self.storage)
-
-    async def hit(self, limit: _Limit, ident: str) -> int | None:
-        """See :meth:`_Backend.hit`."""
-        item = limit.item
-        if limit.moving:
-            return -1 if self.moving.hit(item, ident) else None
-        count = self.storage.incr(item.key_for(ident), item.get_expiry())
-        return item.amount - count if count <= item.amount else None
-
-    async def stats(self, limit: _Limit, ident: str, left: int = -1) -> tuple[int, float]:
-        """See :meth:`_Backend.stats`."""
-        if limit.moving:
-            window = self.moving.get_window_stats(limit.item, ident)
-            return max(0, window.remaining), window.reset_time
-        return max(0, left), self.storage.get_expiry(limit.item.key_for(ident))
-
-
-def _limit(key: str, value: str | None, namespace: str, *, moving: bool) -> _Limit | None:
+def _window(key: str, value: str | None, namespace: str, *, moving: bool) -> Window | None:
     if value is None:
         return None
     item = parse_rate(key, value)
-    return _Limit(type(item)(item.amount, item.multiples, namespace=namespace), moving, key)
+    return Window(type(item)(item.amount, item.multiples, namespace=namespace), moving, key)
 
 
-def _storage(storage: str, key_prefix: str) -> Storage:
+def _storage(storage: str, key_prefix: str, timeout_s: float) -> Storage:
     scheme, sep, rest = storage.partition("://")
     if not sep or scheme not in _SCHEMES:
         raise ConfigError(
@@ -163,11 +89,10 @@ def _storage(storage: str, key_prefix: str) -> Storage:
             'or "redis://host:port/db" (shared by replicas)'
         )
     uri = f"{_SCHEMES[scheme]}://{rest}"
-    options: dict[str, Any] = {"wrap_exceptions": True}
     try:
-        if "redis" in scheme:
-            options |= _redis_options(key_prefix)
-        built = storage_from_string(uri, **options)
+        built = storage_from_string(
+            uri, wrap_exceptions=True, **_redis_options(key_prefix, timeout_s)
+        )
     except (ConfigurationError, ImportError):
         raise ConfigError(
             '[limits] storage: Redis storage needs the "redis" package (>= 5.2); '
@@ -178,11 +103,12 @@ def _storage(storage: str, key_prefix: str) -> Storage:
     return built
 
 
-def _redis_options(key_prefix: str) -> dict[str, Any]:
+def _redis_options(key_prefix: str, timeout_s: float) -> dict[str, Any]:
     """redis-py options: our key prefix, bounded waits, one retry on a new connection.
 
     The retry matters when Redis comes back: pooled connections to the dead server
     fail once each, and without it every one of them would cost a refused request.
+    The limiter's own deadline bounds the whole call, retry included.
     """
     from redis.asyncio.retry import Retry  # noqa: PLC0415 - optional: only with Redis storage
     from redis.backoff import NoBackoff  # noqa: PLC0415
@@ -190,8 +116,8 @@ def _redis_options(key_prefix: str) -> dict[str, Any]:
     return {
         "implementation": "redispy",
         "key_prefix": key_prefix,
-        "socket_timeout": _SOCKET_TIMEOUT_S,
-        "socket_connect_timeout": _SOCKET_TIMEOUT_S,
+        "socket_timeout": timeout_s,
+        "socket_connect_timeout": timeout_s,
         "retry": Retry(NoBackoff(), 1),
     }
 
@@ -235,6 +161,7 @@ class RateLimiter:
         auth_failures_per_ip: str | None = "10/minute",
         quota: str | None = "10000/day",
         on_storage_error: Literal["refuse", "memory"] = "refuse",
+        storage_timeout_s: float = DEFAULT_STORAGE_TIMEOUT_S,
         key_prefix: str = "secureserve",
         logger: Any = None,
     ) -> None:
@@ -242,54 +169,60 @@ class RateLimiter:
             raise ConfigError(
                 f'[limits] on_storage_error = {on_storage_error!r}: use "refuse" or "memory"'
             )
-        self._principal = _limit("per_principal", per_principal, "mw:principal", moving=True)
-        self._model = _limit("per_model", per_model, "mw:model", moving=True)
-        self._quota = _limit("quota", quota, "fw:quota", moving=False)
-        self._auth = _limit("auth_failures_per_ip", auth_failures_per_ip, "mw:auth-ip", moving=True)
+        self._principal = _window("per_principal", per_principal, "mw:principal", moving=True)
+        self._model = _window("per_model", per_model, "mw:model", moving=True)
+        self._quota = _window("quota", quota, "fw:quota", moving=False)
+        self._auth = _window(
+            "auth_failures_per_ip", auth_failures_per_ip, "mw:auth-ip", moving=True
+        )
         self._recent_failures: dict[str, float] = {}  # address key -> last failure here
-        self._shared = (
-            _MemoryBackend()
-            if _SCHEMES.get(storage.partition("://")[0]) == "async+memory"
-            else _Backend(_storage(storage, key_prefix))
+        shared_storage = _SCHEMES.get(storage.partition("://")[0]) != "async+memory"
+        self._shared: _Backend = (
+            RedisWindows(_storage(storage, key_prefix, storage_timeout_s))
+            if shared_storage
+            else MemoryWindows()
         )
-        # Redis answers several reads at once over separate connections; memory is faster
-        # awaited in turn than through tasks.
-        shared_storage = "redis" in storage.partition("://")[0]
         self._fallback = (
-            _MemoryBackend() if on_storage_error == "memory" and shared_storage else None
+            MemoryWindows() if on_storage_error == "memory" and shared_storage else None
         )
-        self._retry_s = _SHARED_RETRY_S
+        self._timeout_s = storage_timeout_s
+        self._retry_s = _RETRY_S
         self._down = False
         self._next_try = 0.0
         self._log = logger if logger is not None else get_logger("secureserve.ratelimit")
 
-    async def check(self, principal_id: str, model: str) -> None:
-        """Count one request by ``principal_id`` on ``model``: principal, then model, then quota.
+    async def check(self, principal_id: str, model: str | None, cost: int = 1) -> None:
+        """Charge ``cost`` predictions by ``principal_id`` on ``model``, all windows or none.
 
-        Raises ``RequestRejected`` 429 ``rate-limited`` or ``quota-exhausted`` (with
-        ``Retry-After`` and ``RateLimit-*``), or 503 ``limits-unavailable``.
+        ``model`` is None for a name the principal may not see: only the principal's own
+        windows are charged. Raises ``RequestRejected`` 429 ``rate-limited`` or
+        ``quota-exhausted`` (with ``Retry-After`` and ``RateLimit-*``), or 503
+        ``limits-unavailable``.
         """
         plan = [
-            (limit, ident)
-            for limit, ident in (
+            (window, ident)
+            for window, ident in (
                 (self._principal, principal_id),
                 (self._model, model),
                 (self._quota, principal_id),
             )
-            if limit is not None
+            if window is not None and ident is not None
         ]
-        if plan:
-            await self._run(lambda backend: self._count(backend, plan))
+        if not plan or cost < 1:
+            return
+        refusal = (await self._run(lambda backend: backend.charge([(plan, cost)])))[0]
+        if refusal is not None:
+            raise _refused(refusal)
 
     async def auth_failure(self, ip: str) -> None:
         """Record one failed authentication from ``ip``."""
         if self._auth is not None:
-            auth, key = self._auth, _ip_key(ip)
+            charge = ([(self._auth, _ip_key(ip))], 1)
             failures = self._recent_failures
             if len(failures) >= _MAX_RECENT_FAILURES:  # a flood of addresses: forget the hints
                 failures.clear()
-            failures[key] = time.monotonic()
-            await self._run(lambda backend: backend.hit(auth, key))
+            failures[charge[0][0][1]] = time.monotonic()
+            await self._run(lambda backend: backend.charge([charge]))
 
     async def auth_blocked(self, ip: str) -> dict[str, str] | None:
         """None if ``ip`` may try to authenticate, else the 429 headers (``Retry-After``).
@@ -305,19 +238,20 @@ class RateLimiter:
         last = self._recent_failures.get(key)
         if last is None:
             return None
-        if time.monotonic() - last > auth.item.get_expiry():
+        if time.monotonic() - last > auth.expiry:
             self._recent_failures.pop(key, None)
             return None
-        remaining, reset = await self._run(lambda backend: backend.stats(auth, key))
-        return None if remaining > 0 else {"Retry-After": _seconds_until(reset)}
+        until = await self._run(lambda backend: backend.blocked_until(auth, key))
+        return None if until is None else {"Retry-After": _seconds_until(until)}
 
     async def healthy(self) -> bool:
         """Whether the configured (shared) storage answers."""
         shared = self._shared
-        if isinstance(shared, _MemoryBackend):
+        if isinstance(shared, MemoryWindows):
             return True
         try:
-            return bool(await shared.storage.check())
+            async with asyncio.timeout(self._timeout_s):
+                return bool(await shared.storage.check())
         except Exception:  # noqa: BLE001 - any failure to answer is "not healthy"
             return False
 
@@ -326,51 +260,30 @@ class RateLimiter:
 
         ``limits`` has no close of its own for Redis, so this reaches its redis-py client.
         """
-        client = getattr(getattr(self._shared.storage, "bridge", None), "storage", None)
+        storage = getattr(self._shared, "storage", None)
+        client = getattr(getattr(storage, "bridge", None), "storage", None)
         close = getattr(client, "aclose", None)
         if close is not None:
             with contextlib.suppress(Exception):
                 await close()
 
-    async def _count(
-        self, backend: _Backend | _MemoryBackend, plan: list[tuple[_Limit, str]]
-    ) -> None:
-        for limit, ident in plan:
-            if await backend.hit(limit, ident) is None:
-                _, reset = await backend.stats(limit, ident, 0)
-                quota = not limit.moving
-                raise RequestRejected(
-                    429,
-                    "quota-exhausted" if quota else "rate-limited",
-                    "Quota exhausted" if quota else "Too many requests",
-                    headers={"Retry-After": _seconds_until(reset)} | _headers(limit, 0, reset),
-                    log_reason=limit.reason,
-                )
-        # A counted request gets no RateLimit headers: reading every window back would
-        # double the storage work of each prediction (a round trip each with Redis).
-        # Refusals carry Retry-After and RateLimit-*.
-
-    async def _run(self, op: Callable[[_Backend | _MemoryBackend], Awaitable[_T]]) -> _T:
-        """``op`` on the shared storage; on failure, 503 or the memory fallback."""
+    async def _run(self, op: Callable[[_Backend], Awaitable[_T]]) -> _T:
+        """``op`` on the shared storage within the deadline; on failure, 503 or memory."""
         fallback = self._fallback
-        if fallback is None or not self._down or time.monotonic() >= self._next_try:
+        if not self._down or time.monotonic() >= self._next_try:
             self._next_try = time.monotonic() + self._retry_s
             try:
-                result = await op(self._shared)
-            except RequestRejected:
-                self._up()
-                raise
+                async with asyncio.timeout(self._timeout_s):
+                    result = await op(self._shared)
             except Exception as exc:  # noqa: BLE001 - no storage error may escape: fail closed
                 self._failed(exc)
-                if fallback is None:
-                    raise _unavailable() from None
             else:
                 self._up()
                 return result
+        if fallback is None:
+            raise _unavailable()
         try:
             return await op(fallback)
-        except RequestRejected:
-            raise
         except Exception as exc:  # noqa: BLE001 - the memory storage failing is still closed
             self._log.error("rate-limit memory storage failed", error=type(exc).__name__)
             raise _unavailable() from None
@@ -380,7 +293,11 @@ class RateLimiter:
         if not self._down:
             self._down = True
             if self._fallback is None:
-                self._log.error("rate-limit storage unavailable: refusing requests", error=error)
+                self._log.error(
+                    "rate-limit storage unavailable: refusing requests",
+                    error=error,
+                    retry_s=self._retry_s,
+                )
             else:
                 self._log.warning(
                     "rate-limit storage unavailable: per-process memory limits until it answers",
@@ -394,12 +311,22 @@ class RateLimiter:
             self._log.info("rate-limit storage answers again: shared limits restored")
 
 
-def _headers(limit: _Limit, remaining: int, reset: float) -> dict[str, str]:
-    return {
-        "RateLimit-Limit": str(limit.item.amount),
-        "RateLimit-Remaining": str(remaining),
-        "RateLimit-Reset": _seconds_until(reset),
-    }
+def _refused(refusal: Refusal) -> RequestRejected:
+    window = refusal.window
+    quota = not window.moving
+    retry_after = _seconds_until(refusal.retry_at)
+    return RequestRejected(
+        429,
+        "quota-exhausted" if quota else "rate-limited",
+        "Quota exhausted" if quota else "Too many requests",
+        headers={
+            "Retry-After": retry_after,
+            "RateLimit-Limit": str(window.amount),
+            "RateLimit-Remaining": str(refusal.remaining),
+            "RateLimit-Reset": retry_after,
+        },
+        log_reason=window.reason,
+    )
 
 
 def _unavailable() -> RequestRejected:

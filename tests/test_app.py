@@ -151,7 +151,7 @@ def test_app_admin_metadata_has_artifact_hashes(iris):
     meta = response.json()
     assert meta["name"] == "iris"
     assert meta["version"] == "1.0.0"
-    assert meta["max_instances"] == 64
+    assert meta["max_instances"] == 32
     artifacts = {a["name"]: a for a in meta["artifacts"]}
     assert artifacts["iris.onnx"]["sha256"] == hashlib.sha256(onnx).hexdigest()
     assert artifacts["iris.onnx"]["size"] == len(onnx)
@@ -168,7 +168,7 @@ def test_app_admin_metadata_has_artifact_hashes(iris):
         ("GET", "/v1/models/", 404),
         ("GET", "/healthz/", 404),
         ("PUT", PREDICT, 405),
-        ("GET", PREDICT, 404),
+        ("GET", PREDICT, 405),  # a known route: 405 with Allow: POST
         ("DELETE", "/v1/models/iris", 405),
         ("POST", "/v1/models", 405),
         ("PUT", "/healthz", 405),
@@ -260,7 +260,7 @@ def test_app_openapi_is_3_1_with_flower_bounds(iris):
     operation = doc["paths"][PREDICT]["post"]
     request = resolve(operation["requestBody"]["content"]["application/json"]["schema"])
     instances = request["properties"]["instances"]
-    assert (instances["minItems"], instances["maxItems"]) == (1, 64)
+    assert (instances["minItems"], instances["maxItems"]) == (1, 32)
     flower = resolve(instances["items"])
     assert flower["additionalProperties"] is False
     features = flower["properties"]["features"]

@@ -29,6 +29,7 @@ from secureserve.audit import (
     verify_chain,
     writer,
 )
+from secureserve.audit.refusals import MAX_CLIENTS, RefusalCounter
 from secureserve.errors import ConfigError, RequestRejected
 
 KEY = bytes(range(32))
@@ -468,13 +469,18 @@ def test_rotation_missing_first_file_detected(log_path, logger):
 
 
 def test_rotation_swapped_files_detected(log_path, logger):
-    """Swapping the contents of two rotated files is reported."""
+    """Swapping the contents of two rotated files is reported where the walk breaks.
+
+    A break inside the chain is reported before the start is judged: an audit-pruned
+    record further on could account for the start, a broken link cannot be excused.
+    """
     files = _rotated_chain(log_path, logger)
     one, two = files[0].read_bytes(), files[1].read_bytes()
     files[0].write_bytes(two)
     files[1].write_bytes(one)
     result = verify_chain(chain_files(log_path))
-    assert (result.ok, result.file, result.line) == (False, files[0], 1)
+    assert (result.ok, result.file, result.line) == (False, files[1], 1)
+    assert "swapped" in (result.first_problem or "")
 
 
 def test_rotation_edited_file_end_detected(log_path, logger):
@@ -824,3 +830,442 @@ def test_request_async_failed_batch_refuses_all_and_keeps_the_chain(tmp_path, mo
     log.close()
     result = verify_chain(chain_files(tmp_path / "a.jsonl"))
     assert result.ok, result.first_problem
+
+
+# --------------------------------------------------------------------------- retention
+
+
+def _pruned_chain(path: Path, logger: FakeLogger, count: int = 40, **options: Any) -> list[Path]:
+    """A chain rotated at 1500 bytes that kept 2 rotated files; its files, oldest first."""
+    _write_chain(path, logger, count, max_bytes=1500, max_files=2, **options)
+    return chain_files(path)
+
+
+def _pruned_records(files: list[Path]) -> list[dict[str, Any]]:
+    records = [msgspec.json.decode(line) for path in files for line in _lines(path)]
+    return [r for r in records if r.get("action") == "audit-pruned"]
+
+
+def test_retention_keeps_max_files_and_records_each_prune(log_path, logger):
+    """Beyond max_files rotated files the oldest go, and each removal is a chained record."""
+    files = _pruned_chain(log_path, logger)
+    assert len(files) == 3  # two rotated files and the current one
+    assert sum(p.stat().st_size for p in files) <= (2 + 1) * 1500  # (max_files + 1) * max_bytes
+    pruned = _pruned_records(files)
+    assert pruned, "no audit-pruned record was written"
+    removed = [int(name.split(".")[1]) for r in pruned for name in r["pruned_files"]]
+    kept = [int(p.name.split(".")[1]) for p in files[:-1]]
+    assert removed == list(range(min(kept) - len(removed), min(kept)))  # the oldest, in order
+    last = pruned[-1]
+    assert last["event"] == "admin"
+    assert last["trigger"] == "audit"
+    assert last["pruned_files"]
+    assert all(not (log_path.parent / name).exists() for r in pruned for name in r["pruned_files"])
+    assert "old audit files removed" in logger.at("info")
+
+
+def test_retention_verify_passes_and_says_where_the_chain_starts(log_path, logger):
+    """The retained chain verifies; it starts right after the last line the last prune removed."""
+    files = _pruned_chain(log_path, logger)
+    first = msgspec.json.decode(_lines(files[0])[0])
+    last = _pruned_records(files)[-1]
+    assert (first["seq"], first["prev"]) == (last["pruned_last_seq"] + 1, last["pruned_last_hash"])
+    result = verify_chain(files)
+    assert result.ok, result.first_problem
+    assert (result.start_seq, result.pruned_at) == (first["seq"], last["seq"])
+    assert result.pruned_files == tuple(last["pruned_files"])
+    assert result.unfinished_prune is None
+    text = format_result(result)
+    assert f"retained chain starts at seq {first['seq']}" in text
+    assert last["pruned_files"][0] in text
+
+
+def test_retention_cli_verify_says_where_the_chain_starts(log_path, logger, capsys):
+    """`secureserve audit verify` passes a pruned chain and prints where it starts."""
+    from secureserve.cli import main
+
+    files = _pruned_chain(log_path, logger)
+    start = msgspec.json.decode(_lines(files[0])[0])["seq"]
+    capsys.readouterr()
+    assert main(["audit", "verify", str(log_path)]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("OK: ")
+    assert f"retained chain starts at seq {start} (older files pruned: " in out
+
+
+def test_retention_one_more_deleted_file_detected(log_path, logger):
+    """Deleting a retained file as well is reported: the chain no longer starts where recorded."""
+    files = _pruned_chain(log_path, logger)
+    files[0].unlink()
+    result = verify_chain(chain_files(log_path))
+    assert (result.ok, result.file, result.line) == (False, files[1], 1)
+    assert "last audit-pruned record" in (result.first_problem or "")
+    trusted = verify_chain(chain_files(log_path), require_genesis=False)  # --allow-pruned
+    assert trusted.ok
+    assert "taken on trust" in format_result(trusted)
+
+
+def test_retention_edited_prune_record_detected(log_path, logger):
+    """An audit-pruned record edited (it is followed by other lines) breaks the chain."""
+    files = _pruned_chain(log_path, logger)
+    lines = _lines(log_path)
+    at = next(n for n, line in enumerate(lines) if b'"audit-pruned"' in line)
+    record = msgspec.json.decode(lines[at])
+    record["pruned_last_seq"] -= 1
+    lines[at] = msgspec.json.encode(record) + b"\n"
+    log_path.write_bytes(b"".join(lines))
+    assert at + 1 < len(lines)
+    assert not verify_chain(files).ok
+
+
+def test_retention_edited_last_prune_record_detected_by_the_start(log_path, logger):
+    """A prune record edited where no successor shows it still fails: the start no longer fits.
+
+    The lines after it are cut first (the tail the chain head catches), so only the
+    start check can see the edit.
+    """
+    files = _pruned_chain(log_path, logger)
+    lines = _lines(log_path)
+    at = next(n for n, line in enumerate(lines) if b'"audit-pruned"' in line)
+    log_path.write_bytes(b"".join(lines[: at + 1]))
+    assert verify_chain(files).ok
+    record = msgspec.json.decode(lines[at])
+    record["pruned_last_hash"] = "f" * 64
+    log_path.write_bytes(b"".join([*lines[:at], msgspec.json.encode(record) + b"\n"]))
+    result = verify_chain(files)
+    assert (result.ok, result.file, result.line) == (False, files[0], 1)
+    assert "does not start here" in (result.first_problem or "")
+
+
+def test_retention_unfinished_prune_still_verifies(log_path, logger, monkeypatch):
+    """Files a prune record names but that are still here (the server stopped) still verify."""
+    _pruned_chain(log_path, logger, 30)
+    before = len(_pruned_records(chain_files(log_path)))
+    monkeypatch.setattr(Path, "unlink", lambda self, missing_ok=False: None)
+    with _open(log_path, logger, max_bytes=1500, max_files=2) as log:
+        n = 0
+        while len(_pruned_records(chain_files(log_path))) == before:
+            _request(log, n)
+            n += 1
+            assert n < 100, "no further prune happened"
+    monkeypatch.undo()
+    result = verify_chain(chain_files(log_path))
+    assert result.ok, result.first_problem
+    assert result.unfinished_prune == _pruned_records(chain_files(log_path))[-1]["seq"]
+    assert "still here" in format_result(result)
+
+
+def test_retention_files_removed_even_when_the_record_cannot_be_written(
+    log_path, logger, monkeypatch
+):
+    """A full disk does not keep old files: they go, and the record follows with the next line."""
+    real_write = os.write
+    refused: list[int] = []
+
+    def full_for_the_prune(fd: int, data: bytes) -> int:
+        if b'"audit-pruned"' in bytes(data) and not refused:
+            refused.append(fd)
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write(fd, data)
+
+    monkeypatch.setattr(writer.os, "write", full_for_the_prune)
+    files = _pruned_chain(log_path, logger)
+    monkeypatch.undo()
+    assert refused
+    assert len(files) == 3
+    assert "audit-pruned record not written yet; it goes before the next record" in logger.at(
+        "error"
+    )
+    assert verify_chain(files).ok
+
+
+def test_retention_settings_validated(log_path, logger):
+    """max_files below 1 and a negative refusal window stop start-up."""
+    with pytest.raises(ConfigError, match="max_files"):
+        _open(log_path, logger, max_files=0)
+    with pytest.raises(ConfigError, match="refusal_window_s"):
+        _open(log_path, logger, refusal_window_s=-1)
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [("MAX_FILES", "0"), ("REFUSAL_WINDOW_S", "-1"), ("REFUSAL_WINDOW_S", "86400")],
+)
+def test_retention_settings_bounded_in_config(tmp_path, variable, value):
+    """[audit] max_files (at least 1, no "keep everything") and refusal_window_s are bounded."""
+    from secureserve.config import load_settings
+
+    with pytest.raises(ConfigError, match=f"\\[audit\\] {variable.lower()}"):
+        load_settings(project_dir=tmp_path, environ={f"SECURESERVE_AUDIT__{variable}": value})
+    defaults = load_settings(project_dir=tmp_path, environ={}).audit
+    assert (defaults.max_files, defaults.refusal_window_s) == (9, 60.0)
+
+
+def test_build_access_passes_retention_and_window(tmp_path, logger):
+    """build_access hands [audit] max_files and refusal_window_s to the log; a 0 window warns."""
+    from secureserve.access import build_access
+    from secureserve.config import Settings
+    from secureserve.keys import KeyStore
+
+    audit = {"path": tmp_path / "audit.jsonl", "max_files": 3, "refusal_window_s": 0.0}
+    settings = Settings(project_dir=tmp_path, audit=msgspec.convert(audit, type(Settings().audit)))
+    access = build_access(settings, logger=logger, keys=KeyStore(None, records=[]), audit_key=KEY)
+    with access.audit as log:
+        assert log._max_files == 3
+        _refuse(log)
+        assert [r["count"] for r in _refusals(tmp_path / "audit.jsonl")] == [1]
+    assert any("refusal_window_s = 0" in event for event in logger.at("warning"))
+
+
+# --------------------------------------------------------------------------- refusals
+
+
+def _refuse(log: AuditLog, n: int = 0, *, client: str = "192.0.2.10", **overrides: Any) -> None:
+    fields: dict[str, Any] = {
+        "client": client,
+        "route": "predict",
+        "status": 401,
+        "reason": "missing",
+        "request_id": f"refused-{n:08d}",
+    }
+    fields.update(overrides)
+    log.refused(**fields)
+
+
+def _refusals(path: Path) -> list[dict[str, Any]]:
+    return [
+        r for r in (msgspec.json.decode(line) for line in _lines(path)) if r["event"] != "admin"
+    ]
+
+
+def test_record_refusals_shape(log_path, logger):
+    """A refusals line carries every refusals field, the count and the first request id."""
+    with _open(log_path, logger) as log:
+        _refuse(log, 0)
+        _refuse(log, 1)
+    assert msgspec.json.decode(log_path.read_bytes()) == {
+        "client": "192.0.2.10",
+        "count": 2,
+        "decision": "denied",
+        "event": "refusals",
+        "first_time": "2025-01-02T03:04:05.678901Z",
+        "last_time": "2025-01-02T03:04:05.678901Z",
+        "prev": GENESIS,
+        "principal": None,
+        "reason": "missing",
+        "request_id": "refused-00000000",
+        "roles": [],
+        "route": "predict",
+        "seq": 0,
+        "status": 401,
+        "time": "2025-01-02T03:04:05.678901Z",
+    }
+    assert _verify(log_path).ok
+
+
+def test_refusals_counted_per_client_route_status_and_reason(log_path, logger):
+    """Two addresses, or another status or reason, are separate records; each one counts."""
+    with _open(log_path, logger) as log:
+        for n in range(3):
+            _refuse(log, n)
+        _refuse(log, 3, client="198.51.100.7")
+        _refuse(log, 4, status=429, reason="auth-failures-per-ip")
+        _refuse(log, 5, reason="unknown-key")
+    records = _refusals(log_path)
+    assert [(r["client"], r["status"], r["reason"], r["count"]) for r in records] == [
+        ("192.0.2.10", 401, "missing", 3),
+        ("198.51.100.7", 401, "missing", 1),
+        ("192.0.2.10", 429, "auth-failures-per-ip", 1),
+        ("192.0.2.10", 401, "unknown-key", 1),
+    ]
+    assert records[2]["decision"] == "limited"
+    assert _verify(log_path).ok
+
+
+def test_refusals_bounded_with_an_overflow_bucket(log_path, logger):
+    """More addresses than the bound in one window: the rest are counted under client "*"."""
+    with _open(log_path, logger) as log:
+        for n in range(MAX_CLIENTS + 50):
+            _refuse(log, n, client=f"10.{n >> 16}.{(n >> 8) & 255}.{n & 255}")
+            assert len(log._refusals) <= MAX_CLIENTS + 1
+    records = _refusals(log_path)
+    assert len(records) == MAX_CLIENTS + 1
+    assert {r["count"] for r in records[:-1]} == {1}
+    overflow = records[-1]
+    assert (overflow["client"], overflow["count"]) == ("*", 50)
+    assert (overflow["route"], overflow["status"], overflow["reason"]) == (None, None, None)
+    assert overflow["request_id"] == f"refused-{MAX_CLIENTS:08d}"
+    assert _verify(log_path).ok
+
+
+def test_refusals_written_at_close_not_before(log_path, logger):
+    """Counting writes nothing; close writes the window."""
+    log = _open(log_path, logger)
+    _refuse(log)
+    assert log_path.read_bytes() == b""
+    log.close()
+    assert [r["count"] for r in _refusals(log_path)] == [1]
+
+
+def test_refusals_window_ends_on_a_timer(log_path, logger):
+    """The window's records are written by a timer on the running loop, with no other call."""
+    import asyncio
+
+    async def scenario() -> bytes:
+        with _open(log_path, logger, refusal_window_s=0.01) as log:
+            _refuse(log)
+            assert log_path.read_bytes() == b""
+            for _ in range(1000):  # generous: the timer fires after 10 ms
+                await asyncio.sleep(0.01)
+                if log_path.read_bytes():
+                    break
+            return log_path.read_bytes()
+
+    written = asyncio.run(scenario())
+    assert msgspec.json.decode(written)["count"] == 1
+    assert len(_refusals(log_path)) == 1  # close found nothing left to write
+
+
+def test_refusals_window_without_a_loop_ends_with_the_next_refusal():
+    """Without an event loop to run the timer, the first refusal after the window writes it."""
+    now = [0.0]
+    written: list[list[dict[str, Any]]] = []
+    counter = RefusalCounter(
+        window_s=60, write=written.append, clock=lambda: NOW, monotonic=lambda: now[0]
+    )
+    refusal = {"route": "predict", "status": 401, "reason": "missing", "request_id": "r-1"}
+    counter.add(client="192.0.2.1", **refusal)
+    now[0] = 59.0
+    counter.add(client="192.0.2.1", **refusal)
+    assert written == []
+    now[0] = 60.0
+    counter.add(client="192.0.2.2", **refusal)
+    assert [[(r["client"], r["count"]) for r in batch] for batch in written] == [[("192.0.2.1", 2)]]
+    assert len(counter) == 1
+
+
+def test_refusals_window_zero_writes_each(log_path, logger):
+    """refusal_window_s = 0 writes every refusal at once, with count 1."""
+    with _open(log_path, logger, refusal_window_s=0) as log:
+        _refuse(log, 0)
+        _refuse(log, 1)
+        assert [r["count"] for r in _refusals(log_path)] == [1, 1]
+
+
+def test_refusals_unwritable_are_counted_as_lost_not_raised(log_path, logger, monkeypatch):
+    """A window that cannot be written raises nothing; audit-resumed counts its records."""
+
+    def full(fd: int, data: bytes) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with _open(log_path, logger) as log:
+        _refuse(log)
+        monkeypatch.setattr(writer.os, "write", full)
+        log._refusals.flush()
+        monkeypatch.undo()
+        _request(log)
+    records = [msgspec.json.decode(line) for line in _lines(log_path)]
+    assert records[0]["action"] == "audit-resumed"
+    assert "1 records were not written" in records[0]["detail"]
+    assert logger.at("error") == ["audit log cannot be written"]
+
+
+# --------------------------------------------------------------------------- middleware
+
+
+class _Receive:
+    async def __call__(self) -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+
+async def _ignore(message: dict[str, Any]) -> None:
+    return None
+
+
+def _context(log: AuditLog, inner: Any, **options: Any) -> Any:
+    """RequestContext around ``inner`` writing to ``log``."""
+    from secureserve.metrics import Metrics
+    from secureserve.middleware.context import RequestContext
+
+    return RequestContext(
+        inner,
+        logger=FakeLogger(),
+        access=lambda record: None,
+        metrics=Metrics(),
+        audit=log,
+        **options,
+    )
+
+
+async def _unauthenticated(scope: Any, receive: Any, send: Any) -> None:
+    from secureserve.auth import unauthorized
+
+    raise unauthorized("missing")
+
+
+def _scope(peer: str = "192.0.2.10", headers: tuple[tuple[bytes, bytes], ...] = ()) -> Any:
+    return {
+        "type": "http",
+        "scheme": "https",
+        "method": "POST",
+        "path": "/v1/models/iris:predict",
+        "headers": list(headers),
+        "client": (peer, 50000),
+    }
+
+
+def test_middleware_ten_thousand_401s_make_one_record(log_path, logger):
+    """10,000 unauthenticated 401s from one address in one window: one record, count 10000."""
+    import asyncio
+
+    async def scenario(log: AuditLog) -> None:
+        app = _context(log, _unauthenticated)
+        for _ in range(10_000):
+            await app(_scope(), _Receive(), _ignore)
+
+    with _open(log_path, logger) as log:
+        asyncio.run(scenario(log))
+    records = [msgspec.json.decode(line) for line in _lines(log_path)]
+    assert len(records) == 1
+    assert records[0]["event"] == "refusals"
+    assert (records[0]["client"], records[0]["count"]) == ("192.0.2.10", 10_000)
+    assert (records[0]["route"], records[0]["status"], records[0]["decision"]) == (
+        "predict",
+        401,
+        "denied",
+    )
+    assert _verify(log_path).ok
+
+
+def test_middleware_refusal_client_from_trusted_proxy(log_path, logger):
+    """The counted address is the client behind a trusted proxy, the peer otherwise."""
+    import asyncio
+
+    forwarded = ((b"x-forwarded-for", b"203.0.113.9"),)
+
+    async def scenario(log: AuditLog) -> None:
+        trusting = _context(log, _unauthenticated, trusted_proxies=["10.0.0.0/8"])
+        await trusting(_scope("10.0.0.1", forwarded), _Receive(), _ignore)
+        await _context(log, _unauthenticated)(_scope("10.0.0.1", forwarded), _Receive(), _ignore)
+
+    with _open(log_path, logger) as log:
+        asyncio.run(scenario(log))
+    assert [r["client"] for r in _refusals(log_path)] == ["203.0.113.9", "10.0.0.1"]
+
+
+def test_middleware_authenticated_refusal_keeps_its_own_record(log_path, logger):
+    """A refusal of a known principal is still one request record, written at once."""
+    import asyncio
+
+    from secureserve.errors import RequestRejected as Rejected
+
+    async def forbidden(scope: Any, receive: Any, send: Any) -> None:
+        scope["secureserve"].principal_id = "key-1"
+        raise Rejected(403, "forbidden", "Forbidden")
+
+    with _open(log_path, logger) as log:
+        asyncio.run(_context(log, forbidden)(_scope(), _Receive(), _ignore))
+        records = [msgspec.json.decode(line) for line in _lines(log_path)]
+    assert [(r["event"], r["principal"], r["status"]) for r in records] == [
+        ("request", "key-1", 403)
+    ]

@@ -22,7 +22,7 @@ def test_load_settings_defaults_match_design(tmp_path):
     assert settings.server.host == "127.0.0.1"
     assert settings.server.port == 8443
     assert settings.server.max_body_bytes == 1_048_576
-    assert settings.server.max_instances == 64
+    assert settings.server.max_instances == 32
     assert settings.server.max_in_flight == 256
     assert settings.server.predict_timeout_s == 10
     assert settings.server.body_timeout_s == 10
@@ -199,3 +199,22 @@ def test_load_settings_storage_error_never_echoes_credentials(tmp_path):
         load_settings(project_dir=tmp_path, environ={})
     assert "hunter2" not in str(info.value)
     assert "mongodb" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("limits", "key"),
+    [
+        ('per_principal = "10/minute"', "per_principal"),
+        ('per_model = "5/second"', "per_model"),
+        ('quota = "20/day"', "quota"),
+    ],
+)
+def test_load_settings_refuses_limits_below_max_instances(tmp_path, limits, key):
+    """A rate that admits fewer predictions than one request may carry is refused at start-up."""
+    (tmp_path / "secureserve.toml").write_text(
+        f"[server]\nmax_instances = 32\n[limits]\n{limits}\n"
+    )
+    with pytest.raises(ConfigError, match=rf"\[limits\] {key} .* max_instances = 32"):
+        load_settings(project_dir=tmp_path, environ={})
+    (tmp_path / "secureserve.toml").write_text(f"[server]\nmax_instances = 5\n[limits]\n{limits}\n")
+    assert load_settings(project_dir=tmp_path, environ={}).server.max_instances == 5

@@ -22,7 +22,7 @@ from starlette.testclient import TestClient as StarletteClient
 
 import secureserve as ss
 from secureserve.app import create_app
-from secureserve.config import Settings
+from secureserve.config import Settings, load_settings
 from secureserve.keys import KeyStore, mint_key
 from secureserve.logs import configure_logging
 from secureserve.testing import TestClient
@@ -105,8 +105,12 @@ def _assert_safe_problem(response, status=None):
 
 @pytest.fixture(scope="module")
 def iris():
-    """One iris TestClient (predict role) shared by the read-only request matrices."""
-    with TestClient(Iris, project_dir=EXAMPLES / "iris") as client:
+    """One iris TestClient (predict role) shared by the read-only request matrices.
+
+    Its limits are raised: the matrices send more predictions than a minute's default.
+    """
+    config = _limited_iris(per_principal="100000/minute", quota="1000000/day", max_instances=32)
+    with TestClient(Iris, config=config) as client:
         yield client
 
 
@@ -202,14 +206,14 @@ def test_endpoints_same_key_in_sibling_objects_is_fine(iris):
 @pytest.mark.parametrize(
     ("instances", "detail"),
     [
-        ([{"features": [1, 2, 3, 4]}] * 65, "$.instances: length must be <= 64"),
+        ([{"features": [1, 2, 3, 4]}] * 33, "$.instances: length must be <= 32"),
         ([], "$.instances: length must be >= 1"),
         ([{"features": [1, 2, 3, 51]}], "$.instances[0].features[3]: must be <= 50"),
         ([{"features": [1, 2, 3, 4]}, {"features": [1, 2, 3]}], "$.instances[1].features"),
         ([{"features": [1, 2, 3, 4]}, {}], "$.instances[1]: missing required field 'features'"),
         ([{"features": [1, 2, 3, 4], "secret_field": 1}], "$.instances[0]: unknown field"),
     ],
-    ids=["65-instances", "empty", "out-of-range", "short-second", "missing", "unknown"],
+    ids=["33-instances", "empty", "out-of-range", "short-second", "missing", "unknown"],
 )
 def test_endpoints_validation_detail_names_the_field(iris, instances, detail):
     """Schema violations are 422 whose detail names the failing path and echoes no input."""
@@ -219,10 +223,10 @@ def test_endpoints_validation_detail_names_the_field(iris, instances, detail):
 
 
 def test_endpoints_max_instances_boundary_is_accepted(iris):
-    """Exactly max_instances (64) instances are served, one prediction each."""
-    response = iris.post(PREDICT, json={"instances": [{"features": [1, 2, 3, 4]}] * 64})
+    """Exactly max_instances (32) instances are served, one prediction each."""
+    response = iris.post(PREDICT, json={"instances": [{"features": [1, 2, 3, 4]}] * 32})
     assert response.status_code == 200
-    assert len(response.json()["predictions"]) == 64
+    assert len(response.json()["predictions"]) == 32
 
 
 # --- handler contracts ---------------------------------------------------------------
@@ -606,3 +610,71 @@ def test_endpoints_bad_instance_in_merged_batch_fails_only_its_request(tmp_path)
     assert any(Gated.MARKER in c and len(c) > 1 for c in model.calls)  # it was really merged
     good = [r for r in responses if r.status_code == 200][1:]
     assert [r.json()["predictions"][0]["y"] for r in good] == [2.0 * i for i in range(1, 7)]
+
+
+# --- limits count predictions ------------------------------------------------------------
+
+
+def _limited_iris(*, per_principal="5/minute", quota="1000/day", max_instances=4):
+    settings = load_settings(project_dir=EXAMPLES / "iris")
+    return msgspec.structs.replace(
+        settings,
+        limits=msgspec.structs.replace(
+            settings.limits, per_principal=per_principal, quota=quota, auth_failures_per_ip=None
+        ),
+        server=msgspec.structs.replace(settings.server, max_instances=max_instances),
+    )
+
+
+FLOWER = {"features": [5.1, 3.5, 1.4, 0.2]}
+
+
+def test_predict_unknown_model_names_count_against_the_principal():
+    """404s for models the caller cannot see spend its limit: probing names is throttled."""
+    with TestClient(Iris, config=_limited_iris()) as client:
+        for _ in range(5):
+            assert (
+                client.post("/v1/models/other:predict", json={"instances": [FLOWER]}).status_code
+                == 404
+            )
+        refused = client.post("/v1/models/other:predict", json={"instances": [FLOWER]})
+        body = _assert_safe_problem(refused, 429)
+        assert body["type"].endswith(":rate-limited")
+        assert refused.headers["retry-after"].isdigit()
+        assert client.predict([FLOWER]).status_code == 429  # the same principal's budget
+
+
+def test_predict_charges_every_instance_and_refuses_a_request_that_would_cross():
+    """4 + 1 instances fit in 5/minute; then a 2-instance request is refused whole."""
+    with TestClient(Iris, config=_limited_iris()) as client:
+        assert client.predict([FLOWER] * 4).status_code == 200
+        refused = client.predict([FLOWER] * 2)
+        _assert_safe_problem(refused, 429)
+        assert refused.headers["ratelimit-remaining"] == "0"  # admission took the fifth unit
+        assert int(refused.headers["retry-after"]) > 0
+        assert client.predict([FLOWER]).status_code == 429
+        audited = [json.loads(line) for line in client.audit_path.read_text().splitlines()]
+        predictions = [r for r in audited if r["event"] == "request" and r["status"] == 200]
+        assert len(predictions) == 1  # the refused request never reached the model
+
+
+def test_predict_quota_counts_instances():
+    """The daily quota is spent by instances, not requests."""
+    config = _limited_iris(per_principal="100/minute", quota="10/day")
+    with TestClient(Iris, config=config) as client:
+        assert client.predict([FLOWER] * 4).status_code == 200
+        assert client.predict([FLOWER] * 4).status_code == 200
+        refused = client.predict([FLOWER] * 4)
+        assert refused.status_code == 429
+        assert refused.json()["type"].endswith(":quota-exhausted")
+        assert client.predict([FLOWER]).status_code == 200  # admission of the refused took 9
+        assert client.predict([FLOWER]).status_code == 429
+
+
+def test_predict_wrong_method_on_a_known_route_is_405_with_allow():
+    """GET on :predict is 405 naming POST (not 404, not metadata of "iris:predict")."""
+    with TestClient(Iris, project_dir=EXAMPLES / "iris", roles=("predict", "admin")) as client:
+        response = client.get(PREDICT)
+        _assert_safe_problem(response, 405)
+        assert response.headers["allow"] == "POST"
+        assert client.get("/v1/models/iris").status_code == 200  # metadata still answers

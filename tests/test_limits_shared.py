@@ -159,8 +159,13 @@ def production_project(tmp_path: Path) -> tuple[Path, Path, str]:
 
 
 def limits_env(storage: str, prefix: str, per_principal: str, **extra: str) -> dict[str, str]:
-    """``[limits]`` through the environment: only ``per_principal`` counts (no quota)."""
+    """``[limits]`` through the environment: only ``per_principal`` counts (no quota).
+
+    ``max_instances`` is lowered to 4 so that small rates are valid settings (start-up
+    refuses a rate that could never admit a full request).
+    """
     return {
+        "SECURESERVE_SERVER__MAX_INSTANCES": "4",
         "SECURESERVE_LIMITS__STORAGE": storage,
         "SECURESERVE_LIMITS__KEY_PREFIX": prefix,
         "SECURESERVE_LIMITS__PER_PRINCIPAL": per_principal,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -161,6 +162,72 @@ def test_check_per_model_refusal_does_not_consume_quota():
         await limiter.check("alice", "iris")
         assert (await rejected(limiter.check("bob", "iris"))).log_reason == "per_model"
         await limiter.check("bob", "other")  # bob's single quota unit is still there
+
+    run(scenario)
+
+
+def test_check_refusal_by_any_window_charges_none():
+    """A charge is all or nothing: refused by the model's window, the principal's stays whole."""
+
+    async def scenario():
+        limiter = RateLimiter(per_principal="2/minute", per_model="1/minute", quota=None)
+        await limiter.check("alice", "iris")
+        assert (await rejected(limiter.check("alice", "iris"))).log_reason == "per_model"
+        await limiter.check("alice", "other")  # the refused request took none of alice's two
+        assert (await rejected(limiter.check("alice", "third"))).log_reason == "per_principal"
+
+    run(scenario)
+
+
+def test_check_counts_predictions_not_requests():
+    """``cost`` instances are charged together: 60/minute admits 60 predictions, in any split."""
+
+    async def scenario():
+        limiter = RateLimiter(per_principal="60/minute", quota="100/day")
+        admitted, refusals = 0, []
+        for _ in range(10):  # what one client sending 32 instances a request gets in a minute
+            try:
+                await limiter.check("alice", "iris")
+                admitted += 1
+                await limiter.check("alice", "iris", 31)
+                admitted += 31
+            except RequestRejected as exc:
+                refusals.append(exc.status)
+        assert refusals == [429] * 9
+        assert admitted == 41  # one whole request (32), then 1 admitted per refused request
+        exc = await rejected(limiter.check("alice", "iris", 30))
+        assert exc.log_reason == "per_principal"
+        assert exc.headers["RateLimit-Remaining"] == "19"  # a smaller request would still fit
+        assert 55 <= int(exc.headers["Retry-After"]) <= 60
+        await limiter.check("alice", "iris", 19)
+        await rejected(limiter.check("alice", "iris"))
+
+    run(scenario)
+
+
+def test_check_quota_counts_predictions():
+    """The daily quota is spent by instances; a request that would overrun it is refused whole."""
+
+    async def scenario():
+        limiter = RateLimiter(per_principal=None, quota="100/day")
+        await limiter.check("alice", "iris", 64)
+        exc = await rejected(limiter.check("alice", "iris", 40))
+        assert (exc.slug, exc.headers["RateLimit-Remaining"]) == ("quota-exhausted", "36")
+        await limiter.check("alice", "iris", 36)
+        await rejected(limiter.check("alice", "iris"))
+
+    run(scenario)
+
+
+def test_check_unknown_model_charges_only_the_principal():
+    """``model=None`` (a name the caller cannot see) spends its own windows, no model's."""
+
+    async def scenario():
+        limiter = RateLimiter(per_principal="3/minute", per_model="1/minute", quota="10/day")
+        for _ in range(3):
+            await limiter.check("alice", None)
+        assert (await rejected(limiter.check("alice", None))).log_reason == "per_principal"
+        await limiter.check("bob", "iris")  # the per-model window was not touched by alice
 
     run(scenario)
 
@@ -530,7 +597,16 @@ async def refuse_then_recover(limiter: RateLimiter, log: Recorder, own_redis: Ow
     assert not await limiter.healthy()
     assert log.levels() == ["error"]
     own_redis.start()
-    await limiter.check("alice", "iris")
+    returned = time.monotonic()
+    while True:  # full service within 2 s of its return (a retry at most every second)
+        try:
+            await limiter.check("alice", "iris")
+            break
+        except RequestRejected as exc:
+            status = exc.status
+        assert status == 503
+        assert time.monotonic() - returned < 2.0
+        await asyncio.sleep(0.05)
     assert await limiter.healthy()
     assert log.levels() == ["error", "info"]
 
@@ -593,18 +669,141 @@ def test_auth_blocked_spares_the_store_for_addresses_without_failures(monkeypatc
         limiter = RateLimiter(auth_failures_per_ip="2/minute")
         calls: list[str] = []
         backend = type(limiter._shared)
-        stats = backend.stats
+        blocked_until = backend.blocked_until
 
-        async def counting(self, limit, ident, left=-1):
+        async def counting(self, window, ident):
             calls.append(ident)
-            return await stats(self, limit, ident, left)
+            return await blocked_until(self, window, ident)
 
-        monkeypatch.setattr(backend, "stats", counting)
+        monkeypatch.setattr(backend, "blocked_until", counting)
         assert await limiter.auth_blocked("198.51.100.9") is None
         assert calls == []
         await limiter.auth_failure("198.51.100.9")
         await limiter.auth_failure("198.51.100.9")
         assert await limiter.auth_blocked("198.51.100.9") is not None
         assert calls == ["198.51.100.9"]
+
+    run(scenario)
+
+
+@pytest.mark.redis
+def test_redis_charges_predictions_like_memory(shared_redis):
+    """The Redis script and the memory windows refuse the same charges, with the same headers."""
+    prefix = f"test-{uuid.uuid4().hex}"
+    steps = [
+        ("alice", "iris", 5),
+        ("alice", "iris", 4),
+        ("alice", "iris", 2),
+        ("bob", "iris", 2),
+        ("bob", "iris", 1),
+        ("alice", None, 1),
+        ("bob", "other", 3),
+        ("bob", "other", 1),
+    ]
+
+    async def outcomes(limiter: RateLimiter) -> list[tuple[Any, ...]]:
+        seen: list[tuple[Any, ...]] = []
+        for principal, model, cost in steps:
+            try:
+                await limiter.check(principal, model, cost)
+                seen.append(("ok",))
+            except RequestRejected as exc:
+                headers = exc.headers
+                seen.append(
+                    (
+                        exc.log_reason,
+                        headers["RateLimit-Remaining"],
+                        headers["RateLimit-Limit"],
+                        headers["Retry-After"],
+                    )
+                )
+        return seen
+
+    async def scenario():
+        options = {"per_principal": "10/minute", "per_model": "12/minute", "quota": "11/day"}
+        memory = await outcomes(RateLimiter(**options))
+        shared = RateLimiter(storage=shared_redis, key_prefix=prefix, **options)
+        try:
+            assert await outcomes(shared) == memory
+        finally:
+            await wipe(shared)
+        assert memory[:3] == [("ok",), ("ok",), ("per_principal", "1", "10", memory[2][3])]
+
+    run(scenario)
+
+
+@pytest.mark.redis
+def test_redis_one_round_trip_for_the_charges_of_one_loop_iteration(shared_redis, monkeypatch):
+    """32 concurrent requests cost one script call (one round trip), not one per window."""
+    prefix = f"test-{uuid.uuid4().hex}"
+
+    async def scenario():
+        limiter = RateLimiter(
+            storage=shared_redis,
+            key_prefix=prefix,
+            per_principal="20/minute",
+            per_model="100/minute",
+            quota="1000/day",
+        )
+        script = limiter._shared._script
+        calls: list[int] = []
+
+        class Counting:
+            async def __call__(self, keys, args):
+                calls.append(len(keys))
+                return await script(keys, args)
+
+        monkeypatch.setattr(limiter._shared, "_script", Counting())
+        try:
+            outcomes = await asyncio.gather(
+                *(limiter.check("alice", "iris") for _ in range(32)), return_exceptions=True
+            )
+            assert calls == [96]  # 32 charges of 3 windows each, in one call
+            refused = [o for o in outcomes if isinstance(o, RequestRejected)]
+            assert len(refused) == 12
+            assert {o.log_reason for o in refused} == {"per_principal"}
+        finally:
+            await wipe(limiter)
+
+    run(scenario)
+
+
+@pytest.mark.redis
+@pytest.mark.slow
+def test_redis_hung_costs_at_most_the_storage_timeout(own_redis):
+    """A stopped Redis (connects, never answers) costs at most storage_timeout_s.
+
+    Then 503 at once until the next retry; service is back within 2 s of it answering.
+    """
+
+    async def scenario():
+        log = Recorder()
+        limiter = RateLimiter(storage=own_redis.url, logger=log, storage_timeout_s=0.3)
+        try:
+            await limiter.check("alice", "iris")
+            assert own_redis.proc is not None
+            own_redis.proc.send_signal(signal.SIGSTOP)
+            waits = []
+            for _ in range(20):
+                start = time.monotonic()
+                exc = await rejected(limiter.check("alice", "iris"))
+                waits.append(time.monotonic() - start)
+                assert (exc.status, exc.slug) == (503, "limits-unavailable")
+                await asyncio.sleep(0.1)
+            assert max(waits) < 0.3 + 0.25  # the deadline, never the socket's retries on top
+            assert sorted(waits)[len(waits) // 2] < 0.05  # most fail at once between retries
+            own_redis.proc.send_signal(signal.SIGCONT)
+            returned = time.monotonic()
+            while True:
+                try:
+                    await limiter.check("alice", "iris")
+                    break
+                except RequestRejected:
+                    assert time.monotonic() - returned < 2.0
+                    await asyncio.sleep(0.05)
+        finally:
+            if own_redis.proc is not None:
+                own_redis.proc.send_signal(signal.SIGCONT)
+            await limiter.aclose()
 
     run(scenario)

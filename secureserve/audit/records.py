@@ -1,9 +1,10 @@
 """Audit records: what one line of the audit log holds, and how fields get that shape.
 
 :class:`AuditRecord` is one line; :class:`RequestEntry` is what a request record
-says before the writer adds ``time``, ``seq`` and ``prev``; :func:`shape` and
-:func:`request_fields` turn caller fields into a line's fields; :func:`sha256` and
-:func:`parse` hash and read lines for the writer and for verification. Depends on no
+says before the writer adds ``time``, ``seq`` and ``prev``; :func:`shape`,
+:func:`request_fields` and :func:`refusals_fields` turn caller fields into a line's
+fields; :func:`sha256` and :func:`parse` hash and read lines for the writer and for
+verification; :data:`PRUNED` names the record that retention writes. Depends on no
 other audit module.
 """
 
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Annotated, Any, Final, Literal
 
 import msgspec
@@ -20,6 +22,7 @@ from secureserve.errors import RequestRejected
 __all__ = [
     "DIGEST_PREFIX",
     "GENESIS",
+    "PRUNED",
     "AuditRecord",
     "AuditUnavailable",
     "Decision",
@@ -27,12 +30,16 @@ __all__ = [
     "RequestEntry",
     "decision",
     "parse",
+    "refusals_fields",
     "request_fields",
+    "rfc3339",
     "sha256",
     "shape",
 ]
 
 GENESIS: Final = "0" * 64
+#: The action of the admin record written when rotated files are removed (retention).
+PRUNED: Final = "audit-pruned"
 DIGEST_PREFIX: Final = "hmac-sha256:"
 _MAX_DETAIL: Final = 200
 _HEX64: Final = "^[0-9a-f]{64}$"
@@ -52,6 +59,24 @@ _REQUEST: Final = frozenset(
         "output_digest",
     }
 )
+_REFUSALS: Final = frozenset(
+    {
+        "client",
+        "route",
+        "decision",
+        "status",
+        "reason",
+        "count",
+        "first_time",
+        "last_time",
+        "request_id",
+    }
+)
+_EVENT_FIELDS: Final = {
+    "request": _ALWAYS | _REQUEST,
+    "refusals": _ALWAYS | _REFUSALS,
+    "admin": _ALWAYS,
+}
 
 Decision = Literal["allowed", "denied", "limited", "error"]
 Digest = Annotated[str, msgspec.Meta(pattern=_DIGEST)]
@@ -61,16 +86,22 @@ _MAX_TEXT: Final = 1024
 class AuditRecord(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """One audit line. ``event`` says which of the optional fields are meaningful.
 
-    Request records carry every request field (``null`` when absent); admin records
-    carry ``action`` and whichever of ``request_id``/``trigger``/``model``/``detail``
-    apply. ``rotated_from`` appears on the first record of a file that continues
-    another.
+    Request records carry every request field (``null`` when absent). Refusals
+    records count the refusals of unauthenticated callers from one ``client`` for one
+    ``route``, ``status`` and ``reason`` in one window, and always carry those fields,
+    ``count``, ``first_time``/``last_time`` and the ``request_id`` of the first one
+    (``client`` ``"*"`` with ``null`` route, status and reason is the overflow
+    bucket). Admin records carry ``action`` and whichever of
+    ``request_id``/``trigger``/``model``/``detail`` apply; an ``audit-pruned`` one
+    also ``pruned_files`` and the ``pruned_last_seq``/``pruned_last_hash`` of the last
+    line removed. ``rotated_from`` appears on the first record of a file that
+    continues another.
     """
 
     time: str
     seq: Annotated[int, msgspec.Meta(ge=0)]
     prev: Annotated[str, msgspec.Meta(pattern=_HEX64)]
-    event: Literal["request", "admin"]
+    event: Literal["request", "admin", "refusals"]
     principal: str | None = None
     roles: tuple[str, ...] = ()
     request_id: str | None = None
@@ -85,6 +116,14 @@ class AuditRecord(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     action: str | None = None
     trigger: str | None = None
     detail: str | None = None
+    client: str | None = None
+    reason: str | None = None
+    count: Annotated[int, msgspec.Meta(ge=1)] | None = None
+    first_time: str | None = None
+    last_time: str | None = None
+    pruned_files: tuple[str, ...] | None = None
+    pruned_last_seq: Annotated[int, msgspec.Meta(ge=0)] | None = None
+    pruned_last_hash: Annotated[str, msgspec.Meta(pattern=_HEX64)] | None = None
     rotated_from: str | None = None
 
 
@@ -132,6 +171,39 @@ def request_fields(entry: RequestEntry) -> dict[str, Any]:
     return {"event": "request", **fields}
 
 
+def refusals_fields(
+    *,
+    client: str,
+    route: str | None,
+    status: int | None,
+    reason: str | None,
+    count: int,
+    first: datetime,
+    last: datetime,
+    request_id: str,
+) -> dict[str, Any]:
+    """The fields of a refusals record (every one written, ``null`` when absent)."""
+    return {
+        "event": "refusals",
+        "principal": None,
+        "roles": [],
+        "client": client,
+        "route": route,
+        "decision": None if status is None else decision(status),
+        "status": status,
+        "reason": reason,
+        "count": count,
+        "first_time": rfc3339(first),
+        "last_time": rfc3339(last),
+        "request_id": request_id,
+    }
+
+
+def rfc3339(moment: datetime) -> str:
+    """``moment`` (UTC) as written in the log: ``2025-01-02T03:04:05.678901Z``."""
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
 def decision(status: int) -> Decision:
     """The audit decision an HTTP status stands for: 429 limited, other 4xx denied, 5xx error."""
     if status < 400:  # noqa: PLR2004 - HTTP status classes
@@ -167,6 +239,13 @@ def shape(fields: dict[str, Any]) -> dict[str, Any]:
         raise ValueError("a request audit record needs route, decision and status")
     if record.event == "admin" and record.action is None:
         raise ValueError("an admin audit record needs an action")
+    if record.event == "refusals" and None in (
+        record.client,
+        record.count,
+        record.first_time,
+        record.last_time,
+    ):
+        raise ValueError("a refusals audit record needs client, count, first_time and last_time")
     values = msgspec.structs.asdict(record)
     for name, value in values.items():  # long client-influenced text is cut, not refused
         limit = _MAX_DETAIL if name == "detail" else _MAX_TEXT
@@ -174,7 +253,7 @@ def shape(fields: dict[str, Any]) -> dict[str, Any]:
             values[name] = value[: limit - 1] + "…"
     if record.latency_ms is not None:
         values["latency_ms"] = round(record.latency_ms, 3)
-    always = _ALWAYS | _REQUEST if record.event == "request" else _ALWAYS
+    always = _EVENT_FIELDS[record.event]
     return {
         name: value
         for name, value in values.items()

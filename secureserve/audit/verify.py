@@ -1,9 +1,11 @@
 """Audit verification: find the files of a chain, walk them, report the first break.
 
 :func:`chain_files` lists the rotated files of a log oldest first, then the log;
-:func:`verify_chain` checks ``seq`` and ``prev`` line by line across them and
-:func:`format_result` says what it found. :func:`rotated_pattern` and :func:`listdir`
-also serve the writer, which names rotated files and continues their chain.
+:func:`verify_chain` checks ``seq`` and ``prev`` line by line across them, and that
+the chain starts at genesis or where an ``audit-pruned`` record says the retained
+part starts; :func:`format_result` says what it found and where the chain starts.
+:func:`rotated_pattern` and :func:`listdir` also serve the writer, which names
+rotated files and continues their chain.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from pathlib import Path
 
 import msgspec
 
-from secureserve.audit.records import GENESIS, AuditRecord, parse, sha256
+from secureserve.audit.records import GENESIS, PRUNED, AuditRecord, parse, sha256
 
 __all__ = [
     "VerifyResult",
@@ -33,6 +35,13 @@ class VerifyResult(msgspec.Struct, frozen=True, kw_only=True):
     and ``line`` (1-based) locate that problem. ``head`` is the SHA-256 of the last
     line that verified: compare it with the ``audit chain head`` lines of the
     application log to catch an edited or removed tail.
+
+    Where the chain starts: ``start_seq`` is the seq of its first record (0 for the
+    whole chain). A later start is accounted for by the ``audit-pruned`` record at
+    seq ``pruned_at``, which removed ``pruned_files``; ``pruned_at`` None with a
+    later start means it was taken on trust (``require_genesis=False``).
+    ``unfinished_prune`` is the seq of a later ``audit-pruned`` record whose files
+    are still here (the server stopped before removing them).
     """
 
     ok: bool
@@ -41,6 +50,10 @@ class VerifyResult(msgspec.Struct, frozen=True, kw_only=True):
     file: Path | None = None
     line: int | None = None
     head: str | None = None
+    start_seq: int | None = None
+    pruned_files: tuple[str, ...] = ()
+    pruned_at: int | None = None
+    unfinished_prune: int | None = None
 
 
 def rotated_pattern(path: Path) -> re.Pattern[str]:
@@ -80,38 +93,53 @@ def verify_chain(paths: Sequence[Path], *, require_genesis: bool = True) -> Veri
     not the previous one plus one (a deleted or reordered record, or a missing or
     swapped file); a ``prev`` that is not the SHA-256 of the previous line (that line
     was edited; across files, the previous file was edited, replaced or one between
-    is missing). ``require_genesis=False`` accepts a chain whose oldest files were
-    removed on purpose (retention): its first record is then taken on trust.
+    is missing).
+
+    Once the walk is through, the start: the first record must be the genesis
+    (seq 0, ``prev`` all zeros) or continue exactly where an ``audit-pruned`` record
+    in the chain says the removed files ended (its ``pruned_last_seq`` + 1 and
+    ``pruned_last_hash``): normally the last such record; an earlier one when the
+    server stopped before removing the files the last one names (more is kept than
+    it says). Any other start means files or lines were removed outside retention and
+    is reported at the first line. ``require_genesis=False`` takes such a start on
+    trust (files removed by hand).
     """
     if not paths:
         return VerifyResult(ok=False, records=0, first_problem="there is no audit file to verify")
-    cursor = _Cursor(require_genesis=require_genesis)
+    cursor = _Cursor()
     for path in paths:
         number = 0
         try:
             for raw in _lines(path):
                 number += 1
-                problem = cursor.advance(raw, first_in_file=number == 1)
+                problem = cursor.advance(raw, path, first_in_file=number == 1)
                 if problem is not None:
                     return cursor.failed(problem, path, number)
         except OSError as exc:
             return cursor.failed(f"the file cannot be read ({exc.strerror})", path, None)
         if number:
             cursor.previous_file = path
-    return VerifyResult(ok=True, records=cursor.records, head=cursor.prev)
+    return cursor.finished(require_genesis=require_genesis)
 
 
 class _Cursor:
-    """Where verification stands: the last good line's hash, the next seq, the file."""
+    """Where verification stands: the last good line's hash, the next seq, the file.
 
-    def __init__(self, *, require_genesis: bool) -> None:
-        self.require_genesis = require_genesis
+    Also the first record and file, the last ``audit-pruned`` record and the latest one
+    that accounts for the first record: O(1) memory, however long the chain.
+    """
+
+    def __init__(self) -> None:
         self.records = 0
         self.prev: str | None = None
         self.expected = 0
         self.previous_file: Path | None = None
+        self.start: AuditRecord | None = None
+        self.start_file: Path | None = None
+        self.last_prune: AuditRecord | None = None
+        self.accounting_prune: AuditRecord | None = None
 
-    def advance(self, raw: bytes, *, first_in_file: bool) -> str | None:
+    def advance(self, raw: bytes, path: Path, *, first_in_file: bool) -> str | None:
         """Check one raw line (with its LF); move past it, or say what is wrong with it."""
         if not raw.endswith(b"\n"):
             return (
@@ -121,15 +149,21 @@ class _Cursor:
         record = parse(raw[:-1])
         if record is None:
             return "the line is not an audit record (not JSON, or fields missing or wrong)"
-        problem = self._link(record, first_in_file=first_in_file)
-        if problem is None:
-            self.prev, self.expected = sha256(raw[:-1]), record.seq + 1
-            self.records += 1
-        return problem
+        if self.start is None:
+            self.start, self.start_file = record, path
+        else:
+            problem = self._link(record, first_in_file=first_in_file)
+            if problem is not None:
+                return problem
+        if record.event == "admin" and record.action == PRUNED:
+            self.last_prune = record
+            if _continues(self.start, record):
+                self.accounting_prune = record
+        self.prev, self.expected = sha256(raw[:-1]), record.seq + 1
+        self.records += 1
+        return None
 
     def _link(self, record: AuditRecord, *, first_in_file: bool) -> str | None:
-        if self.prev is None:
-            return self._genesis(record)
         if record.seq != self.expected:
             if first_in_file:
                 return (
@@ -151,13 +185,32 @@ class _Cursor:
             "lines were reordered)"
         )
 
-    def _genesis(self, record: AuditRecord) -> str | None:
-        if self.require_genesis and (record.seq != 0 or record.prev != GENESIS):
-            return (
-                f"the chain does not start here: seq {record.seq} instead of 0 with the "
-                "genesis prev; earlier records or files are missing"
+    def finished(self, *, require_genesis: bool) -> VerifyResult:
+        """The result once every line verified: where the chain starts, and whether it may."""
+        start, last, accounting = self.start, self.last_prune, self.accounting_prune
+        if start is None:
+            return VerifyResult(ok=True, records=self.records, head=self.prev)
+        genesis = start.seq == 0 and start.prev == GENESIS
+        if not genesis and accounting is None and require_genesis:
+            return VerifyResult(
+                ok=False,
+                records=0,
+                first_problem=_start_problem(start, last),
+                file=self.start_file,
+                line=1,
             )
-        return None
+        unfinished = None
+        if last is not None and (genesis or last is not accounting):
+            unfinished = last.seq
+        return VerifyResult(
+            ok=True,
+            records=self.records,
+            head=self.prev,
+            start_seq=start.seq,
+            pruned_files=() if genesis or accounting is None else accounting.pruned_files or (),
+            pruned_at=None if genesis or accounting is None else accounting.seq,
+            unfinished_prune=unfinished,
+        )
 
     def failed(self, problem: str, file: Path, line: int | None) -> VerifyResult:
         return VerifyResult(
@@ -170,10 +223,71 @@ class _Cursor:
         )
 
 
+def _continues(start: AuditRecord | None, prune: AuditRecord) -> bool:
+    """Whether ``start`` is the record right after the last line ``prune`` removed."""
+    return (
+        start is not None
+        and prune.pruned_last_seq is not None
+        and start.seq == prune.pruned_last_seq + 1
+        and start.prev == prune.pruned_last_hash
+    )
+
+
+def _start_problem(start: AuditRecord, last_prune: AuditRecord | None) -> str:
+    if last_prune is None:
+        return (
+            f"the chain does not start here: seq {start.seq} instead of 0 with the genesis "
+            "prev, and no audit-pruned record says older files were removed; earlier "
+            "records or files are missing"
+        )
+    if last_prune.pruned_last_seq is None:
+        said = "names no record to continue (the files it removed held none)"
+    else:
+        said = f"says the retained chain starts at seq {last_prune.pruned_last_seq + 1}"
+    return (
+        f"the chain does not start here: seq {start.seq}, but the last audit-pruned record "
+        f"(seq {last_prune.seq}) {said}; files were removed outside retention, or this line "
+        "or that record was altered"
+    )
+
+
+_SHOWN_NAMES = 3
+
+
+def _start_text(result: VerifyResult) -> str:
+    """Where a verified chain starts, for :func:`format_result`; empty when nothing is known."""
+    if result.start_seq is None:
+        return ""
+    if result.start_seq == 0 and result.pruned_at is None:
+        text = " from the start of the chain (seq 0)"
+    elif result.pruned_at is None:
+        text = (
+            f"; the retained chain starts at seq {result.start_seq}, taken on trust (no "
+            "audit-pruned record accounts for the records before it)"
+        )
+    else:
+        names = list(result.pruned_files[:_SHOWN_NAMES])
+        if len(result.pruned_files) > _SHOWN_NAMES:
+            names.append(f"and {len(result.pruned_files) - _SHOWN_NAMES} more")
+        text = (
+            f"; the retained chain starts at seq {result.start_seq} (older files pruned: "
+            f"{', '.join(names)}; audit-pruned record at seq {result.pruned_at})"
+        )
+    if result.unfinished_prune is not None:
+        text += (
+            f"; the audit-pruned record at seq {result.unfinished_prune} names files that "
+            "are still here (their removal did not finish; the next rotation removes them)"
+        )
+    return text
+
+
 def format_result(result: VerifyResult) -> str:
     """One line when the chain verified, one paragraph naming file, line and problem if not."""
     if result.ok:
-        return f"OK: {result.records} audit records verified; chain head sha256 {result.head}."
+        return (
+            f"OK: {result.records} audit records verified{_start_text(result)}; "
+            f"chain head sha256 {result.head}."
+        )
     where = "" if result.file is None else f" {result.file}"
     if result.line is not None:
         where += f", line {result.line}"

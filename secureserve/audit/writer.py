@@ -1,15 +1,18 @@
 """The audit writer: :class:`AuditLog` appends hash-chained records to one file.
 
-It continues an existing chain at start-up, rotates the file at ``max_bytes``, batches
-request records per event-loop iteration, notices a file deleted, replaced or made
+It continues an existing chain at start-up, rotates the file at ``max_bytes`` and
+keeps ``max_files`` rotated files (recording each removal in the chain), batches
+request records per event-loop iteration, counts refusals of unauthenticated callers
+per window instead of writing each, notices a file deleted, replaced or made
 read-only, and fails closed (:class:`~secureserve.audit.records.AuditUnavailable`)
 when it cannot write. Uses the records, verification (to name and continue rotated
-files) and digest key modules; none of them uses this one.
+files), retention, refusals and digest key modules; none of them uses this one.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import os
 import stat
@@ -29,12 +32,15 @@ from secureserve.audit.records import (
     GENESIS,
     AuditUnavailable,
     RequestEntry,
-    parse,
     request_fields,
+    rfc3339,
     sha256,
     shape,
 )
+from secureserve.audit.refusals import RefusalCounter
+from secureserve.audit.retention import last_line, oldest_beyond, pruned_fields, tail
 from secureserve.audit.verify import chain_files, listdir, rotated_pattern
+from secureserve.config import DEFAULT_AUDIT_MAX_FILES, DEFAULT_REFUSAL_WINDOW_S
 from secureserve.errors import ConfigError
 
 if sys.platform != "win32":
@@ -76,6 +82,17 @@ class AuditLog:
     heads in the application log bound what was lost. The file is fsynced on rotation
     and on :meth:`close`.
 
+    Retention: when a rotation leaves more than ``max_files`` rotated files, the
+    oldest are deleted after an ``audit-pruned`` record (which files, and the seq and
+    hash of the last line they held) is chained and fsynced, so verification can
+    check that the retained chain starts exactly there. If that record cannot be
+    written (a full disk), the files are deleted anyway and the record is written
+    before the next one. Disk use stays below ``(max_files + 1) * max_bytes``.
+
+    Refusals: :meth:`refused` counts a refusal of an unauthenticated caller; one
+    ``refusals`` record per client address, route, status and reason is written per
+    ``refusal_window_s`` window (see :mod:`secureserve.audit.refusals` for the bound).
+
     While serving, the path is compared with the open descriptor (one ``stat`` and one
     ``fstat`` per check): a file made read-only refuses writes until it is writable
     again; a deleted file is an incident, logged as an error and recorded as the first
@@ -89,6 +106,8 @@ class AuditLog:
         *,
         digest_key: bytes,
         max_bytes: int = 100 * 1024 * 1024,
+        max_files: int = DEFAULT_AUDIT_MAX_FILES,
+        refusal_window_s: float = DEFAULT_REFUSAL_WINDOW_S,
         on_write_error: Literal["refuse", "continue"] = "refuse",
         logger: Any = None,
         clock: Callable[[], datetime] = _now,
@@ -100,6 +119,10 @@ class AuditLog:
             )
         if max_bytes < 1:
             raise ConfigError("[audit] max_bytes must be positive.")
+        if max_files < 1:
+            raise ConfigError("[audit] max_files must be at least 1 (rotated files kept).")
+        if not 0 <= refusal_window_s < float("inf"):
+            raise ConfigError("[audit] refusal_window_s must be 0 or a positive number.")
         if logger is None:
             from secureserve.logs import get_logger  # noqa: PLC0415 - only when none is given
 
@@ -108,6 +131,7 @@ class AuditLog:
         self.on_write_error = on_write_error
         self._key = digest_key
         self._max_bytes = max_bytes
+        self._max_files = max_files
         self._log = logger
         self._clock = clock
         self._lock = threading.Lock()
@@ -123,6 +147,11 @@ class AuditLog:
         self._outage: str | None = None
         self._lost = 0
         self._closed = False
+        self._refusals = RefusalCounter(
+            window_s=refusal_window_s,
+            write=self._write_refusals,
+            clock=lambda: utc(self._clock()),
+        )
         try:
             self._start()
         except OSError as exc:
@@ -176,17 +205,46 @@ class AuditLog:
         self._batch.append((line_fields, future))
         await future
 
+    def refused(
+        self,
+        *,
+        client: str,
+        route: str,
+        status: int,
+        reason: str | None,
+        request_id: str,
+    ) -> None:
+        """Count a refusal of a caller that did not authenticate; never raises.
+
+        ``client`` is its address, ``reason`` the application log's reason and
+        ``request_id`` names it in the application log. One ``refusals`` record per
+        (client, route, status, reason) and window carries the count; a window's
+        records are written when it ends and at :meth:`close`. Refusals that cannot be
+        written count as lost records (see ``audit-resumed``).
+        """
+        self._refusals.add(
+            client=client, route=route, status=status, reason=reason, request_id=request_id
+        )
+
+    def _write_refusals(self, records: list[dict[str, Any]]) -> None:
+        """Write one window's refusals records; a failure is an outage, logged once, not raised."""
+        with self._lock:
+            try:
+                self._commit_many(records)
+            except (OSError, _Unwritable) as exc:
+                self._lost += len(records)
+                reason = _reason(exc)
+            else:
+                return
+        with contextlib.suppress(AuditUnavailable):  # no request to refuse: logged and counted
+            self._failed(reason)
+
     def _flush_batch(self) -> None:
         batch, self._batch = self._batch, []
         reason = None
         with self._lock:
             try:
-                self._ready()
-                if self._outage is not None or self._notes:
-                    for fields, _ in batch:  # the resumed/notes records go first: one by one
-                        self._commit_locked(fields)
-                else:
-                    self._write_batch([fields for fields, _ in batch])
+                self._commit_many([fields for fields, _ in batch])
             except (OSError, _Unwritable) as exc:
                 self._lost += len(batch)
                 reason = _reason(exc)
@@ -202,6 +260,15 @@ class AuditLog:
                 future.set_exception(exc)
             else:
                 future.set_result(None)
+
+    def _commit_many(self, batch: list[dict[str, Any]]) -> None:
+        """Write ``batch`` in order, with one ``write`` when possible; the caller holds the lock."""
+        self._ready()
+        if self._outage is not None or self._notes:
+            for fields in batch:  # the resumed/notes records go first: one by one
+                self._commit_locked(fields)
+        else:
+            self._write_batch(batch)
 
     def _write_batch(self, batch: list[dict[str, Any]]) -> None:
         """Chain and write ``batch`` with one ``write``; on any failure the state is as before."""
@@ -296,7 +363,8 @@ class AuditLog:
                 self._failed(_reason(exc))
 
     def close(self) -> None:
-        """Write pending notes, fsync, log the chain head and release the file."""
+        """Write counted refusals and pending notes, fsync, log the chain head, release the file."""
+        self._refusals.close()
         with self._lock:
             if self._closed:
                 return
@@ -335,16 +403,16 @@ class AuditLog:
             info = os.fstat(fd)
             self._require_regular(info)
             self._lock_file(fd)
-            tail = _tail(fd)
+            last = tail(fd)
         except BaseException:
             os.close(fd)
             raise
-        if tail is None:  # empty: continue from the newest rotated file, if any
+        if last is None:  # empty: continue from the newest rotated file, if any
             self._continue_from_rotated()
-        elif tail[2]:
-            self._prev, self._seq = tail[0], tail[1]
+        elif last.clean:
+            self._prev, self._seq = last.hash, last.next_seq
         else:
-            self._prev, self._seq = tail[0], tail[1]
+            self._prev, self._seq = last.hash, last.next_seq
             target = self._rotated_name()
             self.path.rename(target)
             os.close(fd)
@@ -357,6 +425,7 @@ class AuditLog:
                 moved_to=str(target),
             )
             self._open_new()
+            self._prune()
             return
         self._adopt(fd, info.st_size)
 
@@ -370,11 +439,11 @@ class AuditLog:
             return
         fd = os.open(rotated[-1], os.O_RDONLY | os.O_CLOEXEC)
         try:
-            tail = _tail(fd)
+            last = tail(fd)
         finally:
             os.close(fd)
-        if tail is not None:
-            self._prev, self._seq = tail[0], tail[1]
+        if last is not None:
+            self._prev, self._seq = last.hash, last.next_seq
             self._rotated_from = rotated[-1].name
 
     def _lock_file(self, fd: int) -> None:
@@ -478,7 +547,7 @@ class AuditLog:
         self._write(fd, fields, line)
 
     def _line(self, fields: dict[str, Any]) -> bytes:
-        fields = {**fields, "time": _rfc3339(utc(self._clock())), "seq": self._seq}
+        fields = {**fields, "time": rfc3339(utc(self._clock())), "seq": self._seq}
         fields["prev"] = self._prev
         if self._rotated_from is not None:
             fields["rotated_from"] = self._rotated_from
@@ -516,6 +585,46 @@ class AuditLog:
         self._torn = False
         self._log_head("rotation", rotated_to=str(target))
         self._open_new()
+        self._prune()
+
+    def _prune(self) -> None:
+        """Delete the rotated files beyond ``max_files``, after chaining a record that says so."""
+        fd = self._fd
+        victims = oldest_beyond(self.path, self._max_files)
+        if not victims or fd is None:
+            return
+        names = [p.name for p in victims]
+        try:
+            end = last_line(victims)
+        except OSError as exc:
+            self._log.error("old audit files not removed", files=names, reason=_reason(exc))
+            return
+        note = pruned_fields(victims, end, self._max_files)
+        try:
+            self._write(fd, note)
+        except OSError as exc:  # a full disk, most likely: removing the files is the remedy
+            self._notes.append(note)
+            self._log.error(
+                "audit-pruned record not written yet; it goes before the next record",
+                files=names,
+                reason=_reason(exc),
+            )
+        else:
+            _fsync(fd)  # the record is on disk before the files it names are gone
+        for victim in victims:
+            try:
+                victim.unlink()
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                self._log.error("old audit file not removed", file=str(victim), reason=_reason(exc))
+        _fsync_dir(self.path.parent)
+        self._log.info(
+            "old audit files removed",
+            files=names,
+            max_files=self._max_files,
+            pruned_last_seq=note.get("pruned_last_seq"),
+        )
 
     def _failed(self, reason: str) -> None:
         if self._outage is None:
@@ -551,8 +660,10 @@ def _reason(exc: BaseException) -> str:
     return str(exc)
 
 
-def _rfc3339(moment: datetime) -> str:
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+def _fsync(fd: int) -> None:
+    """Best effort: the caller goes on whether the disk confirms or not."""
+    with contextlib.suppress(OSError):
+        os.fsync(fd)
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -567,36 +678,3 @@ def _fsync_dir(folder: Path) -> None:
         pass
     finally:
         os.close(fd)
-
-
-def _tail(fd: int) -> tuple[str, int, bool] | None:
-    """(hash of the last line, next seq, last line is a clean record) or None if empty.
-
-    The hash covers the last line's bytes without its LF (or the torn fragment); the
-    next seq follows the last line that is a record (0 if none).
-    """
-    size = os.fstat(fd).st_size
-    if size == 0:
-        return None
-    end = size - 1 if os.pread(fd, 1, size - 1) == b"\n" else size
-    clean = end < size
-    start, block = end, 8192
-    while start > 0:  # read backwards until the LF before the last line
-        lower = max(0, start - block)
-        chunk = os.pread(fd, start - lower, lower)
-        cut = chunk.rfind(b"\n")
-        if cut >= 0:
-            start = lower + cut + 1
-            break
-        start = lower
-    last = os.pread(fd, end - start, start)
-    record = parse(last) if clean else None
-    if record is not None:
-        return sha256(last), record.seq + 1, True
-    next_seq = 0
-    for line in reversed(os.pread(fd, start, 0).split(b"\n")):  # rare: damaged tail
-        earlier = parse(line)
-        if earlier is not None:
-            next_seq = earlier.seq + 1
-            break
-    return sha256(last), next_seq, False

@@ -22,7 +22,10 @@ def register(commands: Any, common: argparse.ArgumentParser) -> None:
     verify.add_argument(
         "--allow-pruned",
         action="store_true",
-        help="accept a chain whose oldest rotated files were deleted on purpose",
+        help=(
+            "accept a chain whose start no audit-pruned record accounts for (older files "
+            "removed by hand); files removed by [audit] max_files verify without it"
+        ),
     )
     verify.set_defaults(func=_verify)
     key = audit_sub.add_parser("key", help="the key of the input/output digests")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import re
 import time
+from collections.abc import Sequence
 from typing import Any, Final
 
 from starlette.exceptions import HTTPException
@@ -23,6 +24,7 @@ from secureserve.logs import AccessLog, AccessRecord
 from secureserve.metrics import Metrics, route_of
 from secureserve.middleware.probes import is_probe
 from secureserve.problems import as_rejection, problem_response
+from secureserve.ratelimit import client_ip
 
 __all__ = ["RequestContext", "RequestInfo"]
 
@@ -66,13 +68,21 @@ class RequestContext:
     """Wraps the app; see the module docstring."""
 
     def __init__(
-        self, app: ASGIApp, *, logger: Any, access: AccessLog, metrics: Metrics, audit: AuditLog
+        self,
+        app: ASGIApp,
+        *,
+        logger: Any,
+        access: AccessLog,
+        metrics: Metrics,
+        audit: AuditLog,
+        trusted_proxies: Sequence[str] = (),
     ) -> None:
         self.app = app
         self.log = logger
         self.access = access
         self.metrics = metrics
         self.audit = audit
+        self.trusted_proxies = tuple(trusted_proxies)  # whose X-Forwarded-For names the client
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """ASGI entry point."""
@@ -139,7 +149,20 @@ class RequestContext:
                 self._audit(scope, info, final, seconds)
 
     def _audit(self, scope: Scope, info: RequestInfo, status: int, seconds: float) -> None:
-        """Record a request the route did not record itself (refusals, metadata)."""
+        """Record a request the route did not record itself (refusals, metadata).
+
+        A refusal of a caller that did not authenticate is only counted (per client
+        address, route, status and reason; written per window): anyone can send those.
+        """
+        if info.principal_id is None and status >= 400:  # noqa: PLR2004 - HTTP error statuses
+            self.audit.refused(
+                client=client_ip(scope, self.trusted_proxies),
+                route=route_of(scope["path"]),
+                status=status,
+                reason=info.log_reason,
+                request_id=info.request_id,
+            )
+            return
         try:
             self.audit.request(
                 RequestEntry(

@@ -19,12 +19,11 @@ class HttpsOnly:
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
-        self._refused = RequestRejected(
-            403, "https-required", "HTTPS is required", log_reason="plaintext-scope"
-        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """ASGI entry point."""
         if scope["type"] == "http" and scope.get("scheme") != "https":
-            raise self._refused
+            raise RequestRejected(
+                403, "https-required", "HTTPS is required", log_reason="plaintext-scope"
+            )
         await self.app(scope, receive, send)

@@ -21,13 +21,7 @@ class InFlightLimit:
         self.app = app
         self.limit = limit
         self.current = 0
-        self._busy = RequestRejected(
-            503,
-            "overloaded",
-            "Server is busy",
-            headers={"Retry-After": str(retry_after_s)},
-            log_reason="max_in_flight",
-        )
+        self.retry_after = str(retry_after_s)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """ASGI entry point."""
@@ -35,7 +29,13 @@ class InFlightLimit:
             await self.app(scope, receive, send)
             return
         if self.current >= self.limit:
-            raise self._busy
+            raise RequestRejected(
+                503,
+                "overloaded",
+                "Server is busy",
+                headers={"Retry-After": self.retry_after},
+                log_reason="max_in_flight",
+            )
         self.current += 1
         try:
             await self.app(scope, receive, send)

@@ -1,0 +1,391 @@
+"""Counting windows for the rate limiter: in this process, or in Redis with one script.
+
+A *charge* takes ``cost`` units from several windows at once, all or nothing: every
+window is checked first, and only when each of them has room is the cost taken from
+each. That is what a request needs ("one prediction per instance, on the principal's
+window, the model's window and the quota, or none of them") and what ``limits``'
+strategies cannot do, one window per call. Both backends keep ``limits``' data layout
+and semantics, so the two agree to the unit and ``limits`` can still read what Redis
+holds:
+
+- a *moving* window (rates, failed authentications) admits ``cost`` when the units
+  counted in the last ``expiry`` seconds plus ``cost`` stay within ``amount``; in
+  Redis it is ``limits``' list of timestamps, newest first, trimmed to ``amount``;
+- a *fixed* window (the quota) is a counter that starts with its first unit and
+  expires ``expiry`` seconds later; in Redis a string counter with a TTL.
+
+A refused charge takes nothing and says which window refused it, when that window
+will have room for the same cost (``retry_at``, epoch seconds) and how many units it
+has left.
+
+Redis. :class:`RedisWindows` charges with one ``EVALSHA`` per event-loop iteration:
+the charges of every request that arrived in that iteration go in one call to
+:data:`_CHARGE_LUA`, which handles each in turn, atomically. A request therefore costs
+one round trip, shared with its neighbours, instead of one per window.
+
+Memory. :class:`MemoryWindows` keeps, per moving window, a deque of ``(time, cost)``
+entries: charges less than a thousandth of the window apart share one entry, dated by
+the later one (so units are never released early), which bounds a window to about
+1,000 entries (and to ``amount``, since each costs at least one unit) whatever the rate;
+a fixed window is a count and its reset time. Windows that emptied are swept at most every
+:data:`_SWEEP_EVERY_S` seconds; each kind of limit holds at most ``max_keys`` windows,
+and past that (a flood of client addresses failing authentication) the oldest windows
+of that kind are forgotten first, so a flood of addresses never evicts a principal's
+window.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Final
+
+from limits import RateLimitItem
+
+__all__ = ["Charge", "MemoryWindows", "RedisWindows", "Refusal", "Window"]
+
+_SWEEP_EVERY_S: Final = 10.0
+#: Units taken within this share of a window's length share one entry (memory bound).
+_MERGE_WITHIN: Final = 0.001
+#: Windows kept per kind of limit in memory (about 100 bytes each when empty of entries).
+DEFAULT_MAX_KEYS: Final = 100_000
+
+
+@dataclass(frozen=True, slots=True)
+class Window:
+    """One configured limit: its rate, whether it moves, its namespace and refusal reason."""
+
+    item: RateLimitItem
+    moving: bool
+    reason: str  # per_principal, per_model, quota, auth_failures_per_ip
+
+    @property
+    def amount(self) -> int:
+        """Units the window admits."""
+        return int(self.item.amount)
+
+    @property
+    def expiry(self) -> int:
+        """The window's length in seconds."""
+        return int(self.item.get_expiry())
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """Which window refused a charge, when it will have room for it, and what it has left."""
+
+    window: Window
+    retry_at: float
+    remaining: int
+
+
+#: One charge: ``cost`` units on each ``(window, identifier)``.
+Charge = tuple[Sequence[tuple[Window, str]], int]
+
+
+class MemoryWindows:
+    """Windows in this process; every call runs inline on the event loop (microseconds)."""
+
+    def __init__(self, *, max_keys: int = DEFAULT_MAX_KEYS) -> None:
+        self._max_keys = max_keys
+        self._tables: dict[str, _Table] = {}  # one per kind of limit (its namespace)
+        self._next_sweep = time.time() + _SWEEP_EVERY_S
+
+    async def charge(self, charges: Sequence[Charge]) -> list[Refusal | None]:
+        """Charge each in turn (see the module docstring); None where a charge was taken."""
+        return [self.charge_now(plan, cost) for plan, cost in charges]
+
+    def charge_now(self, plan: Sequence[tuple[Window, str]], cost: int) -> Refusal | None:
+        """One charge, synchronously."""
+        now = time.time()
+        if now >= self._next_sweep:
+            self._sweep(now)
+        for window, ident in plan:
+            refusal = self._check(window, ident, cost, now)
+            if refusal is not None:
+                return refusal
+        for window, ident in plan:
+            self._table(window)[ident].take(now, cost)
+        return None
+
+    async def blocked_until(self, window: Window, ident: str) -> float | None:
+        """None if one more unit fits in the window, else when it will (epoch seconds)."""
+        refusal = self._check(window, ident, 1, time.time())
+        return None if refusal is None else refusal.retry_at
+
+    def _check(self, window: Window, ident: str, cost: int, now: float) -> Refusal | None:
+        table = self._tables.get(window.item.namespace)
+        counter = table.get(ident) if table is not None else None
+        used = 0 if counter is None else counter.used(now)
+        if used + cost <= window.amount:
+            return None
+        if counter is None or cost > window.amount:  # never fits: a whole window from now
+            room_at = now + window.expiry
+        else:
+            room_at = counter.room_at(window.amount - cost)
+        return Refusal(window, room_at, max(0, window.amount - used))
+
+    def _table(self, window: Window) -> _Table:
+        table = self._tables.get(window.item.namespace)
+        if table is None:
+            table = self._tables[window.item.namespace] = _Table(window, self._max_keys)
+        return table
+
+    def _sweep(self, now: float) -> None:
+        self._next_sweep = now + _SWEEP_EVERY_S
+        for table in self._tables.values():
+            for ident in [i for i, counter in table.items() if counter.used(now) == 0]:
+                del table[ident]
+
+
+class _Moving:
+    """One moving window: ``(time, cost)`` entries, oldest first, and their total."""
+
+    __slots__ = ("entries", "expiry", "total")
+
+    def __init__(self, expiry: int) -> None:
+        self.entries: deque[tuple[float, int]] = deque()
+        self.total = 0
+        self.expiry = expiry
+
+    def used(self, now: float) -> int:
+        """Units counted in the window that ends ``now``."""
+        entries, since = self.entries, now - self.expiry
+        while entries and entries[0][0] < since:
+            self.total -= entries.popleft()[1]
+        return self.total
+
+    def take(self, now: float, cost: int) -> None:
+        entries = self.entries
+        self.total += cost
+        if entries and now - entries[-1][0] < self.expiry * _MERGE_WITHIN:
+            cost += entries.pop()[1]  # one entry, counted from the later time: never early
+        entries.append((now, cost))
+
+    def room_at(self, keep: int) -> float:
+        """When at most ``keep`` units will be counted (the entries before then expired)."""
+        left = self.total
+        for moment, cost in self.entries:
+            left -= cost
+            if left <= keep:
+                return moment + self.expiry
+        return time.time()  # pragma: no cover - only asked when over ``keep``
+
+
+class _Fixed:
+    """One fixed window: a count that starts with its first unit and resets at ``reset_at``."""
+
+    __slots__ = ("count", "expiry", "reset_at")
+
+    def __init__(self, expiry: int) -> None:
+        self.count = 0
+        self.expiry = expiry
+        self.reset_at = 0.0
+
+    def used(self, now: float) -> int:
+        """Units counted in the current window (0 once it is over)."""
+        if self.reset_at <= now:
+            self.count = 0
+        return self.count
+
+    def take(self, now: float, cost: int) -> None:
+        if self.count == 0:
+            self.reset_at = now + self.expiry
+        self.count += cost
+
+    def room_at(self, keep: int) -> float:  # noqa: ARG002 - the whole count resets at once
+        """When the window resets."""
+        return self.reset_at
+
+
+class _Table(dict[str, "_Moving | _Fixed"]):
+    """The windows of one kind of limit, created on first use, at most ``max_keys``."""
+
+    def __init__(self, window: Window, max_keys: int) -> None:
+        super().__init__()
+        self._window = window
+        self._max_keys = max_keys
+
+    def __missing__(self, ident: str) -> _Moving | _Fixed:
+        if len(self) >= self._max_keys:  # forget the oldest tenth of this kind's windows
+            for old in list(self)[: max(1, self._max_keys // 10)]:
+                del self[old]
+        window = self._window
+        counter = _Moving(window.expiry) if window.moving else _Fixed(window.expiry)
+        self[ident] = counter
+        return counter
+
+
+# Charges several windows, all or nothing, for each of several requests in turn.
+# KEYS: every window's key, in order. ARGV: now, number of charges, then per charge its
+# cost and number of windows, then per window 1 (moving) or 0 (fixed), amount, expiry.
+# Returns one entry per charge: 0 when taken, else {window index (1-based), retry_at,
+# remaining} with retry_at as a string (Lua numbers become integers on the way out).
+_CHARGE_LUA: Final = """
+local now = tonumber(ARGV[1])
+local charges = tonumber(ARGV[2])
+local results = {}
+local arg, key = 3, 1
+
+local function in_window(k, amount, since)
+  local low, high, found = 0, amount - 1, -1
+  while low <= high do
+    local mid = math.floor((low + high) / 2)
+    local value = tonumber(redis.call('lindex', k, mid))
+    if value and value >= since then
+      found = mid
+      low = mid + 1
+    else
+      high = mid - 1
+    end
+  end
+  return found + 1
+end
+
+for c = 1, charges do
+  local cost, count = tonumber(ARGV[arg]), tonumber(ARGV[arg + 1])
+  arg = arg + 2
+  local refused = 0
+  for i = 0, count - 1 do
+    local k = KEYS[key + i]
+    local moving = ARGV[arg + 3 * i] == '1'
+    local amount = tonumber(ARGV[arg + 3 * i + 1])
+    local expiry = tonumber(ARGV[arg + 3 * i + 2])
+    if moving then
+      local entry = nil
+      if cost <= amount then
+        entry = tonumber(redis.call('lindex', k, amount - cost))
+      end
+      if cost > amount or (entry and entry >= now - expiry) then
+        local retry = now + expiry
+        if entry then retry = entry + expiry end
+        local left = amount - in_window(k, amount, now - expiry)
+        refused = {i + 1, tostring(retry), left}
+        break
+      end
+    else
+      local used = tonumber(redis.call('get', k) or '0')
+      if used + cost > amount then
+        local ttl = redis.call('ttl', k)
+        if ttl < 0 then ttl = expiry end
+        local left = amount - used
+        if left < 0 then left = 0 end
+        refused = {i + 1, tostring(now + ttl), left}
+        break
+      end
+    end
+  end
+  if refused == 0 then
+    for i = 0, count - 1 do
+      local k = KEYS[key + i]
+      local amount = tonumber(ARGV[arg + 3 * i + 1])
+      local expiry = ARGV[arg + 3 * i + 2]
+      if ARGV[arg + 3 * i] == '1' then
+        local stamps = {}
+        for n = 1, math.min(cost, 5000) do stamps[n] = ARGV[1] end
+        local pushed = 0
+        while pushed < cost do
+          local n = math.min(cost - pushed, 5000)
+          redis.call('lpush', k, unpack(stamps, 1, n))
+          pushed = pushed + n
+        end
+        redis.call('ltrim', k, 0, amount - 1)
+        redis.call('expire', k, expiry)
+      else
+        if redis.call('incrby', k, cost) == cost then
+          redis.call('expire', k, expiry)
+        end
+      end
+    end
+  end
+  results[c] = refused
+  arg = arg + 3 * count
+  key = key + count
+end
+return results
+"""
+
+
+class RedisWindows:
+    """Windows in Redis, through the client of a ``limits`` Redis storage (its key prefix).
+
+    Charges made during one event-loop iteration go to Redis together in one script
+    call; each caller awaits its own result. Calls are bounded by the caller (the rate
+    limiter puts a deadline around them).
+    """
+
+    def __init__(self, storage: Any) -> None:
+        self.storage = storage
+        bridge = storage.bridge
+        self._prefixed = bridge.prefixed_key
+        self._script = bridge.get_connection().register_script(_CHARGE_LUA)
+        self._pending: list[tuple[Charge, asyncio.Future[Refusal | None]]] = []
+
+    async def charge(self, charges: Sequence[Charge]) -> list[Refusal | None]:
+        """Charge each in turn, with the other charges of this loop iteration, in one call."""
+        loop = asyncio.get_running_loop()
+        futures = []
+        if not self._pending:
+            loop.call_soon(self._flush)
+        for charge in charges:
+            future: asyncio.Future[Refusal | None] = loop.create_future()
+            self._pending.append((charge, future))
+            futures.append(future)
+        return [await future for future in futures]
+
+    def _flush(self) -> None:
+        batch, self._pending = self._pending, []
+        task = asyncio.ensure_future(self._send(batch))
+        task.add_done_callback(_retrieve)
+
+    async def _send(self, batch: list[tuple[Charge, asyncio.Future[Refusal | None]]]) -> None:
+        keys: list[str] = []
+        args: list[Any] = [repr(time.time()), len(batch)]
+        for (plan, cost), _ in batch:
+            args += [cost, len(plan)]
+            for window, ident in plan:
+                keys.append(self._prefixed(window.item.key_for(ident)))
+                args += [1 if window.moving else 0, window.amount, window.expiry]
+        try:
+            results = await self._script(keys, args)
+        except BaseException as exc:  # every waiter learns of it; none is left hanging
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(_copy(exc))
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+            return
+        for ((plan, _), future), result in zip(batch, results, strict=True):
+            if future.done():
+                continue
+            if result == 0:
+                future.set_result(None)
+            else:
+                index, retry_at, remaining = result
+                window = plan[int(index) - 1][0]
+                future.set_result(Refusal(window, float(retry_at), int(remaining)))
+
+    async def blocked_until(self, window: Window, ident: str) -> float | None:
+        """None if one more unit fits in the window, else when it will (epoch seconds)."""
+        key = window.item.key_for(ident)
+        if window.moving:
+            start, count = await self.storage.get_moving_window(key, window.amount, window.expiry)
+            return None if count < window.amount else float(start) + window.expiry
+        if await self.storage.get(key) < window.amount:
+            return None
+        return float(await self.storage.get_expiry(key))
+
+
+def _copy(exc: BaseException) -> BaseException:
+    """A new exception of the same kind for each waiter: one instance is never raised twice."""
+    if isinstance(exc, asyncio.CancelledError):
+        return asyncio.CancelledError()
+    return ConnectionError(f"limits storage call failed: {type(exc).__name__}")
+
+
+def _retrieve(task: asyncio.Future[None]) -> None:
+    if not task.cancelled():
+        task.exception()  # already handed to the waiters; keeps asyncio from logging it
