@@ -62,6 +62,12 @@ DEFAULT_MAX_IN_FLIGHT: Final = 256
 DEFAULT_TIMEOUT_S: Final = 10.0
 DEFAULT_KEEP_ALIVE_S: Final = 5
 DEFAULT_MAX_CONNECTIONS: Final = 1024
+DEFAULT_HEADER_TIMEOUT_S: Final = 10.0
+DEFAULT_IDLE_TIMEOUT_S: Final = 10.0
+DEFAULT_HANDSHAKE_TIMEOUT_S: Final = 10.0
+DEFAULT_MAX_HEADERS: Final = 100
+DEFAULT_MAX_HEAD_BYTES: Final = 16384
+DEFAULT_MAX_CONNECTIONS_PER_IP: Final = 128
 #: Rotated audit files kept: with the default max_bytes the log peaks at (9 + 1) x 100 MiB,
 #: inside the 1 GiB volume that `secureserve new` gives it in Kubernetes.
 DEFAULT_AUDIT_MAX_FILES: Final = 9
@@ -94,6 +100,14 @@ class ServerSettings(_Section, frozen=True):
     predict_timeout_s: PositiveSeconds = DEFAULT_TIMEOUT_S
     body_timeout_s: PositiveSeconds = DEFAULT_TIMEOUT_S
     keep_alive_s: Annotated[int, msgspec.Meta(ge=1, le=300)] = DEFAULT_KEEP_ALIVE_S
+    header_timeout_s: PositiveSeconds = DEFAULT_HEADER_TIMEOUT_S
+    idle_timeout_s: PositiveSeconds = DEFAULT_IDLE_TIMEOUT_S
+    handshake_timeout_s: PositiveSeconds = DEFAULT_HANDSHAKE_TIMEOUT_S
+    max_headers: Annotated[int, msgspec.Meta(ge=8, le=10_000)] = DEFAULT_MAX_HEADERS
+    max_head_bytes: Annotated[int, msgspec.Meta(ge=1024, le=1 << 20)] = DEFAULT_MAX_HEAD_BYTES
+    max_connections_per_ip: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = (
+        DEFAULT_MAX_CONNECTIONS_PER_IP
+    )
     trusted_proxies: tuple[str, ...] = ()
 
 

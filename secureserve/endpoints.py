@@ -82,6 +82,7 @@ class Predict:
         body = await read_body(
             scope, receive, limit=state.max_body_bytes, deadline_s=state.body_timeout_s
         )
+        info.body_read = True  # the connection may carry another request after this one
         instances = state.schema.decode_request(body)
         if len(instances) > 1:  # the rest of what it asks for, or the whole request is refused
             await limiter.check(principal.id, state.name, len(instances) - 1)

@@ -15,10 +15,27 @@ from starlette.responses import Response
 
 from secureserve.errors import RequestRejected
 
-__all__ = ["PROBLEM_MEDIA_TYPE", "Problem", "as_rejection", "problem_response"]
+__all__ = [
+    "PROBLEM_MEDIA_TYPE",
+    "SECURITY_HEADERS",
+    "Problem",
+    "as_rejection",
+    "problem_bytes",
+    "problem_response",
+]
 
 PROBLEM_MEDIA_TYPE: Final = "application/problem+json"
 TYPE_PREFIX: Final = "urn:secureserve:problem:"
+
+#: Sent with every response, the app's and the connection's own alike.
+SECURITY_HEADERS: Final = (
+    (b"strict-transport-security", b"max-age=63072000; includeSubDomains"),
+    (b"x-content-type-options", b"nosniff"),
+    (b"cache-control", b"no-store"),
+    (b"referrer-policy", b"no-referrer"),
+    (b"x-frame-options", b"DENY"),
+    (b"content-security-policy", b"default-src 'none'; frame-ancestors 'none'"),
+)
 
 _encoder: Final = msgspec.json.Encoder()
 _BY_STATUS: Final = {
@@ -49,9 +66,8 @@ def as_rejection(exc: BaseException) -> RequestRejected:
     return RequestRejected(500, "internal", "Internal server error")
 
 
-def problem_response(rejection: RequestRejected, request_id: str) -> Response:
-    """Render a rejection; the body never contains more than ``Problem`` declares."""
-    body = _encoder.encode(
+def _body(rejection: RequestRejected, request_id: str) -> bytes:
+    return _encoder.encode(
         Problem(
             type=TYPE_PREFIX + rejection.slug,
             title=rejection.title,
@@ -60,9 +76,36 @@ def problem_response(rejection: RequestRejected, request_id: str) -> Response:
             detail=rejection.detail,
         )
     )
+
+
+def problem_response(rejection: RequestRejected, request_id: str) -> Response:
+    """Render a rejection; the body never contains more than ``Problem`` declares."""
+    body = _body(rejection, request_id)
     headers = dict(rejection.headers)
     if rejection.close:
         headers["connection"] = "close"
     return Response(
         body, status_code=rejection.status, headers=headers, media_type=PROBLEM_MEDIA_TYPE
     )
+
+
+def problem_bytes(status_line: bytes, rejection: RequestRejected, request_id: str) -> bytes:
+    """A whole HTTP/1.1 response for ``rejection`` that closes the connection.
+
+    For answers the connection sends itself, before any request reached the app:
+    the same body, security headers and ``X-Request-ID`` as the app's own problems.
+    """
+    body = _body(rejection, request_id)
+    lines = [
+        status_line,
+        b"content-type: " + PROBLEM_MEDIA_TYPE.encode() + b"\r\n",
+        b"content-length: " + str(len(body)).encode() + b"\r\n",
+        b"connection: close\r\n",
+        b"x-request-id: " + request_id.encode() + b"\r\n",
+    ]
+    lines += [name + b": " + value + b"\r\n" for name, value in SECURITY_HEADERS]
+    lines += [
+        name.lower().encode("latin-1") + b": " + value.encode("latin-1") + b"\r\n"
+        for name, value in rejection.headers.items()
+    ]
+    return b"".join([*lines, b"\r\n", body])

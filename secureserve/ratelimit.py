@@ -58,7 +58,7 @@ from secureserve.errors import ConfigError, RequestRejected
 from secureserve.logs import get_logger
 from secureserve.windows import MemoryWindows, RedisWindows, Refusal, Window
 
-__all__ = ["RateLimiter", "client_ip"]
+__all__ = ["RateLimiter", "address_key", "client_ip"]
 
 _T = TypeVar("_T")
 _RETRY_S: Final = 1.0
@@ -130,7 +130,7 @@ _IPV4_DOTS: Final = 3
 _MAX_RECENT_FAILURES: Final = 100_000
 
 
-def _ip_key(ip: str) -> str:
+def address_key(ip: str) -> str:
     """The address itself for IPv4, its /64 for IPv6 (one host gets a whole /64)."""
     if ":" not in ip and ip.count(".") == _IPV4_DOTS and ip.replace(".", "").isdigit():
         return ip  # dotted IPv4 as the server reported it: nothing to normalise
@@ -217,7 +217,7 @@ class RateLimiter:
     async def auth_failure(self, ip: str) -> None:
         """Record one failed authentication from ``ip``."""
         if self._auth is not None:
-            charge = ([(self._auth, _ip_key(ip))], 1)
+            charge = ([(self._auth, address_key(ip))], 1)
             failures = self._recent_failures
             if len(failures) >= _MAX_RECENT_FAILURES:  # a flood of addresses: forget the hints
                 failures.clear()
@@ -234,7 +234,7 @@ class RateLimiter:
         """
         if self._auth is None:
             return None
-        auth, key = self._auth, _ip_key(ip)
+        auth, key = self._auth, address_key(ip)
         last = self._recent_failures.get(key)
         if last is None:
             return None

@@ -5,11 +5,12 @@ uvicorn through ``ssl_context_factory``; there is no code path that listens
 without it. The listening socket is bound here first, so "port in use" is a
 clear start-up error rather than a log line from deep inside uvicorn.
 
-Bounds: open connections (``[server] max_connections``; one more is closed at
-once, without a response), idle keep-alive (uvicorn's ``timeout_keep_alive``),
-the TLS handshake (asyncio's 60 s default); requests in flight are bounded by the
-app (503 + ``Retry-After``). What httptools cannot bound is the number and size
-of request headers; docs/configuration.md says so.
+Bounds: the TLS handshake (``[server] handshake_timeout_s``, set on the listening
+socket through the event loop), and per connection what
+:class:`~secureserve.protocol.SecureHttpProtocol` enforces (connection caps, idle and
+head deadlines, header count and size); idle keep-alive is uvicorn's
+``timeout_keep_alive``; requests in flight are bounded by the app (503 +
+``Retry-After``).
 """
 
 from __future__ import annotations
@@ -24,47 +25,18 @@ import ssl
 import threading
 from collections.abc import Generator
 from types import FrameType
+from typing import Any
 
 import uvicorn
+import uvloop
 from starlette.applications import Starlette
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from secureserve.config import Settings
 from secureserve.errors import ConfigError
-from secureserve.tls import peer_certificate_subject
+from secureserve.logs import access_log
+from secureserve.protocol import Edge, EdgeLimits, SecureHttpProtocol
 
-__all__ = ["TLSHttpToolsProtocol", "bind_socket", "serve"]
-
-
-class TLSHttpToolsProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol, plus a connection bound and the ASGI TLS extension.
-
-    The client certificate subject is only present when the handshake verified a
-    certificate against ``[tls] client_ca``; the app requires it on every route
-    but the probes. ``serve`` sets ``max_connections`` on a subclass.
-    """
-
-    max_connections: int = 1024
-    _tls_extension: dict[object, object]
-
-    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        """Refuse connections over the bound; record the verified client certificate, if any."""
-        super().connection_made(transport)
-        self._tls_extension = {}
-        if len(self.connections) > self.max_connections:
-            transport.close()  # over the bound: refuse the connection, as a full backlog would
-            return
-        ssl_object = transport.get_extra_info("ssl_object")
-        peer = ssl_object.getpeercert() if ssl_object is not None else None
-        self._tls_extension = {
-            "client_cert_name": peer_certificate_subject(peer),
-            "tls_version": ssl_object.version() if ssl_object else None,
-        }
-
-    def on_message_begin(self) -> None:
-        """Attach the connection's TLS facts to each new request scope."""
-        super().on_message_begin()
-        self.scope["extensions"] = {"tls": self._tls_extension}
+__all__ = ["bind_socket", "serve"]
 
 
 def bind_socket(host: str, port: int) -> socket.socket:
@@ -98,11 +70,22 @@ class _Server(uvicorn.Server):
     an atomic swap; on failure the running version keeps serving).
     """
 
-    def __init__(self, config: uvicorn.Config, app: Starlette) -> None:
+    def __init__(self, config: uvicorn.Config, app: Starlette, handshake_timeout_s: float) -> None:
         super().__init__(config)
         self._app = app
+        self._handshake_timeout_s = handshake_timeout_s
         self._loop: asyncio.AbstractEventLoop | None = None
         self._reloads: set[asyncio.Task[None]] = set()
+
+    def run(self, sockets: list[socket.socket] | None = None) -> None:
+        """Serve on an event loop whose TLS servers bound the handshake."""
+        timeout = self._handshake_timeout_s
+
+        def new_loop() -> asyncio.AbstractEventLoop:
+            return _Loop(timeout)
+
+        with asyncio.Runner(loop_factory=new_loop) as runner:
+            runner.run(self.serve(sockets=sockets))
 
     async def serve(self, sockets: list[socket.socket] | None = None) -> None:
         """Remember the loop (SIGHUP schedules work on it), then serve."""
@@ -138,6 +121,24 @@ class _Server(uvicorn.Server):
             self._captured_signals.remove(sig)
 
 
+class _Loop(uvloop.Loop):
+    """uvloop, with ``ssl_handshake_timeout`` on every server it creates.
+
+    uvicorn creates the listening server without one (asyncio's default is 60 s), and
+    a handshake in progress is invisible to the HTTP protocol, which only starts once
+    it is done.
+    """
+
+    def __init__(self, handshake_timeout_s: float) -> None:
+        super().__init__()
+        self._handshake_timeout_s = handshake_timeout_s
+
+    async def create_server(self, *args: Any, **kwargs: Any) -> Any:
+        if kwargs.get("ssl") is not None:
+            kwargs.setdefault("ssl_handshake_timeout", self._handshake_timeout_s)
+        return await super().create_server(*args, **kwargs)
+
+
 async def _reload_on_signal(app: Starlette) -> None:
     with contextlib.suppress(Exception):  # refused reloads are logged and audited by reload()
         await app.state.serving.reload(trigger="SIGHUP")
@@ -150,15 +151,26 @@ def serve(app: Starlette, settings: Settings, context: ssl.SSLContext, sock: soc
     already accepted finish (for at most the predict and body timeouts).
     """
     server = settings.server
-    protocol = type(
-        "BoundedTLSHttpToolsProtocol",
-        (TLSHttpToolsProtocol,),
-        {"max_connections": server.max_connections},
+    serving = app.state.serving
+    edge = Edge(
+        limits=EdgeLimits(
+            header_timeout_s=server.header_timeout_s,
+            idle_timeout_s=server.idle_timeout_s,
+            max_headers=server.max_headers,
+            max_head_bytes=server.max_head_bytes,
+            max_connections=server.max_connections,
+            max_connections_per_ip=server.max_connections_per_ip,
+            trusted_proxies=server.trusted_proxies,
+        ),
+        access=access_log(),
+        audit=serving.audit,
+        metrics=serving.metrics,
     )
+    protocol = type("BoundedHttpProtocol", (SecureHttpProtocol,), {"edge": edge})
     config = uvicorn.Config(
         app,
         http=protocol,
-        loop="uvloop",
+        loop="none",  # _Server.run brings its own (uvloop with a TLS handshake deadline)
         ws="none",
         lifespan="on",
         ssl_context_factory=lambda _config, _default: context,
@@ -174,4 +186,4 @@ def serve(app: Starlette, settings: Settings, context: ssl.SSLContext, sock: soc
     # per-request garbage stay short. Measured: p99 at 32 connections 17 ms -> 4-6 ms.
     gc.collect()
     gc.freeze()
-    _Server(config, app).run(sockets=[sock])
+    _Server(config, app, server.handshake_timeout_s).run(sockets=[sock])

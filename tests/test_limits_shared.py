@@ -18,8 +18,10 @@ import json
 import os
 import secrets
 import shutil
+import signal
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -349,3 +351,56 @@ def test_limits_redis_outage_memory_opt_in(production_project, own_redis):
             assert time.monotonic() < deadline, "Redis not used again after it returned"
             time.sleep(0.25)
         wait_for_event(server, starts_with("rate-limit storage answers again"))
+
+
+def test_limits_redis_hung_then_back_under_load(production_project, own_redis):
+    """Under a load of 8 connections, a hung Redis costs at most storage_timeout_s a request.
+
+    Redis is stopped (SIGSTOP: it accepts connections and never answers) while 8 clients
+    predict in a loop: every answer is a 200 or a 503 ``limits-unavailable`` and none
+    takes much longer than ``storage_timeout_s`` (0.3 s). Once Redis runs again, every
+    client is served again within 2 s (a retry at most every second).
+    """
+    project, ca, key = production_project
+    env = limits_env(
+        own_redis.url, fresh_prefix(), "100000/minute", SECURESERVE_LIMITS__STORAGE_TIMEOUT_S="0.3"
+    )
+    with replicas(project, ca, key, env, 1) as (server,):
+        assert server.predict(VALID).status == 200
+        samples: list[tuple[float, float, int]] = []  # (start, seconds, status)
+        lock = threading.Lock()
+        stop = threading.Event()
+
+        def load() -> None:
+            while not stop.is_set():
+                start = time.monotonic()
+                status = server.predict(VALID).status
+                with lock:
+                    samples.append((start, time.monotonic() - start, status))
+
+        threads = [threading.Thread(target=load) for _ in range(8)]
+        for thread in threads:
+            thread.start()
+        try:
+            time.sleep(0.5)
+            assert own_redis.process is not None
+            own_redis.process.send_signal(signal.SIGSTOP)
+            hung_at = time.monotonic()
+            time.sleep(3)
+            own_redis.process.send_signal(signal.SIGCONT)
+            back_at = time.monotonic()
+            time.sleep(3)
+        finally:
+            if own_redis.process is not None:
+                own_redis.process.send_signal(signal.SIGCONT)
+            stop.set()
+            for thread in threads:
+                thread.join(20)
+    during = [s for s in samples if hung_at + 0.5 < s[0] < back_at - 0.5]
+    assert during, "no request was sent while Redis hung"
+    assert {status for _, _, status in during} == {503}
+    assert max(seconds for _, seconds, _ in samples) < 0.3 + 1.0
+    served_again = [start for start, _, status in samples if start > back_at and status == 200]
+    assert served_again, "no prediction served after Redis came back"
+    assert min(served_again) - back_at < 2.0
+    assert all(status == 200 for start, _, status in samples if start > back_at + 2.0)

@@ -14,6 +14,7 @@ import json
 import signal
 import socket
 import ssl
+import threading
 import time
 from pathlib import Path
 
@@ -508,3 +509,72 @@ def test_server_refuses_connections_over_max_connections(tmp_path):
             return answer.startswith(b"HTTP/1.1 200")
 
         assert _await(fresh_connection_served)
+
+
+def test_server_sigterm_under_load_loses_no_accepted_request(tmp_path):
+    """SIGTERM during a 32-connection load: every request the server took is answered.
+
+    Each client thread sends predictions with its own X-Request-ID over a keep-alive
+    connection until the connection ends. Every request id in the server's access log
+    must have reached its client as a 200 (nothing accepted is lost), new connections
+    are refused once draining started, and the process exits 0.
+    """
+    project = copy_iris(tmp_path / "iris")
+    with running_server(project, env=NO_LIMITS) as server:
+        body = json.dumps(VALID).encode()
+        answered: dict[str, int] = {}
+        lock = threading.Lock()
+        stop = threading.Event()
+
+        def client(number: int) -> None:
+            sent = 0
+            try:
+                with server.connect() as tls:
+                    while not stop.is_set():
+                        request_id = f"load-{number:02d}-{sent:06d}"
+                        head = request_head(
+                            "POST",
+                            PREDICT,
+                            key=server.key,
+                            content_length=len(body),
+                            extra=[("X-Request-ID", request_id)],
+                        )
+                        tls.sendall(head + body)
+                        sent += 1
+                        reply = read_reply(tls)
+                        with lock:
+                            answered[request_id] = reply.status
+                        if reply.headers.get("connection") == "close":
+                            return
+            except (OSError, ConnectionError):
+                return  # the server closed this connection between two requests
+
+        threads = [threading.Thread(target=client, args=(n,)) for n in range(32)]
+        for thread in threads:
+            thread.start()
+        time.sleep(1.5)
+        server.process.send_signal(signal.SIGTERM)
+        time.sleep(0.2)
+        refused = False
+        try:
+            with server.connect() as tls:
+                tls.sendall(request_head("GET", "/healthz", content_type=None))
+                tls.settimeout(5)
+                refused = tls.recv(1) == b""
+        except OSError:
+            refused = True
+        stop.set()
+        for thread in threads:
+            thread.join(20)
+        assert server.process.wait(timeout=20) == 0
+        assert refused, "a new connection was served after SIGTERM"
+        logged = {
+            line["request_id"]: line["status"]
+            for line in server.log_lines()
+            if line.get("event") == "request" and str(line.get("request_id")).startswith("load-")
+        }
+    assert len(answered) > 100  # the load really ran
+    lost = sorted(set(logged) - set(answered))
+    assert lost == [], f"{len(lost)} accepted requests never answered: {lost[:5]}"
+    assert set(answered.values()) == {200}
+    assert set(logged.values()) == {200}

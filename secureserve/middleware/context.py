@@ -23,21 +23,19 @@ from secureserve.errors import ModelError, RequestRejected
 from secureserve.logs import AccessLog, AccessRecord
 from secureserve.metrics import Metrics, route_of
 from secureserve.middleware.probes import is_probe
-from secureserve.problems import as_rejection, problem_response
+from secureserve.problems import SECURITY_HEADERS, as_rejection, problem_response
 from secureserve.ratelimit import client_ip
 
 __all__ = ["RequestContext", "RequestInfo"]
 
 _REQUEST_ID: Final = re.compile(rb"[A-Za-z0-9._-]{8,64}")
-_SECURITY_HEADERS: Final = (
-    (b"strict-transport-security", b"max-age=63072000; includeSubDomains"),
-    (b"x-content-type-options", b"nosniff"),
-    (b"cache-control", b"no-store"),
-    (b"referrer-policy", b"no-referrer"),
-    (b"x-frame-options", b"DENY"),
-    (b"content-security-policy", b"default-src 'none'; frame-ancestors 'none'"),
-)
 _DROPPED: Final = frozenset({b"server", b"x-powered-by"})
+_SINGLE: Final = {
+    b"authorization": "Authorization",
+    b"content-length": "Content-Length",
+    b"content-type": "Content-Type",
+    b"transfer-encoding": "Transfer-Encoding",
+}
 _MAX_LOGGED_PATH: Final = 200
 
 
@@ -46,6 +44,7 @@ class RequestInfo:
 
     __slots__ = (
         "audited",
+        "body_read",
         "log_reason",
         "model_version",
         "principal_id",
@@ -62,6 +61,7 @@ class RequestInfo:
         self.model_version: str | None = None
         self.log_reason: str | None = None
         self.audited = False  # the route wrote its own audit record (predictions)
+        self.body_read = False  # the whole request body was received (secureserve.body)
 
 
 class RequestContext:
@@ -93,7 +93,8 @@ class RequestContext:
             await self.app(scope, receive, send)
             return
         start = time.perf_counter()
-        info = RequestInfo(_request_id(scope["headers"]), start)
+        request_id, doubled = _scan(scope["headers"])
+        info = RequestInfo(request_id, start)
         scope["secureserve"] = info
         rid = info.request_id.encode()
         status = 0
@@ -102,17 +103,12 @@ class RequestContext:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                headers = [h for h in message.get("headers", ()) if h[0] not in _DROPPED]
-                headers.extend(_SECURITY_HEADERS)
-                headers.append((b"x-request-id", rid))
-                if info.model_version is not None:
-                    headers.append((b"x-model-version", info.model_version.encode()))
-                message["headers"] = headers
+                message["headers"] = _response_headers(message, info, rid, scope)
             await send(message)
 
         self.metrics.in_flight.inc()
         try:
-            await self.app(scope, receive, send_with_headers)
+            await (_doubled(doubled) if doubled else self.app(scope, receive, send_with_headers))
         except Exception as exc:  # the last resort for every failure
             rejection = as_rejection(exc)
             info.log_reason = rejection.log_reason or info.log_reason
@@ -181,10 +177,56 @@ class RequestContext:
             self.log.exception("request not audited", request_id=info.request_id)
 
 
-def _request_id(headers: list[tuple[bytes, bytes]]) -> str:
+def _scan(headers: list[tuple[bytes, bytes]]) -> tuple[str, str | None]:
+    """The request id (a valid incoming one, else a new one) and a header sent twice.
+
+    Two ``Authorization``, ``Content-Length``, ``Content-Type`` or ``Transfer-Encoding``
+    headers are refused: servers and proxies disagree about which one counts, which is
+    how requests are smuggled past a check.
+    """
+    request_id = None
+    seen: set[bytes] = set()
+    doubled = None
     for name, value in headers:
-        if name == b"x-request-id":
-            if _REQUEST_ID.fullmatch(value):
-                return value.decode()
-            break
-    return os.urandom(12).hex()
+        if name in _SINGLE:
+            if name in seen:
+                doubled = _SINGLE[name]
+            seen.add(name)
+        elif name == b"x-request-id" and request_id is None:
+            request_id = value.decode() if _REQUEST_ID.fullmatch(value) else ""
+    return request_id or os.urandom(12).hex(), doubled
+
+
+def _response_headers(
+    message: Message, info: RequestInfo, rid: bytes, scope: Scope
+) -> list[tuple[bytes, bytes]]:
+    """The app's headers less ``Server``, plus the security headers, ids and versions."""
+    headers = [h for h in message.get("headers", ()) if h[0] not in _DROPPED]
+    headers.extend(SECURITY_HEADERS)
+    headers.append((b"x-request-id", rid))
+    if info.model_version is not None:
+        headers.append((b"x-model-version", info.model_version.encode()))
+    if not info.body_read and _declares_body(scope["headers"]):
+        # Answered before its body arrived: the rest of it would keep the connection
+        # busy for as long as the client likes (uvicorn drains it). End it instead.
+        headers.append((b"connection", b"close"))
+    return headers
+
+
+async def _doubled(name: str) -> None:
+    raise RequestRejected(
+        400,
+        "bad-request",
+        "Bad request",
+        detail=f"send one {name} header",
+        close=True,
+        log_reason=f"duplicate-header:{name}",
+    )
+
+
+def _declares_body(headers: list[tuple[bytes, bytes]]) -> bool:
+    """Whether the request announced a body (a non-zero Content-Length, or chunks)."""
+    for name, value in headers:
+        if name == b"transfer-encoding" or (name == b"content-length" and value.strip(b"0")):
+            return True
+    return False

@@ -1,0 +1,348 @@
+"""The HTTP/1.1 connection as ``secureserve run`` serves it: uvicorn's httptools protocol, bounded.
+
+uvicorn bounds neither a slow request head nor a silent connection, nor the number and
+size of request headers, and answers what its parser refuses with a plain-text 400.
+:class:`SecureHttpProtocol` adds, per connection:
+
+- an **idle deadline** (``[server] idle_timeout_s``): a connection that has sent nothing
+  since its TLS handshake is closed;
+- a **head deadline** (``header_timeout_s``): the request line and headers must be in
+  within that many seconds of their first byte, else 408;
+- **head bounds**: more than ``max_headers`` header lines, or more than
+  ``max_head_bytes`` of request line and headers, is 431 (414 when the request target
+  alone is over the bound), before the rest is even parsed;
+- **connection caps**: at most ``max_connections`` in all and
+  ``max_connections_per_ip`` from one client address (addresses in ``trusted_proxies``
+  are exempt: behind a proxy every client shares its address); one more is closed at
+  once, as a full backlog would;
+- the **ASGI TLS extension** (the verified client certificate's subject, for mTLS).
+
+Every response it sends itself (parser errors, 408, 414, 431) is
+``application/problem+json`` with a fresh request id, the security headers and
+``Connection: close``, and leaves a line in the access log and an entry in the audit
+log's count of unauthenticated refusals, like any response of the app. The TLS handshake
+deadline (``handshake_timeout_s``) belongs to the listening socket: see
+:mod:`secureserve.server`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import os
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar, Final
+
+import httptools
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+
+from secureserve.errors import RequestRejected
+from secureserve.logs import AccessRecord
+from secureserve.problems import problem_bytes
+from secureserve.ratelimit import address_key
+from secureserve.tls import peer_certificate_subject
+
+if TYPE_CHECKING:
+    from secureserve.audit import AuditLog
+    from secureserve.logs import AccessLog
+    from secureserve.metrics import Metrics
+
+__all__ = ["Edge", "EdgeLimits", "SecureHttpProtocol"]
+
+_MAX_LOGGED_PATH: Final = 200
+
+
+@dataclass(frozen=True, kw_only=True)
+class EdgeLimits:
+    """The per-connection bounds of ``[server]`` (see docs/configuration.md)."""
+
+    header_timeout_s: float
+    idle_timeout_s: float
+    max_headers: int
+    max_head_bytes: int
+    max_connections: int
+    max_connections_per_ip: int
+    trusted_proxies: tuple[str, ...] = ()
+
+
+@dataclass(kw_only=True)
+class Edge:
+    """What every connection of one server shares: bounds, counts and where to report.
+
+    ``per_ip`` holds one entry per client address with an open connection, so it is
+    bounded by ``max_connections``.
+    """
+
+    limits: EdgeLimits
+    access: AccessLog
+    audit: AuditLog | None = None
+    metrics: Metrics | None = None
+    per_ip: dict[str, int] = field(default_factory=dict)
+    exempt: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+
+    def __post_init__(self) -> None:
+        self.exempt = tuple(
+            ipaddress.ip_network(item, strict=False) for item in self.limits.trusted_proxies
+        )
+
+    def admit(self, ip: str) -> bool:
+        """Count a new connection from ``ip``; False if it is one too many."""
+        count = self.per_ip.get(ip, 0)
+        if count >= self.limits.max_connections_per_ip and not self._exempt(ip):
+            return False
+        self.per_ip[ip] = count + 1
+        return True
+
+    def release(self, ip: str) -> None:
+        """A connection admitted from ``ip`` closed."""
+        count = self.per_ip.get(ip, 0)
+        if count <= 1:
+            self.per_ip.pop(ip, None)
+        else:
+            self.per_ip[ip] = count - 1
+
+    def _exempt(self, ip: str) -> bool:
+        if not self.exempt:
+            return False
+        try:
+            address = ipaddress.ip_address(ip)
+        except ValueError:
+            return False
+        return any(address in network for network in self.exempt)
+
+
+class _HeadRefused(Exception):  # noqa: N818 - a signal out of the parser's callbacks
+    """Raised inside a parser callback to stop parsing; the protocol answers for it."""
+
+
+def _head_too_large(detail: str, reason: str) -> RequestRejected:
+    return RequestRejected(
+        431,
+        "header-fields-too-large",
+        "Request header fields too large",
+        detail=detail,
+        log_reason=reason,
+    )
+
+
+class SecureHttpProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol with the bounds of the module docstring.
+
+    ``serve`` sets ``edge`` on a subclass; every connection of that server shares it.
+    """
+
+    edge: ClassVar[Edge]
+    _tls_extension: dict[object, object]
+    _peer: str | None
+    _idle: asyncio.TimerHandle | None
+    _head: asyncio.TimerHandle | None
+    _head_started: float
+    _head_count: int
+    _head_bytes: int
+    _refusal: RequestRejected | None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        """Refuse connections over the caps; record the TLS facts; start the idle deadline."""
+        super().connection_made(transport)
+        self._tls_extension = {}
+        self._peer = None
+        self._idle = self._head = None
+        self._head_count = self._head_bytes = 0
+        self._head_started = 0.0
+        self._refusal = None
+        edge = self.edge
+        peer = address_key(self.client[0]) if self.client else "unknown"
+        if len(self.connections) > edge.limits.max_connections or not edge.admit(peer):
+            transport.close()  # over a cap: refuse the connection, as a full backlog would
+            return
+        self._peer = peer
+        ssl_object = transport.get_extra_info("ssl_object")
+        certificate = ssl_object.getpeercert() if ssl_object is not None else None
+        self._tls_extension = {
+            "client_cert_name": peer_certificate_subject(certificate),
+            "tls_version": ssl_object.version() if ssl_object else None,
+        }
+        self._idle = self.loop.call_later(edge.limits.idle_timeout_s, self._idle_over)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        """Release the address's slot and every timer."""
+        self._cancel_timers()
+        if self._peer is not None:
+            self.edge.release(self._peer)
+            self._peer = None
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        """Feed the parser; anything it refuses is answered with a problem, then closed.
+
+        Bytes that arrive while no request is being answered start a request head: its
+        deadline runs from the first of them.
+        """
+        if self._idle is not None:
+            self._idle.cancel()
+            self._idle = None
+        self._unset_keepalive_if_required()
+        if self._head is None and (self.cycle is None or self.cycle.response_complete):
+            self._start_head()
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._refuse(
+                RequestRejected(
+                    400,
+                    "bad-request",
+                    "Bad request",
+                    detail="protocol upgrades are not supported",
+                    log_reason="upgrade",
+                )
+            )
+        except (httptools.HttpParserError, _HeadRefused) as exc:
+            refusal = self._refusal or RequestRejected(
+                400, "bad-request", "Bad request", log_reason=f"http-parser:{type(exc).__name__}"
+            )
+            self._refuse(refusal)
+
+    def send_400_response(self, msg: str) -> None:  # noqa: ARG002 - uvicorn's text is not sent
+        """Uvicorn's plain-text 400, as a problem like every other answer."""
+        self._refuse(RequestRejected(400, "bad-request", "Bad request", log_reason="http-parser"))
+
+    # ---- parser callbacks -----------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        """A request head starts (pipelined ones too): its deadline runs."""
+        super().on_message_begin()
+        self.scope["extensions"] = {"tls": self._tls_extension}
+        self._head_count = self._head_bytes = 0
+        if self._head is None:
+            self._start_head()
+
+    def on_url(self, url: bytes) -> None:
+        """Count the request target against the head bound (414 when it alone is over)."""
+        self._head_bytes += len(url)
+        if self._head_bytes > self.edge.limits.max_head_bytes:
+            self._stop(
+                RequestRejected(
+                    414, "uri-too-long", "Request target too long", log_reason="max_head_bytes"
+                )
+            )
+        super().on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        """Count header lines and bytes (431 over either bound)."""
+        limits = self.edge.limits
+        self._head_count += 1
+        self._head_bytes += len(name) + len(value) + 4  # ": " and CRLF
+        if self._head_count > limits.max_headers:
+            self._stop(_head_too_large(f"send at most {limits.max_headers} headers", "max_headers"))
+        if self._head_bytes > limits.max_head_bytes:
+            self._stop(
+                _head_too_large(
+                    f"the request head may be at most {limits.max_head_bytes} bytes",
+                    "max_head_bytes",
+                )
+            )
+        super().on_header(name, value)
+
+    def on_headers_complete(self) -> None:
+        """The head is in: its deadline no longer applies."""
+        if self._head is not None:
+            self._head.cancel()
+            self._head = None
+        super().on_headers_complete()
+
+    # ---- refusals ---------------------------------------------------------------------
+
+    def _start_head(self) -> None:
+        self._head_started = time.perf_counter()
+        self._head = self.loop.call_later(self.edge.limits.header_timeout_s, self._head_over)
+
+    def _stop(self, refusal: RequestRejected) -> None:
+        self._refusal = refusal
+        raise _HeadRefused
+
+    def _idle_over(self) -> None:
+        """Nothing was sent since the TLS handshake: close, there is nothing to answer."""
+        self._idle = None
+        if not self.transport.is_closing():
+            self.transport.close()
+
+    def _head_over(self) -> None:
+        self._head = None
+        self._refuse(
+            RequestRejected(
+                408,
+                "header-timeout",
+                "Request head not received in time",
+                log_reason="header_timeout",
+            )
+        )
+
+    def _refuse(self, refusal: RequestRejected) -> None:
+        """Answer ``refusal`` as problem+json and close; log and count it like the app does.
+
+        When the app is answering a request of this connection, a second answer would
+        interleave with its own: a broken body ends that request (the app sees the
+        client disconnect, and this answer goes out instead, if the app had not started
+        its own); a broken pipelined request ends the connection after the answer in
+        progress.
+        """
+        self._cancel_timers()
+        if self.transport.is_closing():
+            return
+        cycle = self.cycle
+        if cycle is not None and not cycle.response_complete:
+            if self.pipeline or cycle.response_started or self._head_started_after(cycle):
+                cycle.keep_alive = False
+                self.flow.pause_reading()
+                if not cycle.response_started:
+                    return
+                self.transport.close()
+                return
+            cycle.disconnected = True  # the app stops waiting for this body
+            cycle.message_event.set()
+        request_id = os.urandom(12).hex()
+        self.transport.write(problem_bytes(STATUS_LINE[refusal.status], refusal, request_id))
+        self.transport.close()
+        self._report(refusal, request_id)
+
+    def _head_started_after(self, cycle: Any) -> bool:
+        """Whether the head being refused belongs to a later request than ``cycle``'s."""
+        return bool(self.scope is not cycle.scope)
+
+    def _report(self, refusal: RequestRejected, request_id: str) -> None:
+        edge = self.edge
+        scope = self.scope
+        method = scope.get("method", "-") if scope is not None else "-"
+        path = getattr(self, "url", b"")[:_MAX_LOGGED_PATH].decode("latin-1")
+        seconds = time.perf_counter() - self._head_started if self._head_started else 0.0
+        edge.access(
+            AccessRecord(
+                request_id=request_id,
+                method=method,
+                path=path,
+                status=refusal.status,
+                latency_ms=round(seconds * 1000, 3),
+                key_id=None,
+                model_version=None,
+                reason=refusal.log_reason,
+            )
+        )
+        if edge.metrics is not None:
+            edge.metrics.observe(
+                path=path, status=refusal.status, seconds=seconds, reason=refusal.log_reason
+            )
+        if edge.audit is not None:
+            edge.audit.refused(
+                client=self._peer or "unknown",
+                route="connection",
+                status=refusal.status,
+                reason=refusal.log_reason,
+                request_id=request_id,
+            )
+
+    def _cancel_timers(self) -> None:
+        for timer in (self._idle, self._head):
+            if timer is not None:
+                timer.cancel()
+        self._idle = self._head = None

@@ -1,0 +1,331 @@
+"""The HTTP edge of ``secureserve run`` (secureserve/protocol.py), over real TLS sockets.
+
+Deadlines for silent connections, slow heads and TLS handshakes; caps on connections per
+address; bounds on header count and size; refusals before the body closes the
+connection; and every answer the connection sends itself (parser errors included) is a
+problem with a request id, the security headers and an access-log line.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import socket
+import ssl
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+from server_helpers import (
+    HOST,
+    ServerProcess,
+    copy_iris,
+    read_reply,
+    request_head,
+    running_server,
+)
+
+pytestmark = pytest.mark.slow
+
+PROBLEM = "application/problem+json"
+PREDICT = "/v1/models/iris:predict"
+VALID = b'{"instances": [{"features": [5.1, 3.5, 1.4, 0.2]}]}'
+NO_LIMITS = {
+    "SECURESERVE_LIMITS__PER_PRINCIPAL": "null",
+    "SECURESERVE_LIMITS__QUOTA": "null",
+    "SECURESERVE_LIMITS__AUTH_FAILURES_PER_IP": "null",
+}
+EDGE = {
+    "SECURESERVE_SERVER__HEADER_TIMEOUT_S": "1",
+    "SECURESERVE_SERVER__IDLE_TIMEOUT_S": "1",
+    "SECURESERVE_SERVER__HANDSHAKE_TIMEOUT_S": "1",
+    "SECURESERVE_SERVER__MAX_CONNECTIONS": "4000",
+    "SECURESERVE_SERVER__MAX_CONNECTIONS_PER_IP": "3",
+    **NO_LIMITS,
+}
+SECURITY_HEADERS = (
+    "strict-transport-security",
+    "x-content-type-options",
+    "cache-control",
+    "content-security-policy",
+)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory) -> Iterator[ServerProcess]:
+    """A ``--dev`` server with 1 s deadlines and at most 3 connections per address."""
+    project = copy_iris(tmp_path_factory.mktemp("edge") / "iris")
+    with running_server(project, env=EDGE) as running:
+        yield running
+
+
+def _connect(server: ServerProcess, source: str | None = None) -> ssl.SSLSocket:
+    """A TLS connection from ``source`` (an address of 127.0.0.0/8) to the server."""
+    raw = socket.create_connection(
+        (HOST, server.port), timeout=10, source_address=(source, 0) if source else None
+    )
+    try:
+        return server.client_context().wrap_socket(raw, server_hostname=HOST)
+    except BaseException:
+        raw.close()
+        raise
+
+
+def _closed_within(sock: socket.socket, seconds: float) -> bool:
+    """Whether the peer closes ``sock`` (EOF or reset) within ``seconds``, reading past data."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        sock.settimeout(max(0.05, deadline - time.monotonic()))
+        try:
+            if sock.recv(65536) == b"":
+                return True
+        except TimeoutError:
+            return False
+        except (ConnectionResetError, ssl.SSLError, BrokenPipeError):
+            return True
+    return False
+
+
+def _assert_problem(reply, status: int) -> dict:
+    """A problem+json with its request id in body and header, and the security headers."""
+    assert reply.status == status, (reply.status, reply.body[:300])
+    assert reply.headers["content-type"] == PROBLEM
+    body = json.loads(reply.body)
+    assert body["status"] == status
+    assert body["request_id"] == reply.headers["x-request-id"]
+    assert set(body) <= {"type", "title", "status", "request_id", "detail"}
+    for name in SECURITY_HEADERS:
+        assert name in reply.headers, name
+    assert "server" not in reply.headers
+    return body
+
+
+def _logged(server: ServerProcess, request_id: str) -> dict:
+    """The access line of ``request_id``, waiting a little for it to be written."""
+    deadline = time.monotonic() + 5
+    while True:
+        for line in server.log_lines():
+            if line.get("event") == "request" and line.get("request_id") == request_id:
+                return line
+        assert time.monotonic() < deadline, f"no access line for {request_id}"
+        time.sleep(0.05)
+
+
+def _exchange(server: ServerProcess, raw: bytes) -> object:
+    """Send raw bytes over a fresh TLS connection and read one response."""
+    with _connect(server) as tls:
+        tls.sendall(raw)
+        return read_reply(tls)
+
+
+# --------------------------------------------------------------------------- deadlines
+
+
+def test_protocol_silent_connection_closed_after_idle_timeout(server):
+    """A connection that sends nothing after its handshake is closed (idle_timeout_s = 1)."""
+    with _connect(server) as tls:
+        assert _closed_within(tls, 5)
+
+
+def test_protocol_slow_head_gets_408_problem_and_close(server):
+    """A head trickled a byte at a time is answered 408 at header_timeout_s, then closed."""
+    head = request_head("GET", "/v1/models", key=server.key, content_type=None)
+    with _connect(server) as tls:
+        start = time.monotonic()
+        for byte in head[:40]:
+            tls.sendall(bytes([byte]))
+            time.sleep(0.1)
+            if time.monotonic() - start > 3:
+                break
+        reply = read_reply(tls)
+        assert time.monotonic() - start < 5
+        body = _assert_problem(reply, 408)
+        assert body["type"].endswith(":header-timeout")
+        assert _closed_within(tls, 5)
+    assert _logged(server, body["request_id"])["status"] == 408
+
+
+def test_protocol_tls_handshake_deadline(server):
+    """A TCP connection that never starts TLS is dropped at handshake_timeout_s (1 s)."""
+    with socket.create_connection((HOST, server.port), timeout=10) as raw:
+        assert _closed_within(raw, 5)
+
+
+def test_protocol_refusal_before_the_body_closes_the_connection(server):
+    """A 401 sent before a declared 1 GB body arrived ends the connection at once."""
+    head = request_head("POST", PREDICT, content_length=1 << 30)
+    with _connect(server) as tls:
+        tls.sendall(head + b"{" * 1024)
+        reply = read_reply(tls)
+        assert reply.status == 401
+        assert reply.headers["connection"] == "close"
+        assert _closed_within(tls, 5)
+
+
+def test_protocol_answered_request_keeps_the_connection(server):
+    """A prediction whose body was read keeps its keep-alive connection (no needless close)."""
+    head = request_head("POST", PREDICT, key=server.key, content_length=len(VALID))
+    with _connect(server) as tls:
+        for _ in range(2):
+            tls.sendall(head + VALID)
+            reply = read_reply(tls)
+            assert reply.status == 200
+            assert reply.headers.get("connection") != "close"
+
+
+# --------------------------------------------------------------------------- connection caps
+
+
+def test_protocol_connections_per_address_are_capped(server):
+    """A 4th connection from one address is closed unanswered; another address still gets in."""
+    with contextlib.ExitStack() as stack:
+        held = [stack.enter_context(_connect(server)) for _ in range(3)]
+        for tls in held:  # keep them busy past the idle deadline with a slow body
+            tls.sendall(request_head("POST", PREDICT, key=server.key, content_length=10))
+        try:
+            extra = _connect(server)
+        except (ssl.SSLError, ConnectionResetError, BrokenPipeError):
+            pass  # closed while the handshake finished: refused just the same
+        else:
+            with extra:
+                with contextlib.suppress(OSError):
+                    extra.sendall(request_head("GET", "/healthz", content_type=None))
+                extra.settimeout(5)
+                try:
+                    answer = extra.recv(65536)
+                except (ConnectionResetError, ssl.SSLError):
+                    answer = b""
+                assert answer == b"", answer[:100]  # closed without a response
+        with _connect(server, source="127.0.0.2") as other:
+            other.sendall(request_head("GET", "/healthz", content_type=None))
+            assert read_reply(other).status == 200
+
+
+def test_protocol_thousand_idle_and_slow_connections_do_not_stop_a_good_client(server):
+    """1,000 silent or slow connections from other addresses: a prediction is still answered."""
+    opened: list[ssl.SSLSocket] = []
+    lock = threading.Lock()
+
+    def open_some(first: int, count: int) -> None:
+        for n in range(first, first + count):
+            source = f"127.1.{n // 250}.{n % 250 + 1}"
+            try:
+                tls = _connect(server, source)
+            except OSError:
+                continue
+            if n % 2:
+                tls.sendall(b"POST /v1/models/iris:pre")  # a head that never finishes
+            with lock:
+                opened.append(tls)
+
+    workers = [threading.Thread(target=open_some, args=(i * 250, 250)) for i in range(4)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(60)
+    try:
+        assert len(opened) >= 950  # each address may hold 3: none of these was refused
+        start = time.monotonic()
+        reply = server.predict(json.loads(VALID))
+        assert reply.status == 200
+        assert time.monotonic() - start < 10
+        time.sleep(3)  # past both 1 s deadlines: the server closed them all
+        still_open = 0
+        for tls in opened:
+            if not _closed_within(tls, 0.01):
+                still_open += 1
+        assert still_open == 0
+    finally:
+        for tls in opened:
+            tls.close()
+
+
+# --------------------------------------------------------------------------- head bounds
+
+
+@pytest.mark.parametrize(
+    ("extra", "status", "slug"),
+    [
+        ([(f"X-Filler-{n}", "x") for n in range(10_000)], 431, "header-fields-too-large"),
+        ([(f"X-Filler-{n}", "x") for n in range(101)], 431, "header-fields-too-large"),
+        ([("X-Big", "y" * 17_000)], 431, "header-fields-too-large"),
+    ],
+    ids=["10000-headers", "101-headers", "17KB-header"],
+)
+def test_protocol_head_bounds_431(server, extra, status, slug):
+    """More than 100 headers, or a head over 16 KiB, is a 431 problem."""
+    head = request_head("GET", "/v1/models", key=server.key, content_type=None, extra=extra)
+    body = _assert_problem(_exchange(server, head), status)
+    assert body["type"].endswith(slug)
+
+
+def test_protocol_long_target_414(server):
+    """A 64 KiB request target is a 414 problem."""
+    head = request_head("GET", "/" + "a" * 65536, key=server.key, content_type=None)
+    body = _assert_problem(_exchange(server, head), 414)
+    assert _logged(server, body["request_id"])["status"] == 414
+
+
+def test_protocol_hundred_headers_are_fine(server):
+    """Exactly 100 headers (the bound) are served."""
+    extra = [(f"X-Filler-{n}", "x") for n in range(97)]  # + Host and Authorization
+    head = request_head("GET", "/v1/models", key=server.key, content_type=None, extra=extra)
+    assert _exchange(server, head).status == 200
+
+
+# --------------------------------------------------------------------------- doubled headers
+
+
+@pytest.mark.parametrize(
+    "doubled",
+    [
+        [("Authorization", "Bearer ss_000000000000_" + "a" * 43)],
+        [("Content-Type", "text/plain")],
+        [("Content-Length", str(len(VALID)))],
+        [("Transfer-Encoding", "chunked")],
+    ],
+    ids=["authorization", "content-type", "content-length", "transfer-encoding"],
+)
+def test_protocol_doubled_headers_are_400(server, doubled):
+    """A second Authorization, Content-Type, Content-Length or Transfer-Encoding is refused."""
+    head = request_head("POST", PREDICT, key=server.key, content_length=len(VALID), extra=doubled)
+    reply = _exchange(server, head + VALID)
+    _assert_problem(reply, 400)
+
+
+# --------------------------------------------------------------------------- parser errors
+
+
+PARSER_CASES = {
+    "bare-lf": b"GET /healthz HTTP/1.1\nHost: x\n\n",
+    "bare-cr-in-header": b"GET /v1/models HTTP/1.1\r\nHost: x\r\nX-A: a\rb\r\n\r\n",
+    "obs-fold": b"GET /v1/models HTTP/1.1\r\nHost: x\r\nX-A: a\r\n  folded\r\n\r\n",
+    "nul-in-header": b"GET /v1/models HTTP/1.1\r\nHost: x\r\nX-A: a\x00b\r\n\r\n",
+    "cl-and-te": (
+        b"POST /v1/models/iris:predict HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n"
+    ),
+    "obfuscated-te": (
+        b"POST /v1/models/iris:predict HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: xchunked\r\n\r\n"
+    ),
+    "negative-cl": (
+        b"POST /v1/models/iris:predict HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n"
+    ),
+    "non-ascii-path": "GET /v1/models/\u00e9 HTTP/1.1\r\nHost: x\r\n\r\n".encode(),
+    "not-http": b"\x16\x03\x01 hello there\r\n\r\n",
+}
+
+
+@pytest.mark.parametrize("raw", list(PARSER_CASES.values()), ids=list(PARSER_CASES))
+def test_protocol_parser_errors_are_problems_with_request_id(server, raw):
+    """What the HTTP parser refuses is a 400 problem with X-Request-ID, logged with that id."""
+    with _connect(server) as tls:
+        tls.sendall(raw)
+        reply = read_reply(tls)
+        body = _assert_problem(reply, 400)
+        assert reply.headers["connection"] == "close"
+        assert _closed_within(tls, 5)
+    line = _logged(server, body["request_id"])
+    assert line["status"] == 400
+    assert line["reason"]
