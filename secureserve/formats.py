@@ -16,7 +16,6 @@ from __future__ import annotations
 import enum
 import io
 import json
-import math
 import re
 import struct
 import zipfile
@@ -62,6 +61,7 @@ SAFETENSORS_DTYPES: dict[str, int] = {
 }
 
 _TENSOR_KEYS = frozenset({"dtype", "shape", "data_offsets"})
+_SHOWN_DIMS = 8  # a longer shape is described by its length in messages
 _METADATA_KEY = "__metadata__"
 
 # Every pickle opcode byte (from pickletools.opcodes), and those of protocols 0 and 1.
@@ -363,14 +363,32 @@ def _check_entry(name: str, entry: object, buffer_len: int) -> TensorSpec:
             f"0 <= begin <= end <= {buffer_len} (the data size)",
         )
     begin, end = offsets
-    expected = math.prod(shape) * SAFETENSORS_DTYPES[dtype]
+    expected = _byte_size(shape, SAFETENSORS_DTYPES[dtype], limit=buffer_len)
     if end - begin != expected:
+        needs = f"needs {expected}" if expected is not None else f"needs more than {buffer_len}"
+        dims = shape if len(shape) <= _SHOWN_DIMS else f"of {len(shape)} dimensions"
         raise FormatError(
             "safetensors-shape",
-            f"tensor {name!r} spans {end - begin} bytes but shape {shape} of {dtype} "
-            f"needs {expected}",
+            f"tensor {name!r} spans {end - begin} bytes but shape {dims} of {dtype} {needs}",
         )
     return TensorSpec(dtype=dtype, shape=tuple(shape), begin=begin, end=end)
+
+
+def _byte_size(shape: list[int], item_size: int, *, limit: int) -> int | None:
+    """``prod(shape) * item_size``, or None once it exceeds ``limit``.
+
+    Stopping early keeps the work linear in the header: a long shape of huge dimensions
+    would otherwise build an enormous integer (whose decimal form Python even refuses to
+    write in the message).
+    """
+    if 0 in shape:
+        return 0
+    size = item_size
+    for dim in shape:
+        size *= dim
+        if size > limit:
+            return None
+    return size
 
 
 def _is_count(value: object) -> bool:

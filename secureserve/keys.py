@@ -6,19 +6,30 @@ record in O(1), the 256-bit ``secret`` is compared by digest with
 SHA-256 is enough (nothing to brute-force). Records live in a TOML file (by
 default ``secrets/api_keys.toml``), written atomically with mode 0600; a
 running server re-reads it when it changes, so revocation needs no restart.
+
+Every writer (:func:`create_key`, :func:`revoke_key`) holds an exclusive
+``flock`` on a sidecar lock file beside the key file (``api_keys.toml.lock``)
+for its whole read-modify-write, so concurrent ``keys create`` and ``keys
+revoke`` never lose each other's change. Readers take no lock: each write
+replaces the file by a rename, so a reader sees the old file or the new one,
+and a server needs no write access to the folder.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import hmac
 import os
 import re
 import secrets
+import stat
+import sys
 import tempfile
 import time
 import tomllib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -46,6 +57,9 @@ _KEY_RE: Final = re.compile(r"ss_([0-9a-f]{12})_([A-Za-z0-9_-]{43})")
 _NAME_RE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9 ._@-]{0,63}")
 _MODEL_RE: Final = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")
 _RELOAD_EVERY_S: Final = 1.0
+#: How long a writer waits for another writer's lock before giving up.
+_LOCK_TIMEOUT_S: Final = 10.0
+_LOCK_POLL_S: Final = 0.005
 #: Room for about 40,000 key records.
 _MAX_KEY_FILE_BYTES: Final = 16 * 1024 * 1024
 _HEADER: Final = (
@@ -125,7 +139,10 @@ def read_records(path: Path) -> list[KeyRecord]:
 
 
 def write_records(path: Path, records: list[KeyRecord]) -> None:
-    """Atomically replace the key file (mode 0600, parent folder 0700 when created)."""
+    """Atomically replace the key file (mode 0600, parent folder 0700 when created).
+
+    A read-modify-write must hold :func:`_locked` around the read and this write.
+    """
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     lines = [_HEADER]
     for r in records:
@@ -152,6 +169,87 @@ def write_records(path: Path, records: list[KeyRecord]) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    _fsync_folder(path.parent)
+
+
+def _fsync_folder(folder: Path) -> None:
+    """Make the rename durable: a crash right after it cannot bring the old file back.
+
+    Best effort: the rename is done either way, and some file systems refuse to sync a
+    folder.
+    """
+    if sys.platform == "win32":  # pragma: no cover - folders cannot be opened there
+        return
+    with contextlib.suppress(OSError):
+        fd = os.open(folder, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+_LOCK_FLAGS: Final = (
+    os.O_RDWR
+    | os.O_CREAT
+    | getattr(os, "O_NOFOLLOW", 0)
+    | getattr(os, "O_NONBLOCK", 0)
+    | getattr(os, "O_NOCTTY", 0)
+    | getattr(os, "O_CLOEXEC", 0)
+)
+
+
+def lock_path(path: Path) -> Path:
+    """The sidecar lock file of the key file ``path`` (``api_keys.toml.lock``)."""
+    return path.with_name(path.name + ".lock")
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on the key file's sidecar for a whole read-modify-write.
+
+    The sidecar is created 0600 in the key file's folder (0700 when created), opened
+    without following a symbolic link, and must be a regular file; it is never
+    deleted (removing a lock file while another writer waits on it breaks the lock).
+    A writer waits at most ``_LOCK_TIMEOUT_S`` for another one.
+    """
+    if sys.platform == "win32":  # pragma: no cover - no flock; os.replace keeps files whole
+        yield
+        return
+    import fcntl  # noqa: PLC0415 - POSIX only
+
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    lock = lock_path(path)
+    try:
+        fd = os.open(lock, _LOCK_FLAGS, 0o600)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise ConfigError(
+                f"{lock} is a symbolic link; secureserve never follows one for its key-file "
+                "lock. Remove it (it is recreated) and try again."
+            ) from None
+        raise ConfigError(
+            f"key-file lock {lock} cannot be opened ({exc.strerror}); check that this user "
+            "may write to its folder."
+        ) from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ConfigError(f"{lock} is not a regular file; remove it and try again.")
+        deadline = time.monotonic() + _LOCK_TIMEOUT_S
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise ConfigError(
+                        f"{path} is being changed by another `secureserve keys` command "
+                        f"(lock {lock} held for over {_LOCK_TIMEOUT_S:g} s); try again when "
+                        "it has finished."
+                    ) from None
+                time.sleep(_LOCK_POLL_S)
+        yield
+    finally:
+        os.close(fd)  # closing the descriptor releases the lock
 
 
 def mint_key(
@@ -205,22 +303,23 @@ def create_key(
     A dev key (``dev=True``) revokes every earlier dev key.
     """
     now = now or datetime.now(UTC)
-    records = read_records(path)
-    if dev:
-        records = [
-            msgspec.structs.replace(r, revoked=now) if r.dev and r.revoked is None else r
-            for r in records
-        ]
-    key = mint_key(
-        name=name,
-        roles=roles,
-        models=models,
-        expires_in=expires_in,
-        dev=dev,
-        now=now,
-        taken=frozenset(r.id for r in records),
-    )
-    write_records(path, [*records, key.record])
+    with _locked(path):
+        records = read_records(path)
+        if dev:
+            records = [
+                msgspec.structs.replace(r, revoked=now) if r.dev and r.revoked is None else r
+                for r in records
+            ]
+        key = mint_key(
+            name=name,
+            roles=roles,
+            models=models,
+            expires_in=expires_in,
+            dev=dev,
+            now=now,
+            taken=frozenset(r.id for r in records),
+        )
+        write_records(path, [*records, key.record])
     return key
 
 
@@ -231,13 +330,14 @@ def list_keys(path: Path) -> list[KeyRecord]:
 
 def revoke_key(path: Path, key_id: str, *, now: datetime | None = None) -> KeyRecord:
     """Mark a key revoked (the record stays, for the audit trail)."""
-    records = read_records(path)
-    for i, record in enumerate(records):
-        if record.id == key_id:
-            if record.revoked is None:
-                records[i] = msgspec.structs.replace(record, revoked=now or datetime.now(UTC))
-                write_records(path, records)
-            return records[i]
+    with _locked(path):
+        records = read_records(path)
+        for i, record in enumerate(records):
+            if record.id == key_id:
+                if record.revoked is None:
+                    records[i] = msgspec.structs.replace(record, revoked=now or datetime.now(UTC))
+                    write_records(path, records)
+                return records[i]
     raise ConfigError(
         f"no key with id {key_id!r} in {path}; `secureserve keys list` shows the ids."
     )

@@ -1,11 +1,18 @@
-"""OpenAPI 3.1 for the served model, generated from its msgspec types once per app."""
+"""OpenAPI 3.1 for the served model, generated from its msgspec types once per app.
+
+The document describes the real server: every route, and on each route every status it
+may answer, with its media type, body schema and headers (``X-Request-ID`` on every
+response, ``Retry-After`` on 429 and 503, ``X-Model-Version`` where a model version
+answered). ``tests/test_openapi_fuzz.py`` holds the server to it with schemathesis.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Final
 
 import msgspec
 
+from secureserve.metrics import CONTENT_TYPE as METRICS_MEDIA_TYPE
 from secureserve.problems import PROBLEM_MEDIA_TYPE, Problem
 from secureserve.schema import ModelSchema
 
@@ -61,27 +68,133 @@ class ReloadResult(msgspec.Struct, frozen=True):
     previous_revision: str
 
 
-def _problem(description: str) -> dict[str, Any]:
+_JSON: Final = "application/json"
+_PROBLEM_REF: Final = {"$ref": "#/components/schemas/Problem"}
+
+
+def _header(description: str, schema: dict[str, Any], *, required: bool) -> dict[str, Any]:
+    return {"description": description, "required": required, "schema": schema}
+
+
+_SECONDS: Final = {"type": "integer", "minimum": 1}
+#: Response headers, in ``components.headers``; responses refer to them by name.
+_HEADERS: Final[dict[str, dict[str, Any]]] = {
+    "X-Request-ID": _header(
+        "the request id, also in the problem body and the server's log line",
+        {"type": "string", "pattern": "^[A-Za-z0-9._-]{8,64}$"},
+        required=True,
+    ),
+    "X-Model-Version": _header(
+        "the model version that answered", {"type": "string"}, required=True
+    ),
+    "Retry-After": _header("seconds to wait before retrying", _SECONDS, required=True),
+    "WWW-Authenticate": _header(
+        "the Bearer challenge (absent when a client certificate is missing under mTLS)",
+        {"type": "string"},
+        required=False,
+    ),
+    "RateLimit-Limit": _header(
+        "the amount of the limit that refused the request (rates and quotas only)",
+        {"type": "integer", "minimum": 1},
+        required=False,
+    ),
+    "RateLimit-Remaining": _header(
+        "what is left of that limit (rates and quotas only)",
+        {"type": "integer", "minimum": 0},
+        required=False,
+    ),
+    "RateLimit-Reset": _header(
+        "seconds until that limit resets (rates and quotas only)", _SECONDS, required=False
+    ),
+}
+
+#: Every error the server answers, as ``status: (description, headers)``.
+_ERRORS: Final[dict[str, tuple[str, tuple[str, ...]]]] = {
+    "400": ("malformed JSON, or a request the HTTP parser refuses", ()),
+    "401": ("missing or invalid credentials", ("WWW-Authenticate",)),
+    "403": ("the credential lacks the role this route needs", ()),
+    "404": ("no such model for this credential", ()),
+    "408": ("headers or body not received in time; the connection is closed", ()),
+    "413": ("body too large; the connection is closed", ()),
+    "414": ("request target too long; the connection is closed", ()),
+    "415": ("the body is not sent as application/json", ()),
+    "422": ("body does not match the schema; detail names the field", ()),
+    "431": ("too many or too large header fields; the connection is closed", ()),
+    "429": (
+        "rate limited, quota spent, or too many failed authentications from this address",
+        ("Retry-After", "RateLimit-Limit", "RateLimit-Remaining", "RateLimit-Reset"),
+    ),
+    "500": ("internal error (details only in the server log)", ()),
+    "503": (
+        "server busy, or the rate-limit storage or the audit log unavailable",
+        ("Retry-After",),
+    ),
+    "504": ("model did not answer in time", ()),
+}
+#: What `secureserve run` may answer to any request before it reaches a route.
+_CONNECTION: Final = ("400", "408", "414", "431")
+#: What every authenticated route may answer, whatever it does.
+_AUTHENTICATED: Final = (*_CONNECTION, "401", "429", "500", "503")
+
+
+def _headers(*names: str) -> dict[str, Any]:
+    return {n: {"$ref": f"#/components/headers/{n}"} for n in ("X-Request-ID", *names)}
+
+
+def _ok(description: str, media_type: str, schema: dict[str, Any], *headers: str) -> dict[str, Any]:
     return {
         "description": description,
-        "content": {PROBLEM_MEDIA_TYPE: {"schema": {"$ref": "#/components/schemas/Problem"}}},
+        "headers": _headers(*headers),
+        "content": {media_type: {"schema": schema}},
+    }
+
+
+def _responses(
+    ok: dict[str, Any], *statuses: str, common: tuple[str, ...] = _AUTHENTICATED
+) -> dict[str, Any]:
+    """``ok`` as 200, then the problem+json responses for ``statuses`` and ``common``."""
+    responses = {"200": ok}
+    for status in sorted({*statuses, *common}):
+        description, headers = _ERRORS[status]
+        responses[status] = {
+            "description": description,
+            "headers": _headers(*headers),
+            "content": {PROBLEM_MEDIA_TYPE: {"schema": _PROBLEM_REF}},
+        }
+    return responses
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _status(value: str) -> dict[str, Any]:
+    """The schema of the probes' ``{"status": value}``."""
+    return {
+        "type": "object",
+        "properties": {"status": {"const": value}},
+        "required": ["status"],
+        "additionalProperties": False,
     }
 
 
 def openapi_document(name: str, version: str, schema: ModelSchema) -> dict[str, Any]:
-    """The whole OpenAPI document as a dict (encoded once by the app)."""
+    """The whole OpenAPI document as a dict (encoded once by the app).
+
+    It declares every status, content type and header the server really sends on each
+    route (tests/test_openapi_fuzz.py checks the server against it with schemathesis).
+    """
     (request_schema, response_schema, *_), components = msgspec.json.schema_components(
-        (schema.request_type, schema.response_type, Problem, ModelList, ModelMetadata),
+        (
+            schema.request_type,
+            schema.response_type,
+            Problem,
+            ModelList,
+            ModelMetadata,
+            ReloadResult,
+        ),
         ref_template="#/components/schemas/{name}",
     )
-    errors = {
-        "401": _problem("missing or invalid credentials"),
-        "403": _problem("the credential lacks the required role"),
-        "404": _problem("no such model for this credential"),
-        "429": _problem("rate limited"),
-        "503": _problem("server busy; retry after Retry-After seconds"),
-    }
-    json_body = "application/json"
     return {
         "openapi": "3.1.0",
         "info": {"title": f"{name} model API", "version": version},
@@ -89,62 +202,78 @@ def openapi_document(name: str, version: str, schema: ModelSchema) -> dict[str, 
         "paths": {
             f"/v1/models/{name}:predict": {
                 "post": {
-                    "summary": f"Predict with {name}",
+                    "summary": f"Predict with {name} (role predict)",
                     "requestBody": {
                         "required": True,
-                        "content": {json_body: {"schema": request_schema}},
+                        "content": {_JSON: {"schema": request_schema}},
                     },
-                    "responses": {
-                        "200": {
-                            "description": "one prediction per instance, in order",
-                            "content": {json_body: {"schema": response_schema}},
-                        },
-                        "400": _problem("malformed JSON"),
-                        "408": _problem("body not received in time"),
-                        "413": _problem("body too large"),
-                        "415": _problem("not application/json"),
-                        "422": _problem("body does not match the schema; detail names the field"),
-                        "500": _problem("model error"),
-                        "504": _problem("model did not answer in time"),
-                        **errors,
-                    },
+                    "responses": _responses(
+                        _ok(
+                            "one prediction per instance, in order",
+                            _JSON,
+                            response_schema,
+                            "X-Model-Version",
+                        ),
+                        "403",
+                        "404",
+                        "413",
+                        "415",
+                        "422",
+                        "504",
+                    ),
+                }
+            },
+            f"/v1/models/{name}:reload": {
+                "post": {
+                    "summary": f"Reload {name} from verified files (role admin)",
+                    "responses": _responses(
+                        _ok(
+                            "the version now serving",
+                            _JSON,
+                            _ref("ReloadResult"),
+                            "X-Model-Version",
+                        ),
+                        "403",
+                        "404",
+                    ),
                 }
             },
             "/v1/models": {
                 "get": {
                     "summary": "Models this credential may use",
-                    "responses": {
-                        "200": {
-                            "description": "model list",
-                            "content": {
-                                json_body: {"schema": {"$ref": "#/components/schemas/ModelList"}}
-                            },
-                        },
-                        **errors,
-                    },
+                    "responses": _responses(_ok("model list", _JSON, _ref("ModelList"))),
                 }
             },
             f"/v1/models/{name}": {
                 "get": {
                     "summary": "Model metadata (role admin)",
-                    "responses": {
-                        "200": {
-                            "description": "metadata",
-                            "content": {
-                                json_body: {
-                                    "schema": {"$ref": "#/components/schemas/ModelMetadata"}
-                                }
-                            },
-                        },
-                        **errors,
-                    },
+                    "responses": _responses(
+                        _ok("metadata", _JSON, _ref("ModelMetadata"), "X-Model-Version"),
+                        "403",
+                        "404",
+                    ),
+                }
+            },
+            "/openapi.json": {
+                "get": {
+                    "summary": "This document",
+                    "responses": _responses(_ok("OpenAPI 3.1", _JSON, {"type": "object"}), "404"),
+                }
+            },
+            "/metrics": {
+                "get": {
+                    "summary": "Prometheus metrics (role metrics)",
+                    "responses": _responses(
+                        _ok("Prometheus text format", METRICS_MEDIA_TYPE, {"type": "string"}),
+                        "403",
+                    ),
                 }
             },
             "/healthz": {
                 "get": {
                     "summary": "Liveness",
                     "security": [],
-                    "responses": {"200": {"description": "alive"}},
+                    "responses": _responses(_ok("alive", _JSON, _status("ok")), common=_CONNECTION),
                 }
             },
             "/readyz": {
@@ -152,14 +281,17 @@ def openapi_document(name: str, version: str, schema: ModelSchema) -> dict[str, 
                     "summary": "Readiness",
                     "security": [],
                     "responses": {
-                        "200": {"description": "ready"},
-                        "503": {"description": "not ready"},
+                        **_responses(_ok("ready", _JSON, _status("ready")), common=_CONNECTION),
+                        "503": _ok(
+                            "not ready (shutting down)", _JSON, _status("not ready"), "Retry-After"
+                        ),
                     },
                 }
             },
         },
         "components": {
             "schemas": components,
+            "headers": _HEADERS,
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
         },
     }

@@ -68,6 +68,10 @@ class ModelSchema:
             ) from exc
         except (msgspec.DecodeError, RecursionError) as exc:  # msgspec recurses on deep nesting
             raise _malformed() from exc
+        # msgspec does not check the UTF-8 of members it skips (unknown fields of a Struct
+        # that allows them); JSON is UTF-8, and the duplicate-key scan needs it to be.
+        if not body.isascii() and not _is_utf8(body):
+            raise _malformed()
         if find_duplicate_key(body):
             raise RequestRejected(
                 422,
@@ -110,6 +114,14 @@ def _malformed() -> RequestRejected:
         "Request body is not valid JSON",
         detail="send one JSON object; NaN, Infinity and trailing data are not JSON",
     )
+
+
+def _is_utf8(body: bytes) -> bool:
+    try:
+        body.decode()
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def _is_json(body: bytes) -> bool:

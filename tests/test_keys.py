@@ -2,14 +2,25 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import stat
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from secureserve.errors import ConfigError
-from secureserve.keys import KeyStore, create_key, digest, list_keys, mint_key, revoke_key
+from secureserve.keys import (
+    KeyStore,
+    create_key,
+    digest,
+    list_keys,
+    lock_path,
+    mint_key,
+    revoke_key,
+)
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -164,3 +175,93 @@ def test_read_records_refuses_dates_without_time_zone(tmp_path):
     path.write_text(path.read_text() + "expires = 2030-01-01T00:00:00\n")
     with pytest.raises(ConfigError, match="time zone"):
         list_keys(path)
+
+
+def test_concurrent_creates_and_revoke_lose_no_update(tmp_path):
+    """One revoke and six creates started together keep all seven changes, in 20 rounds.
+
+    Each thread opens its own lock descriptor (flock locks belong to open file
+    descriptions), so threads contend exactly as separate `secureserve keys` processes do.
+    """
+    for round_no in range(20):
+        path = tmp_path / f"round-{round_no}" / "api_keys.toml"
+        victim = create_key(path, name="victim", roles=("predict",))
+        barrier = threading.Barrier(7)
+        created: list[str] = []
+
+        def create(i: int, path=path, barrier=barrier, created=created) -> None:
+            barrier.wait()
+            created.append(create_key(path, name=f"new-{i}", roles=("predict",)).record.id)
+
+        def revoke(path=path, barrier=barrier, victim=victim) -> None:
+            barrier.wait()
+            revoke_key(path, victim.record.id)
+
+        with ThreadPoolExecutor(max_workers=7) as pool:
+            futures = [pool.submit(revoke)] + [pool.submit(create, i) for i in range(6)]
+            for future in futures:
+                future.result()
+        records = {r.id: r for r in list_keys(path)}
+        assert set(created) <= records.keys(), f"round {round_no}: a created key was lost"
+        assert len(records) == 7
+        assert records[victim.record.id].revoked is not None, f"round {round_no}: revoke lost"
+
+
+def test_key_file_lock_is_a_private_sidecar(tmp_path):
+    """Writers leave `<keys file>.lock` beside the key file, mode 0600, in a 0700 folder."""
+    path = tmp_path / "secrets" / "api_keys.toml"
+    create_key(path, name="ci", roles=("predict",))
+    lock = path.parent / "api_keys.toml.lock"
+    assert lock_path(path) == lock
+    assert stat.S_ISREG(lock.lstat().st_mode)
+    assert stat.S_IMODE(lock.stat().st_mode) == 0o600
+    assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+
+
+def test_key_file_lock_refuses_a_symlink(tmp_path):
+    """A symbolic link in place of the lock file is refused, never followed."""
+    path = tmp_path / "api_keys.toml"
+    target = tmp_path / "elsewhere"
+    lock_path(path).symlink_to(target)
+    with pytest.raises(ConfigError, match="symbolic link"):
+        create_key(path, name="ci", roles=("predict",))
+    assert not target.exists()
+    assert not path.exists()
+
+
+def test_key_file_lock_refuses_a_non_regular_file(tmp_path):
+    """A folder (or FIFO, device) in place of the lock file is refused with the fix."""
+    path = tmp_path / "api_keys.toml"
+    lock_path(path).mkdir()
+    with pytest.raises(ConfigError, match="lock"):
+        create_key(path, name="ci", roles=("predict",))
+
+
+def test_key_file_writer_gives_up_on_a_held_lock(tmp_path, monkeypatch):
+    """A writer waits for another one's lock only so long, then names the lock; nothing changes."""
+    path = tmp_path / "api_keys.toml"
+    key = create_key(path, name="ci", roles=("predict",))
+    monkeypatch.setattr("secureserve.keys._LOCK_TIMEOUT_S", 0.05)
+    fd = os.open(lock_path(path), os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        with pytest.raises(ConfigError, match="another `secureserve keys` command"):
+            revoke_key(path, key.record.id)
+    finally:
+        os.close(fd)
+    (record,) = list_keys(path)
+    assert record.revoked is None
+
+
+def test_key_store_reads_without_write_access_to_the_folder(tmp_path):
+    """A server only reads: a read-only key folder still verifies keys and creates no lock."""
+    folder = tmp_path / "ro"
+    path = folder / "api_keys.toml"
+    key = create_key(path, name="ci", roles=("predict",))
+    lock_path(path).unlink()
+    folder.chmod(0o500)
+    try:
+        assert KeyStore(path).verify(str(key.secret)) is not None
+        assert not lock_path(path).exists()
+    finally:
+        folder.chmod(0o700)

@@ -90,6 +90,31 @@ def test_decode_request_refusals(schema, body, status, detail):
         assert info.value.detail == detail
 
 
+class Lenient(msgspec.Struct):
+    """An input that skips unknown fields (msgspec's default, common in user handlers)."""
+
+    x: float
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"instances": [{"x": 1, "junk": {"\xb6\\u0061": 1}}]}',  # used to be a 500
+        b'{"instances": [{"x": 1, "junk": "\xff"}]}',  # used to be accepted
+        b'{"instances": [{"x": 1, "junk": "\xed\xa0\x80"}]}',  # an encoded surrogate
+    ],
+)
+def test_decode_request_refuses_invalid_utf8_in_skipped_members(body):
+    """Invalid UTF-8 in a member msgspec skips is malformed JSON (400), never a crash.
+
+    Found by fuzzing (fuzz/targets.py): msgspec does not check the UTF-8 of skipped
+    members, and the duplicate-key scan failed on such a key.
+    """
+    with pytest.raises(RequestRejected) as info:
+        ModelSchema(Lenient, Species, max_instances=2).decode_request(body)
+    assert info.value.status == 400
+
+
 def test_decode_request_never_echoes_unknown_field_names(schema):
     """An attacker-chosen field name is not reflected back in the detail."""
     with pytest.raises(RequestRejected) as info:

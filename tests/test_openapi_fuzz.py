@@ -1,0 +1,285 @@
+"""The server against its own /openapi.json, with schemathesis (secureserve/openapi.py).
+
+The iris example is served in-process (ASGI, an ``https`` scope, a bearer key with the
+roles predict, admin and metrics); schemathesis loads the document the app serves and
+sends generated requests to every operation: no 5xx, and every response conforms to the
+document (status documented, content type, headers, body schema). Error paths that
+random generation does not reach (401, 403, 404, 413, 415, 429, 503) are sent on purpose
+and judged by the same checks.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+import sys
+
+import pytest
+import schemathesis
+from conftest import EXAMPLES
+from hypothesis import HealthCheck, given, settings
+from schemathesis import GenerationMode
+from schemathesis.checks import not_a_server_error
+from schemathesis.core.failures import FailureGroup
+from schemathesis.specs.openapi.checks import (
+    content_type_conformance,
+    ignored_auth,
+    negative_data_rejection,
+    positive_data_acceptance,
+    response_headers_conformance,
+    response_schema_conformance,
+    status_code_conformance,
+    unsupported_method,
+)
+from server_helpers import copy_iris, set_toml
+from starlette.testclient import TestClient
+
+from secureserve import create_app, load_settings
+from secureserve.config import DEFAULT_MAX_BODY_BYTES
+from secureserve.keys import KeyStore, mint_key
+
+BASE = "https://testserver"
+PREDICT = "/v1/models/iris:predict"
+METADATA = "/v1/models/iris"
+VALID = {"instances": [{"features": [5.1, 3.5, 1.4, 0.2]}]}
+HIGH = "1000000/minute"  # the fuzzing must not be rate limited
+
+#: What the response to any request must satisfy.
+CONFORMANCE = [
+    status_code_conformance,
+    content_type_conformance,
+    response_headers_conformance,
+    response_schema_conformance,
+]
+#: Every check run on generated requests (some send extra requests: without the
+#: credential, with an undocumented method).
+CHECKS = [
+    not_a_server_error,
+    *CONFORMANCE,
+    negative_data_rejection,
+    positive_data_acceptance,
+    ignored_auth,
+    unsupported_method,
+]
+#: Every route of the app, as the document must list it.
+OPERATIONS = [
+    ("POST", PREDICT),
+    ("POST", "/v1/models/iris:reload"),
+    ("GET", "/v1/models"),
+    ("GET", METADATA),
+    ("GET", "/openapi.json"),
+    ("GET", "/metrics"),
+    ("GET", "/healthz"),
+    ("GET", "/readyz"),
+]
+
+ALL_ROLES = mint_key(name="schemathesis", roles=("predict", "admin", "metrics"))
+PREDICT_ONLY = mint_key(name="predict-only", roles=("predict",))
+ADMIN_ONLY = mint_key(name="admin-only", roles=("admin",))
+OTHER_MODEL = mint_key(name="other-model", roles=("predict", "admin"), models=("other",))
+KEYS = (ALL_ROLES, PREDICT_ONLY, ADMIN_ONLY, OTHER_MODEL)
+
+
+def _bearer(key) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key.secret}"}
+
+
+def _load_iris():
+    """The Iris handler class of examples/iris/app.py, imported once under a unique name."""
+    name = "secureserve_tests_openapi_fuzz_iris_app"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, EXAMPLES / "iris" / "app.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name].Iris
+
+
+def _iris_app(project, **limits):
+    """create_app(Iris) for a copy of examples/iris with these [limits] and the keys above."""
+    set_toml(project, "limits", **limits)
+    return create_app(
+        _load_iris(),
+        config=load_settings(project_dir=project),
+        keys=KeyStore(None, records=[k.record for k in KEYS]),
+        audit_key=os.urandom(32),
+    )
+
+
+def _lifespan_elsewhere(app):
+    """``app`` for schemathesis, whose lifespan the test's TestClient runs instead.
+
+    schemathesis would start the lifespan of the app it is given once for the whole
+    process; the fixture must stop it (closing the audit log) when the test ends.
+    """
+
+    async def wrapper(scope, receive, send):
+        if scope["type"] == "lifespan":
+            while True:
+                phase = (await receive())["type"].removeprefix("lifespan.")
+                await send({"type": f"lifespan.{phase}.complete"})
+                if phase == "shutdown":
+                    return
+        await app(scope, receive, send)
+
+    return wrapper
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    """A running iris app with high limits, a client with every role, and its schema."""
+    project = copy_iris(tmp_path_factory.mktemp("openapi-fuzz") / "iris")
+    app = _iris_app(
+        project, per_principal=HIGH, per_model=HIGH, auth_failures_per_ip=HIGH, quota=HIGH
+    )
+    with TestClient(app, base_url=BASE) as client:
+        response = client.get("/openapi.json", headers=_bearer(ALL_ROLES))
+        assert response.status_code == 200
+        schema = schemathesis.openapi.from_dict(response.json())
+        schema.app = _lifespan_elsewhere(app)
+        yield client, schema
+
+
+def test_openapi_lists_every_route(served):
+    """The document names every route the app serves, with its methods, and nothing else."""
+    client, schema = served
+    paths = client.get("/openapi.json", headers=_bearer(ALL_ROLES)).json()["paths"]
+    documented = {(m.upper(), p) for p, item in paths.items() for m in item}
+    routes = {
+        (method, re.sub(r"\{name(:\w+)?\}", "iris", route.path))
+        for route in client.app.routes
+        for method in route.methods - {"HEAD"}
+    }
+    assert documented == routes == set(OPERATIONS)
+    assert len(list(schema.get_all_operations())) == len(OPERATIONS)
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "mode"),
+    [(m, p, GenerationMode.POSITIVE) for m, p in OPERATIONS]
+    + [("POST", PREDICT, GenerationMode.NEGATIVE)],  # the only operation with inputs
+    ids=lambda value: getattr(value, "value", value),
+)
+def test_openapi_generated_requests_conform(served, method, path, mode):
+    """Generated requests (valid, or invalid for the body) get no 5xx and conforming answers.
+
+    Also: the same request without a credential is refused, an undocumented method is
+    a 405, schema-valid bodies are accepted and schema-invalid ones refused.
+    """
+    _, schema = served
+    strategy = schema[path][method].as_strategy(generation_mode=mode)
+
+    @given(case=strategy)
+    @settings(
+        max_examples=20,
+        deadline=None,
+        database=None,
+        suppress_health_check=[HealthCheck.too_slow],
+    )
+    def run(case):
+        case.call_and_validate(base_url=BASE, headers=_bearer(ALL_ROLES), checks=CHECKS)
+
+    run()
+
+
+def _check(schema, method, path, response):
+    """Judge ``response`` by the document's definition of ``method path``."""
+    schema[path][method].Case().validate_response(response, checks=CONFORMANCE)
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "request_kwargs", "status"),
+    [
+        pytest.param("POST", PREDICT, {"content": b"{", "key": ALL_ROLES}, 400, id="400"),
+        pytest.param("POST", PREDICT, {"json": VALID, "key": None}, 401, id="401-missing"),
+        pytest.param("GET", "/metrics", {"key": "bad"}, 401, id="401-invalid"),
+        pytest.param("POST", PREDICT, {"json": VALID, "key": ADMIN_ONLY}, 403, id="403-predict"),
+        pytest.param("GET", METADATA, {"key": PREDICT_ONLY}, 403, id="403-metadata"),
+        pytest.param("GET", "/metrics", {"key": PREDICT_ONLY}, 403, id="403-metrics"),
+        pytest.param("POST", "/v1/models/iris:reload", {"key": PREDICT_ONLY}, 403, id="403-reload"),
+        pytest.param("POST", PREDICT, {"json": VALID, "key": OTHER_MODEL}, 404, id="404-predict"),
+        pytest.param("GET", METADATA, {"key": OTHER_MODEL}, 404, id="404-metadata"),
+        pytest.param("GET", "/openapi.json", {"key": OTHER_MODEL}, 404, id="404-openapi"),
+        pytest.param(
+            "POST",
+            PREDICT,
+            {"content": b" " * (DEFAULT_MAX_BODY_BYTES + 1), "key": ALL_ROLES},
+            413,
+            id="413",
+        ),
+        pytest.param(
+            "POST",
+            PREDICT,
+            {"content": b"{}", "key": ALL_ROLES, "headers": {"Content-Type": "text/plain"}},
+            415,
+            id="415",
+        ),
+        pytest.param("POST", PREDICT, {"json": {"instances": []}, "key": ALL_ROLES}, 422, id="422"),
+    ],
+)
+def test_openapi_documents_error_responses(served, method, path, request_kwargs, status):
+    """Refusals random generation does not reach conform too (problem+json, headers)."""
+    client, schema = served
+    kwargs = dict(request_kwargs)
+    key = kwargs.pop("key")
+    headers = kwargs.pop("headers", {})
+    if key == "bad":
+        headers["Authorization"] = "Bearer ss_0123456789ab_" + "A" * 43
+    elif key is not None:
+        headers.update(_bearer(key))
+    if "content" in kwargs and "Content-Type" not in headers:
+        headers["Content-Type"] = "application/json"
+    response = client.request(method, path, headers=headers, **kwargs)
+    assert response.status_code == status
+    _check(schema, method, path, response)
+
+
+def test_openapi_documents_rate_limit_responses(tmp_path, served):
+    """Both kinds of 429 (a rate with RateLimit-*, failed authentications) conform."""
+    _, schema = served
+    project = copy_iris(tmp_path / "iris")
+    set_toml(project, "server", max_instances=1)
+    app = _iris_app(project, per_principal="1/minute", auth_failures_per_ip="1/minute")
+    with TestClient(app, base_url=BASE) as client:
+        assert client.post(PREDICT, json=VALID, headers=_bearer(ALL_ROLES)).status_code == 200
+        limited = client.post(PREDICT, json=VALID, headers=_bearer(ALL_ROLES))
+        assert limited.status_code == 429
+        assert "ratelimit-limit" in limited.headers
+        _check(schema, "POST", PREDICT, limited)
+        bad = {"Authorization": "Bearer ss_0123456789ab_" + "A" * 43}
+        assert client.get("/v1/models", headers=bad).status_code == 401
+        blocked = client.get("/v1/models", headers=bad)
+        assert blocked.status_code == 429
+        _check(schema, "GET", "/v1/models", blocked)
+
+
+def test_openapi_documents_unavailable_responses(tmp_path, served):
+    """503s conform: the audit log made read-only, and /readyz after shutdown."""
+    _, schema = served
+    project = copy_iris(tmp_path / "iris")
+    app = _iris_app(project, per_principal=HIGH)
+    with TestClient(app, base_url=BASE, headers=_bearer(ALL_ROLES)) as client:
+        (project / "audit" / "audit.jsonl").chmod(0o400)
+        try:
+            refused = client.post(PREDICT, json=VALID)
+        finally:
+            (project / "audit" / "audit.jsonl").chmod(0o600)
+        assert refused.status_code == 503
+        _check(schema, "POST", PREDICT, refused)
+    shut_down = TestClient(app, base_url=BASE).get("/readyz")
+    assert shut_down.status_code == 503
+    _check(schema, "GET", "/readyz", shut_down)
+
+
+def test_openapi_conformance_catches_an_undocumented_answer(served):
+    """The checks are live: with 415 dropped from the document, a 415 fails them."""
+    client, _ = served
+    document = client.get("/openapi.json", headers=_bearer(ALL_ROLES)).json()
+    del document["paths"][PREDICT]["post"]["responses"]["415"]
+    schema = schemathesis.openapi.from_dict(document)
+    headers = {"Content-Type": "text/plain", **_bearer(ALL_ROLES)}
+    response = client.post(PREDICT, content=b"{}", headers=headers)
+    assert response.status_code == 415
+    with pytest.raises(FailureGroup, match="Undocumented status code"):
+        _check(schema, "POST", PREDICT, response)
