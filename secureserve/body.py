@@ -59,29 +59,66 @@ async def read_body(scope: Scope, receive: Receive, *, limit: int, deadline_s: f
             if int(value) > limit:
                 raise _too_large(limit)
             break
-    chunks: list[bytes] = []
-    size = 0
+    deadline = _Deadline(deadline_s)
     try:
-        async with asyncio.timeout(deadline_s):
-            while True:
-                message = await receive()
-                if message["type"] == "http.disconnect":
-                    raise RequestRejected(
-                        400,
-                        "bad-request",
-                        "Bad request",
-                        close=True,
-                        log_reason="client-disconnected",
-                    )
-                chunk = message.get("body", b"")
-                size += len(chunk)
-                if size > limit:
-                    raise _too_large(limit)
-                chunks.append(chunk)
-                if not message.get("more_body", False):
-                    break
-    except TimeoutError:
+        chunks = await _receive_all(receive, limit)
+    except asyncio.CancelledError:
+        if not deadline.expired():
+            raise
         raise RequestRejected(
             408, "body-timeout", "Request body not received in time", close=True
         ) from None
+    finally:
+        deadline.cancel()
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+async def _receive_all(receive: Receive, limit: int) -> list[bytes]:
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise RequestRejected(
+                400, "bad-request", "Bad request", close=True, log_reason="client-disconnected"
+            )
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise _too_large(limit)
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return chunks
+
+
+class _Deadline:
+    """Cancels the current task after ``seconds`` unless :meth:`cancel` comes first.
+
+    ``asyncio.timeout`` does the same at about twice the cost, and this runs on every
+    request. As there, a cancellation that came from elsewhere is never taken for the
+    deadline: :meth:`expired` is true only when this deadline fired and no other
+    cancellation is pending.
+    """
+
+    __slots__ = ("_cancelling", "_fired", "_handle", "_task")
+
+    def __init__(self, seconds: float) -> None:
+        task = asyncio.current_task()
+        if task is None:  # pragma: no cover - always called from a request's task
+            raise RuntimeError("read_body must run in a task")
+        self._task = task
+        self._cancelling = task.cancelling()
+        self._fired = False
+        self._handle = asyncio.get_running_loop().call_later(seconds, self._fire)
+
+    def _fire(self) -> None:
+        self._fired = True
+        self._task.cancel()
+
+    def expired(self) -> bool:
+        """Whether the cancellation being handled is this deadline's (then it is taken back)."""
+        return self._fired and self._task.uncancel() <= self._cancelling
+
+    def cancel(self) -> None:
+        """The body is in (or the request ended): the deadline no longer applies."""
+        self._handle.cancel()

@@ -30,7 +30,6 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import os
-import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Final
 
@@ -183,8 +182,8 @@ class SecureHttpProtocol(HttpToolsProtocol):
             self._idle.cancel()
             self._idle = None
         self._unset_keepalive_if_required()
-        if self._head is None and (self.cycle is None or self.cycle.response_complete):
-            self._start_head()
+        if not self._head_started and (self.cycle is None or self.cycle.response_complete):
+            self._head_started = self.loop.time()
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -202,6 +201,10 @@ class SecureHttpProtocol(HttpToolsProtocol):
                 400, "bad-request", "Bad request", log_reason=f"http-parser:{type(exc).__name__}"
             )
             self._refuse(refusal)
+            return
+        if self._head_started and self._head is None:  # a head still incomplete: a deadline
+            deadline = self._head_started + self.edge.limits.header_timeout_s
+            self._head = self.loop.call_at(deadline, self._head_over)
 
     def send_400_response(self, msg: str) -> None:  # noqa: ARG002 - uvicorn's text is not sent
         """Uvicorn's plain-text 400, as a problem like every other answer."""
@@ -214,8 +217,8 @@ class SecureHttpProtocol(HttpToolsProtocol):
         super().on_message_begin()
         self.scope["extensions"] = {"tls": self._tls_extension}
         self._head_count = self._head_bytes = 0
-        if self._head is None:
-            self._start_head()
+        if not self._head_started:
+            self._head_started = self.loop.time()
 
     def on_url(self, url: bytes) -> None:
         """Count the request target against the head bound (414 when it alone is over)."""
@@ -246,16 +249,13 @@ class SecureHttpProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         """The head is in: its deadline no longer applies."""
+        self._head_started = 0.0
         if self._head is not None:
             self._head.cancel()
             self._head = None
         super().on_headers_complete()
 
     # ---- refusals ---------------------------------------------------------------------
-
-    def _start_head(self) -> None:
-        self._head_started = time.perf_counter()
-        self._head = self.loop.call_later(self.edge.limits.header_timeout_s, self._head_over)
 
     def _stop(self, refusal: RequestRejected) -> None:
         self._refusal = refusal
@@ -315,7 +315,7 @@ class SecureHttpProtocol(HttpToolsProtocol):
         scope = self.scope
         method = scope.get("method", "-") if scope is not None else "-"
         path = getattr(self, "url", b"")[:_MAX_LOGGED_PATH].decode("latin-1")
-        seconds = time.perf_counter() - self._head_started if self._head_started else 0.0
+        seconds = self.loop.time() - self._head_started if self._head_started else 0.0
         edge.access(
             AccessRecord(
                 request_id=request_id,

@@ -269,12 +269,15 @@ class RateLimiter:
 
     async def _run(self, op: Callable[[_Backend], Awaitable[_T]]) -> _T:
         """``op`` on the shared storage within the deadline; on failure, 503 or memory."""
+        shared = self._shared
+        if isinstance(shared, MemoryWindows):  # inline on the loop: nothing to wait for
+            return await op(shared)
         fallback = self._fallback
         if not self._down or time.monotonic() >= self._next_try:
             self._next_try = time.monotonic() + self._retry_s
             try:
                 async with asyncio.timeout(self._timeout_s):
-                    result = await op(self._shared)
+                    result = await op(shared)
             except Exception as exc:  # noqa: BLE001 - no storage error may escape: fail closed
                 self._failed(exc)
             else:

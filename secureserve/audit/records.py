@@ -200,8 +200,21 @@ def refusals_fields(
 
 
 def rfc3339(moment: datetime) -> str:
-    """``moment`` (UTC) as written in the log: ``2025-01-02T03:04:05.678901Z``."""
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    """``moment`` (UTC) as written in the log: ``2025-01-02T03:04:05.678901Z``.
+
+    The date and time to the second are formatted once per second (``strftime`` is
+    the slow part), the microseconds every time.
+    """
+    second = moment.replace(microsecond=0)
+    cached = _SECOND[0]
+    if cached[0] != second:
+        cached = (second, second.strftime("%Y-%m-%dT%H:%M:%S"))
+        _SECOND[0] = cached  # one reference swapped whole: safe to read from any thread
+    return f"{cached[1]}.{moment.microsecond:06d}Z"
+
+
+# The last second formatted by rfc3339 with its text: a single slot, replaced whole.
+_SECOND: Final[list[tuple[datetime | None, str]]] = [(None, "")]
 
 
 def decision(status: int) -> Decision:
