@@ -9,7 +9,7 @@ so a client cannot blow up the number of series.
 from __future__ import annotations
 
 import re
-from typing import Final
+from typing import Any, Final
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
@@ -90,6 +90,7 @@ class Metrics:
             "Requests being served now.",
             registry=self.registry,
         )
+        self._children: dict[tuple[str, int], tuple[Any, Any]] = {}
         self.model_info = Gauge(
             "secureserve_model_info",
             "The model version serving (value 1), by name, version and lock revision.",
@@ -98,10 +99,18 @@ class Metrics:
         )
 
     def observe(self, *, path: str, status: int, seconds: float, reason: str | None) -> None:
-        """Record one finished request."""
+        """Record one finished request.
+
+        The labelled children are looked up once per (route, status) and kept: both come
+        from fixed sets (route names, HTTP statuses), so the cache stays small.
+        """
         route = route_of(path)
-        self.requests.labels(route, str(status)).inc()
-        self.latency.labels(route).observe(seconds)
+        children = self._children.get((route, status))
+        if children is None:
+            children = (self.requests.labels(route, str(status)), self.latency.labels(route))
+            self._children[route, status] = children
+        children[0].inc()
+        children[1].observe(seconds)
         if status == 401:  # noqa: PLR2004 - HTTP status
             self.auth_failures.labels(_auth_reason(reason)).inc()
         elif status == 429:  # noqa: PLR2004 - HTTP status

@@ -40,7 +40,7 @@ import asyncio
 import time
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final
 
 from limits import RateLimitItem
@@ -56,21 +56,23 @@ DEFAULT_MAX_KEYS: Final = 100_000
 
 @dataclass(frozen=True, slots=True)
 class Window:
-    """One configured limit: its rate, whether it moves, its namespace and refusal reason."""
+    """One configured limit: its rate, whether it moves, its namespace and refusal reason.
+
+    ``amount`` (units admitted) and ``expiry`` (length in seconds) are read off ``item``
+    once, since every charge needs them.
+    """
 
     item: RateLimitItem
     moving: bool
     reason: str  # per_principal, per_model, quota, auth_failures_per_ip
+    amount: int = field(init=False)
+    expiry: int = field(init=False)
+    namespace: str = field(init=False)
 
-    @property
-    def amount(self) -> int:
-        """Units the window admits."""
-        return int(self.item.amount)
-
-    @property
-    def expiry(self) -> int:
-        """The window's length in seconds."""
-        return int(self.item.get_expiry())
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "amount", int(self.item.amount))
+        object.__setattr__(self, "expiry", int(self.item.get_expiry()))
+        object.__setattr__(self, "namespace", str(self.item.namespace))
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,7 +119,7 @@ class MemoryWindows:
         return None if refusal is None else refusal.retry_at
 
     def _check(self, window: Window, ident: str, cost: int, now: float) -> Refusal | None:
-        table = self._tables.get(window.item.namespace)
+        table = self._tables.get(window.namespace)
         counter = table.get(ident) if table is not None else None
         used = 0 if counter is None else counter.used(now)
         if used + cost <= window.amount:
@@ -129,9 +131,9 @@ class MemoryWindows:
         return Refusal(window, room_at, max(0, window.amount - used))
 
     def _table(self, window: Window) -> _Table:
-        table = self._tables.get(window.item.namespace)
+        table = self._tables.get(window.namespace)
         if table is None:
-            table = self._tables[window.item.namespace] = _Table(window, self._max_keys)
+            table = self._tables[window.namespace] = _Table(window, self._max_keys)
         return table
 
     def _sweep(self, now: float) -> None:

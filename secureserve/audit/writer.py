@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import hmac
 import os
 import stat
 import sys
 import threading
+import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -56,6 +58,8 @@ class _Unwritable(Exception):  # noqa: N818 - internal signal, never leaves this
 
 
 _encoder: Final = msgspec.json.Encoder(order="sorted")
+#: How long a passed check of the audit file's path is trusted (see AuditLog._ready).
+_RECHECK_S: Final = 0.01
 
 
 def _now() -> datetime:
@@ -129,13 +133,14 @@ class AuditLog:
             logger = get_logger("secureserve.audit")
         self.path = path
         self.on_write_error = on_write_error
-        self._key = digest_key
+        self._mac = hmac.new(digest_key, digestmod=hashlib.sha256)
         self._max_bytes = max_bytes
         self._max_files = max_files
         self._log = logger
         self._clock = clock
         self._lock = threading.Lock()
         self._fd: int | None = None
+        self._checked_until = 0.0  # _ready looked at the path and found it fine until then
         self._ident = (0, 0)
         self._size = 0
         self._seq = 0
@@ -167,7 +172,9 @@ class AuditLog:
 
         Without the key, a digest does not let anyone confirm a guessed input.
         """
-        return DIGEST_PREFIX + hmac.digest(self._key, data, "sha256").hex()
+        mac = self._mac.copy()  # the keyed state is computed once, not per digest
+        mac.update(data)
+        return DIGEST_PREFIX + mac.hexdigest()
 
     def record(self, **fields: Any) -> None:
         """Append one record; ``time``, ``seq``, ``prev`` (and ``rotated_from``) are filled in.
@@ -263,7 +270,7 @@ class AuditLog:
 
     def _commit_many(self, batch: list[dict[str, Any]]) -> None:
         """Write ``batch`` in order, with one ``write`` when possible; the caller holds the lock."""
-        self._ready()
+        self._ready(recent_ok=True)
         if self._outage is not None or self._notes:
             for fields in batch:  # the resumed/notes records go first: one by one
                 self._commit_locked(fields)
@@ -484,13 +491,26 @@ class AuditLog:
 
     # ----------------------------------------------------------------------- writing
 
-    def _ready(self) -> None:
-        """Make sure the open descriptor is the file at ``path`` and may be written."""
+    def _ready(self, *, recent_ok: bool = False) -> None:
+        """Make sure the open descriptor is the file at ``path`` and may be written.
+
+        With ``recent_ok`` (writing a batch whose requests each passed
+        :meth:`check_writable` just before), a check of the path younger than
+        :data:`_RECHECK_S` is trusted instead of looking again: one ``lstat`` per
+        request instead of two. A write error from the disk is seen by the write itself.
+        """
         if self._closed:
             raise _Unwritable("the audit log is closed")
         if self._fd is None:
             self._open_new()  # after a rotation or a deletion whose recreation failed
             return
+        if self._torn:
+            self._rotate()
+            return
+        now = time.monotonic()
+        if recent_ok and now < self._checked_until:
+            return
+        self._checked_until = 0.0  # trusted again only once this look has passed
         try:
             info = os.lstat(self.path)
         except FileNotFoundError:
@@ -500,8 +520,7 @@ class AuditLog:
             raise _Unwritable("the audit file was replaced by another file; remove it")
         if not info.st_mode & stat.S_IWUSR:
             raise _Unwritable("the audit file was made read-only")
-        if self._torn:
-            self._rotate()
+        self._checked_until = now + _RECHECK_S
 
     def _recreate(self) -> None:
         fd, self._fd = self._fd, None
