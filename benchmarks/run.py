@@ -232,6 +232,16 @@ def rss_kib(pid: int) -> int:
     return total
 
 
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time of ``pid`` (all its threads) and its children, in seconds."""
+    total = 0
+    for p in [pid, *_children(pid)]:
+        with contextlib.suppress(OSError):
+            fields = Path(f"/proc/{p}/stat").read_text().rpartition(")")[2].split()
+            total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15)
+    return total / os.sysconf("SC_CLK_TCK")
+
+
 def _children(pid: int) -> list[int]:
     with contextlib.suppress(OSError):
         text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
@@ -292,7 +302,10 @@ def load_rounds(
             for which in order:
                 if args.warmup > 0:
                     wrk(setup, which, c, args.warmup)
+                cpu_before = cpu_seconds(pids[which])
                 result = wrk(setup, which, c, args.duration)
+                cpu = cpu_seconds(pids[which]) - cpu_before
+                result["cpu_us"] = cpu * 1e6 / max(1, result["requests"])
                 result["rss_kib"] = rss_kib(pids[which])
                 runs[(which, c)].append(result)
                 _progress(
@@ -512,9 +525,9 @@ def report(
         "",
         (
             "| conns | server | req/s | p50 µs | p90 µs | p99 µs | p99.9 µs | errors "
-            "| RSS after (MiB) |"
+            "| RSS after (MiB) | server CPU µs/req |"
         ),
-        "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for c in args.connections:
         for which in (SS, BARE):
@@ -527,7 +540,8 @@ def report(
                 f"| {_med(p50):.0f} ({_range(p50)}) "
                 f"| {_med([r['p90'] for r in rs]):.0f} | {_med(p99):.0f} ({_range(p99)}) "
                 f"| {_med([r['p999'] for r in rs]):.0f} | {sum(r['errors'] for r in rs)} "
-                f"| {max(r['rss_kib'] for r in rs) / 1024:.1f} |"
+                f"| {max(r['rss_kib'] for r in rs) / 1024:.1f} "
+                f"| {_med([r['cpu_us'] for r in rs]):.0f} |"
             )
     lines += [
         "",

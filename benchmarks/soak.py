@@ -3,7 +3,7 @@
 Two measurements against ``secureserve run`` (set up as in run.py: a copy of
 examples/iris, a local CA and certificate, an API key, the audit log on):
 
-1. **404 flood**: ``--flood`` requests to ``POST /v1/models/other:predict`` on one
+1. **404 flood**: ``--flood`` bodiless requests to ``POST /v1/models/other:predict`` on one
    connection by an authenticated principal (the request the outside audit used to grow
    the server by 10 KB each); RSS before and after.
 2. **Mixed soak**: ``--requests`` requests from ``--clients`` keep-alive connections:
@@ -111,7 +111,10 @@ class Connection:
 def flood(port: int, ctx: ssl.SSLContext, token: str, count: int, pid: int) -> dict[str, Any]:
     """``count`` 404s on one connection; RSS before and after."""
     conn = Connection(port, ctx, "127.0.0.1")
-    raw = _request("/v1/models/other:predict", BODY, token)
+    # No body: a refusal sent before a declared body arrived closes the connection (and
+    # each reconnection would add a TLS session to OpenSSL's bounded cache); an empty one
+    # keeps the flood on one connection, as in the audit that found the leak.
+    raw = _request("/v1/models/other:predict", b"", token)
     for _ in range(200):  # warm-up
         conn.exchange(raw)
     before = run.rss_kib(pid)

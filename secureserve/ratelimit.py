@@ -178,7 +178,9 @@ class RateLimiter:
         self._recent_failures: dict[str, float] = {}  # address key -> last failure here
         shared_storage = _SCHEMES.get(storage.partition("://")[0]) != "async+memory"
         self._shared: _Backend = (
-            RedisWindows(_storage(storage, key_prefix, storage_timeout_s))
+            RedisWindows(
+                _storage(storage, key_prefix, storage_timeout_s), timeout_s=storage_timeout_s
+            )
             if shared_storage
             else MemoryWindows()
         )
@@ -268,7 +270,11 @@ class RateLimiter:
                 await close()
 
     async def _run(self, op: Callable[[_Backend], Awaitable[_T]]) -> _T:
-        """``op`` on the shared storage within the deadline; on failure, 503 or memory."""
+        """``op`` on the shared storage; on failure (or its deadline), 503 or memory.
+
+        The Redis backend bounds each of its calls by ``storage_timeout_s`` itself (one
+        deadline per batched script call, not one per request).
+        """
         shared = self._shared
         if isinstance(shared, MemoryWindows):  # inline on the loop: nothing to wait for
             return await op(shared)
@@ -276,8 +282,7 @@ class RateLimiter:
         if not self._down or time.monotonic() >= self._next_try:
             self._next_try = time.monotonic() + self._retry_s
             try:
-                async with asyncio.timeout(self._timeout_s):
-                    result = await op(shared)
+                result = await op(shared)
             except Exception as exc:  # noqa: BLE001 - no storage error may escape: fail closed
                 self._failed(exc)
             else:

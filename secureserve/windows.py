@@ -222,18 +222,28 @@ class _Table(dict[str, "_Moving | _Fixed"]):
 
 
 # Charges several windows, all or nothing, for each of several requests in turn.
-# KEYS: every window's key, in order. ARGV: now, number of charges, then per charge its
-# cost and number of windows, then per window 1 (moving) or 0 (fixed), amount, expiry.
-# Returns one entry per charge: 0 when taken, else {window index (1-based), retry_at,
-# remaining} with retry_at as a string (Lua numbers become integers on the way out).
+# KEYS: every window's key, in order. ARGV: now; the number of window kinds, then per
+# kind 1 (moving) or 0 (fixed), amount, expiry; the number of charges, then per charge
+# its cost, its number of windows and each window's kind (1-based). Returns one entry
+# per charge: 0 when taken, else {window index (1-based), retry_at, remaining} with
+# retry_at as a string (Lua numbers become integers on the way out).
 _CHARGE_LUA: Final = """
 local now = tonumber(ARGV[1])
-local charges = tonumber(ARGV[2])
+local kinds = tonumber(ARGV[2])
+local moving, amount, expiry = {}, {}, {}
+for k = 1, kinds do
+  moving[k] = ARGV[3 * k] == '1'
+  amount[k] = tonumber(ARGV[3 * k + 1])
+  expiry[k] = tonumber(ARGV[3 * k + 2])
+end
+local arg = 3 * kinds + 3
+local charges = tonumber(ARGV[arg])
+arg = arg + 1
 local results = {}
-local arg, key = 3, 1
+local key = 1
 
-local function in_window(k, amount, since)
-  local low, high, found = 0, amount - 1, -1
+local function in_window(k, size, since)
+  local low, high, found = 0, size - 1, -1
   while low <= high do
     local mid = math.floor((low + high) / 2)
     local value = tonumber(redis.call('lindex', k, mid))
@@ -252,28 +262,25 @@ for c = 1, charges do
   arg = arg + 2
   local refused = 0
   for i = 0, count - 1 do
-    local k = KEYS[key + i]
-    local moving = ARGV[arg + 3 * i] == '1'
-    local amount = tonumber(ARGV[arg + 3 * i + 1])
-    local expiry = tonumber(ARGV[arg + 3 * i + 2])
-    if moving then
+    local k, kind = KEYS[key + i], tonumber(ARGV[arg + i])
+    local size, window = amount[kind], expiry[kind]
+    if moving[kind] then
       local entry = nil
-      if cost <= amount then
-        entry = tonumber(redis.call('lindex', k, amount - cost))
+      if cost <= size then
+        entry = tonumber(redis.call('lindex', k, size - cost))
       end
-      if cost > amount or (entry and entry >= now - expiry) then
-        local retry = now + expiry
-        if entry then retry = entry + expiry end
-        local left = amount - in_window(k, amount, now - expiry)
-        refused = {i + 1, tostring(retry), left}
+      if cost > size or (entry and entry >= now - window) then
+        local retry = now + window
+        if entry then retry = entry + window end
+        refused = {i + 1, tostring(retry), size - in_window(k, size, now - window)}
         break
       end
     else
       local used = tonumber(redis.call('get', k) or '0')
-      if used + cost > amount then
+      if used + cost > size then
         local ttl = redis.call('ttl', k)
-        if ttl < 0 then ttl = expiry end
-        local left = amount - used
+        if ttl < 0 then ttl = window end
+        local left = size - used
         if left < 0 then left = 0 end
         refused = {i + 1, tostring(now + ttl), left}
         break
@@ -282,10 +289,8 @@ for c = 1, charges do
   end
   if refused == 0 then
     for i = 0, count - 1 do
-      local k = KEYS[key + i]
-      local amount = tonumber(ARGV[arg + 3 * i + 1])
-      local expiry = ARGV[arg + 3 * i + 2]
-      if ARGV[arg + 3 * i] == '1' then
+      local k, kind = KEYS[key + i], tonumber(ARGV[arg + i])
+      if moving[kind] then
         local stamps = {}
         for n = 1, math.min(cost, 5000) do stamps[n] = ARGV[1] end
         local pushed = 0
@@ -294,17 +299,15 @@ for c = 1, charges do
           redis.call('lpush', k, unpack(stamps, 1, n))
           pushed = pushed + n
         end
-        redis.call('ltrim', k, 0, amount - 1)
-        redis.call('expire', k, expiry)
-      else
-        if redis.call('incrby', k, cost) == cost then
-          redis.call('expire', k, expiry)
-        end
+        redis.call('ltrim', k, 0, amount[kind] - 1)
+        redis.call('expire', k, expiry[kind])
+      elseif redis.call('incrby', k, cost) == cost then
+        redis.call('expire', k, expiry[kind])
       end
     end
   end
   results[c] = refused
-  arg = arg + 3 * count
+  arg = arg + count
   key = key + count
 end
 return results
@@ -315,12 +318,14 @@ class RedisWindows:
     """Windows in Redis, through the client of a ``limits`` Redis storage (its key prefix).
 
     Charges made during one event-loop iteration go to Redis together in one script
-    call; each caller awaits its own result. Calls are bounded by the caller (the rate
-    limiter puts a deadline around them).
+    call; each caller awaits its own result. Every call has a deadline of ``timeout_s``
+    (one per script call, shared by the charges in it): past it, each waiter gets a
+    ``TimeoutError``.
     """
 
-    def __init__(self, storage: Any) -> None:
+    def __init__(self, storage: Any, *, timeout_s: float) -> None:
         self.storage = storage
+        self._timeout_s = timeout_s
         bridge = storage.bridge
         self._prefixed = bridge.prefixed_key
         self._script = bridge.get_connection().register_script(_CHARGE_LUA)
@@ -344,15 +349,10 @@ class RedisWindows:
         task.add_done_callback(_retrieve)
 
     async def _send(self, batch: list[tuple[Charge, asyncio.Future[Refusal | None]]]) -> None:
-        keys: list[str] = []
-        args: list[Any] = [repr(time.time()), len(batch)]
-        for (plan, cost), _ in batch:
-            args += [cost, len(plan)]
-            for window, ident in plan:
-                keys.append(self._prefixed(window.item.key_for(ident)))
-                args += [1 if window.moving else 0, window.amount, window.expiry]
+        keys, args = self._command([charge for charge, _ in batch])
         try:
-            results = await self._script(keys, args)
+            async with asyncio.timeout(self._timeout_s):
+                results = await self._script(keys, args)
         except BaseException as exc:  # every waiter learns of it; none is left hanging
             for _, future in batch:
                 if not future.done():
@@ -370,8 +370,29 @@ class RedisWindows:
                 window = plan[int(index) - 1][0]
                 future.set_result(Refusal(window, float(retry_at), int(remaining)))
 
+    def _command(self, charges: list[Charge]) -> tuple[list[str], list[Any]]:
+        """KEYS and ARGV of :data:`_CHARGE_LUA` for ``charges``."""
+        keys: list[str] = []
+        kinds: dict[int, int] = {}  # id(window) -> its 1-based number in this call
+        head: list[Any] = []
+        body: list[Any] = [len(charges)]
+        for plan, cost in charges:
+            body += [cost, len(plan)]
+            for window, ident in plan:
+                keys.append(self._prefixed(window.item.key_for(ident)))
+                kind = kinds.get(id(window))
+                if kind is None:
+                    kind = kinds[id(window)] = len(kinds) + 1
+                    head += [1 if window.moving else 0, window.amount, window.expiry]
+                body.append(kind)
+        return keys, [repr(time.time()), len(kinds), *head, *body]
+
     async def blocked_until(self, window: Window, ident: str) -> float | None:
         """None if one more unit fits in the window, else when it will (epoch seconds)."""
+        async with asyncio.timeout(self._timeout_s):
+            return await self._blocked_until(window, ident)
+
+    async def _blocked_until(self, window: Window, ident: str) -> float | None:
         key = window.item.key_for(ident)
         if window.moving:
             start, count = await self.storage.get_moving_window(key, window.amount, window.expiry)
@@ -385,6 +406,8 @@ def _copy(exc: BaseException) -> BaseException:
     """A new exception of the same kind for each waiter: one instance is never raised twice."""
     if isinstance(exc, asyncio.CancelledError):
         return asyncio.CancelledError()
+    if isinstance(exc, TimeoutError):
+        return TimeoutError("limits storage did not answer in time")
     return ConnectionError(f"limits storage call failed: {type(exc).__name__}")
 
 
