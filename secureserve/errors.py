@@ -13,6 +13,10 @@ place that maps them to ``application/problem+json`` responses, and
 Messages of ``ConfigError`` and ``ArtifactError`` are for operators (they go to
 the terminal and the log). A ``RequestRejected`` carries only a fixed title and,
 where safe, a ``detail`` that names the failing field path; never exception text.
+
+Raise a new instance every time. An exception kept in a module or an attribute and
+raised again collects every raise's traceback (it grew by about 10 KB a request) and
+is shared by concurrent requests; ``tests/test_errors.py`` checks the package for it.
 """
 
 from __future__ import annotations
