@@ -353,18 +353,20 @@ def test_limits_redis_outage_memory_opt_in(production_project, own_redis):
         wait_for_event(server, starts_with("rate-limit storage answers again"))
 
 
-def test_limits_redis_hung_then_back_under_load(production_project, own_redis):
-    """Under a load of 8 connections, a hung Redis costs at most storage_timeout_s a request.
+def test_limits_redis_hung_then_dead_under_load(production_project, own_redis):
+    """Under a load of 8 connections, Redis hung and then killed: fail closed, fast, and back.
 
-    Redis is stopped (SIGSTOP: it accepts connections and never answers) while 8 clients
-    predict in a loop: every answer is a 200 or a 503 ``limits-unavailable`` and none
-    takes much longer than ``storage_timeout_s`` (0.3 s). Once Redis runs again, every
-    client is served again within 2 s (a retry at most every second).
+    Redis is first stopped (SIGSTOP: it accepts connections and never answers), then
+    killed and restarted on the same port, while 8 clients predict in a loop. While it is
+    down every answer is a 503 ``limits-unavailable``; no answer takes much longer than
+    ``storage_timeout_s`` (0.3 s); each time it answers again, predictions are served
+    again within 2 s (a retry at most every second).
     """
     project, ca, key = production_project
     env = limits_env(
         own_redis.url, fresh_prefix(), "100000/minute", SECURESERVE_LIMITS__STORAGE_TIMEOUT_S="0.3"
     )
+    outages: list[tuple[float, float]] = []  # (down at, answering again at)
     with replicas(project, ca, key, env, 1) as (server,):
         assert server.predict(VALID).status == 200
         samples: list[tuple[float, float, int]] = []  # (start, seconds, status)
@@ -385,10 +387,16 @@ def test_limits_redis_hung_then_back_under_load(production_project, own_redis):
             time.sleep(0.5)
             assert own_redis.process is not None
             own_redis.process.send_signal(signal.SIGSTOP)
-            hung_at = time.monotonic()
+            down = time.monotonic()
             time.sleep(3)
             own_redis.process.send_signal(signal.SIGCONT)
-            back_at = time.monotonic()
+            outages.append((down, time.monotonic()))
+            time.sleep(3)
+            own_redis.kill()
+            down = time.monotonic()
+            time.sleep(3)
+            own_redis.start()  # returns once it answers PING
+            outages.append((down, time.monotonic()))
             time.sleep(3)
         finally:
             if own_redis.process is not None:
@@ -396,11 +404,15 @@ def test_limits_redis_hung_then_back_under_load(production_project, own_redis):
             stop.set()
             for thread in threads:
                 thread.join(20)
-    during = [s for s in samples if hung_at + 0.5 < s[0] < back_at - 0.5]
-    assert during, "no request was sent while Redis hung"
-    assert {status for _, _, status in during} == {503}
     assert max(seconds for _, seconds, _ in samples) < 0.3 + 1.0
-    served_again = [start for start, _, status in samples if start > back_at and status == 200]
-    assert served_again, "no prediction served after Redis came back"
-    assert min(served_again) - back_at < 2.0
-    assert all(status == 200 for start, _, status in samples if start > back_at + 2.0)
+    for down, back in outages:
+        during = [status for start, _, status in samples if down + 0.5 < start < back - 0.5]
+        assert during, "no request was sent while Redis was down"
+        assert set(during) == {503}
+        served = [start for start, _, status in samples if start > back and status == 200]
+        assert served, "no prediction served after Redis came back"
+        assert min(served) - back < 2.0
+        # before the next outage begins, 3 s after this one ended
+        settled = [status for start, _, status in samples if back + 2.0 < start < back + 2.8]
+        assert settled
+        assert set(settled) == {200}
