@@ -85,10 +85,14 @@ class Edge:
             ipaddress.ip_network(item, strict=False) for item in self.limits.trusted_proxies
         )
 
-    def admit(self, ip: str) -> bool:
-        """Count a new connection from ``ip``; False if it is one too many."""
+    def admit(self, ip: str, peer: str) -> bool:
+        """Count a new connection from ``ip`` (an address key); False if one too many.
+
+        ``peer`` is the socket's own address, which the exemption of trusted proxies is
+        judged by (an IPv6 key is a /64, not an address).
+        """
         count = self.per_ip.get(ip, 0)
-        if count >= self.limits.max_connections_per_ip and not self._exempt(ip):
+        if count >= self.limits.max_connections_per_ip and not self._exempt(peer):
             return False
         self.per_ip[ip] = count + 1
         return True
@@ -139,6 +143,7 @@ class SecureHttpProtocol(HttpToolsProtocol):
     _head_started: float
     _head_count: int
     _head_bytes: int
+    _head_raw: int
     _refusal: RequestRejected | None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -147,13 +152,18 @@ class SecureHttpProtocol(HttpToolsProtocol):
         self._tls_extension = {}
         self._peer = None
         self._idle = self._head = None
-        self._head_count = self._head_bytes = 0
+        self._head_count = self._head_bytes = self._head_raw = 0
         self._head_started = 0.0
         self._refusal = None
         edge = self.edge
-        peer = address_key(self.client[0]) if self.client else "unknown"
-        if len(self.connections) > edge.limits.max_connections or not edge.admit(peer):
-            transport.close()  # over a cap: refuse the connection, as a full backlog would
+        address = str(self.client[0]) if self.client else "unknown"
+        peer = address_key(address)
+        if len(self.connections) > edge.limits.max_connections or not edge.admit(peer, address):
+            # Over a cap: refused as a full backlog would, at once. abort(), not close(): a
+            # TLS close waits for the client's reply, and this connection must stop
+            # counting against max_connections now, not when the client answers.
+            self.connections.discard(self)
+            transport.abort()
             return
         self._peer = peer
         ssl_object = transport.get_extra_info("ssl_object")
@@ -182,7 +192,8 @@ class SecureHttpProtocol(HttpToolsProtocol):
             self._idle.cancel()
             self._idle = None
         self._unset_keepalive_if_required()
-        if not self._head_started and (self.cycle is None or self.cycle.response_complete):
+        continued = bool(self._head_started)  # a head left incomplete by an earlier read
+        if not continued and (self.cycle is None or self.cycle.response_complete):
             self._head_started = self.loop.time()
         try:
             self.parser.feed_data(data)
@@ -196,14 +207,31 @@ class SecureHttpProtocol(HttpToolsProtocol):
                     log_reason="upgrade",
                 )
             )
+            return
         except (httptools.HttpParserError, _HeadRefused) as exc:
             refusal = self._refusal or RequestRejected(
                 400, "bad-request", "Bad request", log_reason=f"http-parser:{type(exc).__name__}"
             )
             self._refuse(refusal)
             return
-        if self._head_started and self._head is None:  # a head still incomplete: a deadline
-            deadline = self._head_started + self.edge.limits.header_timeout_s
+        if not self._head_started:
+            self._head_raw = 0
+            return
+        # A head still incomplete. httptools hands a header line over only once it is
+        # complete, and copies the part it has at every read: count what this head took
+        # so far, so that one endless header line cannot get past max_head_bytes.
+        self._head_raw = self._head_raw + len(data) if continued else len(data)
+        limits = self.edge.limits
+        if continued and self._head_raw > limits.max_head_bytes:
+            self._refuse(
+                _head_too_large(
+                    f"the request head may be at most {limits.max_head_bytes} bytes",
+                    "max_head_bytes",
+                )
+            )
+            return
+        if self._head is None:
+            deadline = self._head_started + limits.header_timeout_s
             self._head = self.loop.call_at(deadline, self._head_over)
 
     def send_400_response(self, msg: str) -> None:  # noqa: ARG002 - uvicorn's text is not sent

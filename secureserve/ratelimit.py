@@ -297,7 +297,7 @@ class RateLimiter:
             raise _unavailable() from None
 
     def _failed(self, exc: Exception) -> None:
-        error = type(getattr(exc, "storage_error", exc)).__name__
+        error = getattr(exc, "kind", None) or type(getattr(exc, "storage_error", exc)).__name__
         if not self._down:
             self._down = True
             if self._fallback is None:

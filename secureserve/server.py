@@ -122,7 +122,7 @@ class _Server(uvicorn.Server):
 
 
 class _Loop(uvloop.Loop):
-    """uvloop, with ``ssl_handshake_timeout`` on every server it creates.
+    """uvloop, with TLS handshake and shutdown deadlines on every server it creates.
 
     uvicorn creates the listening server without one (asyncio's default is 60 s), and
     a handshake in progress is invisible to the HTTP protocol, which only starts once
@@ -136,6 +136,9 @@ class _Loop(uvloop.Loop):
     async def create_server(self, *args: Any, **kwargs: Any) -> Any:
         if kwargs.get("ssl") is not None:
             kwargs.setdefault("ssl_handshake_timeout", self._handshake_timeout_s)
+            # A TLS close waits for the client's close_notify: 30 s by default, during
+            # which the connection still counts against max_connections and its address.
+            kwargs.setdefault("ssl_shutdown_timeout", self._handshake_timeout_s)
         return await super().create_server(*args, **kwargs)
 
 

@@ -23,11 +23,11 @@ the charges of every request that arrived in that iteration go in one call to
 :data:`_CHARGE_LUA`, which handles each in turn, atomically. A request therefore costs
 one round trip, shared with its neighbours, instead of one per window.
 
-Memory. :class:`MemoryWindows` keeps, per moving window, a deque of ``(time, cost)``
-entries: charges less than a thousandth of the window apart share one entry, dated by
-the later one (so units are never released early), which bounds a window to about
-1,000 entries (and to ``amount``, since each costs at least one unit) whatever the rate;
-a fixed window is a count and its reset time. Windows that emptied are swept at most every
+Memory. :class:`MemoryWindows` keeps, per moving window, a deque of entries: charges
+within a thousandth of the window after an entry opened share it, dated by the latest of
+them (so units are never released early), which bounds a window to about 1,000 entries
+(and to ``amount``, since each costs at least one unit) whatever the rate; a fixed
+window is a count and its reset time. Windows that emptied are swept at most every
 :data:`_SWEEP_EVERY_S` seconds; each kind of limit holds at most ``max_keys`` windows,
 and past that (a flood of client addresses failing authentication) the oldest windows
 of that kind are forgotten first, so a flood of addresses never evicts a principal's
@@ -144,14 +144,22 @@ class MemoryWindows:
 
 
 class _Moving:
-    """One moving window: ``(time, cost)`` entries, oldest first, and their total."""
+    """One moving window: entries oldest first, and their total.
 
-    __slots__ = ("entries", "expiry", "total")
+    An entry is ``[time, cost, opened]``: ``cost`` units counted from ``time`` (the
+    latest charge merged into it), gathering charges for at most a thousandth of the
+    window after ``opened`` (its first). Counting every merged unit from the latest time
+    never releases one early; closing an entry after that thousandth keeps steady
+    traffic from merging into one entry whose time never grows old.
+    """
+
+    __slots__ = ("entries", "expiry", "merge_s", "total")
 
     def __init__(self, expiry: int) -> None:
-        self.entries: deque[tuple[float, int]] = deque()
+        self.entries: deque[list[Any]] = deque()
         self.total = 0
         self.expiry = expiry
+        self.merge_s = expiry * _MERGE_WITHIN
 
     def used(self, now: float) -> int:
         """Units counted in the window that ends ``now``."""
@@ -163,17 +171,19 @@ class _Moving:
     def take(self, now: float, cost: int) -> None:
         entries = self.entries
         self.total += cost
-        if entries and now - entries[-1][0] < self.expiry * _MERGE_WITHIN:
-            cost += entries.pop()[1]  # one entry, counted from the later time: never early
-        entries.append((now, cost))
+        if entries and now - entries[-1][2] < self.merge_s:
+            last = entries[-1]
+            last[0], last[1] = now, last[1] + cost
+        else:
+            entries.append([now, cost, now])
 
     def room_at(self, keep: int) -> float:
         """When at most ``keep`` units will be counted (the entries before then expired)."""
         left = self.total
-        for moment, cost in self.entries:
+        for moment, cost, _ in self.entries:
             left -= cost
             if left <= keep:
-                return moment + self.expiry
+                return float(moment) + self.expiry
         return time.time()  # pragma: no cover - only asked when over ``keep``
 
 
@@ -349,10 +359,14 @@ class RedisWindows:
         task.add_done_callback(_retrieve)
 
     async def _send(self, batch: list[tuple[Charge, asyncio.Future[Refusal | None]]]) -> None:
-        keys, args = self._command([charge for charge, _ in batch])
         try:
+            keys, args = self._command([charge for charge, _ in batch])
             async with asyncio.timeout(self._timeout_s):
                 results = await self._script(keys, args)
+            outcomes = [
+                _outcome(plan, result)
+                for ((plan, _), _), result in zip(batch, results, strict=True)
+            ]
         except BaseException as exc:  # every waiter learns of it; none is left hanging
             for _, future in batch:
                 if not future.done():
@@ -360,15 +374,9 @@ class RedisWindows:
             if isinstance(exc, asyncio.CancelledError):
                 raise
             return
-        for ((plan, _), future), result in zip(batch, results, strict=True):
-            if future.done():
-                continue
-            if result == 0:
-                future.set_result(None)
-            else:
-                index, retry_at, remaining = result
-                window = plan[int(index) - 1][0]
-                future.set_result(Refusal(window, float(retry_at), int(remaining)))
+        for (_, future), outcome in zip(batch, outcomes, strict=True):
+            if not future.done():
+                future.set_result(outcome)
 
     def _command(self, charges: list[Charge]) -> tuple[list[str], list[Any]]:
         """KEYS and ARGV of :data:`_CHARGE_LUA` for ``charges``."""
@@ -402,13 +410,29 @@ class RedisWindows:
         return float(await self.storage.get_expiry(key))
 
 
+def _outcome(plan: Sequence[tuple[Window, str]], result: Any) -> Refusal | None:
+    """One charge's answer from the script: 0, or ``[window index, retry_at, remaining]``."""
+    if result == 0:
+        return None
+    index, retry_at, remaining = result
+    return Refusal(plan[int(index) - 1][0], float(retry_at), int(remaining))
+
+
+class StorageFailedError(ConnectionError):
+    """The limits storage failed to answer; ``kind`` names the original error for the log."""
+
+    def __init__(self, kind: str) -> None:
+        super().__init__(f"limits storage call failed: {kind}")
+        self.kind = kind
+
+
 def _copy(exc: BaseException) -> BaseException:
     """A new exception of the same kind for each waiter: one instance is never raised twice."""
     if isinstance(exc, asyncio.CancelledError):
         return asyncio.CancelledError()
     if isinstance(exc, TimeoutError):
         return TimeoutError("limits storage did not answer in time")
-    return ConnectionError(f"limits storage call failed: {type(exc).__name__}")
+    return StorageFailedError(type(getattr(exc, "storage_error", exc)).__name__)
 
 
 def _retrieve(task: asyncio.Future[None]) -> None:

@@ -20,6 +20,7 @@ import pytest
 from server_helpers import (
     HOST,
     ServerProcess,
+    _early_answer,
     copy_iris,
     read_reply,
     request_head,
@@ -133,12 +134,14 @@ def test_protocol_slow_head_gets_408_problem_and_close(server):
     head = request_head("GET", "/v1/models", key=server.key, content_type=None)
     with _connect(server) as tls:
         start = time.monotonic()
+        early = b""
         for byte in head[:40]:
             tls.sendall(bytes([byte]))
             time.sleep(0.1)
-            if time.monotonic() - start > 3:
-                break
-        reply = read_reply(tls)
+            early = _early_answer(tls)
+            if early:
+                break  # answered: a client stops sending (else its unread answer may be reset)
+        reply = read_reply(tls, prefix=early)
         assert time.monotonic() - start < 5
         body = _assert_problem(reply, 408)
         assert body["type"].endswith(":header-timeout")
@@ -329,3 +332,75 @@ def test_protocol_parser_errors_are_problems_with_request_id(server, raw):
     line = _logged(server, body["request_id"])
     assert line["status"] == 400
     assert line["reason"]
+
+
+def test_protocol_endless_header_line_is_431_and_does_not_stall_others(server):
+    """One header line that never ends is refused past max_head_bytes; others are served.
+
+    httptools hands a header over only once its line is complete and copies the part it
+    has at every read, so the bound must count raw bytes, not finished headers.
+    """
+    with _connect(server) as tls:
+        tls.sendall(b"GET /v1/models HTTP/1.1\r\nHost: x\r\nX-Big: ")
+        early = b""
+        for _ in range(64):  # up to 1 MiB in 16 KiB reads, unless answered first
+            try:
+                tls.sendall(b"a" * 16384)
+            except (BrokenPipeError, ConnectionResetError, ssl.SSLError):
+                break
+            early = _early_answer(tls)
+            if early:
+                break
+        start = time.monotonic()
+        good = server.predict(json.loads(VALID))
+        assert good.status == 200
+        assert time.monotonic() - start < 5
+        body = _assert_problem(read_reply(tls, prefix=early), 431)
+        assert body["type"].endswith(":header-fields-too-large")
+
+
+def test_protocol_refused_connections_do_not_hold_server_slots(tmp_path):
+    """Connections refused by the per-address cap stop counting at once.
+
+    With max_connections 6 and 2 per address, one address opening 12 more connections
+    must not fill the server: another address is still served.
+    """
+    project = copy_iris(tmp_path / "iris")
+    env = {
+        **NO_LIMITS,
+        "SECURESERVE_SERVER__MAX_CONNECTIONS": "6",
+        "SECURESERVE_SERVER__MAX_CONNECTIONS_PER_IP": "2",
+    }
+    with running_server(project, env=env) as small, contextlib.ExitStack() as stack:
+        for _ in range(2):
+            held = stack.enter_context(_connect(small))
+            held.sendall(request_head("POST", PREDICT, key=small.key, content_length=10))
+        for _ in range(12):
+            with contextlib.suppress(OSError):
+                stack.enter_context(_connect(small))
+        time.sleep(0.5)
+        with _connect(small, source="127.0.0.2") as other:
+            other.sendall(request_head("GET", "/healthz", content_type=None))
+            assert read_reply(other).status == 200
+
+
+def test_protocol_trusted_ipv6_proxy_is_exempt_from_the_address_cap():
+    """A trusted IPv6 proxy's connections are not capped (its key is a /64, not itself)."""
+    from secureserve.logs import AccessLog
+    from secureserve.protocol import Edge, EdgeLimits
+    from secureserve.ratelimit import address_key
+
+    limits = EdgeLimits(
+        header_timeout_s=1,
+        idle_timeout_s=1,
+        max_headers=100,
+        max_head_bytes=16384,
+        max_connections=100,
+        max_connections_per_ip=2,
+        trusted_proxies=("2001:db8::1",),
+    )
+    edge = Edge(limits=limits, access=AccessLog())
+    proxy, other = "2001:db8::1", "2001:db8::2"
+    assert all(edge.admit(address_key(proxy), proxy) for _ in range(10))
+    other_edge = Edge(limits=limits, access=AccessLog())
+    assert [other_edge.admit(address_key(other), other) for _ in range(3)] == [True, True, False]
