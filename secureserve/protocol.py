@@ -36,10 +36,10 @@ from typing import TYPE_CHECKING, Any, ClassVar, Final
 import httptools
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
+from secureserve.addresses import address_key
 from secureserve.errors import RequestRejected
 from secureserve.logs import AccessRecord
 from secureserve.problems import problem_bytes
-from secureserve.ratelimit import address_key
 from secureserve.tls import peer_certificate_subject
 
 if TYPE_CHECKING:

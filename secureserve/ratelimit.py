@@ -42,23 +42,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
-import ipaddress
 import math
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable
 from typing import Any, Final, Literal, TypeVar
 
 from limits.aio.storage import Storage
 from limits.errors import ConfigurationError
 from limits.storage import storage_from_string
 
-from secureserve.config import DEFAULT_STORAGE_TIMEOUT_S, parse_rate
+from secureserve.addresses import address_key, client_ip
+from secureserve.config import parse_rate
 from secureserve.errors import ConfigError, RequestRejected
 from secureserve.logs import get_logger
+from secureserve.settings import DEFAULT_STORAGE_TIMEOUT_S
 from secureserve.windows import MemoryWindows, RedisWindows, Refusal, Window
 
-__all__ = ["RateLimiter", "address_key", "client_ip"]
+__all__ = ["RateLimiter", "address_key", "client_ip"]  # the last two from addresses.py
 
 _T = TypeVar("_T")
 _RETRY_S: Final = 1.0
@@ -126,23 +126,7 @@ def _seconds_until(epoch: float) -> str:
     return str(max(1, math.ceil(epoch - time.time())))
 
 
-_IPV4_DOTS: Final = 3
 _MAX_RECENT_FAILURES: Final = 100_000
-
-
-def address_key(ip: str) -> str:
-    """The address itself for IPv4, its /64 for IPv6 (one host gets a whole /64)."""
-    if ":" not in ip and ip.count(".") == _IPV4_DOTS and ip.replace(".", "").isdigit():
-        return ip  # dotted IPv4 as the server reported it: nothing to normalise
-    try:
-        addr = ipaddress.ip_address(ip)
-    except ValueError:
-        return ip
-    if isinstance(addr, ipaddress.IPv6Address):
-        if addr.ipv4_mapped is not None:
-            return str(addr.ipv4_mapped)
-        return str(ipaddress.IPv6Network((addr, 64), strict=False))
-    return str(addr)
 
 
 class RateLimiter:
@@ -345,65 +329,3 @@ def _unavailable() -> RequestRejected:
         headers={"Retry-After": _UNAVAILABLE_RETRY_AFTER},
         log_reason="limits-storage",
     )
-
-
-# ---- client address ------------------------------------------------------------------
-
-_Network = ipaddress.IPv4Network | ipaddress.IPv6Network
-_Address = ipaddress.IPv4Address | ipaddress.IPv6Address
-
-
-@functools.lru_cache(maxsize=16)
-def _networks(trusted: tuple[str, ...]) -> tuple[_Network, ...]:
-    try:
-        return tuple(ipaddress.ip_network(item.strip(), strict=False) for item in trusted)
-    except ValueError as exc:
-        raise ConfigError(
-            f"[server] trusted_proxies: {exc}; list IP addresses or CIDR blocks"
-        ) from None
-
-
-def _parse_ip(text: str) -> _Address | None:
-    """An address from an ``X-Forwarded-For`` entry or a peer (``[v6]:port``, ``v4:port``)."""
-    text = text.strip()
-    if text.startswith("["):
-        text = text[1 : text.find("]")] if "]" in text else ""
-    elif text.count(":") == 1:
-        text = text.partition(":")[0]
-    try:
-        addr = ipaddress.ip_address(text)
-    except ValueError:
-        return None
-    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
-        return addr.ipv4_mapped
-    return addr
-
-
-def client_ip(scope: Mapping[str, Any], trusted_proxies: Sequence[str]) -> str:
-    """The client's address for per-IP limits.
-
-    The socket peer, unless the peer is one of ``trusted_proxies`` (addresses or CIDR
-    blocks): then the right-most ``X-Forwarded-For`` entry that is not a trusted proxy
-    (the left-most entry when every one is trusted). A malformed entry met on the way
-    means the chain cannot be believed: the peer is used. ``"unknown"`` without a peer.
-    """
-    client = scope.get("client")
-    peer_text = str(client[0]) if client else "unknown"
-    if not client or not trusted_proxies:  # only the socket to believe: the server's literal
-        return peer_text
-    peer = _parse_ip(peer_text)
-    if peer is None:
-        return peer_text
-    networks = _networks(tuple(trusted_proxies))
-    if not any(peer in net for net in networks):
-        return str(peer)
-    values = [v for k, v in scope.get("headers", ()) if k.lower() == b"x-forwarded-for"]
-    entries = b",".join(values).decode("latin-1").split(",") if values else []
-    found: _Address | None = None
-    for entry in reversed(entries):
-        found = _parse_ip(entry)
-        if found is None:
-            return str(peer)
-        if not any(found in net for net in networks):
-            return str(found)
-    return str(found if found is not None else peer)

@@ -36,8 +36,8 @@ from server_helpers import copy_iris, set_toml
 from starlette.testclient import TestClient
 
 from secureserve import create_app, load_settings
-from secureserve.config import DEFAULT_MAX_BODY_BYTES
 from secureserve.keys import KeyStore, mint_key
+from secureserve.settings import DEFAULT_MAX_BODY_BYTES
 
 BASE = "https://testserver"
 PREDICT = "/v1/models/iris:predict"

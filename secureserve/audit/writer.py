@@ -42,8 +42,8 @@ from secureserve.audit.records import (
 from secureserve.audit.refusals import RefusalCounter
 from secureserve.audit.retention import last_line, oldest_beyond, pruned_fields, tail
 from secureserve.audit.verify import chain_files, listdir, rotated_pattern
-from secureserve.config import DEFAULT_AUDIT_MAX_FILES, DEFAULT_REFUSAL_WINDOW_S
 from secureserve.errors import ConfigError
+from secureserve.settings import DEFAULT_AUDIT_MAX_FILES, DEFAULT_REFUSAL_WINDOW_S
 
 if sys.platform != "win32":
     import fcntl

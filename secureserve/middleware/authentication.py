@@ -16,9 +16,9 @@ from typing import TYPE_CHECKING
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from secureserve.addresses import client_ip
 from secureserve.errors import RequestRejected
 from secureserve.middleware.probes import is_probe
-from secureserve.ratelimit import client_ip
 
 if TYPE_CHECKING:
     from collections.abc import Sequence

@@ -18,13 +18,13 @@ from typing import Any, Final
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from secureserve.addresses import client_ip
 from secureserve.audit import AuditLog, AuditUnavailable, RequestEntry, decision
 from secureserve.errors import ModelError, RequestRejected
 from secureserve.logs import AccessLog, AccessRecord
 from secureserve.metrics import Metrics, route_of
 from secureserve.middleware.probes import is_probe
 from secureserve.problems import SECURITY_HEADERS, as_rejection, problem_response
-from secureserve.ratelimit import client_ip
 
 __all__ = ["RequestContext", "RequestInfo"]
 

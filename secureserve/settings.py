@@ -1,0 +1,190 @@
+"""What secureserve can be told: the sections of ``secureserve.toml`` as frozen Structs.
+
+Each section is a strict msgspec Struct (unknown keys are errors, values are typed and
+bounded) with its secure defaults as named constants; :class:`Settings` holds them all.
+This module only declares; :mod:`secureserve.config` reads files and the environment
+into these types and refuses insecure combinations.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Final, Literal
+
+import msgspec
+
+__all__ = [
+    "FIELD_TYPES",
+    "RATE_OFF",
+    "SECTIONS",
+    "AuditSettings",
+    "AuthSettings",
+    "ClientCertificate",
+    "LimitsSettings",
+    "LoggingSettings",
+    "ModelSettings",
+    "Section",
+    "ServerSettings",
+    "Settings",
+    "TLSSettings",
+]
+
+DEFAULT_MAX_BODY_BYTES: Final = 1_048_576
+DEFAULT_MAX_INSTANCES: Final = 32
+DEFAULT_MAX_IN_FLIGHT: Final = 256
+DEFAULT_TIMEOUT_S: Final = 10.0
+DEFAULT_KEEP_ALIVE_S: Final = 5
+DEFAULT_MAX_CONNECTIONS: Final = 1024
+DEFAULT_HEADER_TIMEOUT_S: Final = 10.0
+DEFAULT_IDLE_TIMEOUT_S: Final = 10.0
+DEFAULT_HANDSHAKE_TIMEOUT_S: Final = 10.0
+DEFAULT_MAX_HEADERS: Final = 100
+DEFAULT_MAX_HEAD_BYTES: Final = 16384
+DEFAULT_MAX_CONNECTIONS_PER_IP: Final = 128
+#: Rotated audit files kept: with the default max_bytes the log peaks at (9 + 1) x 100 MiB,
+#: inside the 1 GiB volume that `secureserve new` gives it in Kubernetes.
+DEFAULT_AUDIT_MAX_FILES: Final = 9
+#: Refusals of unauthenticated callers are counted per address for this long, then written.
+DEFAULT_REFUSAL_WINDOW_S: Final = 60.0
+DEFAULT_STORAGE_TIMEOUT_S: Final = 0.5
+
+
+
+class Section(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Strict base: a typo in a key is an error, not a silently ignored setting."""
+
+
+PositiveSeconds = Annotated[float, msgspec.Meta(gt=0, le=3600)]
+
+
+class ServerSettings(Section, frozen=True):
+    """``[server]``: where to listen and how much one request may cost."""
+
+    host: str = "127.0.0.1"
+    port: Annotated[int, msgspec.Meta(ge=1, le=65535)] = 8443
+    workers: Annotated[int, msgspec.Meta(ge=1, le=64)] = 1
+    max_body_bytes: Annotated[int, msgspec.Meta(ge=64, le=1 << 30)] = DEFAULT_MAX_BODY_BYTES
+    max_instances: Annotated[int, msgspec.Meta(ge=1, le=100_000)] = DEFAULT_MAX_INSTANCES
+    max_in_flight: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = DEFAULT_MAX_IN_FLIGHT
+    max_connections: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = DEFAULT_MAX_CONNECTIONS
+    predict_timeout_s: PositiveSeconds = DEFAULT_TIMEOUT_S
+    body_timeout_s: PositiveSeconds = DEFAULT_TIMEOUT_S
+    keep_alive_s: Annotated[int, msgspec.Meta(ge=1, le=300)] = DEFAULT_KEEP_ALIVE_S
+    header_timeout_s: PositiveSeconds = DEFAULT_HEADER_TIMEOUT_S
+    idle_timeout_s: PositiveSeconds = DEFAULT_IDLE_TIMEOUT_S
+    handshake_timeout_s: PositiveSeconds = DEFAULT_HANDSHAKE_TIMEOUT_S
+    max_headers: Annotated[int, msgspec.Meta(ge=8, le=10_000)] = DEFAULT_MAX_HEADERS
+    max_head_bytes: Annotated[int, msgspec.Meta(ge=1024, le=1 << 20)] = DEFAULT_MAX_HEAD_BYTES
+    max_connections_per_ip: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = (
+        DEFAULT_MAX_CONNECTIONS_PER_IP
+    )
+    trusted_proxies: tuple[str, ...] = ()
+
+
+class TLSSettings(Section, frozen=True):
+    """``[tls]``: the server certificate, and client CAs for mutual TLS."""
+
+    cert: Path | None = None
+    key: Path | None = None
+    client_ca: Path | None = None
+    min_version: Literal["1.2", "1.3"] = "1.2"
+
+
+class ClientCertificate(Section, frozen=True):
+    """One ``[[auth.client_certificates]]`` entry: a certificate subject mapped to a principal."""
+
+    subject: str
+    roles: tuple[Literal["predict", "explain", "metrics", "admin"], ...]
+    models: tuple[str, ...] | None = None
+
+
+class AuthSettings(Section, frozen=True):
+    """``[auth]``: API key records (hashes only), JWT verification, mTLS identities."""
+
+    keys_file: Path = Path("secrets/api_keys.toml")
+    jwks_file: Path | None = None
+    jwt_issuer: str | None = None
+    jwt_audience: str | None = None
+    jwt_algorithms: tuple[Literal["RS256", "ES256", "EdDSA"], ...] = ("RS256", "ES256", "EdDSA")
+    jwt_roles_claim: str = "role"
+    jwt_models_claim: str = "models"
+    jwt_leeway_s: Annotated[int, msgspec.Meta(ge=0, le=300)] = 30
+    client_certificates: tuple[ClientCertificate, ...] = ()
+
+
+RateString = Annotated[str, msgspec.Meta(min_length=1, max_length=100)]
+#: The value that switches a limit off in secureserve.toml (TOML has no null).
+RATE_OFF: Final = "off"
+
+
+class LimitsSettings(Section, frozen=True):
+    """``[limits]``: rate limits and quotas (``limits`` rate strings such as ``"60/minute"``)."""
+
+    storage: str = "memory://"
+    per_principal: RateString | None = "60/minute"
+    per_model: RateString | None = None
+    auth_failures_per_ip: RateString | None = "10/minute"
+    quota: RateString | None = "10000/day"
+    on_storage_error: Literal["refuse", "memory"] = "refuse"
+    storage_timeout_s: Annotated[float, msgspec.Meta(gt=0, le=10)] = DEFAULT_STORAGE_TIMEOUT_S
+    key_prefix: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_.-]{1,64}$")] = "secureserve"
+
+
+class AuditSettings(Section, frozen=True):
+    """``[audit]``: the hash-chained audit log."""
+
+    path: Path = Path("audit/audit.jsonl")
+    digest_key_file: Path | None = None
+    max_bytes: Annotated[int, msgspec.Meta(ge=4096, le=1 << 40)] = 100 * 1024 * 1024
+    max_files: Annotated[int, msgspec.Meta(ge=1, le=100_000)] = DEFAULT_AUDIT_MAX_FILES
+    refusal_window_s: Annotated[float, msgspec.Meta(ge=0, le=3600)] = DEFAULT_REFUSAL_WINDOW_S
+    on_write_error: Literal["refuse", "continue"] = "refuse"
+
+
+class ModelSettings(Section, frozen=True):
+    """``[model]``: which handler to serve and where its files are."""
+
+    handler: str | None = None
+    dir: Path = Path("models")
+    signing_public_key: Path | None = None
+    encryption_key_file: Path | None = None
+    max_artifact_bytes: Annotated[int, msgspec.Meta(ge=1, le=1 << 40)] = 2 * 1024**3
+    onnx_allowed_domains: tuple[str, ...] = ()
+    onnx_threads: Annotated[int, msgspec.Meta(ge=1, le=256)] = 1
+    onnx_max_nodes: Annotated[int, msgspec.Meta(ge=1, le=10_000_000)] = 100_000
+    onnx_optimization: Literal["disabled", "basic", "extended", "all"] = "all"
+
+
+class LoggingSettings(Section, frozen=True):
+    """``[logging]``: JSON lines on stdout at this level."""
+
+    level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+class Settings(Section, frozen=True):
+    """All settings; ``project_dir`` is the folder relative paths were resolved against."""
+
+    project_dir: Path = Path()
+    server: ServerSettings = msgspec.field(default_factory=ServerSettings)
+    tls: TLSSettings = msgspec.field(default_factory=TLSSettings)
+    auth: AuthSettings = msgspec.field(default_factory=AuthSettings)
+    limits: LimitsSettings = msgspec.field(default_factory=LimitsSettings)
+    audit: AuditSettings = msgspec.field(default_factory=AuditSettings)
+    model: ModelSettings = msgspec.field(default_factory=ModelSettings)
+    logging: LoggingSettings = msgspec.field(default_factory=LoggingSettings)
+
+
+SECTIONS: Final[dict[str, type[Section]]] = {
+    "server": ServerSettings,
+    "tls": TLSSettings,
+    "auth": AuthSettings,
+    "limits": LimitsSettings,
+    "audit": AuditSettings,
+    "model": ModelSettings,
+    "logging": LoggingSettings,
+}
+#: Each section's keys and their declared types (how the environment's strings are read).
+FIELD_TYPES: Final = {
+    struct: {f.name: f.type for f in msgspec.structs.fields(struct)}
+    for struct in SECTIONS.values()
+}
