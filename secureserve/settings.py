@@ -49,7 +49,6 @@ DEFAULT_REFUSAL_WINDOW_S: Final = 60.0
 DEFAULT_STORAGE_TIMEOUT_S: Final = 0.5
 
 
-
 class Section(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """Strict base: a typo in a key is an error, not a silently ignored setting."""
 
@@ -185,6 +184,5 @@ SECTIONS: Final[dict[str, type[Section]]] = {
 }
 #: Each section's keys and their declared types (how the environment's strings are read).
 FIELD_TYPES: Final = {
-    struct: {f.name: f.type for f in msgspec.structs.fields(struct)}
-    for struct in SECTIONS.values()
+    struct: {f.name: f.type for f in msgspec.structs.fields(struct)} for struct in SECTIONS.values()
 }
