@@ -40,14 +40,13 @@ the smallest chunk size); larger files are refused, never wrapped. Nonces are un
 per key as long as no two files draw the same random 64-bit prefix: past a few
 million files under one key, rotate the key.
 
-The key is 32 random bytes, stored base64 in a file of mode 0600
-(:func:`generate_key`) or in ``SECURESERVE_MODEL__ENCRYPTION_KEY`` (:func:`load_key`).
+The key is 32 random bytes, stored base64 in a file of mode 0600 or in
+``SECURESERVE_MODEL__ENCRYPTION_KEY``: :mod:`secureserve.encryption_keys` makes and
+loads it (``generate_key`` and ``load_key`` are re-exported here).
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import contextlib
 import os
 import struct
@@ -58,11 +57,12 @@ from typing import TYPE_CHECKING, BinaryIO, Final
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from secureserve.encryption_keys import KEY_BYTES, KEY_ENV, generate_key, load_key
 from secureserve.errors import ArtifactError, ConfigError
-from secureserve.secretfiles import create_new, open_regular, read_private
+from secureserve.secretfiles import open_regular
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator, Mapping
+    from collections.abc import Iterator
 
 __all__ = [
     "DEFAULT_CHUNK_SIZE",
@@ -82,7 +82,6 @@ __all__ = [
 #: (catches 7-bit transfers and cannot start text, JSON or a safetensors header), then
 #: CR LF (catches line-ending conversion).
 MAGIC: Final = b"\x89SSENC\r\n"
-KEY_ENV: Final = "SECURESERVE_MODEL__ENCRYPTION_KEY"
 MIN_CHUNK_SIZE: Final = 4 * 1024
 MAX_CHUNK_SIZE: Final = 64 * 1024 * 1024
 DEFAULT_CHUNK_SIZE: Final = 1024 * 1024
@@ -91,52 +90,7 @@ _VERSION: Final = 1
 _HEADER: Final = struct.Struct(">8sBI8s")
 _COUNTER: Final = struct.Struct(">I")
 _TAG_BYTES: Final = 16
-_KEY_BYTES: Final = 32
 _MAX_CHUNKS: Final = 1 << 32
-_MAX_KEY_FILE: Final = 1024
-_KEY_SETTING: Final = "[model] encryption_key_file"
-_GENERATE_HINT: Final = (
-    "create one with `secureserve encryption-key new PATH` (or `openssl rand -base64 32`)"
-)
-
-
-def generate_key(path: Path) -> None:
-    """Write a new random 32-byte key, base64 and a newline, to ``path`` (mode 0600).
-
-    The file is created with mode 0600 from the first instant and never replaces an
-    existing file (:class:`ConfigError` names it).
-    """
-    content = base64.b64encode(os.urandom(_KEY_BYTES)) + b"\n"
-    create_new(path, content, keeps="files encrypted with it could no longer be read")
-
-
-def load_key(
-    *,
-    key_file: Path | None = None,
-    environ: Mapping[str, str] | None = None,
-) -> bytes:
-    """The 32-byte key from ``key_file`` if given, else from ``$SECURESERVE_MODEL__ENCRYPTION_KEY``.
-
-    Both hold the key in base64 (surrounding whitespace ignored). ``environ``
-    defaults to ``os.environ``. Raises :class:`ConfigError`, naming the file or
-    variable (never the value) and the fix, when the key is missing, not base64 or
-    not exactly 32 bytes, or when the file is not a regular file or group or others
-    may read or write it.
-    """
-    if key_file is not None:
-        return _decode_key(_read_key_file(key_file), f"{_KEY_SETTING} {key_file}")
-    env = os.environ if environ is None else environ
-    value = env.get(KEY_ENV)
-    if value is None:
-        raise ConfigError(
-            f"no encryption key for encrypted artifacts: set {_KEY_SETTING} to a key file "
-            f"(mode 0600) or the environment variable {KEY_ENV}; {_GENERATE_HINT}."
-        )
-    try:
-        raw = value.encode("ascii")
-    except UnicodeEncodeError:
-        raw = b"\xff"  # not base64 either way; reported below
-    return _decode_key(raw, f"environment variable {KEY_ENV}")
 
 
 def is_encrypted(data: bytes | memoryview) -> bool:
@@ -344,9 +298,9 @@ def _malformed(name: str, why: str) -> ArtifactError:
 
 
 def _cipher(key: bytes) -> AESGCM:
-    if not isinstance(key, bytes) or len(key) != _KEY_BYTES:
+    if not isinstance(key, bytes) or len(key) != KEY_BYTES:
         raise ConfigError(
-            f"the encryption key must be {_KEY_BYTES} bytes (AES-256); load it with "
+            f"the encryption key must be {KEY_BYTES} bytes (AES-256); load it with "
             "secureserve.encryption.load_key."
         )
     return AESGCM(key)
@@ -405,35 +359,3 @@ def _atomic_output(target: Path) -> Iterator[BinaryIO]:
     except BaseException:
         temporary.unlink(missing_ok=True)
         raise
-
-
-def _read_key_file(path: Path) -> bytes:
-    """Read a small, private, regular key file through one descriptor."""
-    return read_private(
-        path,
-        source=f"{_KEY_SETTING} {path}",
-        exposure="anyone who reads it can decrypt the models (in Kubernetes, mount the "
-        "secret with defaultMode 0400)",
-        hint=_GENERATE_HINT,
-        max_bytes=_MAX_KEY_FILE,
-    )
-
-
-def _decode_key(raw: bytes, source: str) -> bytes:
-    """Strict base64 of exactly 32 bytes; messages never show the value."""
-    text = raw.strip(b" \t\r\n")
-    if not text:
-        raise ConfigError(f"{source} is empty; {_GENERATE_HINT}.")
-    try:
-        key = base64.b64decode(text, validate=True)
-    except (binascii.Error, ValueError):
-        raise ConfigError(
-            f"{source} is not valid base64; it must hold a base64-encoded 32-byte key "
-            f"({_GENERATE_HINT})."
-        ) from None
-    if len(key) != _KEY_BYTES:
-        raise ConfigError(
-            f"{source} decodes to {len(key)} bytes; AES-256 needs exactly {_KEY_BYTES}. "
-            f"{_GENERATE_HINT[0].upper()}{_GENERATE_HINT[1:]}."
-        )
-    return key
