@@ -55,8 +55,9 @@ from secureserve.addresses import address_key, client_ip
 from secureserve.config import parse_rate
 from secureserve.errors import ConfigError, RequestRejected
 from secureserve.logs import get_logger
+from secureserve.redis_windows import RedisWindows
 from secureserve.settings import DEFAULT_STORAGE_TIMEOUT_S
-from secureserve.windows import MemoryWindows, RedisWindows, Refusal, Window
+from secureserve.windows import MemoryWindows, Refusal, Window
 
 __all__ = ["RateLimiter", "address_key", "client_ip"]  # the last two from addresses.py
 
