@@ -16,7 +16,7 @@ from typing import Any, Final
 
 from secureserve.errors import ConfigError
 
-__all__ = ["address_key", "client_ip"]
+__all__ = ["address_key", "client_ip", "is_trusted_proxy"]
 
 _IPV4_DOTS: Final = 3
 
@@ -64,6 +64,14 @@ def _parse_ip(text: str) -> _Address | None:
     if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
         return addr.ipv4_mapped
     return addr
+
+
+def is_trusted_proxy(address: str, trusted_proxies: Sequence[str]) -> bool:
+    """Whether the socket peer ``address`` is one of ``trusted_proxies`` (addresses or blocks)."""
+    if not trusted_proxies:
+        return False
+    peer = _parse_ip(address)
+    return peer is not None and any(peer in net for net in _networks(tuple(trusted_proxies)))
 
 
 def client_ip(scope: Mapping[str, Any], trusted_proxies: Sequence[str]) -> str:

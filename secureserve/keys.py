@@ -38,7 +38,7 @@ from typing import Final
 import msgspec
 
 from secureserve.errors import ConfigError
-from secureserve.secretfiles import read_regular
+from secureserve.secretfiles import fsync_folder, read_regular
 
 __all__ = [
     "ROLES",
@@ -169,23 +169,7 @@ def write_records(path: Path, records: list[KeyRecord]) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    _fsync_folder(path.parent)
-
-
-def _fsync_folder(folder: Path) -> None:
-    """Make the rename durable: a crash right after it cannot bring the old file back.
-
-    Best effort: the rename is done either way, and some file systems refuse to sync a
-    folder.
-    """
-    if sys.platform == "win32":  # pragma: no cover - folders cannot be opened there
-        return
-    with contextlib.suppress(OSError):
-        fd = os.open(folder, os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+    fsync_folder(path.parent)  # a crash right after the rename cannot bring the old file back
 
 
 _LOCK_FLAGS: Final = (

@@ -13,7 +13,7 @@ size of request headers, and answers what its parser refuses with a plain-text 4
   alone is over the bound), before the rest is even parsed;
 - **connection caps**: at most ``max_connections`` in all and
   ``max_connections_per_ip`` from one client address (addresses in ``trusted_proxies``
-  are exempt: behind a proxy every client shares its address); one more is closed at
+  are exempt: behind a proxy every client shares its address); one more is dropped at
   once, as a full backlog would;
 - the **ASGI TLS extension** (the verified client certificate's subject, for mTLS).
 
@@ -28,18 +28,18 @@ deadline (``handshake_timeout_s``) belongs to the listening socket: see
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import os
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar, Final
+from typing import TYPE_CHECKING, ClassVar, Final
 
 import httptools
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
-from secureserve.addresses import address_key
+from secureserve.addresses import address_key, is_trusted_proxy
 from secureserve.errors import RequestRejected
 from secureserve.logs import AccessRecord
 from secureserve.problems import problem_bytes
+from secureserve.settings import ServerSettings
 from secureserve.tls import peer_certificate_subject
 
 if TYPE_CHECKING:
@@ -47,43 +47,24 @@ if TYPE_CHECKING:
     from secureserve.logs import AccessLog
     from secureserve.metrics import Metrics
 
-__all__ = ["Edge", "EdgeLimits", "SecureHttpProtocol"]
+__all__ = ["Edge", "SecureHttpProtocol"]
 
 _MAX_LOGGED_PATH: Final = 200
 
 
-@dataclass(frozen=True, kw_only=True)
-class EdgeLimits:
-    """The per-connection bounds of ``[server]`` (see docs/configuration.md)."""
-
-    header_timeout_s: float
-    idle_timeout_s: float
-    max_headers: int
-    max_head_bytes: int
-    max_connections: int
-    max_connections_per_ip: int
-    trusted_proxies: tuple[str, ...] = ()
-
-
 @dataclass(kw_only=True)
 class Edge:
-    """What every connection of one server shares: bounds, counts and where to report.
+    """What every connection of one server shares: its bounds, counts and where to report.
 
-    ``per_ip`` holds one entry per client address with an open connection, so it is
-    bounded by ``max_connections``.
+    ``server`` holds the bounds (``[server]``). ``per_ip`` holds one entry per client
+    address with an open connection, so it is bounded by ``max_connections``.
     """
 
-    limits: EdgeLimits
+    server: ServerSettings
     access: AccessLog
     audit: AuditLog | None = None
     metrics: Metrics | None = None
     per_ip: dict[str, int] = field(default_factory=dict)
-    exempt: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
-
-    def __post_init__(self) -> None:
-        self.exempt = tuple(
-            ipaddress.ip_network(item, strict=False) for item in self.limits.trusted_proxies
-        )
 
     def admit(self, ip: str, peer: str) -> bool:
         """Count a new connection from ``ip`` (an address key); False if one too many.
@@ -92,7 +73,10 @@ class Edge:
         judged by (an IPv6 key is a /64, not an address).
         """
         count = self.per_ip.get(ip, 0)
-        if count >= self.limits.max_connections_per_ip and not self._exempt(peer):
+        server = self.server
+        if count >= server.max_connections_per_ip and not is_trusted_proxy(
+            peer, server.trusted_proxies
+        ):
             return False
         self.per_ip[ip] = count + 1
         return True
@@ -104,15 +88,6 @@ class Edge:
             self.per_ip.pop(ip, None)
         else:
             self.per_ip[ip] = count - 1
-
-    def _exempt(self, ip: str) -> bool:
-        if not self.exempt:
-            return False
-        try:
-            address = ipaddress.ip_address(ip)
-        except ValueError:
-            return False
-        return any(address in network for network in self.exempt)
 
 
 class _HeadRefused(Exception):  # noqa: N818 - a signal out of the parser's callbacks
@@ -127,6 +102,10 @@ def _head_too_large(detail: str, reason: str) -> RequestRejected:
         detail=detail,
         log_reason=reason,
     )
+
+
+def _head_over_bytes(limit: int) -> RequestRejected:
+    return _head_too_large(f"the request head may be at most {limit} bytes", "max_head_bytes")
 
 
 class SecureHttpProtocol(HttpToolsProtocol):
@@ -158,7 +137,7 @@ class SecureHttpProtocol(HttpToolsProtocol):
         edge = self.edge
         address = str(self.client[0]) if self.client else "unknown"
         peer = address_key(address)
-        if len(self.connections) > edge.limits.max_connections or not edge.admit(peer, address):
+        if len(self.connections) > edge.server.max_connections or not edge.admit(peer, address):
             # Over a cap: refused as a full backlog would, at once. abort(), not close(): a
             # TLS close waits for the client's reply, and this connection must stop
             # counting against max_connections now, not when the client answers.
@@ -172,7 +151,7 @@ class SecureHttpProtocol(HttpToolsProtocol):
             "client_cert_name": peer_certificate_subject(certificate),
             "tls_version": ssl_object.version() if ssl_object else None,
         }
-        self._idle = self.loop.call_later(edge.limits.idle_timeout_s, self._idle_over)
+        self._idle = self.loop.call_later(edge.server.idle_timeout_s, self._idle_over)
 
     def connection_lost(self, exc: Exception | None) -> None:
         """Release the address's slot and every timer."""
@@ -221,14 +200,9 @@ class SecureHttpProtocol(HttpToolsProtocol):
         # complete, and copies the part it has at every read: count what this head took
         # so far, so that one endless header line cannot get past max_head_bytes.
         self._head_raw = self._head_raw + len(data) if continued else len(data)
-        limits = self.edge.limits
+        limits = self.edge.server
         if continued and self._head_raw > limits.max_head_bytes:
-            self._refuse(
-                _head_too_large(
-                    f"the request head may be at most {limits.max_head_bytes} bytes",
-                    "max_head_bytes",
-                )
-            )
+            self._refuse(_head_over_bytes(limits.max_head_bytes))
             return
         if self._head is None:
             deadline = self._head_started + limits.header_timeout_s
@@ -251,7 +225,7 @@ class SecureHttpProtocol(HttpToolsProtocol):
     def on_url(self, url: bytes) -> None:
         """Count the request target against the head bound (414 when it alone is over)."""
         self._head_bytes += len(url)
-        if self._head_bytes > self.edge.limits.max_head_bytes:
+        if self._head_bytes > self.edge.server.max_head_bytes:
             self._stop(
                 RequestRejected(
                     414, "uri-too-long", "Request target too long", log_reason="max_head_bytes"
@@ -261,18 +235,13 @@ class SecureHttpProtocol(HttpToolsProtocol):
 
     def on_header(self, name: bytes, value: bytes) -> None:
         """Count header lines and bytes (431 over either bound)."""
-        limits = self.edge.limits
+        limits = self.edge.server
         self._head_count += 1
         self._head_bytes += len(name) + len(value) + 4  # ": " and CRLF
         if self._head_count > limits.max_headers:
             self._stop(_head_too_large(f"send at most {limits.max_headers} headers", "max_headers"))
         if self._head_bytes > limits.max_head_bytes:
-            self._stop(
-                _head_too_large(
-                    f"the request head may be at most {limits.max_head_bytes} bytes",
-                    "max_head_bytes",
-                )
-            )
+            self._stop(_head_over_bytes(limits.max_head_bytes))
         super().on_header(name, value)
 
     def on_headers_complete(self) -> None:
@@ -320,7 +289,8 @@ class SecureHttpProtocol(HttpToolsProtocol):
             return
         cycle = self.cycle
         if cycle is not None and not cycle.response_complete:
-            if self.pipeline or cycle.response_started or self._head_started_after(cycle):
+            later_head = self.scope is not cycle.scope  # a pipelined request's, not cycle's
+            if self.pipeline or cycle.response_started or later_head:
                 cycle.keep_alive = False
                 self.flow.pause_reading()
                 if not cycle.response_started:
@@ -333,10 +303,6 @@ class SecureHttpProtocol(HttpToolsProtocol):
         self.transport.write(problem_bytes(STATUS_LINE[refusal.status], refusal, request_id))
         self.transport.close()
         self._report(refusal, request_id)
-
-    def _head_started_after(self, cycle: Any) -> bool:
-        """Whether the head being refused belongs to a later request than ``cycle``'s."""
-        return bool(self.scope is not cycle.scope)
 
     def _report(self, refusal: RequestRejected, request_id: str) -> None:
         edge = self.edge

@@ -204,12 +204,12 @@ class RateLimiter:
     async def auth_failure(self, ip: str) -> None:
         """Record one failed authentication from ``ip``."""
         if self._auth is not None:
-            charge = ([(self._auth, address_key(ip))], 1)
+            auth, key = self._auth, address_key(ip)
             failures = self._recent_failures
             if len(failures) >= _MAX_RECENT_FAILURES:  # a flood of addresses: forget the hints
                 failures.clear()
-            failures[charge[0][0][1]] = time.monotonic()
-            await self._run(lambda backend: backend.charge([charge]))
+            failures[key] = time.monotonic()
+            await self._run(lambda backend: backend.charge([([(auth, key)], 1)]))
 
     async def auth_blocked(self, ip: str) -> dict[str, str] | None:
         """None if ``ip`` may try to authenticate, else the 429 headers (``Retry-After``).

@@ -22,7 +22,7 @@ from typing import BinaryIO
 
 from secureserve.errors import ConfigError
 
-__all__ = ["create_new", "open_regular", "read_private", "read_regular"]
+__all__ = ["create_new", "fsync_folder", "open_regular", "read_private", "read_regular"]
 
 
 def create_new(path: Path, content: bytes, *, mode: int = 0o600, keeps: str = "") -> None:
@@ -119,3 +119,21 @@ def read_private(path: Path, *, source: str, exposure: str, hint: str, max_bytes
     if len(content) > max_bytes:
         raise ConfigError(f"{source} is too large to be a key file; point it at the key file.")
     return content
+
+
+def fsync_folder(folder: Path) -> None:
+    """Make a rename or creation in ``folder`` durable; best effort.
+
+    The rename is done either way, and not every platform or file system lets a folder
+    be synced.
+    """
+    try:
+        fd = os.open(folder, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

@@ -34,7 +34,7 @@ from starlette.applications import Starlette
 from secureserve.config import Settings
 from secureserve.errors import ConfigError
 from secureserve.logs import access_log
-from secureserve.protocol import Edge, EdgeLimits, SecureHttpProtocol
+from secureserve.protocol import Edge, SecureHttpProtocol
 
 __all__ = ["bind_socket", "serve"]
 
@@ -155,20 +155,7 @@ def serve(app: Starlette, settings: Settings, context: ssl.SSLContext, sock: soc
     """
     server = settings.server
     serving = app.state.serving
-    edge = Edge(
-        limits=EdgeLimits(
-            header_timeout_s=server.header_timeout_s,
-            idle_timeout_s=server.idle_timeout_s,
-            max_headers=server.max_headers,
-            max_head_bytes=server.max_head_bytes,
-            max_connections=server.max_connections,
-            max_connections_per_ip=server.max_connections_per_ip,
-            trusted_proxies=server.trusted_proxies,
-        ),
-        access=access_log(),
-        audit=serving.audit,
-        metrics=serving.metrics,
-    )
+    edge = Edge(server=server, access=access_log(), audit=serving.audit, metrics=serving.metrics)
     protocol = type("BoundedHttpProtocol", (SecureHttpProtocol,), {"edge": edge})
     config = uvicorn.Config(
         app,

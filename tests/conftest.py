@@ -2,14 +2,29 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
+
+
+def load_iris() -> type:
+    """The Iris handler class of examples/iris/app.py, imported once under a unique name."""
+    name = "secureserve_tests_iris_app"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, EXAMPLES / "iris" / "app.py")
+        assert spec is not None
+        assert spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name].Iris  # type: ignore[no-any-return]
 
 
 def shared_fixtures() -> Path | None:

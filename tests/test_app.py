@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import importlib.util
 import re
-import sys
 
 import msgspec
 import pytest
-from conftest import EXAMPLES
+from conftest import EXAMPLES, load_iris
 from starlette.applications import Starlette
 from starlette.routing import Mount
 from starlette.testclient import TestClient as StarletteClient
@@ -29,18 +27,7 @@ PROBLEM_KEYS = {"type", "title", "status", "request_id", "detail"}
 GENERATED_ID = re.compile(r"[0-9a-f]{24}")
 
 
-def _load_iris():
-    """The Iris handler class of examples/iris/app.py, imported once under a unique name."""
-    name = "secureserve_tests_iris_app"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, EXAMPLES / "iris" / "app.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name].Iris
-
-
-Iris = _load_iris()
+Iris = load_iris()
 
 
 class Item(msgspec.Struct, forbid_unknown_fields=True):

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import importlib.util
 import io
 import json
 import logging
 import math
-import sys
 import threading
 import time
 
@@ -17,7 +15,7 @@ import httpx2
 import msgspec
 import pytest
 import structlog
-from conftest import EXAMPLES, shared_fixtures
+from conftest import EXAMPLES, load_iris, shared_fixtures
 from starlette.testclient import TestClient as StarletteClient
 
 import secureserve as ss
@@ -53,18 +51,7 @@ LEAKS = (
 )
 
 
-def _load_iris():
-    """The Iris handler class of examples/iris/app.py, imported once under a unique name."""
-    name = "secureserve_tests_iris_app"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, EXAMPLES / "iris" / "app.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name].Iris
-
-
-Iris = _load_iris()
+Iris = load_iris()
 
 
 def _input_rows():

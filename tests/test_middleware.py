@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import io
 import json
 import logging
-import sys
 import tempfile
 import threading
 import time
@@ -18,7 +16,7 @@ import httpx2
 import msgspec
 import pytest
 import structlog
-from conftest import EXAMPLES
+from conftest import EXAMPLES, load_iris
 from starlette.testclient import TestClient as StarletteClient
 
 import secureserve as ss
@@ -33,18 +31,7 @@ PROBLEM = "application/problem+json"
 NOW = datetime.now(UTC)
 
 
-def _load_iris():
-    """The Iris handler class of examples/iris/app.py, imported once under a unique name."""
-    name = "secureserve_tests_iris_app"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, EXAMPLES / "iris" / "app.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name].Iris
-
-
-Iris = _load_iris()
+Iris = load_iris()
 
 PREDICT_KEY = mint_key(name="predictor", roles=("predict",))
 ADMIN_KEY = mint_key(name="admin", roles=("admin",))

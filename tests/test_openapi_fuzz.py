@@ -10,14 +10,12 @@ and judged by the same checks.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import re
-import sys
 
 import pytest
 import schemathesis
-from conftest import EXAMPLES
+from conftest import load_iris
 from hypothesis import HealthCheck, given, settings
 from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
@@ -85,22 +83,11 @@ def _bearer(key) -> dict[str, str]:
     return {"Authorization": f"Bearer {key.secret}"}
 
 
-def _load_iris():
-    """The Iris handler class of examples/iris/app.py, imported once under a unique name."""
-    name = "secureserve_tests_openapi_fuzz_iris_app"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, EXAMPLES / "iris" / "app.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name].Iris
-
-
 def _iris_app(project, **limits):
     """create_app(Iris) for a copy of examples/iris with these [limits] and the keys above."""
     set_toml(project, "limits", **limits)
     return create_app(
-        _load_iris(),
+        load_iris(),
         config=load_settings(project_dir=project),
         keys=KeyStore(None, records=[k.record for k in KEYS]),
         audit_key=os.urandom(32),

@@ -386,21 +386,14 @@ def test_protocol_refused_connections_do_not_hold_server_slots(tmp_path):
 
 def test_protocol_trusted_ipv6_proxy_is_exempt_from_the_address_cap():
     """A trusted IPv6 proxy's connections are not capped (its key is a /64, not itself)."""
+    from secureserve.addresses import address_key
     from secureserve.logs import AccessLog
-    from secureserve.protocol import Edge, EdgeLimits
-    from secureserve.ratelimit import address_key
+    from secureserve.protocol import Edge
+    from secureserve.settings import ServerSettings
 
-    limits = EdgeLimits(
-        header_timeout_s=1,
-        idle_timeout_s=1,
-        max_headers=100,
-        max_head_bytes=16384,
-        max_connections=100,
-        max_connections_per_ip=2,
-        trusted_proxies=("2001:db8::1",),
-    )
-    edge = Edge(limits=limits, access=AccessLog())
+    server = ServerSettings(max_connections_per_ip=2, trusted_proxies=("2001:db8::1",))
+    edge = Edge(server=server, access=AccessLog())
     proxy, other = "2001:db8::1", "2001:db8::2"
     assert all(edge.admit(address_key(proxy), proxy) for _ in range(10))
-    other_edge = Edge(limits=limits, access=AccessLog())
+    other_edge = Edge(server=server, access=AccessLog())
     assert [other_edge.admit(address_key(other), other) for _ in range(3)] == [True, True, False]

@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import importlib.util
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import hostile
 import msgspec
 import pytest
-from conftest import EXAMPLES, shared_fixtures
+from conftest import load_iris, shared_fixtures
 from server_helpers import set_toml
 
 import secureserve as ss
@@ -34,18 +32,7 @@ MANIFEST = json.loads((FIXTURES / "manifest.json").read_text()) if FIXTURES else
 REFUSED_FIXTURES = [m for m in MANIFEST["models"] if m["expect"] == "refuse"]
 
 
-def _load_iris():
-    """The Iris handler class of examples/iris/app.py, imported once under a unique name."""
-    name = "secureserve_tests_iris_app"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, EXAMPLES / "iris" / "app.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name].Iris
-
-
-Iris = _load_iris()
+Iris = load_iris()
 
 
 class IrisWithExtra(Iris):

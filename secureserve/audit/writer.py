@@ -43,6 +43,7 @@ from secureserve.audit.refusals import RefusalCounter
 from secureserve.audit.retention import last_line, oldest_beyond, pruned_fields, tail
 from secureserve.audit.verify import chain_files, listdir, rotated_pattern
 from secureserve.errors import ConfigError
+from secureserve.secretfiles import fsync_folder
 from secureserve.settings import DEFAULT_AUDIT_MAX_FILES, DEFAULT_REFUSAL_WINDOW_S
 
 if sys.platform != "win32":
@@ -423,7 +424,7 @@ class AuditLog:
             target = self._rotated_name()
             self.path.rename(target)
             os.close(fd)
-            _fsync_dir(self.path.parent)
+            fsync_folder(self.path.parent)
             self._rotated_from = target.name
             self._log.warning(
                 "audit log ended with a torn or invalid line; moved it aside and started a "
@@ -475,7 +476,7 @@ class AuditLog:
         except BaseException:
             os.close(fd)
             raise
-        _fsync_dir(self.path.parent)
+        fsync_folder(self.path.parent)
         self._adopt(fd, 0)
 
     def _adopt(self, fd: int, size: int) -> None:
@@ -599,7 +600,7 @@ class AuditLog:
         self.path.rename(target)
         self._fd = None
         os.close(fd)
-        _fsync_dir(self.path.parent)
+        fsync_folder(self.path.parent)
         self._rotated_from = target.name
         self._torn = False
         self._log_head("rotation", rotated_to=str(target))
@@ -637,7 +638,7 @@ class AuditLog:
                 pass
             except OSError as exc:
                 self._log.error("old audit file not removed", file=str(victim), reason=_reason(exc))
-        _fsync_dir(self.path.parent)
+        fsync_folder(self.path.parent)
         self._log.info(
             "old audit files removed",
             files=names,
@@ -683,17 +684,3 @@ def _fsync(fd: int) -> None:
     """Best effort: the caller goes on whether the disk confirms or not."""
     with contextlib.suppress(OSError):
         os.fsync(fd)
-
-
-def _fsync_dir(folder: Path) -> None:
-    """Make a rename or creation durable; best effort (not every platform allows it)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY | os.O_CLOEXEC)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)

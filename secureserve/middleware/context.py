@@ -108,7 +108,9 @@ class RequestContext:
 
         self.metrics.in_flight.inc()
         try:
-            await (_doubled(doubled) if doubled else self.app(scope, receive, send_with_headers))
+            if doubled:
+                raise _doubled(doubled)  # noqa: TRY301 - handled below like every refusal
+            await self.app(scope, receive, send_with_headers)
         except Exception as exc:  # the last resort for every failure
             rejection = as_rejection(exc)
             info.log_reason = rejection.log_reason or info.log_reason
@@ -213,8 +215,8 @@ def _response_headers(
     return headers
 
 
-async def _doubled(name: str) -> None:
-    raise RequestRejected(
+def _doubled(name: str) -> RequestRejected:
+    return RequestRejected(
         400,
         "bad-request",
         "Bad request",
