@@ -23,11 +23,11 @@ from secureserve.audit import (
     RequestEntry,
     VerifyResult,
     chain_files,
+    chainfile,
     format_result,
     generate_digest_key,
     load_digest_key,
     verify_chain,
-    writer,
 )
 from secureserve.audit.refusals import MAX_CLIENTS, RefusalCounter
 from secureserve.errors import ConfigError, RequestRejected
@@ -525,12 +525,12 @@ def test_deleted_file_not_recreatable_refuses(log_path, logger, monkeypatch):
                 raise PermissionError(errno.EACCES, "Permission denied")
             return real_open(path, flags, *args, **kwargs)
 
-        monkeypatch.setattr(writer.os, "open", refuse)
+        monkeypatch.setattr(chainfile.os, "open", refuse)
         with pytest.raises(AuditUnavailable):
             log.check_writable()
         with pytest.raises(AuditUnavailable):
             _request(log)
-        monkeypatch.setattr(writer.os, "open", real_open)
+        monkeypatch.setattr(chainfile.os, "open", real_open)
         log.check_writable()
         _request(log)
     assert len(logger.at("error")) == 2  # the deletion, then one outage
@@ -570,7 +570,7 @@ def test_write_error_refuses(log_path, logger, monkeypatch):
         raise OSError(errno.ENOSPC, "No space left on device")
 
     with _open(log_path, logger) as log:
-        monkeypatch.setattr(writer.os, "write", full)
+        monkeypatch.setattr(chainfile.os, "write", full)
         with pytest.raises(AuditUnavailable, match="503"):
             _request(log)
         monkeypatch.undo()
@@ -586,11 +586,11 @@ def test_write_error_continue_logs_once(log_path, logger, monkeypatch):
 
     with _open(log_path, logger, on_write_error="continue") as log:
         _request(log, 0)
-        monkeypatch.setattr(writer.os, "write", denied)
+        monkeypatch.setattr(chainfile.os, "write", denied)
         for n in range(1, 4):
             _request(log, n)
         log.check_writable()
-        monkeypatch.setattr(writer.os, "write", real_write)
+        monkeypatch.setattr(chainfile.os, "write", real_write)
         _request(log, 4)
     assert logger.at("error") == ["audit log cannot be written"]
     records = [msgspec.json.decode(line) for line in _lines(log_path)]
@@ -625,10 +625,10 @@ def test_partial_write_is_undone(log_path, logger, monkeypatch):
 
     with _open(log_path, logger) as log:
         _request(log, 0)
-        monkeypatch.setattr(writer.os, "write", half)
+        monkeypatch.setattr(chainfile.os, "write", half)
         with pytest.raises(AuditUnavailable):
             _request(log, 1)
-        monkeypatch.setattr(writer.os, "write", real_write)
+        monkeypatch.setattr(chainfile.os, "write", real_write)
         _request(log, 2)
     assert _verify(log_path).ok
 
@@ -638,7 +638,7 @@ def test_partial_write_not_undone_moves_file_aside(log_path, logger, monkeypatch
     real_write = os.write
 
     def half(fd: int, data: bytes) -> int:
-        monkeypatch.setattr(writer.os, "write", failing)
+        monkeypatch.setattr(chainfile.os, "write", failing)
         return real_write(fd, bytes(data)[:10])
 
     def failing(fd: int, data: bytes) -> int:
@@ -649,8 +649,8 @@ def test_partial_write_not_undone_moves_file_aside(log_path, logger, monkeypatch
 
     with _open(log_path, logger) as log:
         _request(log, 0)
-        monkeypatch.setattr(writer.os, "write", half)
-        monkeypatch.setattr(writer.os, "ftruncate", no_truncate)
+        monkeypatch.setattr(chainfile.os, "write", half)
+        monkeypatch.setattr(chainfile.os, "ftruncate", no_truncate)
         with pytest.raises(AuditUnavailable):
             _request(log, 1)
         monkeypatch.undo()
@@ -787,7 +787,7 @@ def test_request_async_writes_one_iteration_with_one_write(tmp_path, monkeypatch
         writes.append(len(data))
         return real_write(fd, data)
 
-    monkeypatch.setattr(writer.os, "write", counting_write)
+    monkeypatch.setattr(chainfile.os, "write", counting_write)
 
     async def scenario():
         await asyncio.gather(
@@ -822,10 +822,10 @@ def test_request_async_failed_batch_refuses_all_and_keeps_the_chain(tmp_path, mo
         )
         return await asyncio.gather(*jobs, return_exceptions=True)
 
-    monkeypatch.setattr(writer.os, "write", failing_write)
+    monkeypatch.setattr(chainfile.os, "write", failing_write)
     results = asyncio.run(batch(1))
     assert all(isinstance(r, RequestRejected) and r.status == 503 for r in results)
-    monkeypatch.setattr(writer.os, "write", real_write)
+    monkeypatch.setattr(chainfile.os, "write", real_write)
     assert asyncio.run(batch(4)) == [None, None, None]
     log.close()
     result = verify_chain(chain_files(tmp_path / "a.jsonl"))
@@ -968,7 +968,7 @@ def test_retention_files_removed_even_when_the_record_cannot_be_written(
             raise OSError(errno.ENOSPC, "No space left on device")
         return real_write(fd, data)
 
-    monkeypatch.setattr(writer.os, "write", full_for_the_prune)
+    monkeypatch.setattr(chainfile.os, "write", full_for_the_prune)
     files = _pruned_chain(log_path, logger)
     monkeypatch.undo()
     assert refused
@@ -1011,7 +1011,7 @@ def test_build_access_passes_retention_and_window(tmp_path, logger):
     settings = Settings(project_dir=tmp_path, audit=msgspec.convert(audit, type(Settings().audit)))
     access = build_access(settings, logger=logger, keys=KeyStore(None, records=[]), audit_key=KEY)
     with access.audit as log:
-        assert log._max_files == 3
+        assert log._file.max_files == 3
         _refuse(log)
         assert [r["count"] for r in _refusals(tmp_path / "audit.jsonl")] == [1]
     assert any("refusal_window_s = 0" in event for event in logger.at("warning"))
@@ -1160,7 +1160,7 @@ def test_refusals_unwritable_are_counted_as_lost_not_raised(log_path, logger, mo
 
     with _open(log_path, logger) as log:
         _refuse(log)
-        monkeypatch.setattr(writer.os, "write", full)
+        monkeypatch.setattr(chainfile.os, "write", full)
         log._refusals.flush()
         monkeypatch.undo()
         _request(log)

@@ -31,14 +31,16 @@ record states how many records were lost.
 
 Modules. Dependencies run one way: ``records`` and ``digest_key`` use no other audit
 module, ``verify`` and ``refusals`` use ``records``, ``retention`` uses ``records``
-and ``verify``, ``writer`` uses all of them, and this package re-exports the public
-names.
+and ``verify``, ``chainfile`` uses those three, ``writer`` uses all of them, and this
+package re-exports the public names.
 
 - :mod:`secureserve.audit.records`: what a line holds (:class:`AuditRecord`,
   :class:`RequestEntry`, :func:`decision`), the field shaping and line hashing, and
   :class:`AuditUnavailable`.
-- :mod:`secureserve.audit.writer`: :class:`AuditLog`, which appends, chains, rotates
-  and fails closed.
+- :mod:`secureserve.audit.writer`: :class:`AuditLog`, which shapes and batches
+  records, counts refusals and fails closed.
+- :mod:`secureserve.audit.chainfile`: the file on disk, which chains lines, rotates,
+  prunes and notices a file deleted or replaced.
 - :mod:`secureserve.audit.verify`: :func:`chain_files`, :func:`verify_chain`,
   :class:`VerifyResult` and :func:`format_result`.
 - :mod:`secureserve.audit.retention`: which rotated files go, and the

@@ -1,12 +1,13 @@
-"""The audit writer: :class:`AuditLog` appends hash-chained records to one file.
+"""The audit writer: :class:`AuditLog`, what the server calls to keep its audit trail.
 
-It continues an existing chain at start-up, rotates the file at ``max_bytes`` and
-keeps ``max_files`` rotated files (recording each removal in the chain), batches
-request records per event-loop iteration, counts refusals of unauthenticated callers
-per window instead of writing each, notices a file deleted, replaced or made
-read-only, and fails closed (:class:`~secureserve.audit.records.AuditUnavailable`)
-when it cannot write. Uses the records, verification (to name and continue rotated
-files), retention, refusals and digest key modules; none of them uses this one.
+It shapes request, admin and refusal records, batches the request records of one
+event-loop iteration into one write, counts refusals of unauthenticated callers per
+window instead of writing each, and decides what a failed write means: it fails
+closed (:class:`~secureserve.audit.records.AuditUnavailable`) or logs one error per
+outage, and chains an ``audit-resumed`` record (with the number lost) once writing
+works again. The file itself (opening, chaining lines, rotation, retention, a file
+deleted or replaced) is :class:`~secureserve.audit.chainfile.ChainFile`'s; this module
+holds the lock around every call to it.
 """
 
 from __future__ import annotations
@@ -15,52 +16,29 @@ import asyncio
 import contextlib
 import hashlib
 import hmac
-import os
-import stat
-import sys
 import threading
-import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Final, Literal, Self
-
-import msgspec
+from typing import Any, Literal, Self
 
 from secureserve._time import utc
+from secureserve.audit.chainfile import ChainFile, Unwritable, note, reason
 from secureserve.audit.digest_key import KEY_BYTES, KEY_HINT
 from secureserve.audit.records import (
     DIGEST_PREFIX,
-    GENESIS,
     AuditUnavailable,
     RequestEntry,
     request_fields,
-    rfc3339,
-    sha256,
     shape,
 )
 from secureserve.audit.refusals import RefusalCounter
-from secureserve.audit.retention import last_line, oldest_beyond, pruned_fields, tail
-from secureserve.audit.verify import chain_files, listdir, rotated_pattern
 from secureserve.errors import ConfigError
-from secureserve.secretfiles import fsync_folder
 from secureserve.settings import DEFAULT_AUDIT_MAX_FILES, DEFAULT_REFUSAL_WINDOW_S
-
-if sys.platform != "win32":
-    import fcntl
 
 __all__ = [
     "AuditLog",
 ]
-
-
-class _Unwritable(Exception):  # noqa: N818 - internal signal, never leaves this module
-    """The file is there but must not be written (read-only, replaced)."""
-
-
-_encoder: Final = msgspec.json.Encoder(order="sorted")
-#: How long a passed check of the audit file's path is trusted (see AuditLog._ready).
-_RECHECK_S: Final = 0.01
 
 
 def _now() -> datetime:
@@ -135,36 +113,19 @@ class AuditLog:
         self.path = path
         self.on_write_error = on_write_error
         self._mac = hmac.new(digest_key, digestmod=hashlib.sha256)
-        self._max_bytes = max_bytes
-        self._max_files = max_files
         self._log = logger
-        self._clock = clock
         self._lock = threading.Lock()
-        self._fd: int | None = None
-        self._checked_until = 0.0  # _ready looked at the path and found it fine until then
-        self._ident = (0, 0)
-        self._size = 0
-        self._seq = 0
-        self._prev = GENESIS
-        self._rotated_from: str | None = None
-        self._notes: list[dict[str, Any]] = []
         self._batch: list[tuple[dict[str, Any], asyncio.Future[None]]] = []
-        self._torn = False
         self._outage: str | None = None
         self._lost = 0
-        self._closed = False
         self._refusals = RefusalCounter(
             window_s=refusal_window_s,
             write=self._write_refusals,
-            clock=lambda: utc(self._clock()),
+            clock=lambda: utc(clock()),
         )
-        try:
-            self._start()
-        except OSError as exc:
-            raise ConfigError(
-                f"[audit] path {path} cannot be opened for appending ({exc.strerror}); check "
-                "that its folder can be created and written by this user."
-            ) from None
+        self._file = ChainFile(
+            path, max_bytes=max_bytes, max_files=max_files, logger=logger, clock=clock
+        )
 
     # ----------------------------------------------------------------------- public
 
@@ -239,31 +200,31 @@ class AuditLog:
         with self._lock:
             try:
                 self._commit_many(records)
-            except (OSError, _Unwritable) as exc:
+            except (OSError, Unwritable) as exc:
                 self._lost += len(records)
-                reason = _reason(exc)
+                why = reason(exc)
             else:
                 return
         with contextlib.suppress(AuditUnavailable):  # no request to refuse: logged and counted
-            self._failed(reason)
+            self._failed(why)
 
     def _flush_batch(self) -> None:
         batch, self._batch = self._batch, []
-        reason = None
+        why = None
         with self._lock:
             try:
                 self._commit_many([fields for fields, _ in batch])
-            except (OSError, _Unwritable) as exc:
+            except (OSError, Unwritable) as exc:
                 self._lost += len(batch)
-                reason = _reason(exc)
+                why = reason(exc)
         for _, future in batch:
             if future.done():
                 continue
-            if reason is None:
+            if why is None:
                 future.set_result(None)
                 continue
             try:
-                self._failed(reason)
+                self._failed(why)
             except AuditUnavailable as exc:
                 future.set_exception(exc)
             else:
@@ -271,63 +232,37 @@ class AuditLog:
 
     def _commit_many(self, batch: list[dict[str, Any]]) -> None:
         """Write ``batch`` in order, with one ``write`` when possible; the caller holds the lock."""
-        self._ready(recent_ok=True)
-        if self._outage is not None or self._notes:
+        self._file.ready(recent_ok=True)
+        if self._outage is not None or self._file.notes:
             for fields in batch:  # the resumed/notes records go first: one by one
                 self._commit_locked(fields)
         else:
-            self._write_batch(batch)
-
-    def _write_batch(self, batch: list[dict[str, Any]]) -> None:
-        """Chain and write ``batch`` with one ``write``; on any failure the state is as before."""
-        fd = self._fd
-        if fd is None:
-            raise _Unwritable("no audit file is open")
-        saved = (self._seq, self._prev, self._rotated_from)
-        lines = []
-        for fields in batch:
-            line = self._line(fields)
-            lines.append(line)
-            self._prev, self._seq, self._rotated_from = sha256(line[:-1]), self._seq + 1, None
-        data = b"".join(lines)
-        if self._size and self._size + len(data) > self._max_bytes:
-            self._seq, self._prev, self._rotated_from = saved
-            for fields in batch:  # crosses the rotation size: the careful path, one by one
-                self._append(fields)
-            return
-        written = 0
-        try:
-            while written < len(data):
-                written += os.write(fd, data[written:])
-        except OSError:
-            self._seq, self._prev, self._rotated_from = saved
-            if written:  # remove the partial lines, or move the file aside on next use
-                try:
-                    os.ftruncate(fd, os.fstat(fd).st_size - written)
-                except OSError:
-                    self._torn = True
-            raise
-        self._size += len(data)
+            self._file.append_batch(batch)
 
     def _commit_locked(self, line_fields: dict[str, Any]) -> None:
         """:meth:`_commit` for a caller that holds the lock and handles failures."""
         if self._outage is not None:
-            self._append(self._note("audit-resumed", self._resumed_detail()))
+            detail = (
+                f"the audit log could not be written ({self._outage}); "
+                f"{self._lost} records were not written"
+            )
+            self._file.append(note("audit-resumed", detail))
             self._log.warning("audit log writable again", path=str(self.path))
             self._outage, self._lost = None, 0
-        while self._notes:
-            self._append(self._notes[0])
-            self._notes.pop(0)
-        self._append(line_fields)
+        notes = self._file.notes
+        while notes:
+            self._file.append(notes[0])
+            notes.pop(0)
+        self._file.append(line_fields)
 
     def _commit(self, line_fields: dict[str, Any]) -> None:
         with self._lock:
             try:
-                self._ready()
+                self._file.ready()
                 self._commit_locked(line_fields)
-            except (OSError, _Unwritable) as exc:
+            except (OSError, Unwritable) as exc:
                 self._lost += 1
-                self._failed(_reason(exc))
+                self._failed(reason(exc))
 
     def admin(
         self,
@@ -366,29 +301,15 @@ class AuditLog:
         """
         with self._lock:
             try:
-                self._ready()
-            except (OSError, _Unwritable) as exc:
-                self._failed(_reason(exc))
+                self._file.ready()
+            except (OSError, Unwritable) as exc:
+                self._failed(reason(exc))
 
     def close(self) -> None:
         """Write counted refusals and pending notes, fsync, log the chain head, release the file."""
         self._refusals.close()
         with self._lock:
-            if self._closed:
-                return
-            self._closed = True
-            fd, self._fd = self._fd, None
-            if fd is None:
-                return
-            try:
-                for note in self._notes:
-                    self._write(fd, note)
-                os.fsync(fd)
-            except OSError as exc:
-                self._log.error("audit log not flushed on close", reason=_reason(exc))
-            finally:
-                os.close(fd)
-            self._log_head("close")
+            self._file.close()
 
     def __enter__(self) -> Self:
         return self
@@ -396,263 +317,13 @@ class AuditLog:
     def __exit__(self, *_: object) -> None:
         self.close()
 
-    # ----------------------------------------------------------------------- start-up
-
-    def _start(self) -> None:
-        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        flags = os.O_RDWR | os.O_APPEND | os.O_CLOEXEC | getattr(os, "O_NOFOLLOW", 0)
-        try:
-            fd = os.open(self.path, flags)
-        except FileNotFoundError:
-            self._continue_from_rotated()
-            self._open_new()
-            return
-        try:
-            info = os.fstat(fd)
-            self._require_regular(info)
-            self._lock_file(fd)
-            last = tail(fd)
-        except BaseException:
-            os.close(fd)
-            raise
-        if last is None:  # empty: continue from the newest rotated file, if any
-            self._continue_from_rotated()
-        elif last.clean:
-            self._prev, self._seq = last.hash, last.next_seq
-        else:
-            self._prev, self._seq = last.hash, last.next_seq
-            target = self._rotated_name()
-            self.path.rename(target)
-            os.close(fd)
-            fsync_folder(self.path.parent)
-            self._rotated_from = target.name
-            self._log.warning(
-                "audit log ended with a torn or invalid line; moved it aside and started a "
-                "new file (audit verify will report the damaged line)",
-                path=str(self.path),
-                moved_to=str(target),
-            )
-            self._open_new()
-            self._prune()
-            return
-        self._adopt(fd, info.st_size)
-
-    def _require_regular(self, info: os.stat_result) -> None:
-        if not stat.S_ISREG(info.st_mode):
-            raise ConfigError(f"[audit] path {self.path} is not a regular file; name a file.")
-
-    def _continue_from_rotated(self) -> None:
-        rotated = [p for p in chain_files(self.path) if p != self.path]
-        if not rotated:
-            return
-        fd = os.open(rotated[-1], os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            last = tail(fd)
-        finally:
-            os.close(fd)
-        if last is not None:
-            self._prev, self._seq = last.hash, last.next_seq
-            self._rotated_from = rotated[-1].name
-
-    def _lock_file(self, fd: int) -> None:
-        if sys.platform == "win32":  # pragma: no cover - POSIX only
-            return
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise ConfigError(
-                f"[audit] path {self.path} is being written by another process (or another "
-                "AuditLog in this one); each process needs its own audit file. With several "
-                "workers, give each its own [audit] path, or run one worker per container."
-            ) from None
-
-    def _open_new(self) -> None:
-        flags = (os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC) | getattr(
-            os, "O_NOFOLLOW", 0
-        )
-        fd = os.open(self.path, flags, 0o600)
-        try:
-            self._lock_file(fd)
-        except BaseException:
-            os.close(fd)
-            raise
-        fsync_folder(self.path.parent)
-        self._adopt(fd, 0)
-
-    def _adopt(self, fd: int, size: int) -> None:
-        info = os.fstat(fd)
-        self._fd, self._ident, self._size = fd, (info.st_dev, info.st_ino), size
-
-    def _rotated_name(self) -> Path:
-        pattern = rotated_pattern(self.path)
-        numbers = [
-            int(m.group(1)) for p in listdir(self.path.parent) if (m := pattern.match(p.name))
-        ]
-        return self.path.with_suffix(f".{max(numbers, default=0) + 1}.jsonl")
-
-    # ----------------------------------------------------------------------- writing
-
-    def _ready(self, *, recent_ok: bool = False) -> None:
-        """Make sure the open descriptor is the file at ``path`` and may be written.
-
-        With ``recent_ok`` (writing a batch whose requests each passed
-        :meth:`check_writable` just before), a check of the path younger than
-        :data:`_RECHECK_S` is trusted instead of looking again: one ``lstat`` per
-        request instead of two. A write error from the disk is seen by the write itself.
-        """
-        if self._closed:
-            raise _Unwritable("the audit log is closed")
-        if self._fd is None:
-            self._open_new()  # after a rotation or a deletion whose recreation failed
-            return
-        if self._torn:
-            self._rotate()
-            return
-        now = time.monotonic()
-        if recent_ok and now < self._checked_until:
-            return
-        self._checked_until = 0.0  # trusted again only once this look has passed
-        try:
-            info = os.lstat(self.path)
-        except FileNotFoundError:
-            self._recreate()
-            return
-        if (info.st_dev, info.st_ino) != self._ident:
-            raise _Unwritable("the audit file was replaced by another file; remove it")
-        if not info.st_mode & stat.S_IWUSR:
-            raise _Unwritable("the audit file was made read-only")
-        self._checked_until = now + _RECHECK_S
-
-    def _recreate(self) -> None:
-        fd, self._fd = self._fd, None
-        if fd is not None:
-            os.close(fd)
-        self._log.error(
-            "audit file was deleted while open; starting a new file that continues the "
-            "chain (the records it held are lost unless a copy exists)",
-            path=str(self.path),
-            seq=self._seq,
-        )
-        self._notes.append(
-            self._note(
-                "audit-file-recreated",
-                "the audit file was deleted while the server was running; "
-                "records before this one are not in this file",
-            )
-        )
-        self._torn = False
-        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        self._open_new()
-
-    def _note(self, action: str, detail: str) -> dict[str, Any]:
-        return shape({"event": "admin", "action": action, "trigger": "audit", "detail": detail})
-
-    def _resumed_detail(self) -> str:
-        return (
-            f"the audit log could not be written ({self._outage}); "
-            f"{self._lost} records were not written"
-        )
-
-    def _append(self, fields: dict[str, Any]) -> None:
-        fd = self._fd
-        if fd is None:
-            raise _Unwritable("no audit file is open")
-        line = self._line(fields)
-        if self._size and self._size + len(line) > self._max_bytes:
-            self._rotate()
-            fd = self._fd
-            if fd is None:  # pragma: no cover - _rotate opens the new file or raises
-                raise _Unwritable("no audit file is open")
-            line = self._line(fields)
-        self._write(fd, fields, line)
-
-    def _line(self, fields: dict[str, Any]) -> bytes:
-        fields = {**fields, "time": rfc3339(utc(self._clock())), "seq": self._seq}
-        fields["prev"] = self._prev
-        if self._rotated_from is not None:
-            fields["rotated_from"] = self._rotated_from
-        return _encoder.encode(fields) + b"\n"
-
-    def _write(self, fd: int, fields: dict[str, Any], line: bytes | None = None) -> None:
-        line = self._line(fields) if line is None else line
-        written = 0
-        try:
-            while written < len(line):
-                written += os.write(fd, line[written:])
-        except OSError:
-            if written:  # remove the partial line, or move the file aside on next use
-                try:
-                    os.ftruncate(fd, os.fstat(fd).st_size - written)
-                except OSError:
-                    self._torn = True
-            raise
-        self._size += len(line)
-        self._prev = sha256(line[:-1])
-        self._seq += 1
-        self._rotated_from = None
-
-    def _rotate(self) -> None:
-        fd = self._fd
-        if fd is None:  # pragma: no cover - callers hold an open file
-            raise _Unwritable("no audit file is open")
-        os.fsync(fd)
-        target = self._rotated_name()
-        self.path.rename(target)
-        self._fd = None
-        os.close(fd)
-        fsync_folder(self.path.parent)
-        self._rotated_from = target.name
-        self._torn = False
-        self._log_head("rotation", rotated_to=str(target))
-        self._open_new()
-        self._prune()
-
-    def _prune(self) -> None:
-        """Delete the rotated files beyond ``max_files``, after chaining a record that says so."""
-        fd = self._fd
-        victims = oldest_beyond(self.path, self._max_files)
-        if not victims or fd is None:
-            return
-        names = [p.name for p in victims]
-        try:
-            end = last_line(victims)
-        except OSError as exc:
-            self._log.error("old audit files not removed", files=names, reason=_reason(exc))
-            return
-        note = pruned_fields(victims, end, self._max_files)
-        try:
-            self._write(fd, note)
-        except OSError as exc:  # a full disk, most likely: removing the files is the remedy
-            self._notes.append(note)
-            self._log.error(
-                "audit-pruned record not written yet; it goes before the next record",
-                files=names,
-                reason=_reason(exc),
-            )
-        else:
-            _fsync(fd)  # the record is on disk before the files it names are gone
-        for victim in victims:
-            try:
-                victim.unlink()
-            except FileNotFoundError:
-                pass
-            except OSError as exc:
-                self._log.error("old audit file not removed", file=str(victim), reason=_reason(exc))
-        fsync_folder(self.path.parent)
-        self._log.info(
-            "old audit files removed",
-            files=names,
-            max_files=self._max_files,
-            pruned_last_seq=note.get("pruned_last_seq"),
-        )
-
-    def _failed(self, reason: str) -> None:
+    def _failed(self, why: str) -> None:
         if self._outage is None:
-            self._outage = reason
+            self._outage = why
             self._log.error(
                 "audit log cannot be written",
                 path=str(self.path),
-                reason=reason,
+                reason=why,
                 on_write_error=self.on_write_error,
                 consequence=(
                     "predictions are refused (503) until it can"
@@ -661,26 +332,4 @@ class AuditLog:
                 ),
             )
         if self.on_write_error == "refuse":
-            raise AuditUnavailable(reason)
-
-    def _log_head(self, why: str, **extra: Any) -> None:
-        self._log.info(
-            "audit chain head",
-            path=str(self.path),
-            why=why,
-            next_seq=self._seq,
-            head=self._prev,
-            **extra,
-        )
-
-
-def _reason(exc: BaseException) -> str:
-    if isinstance(exc, OSError):
-        return exc.strerror or type(exc).__name__
-    return str(exc)
-
-
-def _fsync(fd: int) -> None:
-    """Best effort: the caller goes on whether the disk confirms or not."""
-    with contextlib.suppress(OSError):
-        os.fsync(fd)
+            raise AuditUnavailable(why)
