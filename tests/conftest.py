@@ -1,4 +1,9 @@
-"""Shared fixtures: the hostile-fixture folder (when present) and throw-away projects."""
+"""Shared fixtures: the hostile-fixture folder (when present), throw-away projects, Redis.
+
+``iris_project`` is a copy of examples/iris in a temporary folder; ``own_redis`` a
+private ``redis-server`` a test may kill and restart. Plain helper functions are in
+app_helpers.py (in-process apps) and server_helpers.py (real server processes).
+"""
 
 from __future__ import annotations
 
@@ -6,9 +11,11 @@ import importlib.util
 import os
 import shutil
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from server_helpers import OwnRedis, copy_iris, need_redis
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
@@ -36,10 +43,18 @@ def shared_fixtures() -> Path | None:
 @pytest.fixture
 def iris_project(tmp_path: Path) -> Path:
     """A copy of examples/iris (handler, models, secureserve.toml) in a temporary folder."""
-    target = tmp_path / "iris"
-    target.mkdir()
-    shutil.copy(EXAMPLES / "iris" / "app.py", target / "app.py")
-    shutil.copy(EXAMPLES / "iris" / "secureserve.toml", target / "secureserve.toml")
-    shutil.copy(EXAMPLES / "iris" / "secureserve.lock", target / "secureserve.lock")
-    shutil.copytree(EXAMPLES / "iris" / "models", target / "models")
-    return target
+    return copy_iris(tmp_path / "iris")
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[OwnRedis]:
+    """A started private redis-server (output in ``tmp_path``), always killed at the end."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        need_redis("redis-server is not installed")
+    server = OwnRedis(binary, tmp_path)
+    try:
+        server.start()
+        yield server
+    finally:
+        server.kill()

@@ -6,9 +6,14 @@ the server on a free port in ``project`` (its working directory), waits until
 then SIGKILL). Its output goes to files (never a pipe that could fill up), so a
 test can read stdout (the JSON logs) and stderr (the ``--dev`` banner) at any time.
 
-Also here: throw-away projects (a copy of examples/iris, a slow handler), editing
-``secureserve.toml``, and certificates made with ``cryptography`` (a client CA with
-a client certificate for mTLS, an expired server certificate).
+Also here: throw-away projects (a copy of examples/iris, a slow handler, an iris
+project set up as in production with ``production_iris``), editing
+``secureserve.toml``, ``NO_LIMITS`` (the rate limits off, through the environment),
+certificates made with ``cryptography`` (a client CA with a client certificate for
+mTLS, an expired server certificate), and private ``redis-server`` processes
+(``OwnRedis``; conftest's ``own_redis`` fixture starts one).
+
+In-process apps (``create_app`` and a test client, no process) are in app_helpers.py.
 """
 
 from __future__ import annotations
@@ -31,13 +36,17 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import NoReturn
 
+import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from secureserve.audit import generate_digest_key
+from secureserve.devcerts import DevCertificates, ensure_dev_certificates
+from secureserve.keys import ApiKey, create_key
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
@@ -48,6 +57,14 @@ STOP_TIMEOUT_S = 10.0
 CLI = (sys.executable, "-m", "secureserve.cli")
 _BANNER_CA = re.compile(r"^\s*CA:\s+(\S+)\s*$", re.MULTILINE)
 _BANNER_KEY = re.compile(r"^\s*API key:\s+(ss_\S+)", re.MULTILINE)
+REDIS_START_TIMEOUT_S = 5.0
+#: ``[limits]`` off through the environment, for servers that take many requests (and
+#: refused credentials) from one address on purpose: limits have tests of their own.
+NO_LIMITS = {
+    "SECURESERVE_LIMITS__PER_PRINCIPAL": "null",
+    "SECURESERVE_LIMITS__QUOTA": "null",
+    "SECURESERVE_LIMITS__AUTH_FAILURES_PER_IP": "null",
+}
 
 
 # --------------------------------------------------------------------------- processes
@@ -144,9 +161,18 @@ class ServerProcess:
             context.load_cert_chain(cert, key)
         return context
 
-    def connect(self, context: ssl.SSLContext | None = None) -> ssl.SSLSocket:
-        """A TLS connection to the server (hostname 127.0.0.1, checked against the SANs)."""
-        raw = socket.create_connection((HOST, self.port), timeout=IO_TIMEOUT_S)
+    def connect(
+        self, context: ssl.SSLContext | None = None, *, source: str | None = None
+    ) -> ssl.SSLSocket:
+        """A TLS connection to the server (hostname 127.0.0.1, checked against the SANs).
+
+        ``source`` is the local address to connect from (one of 127.0.0.0/8).
+        """
+        raw = socket.create_connection(
+            (HOST, self.port),
+            timeout=IO_TIMEOUT_S,
+            source_address=(source, 0) if source else None,
+        )
         try:
             return (context or self.client_context()).wrap_socket(raw, server_hostname=HOST)
         except BaseException:
@@ -459,6 +485,43 @@ class Slow(ss.Model[Number, Echo]):
 '''
 
 
+@dataclass(frozen=True)
+class ProductionIris:
+    """An iris project set up as in production: its folder, certificates and API key."""
+
+    project: Path
+    certs: DevCertificates
+    key: ApiKey
+
+    def tls_env(self) -> dict[str, str]:
+        """``[tls] cert`` and ``key`` set through the environment."""
+        return {
+            "SECURESERVE_TLS__CERT": str(self.certs.cert),
+            "SECURESERVE_TLS__KEY": str(self.certs.key),
+        }
+
+    def running(
+        self, env: dict[str, str] | None = None
+    ) -> contextlib.AbstractContextManager[ServerProcess]:
+        """``running_server`` without ``--dev``: clients trust the dev CA and use ``key``."""
+        return running_server(
+            self.project, dev=False, ca=self.certs.ca_cert, key=self.key.secret, env=env
+        )
+
+
+def production_iris(base: Path, key_name: str) -> ProductionIris:
+    """A copy of examples/iris in ``base/iris``, set up as in production.
+
+    Its certificates come from a development CA in ``base/certs`` (not configured: put
+    them in ``[tls]`` with ``set_toml`` or pass ``tls_env()``), and its API key
+    ``key_name`` (role predict) is made with ``create_key`` in ``secrets/api_keys.toml``.
+    """
+    project = copy_iris(base / "iris")
+    certs = ensure_dev_certificates(base / "certs")
+    key = create_key(project / "secrets" / "api_keys.toml", name=key_name, roles=("predict",))
+    return ProductionIris(project, certs, key)
+
+
 def write_slow_project(target: Path) -> Path:
     """A project whose ``slow`` model sleeps 1 s in ``predict`` and loads no artifact."""
     target.mkdir(parents=True)
@@ -604,3 +667,58 @@ def write_server_certificate(
     )
     _write_pem(cert, certificate.public_bytes(serialization.Encoding.PEM), 0o644)
     _write_pem(key, _key_pem(private_key), 0o600)
+
+
+# --------------------------------------------------------------------------- Redis
+
+
+def need_redis(reason: str) -> NoReturn:
+    """Skip for ``reason``, or fail when SECURESERVE_REQUIRE_REDIS=1 (CI)."""
+    if os.environ.get("SECURESERVE_REQUIRE_REDIS") == "1":
+        pytest.fail(f"{reason}, and SECURESERVE_REQUIRE_REDIS=1 requires it", pytrace=False)
+    pytest.skip(reason)
+
+
+def redis_answers(port: int, host: str = HOST) -> bool:
+    """Whether a Redis server on ``host:port`` answers PING."""
+    try:
+        with socket.create_connection((host, port), timeout=0.5) as conn:
+            conn.sendall(b"PING\r\n")
+            return conn.recv(16).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+class OwnRedis:
+    """A private ``redis-server`` on a free port that a test kills and restarts.
+
+    Its output goes to ``redis-{port}.txt`` in ``logs``.
+    """
+
+    def __init__(self, binary: str, logs: Path) -> None:
+        self.binary = binary
+        self.logs = logs
+        self.port = free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+        self.url = f"redis://{HOST}:{self.port}/0"
+
+    def start(self) -> None:
+        """Start it on ``self.port`` (no persistence) and wait until it answers PING."""
+        command = [self.binary, "--port", str(self.port), "--bind", HOST]
+        command += ["--save", "", "--appendonly", "no"]
+        with (self.logs / f"redis-{self.port}.txt").open("ab") as out:
+            self.process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + REDIS_START_TIMEOUT_S
+        while not redis_answers(self.port):
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                self.kill()
+                pytest.fail(f"redis-server on port {self.port} did not start")
+            time.sleep(0.02)
+
+    def kill(self) -> None:
+        """SIGKILL this redis-server (no other) and reap it; a no-op when not running."""
+        if self.process is not None:
+            if self.process.poll() is None:
+                self.process.kill()
+            self.process.wait(5)
+            self.process = None

@@ -8,24 +8,29 @@ audit trail they leave (records, digests, fail-closed writing, admin events, and
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import json
-import logging
 import os
 import re
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
-import msgspec
 import pytest
-import structlog
-from conftest import EXAMPLES, shared_fixtures
+from app_helpers import (
+    Echo,
+    Number,
+    asgi_client,
+    bearer,
+    build_app,
+    json_lines,
+    json_logs,
+    replaced,
+)
+from conftest import load_iris, shared_fixtures
 from cryptography.hazmat.primitives.asymmetric import rsa
 from jwt.algorithms import RSAAlgorithm
-from server_helpers import copy_iris, make_client_pki, running_server, set_toml
+from server_helpers import copy_iris, make_client_pki, production_iris, set_toml
 from starlette.testclient import TestClient as StarletteClient
 from test_tokens import FIXTURE_REASONS, mint
 
@@ -35,9 +40,7 @@ from secureserve.app import create_app
 from secureserve.audit import chain_files, verify_chain
 from secureserve.cli import main
 from secureserve.config import load_settings
-from secureserve.devcerts import ensure_dev_certificates
-from secureserve.keys import KeyStore, create_key, mint_key, revoke_key
-from secureserve.logs import configure_logging
+from secureserve.keys import create_key, mint_key, revoke_key
 from secureserve.release import lock_project
 from secureserve.testing import TestClient
 from secureserve.tls import peer_certificate_subject
@@ -54,30 +57,7 @@ OWN_KID = "access-test-1"
 UNKNOWN_KEY = "ss_0123456789ab_" + "A" * 43  # well-formed, matches no record
 
 
-def _load_iris():
-    """The Iris handler class of examples/iris/app.py, imported once under a unique name."""
-    name = "secureserve_tests_access_iris_app"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, EXAMPLES / "iris" / "app.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name].Iris
-
-
-Iris = _load_iris()
-
-
-class Number(msgspec.Struct, forbid_unknown_fields=True):
-    """One number in."""
-
-    x: float
-
-
-class Echo(msgspec.Struct):
-    """The same number out."""
-
-    y: float
+Iris = load_iris()
 
 
 class Counted(ss.Model[Number, Echo]):
@@ -107,36 +87,21 @@ def _settings(project: Path, **sections: dict[str, Any]):
     settings = load_settings(project_dir=project, environ={})
     if "limits" in sections:
         sections = {"server": {"max_instances": 1}} | sections
-    changed = {
-        name: msgspec.structs.replace(getattr(settings, name), **values)
-        for name, values in sections.items()
-    }
-    return msgspec.structs.replace(settings, **changed)
+    return replaced(settings, **sections)
 
 
 def _app(settings, *api_keys, model=Iris):
     """create_app with exactly ``api_keys`` in an in-memory key store."""
-    return create_app(
-        model,
-        config=settings,
-        keys=KeyStore(None, records=[key.record for key in api_keys]),
-        audit_key=os.urandom(32),
-    )
+    return build_app(model, settings, *api_keys, audit_key=os.urandom(32))
 
 
 def _client(app, *, ip: str = "192.0.2.10") -> StarletteClient:
     """An https client for ``app`` seen as coming from ``ip``, without credentials."""
-    return StarletteClient(app, base_url="https://testserver", client=(ip, 50000))
-
-
-def _bearer(credential) -> dict[str, str]:
-    """The Authorization header for an API key (``ApiKey``) or a token (``str``)."""
-    secret = credential if isinstance(credential, str) else credential.secret
-    return {"Authorization": f"Bearer {secret}"}
+    return asgi_client(app, ip=ip)
 
 
 def _predict(client, credential=None, body=None):
-    headers = _bearer(credential) if credential is not None else {}
+    headers = bearer(credential) if credential is not None else {}
     return client.post(PREDICT, json=VALID if body is None else body, headers=headers)
 
 
@@ -159,7 +124,7 @@ def _retry_after(reply) -> int:
 
 def _metrics(app, key) -> str:
     """/metrics read with ``key`` (metrics role) from an address no test throttles."""
-    reply = _client(app, ip="198.51.100.77").get("/metrics", headers=_bearer(key))
+    reply = _client(app, ip="198.51.100.77").get("/metrics", headers=bearer(key))
     assert reply.status_code == 200, reply.text
     return reply.text
 
@@ -184,30 +149,19 @@ def access_lines():
 
     Create the app inside the test (after this fixture) so its access writer uses it.
     """
-    was_configured = structlog.is_configured()
-    old = structlog.get_config()
-    root = logging.getLogger()
-    old_handlers, old_level = root.handlers[:], root.level
-    buffer = io.BytesIO()
-    configure_logging("info", stream=buffer)
+    with json_logs(io.BytesIO()) as buffer:
 
-    def access(request_id: str) -> dict[str, Any]:
-        lines = [json.loads(line) for line in buffer.getvalue().splitlines()]
-        found = [
-            line
-            for line in lines
-            if line.get("event") == "request" and line.get("request_id") == request_id
-        ]
-        assert len(found) == 1, (request_id, lines)
-        return found[0]
+        def access(request_id: str) -> dict[str, Any]:
+            lines = json_lines(buffer)
+            found = [
+                line
+                for line in lines
+                if line.get("event") == "request" and line.get("request_id") == request_id
+            ]
+            assert len(found) == 1, (request_id, lines)
+            return found[0]
 
-    yield access
-    if was_configured:
-        structlog.configure(**old)
-    else:
-        structlog.reset_defaults()
-    root.handlers[:] = old_handlers
-    root.setLevel(old_level)
+        yield access
 
 
 # --------------------------------------------------------------------------- JWT
@@ -313,11 +267,11 @@ def test_jwt_refusal_body_same_as_other_bad_credentials(jwt_app, own_key, creden
     """A refused JWT, an unknown API key and a non-Bearer scheme get the same 401 body."""
     client, _, _, access = jwt_app
     headers = {
-        "jwt": _bearer(_own_token(own_key, aud="someone-else")),
-        "unknown-key": _bearer(UNKNOWN_KEY),
+        "jwt": bearer(_own_token(own_key, aud="someone-else")),
+        "unknown-key": bearer(UNKNOWN_KEY),
         "basic-scheme": {"Authorization": "Basic dXNlcjpwYXNz"},
     }[credential]
-    reference = client.post(PREDICT, json=VALID, headers=_bearer(_own_token(own_key, iss="x")))
+    reference = client.post(PREDICT, json=VALID, headers=bearer(_own_token(own_key, iss="x")))
     reply = client.post(PREDICT, json=VALID, headers=headers)
     first, second = reference.json(), _problem(reply, 401, "unauthorized")
     assert first.pop("request_id") != second.pop("request_id")
@@ -354,8 +308,8 @@ def test_jwt_models_claim_hides_other_models(jwt_app, own_key):
     client, _, _, _ = jwt_app
     limited = _own_token(own_key, models=["other"])
     _problem(_predict(client, limited), 404, "not-found")
-    assert client.get("/v1/models", headers=_bearer(limited)).json() == {"models": []}
-    listed = client.get("/v1/models", headers=_bearer(_own_token(own_key))).json()
+    assert client.get("/v1/models", headers=bearer(limited)).json() == {"models": []}
+    listed = client.get("/v1/models", headers=bearer(_own_token(own_key))).json()
     assert [m["name"] for m in listed["models"]] == ["iris"]
 
 
@@ -399,18 +353,12 @@ def mtls_identity_server(tmp_path_factory):
     }
     bundle = base / "pki" / "client-cas.pem"
     bundle.write_bytes(pki["alice"].ca.read_bytes() + pki["bob"].ca.read_bytes())
-    project = copy_iris(base / "iris")
-    certs = ensure_dev_certificates(base / "certs")
-    set_toml(project, "tls", client_ca=bundle)
-    with (project / "secureserve.toml").open("a") as toml:
+    production = production_iris(base, "mtls")
+    set_toml(production.project, "tls", client_ca=bundle)
+    with (production.project / "secureserve.toml").open("a") as toml:
         toml.write('\n[[auth.client_certificates]]\nsubject = "CN=alice"\nroles = ["predict"]\n')
-    key = create_key(project / "secrets" / "api_keys.toml", name="mtls", roles=("predict",))
-    env = {
-        "SECURESERVE_TLS__CERT": str(certs.cert),
-        "SECURESERVE_TLS__KEY": str(certs.key),
-        "SECURESERVE_LIMITS__AUTH_FAILURES_PER_IP": "null",
-    }
-    with running_server(project, dev=False, ca=certs.ca_cert, key=key.secret, env=env) as server:
+    env = {**production.tls_env(), "SECURESERVE_LIMITS__AUTH_FAILURES_PER_IP": "null"}
+    with production.running(env) as server:
         yield server, pki
 
 
@@ -430,7 +378,7 @@ def test_mtls_mapped_certificate_identity(mtls_identity_server, who, credential,
     context = server.client_context(cert=pki[who].cert, key=pki[who].key)
     headers = {"Content-Type": "application/json"}
     if credential is not None:
-        headers |= _bearer(server.key if credential == "key" else UNKNOWN_KEY)
+        headers |= bearer(server.key if credential == "key" else UNKNOWN_KEY)
     reply = server.request(
         "POST", PREDICT, body=json.dumps(VALID).encode(), headers=headers, context=context
     )

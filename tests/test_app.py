@@ -6,8 +6,8 @@ import asyncio
 import hashlib
 import re
 
-import msgspec
 import pytest
+from app_helpers import Echo, Number, asgi_client, build_app
 from conftest import EXAMPLES, load_iris
 from starlette.applications import Starlette
 from starlette.routing import Mount
@@ -15,9 +15,8 @@ from starlette.testclient import TestClient as StarletteClient
 from starlette.websockets import WebSocketDisconnect
 
 import secureserve as ss
-from secureserve.app import create_app
 from secureserve.config import Settings, load_settings
-from secureserve.keys import KeyStore, mint_key
+from secureserve.keys import mint_key
 from secureserve.testing import TestClient
 
 PREDICT = "/v1/models/iris:predict"
@@ -30,19 +29,7 @@ GENERATED_ID = re.compile(r"[0-9a-f]{24}")
 Iris = load_iris()
 
 
-class Item(msgspec.Struct, forbid_unknown_fields=True):
-    """A one-number input for the failing model."""
-
-    x: float
-
-
-class Score(msgspec.Struct):
-    """A one-number output."""
-
-    y: float
-
-
-class Boom(ss.Model[Item, Score]):
+class Boom(ss.Model[Number, Echo]):
     """A handler whose predict always raises (to get a 500 out of the app)."""
 
     name = "boom"
@@ -57,13 +44,7 @@ class Boom(ss.Model[Item, Score]):
 
 def _app_with_keys(project, *keys):
     """create_app(Iris) for ``project`` with exactly ``keys`` in an in-memory key store."""
-    settings = load_settings(project_dir=project)
-    return create_app(Iris, config=settings, keys=KeyStore(None, records=[k.record for k in keys]))
-
-
-def _client(app, key=None, base_url="https://testserver"):
-    headers = {"Authorization": f"Bearer {key.secret}"} if key is not None else {}
-    return StarletteClient(app, base_url=base_url, headers=headers)
+    return build_app(Iris, load_settings(project_dir=project), *keys)
 
 
 def _assert_problem(response, status):
@@ -205,7 +186,7 @@ def test_app_roles_gate_routes(iris_project, roles, method, path, status):
 def test_app_model_outside_allowed_list_is_hidden(iris_project):
     """A key limited to other models gets 404 for iris (as if absent) and an empty list."""
     key = mint_key(name="other", roles=("predict", "admin"), models=("other",))
-    with _client(_app_with_keys(iris_project, key), key) as client:
+    with asgi_client(_app_with_keys(iris_project, key), key) as client:
         hidden = client.post(PREDICT, json=VALID)
         absent = client.post("/v1/models/nope:predict", json=VALID)
         meta = client.get("/v1/models/iris")
@@ -223,7 +204,7 @@ def test_app_model_outside_allowed_list_is_hidden(iris_project):
 def test_app_model_inside_allowed_list_is_served(iris_project):
     """A key whose model list names iris can list and call it."""
     key = mint_key(name="iris-only", roles=("predict",), models=("iris", "other"))
-    with _client(_app_with_keys(iris_project, key), key) as client:
+    with asgi_client(_app_with_keys(iris_project, key), key) as client:
         assert client.get("/v1/models").json() == {"models": [{"name": "iris", "version": "1.0.0"}]}
         assert client.post(PREDICT, json=VALID).status_code == 200
 
@@ -268,9 +249,7 @@ def test_app_openapi_needs_credentials(iris):
 
 def _boom_client(tmp_path):
     key = mint_key(name="boom", roles=("predict",))
-    settings = Settings(project_dir=tmp_path)
-    app = create_app(Boom, config=settings, keys=KeyStore(None, records=[key.record]))
-    return _client(app, key)
+    return asgi_client(build_app(Boom, Settings(project_dir=tmp_path), key), key)
 
 
 RESPONSES = {
@@ -288,7 +267,7 @@ RESPONSES = {
     "422": lambda c, b: c.post(PREDICT, json={"instances": []}),
     "400": lambda c, b: c.post(PREDICT, content=b"{", headers={"content-type": "application/json"}),
     "500": lambda c, b: b.post("/v1/models/boom:predict", json={"instances": [{"x": 1}]}),
-    "403-plaintext": lambda c, b: _client(c.app, base_url="http://testserver").get("/healthz"),
+    "403-plaintext": lambda c, b: asgi_client(c.app, base_url="http://testserver").get("/healthz"),
 }
 
 
@@ -469,7 +448,7 @@ def _mounted(iris_project, key):
 def test_app_mounted_under_prefix_still_needs_credentials(iris_project, method, path):
     """create_app mounted inside another Starlette app under /api still refuses anonymous calls."""
     key = mint_key(name="mount", roles=("predict", "admin"))
-    with _client(_mounted(iris_project, key)) as anonymous:
+    with asgi_client(_mounted(iris_project, key)) as anonymous:
         response = anonymous.request(method, path, json=VALID)
     body = _assert_problem(response, 401)
     assert body["detail"] == "no bearer token"
@@ -479,7 +458,7 @@ def test_app_mounted_under_prefix_still_needs_credentials(iris_project, method, 
 def test_app_mounted_under_prefix_serves_with_credentials(iris_project):
     """Mounted under /api, a valid key predicts and the model list filter still applies."""
     key = mint_key(name="mount", roles=("predict",))
-    with _client(_mounted(iris_project, key), key) as client:
+    with asgi_client(_mounted(iris_project, key), key) as client:
         assert client.post("/api" + PREDICT, json=VALID).status_code == 200
         assert client.get("/api/v1/models/iris").status_code == 403
 
@@ -488,6 +467,6 @@ def test_app_mounted_under_prefix_serves_with_credentials(iris_project):
 def test_app_mounted_under_prefix_probes_stay_public(iris_project, path):
     """Mounted under /api, the app's own probes still answer without credentials."""
     key = mint_key(name="mount", roles=("predict",))
-    with _client(_mounted(iris_project, key)) as anonymous:
+    with asgi_client(_mounted(iris_project, key)) as anonymous:
         response = anonymous.get(path)
     assert response.status_code == 200

@@ -15,6 +15,7 @@ from typing import Any
 
 import msgspec
 import pytest
+from app_helpers import RecordingLogger
 
 from secureserve.audit import (
     GENESIS,
@@ -37,31 +38,9 @@ OTHER_KEY = bytes(range(1, 33))
 NOW = datetime(2025, 1, 2, 3, 4, 5, 678901, tzinfo=UTC)
 
 
-class FakeLogger:
-    """Collects (level, event, fields) instead of printing."""
-
-    def __init__(self) -> None:
-        self.events: list[tuple[str, str, dict[str, Any]]] = []
-
-    def _add(self, level: str, event: str, **fields: Any) -> None:
-        self.events.append((level, event, fields))
-
-    def info(self, event: str, **fields: Any) -> None:
-        self._add("info", event, **fields)
-
-    def warning(self, event: str, **fields: Any) -> None:
-        self._add("warning", event, **fields)
-
-    def error(self, event: str, **fields: Any) -> None:
-        self._add("error", event, **fields)
-
-    def at(self, level: str) -> list[str]:
-        return [event for lvl, event, _ in self.events if lvl == level]
-
-
 @pytest.fixture
-def logger() -> FakeLogger:
-    return FakeLogger()
+def logger() -> RecordingLogger:
+    return RecordingLogger()
 
 
 @pytest.fixture
@@ -69,7 +48,7 @@ def log_path(tmp_path: Path) -> Path:
     return tmp_path / "audit" / "audit.jsonl"
 
 
-def _open(path: Path, logger: FakeLogger, **options: Any) -> AuditLog:
+def _open(path: Path, logger: RecordingLogger, **options: Any) -> AuditLog:
     return AuditLog(path, digest_key=KEY, logger=logger, clock=lambda: NOW, **options)
 
 
@@ -92,7 +71,7 @@ def _request(log: AuditLog, n: int = 0, **overrides: Any) -> None:
     log.record(**fields)
 
 
-def _write_chain(path: Path, logger: FakeLogger, count: int, **options: Any) -> None:
+def _write_chain(path: Path, logger: RecordingLogger, count: int, **options: Any) -> None:
     with _open(path, logger, **options) as log:
         for n in range(count):
             _request(log, n)
@@ -409,7 +388,7 @@ def test_path_that_cannot_be_created(tmp_path, logger):
 # --------------------------------------------------------------------------- rotation
 
 
-def _rotated_chain(path: Path, logger: FakeLogger) -> list[Path]:
+def _rotated_chain(path: Path, logger: RecordingLogger) -> list[Path]:
     _write_chain(path, logger, 12, max_bytes=1500)
     files = chain_files(path)
     assert len(files) >= 3
@@ -835,7 +814,9 @@ def test_request_async_failed_batch_refuses_all_and_keeps_the_chain(tmp_path, mo
 # --------------------------------------------------------------------------- retention
 
 
-def _pruned_chain(path: Path, logger: FakeLogger, count: int = 40, **options: Any) -> list[Path]:
+def _pruned_chain(
+    path: Path, logger: RecordingLogger, count: int = 40, **options: Any
+) -> list[Path]:
     """A chain rotated at 1500 bytes that kept 2 rotated files; its files, oldest first."""
     _write_chain(path, logger, count, max_bytes=1500, max_files=2, **options)
     return chain_files(path)
@@ -1189,7 +1170,7 @@ def _context(log: AuditLog, inner: Any, **options: Any) -> Any:
 
     return RequestContext(
         inner,
-        logger=FakeLogger(),
+        logger=RecordingLogger(),
         access=lambda record: None,
         metrics=Metrics(),
         audit=log,

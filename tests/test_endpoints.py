@@ -6,7 +6,6 @@ import asyncio
 import hashlib
 import io
 import json
-import logging
 import math
 import threading
 import time
@@ -14,15 +13,21 @@ import time
 import httpx2
 import msgspec
 import pytest
-import structlog
+from app_helpers import (
+    Echo,
+    Number,
+    asgi_client,
+    bearer,
+    build_app,
+    json_lines,
+    json_logs,
+    replaced,
+)
 from conftest import EXAMPLES, load_iris, shared_fixtures
-from starlette.testclient import TestClient as StarletteClient
 
 import secureserve as ss
-from secureserve.app import create_app
 from secureserve.config import Settings, load_settings
-from secureserve.keys import KeyStore, mint_key
-from secureserve.logs import configure_logging
+from secureserve.keys import mint_key
 from secureserve.testing import TestClient
 
 PREDICT = "/v1/models/iris:predict"
@@ -104,24 +109,13 @@ def iris():
 @pytest.fixture
 def log_output():
     """Route secureserve's JSON logs into a buffer; returns a function parsing the lines."""
-    was_configured = structlog.is_configured()
-    old = structlog.get_config()
-    root = logging.getLogger()
-    old_handlers, old_level = root.handlers[:], root.level
-    buffer = io.BytesIO()
-    configure_logging("info", stream=buffer)
+    with json_logs(io.BytesIO()) as buffer:
 
-    def lines():
-        return [json.loads(line) for line in buffer.getvalue().splitlines()]
+        def lines():
+            return json_lines(buffer)
 
-    lines.raw = buffer
-    yield lines
-    if was_configured:
-        structlog.configure(**old)
-    else:
-        structlog.reset_defaults()
-    root.handlers[:] = old_handlers
-    root.setLevel(old_level)
+        lines.raw = buffer
+        yield lines
 
 
 # --- the hostile inputs matrix -------------------------------------------------------
@@ -219,25 +213,13 @@ def test_endpoints_max_instances_boundary_is_accepted(iris):
 # --- handler contracts ---------------------------------------------------------------
 
 
-class Item(msgspec.Struct, forbid_unknown_fields=True):
-    """One number in."""
-
-    x: float
-
-
-class Out(msgspec.Struct):
-    """One number out."""
-
-    y: float
-
-
 class MaybeOut(msgspec.Struct):
     """One optional number out."""
 
     y: float | None = None
 
 
-class Raises(ss.Model[Item, Out]):
+class Raises(ss.Model[Number, Echo]):
     """predict raises with a message that must stay in the log."""
 
     name = "toy"
@@ -247,37 +229,37 @@ class Raises(ss.Model[Item, Out]):
         raise ValueError("secret-internal-detail at /work/model/weights.py")
 
 
-class TooFew(ss.Model[Item, Out]):
+class TooFew(ss.Model[Number, Echo]):
     """One output short."""
 
     name = "toy"
 
     def predict(self, batch):
         """Drop the last output."""
-        return [Out(y=i.x) for i in batch][:-1]
+        return [Echo(y=i.x) for i in batch][:-1]
 
 
-class TooMany(ss.Model[Item, Out]):
+class TooMany(ss.Model[Number, Echo]):
     """One output too many."""
 
     name = "toy"
 
     def predict(self, batch):
         """Add an output."""
-        return [Out(y=i.x) for i in batch] + [Out(y=0.0)]
+        return [Echo(y=i.x) for i in batch] + [Echo(y=0.0)]
 
 
-class WrongStruct(ss.Model[Item, Out]):
+class WrongStruct(ss.Model[Number, Echo]):
     """Returns objects that do not match the output type."""
 
     name = "toy"
 
     def predict(self, batch):
-        """Strings where Out structs belong."""
+        """Strings where Echo structs belong."""
         return ["not an Out" for _ in batch]
 
 
-class WrongFieldType(ss.Model[Item, Out]):
+class WrongFieldType(ss.Model[Number, Echo]):
     """Returns a struct-shaped dict with a wrongly typed field."""
 
     name = "toy"
@@ -287,17 +269,17 @@ class WrongFieldType(ss.Model[Item, Out]):
         return [{"y": "1.0"} for _ in batch]
 
 
-class NotAList(ss.Model[Item, Out]):
+class NotAList(ss.Model[Number, Echo]):
     """Returns a tuple instead of a list."""
 
     name = "toy"
 
     def predict(self, batch):
         """A tuple."""
-        return tuple(Out(y=i.x) for i in batch)
+        return tuple(Echo(y=i.x) for i in batch)
 
 
-class Unencodable(ss.Model[Item, Out]):
+class Unencodable(ss.Model[Number, Echo]):
     """Returns an object msgspec cannot encode."""
 
     name = "toy"
@@ -307,27 +289,27 @@ class Unencodable(ss.Model[Item, Out]):
         return [object() for _ in batch]
 
 
-class NaNOut(ss.Model[Item, Out]):
+class NaNOut(ss.Model[Number, Echo]):
     """Returns NaN."""
 
     name = "toy"
 
     def predict(self, batch):
         """NaN for every input."""
-        return [Out(y=math.nan) for _ in batch]
+        return [Echo(y=math.nan) for _ in batch]
 
 
-class InfOut(ss.Model[Item, Out]):
+class InfOut(ss.Model[Number, Echo]):
     """Returns -Infinity."""
 
     name = "toy"
 
     def predict(self, batch):
         """-inf for every input."""
-        return [Out(y=-math.inf) for _ in batch]
+        return [Echo(y=-math.inf) for _ in batch]
 
 
-class OptionalNaN(ss.Model[Item, MaybeOut]):
+class OptionalNaN(ss.Model[Number, MaybeOut]):
     """Returns NaN in an Optional[float] field (which would otherwise encode as null)."""
 
     name = "toy"
@@ -337,7 +319,7 @@ class OptionalNaN(ss.Model[Item, MaybeOut]):
         return [MaybeOut(y=math.nan) for _ in batch]
 
 
-class AsyncRaises(ss.Model[Item, Out]):
+class AsyncRaises(ss.Model[Number, Echo]):
     """An async predict that raises."""
 
     name = "toy"
@@ -347,17 +329,17 @@ class AsyncRaises(ss.Model[Item, Out]):
         raise ValueError("secret-internal-detail at /work/model/weights.py")
 
 
-class AsyncNaN(ss.Model[Item, Out]):
+class AsyncNaN(ss.Model[Number, Echo]):
     """An async predict that returns NaN."""
 
     name = "toy"
 
     async def predict(self, batch):
         """NaN for every input."""
-        return [Out(y=math.nan) for _ in batch]
+        return [Echo(y=math.nan) for _ in batch]
 
 
-class Slow(ss.Model[Item, Out]):
+class Slow(ss.Model[Number, Echo]):
     """A sync predict over its time budget."""
 
     name = "toy"
@@ -365,10 +347,10 @@ class Slow(ss.Model[Item, Out]):
     def predict(self, batch):
         """Sleep past the timeout."""
         time.sleep(0.3)
-        return [Out(y=i.x) for i in batch]
+        return [Echo(y=i.x) for i in batch]
 
 
-class AsyncSlow(ss.Model[Item, Out]):
+class AsyncSlow(ss.Model[Number, Echo]):
     """An async predict over its time budget."""
 
     name = "toy"
@@ -376,10 +358,10 @@ class AsyncSlow(ss.Model[Item, Out]):
     async def predict(self, batch):
         """Sleep past the timeout."""
         await asyncio.sleep(2)
-        return [Out(y=i.x) for i in batch]  # pragma: no cover - cancelled
+        return [Echo(y=i.x) for i in batch]  # pragma: no cover - cancelled
 
 
-class AsyncDouble(ss.Model[Item, Out]):
+class AsyncDouble(ss.Model[Number, Echo]):
     """A well-behaved async predict."""
 
     name = "toy"
@@ -387,10 +369,10 @@ class AsyncDouble(ss.Model[Item, Out]):
     async def predict(self, batch):
         """Double each input."""
         await asyncio.sleep(0)
-        return [Out(y=2 * i.x) for i in batch]
+        return [Echo(y=2 * i.x) for i in batch]
 
 
-class OptionalNone(ss.Model[Item, MaybeOut]):
+class OptionalNone(ss.Model[Number, MaybeOut]):
     """A legitimate None in an Optional[float] field."""
 
     name = "toy"
@@ -405,20 +387,14 @@ TOY_BODY = {"instances": [{"x": 1.0}, {"x": 2.0}]}
 
 
 def _toy_app(model, tmp_path, **server):
-    """create_app(model) with default settings (``server`` overrides) and one predict key."""
-    settings = Settings(project_dir=tmp_path)
-    if server:
-        settings = msgspec.structs.replace(
-            settings, server=msgspec.structs.replace(settings.server, **server)
-        )
+    """create_app(model) with default settings (``server`` overrides) and its predict key."""
     key = mint_key(name="toy", roles=("predict",))
-    app = create_app(model, config=settings, keys=KeyStore(None, records=[key.record]))
-    return app, {"Authorization": f"Bearer {key.secret}"}
+    return build_app(model, replaced(Settings(project_dir=tmp_path), server=server), key), key
 
 
 def _toy_client(model, tmp_path, **server):
-    app, headers = _toy_app(model, tmp_path, **server)
-    return StarletteClient(app, base_url="https://testserver", headers=headers)
+    app, key = _toy_app(model, tmp_path, **server)
+    return asgi_client(app, key)
 
 
 @pytest.mark.parametrize(
@@ -498,7 +474,7 @@ def test_endpoints_handler_over_time_budget_is_504(tmp_path, model):
 # --- threading and batching ------------------------------------------------------------
 
 
-class ThreadRecorder(ss.Model[Item, Out]):
+class ThreadRecorder(ss.Model[Number, Echo]):
     """Records the thread each predict call runs on."""
 
     name = "toy"
@@ -507,20 +483,20 @@ class ThreadRecorder(ss.Model[Item, Out]):
     def predict(self, batch):
         """Remember the thread."""
         type(self).threads.add(threading.get_ident())
-        return [Out(y=i.x) for i in batch]
+        return [Echo(y=i.x) for i in batch]
 
 
 def test_endpoints_sync_predict_runs_off_the_event_loop(tmp_path):
     """A sync predict never runs on the thread that runs the event loop."""
     ThreadRecorder.threads = set()
-    app, headers = _toy_app(ThreadRecorder, tmp_path)
+    app, key = _toy_app(ThreadRecorder, tmp_path)
     loop_threads = set()
 
     async def recording(scope, receive, send):
         loop_threads.add(threading.get_ident())
         await app(scope, receive, send)
 
-    with StarletteClient(recording, base_url="https://testserver", headers=headers) as client:
+    with asgi_client(recording, key) as client:
         for _ in range(3):
             assert client.post(TOY, json=TOY_BODY).status_code == 200
     assert ThreadRecorder.threads
@@ -528,7 +504,7 @@ def test_endpoints_sync_predict_runs_off_the_event_loop(tmp_path):
     assert not ThreadRecorder.threads & loop_threads
 
 
-class Gated(ss.Model[Item, Out]):
+class Gated(ss.Model[Number, Echo]):
     """Blocks in its first predict call until released; records every batch; marks fail."""
 
     name = "toy"
@@ -547,7 +523,7 @@ class Gated(ss.Model[Item, Out]):
         time.sleep(0.05)
         if any(i.x == self.MARKER for i in batch):
             raise ValueError("marker")
-        return [Out(y=2 * i.x) for i in batch]
+        return [Echo(y=2 * i.x) for i in batch]
 
 
 async def _gated_burst(model, app, headers, bodies):
@@ -574,9 +550,9 @@ async def _gated_burst(model, app, headers, bodies):
 def test_endpoints_concurrent_requests_are_batched(tmp_path):
     """Concurrent requests share predict calls, and each caller gets its own outputs in order."""
     model = Gated()
-    app, headers = _toy_app(model, tmp_path)
+    app, key = _toy_app(model, tmp_path)
     bodies = [{"instances": [{"x": float(i)}, {"x": i + 0.25}]} for i in range(1, 8)]
-    responses = asyncio.run(_gated_burst(model, app, headers, bodies))
+    responses = asyncio.run(_gated_burst(model, app, bearer(key), bodies))
     assert [r.status_code for r in responses] == [200] * 8
     assert responses[0].json() == {"predictions": [{"y": 1.0}]}
     for i, response in enumerate(responses[1:], start=1):
@@ -588,10 +564,10 @@ def test_endpoints_concurrent_requests_are_batched(tmp_path):
 def test_endpoints_bad_instance_in_merged_batch_fails_only_its_request(tmp_path):
     """A request that makes a merged predict fail gets 500; the others still get 200."""
     model = Gated()
-    app, headers = _toy_app(model, tmp_path)
+    app, key = _toy_app(model, tmp_path)
     bodies = [{"instances": [{"x": float(i)}]} for i in range(1, 7)]
     bodies.insert(3, {"instances": [{"x": Gated.MARKER}]})
-    responses = asyncio.run(_gated_burst(model, app, headers, bodies))
+    responses = asyncio.run(_gated_burst(model, app, bearer(key), bodies))
     statuses = [r.status_code for r in responses]
     assert statuses == [200, 200, 200, 200, 500, 200, 200, 200]
     assert any(Gated.MARKER in c and len(c) > 1 for c in model.calls)  # it was really merged
@@ -603,13 +579,10 @@ def test_endpoints_bad_instance_in_merged_batch_fails_only_its_request(tmp_path)
 
 
 def _limited_iris(*, per_principal="5/minute", quota="1000/day", max_instances=4):
-    settings = load_settings(project_dir=EXAMPLES / "iris")
-    return msgspec.structs.replace(
-        settings,
-        limits=msgspec.structs.replace(
-            settings.limits, per_principal=per_principal, quota=quota, auth_failures_per_ip=None
-        ),
-        server=msgspec.structs.replace(settings.server, max_instances=max_instances),
+    return replaced(
+        load_settings(project_dir=EXAMPLES / "iris"),
+        limits={"per_principal": per_principal, "quota": quota, "auth_failures_per_ip": None},
+        server={"max_instances": max_instances},
     )
 
 

@@ -12,25 +12,19 @@ import ast
 import asyncio
 import builtins
 import gc
-import logging
 import os
-import tempfile
 import tracemalloc
 from pathlib import Path
 from typing import Any
 
-import msgspec
 import pytest
-import structlog
-from conftest import EXAMPLES, ROOT
+from app_helpers import build_app, json_logs, unlimited_iris_settings
+from conftest import ROOT
 from test_middleware import ADMIN_KEY, PREDICT_KEY, RECORDS, Iris
 
 from secureserve import app as app_module
 from secureserve import errors
-from secureserve.app import create_app
-from secureserve.config import load_settings
-from secureserve.keys import KeyStore, mint_key
-from secureserve.logs import configure_logging
+from secureserve.keys import mint_key
 from secureserve.middleware import context
 
 PACKAGE = ROOT / "secureserve"
@@ -134,22 +128,8 @@ def test_errors_the_static_check_finds_a_kept_rejection(tmp_path):
 
 
 def _app(**server: Any):
-    settings = load_settings(project_dir=EXAMPLES / "iris")
-    settings = msgspec.structs.replace(
-        settings,
-        audit=msgspec.structs.replace(
-            settings.audit, path=Path(tempfile.mkdtemp(prefix="ss-audit-")) / "audit.jsonl"
-        ),
-        limits=msgspec.structs.replace(
-            settings.limits,
-            per_principal=None,  # counted in bounded windows of their own: tested elsewhere
-            quota=None,
-            auth_failures_per_ip=None,
-        ),
-        server=msgspec.structs.replace(settings.server, **server),
-    )
-    keys = KeyStore(None, records=[*RECORDS, OTHER_MODEL_KEY.record])
-    return create_app(Iris, config=settings, keys=keys)
+    # limits are off: they are counted in bounded windows of their own, tested elsewhere
+    return build_app(Iris, unlimited_iris_settings(**server), OTHER_MODEL_KEY, records=RECORDS)
 
 
 def _scope(method: str, path: str, headers: list[tuple[bytes, bytes]], scheme: str) -> dict:
@@ -261,18 +241,8 @@ def _depth(exc: BaseException) -> int:
 @pytest.fixture
 def quiet_logs():
     """JSON logs to /dev/null for the test (captured output would grow with every line)."""
-    was_configured, old = structlog.is_configured(), structlog.get_config()
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    with Path(os.devnull).open("wb") as sink:
-        configure_logging("info", stream=sink)
+    with Path(os.devnull).open("wb") as sink, json_logs(sink):
         yield
-    if was_configured:
-        structlog.configure(**old)
-    else:
-        structlog.reset_defaults()
-    root.handlers[:] = handlers
-    root.setLevel(level)
 
 
 @pytest.mark.parametrize("refusal", [pytest.param(row[1:], id=row[0]) for row in REFUSALS])

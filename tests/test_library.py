@@ -20,7 +20,7 @@ from starlette.testclient import TestClient as StarletteClient
 from secureserve import create_app, load_settings
 from secureserve.devcerts import ensure_dev_certificates
 from secureserve.keys import create_key
-from tests.server_helpers import clean_env, free_port
+from tests.server_helpers import clean_env, copy_iris, free_port
 
 PREDICT = "/ml/v1/models/iris:predict"
 SETOSA = {"instances": [{"features": [5.1, 3.5, 1.4, 0.2]}]}
@@ -77,14 +77,7 @@ class Service:
 def service(tmp_path_factory):
     """Start ``uvicorn service:api`` with a TLS certificate; stop it after the module."""
     root = tmp_path_factory.mktemp("service")
-    project = root / "iris"
-    examples = Path(__file__).resolve().parents[1] / "examples" / "iris"
-    project.mkdir()
-    for name in ("app.py", "secureserve.toml", "secureserve.lock"):
-        (project / name).write_bytes((examples / name).read_bytes())
-    (project / "models").mkdir()
-    for item in (examples / "models").iterdir():
-        (project / "models" / item.name).write_bytes(item.read_bytes())
+    project = copy_iris(root / "iris")
     key = create_key(project / "secrets" / "api_keys.toml", name="svc", roles=("predict",))
     certs = ensure_dev_certificates(root / "certs")
     (root / "service.py").write_text(SERVICE.format(project=str(project)), "utf-8")

@@ -15,17 +15,12 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import secrets
-import shutil
 import signal
-import socket
-import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import NoReturn
 
 import pytest
 import redis
@@ -33,43 +28,23 @@ from server_helpers import (
     HOST,
     Reply,
     ServerProcess,
-    copy_iris,
-    free_port,
+    need_redis,
+    production_iris,
+    redis_answers,
     running_server,
     set_toml,
 )
-
-from secureserve.devcerts import ensure_dev_certificates
-from secureserve.keys import create_key
 
 pytestmark = [pytest.mark.slow, pytest.mark.redis]
 
 SHARED_REDIS_PORT = 6379
 VALID = {"instances": [{"features": [5.1, 3.5, 1.4, 0.2]}]}
 PROBLEM = "urn:secureserve:problem:"
-REDIS_START_TIMEOUT_S = 5.0
 RECOVERY_TIMEOUT_S = 10.0  # the memory fallback retries Redis at most every 5 s
 LOG_TIMEOUT_S = 5.0
 
 
 # --------------------------------------------------------------------------- Redis
-
-
-def need(reason: str) -> NoReturn:
-    """Skip for ``reason``, or fail when SECURESERVE_REQUIRE_REDIS=1 (CI)."""
-    if os.environ.get("SECURESERVE_REQUIRE_REDIS") == "1":
-        pytest.fail(f"{reason}, and SECURESERVE_REQUIRE_REDIS=1 requires it", pytrace=False)
-    pytest.skip(reason)
-
-
-def redis_answers(port: int) -> bool:
-    """Whether a Redis server on 127.0.0.1:``port`` answers PING."""
-    try:
-        with socket.create_connection((HOST, port), timeout=0.5) as conn:
-            conn.sendall(b"PING\r\n")
-            return conn.recv(16).startswith(b"+PONG")
-    except OSError:
-        return False
 
 
 def fresh_prefix() -> str:
@@ -97,52 +72,6 @@ def count_prefix(port: int, prefix: str) -> int:
         client.close()
 
 
-class OwnRedis:
-    """A private ``redis-server`` on a free port that a test kills and restarts."""
-
-    def __init__(self, binary: str, logs: Path) -> None:
-        self.binary = binary
-        self.logs = logs
-        self.port = free_port()
-        self.process: subprocess.Popen[bytes] | None = None
-        self.url = f"redis://{HOST}:{self.port}/0"
-
-    def start(self) -> None:
-        """Start it on ``self.port`` (no persistence) and wait until it answers PING."""
-        command = [self.binary, "--port", str(self.port), "--bind", HOST]
-        command += ["--save", "", "--appendonly", "no"]
-        with (self.logs / f"redis-{self.port}.txt").open("ab") as out:
-            self.process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + REDIS_START_TIMEOUT_S
-        while not redis_answers(self.port):
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                self.kill()
-                pytest.fail(f"redis-server on port {self.port} did not start")
-            time.sleep(0.02)
-
-    def kill(self) -> None:
-        """SIGKILL this redis-server (no other) and reap it; a no-op when not running."""
-        if self.process is not None:
-            if self.process.poll() is None:
-                self.process.kill()
-            self.process.wait(5)
-            self.process = None
-
-
-@pytest.fixture
-def own_redis(tmp_path: Path) -> Iterator[OwnRedis]:
-    """A started private redis-server, always killed at the end of the test."""
-    binary = shutil.which("redis-server")
-    if binary is None:
-        need("redis-server is not installed")
-    server = OwnRedis(binary, tmp_path)
-    try:
-        server.start()
-        yield server
-    finally:
-        server.kill()
-
-
 # --------------------------------------------------------------------------- servers
 
 
@@ -153,11 +82,10 @@ def production_project(tmp_path: Path) -> tuple[Path, Path, str]:
     Non-dev servers, because ``--dev`` mints a new key on every start and revokes the
     previous one: replicas must share one key made with ``create_key``.
     """
-    project = copy_iris(tmp_path / "iris")
-    certs = ensure_dev_certificates(tmp_path / "certs")
-    set_toml(project, "tls", cert=certs.cert, key=certs.key)
-    key = create_key(project / "secrets" / "api_keys.toml", name="replicas", roles=("predict",))
-    return project, certs.ca_cert, key.secret
+    production = production_iris(tmp_path, "replicas")
+    certs = production.certs
+    set_toml(production.project, "tls", cert=certs.cert, key=certs.key)
+    return production.project, certs.ca_cert, production.key.secret
 
 
 def limits_env(storage: str, prefix: str, per_principal: str, **extra: str) -> dict[str, str]:
@@ -253,7 +181,7 @@ def test_limits_shared_across_three_replicas_exact(production_project):
     storage accept all 21 (7 each): the shared storage is what makes the limit global.
     """
     if not redis_answers(SHARED_REDIS_PORT):
-        need(f"no Redis answers on {HOST}:{SHARED_REDIS_PORT}")
+        need_redis(f"no Redis answers on {HOST}:{SHARED_REDIS_PORT}")
     project, ca, key = production_project
     prefix = fresh_prefix()
     shared = limits_env(f"redis://{HOST}:{SHARED_REDIS_PORT}/0", prefix, "7/minute")

@@ -5,25 +5,29 @@ from __future__ import annotations
 import asyncio
 import io
 import json
-import logging
-import tempfile
 import threading
 import time
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import httpx2
 import msgspec
 import pytest
-import structlog
-from conftest import EXAMPLES, load_iris
-from starlette.testclient import TestClient as StarletteClient
+from app_helpers import (
+    Echo,
+    Number,
+    asgi_client,
+    bearer,
+    build_app,
+    json_lines,
+    json_logs,
+    replaced,
+    unlimited_iris_settings,
+)
+from conftest import load_iris
 
 import secureserve as ss
-from secureserve.app import create_app
-from secureserve.config import Settings, load_settings
+from secureserve.config import Settings
 from secureserve.keys import KeyStore, mint_key
-from secureserve.logs import configure_logging
 
 PREDICT = "/v1/models/iris:predict"
 VALID = {"instances": [{"features": [5.1, 3.5, 1.4, 0.2]}]}
@@ -54,72 +58,27 @@ def _iris_app(**server):
     The audit log goes to a fresh temporary folder, and rate limits are off: these
     tests send many refused credentials on purpose (limits have their own tests).
     """
-    settings = load_settings(project_dir=EXAMPLES / "iris")
-    settings = msgspec.structs.replace(
-        settings,
-        audit=msgspec.structs.replace(
-            settings.audit, path=Path(tempfile.mkdtemp(prefix="ss-audit-")) / "audit.jsonl"
-        ),
-        limits=msgspec.structs.replace(
-            settings.limits, per_principal=None, auth_failures_per_ip=None, quota=None
-        ),
-    )
-    if server:
-        settings = msgspec.structs.replace(
-            settings, server=msgspec.structs.replace(settings.server, **server)
-        )
-    return create_app(Iris, config=settings, keys=KeyStore(None, records=RECORDS))
-
-
-def _bearer(key):
-    return {"Authorization": f"Bearer {key.secret}"}
+    return build_app(Iris, unlimited_iris_settings(**server), records=RECORDS)
 
 
 @pytest.fixture(scope="module")
 def client():
     """One iris app with the test key store, shared by the read-only matrices."""
-    with StarletteClient(_iris_app(), base_url="https://testserver") as test_client:
+    with asgi_client(_iris_app()) as test_client:
         yield test_client
 
 
 @pytest.fixture
 def log_output():
     """Route secureserve's JSON logs into a buffer; yields the buffer."""
-    was_configured = structlog.is_configured()
-    old = structlog.get_config()
-    root = logging.getLogger()
-    old_handlers, old_level = root.handlers[:], root.level
-    buffer = io.BytesIO()
-    configure_logging("info", stream=buffer)
-    yield buffer
-    if was_configured:
-        structlog.configure(**old)
-    else:
-        structlog.reset_defaults()
-    root.handlers[:] = old_handlers
-    root.setLevel(old_level)
-
-
-def _lines(buffer):
-    return [json.loads(line) for line in buffer.getvalue().splitlines()]
+    with json_logs(io.BytesIO()) as buffer:
+        yield buffer
 
 
 # --- InFlightLimit -------------------------------------------------------------------
 
 
-class Item(msgspec.Struct, forbid_unknown_fields=True):
-    """One number in."""
-
-    x: float
-
-
-class Out(msgspec.Struct):
-    """One number out."""
-
-    y: float
-
-
-class Blocking(ss.Model[Item, Out]):
+class Blocking(ss.Model[Number, Echo]):
     """A predict that blocks until the test releases it."""
 
     name = "toy"
@@ -132,7 +91,7 @@ class Blocking(ss.Model[Item, Out]):
         """Wait for the release, then echo."""
         self.started.set()
         self.release.wait(5)
-        return [Out(y=i.x) for i in batch]
+        return [Echo(y=i.x) for i in batch]
 
 
 async def _saturate(model, app, headers):
@@ -159,13 +118,10 @@ async def _saturate(model, app, headers):
 def test_inflight_limit_refuses_beyond_bound_but_not_probes(tmp_path):
     """With max_in_flight=1 and one request in predict, others get 503 + Retry-After; probes 200."""
     model = Blocking()
-    settings = Settings(project_dir=tmp_path)
-    settings = msgspec.structs.replace(
-        settings, server=msgspec.structs.replace(settings.server, max_in_flight=1)
-    )
+    settings = replaced(Settings(project_dir=tmp_path), server={"max_in_flight": 1})
     key = mint_key(name="toy", roles=("predict",))
-    app = create_app(model, config=settings, keys=KeyStore(None, records=[key.record]))
-    held, during, after = asyncio.run(_saturate(model, app, _bearer(key)))
+    app = build_app(model, settings, key)
+    held, during, after = asyncio.run(_saturate(model, app, bearer(key)))
     for name in ("predict", "list"):
         response = during[name]
         assert response.status_code == 503, name
@@ -271,7 +227,7 @@ def test_authentication_expired_key_was_valid_before_expiry():
 )
 def test_roles_missing_role_is_403(client, key, method, path, role):
     """A valid key without the route's role gets 403 naming the role, not 401 or 404."""
-    response = client.request(method, path, json=VALID, headers=_bearer(key))
+    response = client.request(method, path, json=VALID, headers=bearer(key))
     assert response.status_code == 403
     assert response.headers["content-type"] == PROBLEM
     assert "www-authenticate" not in response.headers
@@ -285,11 +241,11 @@ def test_roles_missing_role_is_403(client, key, method, path, role):
 
 def test_request_context_access_log_line_fields(log_output):
     """One access line per request with request id, key id, route, status and latency."""
-    with StarletteClient(_iris_app(), base_url="https://testserver") as client:
-        ok = client.post(PREDICT, json=VALID, headers=_bearer(PREDICT_KEY))
+    with asgi_client(_iris_app()) as client:
+        ok = client.post(PREDICT, json=VALID, headers=bearer(PREDICT_KEY))
         refused = client.get("/v1/models")
         probe = client.get("/healthz")
-    access = [line for line in _lines(log_output) if line.get("event") == "request"]
+    access = [line for line in json_lines(log_output) if line.get("event") == "request"]
     assert len(access) == 3
     by_id = {line["request_id"]: line for line in access}
     line = by_id[ok.headers["x-request-id"]]
@@ -308,10 +264,10 @@ def test_request_context_access_log_line_fields(log_output):
 
 def test_request_context_log_reason_says_which_check_failed(log_output):
     """The client's 401 is opaque, but the log line with its request id names the reason."""
-    with StarletteClient(_iris_app(), base_url="https://testserver") as client:
-        revoked = client.get("/v1/models", headers=_bearer(REVOKED_KEY))
+    with asgi_client(_iris_app()) as client:
+        revoked = client.get("/v1/models", headers=bearer(REVOKED_KEY))
         basic = client.get("/v1/models", headers={"Authorization": "Basic eDp5"})
-    by_id = {line["request_id"]: line for line in _lines(log_output) if "status" in line}
+    by_id = {line["request_id"]: line for line in json_lines(log_output) if "status" in line}
     assert by_id[revoked.headers["x-request-id"]]["reason"] == "unknown-revoked-or-expired-key"
     assert by_id[basic.headers["x-request-id"]]["reason"] == "not-bearer"
 
@@ -319,16 +275,16 @@ def test_request_context_log_reason_says_which_check_failed(log_output):
 def test_request_context_never_logs_the_raw_key(log_output):
     """The API key appears nowhere in the log output, even when sent in odd places."""
     keys = [PREDICT_KEY, REVOKED_KEY, NOT_STORED_KEY]
-    with StarletteClient(_iris_app(), base_url="https://testserver") as client:
+    with asgi_client(_iris_app()) as client:
         for key in keys:
-            client.post(PREDICT, json=VALID, headers=_bearer(key))
-            client.get(f"/v1/models/{key.secret}", headers=_bearer(key))
-            client.get("/v1/models", params={"api_key": key.secret}, headers=_bearer(key))
-            client.get("/healthz", headers={"X-Request-ID": key.secret, **_bearer(key)})
+            client.post(PREDICT, json=VALID, headers=bearer(key))
+            client.get(f"/v1/models/{key.secret}", headers=bearer(key))
+            client.get("/v1/models", params={"api_key": key.secret}, headers=bearer(key))
+            client.get("/healthz", headers={"X-Request-ID": key.secret, **bearer(key)})
             client.post(
                 PREDICT,
                 content=json.dumps({"instances": [{"features": key.secret}]}),
-                headers={"content-type": "application/json", **_bearer(key)},
+                headers={"content-type": "application/json", **bearer(key)},
             )
         client.get("/v1/models", headers={"Authorization": "Bearer not-a-key-but-secret-ish"})
     text = log_output.getvalue().decode()
@@ -343,7 +299,7 @@ def test_request_context_never_logs_the_raw_key(log_output):
 def test_request_context_latency_covers_the_handler(tmp_path, log_output):
     """latency_ms measures the whole request, including time spent in predict."""
 
-    class Sleepy(ss.Model[Item, Out]):
+    class Sleepy(ss.Model[Number, Echo]):
         """Sleeps 50 ms."""
 
         name = "toy"
@@ -351,14 +307,12 @@ def test_request_context_latency_covers_the_handler(tmp_path, log_output):
         def predict(self, batch):
             """Sleep, then echo."""
             time.sleep(0.05)
-            return [Out(y=i.x) for i in batch]
+            return [Echo(y=i.x) for i in batch]
 
     key = mint_key(name="toy", roles=("predict",))
-    app = create_app(
-        Sleepy, config=Settings(project_dir=tmp_path), keys=KeyStore(None, records=[key.record])
-    )
-    with StarletteClient(app, base_url="https://testserver", headers=_bearer(key)) as client:
+    app = build_app(Sleepy, Settings(project_dir=tmp_path), key)
+    with asgi_client(app, key) as client:
         response = client.post("/v1/models/toy:predict", json={"instances": [{"x": 1}]})
     assert response.status_code == 200
-    (line,) = [x for x in _lines(log_output) if x.get("event") == "request"]
+    (line,) = [x for x in json_lines(log_output) if x.get("event") == "request"]
     assert line["latency_ms"] >= 50

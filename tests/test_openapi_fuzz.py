@@ -15,6 +15,7 @@ import re
 
 import pytest
 import schemathesis
+from app_helpers import asgi_client, bearer, build_app
 from conftest import load_iris
 from hypothesis import HealthCheck, given, settings
 from schemathesis import GenerationMode
@@ -31,10 +32,9 @@ from schemathesis.specs.openapi.checks import (
     unsupported_method,
 )
 from server_helpers import copy_iris, set_toml
-from starlette.testclient import TestClient
 
-from secureserve import create_app, load_settings
-from secureserve.keys import KeyStore, mint_key
+from secureserve import load_settings
+from secureserve.keys import mint_key
 from secureserve.settings import DEFAULT_MAX_BODY_BYTES
 
 BASE = "https://testserver"
@@ -79,18 +79,11 @@ OTHER_MODEL = mint_key(name="other-model", roles=("predict", "admin"), models=("
 KEYS = (ALL_ROLES, PREDICT_ONLY, ADMIN_ONLY, OTHER_MODEL)
 
 
-def _bearer(key) -> dict[str, str]:
-    return {"Authorization": f"Bearer {key.secret}"}
-
-
 def _iris_app(project, **limits):
     """create_app(Iris) for a copy of examples/iris with these [limits] and the keys above."""
     set_toml(project, "limits", **limits)
-    return create_app(
-        load_iris(),
-        config=load_settings(project_dir=project),
-        keys=KeyStore(None, records=[k.record for k in KEYS]),
-        audit_key=os.urandom(32),
+    return build_app(
+        load_iris(), load_settings(project_dir=project), *KEYS, audit_key=os.urandom(32)
     )
 
 
@@ -120,8 +113,8 @@ def served(tmp_path_factory):
     app = _iris_app(
         project, per_principal=HIGH, per_model=HIGH, auth_failures_per_ip=HIGH, quota=HIGH
     )
-    with TestClient(app, base_url=BASE) as client:
-        response = client.get("/openapi.json", headers=_bearer(ALL_ROLES))
+    with asgi_client(app) as client:
+        response = client.get("/openapi.json", headers=bearer(ALL_ROLES))
         assert response.status_code == 200
         schema = schemathesis.openapi.from_dict(response.json())
         schema.app = _lifespan_elsewhere(app)
@@ -131,7 +124,7 @@ def served(tmp_path_factory):
 def test_openapi_lists_every_route(served):
     """The document names every route the app serves, with its methods, and nothing else."""
     client, schema = served
-    paths = client.get("/openapi.json", headers=_bearer(ALL_ROLES)).json()["paths"]
+    paths = client.get("/openapi.json", headers=bearer(ALL_ROLES)).json()["paths"]
     documented = {(m.upper(), p) for p, item in paths.items() for m in item}
     routes = {
         (method, re.sub(r"\{name(:\w+)?\}", "iris", route.path))
@@ -165,7 +158,7 @@ def test_openapi_generated_requests_conform(served, method, path, mode):
         suppress_health_check=[HealthCheck.too_slow],
     )
     def run(case):
-        case.call_and_validate(base_url=BASE, headers=_bearer(ALL_ROLES), checks=CHECKS)
+        case.call_and_validate(base_url=BASE, headers=bearer(ALL_ROLES), checks=CHECKS)
 
     run()
 
@@ -214,7 +207,7 @@ def test_openapi_documents_error_responses(served, method, path, request_kwargs,
     if key == "bad":
         headers["Authorization"] = "Bearer ss_0123456789ab_" + "A" * 43
     elif key is not None:
-        headers.update(_bearer(key))
+        headers.update(bearer(key))
     if "content" in kwargs and "Content-Type" not in headers:
         headers["Content-Type"] = "application/json"
     response = client.request(method, path, headers=headers, **kwargs)
@@ -228,9 +221,9 @@ def test_openapi_documents_rate_limit_responses(tmp_path, served):
     project = copy_iris(tmp_path / "iris")
     set_toml(project, "server", max_instances=1)
     app = _iris_app(project, per_principal="1/minute", auth_failures_per_ip="1/minute")
-    with TestClient(app, base_url=BASE) as client:
-        assert client.post(PREDICT, json=VALID, headers=_bearer(ALL_ROLES)).status_code == 200
-        limited = client.post(PREDICT, json=VALID, headers=_bearer(ALL_ROLES))
+    with asgi_client(app) as client:
+        assert client.post(PREDICT, json=VALID, headers=bearer(ALL_ROLES)).status_code == 200
+        limited = client.post(PREDICT, json=VALID, headers=bearer(ALL_ROLES))
         assert limited.status_code == 429
         assert "ratelimit-limit" in limited.headers
         _check(schema, "POST", PREDICT, limited)
@@ -246,7 +239,7 @@ def test_openapi_documents_unavailable_responses(tmp_path, served):
     _, schema = served
     project = copy_iris(tmp_path / "iris")
     app = _iris_app(project, per_principal=HIGH)
-    with TestClient(app, base_url=BASE, headers=_bearer(ALL_ROLES)) as client:
+    with asgi_client(app, ALL_ROLES) as client:
         (project / "audit" / "audit.jsonl").chmod(0o400)
         try:
             refused = client.post(PREDICT, json=VALID)
@@ -254,7 +247,7 @@ def test_openapi_documents_unavailable_responses(tmp_path, served):
             (project / "audit" / "audit.jsonl").chmod(0o600)
         assert refused.status_code == 503
         _check(schema, "POST", PREDICT, refused)
-    shut_down = TestClient(app, base_url=BASE).get("/readyz")
+    shut_down = asgi_client(app).get("/readyz")
     assert shut_down.status_code == 503
     _check(schema, "GET", "/readyz", shut_down)
 
@@ -262,10 +255,10 @@ def test_openapi_documents_unavailable_responses(tmp_path, served):
 def test_openapi_conformance_catches_an_undocumented_answer(served):
     """The checks are live: with 415 dropped from the document, a 415 fails them."""
     client, _ = served
-    document = client.get("/openapi.json", headers=_bearer(ALL_ROLES)).json()
+    document = client.get("/openapi.json", headers=bearer(ALL_ROLES)).json()
     del document["paths"][PREDICT]["post"]["responses"]["415"]
     schema = schemathesis.openapi.from_dict(document)
-    headers = {"Content-Type": "text/plain", **_bearer(ALL_ROLES)}
+    headers = {"Content-Type": "text/plain", **bearer(ALL_ROLES)}
     response = client.post(PREDICT, content=b"{}", headers=headers)
     assert response.status_code == 415
     with pytest.raises(FailureGroup, match="Undocumented status code"):

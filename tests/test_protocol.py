@@ -19,6 +19,7 @@ from collections.abc import Iterator
 import pytest
 from server_helpers import (
     HOST,
+    NO_LIMITS,
     ServerProcess,
     _early_answer,
     copy_iris,
@@ -32,11 +33,6 @@ pytestmark = pytest.mark.slow
 PROBLEM = "application/problem+json"
 PREDICT = "/v1/models/iris:predict"
 VALID = b'{"instances": [{"features": [5.1, 3.5, 1.4, 0.2]}]}'
-NO_LIMITS = {
-    "SECURESERVE_LIMITS__PER_PRINCIPAL": "null",
-    "SECURESERVE_LIMITS__QUOTA": "null",
-    "SECURESERVE_LIMITS__AUTH_FAILURES_PER_IP": "null",
-}
 EDGE = {
     "SECURESERVE_SERVER__HEADER_TIMEOUT_S": "1",
     "SECURESERVE_SERVER__IDLE_TIMEOUT_S": "1",
@@ -59,18 +55,6 @@ def server(tmp_path_factory) -> Iterator[ServerProcess]:
     project = copy_iris(tmp_path_factory.mktemp("edge") / "iris")
     with running_server(project, env=EDGE) as running:
         yield running
-
-
-def _connect(server: ServerProcess, source: str | None = None) -> ssl.SSLSocket:
-    """A TLS connection from ``source`` (an address of 127.0.0.0/8) to the server."""
-    raw = socket.create_connection(
-        (HOST, server.port), timeout=10, source_address=(source, 0) if source else None
-    )
-    try:
-        return server.client_context().wrap_socket(raw, server_hostname=HOST)
-    except BaseException:
-        raw.close()
-        raise
 
 
 def _closed_within(sock: socket.socket, seconds: float) -> bool:
@@ -113,26 +97,19 @@ def _logged(server: ServerProcess, request_id: str) -> dict:
         time.sleep(0.05)
 
 
-def _exchange(server: ServerProcess, raw: bytes) -> object:
-    """Send raw bytes over a fresh TLS connection and read one response."""
-    with _connect(server) as tls:
-        tls.sendall(raw)
-        return read_reply(tls)
-
-
 # --------------------------------------------------------------------------- deadlines
 
 
 def test_protocol_silent_connection_closed_after_idle_timeout(server):
     """A connection that sends nothing after its handshake is closed (idle_timeout_s = 1)."""
-    with _connect(server) as tls:
+    with server.connect() as tls:
         assert _closed_within(tls, 5)
 
 
 def test_protocol_slow_head_gets_408_problem_and_close(server):
     """A head trickled a byte at a time is answered 408 at header_timeout_s, then closed."""
     head = request_head("GET", "/v1/models", key=server.key, content_type=None)
-    with _connect(server) as tls:
+    with server.connect() as tls:
         start = time.monotonic()
         early = b""
         for byte in head[:40]:
@@ -158,7 +135,7 @@ def test_protocol_tls_handshake_deadline(server):
 def test_protocol_refusal_before_the_body_closes_the_connection(server):
     """A 401 sent before a declared 1 GB body arrived ends the connection at once."""
     head = request_head("POST", PREDICT, content_length=1 << 30)
-    with _connect(server) as tls:
+    with server.connect() as tls:
         tls.sendall(head + b"{" * 1024)
         reply = read_reply(tls)
         assert reply.status == 401
@@ -169,7 +146,7 @@ def test_protocol_refusal_before_the_body_closes_the_connection(server):
 def test_protocol_answered_request_keeps_the_connection(server):
     """A prediction whose body was read keeps its keep-alive connection (no needless close)."""
     head = request_head("POST", PREDICT, key=server.key, content_length=len(VALID))
-    with _connect(server) as tls:
+    with server.connect() as tls:
         for _ in range(2):
             tls.sendall(head + VALID)
             reply = read_reply(tls)
@@ -183,11 +160,11 @@ def test_protocol_answered_request_keeps_the_connection(server):
 def test_protocol_connections_per_address_are_capped(server):
     """A 4th connection from one address is closed unanswered; another address still gets in."""
     with contextlib.ExitStack() as stack:
-        held = [stack.enter_context(_connect(server)) for _ in range(3)]
+        held = [stack.enter_context(server.connect()) for _ in range(3)]
         for tls in held:  # keep them busy past the idle deadline with a slow body
             tls.sendall(request_head("POST", PREDICT, key=server.key, content_length=10))
         try:
-            extra = _connect(server)
+            extra = server.connect()
         except (ssl.SSLError, ConnectionResetError, BrokenPipeError):
             pass  # closed while the handshake finished: refused just the same
         else:
@@ -200,7 +177,7 @@ def test_protocol_connections_per_address_are_capped(server):
                 except (ConnectionResetError, ssl.SSLError):
                     answer = b""
                 assert answer == b"", answer[:100]  # closed without a response
-        with _connect(server, source="127.0.0.2") as other:
+        with server.connect(source="127.0.0.2") as other:
             other.sendall(request_head("GET", "/healthz", content_type=None))
             assert read_reply(other).status == 200
 
@@ -214,7 +191,7 @@ def test_protocol_thousand_idle_and_slow_connections_do_not_stop_a_good_client(s
         for n in range(first, first + count):
             source = f"127.1.{n // 250}.{n % 250 + 1}"
             try:
-                tls = _connect(server, source)
+                tls = server.connect(source=source)
             except OSError:
                 continue
             if n % 2:
@@ -259,14 +236,14 @@ def test_protocol_thousand_idle_and_slow_connections_do_not_stop_a_good_client(s
 def test_protocol_head_bounds_431(server, extra, status, slug):
     """More than 100 headers, or a head over 16 KiB, is a 431 problem."""
     head = request_head("GET", "/v1/models", key=server.key, content_type=None, extra=extra)
-    body = _assert_problem(_exchange(server, head), status)
+    body = _assert_problem(server.exchange(head), status)
     assert body["type"].endswith(slug)
 
 
 def test_protocol_long_target_414(server):
     """A 64 KiB request target is a 414 problem."""
     head = request_head("GET", "/" + "a" * 65536, key=server.key, content_type=None)
-    body = _assert_problem(_exchange(server, head), 414)
+    body = _assert_problem(server.exchange(head), 414)
     assert _logged(server, body["request_id"])["status"] == 414
 
 
@@ -274,7 +251,7 @@ def test_protocol_hundred_headers_are_fine(server):
     """Exactly 100 headers (the bound) are served."""
     extra = [(f"X-Filler-{n}", "x") for n in range(97)]  # + Host and Authorization
     head = request_head("GET", "/v1/models", key=server.key, content_type=None, extra=extra)
-    assert _exchange(server, head).status == 200
+    assert server.exchange(head).status == 200
 
 
 # --------------------------------------------------------------------------- doubled headers
@@ -293,7 +270,7 @@ def test_protocol_hundred_headers_are_fine(server):
 def test_protocol_doubled_headers_are_400(server, doubled):
     """A second Authorization, Content-Type, Content-Length or Transfer-Encoding is refused."""
     head = request_head("POST", PREDICT, key=server.key, content_length=len(VALID), extra=doubled)
-    reply = _exchange(server, head + VALID)
+    reply = server.exchange(head + VALID)
     _assert_problem(reply, 400)
 
 
@@ -323,7 +300,7 @@ PARSER_CASES = {
 @pytest.mark.parametrize("raw", list(PARSER_CASES.values()), ids=list(PARSER_CASES))
 def test_protocol_parser_errors_are_problems_with_request_id(server, raw):
     """What the HTTP parser refuses is a 400 problem with X-Request-ID, logged with that id."""
-    with _connect(server) as tls:
+    with server.connect() as tls:
         tls.sendall(raw)
         reply = read_reply(tls)
         body = _assert_problem(reply, 400)
@@ -340,7 +317,7 @@ def test_protocol_endless_header_line_is_431_and_does_not_stall_others(server):
     httptools hands a header over only once its line is complete and copies the part it
     has at every read, so the bound must count raw bytes, not finished headers.
     """
-    with _connect(server) as tls:
+    with server.connect() as tls:
         tls.sendall(b"GET /v1/models HTTP/1.1\r\nHost: x\r\nX-Big: ")
         early = b""
         for _ in range(64):  # up to 1 MiB in 16 KiB reads, unless answered first
@@ -373,13 +350,13 @@ def test_protocol_refused_connections_do_not_hold_server_slots(tmp_path):
     }
     with running_server(project, env=env) as small, contextlib.ExitStack() as stack:
         for _ in range(2):
-            held = stack.enter_context(_connect(small))
+            held = stack.enter_context(small.connect())
             held.sendall(request_head("POST", PREDICT, key=small.key, content_length=10))
         for _ in range(12):
             with contextlib.suppress(OSError):
-                stack.enter_context(_connect(small))
+                stack.enter_context(small.connect())
         time.sleep(0.5)
-        with _connect(small, source="127.0.0.2") as other:
+        with small.connect(source="127.0.0.2") as other:
             other.sendall(request_head("GET", "/healthz", content_type=None))
             assert read_reply(other).status == 200
 

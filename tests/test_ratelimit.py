@@ -3,45 +3,20 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import shutil
 import signal
-import socket
-import subprocess
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
+from app_helpers import RecordingLogger
+from server_helpers import OwnRedis, need_redis, redis_answers
 
 from secureserve.errors import ConfigError, RequestRejected
 from secureserve.ratelimit import RateLimiter, client_ip
 
-REQUIRE_REDIS = os.environ.get("SECURESERVE_REQUIRE_REDIS") == "1"
-SHARED_REDIS = ("127.0.0.1", 6379)
-
-
-class Recorder:
-    """A logger that keeps ``(level, event, fields)`` for assertions."""
-
-    def __init__(self) -> None:
-        self.records: list[tuple[str, str, dict[str, Any]]] = []
-
-    def _add(self, level: str, event: str, **fields: Any) -> None:
-        self.records.append((level, event, fields))
-
-    def info(self, event: str, **fields: Any) -> None:
-        self._add("info", event, **fields)
-
-    def warning(self, event: str, **fields: Any) -> None:
-        self._add("warning", event, **fields)
-
-    def error(self, event: str, **fields: Any) -> None:
-        self._add("error", event, **fields)
-
-    def levels(self) -> list[str]:
-        return [level for level, _, _ in self.records]
+SHARED_REDIS_PORT = 6379
 
 
 def run(fn: Callable[[], Awaitable[Any]]) -> Any:
@@ -409,82 +384,12 @@ def test_client_ip_bad_trusted_proxy_is_config_error():
 # ---- Redis -------------------------------------------------------------------------------
 
 
-def answers(host: str, port: int) -> bool:
-    """Whether a Redis server on ``host:port`` answers PING."""
-    try:
-        with socket.create_connection((host, port), timeout=0.5) as conn:
-            conn.sendall(b"PING\r\n")
-            return conn.recv(16).startswith(b"+PONG")
-    except OSError:
-        return False
-
-
-def need(reason: str) -> None:
-    """Skip for ``reason``, or fail when SECURESERVE_REQUIRE_REDIS=1."""
-    if REQUIRE_REDIS:
-        pytest.fail(f"{reason} (SECURESERVE_REQUIRE_REDIS=1)")
-    pytest.skip(reason)
-
-
 @pytest.fixture
 def shared_redis() -> str:
     """The storage URL of the Redis on 127.0.0.1:6379 (skipped when it does not answer)."""
-    if not answers(*SHARED_REDIS):
-        need("no Redis on 127.0.0.1:6379")
+    if not redis_answers(SHARED_REDIS_PORT):
+        need_redis("no Redis on 127.0.0.1:6379")
     return "redis://127.0.0.1:6379/0"
-
-
-class OwnRedis:
-    """A private redis-server on a free port that a test may kill and restart."""
-
-    def __init__(self, binary: str) -> None:
-        self.binary = binary
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            self.port = probe.getsockname()[1]
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(
-            [
-                self.binary,
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 5
-        while not answers("127.0.0.1", self.port):
-            assert time.monotonic() < deadline, "redis-server did not start"
-            time.sleep(0.02)
-
-    def kill(self) -> None:
-        if self.proc is not None:
-            self.proc.kill()
-            self.proc.wait(5)
-            self.proc = None
-
-
-@pytest.fixture
-def own_redis() -> Iterator[OwnRedis]:
-    """A started private redis-server, always killed at the end."""
-    binary = shutil.which("redis-server")
-    if binary is None:
-        need("redis-server is not installed")
-    server = OwnRedis(binary)  # type: ignore[arg-type]
-    try:
-        server.start()
-        yield server
-    finally:
-        server.kill()
 
 
 async def wipe(limiter: RateLimiter) -> None:
@@ -565,7 +470,7 @@ def test_redis_outage_refuse_mode_fails_closed(own_redis):
     """With on_storage_error="refuse" a dead Redis is a 503 with Retry-After, logged once."""
 
     async def scenario():
-        log = Recorder()
+        log = RecordingLogger()
         limiter = RateLimiter(storage=own_redis.url, logger=log, per_principal="5/minute")
         try:
             await refuse_then_recover(limiter, log, own_redis)
@@ -575,7 +480,9 @@ def test_redis_outage_refuse_mode_fails_closed(own_redis):
     run(scenario)
 
 
-async def refuse_then_recover(limiter: RateLimiter, log: Recorder, own_redis: OwnRedis) -> None:
+async def refuse_then_recover(
+    limiter: RateLimiter, log: RecordingLogger, own_redis: OwnRedis
+) -> None:
     """Use, kill, expect 503s logged once; restart, expect service and one recovery line."""
     await limiter.check("alice", "iris")
     own_redis.kill()
@@ -617,7 +524,7 @@ def test_redis_outage_memory_mode_falls_back_and_recovers(own_redis):
     """With "memory" a dead Redis means per-process limits and one warning; recovery re-shares."""
 
     async def scenario():
-        logs = [Recorder(), Recorder()]
+        logs = [RecordingLogger(), RecordingLogger()]
         first, second = (
             RateLimiter(
                 storage=own_redis.url,
@@ -637,7 +544,7 @@ def test_redis_outage_memory_mode_falls_back_and_recovers(own_redis):
 
 
 async def fall_back_then_recover(
-    first: RateLimiter, second: RateLimiter, logs: list[Recorder], own_redis: OwnRedis
+    first: RateLimiter, second: RateLimiter, logs: list[RecordingLogger], own_redis: OwnRedis
 ) -> None:
     """Share 4/minute, kill Redis: 4 each per process; restart: 4 shared again."""
     for limiter in (first, second):
@@ -777,12 +684,12 @@ def test_redis_hung_costs_at_most_the_storage_timeout(own_redis):
     """
 
     async def scenario():
-        log = Recorder()
+        log = RecordingLogger()
         limiter = RateLimiter(storage=own_redis.url, logger=log, storage_timeout_s=0.3)
         try:
             await limiter.check("alice", "iris")
-            assert own_redis.proc is not None
-            own_redis.proc.send_signal(signal.SIGSTOP)
+            assert own_redis.process is not None
+            own_redis.process.send_signal(signal.SIGSTOP)
             waits = []
             for _ in range(20):
                 start = time.monotonic()
@@ -792,7 +699,7 @@ def test_redis_hung_costs_at_most_the_storage_timeout(own_redis):
                 await asyncio.sleep(0.1)
             assert max(waits) < 0.3 + 0.25  # the deadline, never the socket's retries on top
             assert sorted(waits)[len(waits) // 2] < 0.05  # most fail at once between retries
-            own_redis.proc.send_signal(signal.SIGCONT)
+            own_redis.process.send_signal(signal.SIGCONT)
             returned = time.monotonic()
             while True:
                 try:
@@ -802,8 +709,8 @@ def test_redis_hung_costs_at_most_the_storage_timeout(own_redis):
                     assert time.monotonic() - returned < 2.0
                     await asyncio.sleep(0.05)
         finally:
-            if own_redis.proc is not None:
-                own_redis.proc.send_signal(signal.SIGCONT)
+            if own_redis.process is not None:
+                own_redis.process.send_signal(signal.SIGCONT)
             await limiter.aclose()
 
     run(scenario)

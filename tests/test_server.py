@@ -22,12 +22,14 @@ import pytest
 from conftest import shared_fixtures
 from server_helpers import (
     HOST,
+    NO_LIMITS,
     ClientPKI,
     ServerProcess,
     chunked,
     copy_iris,
     make_client_pki,
     pieces,
+    production_iris,
     read_reply,
     request_head,
     run_cli,
@@ -36,16 +38,7 @@ from server_helpers import (
     write_slow_project,
 )
 
-from secureserve.devcerts import ensure_dev_certificates
 from secureserve.keys import create_key
-
-# These servers take many requests and refused credentials from one address on purpose;
-# rate limits are tested on their own (tests/test_ratelimit.py, tests/test_limits_shared.py).
-NO_LIMITS = {
-    "SECURESERVE_LIMITS__PER_PRINCIPAL": "null",
-    "SECURESERVE_LIMITS__AUTH_FAILURES_PER_IP": "null",
-    "SECURESERVE_LIMITS__QUOTA": "null",
-}
 
 pytestmark = pytest.mark.slow
 
@@ -184,17 +177,15 @@ def strict_server(tmp_path_factory):
     The key comes from ``secureserve.keys.create_key``; body and keep-alive timeouts
     are 1 s, set through the environment.
     """
-    base = tmp_path_factory.mktemp("strict")
-    project = copy_iris(base / "iris")
-    certs = ensure_dev_certificates(base / "certs")
-    set_toml(project, "tls", cert=certs.cert, key=certs.key, min_version="1.3")
-    key = create_key(project / "secrets" / "api_keys.toml", name="strict", roles=("predict",))
+    production = production_iris(tmp_path_factory.mktemp("strict"), "strict")
+    certs = production.certs
+    set_toml(production.project, "tls", cert=certs.cert, key=certs.key, min_version="1.3")
     env = {
         "SECURESERVE_SERVER__BODY_TIMEOUT_S": "1",
         "SECURESERVE_SERVER__KEEP_ALIVE_S": "1",
         **NO_LIMITS,
     }
-    with running_server(project, dev=False, ca=certs.ca_cert, key=key.secret, env=env) as server:
+    with production.running(env) as server:
         yield server
 
 
@@ -211,17 +202,9 @@ def client_pki(tmp_path_factory) -> dict[str, ClientPKI]:
 @pytest.fixture(scope="module")
 def mtls_server(tmp_path_factory, client_pki):
     """Mutual TLS: ``[tls] client_ca`` in the file, cert and key through the environment."""
-    base = tmp_path_factory.mktemp("mtls")
-    project = copy_iris(base / "iris")
-    certs = ensure_dev_certificates(base / "certs")
-    set_toml(project, "tls", client_ca=client_pki["trusted"].ca)
-    key = create_key(project / "secrets" / "api_keys.toml", name="mtls", roles=("predict",))
-    env = {
-        "SECURESERVE_TLS__CERT": str(certs.cert),
-        "SECURESERVE_TLS__KEY": str(certs.key),
-        **NO_LIMITS,
-    }
-    with running_server(project, dev=False, ca=certs.ca_cert, key=key.secret, env=env) as server:
+    production = production_iris(tmp_path_factory.mktemp("mtls"), "mtls")
+    set_toml(production.project, "tls", client_ca=client_pki["trusted"].ca)
+    with production.running({**production.tls_env(), **NO_LIMITS}) as server:
         yield server
 
 

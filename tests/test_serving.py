@@ -9,8 +9,8 @@ import shutil
 from pathlib import Path
 
 import hostile
-import msgspec
 import pytest
+from app_helpers import Echo, Number
 from conftest import load_iris, shared_fixtures
 from server_helpers import set_toml
 
@@ -43,19 +43,7 @@ class IrisWithExtra(Iris):
         self.extra = artifacts.json("extra.json")
 
 
-class Item(msgspec.Struct, forbid_unknown_fields=True):
-    """A one-number input."""
-
-    x: float
-
-
-class Score(msgspec.Struct):
-    """A one-number output."""
-
-    y: float
-
-
-class Loader(ss.Model[Item, Score]):
+class Loader(ss.Model[Number, Echo]):
     """Opens one named file with one loader method, as a handler would."""
 
     name = "loader"
@@ -68,7 +56,7 @@ class Loader(ss.Model[Item, Score]):
         getattr(artifacts, self.method)(self.artifact)
 
     def predict(self, batch):
-        return [Score(y=item.x) for item in batch]
+        return [Echo(y=item.x) for item in batch]
 
 
 @pytest.fixture(autouse=True)
