@@ -17,7 +17,7 @@ from cryptography import x509
 from secureserve.cli import main
 from secureserve.devcerts import ensure_dev_certificates
 from secureserve.doctor import Severity, diagnose, format_report
-from secureserve.doctor.ignorefiles import ignored
+from secureserve.doctor.ignorefiles import git_view, ignored
 from secureserve.keys import create_key
 from secureserve.scaffold import create_project
 
@@ -417,6 +417,110 @@ def test_ignored(path, patterns, anchored, expected):
     )
 
 
+# Docker's rules are moby/patternmatcher's, not git's: each group names a difference.
+@pytest.mark.parametrize(
+    ("path", "lines", "expected"),
+    [
+        # no implicit "at any depth": *.pem is the root's, **/*.pem everyone's
+        ("key.pem", ["*.pem"], True),
+        ("certs/key.pem", ["*.pem"], False),
+        ("certs/key.pem", ["**/*.pem"], True),
+        ("certs/a/key.pem", ["**.pem"], True),  # Docker: any path that ends in .pem
+        ("a/x/b", ["a**b"], True),  # "**" inside a name spans folders too
+        ("axb", ["a**b"], False),
+        # a pattern that names a folder excludes all of it; "/" at the end is cleaned away
+        ("secrets/sub/a.key", ["secrets"], True),
+        ("secrets/sub/a.key", ["secrets/*"], True),
+        ("secrets", ["secrets/"], True),  # git: "secrets/" never names a file
+        ("models/secrets/a.key", ["secrets"], False),
+        # "!" re-includes a file even inside an excluded folder (git cannot); last wins
+        ("secrets/a.key", ["secrets", "!secrets/a.key"], False),
+        ("secrets/b.key", ["secrets", "!secrets/a.key"], True),
+        ("secrets/a.key", ["*", "!secrets", "secrets/*.key"], True),
+        # a leading "/" is dropped and every pattern is cleaned as filepath.Clean cleans
+        ("secrets/a.key", ["/secrets/a.key"], True),
+        ("secrets/a.key", ["//secrets//./a.key/"], True),
+        ("secrets/a.key", ["other/../secrets/a.key"], True),
+        ("secrets/a.key", ["/../secrets"], True),
+        ("secrets/a.key", ["../secrets", ".", "/"], False),  # name nothing in the context
+        ("secrets/a.key", ["secrets", "!../../secrets/a.key"], True),  # cleaned to an exclusion
+        # comments only where a line starts with "#"; white space trimmed, also after "!"
+        ("secrets/a.key", ["  secrets  ", "# !secrets/a.key"], True),
+        ("secrets/a.key", ["secrets", " ! secrets/a.key "], False),
+        ("#a.key", [" #a.key"], True),
+        # brackets and escapes as Go reads them: "[!a]" is "!" or "a", "[^a]" is not "a"
+        ("!.key", ["[!a].key"], True),
+        ("b.key", ["[!a].key"], False),
+        ("b.key", ["[^a].key"], True),
+        ("*.key", ["\\*.key"], True),
+        ("a.key", ["\\*.key"], False),
+        ("x\ny/a.key", ["**/*.key"], False),  # Go's "." does not match a newline
+        # what Docker refuses or mistranslates: an exclusion excludes nothing, an
+        # exception re-includes everything (the doctor errs towards "in the image")
+        ("b.key", ["[a-c-e].key"], False),
+        ("a.key", ["a.key\\"], False),
+        ("a.key", ["\\a.key"], False),  # Go's regexp reads "\a" as BEL
+        ("a.key", ["a.key", "!z[*]"], False),
+    ],
+)
+def test_docker_rules_are_not_gits(path, lines, expected):
+    assert ignored(path, lines, anchored=True) is expected
+
+
+@pytest.mark.parametrize(
+    ("pattern", "path", "expected"),
+    [  # from moby/patternmatcher's own tests (TestMatches, TestMatch)
+        ("**", "dir/file", True),
+        ("**/", "file", True),
+        ("dir/**", "dir/dir2/file", True),
+        ("**/dir", "dir", True),
+        ("**/dir2/*", "dir/dir2/file", True),
+        ("**file", "dir/dir/file", True),
+        ("**/file*.txt*", "dir/dir/file.txt", True),
+        ("**/**/*.txt2", "dir/dir/file.txt", False),
+        ("a**/*.txt", "a/dir/dir/file.txt", True),
+        ("a/*.txt", "a/dir/file.txt", False),
+        ("a/*.txt**", "a/file.txt", True),
+        ("a[^b-d]e", "aze", True),
+        (".*", "foo", False),
+        ("abc.def", "abcZdef", False),
+        ("abc?def", "abcdef", False),
+        ("a\\\\", "a\\", True),
+        ("abc/**", "abc", False),
+        ("**/.foo", "bar.foo", False),
+        ("a.|)$(}+{bc", "a.|)$(}+{bc", True),
+        ("a*", "ab/c", True),
+        ("a*/b", "a/c/b", False),
+        ("a*b*c*d*e*/f", "axbxcxdxe/xxx/f", False),
+        ("a*b?c*x", "abxbbxdbxebxczzx", True),
+        ("a?b", "a☺b", True),
+        ("a[^a][^a][^a]b", "a☺b", False),
+        ("[a-ζ]*", "\u03b1", True),  # Greek alpha
+        ("[x\\-]", "-", True),
+        ("[]a]", "]", False),  # refused by Docker
+        ("[x-]", "x", False),
+        ("a[", "a", False),
+    ],
+)
+def test_docker_patterns_match_as_patternmatcher_does(pattern, path, expected):
+    assert ignored(path, [pattern], anchored=True) is expected
+
+
+@pytest.mark.parametrize(
+    ("path", "lines", "expected"),
+    [
+        ("a.key", ["*a*.key"], True),  # three wildcards, "at any depth" counted: run
+        ("x/y/a.key", ["**/x/**/a.key"], True),
+        ("a.key", ["*a*.k*y"], False),  # four: not run, so it ignores nothing ...
+        ("secrets/a.key", ["secrets/*", "!*b*c*"], False),  # ... or re-includes everything
+        ("secrets/a.key", ["secrets/*", "!*b*c*", "secrets/a.key"], True),
+        ("secrets/a.key", ["secrets/*", "!**/x/**/y/**/z"], False),  # three "**"
+    ],
+)
+def test_gitignore_lines_too_slow_for_pathspec_err_towards_reporting(path, lines, expected):
+    assert ignored(path, lines, anchored=False) is expected
+
+
 # --- hostile projects: no hang, no crash, no forged output ---------------------------------
 
 
@@ -568,6 +672,83 @@ def test_docker_reincludes_are_cleaned_like_docker_does(project, ignore_file, ru
     (project / ignore_file).write_text(rules, "utf-8")
     [finding] = [f for f in run(project).findings if f.code == "private-key-in-image"]
     assert finding.subject == "secrets/signing-key.pem"
+
+
+def _git_check_ignore(folder, paths):
+    """What ``git check-ignore`` itself answers, without global excludes or the index."""
+    env = {**os.environ, "GIT_CONFIG_GLOBAL": os.devnull, "GIT_CONFIG_NOSYSTEM": "1"}
+    done = subprocess.run(
+        ["git", "-C", str(folder), "check-ignore", "--no-index", "--stdin", "-z"],
+        input="\0".join(paths).encode() + b"\0",
+        capture_output=True,
+        check=False,
+        env=env,
+    )
+    assert done.returncode in {0, 1}, done.stderr
+    return {name for name in done.stdout.decode().split("\0") if name}
+
+
+def _fallback_and_git(tmp_path, rules, paths):
+    """The doctor's answer outside a repository, and git's inside one, for the same files."""
+    answers = []
+    for name in ("plain", "repo"):
+        folder = tmp_path / name
+        for path in paths:
+            (folder / path).parent.mkdir(parents=True, exist_ok=True)
+            (folder / path).write_text("k", "utf-8")
+        (folder / ".gitignore").write_bytes(rules.encode())
+    _git(tmp_path / "repo", "init", "-q")
+    answers.append(set(git_view(tmp_path / "plain", paths).ignored))
+    answers.append(_git_check_ignore(tmp_path / "repo", paths))
+    return answers
+
+
+@pytest.mark.parametrize(
+    ("rules", "paths"),
+    [
+        ("key.pem\t\n*.key  \n", ["key.pem", "a/b.key"]),  # git trims spaces only
+        ("key.pem\\ \n", ["key.pem ", "key.pem"]),
+        ("\\#secret.key\n\\!x.key\n", ["#secret.key", "!x.key"]),
+        ("[!a]x.key\n[^a]y.key\n", ["ax.key", "bx.key", "ay.key", "by.key"]),
+        ("secrets/*\n!secrets/a.key\n", ["secrets/a.key", "secrets/b.key"]),
+        ("secrets/\n/root.key\n", ["secrets/a.key", "m/secrets/b.key", "o/secrets", "root.key"]),
+        ("a/**/b.key\n**/*.pem\n!**/public.pem\n", ["a/b.key", "a/x/b.key", "c/a/b.key"]),
+        ("**/*.pem\n!**/public.pem\n", ["a/private.pem", "a/public.pem"]),
+        ("\ufeffbom.key\r\ncrlf.key\r\n", ["bom.key", "crlf.key"]),
+        ("[z-a].key\n*.key\n!keep.key\n", ["keep.key", "z.key"]),
+        ("secrets/**\n!secrets/a.key\n", ["secrets/a.key", "secrets/b.key"]),
+    ],
+)
+def test_gitignore_without_a_repository_is_read_as_git_reads_it(tmp_path, rules, paths):
+    fallback, git = _fallback_and_git(tmp_path, rules, paths)
+    assert fallback == git
+
+
+def test_gitignore_fallback_re_includes_inside_an_ignored_folder_unlike_git(tmp_path):
+    # pathspec lets "!" re-include a file in an excluded folder; git does not descend
+    # into the folder. The doctor then reports a key git would ignore: never the reverse.
+    paths = ["secrets/a.key", "secrets/b.key"]
+    fallback, git = _fallback_and_git(tmp_path, "secrets/\n!secrets/a.key\n", paths)
+    assert git == {"secrets/a.key", "secrets/b.key"}
+    assert fallback == {"secrets/b.key"}
+
+
+def test_a_pathological_gitignore_pattern_does_not_stall(project):
+    (project / ".gitignore").write_text("*a*a*a*a*a*a*a*a*a*a*a*a*a*a*a*a*b\n", "utf-8")
+    key = project / ("a" * 60 + ".key")
+    key.write_text("k", "utf-8")
+    key.chmod(0o600)
+    subjects = {f.subject for f in run(project).findings if f.code == "private-key-not-ignored"}
+    assert key.name in subjects  # pathspec alone takes hours; the test's timeout bounds it
+
+
+def test_docker_patterns_are_anchored_at_the_context_root(project):
+    (project / "Dockerfile").write_text(FINAL + GOOD_FINAL, "utf-8")
+    (project / ".dockerignore").write_text("*.pem\n*.key\n", "utf-8")  # the root's only
+    exposed = {f.subject for f in run(project).findings if f.code == "private-key-in-image"}
+    assert exposed == {"secrets/signing-key.pem", "secrets/audit-digest.key"}
+    (project / ".dockerignore").write_text("**/*.pem\n**/*.key\n", "utf-8")
+    assert "private-key-in-image" not in codes(run(project))
 
 
 # --- the Dockerfile, read as the builder reads it ---------------------------------------------

@@ -1,31 +1,28 @@
 r"""Would git commit a file, would ``docker build`` send it? Asked of ignore files.
 
-Inside a git repository the answer comes from ``git check-ignore`` itself, which
-knows nested ``.gitignore`` files, global excludes and files already tracked (a
-tracked file is committed whatever ``.gitignore`` says). git is run with the
-repository's file-system monitor and untracked cache switched off, so a hostile
-``.git/config`` cannot make the doctor run a command; if git fails inside a
-repository, that is an error, never a quiet fallback. Without a repository (or
-without git installed) the project's own ``.gitignore`` is read with the common
-subset of its syntax.
+This module owns those two questions. Inside a git repository the first is answered by
+``git check-ignore`` itself, which knows nested ``.gitignore`` files, global excludes
+and files already tracked (a tracked file is committed whatever ``.gitignore`` says).
+git is run with the repository's file-system monitor and untracked cache switched
+off, so a hostile ``.git/config`` cannot make the doctor run a command; if git fails
+inside a repository, that is an error, never a quiet fallback. Without a repository
+(or without git installed) the project's own ``.gitignore`` is read with
+:class:`pathspec.GitIgnoreSpec`, with two adjustments: white space other than spaces
+at the end of a line is kept, as git keeps it, and a line too complex for pathspec's
+backtracking regular expressions (more than three wildcards, or more than two ``**``)
+is not run: as an exclusion it ignores nothing, as a ``!`` it re-includes everything,
+so that the doctor errs towards reporting a key. pathspec, unlike git, lets ``!``
+re-include a file inside an excluded folder; that errs the same way.
 
-``.dockerignore`` (or ``<Dockerfile>.dockerignore``, which BuildKit prefers) is read
-as Docker reads it: lines split at ``\n`` (a trailing ``\r`` dropped), a line that
-starts with ``#`` is a comment before anything is trimmed, then Go's notion of
-white space is trimmed (also after ``!``), the path is cleaned and a leading ``/``
-dropped; every pattern is matched from the root of the build context.
-
-Patterns are matched one path component at a time with :func:`fnmatch.fnmatchcase`
-(``**`` spans components), which takes time linear in the pattern and path, so a
-hostile pattern cannot stall the doctor.
+The second question is Docker's: ``<Dockerfile>.dockerignore`` (which BuildKit
+prefers) or ``.dockerignore``, matched by Docker's own rules
+(:mod:`secureserve.doctor.dockerignore`).
 """
 
 from __future__ import annotations
 
-import fnmatch
-import functools
 import os
-import posixpath
+import re
 import shutil
 import subprocess
 from collections.abc import Iterable
@@ -33,19 +30,23 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
+import pathspec
+
 from secureserve.doctor._read import read_text
+from secureserve.doctor.dockerignore import excluded, parse_dockerignore
 
 __all__ = ["GitFailed", "GitView", "docker_excluded", "git_view", "ignored"]
 
 _GIT_TIMEOUT_S: Final = 10.0
-#: What Go's ``strings.TrimSpace`` trims (``unicode.IsSpace``); Python's ``str.strip``
-#: also trims \x1c-\x1f, which Docker keeps as part of the pattern.
-_GO_SPACE: Final = (
-    "\t\n\v\f\r \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008"
-    "\u2009\u200a\u2028\u2029\u202f\u205f\u3000"
-)
 #: git settings that would run a command or trust cached state while answering.
 _SAFE_GIT: Final = ("-c", "core.fsmonitor=false", "-c", "core.untrackedCache=false")
+#: pathspec matches with Python's backtracking ``re``: a line with more ``*`` than this
+#: (``**`` counted once, and once more for a pattern matched at any depth) can take
+#: minutes on a crafted path; within these bounds, at most a fraction of a second.
+_MAX_WILDCARDS: Final = 3
+_MAX_GLOBSTARS: Final = 2
+#: One character of a line as git reads it: an escaped pair, a lone final "\", or any.
+_GIT_CHAR: Final = re.compile(r"\\.|\\$|.", re.DOTALL)
 
 
 class GitFailed(Exception):  # noqa: N818 - a condition the caller reports, not a bug
@@ -74,9 +75,8 @@ def git_view(project: Path, relatives: list[str]) -> GitView:
         return GitView(answer, known=True, repository_without_rules=rules is None)
     if rules is None:
         return GitView(frozenset(), known=repository is not None, repository_without_rules=True)
-    patterns = [p for p in (line.rstrip(" ") for line in _lines(rules)) if p and p[0] != "#"]
-    chosen = frozenset(r for r in relatives if ignored(r, patterns, anchored=False))
-    return GitView(chosen, known=True)
+    spec = _gitignore_spec(_lines(rules.removeprefix("\ufeff")))
+    return GitView(frozenset(r for r in relatives if spec.match_file(r)), known=True)
 
 
 def docker_excluded(project: Path, relatives: Iterable[str], dockerfile: str) -> frozenset[str]:
@@ -86,68 +86,63 @@ def docker_excluded(project: Path, relatives: Iterable[str], dockerfile: str) ->
         rules = read_text(project / ".dockerignore")
     if rules is None:
         return frozenset()
-    patterns: list[str] = []
-    for raw in _lines(rules.removeprefix("\ufeff")):
-        if raw.startswith("#"):
-            continue  # a comment before anything is trimmed, as Docker reads it
-        line = raw.strip(_GO_SPACE)
-        negate = line.startswith("!")
-        body = line[1:].strip(_GO_SPACE) if negate else line
-        if not body:
-            continue
-        body = posixpath.normpath(body)
-        body = body[1:] if len(body) > 1 and body.startswith("/") else body
-        patterns.append(("!" if negate else "") + body)
-    return frozenset(r for r in relatives if ignored(r, patterns, anchored=True))
+    patterns = parse_dockerignore(rules)
+    return frozenset(r for r in relatives if excluded(r, patterns))
 
 
-def ignored(relative: str, patterns: list[str], *, anchored: bool) -> bool:
-    """Whether ``relative`` (a POSIX path) is excluded by ``patterns``, in file order.
+def ignored(relative: str, lines: list[str], *, anchored: bool) -> bool:
+    """Whether ``relative`` (a POSIX path) is excluded by the ignore-file ``lines``.
 
-    ``anchored`` gives Docker's rule (every pattern is matched from the root); git
-    matches a pattern without a slash against the name at any depth. A path is also
-    excluded when one of its parent folders is. ``*`` and ``?`` stay within one path
-    component and ``**`` spans several; character classes are not supported.
+    ``anchored`` gives Docker's rules (every pattern matched from the root of the
+    context); otherwise git's (a pattern without a slash matches at any depth).
     """
-    parts = relative.split("/")
-    excluded = False
-    for line in patterns:
-        negate = line.startswith("!")
-        pattern = line[1:] if negate else line
-        folder_only = pattern.endswith("/")
-        pattern = pattern.rstrip("/")
-        rooted = anchored or "/" in pattern
-        pattern = pattern.lstrip("/")
-        if pattern and _matches(parts, pattern, rooted=rooted, folder_only=folder_only):
-            excluded = not negate
-    return excluded
+    if anchored:
+        return excluded(relative, parse_dockerignore("\n".join(lines)))
+    return _gitignore_spec(lines).match_file(relative)
 
 
-def _matches(parts: list[str], pattern: str, *, rooted: bool, folder_only: bool) -> bool:
-    """Whether ``pattern`` matches the path or one of its parent folders."""
-    last = len(parts) - 1 if folder_only else len(parts)
-    if not rooted:
-        return any(fnmatch.fnmatchcase(parts[end - 1], pattern) for end in range(1, last + 1))
-    words = tuple(pattern.split("/"))
-    return any(_match_words(words, tuple(parts[:end])) for end in range(1, last + 1))
+def _gitignore_spec(lines: Iterable[str]) -> pathspec.GitIgnoreSpec:
+    """``.gitignore`` lines as a :class:`pathspec.GitIgnoreSpec`, bounded and as git reads them."""
+    kept: list[str] = []
+    for raw in lines:
+        line = _keep_trailing_white_space(raw)
+        if _runnable(line):
+            kept.append(line)
+        elif line.startswith("!"):
+            kept = []  # taken to re-include everything: the lines before it no longer count
+    return pathspec.GitIgnoreSpec.from_lines(kept)
 
 
-@functools.lru_cache(maxsize=4096)
-def _match_words(words: tuple[str, ...], parts: tuple[str, ...]) -> bool:
-    """Component-wise match; ``**`` matches any number of components (memoised, so linear)."""
-    if not words:
-        return not parts
-    if words[0] == "**":
-        return _match_words(words[1:], parts) or (bool(parts) and _match_words(words, parts[1:]))
-    return (
-        bool(parts)
-        and fnmatch.fnmatchcase(parts[0], words[0])
-        and _match_words(words[1:], parts[1:])
-    )
+def _keep_trailing_white_space(line: str) -> str:
+    """``line`` with git's end: unescaped spaces trimmed, any other white space kept.
+
+    pathspec strips all trailing white space (``str.rstrip``); git strips spaces only,
+    so a tab, say, becomes a bracket expression holding the tab, which pathspec keeps.
+    """
+    chars = _GIT_CHAR.findall(line)
+    while chars and chars[-1] == " ":
+        chars.pop()
+    end = len(chars)
+    while end and chars[end - 1][-1].isspace():
+        end -= 1
+    return "".join(chars[:end]) + "".join(f"[{char[-1]}]" for char in chars[end:])
+
+
+def _runnable(line: str) -> bool:
+    """Whether pathspec reads ``line`` and matches it quickly whatever the path."""
+    try:
+        pathspec.GitIgnoreSpec.from_lines([line])
+    except (ValueError, re.error):  # pathspec's GitIgnorePatternError, a bad range
+        return False
+    segments = line.removeprefix("!").split("/")
+    any_depth = segments[0] not in {"", "**"} and (len(segments) == 1 or segments[1:] == [""])
+    globstars = segments.count("**") + any_depth
+    stars = sum(segment.count("*") for segment in segments if segment != "**")
+    return globstars <= _MAX_GLOBSTARS and globstars + stars <= _MAX_WILDCARDS
 
 
 def _lines(text: str) -> list[str]:
-    """Lines as Go's line scanner gives them: split at LF, a trailing CR removed."""
+    """Lines as git reads them: split at LF, a trailing CR removed."""
     return [line.removesuffix("\r") for line in text.split("\n")]
 
 
