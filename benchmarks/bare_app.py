@@ -90,7 +90,7 @@ def build_app(model_dir: Path) -> Starlette:
         best = probs.argmax(axis=1)
         out = PredictResponse(
             [
-                Species(labels[i], round(float(row[i]), 4))
+                Species(labels[i], round(float(row[i]), 2))  # as secureserve's policy rounds
                 for i, row in zip(best, probs, strict=True)
             ]
         )

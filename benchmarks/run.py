@@ -144,7 +144,9 @@ def make_setup(args: argparse.Namespace) -> Setup:
     )
     certs = ensure_dev_certificates(workdir / "tls")
     keys_file = workdir / "secrets" / "api_keys.toml"
-    key = create_key(keys_file, name="bench", roles=("predict",))
+    # analyst: the iris example's output policy shows this role the score (rounded to 2
+    # decimals), so both servers send the same bytes and secureserve pays for the policy
+    key = create_key(keys_file, name="bench", roles=("predict", "analyst"))
     if args.core is None:
         from secureserve.audit import generate_digest_key
 

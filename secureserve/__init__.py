@@ -17,6 +17,7 @@ from secureserve.errors import (
 )
 from secureserve.keys import KeyStore
 from secureserve.model import Model
+from secureserve.outputs import Label, Score, Scores
 
 __version__ = "0.1.0"
 
@@ -26,9 +27,12 @@ __all__ = [
     "Artifacts",
     "ConfigError",
     "KeyStore",
+    "Label",
     "Model",
     "ModelError",
     "RequestRejected",
+    "Score",
+    "Scores",
     "SecureServeError",
     "Settings",
     "__version__",

@@ -94,6 +94,7 @@ def create_app(
             Route("/v1/models/{name}:reload", endpoints.reload, methods=["POST"]),
             Route("/v1/models", endpoints.list_models, methods=["GET"]),
             Route("/v1/models/{name:model}", endpoints.model_metadata, methods=["GET"]),
+            Route("/v1/models/{name:model}/drift", endpoints.drift, methods=["GET"]),
             Route("/openapi.json", endpoints.openapi, methods=["GET"]),
             Route("/metrics", endpoints.metrics, methods=["GET"]),
             Route("/healthz", endpoints.healthz, methods=["GET"]),

@@ -33,7 +33,6 @@ import msgspec
 from secureserve.errors import ConfigError
 from secureserve.secretfiles import read_regular
 from secureserve.settings import (
-    FIELD_TYPES,
     RATE_OFF,
     SECTIONS,
     AuditSettings,
@@ -42,7 +41,6 @@ from secureserve.settings import (
     LimitsSettings,
     LoggingSettings,
     ModelSettings,
-    Section,
     ServerSettings,
     Settings,
     TLSSettings,
@@ -109,7 +107,7 @@ def load_settings(
     explicit file is an error. Relative paths resolve against the file's folder.
     """
     base = (project_dir or Path.cwd()).resolve()
-    raw: dict[str, dict[str, Any]] = {}
+    raw: dict[str, Any] = {}
     if config is not None:
         config = config if config.is_absolute() else base / config
         if not config.exists():
@@ -183,37 +181,72 @@ def _refuse_planned(raw: dict[str, dict[str, Any]], source: str) -> None:
                 )
 
 
-def _from_environ(environ: dict[str, str] | os._Environ[str]) -> dict[str, dict[str, Any]]:
-    """Turn ``SECURESERVE_SECTION__KEY`` variables into a nested dict.
+def _from_environ(environ: dict[str, str] | os._Environ[str]) -> dict[str, Any]:
+    """Turn ``SECURESERVE_SECTION__KEY[__SUBKEY...]`` variables into a nested dict.
 
-    Names without ``__`` are not configuration and are ignored.
+    Every ``__`` goes one level down: ``SECURESERVE_MODEL__OUTPUT__POLICY`` is
+    ``[model.output] policy``, and below a table of names (``[model.output.roles]``)
+    the last part is the name, lower-cased. Names without ``__`` are not configuration
+    and are ignored.
     """
-    out: dict[str, dict[str, Any]] = {}
+    out: dict[str, Any] = {}
     for name, value in environ.items():
         if not name.startswith(ENV_PREFIX) or "__" not in name or name in _SECRET_VARIABLES:
             continue
-        section, _, key = name[len(ENV_PREFIX) :].lower().partition("__")
-        if f"{section}.{key}" in _PLANNED or section in _PLANNED:
+        parts = name[len(ENV_PREFIX) :].lower().split("__")
+        planned = _PLANNED.get(parts[0]) or _PLANNED.get(".".join(parts[:2]))
+        if planned is not None:
             raise ConfigError(
-                f"{name} configures {_PLANNED.get(section) or _PLANNED[f'{section}.{key}']}, "
-                "which this version does not provide yet; unset it."
+                f"{name} configures {planned}, which this version does not provide yet; unset it."
             )
-        struct = SECTIONS.get(section)
-        if struct is None or key not in struct.__struct_fields__:
+        hint = _setting_type(parts)
+        if hint is None:
             raise ConfigError(
                 f"{name} is not a secureserve setting; check the spelling "
                 "(SECURESERVE_<SECTION>__<KEY>, see docs/configuration.md) or unset it."
             )
-        out.setdefault(section, {})[key] = _env_value(name, value, struct, key)
+        table = out
+        for part in parts[:-1]:
+            table = table.setdefault(part, {})
+        table[parts[-1]] = _env_value(name, value, hint)
     return out
 
 
-def _env_value(name: str, value: str, struct: type[Section], key: str) -> Any:
+def _setting_type(parts: list[str]) -> Any:
+    """The declared type at ``section.key.subkey...``, or None if there is no such setting."""
+    hint: Any = SECTIONS.get(parts[0])
+    for part in parts[1:]:
+        inner = _bare(hint)
+        if isinstance(inner, type) and issubclass(inner, msgspec.Struct):
+            hint = _struct_fields(inner).get(part)
+        elif get_origin(inner) is dict and part:
+            hint = get_args(inner)[1]
+        else:
+            return None
+        if hint is None:
+            return None
+    return hint if len(parts) > 1 else None
+
+
+def _struct_fields(struct: type[msgspec.Struct]) -> dict[str, Any]:
+    return {f.name: f.type for f in msgspec.structs.fields(struct)}
+
+
+def _bare(hint: Any) -> Any:
+    """``hint`` without ``Annotated`` and without ``| None``."""
+    if get_origin(hint) is Annotated:
+        return _bare(get_args(hint)[0])
+    if get_origin(hint) in (Union, UnionType):
+        args = [a for a in get_args(hint) if a is not type(None)]
+        return _bare(args[0]) if len(args) == 1 else hint
+    return hint
+
+
+def _env_value(name: str, value: str, hint: Any) -> Any:
     """Strings stay strings for text and path keys; everything else is read as JSON.
 
     ``null`` unsets an optional key (e.g. ``SECURESERVE_LIMITS__QUOTA=null``).
     """
-    hint = FIELD_TYPES[struct][key]
     if value == "null" and type(None) in get_args(hint):
         return None
     if _is_text(hint):
@@ -237,28 +270,32 @@ def _is_text(hint: Any) -> bool:
     return get_origin(hint) in (Union, UnionType) and len(args) == 1 and _is_text(args[0])
 
 
-def _merge(into: dict[str, dict[str, Any]], extra: dict[str, dict[str, Any]]) -> None:
-    for section, values in extra.items():
-        into.setdefault(section, {}).update(values)
-
-
-_PATH_RE: Final = re.compile(r"\$\.?([A-Za-z_]*)\.?([A-Za-z_]*)")
+def _merge(into: dict[str, Any], extra: dict[str, Any]) -> None:
+    """Deep merge: tables merge key by key, any other value replaces."""
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(into.get(key), dict):
+            _merge(into[key], value)
+        else:
+            into[key] = value
 
 
 def _describe(exc: msgspec.ValidationError) -> str:
-    """Rewrite msgspec's ``... - at `$.server.port``` into ``[server] port: ...`` plus a fix."""
+    """Rewrite msgspec's ``... - at `$.model.output.policy``` into ``[model.output] policy``."""
     message, _, where = str(exc).partition(" - at ")
-    match = _PATH_RE.match(where.strip("`"))
-    section, key = (match.group(1), match.group(2)) if match else ("", "")
+    parts = [p.partition("[")[0] for p in where.strip("`").removeprefix("$").split(".")]
+    parts = [p for p in parts if _KEY_RE.fullmatch(p)]  # no list indexes, nothing odd
     if message.startswith("Object contains unknown field"):
         field = message.split("`")[1]
-        place = f"[{section}] {field}" if section else f"[{field}]"
+        place = f"[{'.'.join(parts)}] {field}" if parts else f"[{field}]"
         return (
             f"{place} is not a secureserve setting; check the spelling (see docs/configuration.md)."
         )
-    place = f"[{section}] {key}" if key else f"[{section}]"
+    place = f"[{'.'.join(parts[:-1])}] {parts[-1]}" if len(parts) > 1 else f"[{''.join(parts)}]"
     reason = f"{message[0].lower()}{message[1:]}"
     return f"{place}: {reason}; see docs/configuration.md for the allowed values."
+
+
+_KEY_RE: Final = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
 def check_settings(settings: Settings) -> None:

@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "Predict",
+    "drift",
     "healthz",
     "list_models",
     "metrics",
@@ -88,9 +89,12 @@ class Predict:
             await limiter.check(principal.id, state.name, len(instances) - 1)
         deployment = state.current  # this request finishes on this version, reload or not
         info.model_version = deployment.version
+        flagged = deployment.defenses.screen(principal.id, instances, info.request_id)  # or 422
         deployment.acquire()
         try:
-            payload = await deployment.runner.submit(instances)
+            payload = await deployment.runner.submit(
+                instances, state.policies.for_roles(principal.roles)
+            )
         finally:
             deployment.release()
         audit = state.audit
@@ -107,6 +111,7 @@ class Predict:
                 latency_ms=(time.perf_counter() - info.start) * 1000,
                 input_digest=audit.digest(body),
                 output_digest=audit.digest(payload),
+                flagged=flagged,
             )
         )
         info.audited = True
@@ -180,11 +185,31 @@ async def reload(request: Request) -> Response:
     return Response(_encoder.encode(body), media_type=_JSON)
 
 
+async def drift(request: Request) -> Response:
+    """``GET /v1/models/{name}/drift`` (role ``admin``): the drift monitor's current window."""
+    state: ServingState = request.app.state.serving
+    principal = await _visible_model(request.scope, state, request.path_params["name"])
+    require_role(principal, "admin")
+    current = state.current
+    request.scope["secureserve"].model_version = current.version
+    report = current.defenses.drift_report()
+    if report is None:
+        raise RequestRejected(
+            404,
+            "drift-off",
+            "Drift monitoring is off for this model",
+            detail="it needs a reference profile (secureserve profile) and [model.drift] "
+            "enabled = true",
+        )
+    return Response(_encoder.encode(report), media_type=_JSON)
+
+
 async def openapi(request: Request) -> Response:
     """``GET /openapi.json``: any principal that may use the model (else 404, as if absent)."""
     state: ServingState = request.app.state.serving
-    await _visible_model(request.scope, state, state.name)
-    return Response(state.openapi_body, media_type=_JSON)
+    principal = await _visible_model(request.scope, state, state.name)
+    body = state.openapi_body(state.policies.for_roles(principal.roles))
+    return Response(body, media_type=_JSON)
 
 
 async def metrics(request: Request) -> Response:

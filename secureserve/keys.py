@@ -39,19 +39,23 @@ import msgspec
 
 from secureserve.errors import ConfigError
 from secureserve.secretfiles import fsync_folder, read_regular
+from secureserve.settings import BUILTIN_ROLES, ROLE_PATTERN
 
 __all__ = [
     "ROLES",
     "ApiKey",
     "KeyRecord",
     "KeyStore",
+    "check_roles",
     "create_key",
     "list_keys",
     "mint_key",
     "revoke_key",
 ]
 
-ROLES: Final = ("predict", "explain", "metrics", "admin")
+#: The built-in roles; a key may also carry custom roles (see :func:`check_roles`).
+ROLES: Final = BUILTIN_ROLES
+_ROLE_RE: Final = re.compile(ROLE_PATTERN)
 KEY_PREFIX: Final = "ss_"
 _KEY_RE: Final = re.compile(r"ss_([0-9a-f]{12})_([A-Za-z0-9_-]{43})")
 _NAME_RE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9 ._@-]{0,63}")
@@ -131,10 +135,7 @@ def read_records(path: Path) -> list[KeyRecord]:
                     f"{path}: key {record.id} has a date without a time zone; write it in "
                     "UTC with a Z, e.g. 2030-01-01T00:00:00Z."
                 )
-        if not set(record.roles) <= set(ROLES):
-            raise ConfigError(
-                f"{path}: key {record.id} has an unknown role; roles are {', '.join(ROLES)}."
-            )
+        check_roles(record.roles, where=f"{path}: key {record.id}")
     return records
 
 
@@ -236,6 +237,23 @@ def _locked(path: Path) -> Iterator[None]:
         os.close(fd)  # closing the descriptor releases the lock
 
 
+def check_roles(roles: tuple[str, ...], *, where: str) -> None:
+    """``ConfigError`` unless ``roles`` has at least one role and every name is well-formed.
+
+    Besides the built-in roles, any name of 1-64 letters, digits, ``-`` and ``_`` is a
+    custom role: it grants no route by itself, and ``[model.output.roles]`` can give it
+    its own output policy.
+    """
+    if not roles:
+        raise ConfigError(f"{where} has no role; give one or more of {', '.join(ROLES)}.")
+    for role in roles:
+        if not _ROLE_RE.fullmatch(role):
+            raise ConfigError(
+                f"{where}: role {role[:80]!r} is not a role name; use 1-64 letters, digits, "
+                f"- or _ (built-in roles: {', '.join(ROLES)})."
+            )
+
+
 def mint_key(
     *,
     name: str,
@@ -249,8 +267,7 @@ def mint_key(
     """A new random key and its record, not yet stored anywhere."""
     if not _NAME_RE.fullmatch(name):
         raise ConfigError(f"key name {name!r}: use 1-64 letters, digits, spaces or . _ @ -.")
-    if not roles or not set(roles) <= set(ROLES):
-        raise ConfigError(f"roles {list(roles)!r}: choose one or more of {', '.join(ROLES)}.")
+    check_roles(roles, where="the new key")
     for model in models or ():
         if not _MODEL_RE.fullmatch(model):
             raise ConfigError(f"model name {model!r} is not a valid model name.")

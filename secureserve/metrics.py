@@ -9,10 +9,13 @@ so a client cannot blow up the number of series.
 from __future__ import annotations
 
 import re
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+if TYPE_CHECKING:
+    from secureserve.drift import FeatureDrift
 
 __all__ = ["CONTENT_TYPE", "Metrics", "route_of"]
 
@@ -97,6 +100,25 @@ class Metrics:
             ("model", "version", "revision"),
             registry=self.registry,
         )
+        self.guard_flagged_total = Counter(
+            "secureserve_guard_flagged",
+            "Instances outside the reference profile (reason: range, distance), "
+            "refused or let through as [model.guard] mode says.",
+            ("model", "reason"),
+            registry=self.registry,
+        )
+        self.drift_psi = Gauge(
+            "secureserve_drift_psi",
+            "Population stability index of each feature over the drift window.",
+            ("model", "feature"),
+            registry=self.registry,
+        )
+        self.drift_alerting = Gauge(
+            "secureserve_drift_alert",
+            "1 while the drift alert is raised, else 0.",
+            ("model",),
+            registry=self.registry,
+        )
 
     def observe(self, *, path: str, status: int, seconds: float, reason: str | None) -> None:
         """Record one finished request.
@@ -120,6 +142,19 @@ class Metrics:
         """Mark the version now serving (after start-up or a reload)."""
         self.model_info.clear()
         self.model_info.labels(model, version, revision).set(1)
+
+    def guard_flagged(self, model: str, reason: str, count: int) -> None:
+        """Count instances the input guard flagged (``reason``: range or distance)."""
+        self.guard_flagged_total.labels(model, reason).inc(count)
+
+    def drift(self, model: str, values: list[FeatureDrift]) -> None:
+        """Set the PSI gauge of every feature (one series per feature: a fixed set)."""
+        for value in values:
+            self.drift_psi.labels(model, value.feature).set(value.psi)
+
+    def drift_alert(self, model: str, *, alert: bool) -> None:
+        """Show whether the drift alert is raised."""
+        self.drift_alerting.labels(model).set(1 if alert else 0)
 
     def render(self) -> bytes:
         """The Prometheus text exposition of this registry."""

@@ -10,6 +10,11 @@ The lifecycle, in order (each hook has a documented default):
                         runs on the inference thread, never on the event loop; an
                         ``async def`` runs on the event loop and must not block it.
 
+``features(batch)`` is the numeric view of instances that the model defenses use
+(the input guard, drift monitoring): by default the numeric fields of the input
+Struct, flattened (:mod:`secureserve.features`); a handler whose input is not numbers
+(text, for example) may define it, with ``feature_names``, or leave those defenses off.
+
 Input and output types come from the generic parameters and nothing else; the
 request decoder and response encoder are built once per model class
 (``secureserve.schema``). This module knows nothing of HTTP.
@@ -22,7 +27,11 @@ import re
 from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any, ClassVar, Final, Generic, TypeVar, get_args, get_origin
 
+import numpy as np
+import numpy.typing as npt
+
 from secureserve.errors import ConfigError
+from secureserve.features import FeatureView, check_names, feature_view
 
 if TYPE_CHECKING:
     from secureserve.artifacts import Artifacts
@@ -49,6 +58,8 @@ class Model(Generic[In, Out]):
     version: ClassVar[str] = "0"
     input_type: ClassVar[Any]
     output_type: ClassVar[Any]
+    #: Column names of ``features()``; declare them when you define ``features`` yourself.
+    feature_names: ClassVar[tuple[str, ...]]
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -68,6 +79,22 @@ class Model(Generic[In, Out]):
     def predict(self, batch: list[In]) -> list[Out] | Awaitable[list[Out]]:
         """Return one output per input, in order. Must be overridden."""
         raise NotImplementedError
+
+    def features(self, batch: list[In]) -> npt.NDArray[np.float64]:
+        """The instances as a float64 array ``[len(batch), len(feature_names)]``.
+
+        Default: the numeric fields of the input Struct, flattened in declaration order
+        (raises :class:`~secureserve.features.NoFeatureViewError` when the input has
+        other fields). Override it together with ``feature_names``.
+        """
+        return default_feature_view(type(self))(batch)
+
+    @classmethod
+    def feature_columns(cls) -> tuple[str, ...]:
+        """The column names of :meth:`features` (``NoFeatureViewError`` if there is no view)."""
+        if cls.features is Model.features:
+            return default_feature_view(cls).names
+        return check_names(getattr(cls, "feature_names", None), f"{cls.__qualname__}")
 
     @classmethod
     def check_definition(cls) -> None:
@@ -91,8 +118,25 @@ class Model(Generic[In, Out]):
             )
         if cls.predict is Model.predict:
             raise ConfigError(f"{where} must define predict(self, batch) -> list[Output].")
+        if cls.features is not Model.features:
+            check_names(getattr(cls, "feature_names", None), where)
+        elif "feature_names" in vars(cls):
+            raise ConfigError(
+                f"{where}.feature_names names the columns of a features() the handler "
+                "defines; define features() too, or remove feature_names (the default "
+                "view names its columns after the input fields)."
+            )
 
     @classmethod
     def is_async(cls) -> bool:
         """Whether ``predict`` is a coroutine function (then it runs on the event loop)."""
         return inspect.iscoroutinefunction(cls.predict)
+
+
+def default_feature_view(cls: type[Model[Any, Any]]) -> FeatureView:
+    """The default feature view of ``cls``, built on first use and kept on the class."""
+    view = cls.__dict__.get("_secureserve_feature_view")
+    if view is None:
+        view = feature_view(cls.input_type)
+        cls._secureserve_feature_view = view  # type: ignore[attr-defined]
+    return view

@@ -12,7 +12,9 @@ from typing import Any, Final
 
 import msgspec
 
+from secureserve.drift import DriftReport
 from secureserve.metrics import CONTENT_TYPE as METRICS_MEDIA_TYPE
+from secureserve.outputs import OutputView
 from secureserve.problems import PROBLEM_MEDIA_TYPE, Problem
 from secureserve.schema import ModelSchema
 
@@ -178,20 +180,36 @@ def _status(value: str) -> dict[str, Any]:
     }
 
 
-def openapi_document(name: str, version: str, schema: ModelSchema) -> dict[str, Any]:
-    """The whole OpenAPI document as a dict (encoded once by the app).
+def _policy_note(view: OutputView | None) -> str:
+    if view is None:
+        return "The predictions as the model returns them, validated against their type."
+    if view.policy == "label_only":
+        return "Labels only: this credential's output policy leaves scores out."
+    cut = f"the best {view.top_k} of each score mapping, " if view.policy == "top_k" else ""
+    return (
+        "Scores as this credential's output policy shows them: "
+        f"{cut}rounded to {view.decimals} decimals."
+    )
+
+
+def openapi_document(
+    name: str, version: str, schema: ModelSchema, view: OutputView | None = None
+) -> dict[str, Any]:
+    """The whole OpenAPI document as a dict (encoded once per output policy by the app).
 
     It declares every status, content type and header the server really sends on each
-    route (tests/test_openapi_fuzz.py checks the server against it with schemathesis).
+    route (tests/test_openapi_fuzz.py checks the server against it with schemathesis),
+    and the predictions as a caller under the output policy ``view`` receives them.
     """
     (request_schema, response_schema, *_), components = msgspec.json.schema_components(
         (
             schema.request_type,
-            schema.response_type,
+            schema.response_type_for(view),
             Problem,
             ModelList,
             ModelMetadata,
             ReloadResult,
+            DriftReport,
         ),
         ref_template="#/components/schemas/{name}",
     )
@@ -203,6 +221,7 @@ def openapi_document(name: str, version: str, schema: ModelSchema) -> dict[str, 
             f"/v1/models/{name}:predict": {
                 "post": {
                     "summary": f"Predict with {name} (role predict)",
+                    "description": _policy_note(view),
                     "requestBody": {
                         "required": True,
                         "content": {_JSON: {"schema": request_schema}},
@@ -249,6 +268,16 @@ def openapi_document(name: str, version: str, schema: ModelSchema) -> dict[str, 
                     "summary": "Model metadata (role admin)",
                     "responses": _responses(
                         _ok("metadata", _JSON, _ref("ModelMetadata"), "X-Model-Version"),
+                        "403",
+                        "404",
+                    ),
+                }
+            },
+            f"/v1/models/{name}/drift": {
+                "get": {
+                    "summary": "The drift monitor's current window (role admin)",
+                    "responses": _responses(
+                        _ok("drift report", _JSON, _ref("DriftReport"), "X-Model-Version"),
                         "403",
                         "404",
                     ),

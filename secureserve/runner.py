@@ -24,6 +24,7 @@ from typing import Any, Final
 
 from secureserve.errors import ModelError, RequestRejected, SecureServeError
 from secureserve.model import Model
+from secureserve.outputs import OutputView
 from secureserve.schema import ModelSchema
 
 __all__ = ["InferenceRunner"]
@@ -32,11 +33,14 @@ _STOP: Final = object()
 
 
 class _Job:
-    __slots__ = ("abandoned", "future", "instances")
+    __slots__ = ("abandoned", "future", "instances", "view")
 
-    def __init__(self, instances: list[Any], future: asyncio.Future[bytes]) -> None:
+    def __init__(
+        self, instances: list[Any], future: asyncio.Future[bytes], view: OutputView | None
+    ) -> None:
         self.instances = instances
         self.future = future
+        self.view = view  # the caller's output policy: jobs of one batch may differ
         self.abandoned = False  # set on the loop when the request timed out
 
 
@@ -57,14 +61,14 @@ class InferenceRunner:
         self._start_lock = threading.Lock()
         self._pending: list[_Job] = []  # submitted during this loop iteration
 
-    async def submit(self, instances: list[Any]) -> bytes:
-        """Predict ``instances`` and return the encoded ``{"predictions": [...]}`` body."""
+    async def submit(self, instances: list[Any], view: OutputView | None = None) -> bytes:
+        """Predict ``instances``; the encoded ``{"predictions": [...]}`` as ``view`` shows them."""
         if self._is_async:
-            return await self._predict_async(instances)
+            return await self._predict_async(instances, view)
         loop = asyncio.get_running_loop()
         if self._thread is None:
             self._start(loop)
-        job = _Job(instances, loop.create_future())
+        job = _Job(instances, loop.create_future(), view)
         timer = loop.call_later(self._timeout, _expire, job)
         if not self._pending:
             loop.call_soon(self._hand_over)
@@ -153,15 +157,14 @@ class InferenceRunner:
         for job in jobs:
             end = start + len(job.instances)
             try:
-                results.append(
-                    (job, self._schema.encode_predictions(outputs[start:end], end - start))
-                )
+                body = self._schema.encode_predictions(outputs[start:end], end - start, job.view)
+                results.append((job, body))
             except ModelError as exc:
                 results.append((job, exc))
             start = end
         return results
 
-    async def _predict_async(self, instances: list[Any]) -> bytes:
+    async def _predict_async(self, instances: list[Any], view: OutputView | None) -> bytes:
         try:
             async with asyncio.timeout(self._timeout):
                 outputs = await self._model.predict(instances)  # type: ignore[misc]
@@ -171,7 +174,7 @@ class InferenceRunner:
             raise
         except Exception as exc:
             raise _model_failed(exc) from exc
-        return self._schema.encode_predictions(outputs, len(instances))
+        return self._schema.encode_predictions(outputs, len(instances), view)
 
 
 def _take_batch(backlog: deque[_Job], max_batch: int) -> list[_Job]:

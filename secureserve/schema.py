@@ -8,7 +8,8 @@ that disagree on which value wins are a classic smuggling vector).
 Outputs are validated by a round trip through the declared output type, so a
 handler that returns the wrong type, a value outside its ``Meta`` bounds or a
 non-finite float (which JSON cannot carry) is a ``ModelError``, never a
-malformed or misleading response.
+malformed or misleading response. The caller's output policy
+(:mod:`secureserve.outputs`) then acts on the validated objects.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Annotated, Any, Final
 import msgspec
 
 from secureserve.errors import ModelError, RequestRejected
+from secureserve.outputs import OutputView
 from secureserve.strict_json import find_duplicate_key
 
 __all__ = ["ModelSchema", "validation_detail"]
@@ -82,15 +84,22 @@ class ModelSchema:
         instances: list[Any] = request.instances
         return instances
 
-    def encode_predictions(self, outputs: object, expected: int) -> bytes:
-        """Validate ``outputs`` against the output type and return the response body."""
+    def encode_predictions(
+        self, outputs: object, expected: int, view: OutputView | None = None
+    ) -> bytes:
+        """Validate ``outputs`` against the output type and return the response body.
+
+        With ``view``, the body holds what that output policy shows of the validated
+        outputs (decoded anew from the validated JSON: the handler's objects are not
+        changed).
+        """
         if not isinstance(outputs, list):
             raise ModelError(f"predict returned {type(outputs).__name__}, expected a list")
         if len(outputs) != expected:
             raise ModelError(f"predict returned {len(outputs)} outputs for {expected} inputs")
         try:
             encoded = self._encoder.encode(outputs)
-            self._output_check.decode(encoded)
+            checked = self._output_check.decode(encoded)  # fresh objects: the policy's input
         except (msgspec.EncodeError, msgspec.ValidationError, TypeError) as exc:
             raise ModelError(
                 f"predict returned a value that does not match the output type: {exc}"
@@ -98,12 +107,19 @@ class ModelSchema:
         # msgspec writes NaN and Infinity as null; only look closer when a null is present.
         if b"null" in encoded and _has_non_finite(msgspec.to_builtins(outputs)):
             raise ModelError("predict returned a non-finite float (NaN or Infinity)")
+        if view is not None:
+            encoded = self._encoder.encode(view.apply(checked))
         return b'{"predictions":' + encoded + b"}"
 
-    def schema_components(self) -> tuple[tuple[dict[str, Any], ...], dict[str, Any]]:
-        """JSON Schema of the request and response bodies, for OpenAPI."""
-        return msgspec.json.schema_components(
-            (self.request_type, self.response_type), ref_template="#/components/schemas/{name}"
+    def response_type_for(self, view: OutputView | None) -> Any:
+        """The response body's type as a caller under ``view`` receives it (for OpenAPI)."""
+        if view is None:
+            return self.response_type
+        item = view.response_item
+        return msgspec.defstruct(
+            "PredictResponse",
+            [("predictions", list[item])],  # type: ignore[valid-type]
+            frozen=True,
         )
 
 

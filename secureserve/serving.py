@@ -19,6 +19,7 @@ import msgspec
 from secureserve.artifacts import ArtifactRecord, Artifacts
 from secureserve.audit import AuditLog, AuditUnavailable
 from secureserve.config import Settings
+from secureserve.defenses import Defenses, check_feature_view
 from secureserve.encryption import KEY_ENV, load_key
 from secureserve.errors import ConfigError, SecureServeError
 from secureserve.lockfile import (
@@ -32,6 +33,8 @@ from secureserve.logs import get_logger
 from secureserve.metrics import Metrics
 from secureserve.model import Model
 from secureserve.openapi import openapi_document
+from secureserve.outputs import OutputPolicies, OutputView
+from secureserve.profile import DEFAULT_PROFILE, Profile, load_profile
 from secureserve.ratelimit import RateLimiter
 from secureserve.runner import InferenceRunner
 from secureserve.schema import ModelSchema
@@ -47,6 +50,8 @@ class LoadedModel:
     instance: Model[Any, Any]
     opened: Mapping[str, ArtifactRecord]
     revision: str  # first 12 hex digits of the lock's sha256: which release of the files
+    profile: Profile | None = None  # the reference profile, when the model has one
+    no_features: str | None = None  # why the model has no feature view (defenses off)
 
 
 def load_model(
@@ -75,6 +80,17 @@ def load_model(
         lock=lock,
         decryption_key=decryption_key(settings),
     )
+    profile_name = model_settings.profile or (
+        DEFAULT_PROFILE if DEFAULT_PROFILE in lock.files else None
+    )
+    no_features = check_feature_view(cls, model_settings, has_profile=profile_name is not None)
+    if profile_name is None and model_settings.guard.mode in ("refuse", "flag"):
+        raise ConfigError(
+            f'[model.guard] mode = "{model_settings.guard.mode}" compares instances with the '
+            "model's reference profile, and there is none: write one with `secureserve "
+            f"profile DATA --out {model_settings.dir.name}/profile.json`, then `secureserve "
+            'lock`; or set mode = "off".'
+        )
     try:
         instance = cls() if isinstance(model, type) else model
         instance.load(artifacts)
@@ -86,7 +102,8 @@ def load_model(
             f"{where} failed while loading: {type(exc).__name__}: {exc}. "
             "Run with --debug for the traceback."
         ) from exc
-    return LoadedModel(instance, dict(artifacts.opened), revision)
+    profile = load_profile(artifacts, profile_name, cls) if profile_name is not None else None
+    return LoadedModel(instance, dict(artifacts.opened), revision, profile, no_features)
 
 
 def verified_lock(settings: Settings) -> tuple[Lock, str]:
@@ -132,10 +149,17 @@ class Deployment:
     so in-flight requests complete on the version they started with.
     """
 
-    def __init__(self, loaded: LoadedModel, schema: ModelSchema, settings: Settings) -> None:
+    def __init__(
+        self,
+        loaded: LoadedModel,
+        schema: ModelSchema,
+        settings: Settings,
+        defenses: Defenses,
+    ) -> None:
         self.version: str = loaded.instance.version
         self.revision = loaded.revision
         self.artifacts = dict(loaded.opened)
+        self.defenses = defenses
         self.runner = InferenceRunner(
             loaded.instance,
             schema,
@@ -176,19 +200,66 @@ class ServingState:
         self.schema = ModelSchema(
             cls.input_type, cls.output_type, max_instances=server.max_instances
         )
-        self.current = Deployment(loaded, self.schema, settings)
         self.metrics = Metrics()
+        self.current = self._deploy(loaded)
         self.metrics.serving(
             model=self.name, version=self.current.version, revision=self.current.revision
         )
-        self.openapi_body = msgspec.json.encode(
-            openapi_document(self.name, cls.version, self.schema)
-        )
+        where = f"{cls.__module__}.{cls.__qualname__}"
+        self.policies = OutputPolicies(cls.output_type, settings.model.output, where=where)
+        self._openapi_bodies: dict[str, bytes] = {
+            view.policy if view is not None else "": msgspec.json.encode(
+                openapi_document(self.name, cls.version, self.schema, view)
+            )
+            for view in (*self.policies.views.values(), None)
+        }
+        self._log_defenses(loaded)
         self.ready = True
         self._reload_lock = asyncio.Lock()
         # set by create_app once the access objects exist
         self.audit: AuditLog
         self.limiter: RateLimiter
+
+    def _log_defenses(self, loaded: LoadedModel) -> None:
+        """One start-up line saying which model defenses run; a warning for full scores."""
+        log = get_logger()
+        if loaded.no_features is not None:
+            log.info(
+                "model defenses that need a feature view are off (input guard, drift)",
+                model=self.name,
+                reason=loaded.no_features,
+            )
+        defenses = self.current.defenses
+        default = self.policies.default
+        log.info(
+            "model defenses",
+            model=self.name,
+            output_policy=default.policy if default is not None else "none (no score fields)",
+            role_policies=dict(self.settings.model.output.roles) or None,
+            guard=defenses.mode if defenses.guard is not None else "off",
+            drift="on" if defenses.drift is not None else "off",
+            profile_features=len(loaded.profile.features) if loaded.profile else None,
+        )
+        if default is not None and default.policy == "full":
+            log.warning(
+                'every caller receives full scores ([model.output] policy = "full"): '
+                "model inversion and extraction are cheaper",
+                model=self.name,
+            )
+
+    def _deploy(self, loaded: LoadedModel) -> Deployment:
+        defenses = Defenses(
+            loaded.instance,
+            loaded.profile,
+            self.settings.model,
+            metrics=self.metrics,
+            audit=lambda: self.audit,
+        )
+        return Deployment(loaded, self.schema, self.settings, defenses)
+
+    def openapi_body(self, view: OutputView | None) -> bytes:
+        """The OpenAPI document as a caller under the output policy ``view`` should read it."""
+        return self._openapi_bodies[view.policy if view is not None else ""]
 
     @property
     def runner(self) -> InferenceRunner:
@@ -221,7 +292,7 @@ class ServingState:
                 detail = f"{type(exc).__name__}; {kept.revision} kept"
                 self._audit_reload("reload-refused", detail, where)
                 raise
-            current = Deployment(loaded, self.schema, self.settings)
+            current = self._deploy(loaded)
             self.audit.admin(  # before the swap: raises AuditUnavailable, and nothing changes
                 action="reload",
                 principal=principal,

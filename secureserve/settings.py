@@ -14,15 +14,20 @@ from typing import Annotated, Final, Literal
 import msgspec
 
 __all__ = [
-    "FIELD_TYPES",
+    "BUILTIN_ROLES",
     "RATE_OFF",
     "SECTIONS",
     "AuditSettings",
     "AuthSettings",
     "ClientCertificate",
+    "DriftSettings",
+    "GuardSettings",
     "LimitsSettings",
     "LoggingSettings",
     "ModelSettings",
+    "OutputSettings",
+    "PolicyName",
+    "RoleName",
     "Section",
     "ServerSettings",
     "Settings",
@@ -47,6 +52,22 @@ DEFAULT_AUDIT_MAX_FILES: Final = 9
 #: Refusals of unauthenticated callers are counted per address for this long, then written.
 DEFAULT_REFUSAL_WINDOW_S: Final = 60.0
 DEFAULT_STORAGE_TIMEOUT_S: Final = 0.5
+
+#: The roles that grant routes. Any other role name is a custom role: it grants no route
+#: by itself and can select an output policy (``[model.output.roles]``).
+BUILTIN_ROLES: Final = ("predict", "explain", "metrics", "admin")
+#: A role name, built-in or custom, as API keys, JWTs and mTLS identities may carry it.
+ROLE_PATTERN: Final = r"^[A-Za-z0-9_-]{1,64}$"
+RoleName = Annotated[str, msgspec.Meta(pattern=ROLE_PATTERN)]
+#: What callers see of a model's score fields, from most to least revealing.
+PolicyName = Literal["full", "top_k", "label_only"]
+#: Range slack of the input guard, in interquartile ranges (Tukey's fences use 1.5).
+DEFAULT_GUARD_MARGIN: Final = 1.5
+#: Largest normalised distance (root mean squared z-score) the guard lets through.
+DEFAULT_GUARD_MAX_DISTANCE: Final = 4.0
+DEFAULT_DRIFT_WINDOW: Final = 500
+DEFAULT_DRIFT_THRESHOLD: Final = 0.2
+DEFAULT_DRIFT_MAX_SHARE: Final = 0.2
 
 
 class Section(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -93,7 +114,7 @@ class ClientCertificate(Section, frozen=True):
     """One ``[[auth.client_certificates]]`` entry: a certificate subject mapped to a principal."""
 
     subject: str
-    roles: tuple[Literal["predict", "explain", "metrics", "admin"], ...]
+    roles: tuple[RoleName, ...]
     models: tuple[str, ...] | None = None
 
 
@@ -140,8 +161,52 @@ class AuditSettings(Section, frozen=True):
     on_write_error: Literal["refuse", "continue"] = "refuse"
 
 
+class OutputSettings(Section, frozen=True):
+    """``[model.output]``: what callers see of the ``ss.Score`` and ``ss.Scores`` fields.
+
+    ``policy`` unset means ``top_k`` when the output type has score fields. ``roles``
+    maps a role to its own policy; a caller gets the most permissive policy among the
+    roles it holds that have one, and ``policy`` when it holds none of them.
+    """
+
+    policy: PolicyName | None = None
+    top_k: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 1
+    decimals: Annotated[int, msgspec.Meta(ge=0, le=12)] = 2
+    roles: dict[RoleName, PolicyName] = msgspec.field(default_factory=dict)
+
+
+class GuardSettings(Section, frozen=True):
+    """``[model.guard]``: instances scored against the reference profile before predict.
+
+    ``mode`` unset means ``flag`` when the model has a profile and ``off`` without.
+    """
+
+    mode: Literal["refuse", "flag", "off"] | None = None
+    margin: Annotated[float, msgspec.Meta(ge=0, le=1000)] = DEFAULT_GUARD_MARGIN
+    max_distance: Annotated[float, msgspec.Meta(gt=0, le=1e6)] = DEFAULT_GUARD_MAX_DISTANCE
+
+
+class DriftSettings(Section, frozen=True):
+    """``[model.drift]``: what callers send, compared with the profile over a sliding window.
+
+    Runs whenever the model has a profile, unless ``enabled = false``.
+    """
+
+    enabled: bool = True
+    window: Annotated[int, msgspec.Meta(ge=50, le=1_000_000)] = DEFAULT_DRIFT_WINDOW
+    threshold: Annotated[float, msgspec.Meta(gt=0, le=100)] = DEFAULT_DRIFT_THRESHOLD
+    max_share: Annotated[float, msgspec.Meta(gt=0, le=1)] = DEFAULT_DRIFT_MAX_SHARE
+
+
+ArtifactName = Annotated[str, msgspec.Meta(min_length=1, max_length=255)]
+
+
 class ModelSettings(Section, frozen=True):
-    """``[model]``: which handler to serve and where its files are."""
+    """``[model]``: which handler to serve, where its files are, and its defenses.
+
+    One model's settings: the ``[models.<name>]`` tables of a several-model server
+    take exactly these keys.
+    """
 
     handler: str | None = None
     dir: Path = Path("models")
@@ -152,6 +217,11 @@ class ModelSettings(Section, frozen=True):
     onnx_threads: Annotated[int, msgspec.Meta(ge=1, le=256)] = 1
     onnx_max_nodes: Annotated[int, msgspec.Meta(ge=1, le=10_000_000)] = 100_000
     onnx_optimization: Literal["disabled", "basic", "extended", "all"] = "all"
+    #: The reference profile, an artifact name; unset: ``profile.json`` if the lock has one.
+    profile: ArtifactName | None = None
+    output: OutputSettings = msgspec.field(default_factory=OutputSettings)
+    guard: GuardSettings = msgspec.field(default_factory=GuardSettings)
+    drift: DriftSettings = msgspec.field(default_factory=DriftSettings)
 
 
 class LoggingSettings(Section, frozen=True):
@@ -181,8 +251,4 @@ SECTIONS: Final[dict[str, type[Section]]] = {
     "audit": AuditSettings,
     "model": ModelSettings,
     "logging": LoggingSettings,
-}
-#: Each section's keys and their declared types (how the environment's strings are read).
-FIELD_TYPES: Final = {
-    struct: {f.name: f.type for f in msgspec.structs.fields(struct)} for struct in SECTIONS.values()
 }

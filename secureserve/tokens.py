@@ -40,14 +40,16 @@ import msgspec
 
 from secureserve.auth import Principal, unauthorized
 from secureserve.errors import ConfigError
-from secureserve.keys import ROLES
 from secureserve.secretfiles import read_regular
+from secureserve.settings import ROLE_PATTERN
 from secureserve.strict_json import find_duplicate_key
 
 __all__ = ["SUPPORTED_ALGORITHMS", "JWTVerifier", "looks_like_jwt"]
 
 SUPPORTED_ALGORITHMS: Final = ("RS256", "ES256", "EdDSA")
-KNOWN_ROLES: Final = frozenset(ROLES)
+_ROLE_RE: Final = re.compile(ROLE_PATTERN)
+#: Roles kept from one token; a claim listing more is refused (no role is guessed at).
+MAX_ROLES: Final = 64
 MAX_SUBJECT_CHARS: Final = 256
 MIN_RSA_BITS: Final = 2048
 _RELOAD_EVERY_S = 1.0  # at most one stat() per interval (tests shorten it)
@@ -210,7 +212,9 @@ class JWTVerifier:
         names = [value] if isinstance(value, str) else value
         if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
             raise unauthorized("jwt-roles-claim-invalid")
-        return frozenset(names) & KNOWN_ROLES
+        if len(names) > MAX_ROLES:
+            raise unauthorized("jwt-roles-claim-invalid")
+        return frozenset(n for n in names if _ROLE_RE.fullmatch(n))
 
     def _models(self, claims: dict[str, Any]) -> frozenset[str] | None:
         if self._models_claim not in claims:

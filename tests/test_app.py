@@ -61,8 +61,9 @@ def _assert_problem(response, status):
 
 @pytest.fixture
 def iris(iris_project):
-    """A TestClient for the iris example with the predict and admin roles."""
-    with TestClient(Iris, project_dir=iris_project, roles=("predict", "admin")) as client:
+    """A TestClient for the iris example: roles predict, admin and analyst (full scores)."""
+    roles = ("predict", "admin", "analyst")
+    with TestClient(Iris, project_dir=iris_project, roles=roles) as client:
         yield client
 
 

@@ -230,6 +230,19 @@ def test_keys_list_never_prints_secrets(iris_project, monkeypatch, capsys):
     assert hashlib.sha256(raw.encode()).hexdigest() not in shown
 
 
+def test_keys_create_takes_custom_roles_and_refuses_malformed_ones(
+    iris_project, monkeypatch, capsys
+):
+    """A custom role (analyst) is stored as given; a malformed name is a one-line error."""
+    monkeypatch.chdir(iris_project)
+    assert main(["keys", "create", "--role", "predict", "--role", "analyst", "--name", "r"]) == 0
+    capsys.readouterr()
+    assert main(["keys", "list"]) == 0
+    assert "roles=predict,analyst" in capsys.readouterr().out
+    assert main(["keys", "create", "--role", "ana lyst", "--name", "bad"]) != 0
+    assert "not a role name" in capsys.readouterr().err
+
+
 def test_keys_revoke_marks_key_revoked(iris_project, monkeypatch, capsys):
     """``keys revoke ID`` keeps the record and lists it as revoked; unknown ids are an error."""
     monkeypatch.chdir(iris_project)

@@ -218,3 +218,55 @@ def test_load_settings_refuses_limits_below_max_instances(tmp_path, limits, key)
         load_settings(project_dir=tmp_path, environ={})
     (tmp_path / "secureserve.toml").write_text(f"[server]\nmax_instances = 5\n[limits]\n{limits}\n")
     assert load_settings(project_dir=tmp_path, environ={}).server.max_instances == 5
+
+
+def test_model_defense_tables_from_file_and_environment(tmp_path):
+    """[model.output], [model.guard], [model.drift]: each __ of a variable goes a table down."""
+    (tmp_path / "secureserve.toml").write_text(
+        '[model.output]\npolicy = "label_only"\n\n[model.output.roles]\nanalyst = "full"\n\n'
+        "[model.drift]\nwindow = 1000\n"
+    )
+    settings = load_settings(
+        project_dir=tmp_path,
+        environ={
+            "SECURESERVE_MODEL__OUTPUT__ROLES__AUDITOR": "top_k",
+            "SECURESERVE_MODEL__OUTPUT__DECIMALS": "3",
+            "SECURESERVE_MODEL__GUARD__MODE": "refuse",
+            "SECURESERVE_MODEL__DRIFT__ENABLED": "false",
+        },
+    )
+    output = settings.model.output
+    assert (output.policy, output.decimals) == ("label_only", 3)
+    assert output.roles == {"analyst": "full", "auditor": "top_k"}  # merged, not replaced
+    assert settings.model.guard.mode == "refuse"
+    assert (settings.model.drift.window, settings.model.drift.enabled) == (1000, False)
+
+
+@pytest.mark.parametrize(
+    ("text", "env", "named"),
+    [
+        ('[model.output]\npolicy = "all"\n', {}, "[model.output] policy"),
+        ("[model.output]\ntop_k = 0\n", {}, "[model.output] top_k"),
+        ('[model.output.roles]\n"two words" = "full"\n', {}, "[model.output] roles"),
+        ("[model.guard]\nmood = 1\n", {}, "[model.guard] mood is not a secureserve setting"),
+        ("[model.drift]\nmax_share = 0\n", {}, "[model.drift] max_share"),
+        ("", {"SECURESERVE_MODEL__OUTPUT__NOPE": "1"}, "SECURESERVE_MODEL__OUTPUT__NOPE"),
+        ("", {"SECURESERVE_MODEL__DIR__DEEPER": "1"}, "SECURESERVE_MODEL__DIR__DEEPER"),
+        ("", {"SECURESERVE_MODEL__GUARD__MARGIN": "wide"}, "SECURESERVE_MODEL__GUARD__MARGIN"),
+    ],
+)
+def test_model_defense_tables_refuse_bad_values_naming_them(tmp_path, text, env, named):
+    (tmp_path / "secureserve.toml").write_text(text)
+    with pytest.raises(ConfigError) as caught:
+        load_settings(project_dir=tmp_path, environ=env)
+    assert named in str(caught.value)
+
+
+def test_client_certificates_may_carry_custom_roles(tmp_path):
+    entry = '[tls]\nclient_ca = "ca.pem"\n\n[[auth.client_certificates]]\nsubject = "CN=a"\n'
+    (tmp_path / "secureserve.toml").write_text(entry + 'roles = ["predict", "analyst"]\n')
+    settings = load_settings(project_dir=tmp_path)
+    assert settings.auth.client_certificates[0].roles == ("predict", "analyst")
+    (tmp_path / "secureserve.toml").write_text(entry + 'roles = ["ana lyst"]\n')
+    with pytest.raises(ConfigError, match=r"\[auth.client_certificates\] roles"):
+        load_settings(project_dir=tmp_path)

@@ -22,7 +22,7 @@ from secureserve.keys import create_key
 from secureserve.scaffold import create_project
 
 #: What a fresh project reports on a developer machine: notes only.
-FRESH_CODES = {"tls-not-configured", "tls-1.2-accepted", "auth-no-credentials"}
+FRESH_CODES = {"tls-not-configured", "tls-1.2-accepted", "auth-no-credentials", "profile-missing"}
 
 
 @pytest.fixture(scope="module")

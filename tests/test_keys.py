@@ -119,8 +119,9 @@ def test_create_dev_key_revokes_previous_dev_keys(tmp_path):
         ({"name": "", "roles": ("predict",)}, "key name"),
         ({"name": "a\nb", "roles": ("predict",)}, "key name"),
         ({"name": "x" * 65, "roles": ("predict",)}, "key name"),
-        ({"name": "ok", "roles": ()}, "roles"),
-        ({"name": "ok", "roles": ("root",)}, "roles"),
+        ({"name": "ok", "roles": ()}, "no role"),
+        ({"name": "ok", "roles": ("ro le",)}, "not a role name"),
+        ({"name": "ok", "roles": ("x" * 65,)}, "not a role name"),
         ({"name": "ok", "roles": ("predict",), "models": ("../x",)}, "model name"),
     ],
 )
@@ -157,7 +158,7 @@ def test_list_keys_round_trips_every_field(tmp_path):
     [
         "not toml [",
         '[[keys]]\nid = "x"\n',
-        '[[keys]]\nid="a"\nname="n"\nroles=["root"]\nsha256="00"\ncreated=2026-01-01T00:00:00Z\n',
+        '[[keys]]\nid="a"\nname="n"\nroles=["ro ot"]\nsha256="00"\ncreated=2026-01-01T00:00:00Z\n',
     ],
 )
 def test_read_records_refuses_invalid_files(tmp_path, text):

@@ -66,6 +66,7 @@ OPERATIONS = [
     ("POST", "/v1/models/iris:reload"),
     ("GET", "/v1/models"),
     ("GET", METADATA),
+    ("GET", "/v1/models/iris/drift"),
     ("GET", "/openapi.json"),
     ("GET", "/metrics"),
     ("GET", "/healthz"),

@@ -242,9 +242,10 @@ def test_new_templates_predict_alike(tmp_path, monkeypatch):
     assert [p["label"] for p in onnx_answers] == labels
     assert [p["label"] for p in safetensors_answers] == labels
     for ours, theirs in zip(safetensors_answers, onnx_answers, strict=True):
-        assert ours["score"] == pytest.approx(theirs["score"], abs=1e-4)
-    # softmax of logits (x0 - x1, x1 - x0): 1 / (1 + e^-1) for [0.5, 0.25].
-    assert safetensors_answers[3]["score"] == pytest.approx(0.6225, abs=1e-4)
+        assert ours["score"] == pytest.approx(theirs["score"], abs=0.01)
+    # softmax of logits (x0 - x1, x1 - x0): 1 / (1 + e^-1) for [0.5, 0.25], and the
+    # default output policy rounds scores to 2 decimals.
+    assert safetensors_answers[3]["score"] == 0.62
     assert safetensors_answers[2]["score"] == 0.5
     assert safetensors_answers[5]["score"] == 1.0
 

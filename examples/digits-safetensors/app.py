@@ -23,10 +23,16 @@ class Digit(msgspec.Struct, forbid_unknown_fields=True):
 
 
 class Prediction(msgspec.Struct):
-    """The most likely digit and its probability, rounded to 4 decimals."""
+    """The most likely digit, its probability, and the probability of every digit.
 
-    digit: int
-    score: float
+    The annotations say what each field is, so the output policy knows what to hide:
+    with this example's settings callers see the three most likely digits, rounded to
+    2 decimals (``[model.output]`` in secureserve.toml).
+    """
+
+    digit: Annotated[int, ss.Label]
+    score: ss.Score
+    scores: ss.Scores  # "0" .. "9" -> probability
 
 
 class Digits(ss.Model[Digit, Prediction]):
@@ -47,9 +53,12 @@ class Digits(ss.Model[Digit, Prediction]):
         hidden = np.maximum(x @ self.w1 + self.b1, 0.0)
         logits = hidden @ self.w2 + self.b2
         exp = np.exp(logits - logits.max(axis=1, keepdims=True))
-        probs = exp / exp.sum(axis=1, keepdims=True)
-        best = probs.argmax(axis=1)
+        probs = (exp / exp.sum(axis=1, keepdims=True)).tolist()
         return [
-            Prediction(digit=int(i), score=round(float(row[i]), 4))
-            for i, row in zip(best, probs, strict=True)
+            Prediction(
+                digit=(best := max(range(10), key=row.__getitem__)),
+                score=row[best],
+                scores={str(d): p for d, p in enumerate(row)},
+            )
+            for row in probs
         ]

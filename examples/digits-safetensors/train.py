@@ -14,7 +14,8 @@ steps, weights rounded to a fixed grid before export (so last-bit differences
 between BLAS builds do not leak into the file), and no metadata that changes.
 
 Run from anywhere: ``python train.py`` writes ``models/digits.safetensors``
-next to this file.
+next to this file, and the training images as ``data/train.npy`` (uint8 pixels),
+from which ``secureserve profile`` makes the reference profile.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ BATCH_SIZE = 32
 LEARNING_RATE = 0.1
 DECIMALS = 4  # weights are rounded to this grid before export
 MODELS_DIR = Path(__file__).resolve().parent / "models"
+DATA_DIR = Path(__file__).resolve().parent / "data"
 
 Weights = dict[str, np.ndarray]
 
@@ -103,20 +105,26 @@ def accuracy(weights: Weights, x: np.ndarray, y: np.ndarray) -> float:
     return float(np.mean(probs.argmax(axis=1) == y))
 
 
-def export(models_dir: Path) -> float:
-    """Train, write ``digits.safetensors`` into ``models_dir``; return the held-out accuracy."""
+def export(models_dir: Path, data_dir: Path | None = None) -> float:
+    """Train, write ``digits.safetensors`` into ``models_dir``; return the held-out accuracy.
+
+    With ``data_dir``, also write the training images there as ``train.npy``.
+    """
     x_train, x_test, y_train, y_test = load_split()
     weights = export_weights(train(x_train / PIXEL_MAX, y_train))
     models_dir.mkdir(parents=True, exist_ok=True)
     save_file(weights, models_dir / "digits.safetensors")
+    if data_dir is not None:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        np.save(data_dir / "train.npy", x_train.astype(np.uint8), allow_pickle=False)
     return accuracy(weights, x_test, y_test)
 
 
 def main() -> None:
     """Export into ``models/`` beside this file and report the held-out accuracy."""
-    test_accuracy = export(MODELS_DIR)
+    test_accuracy = export(MODELS_DIR, DATA_DIR)
     print(f"held-out accuracy: {test_accuracy:.4f}")
-    print(f"wrote {MODELS_DIR / 'digits.safetensors'}")
+    print(f"wrote {MODELS_DIR / 'digits.safetensors'} and {DATA_DIR / 'train.npy'}")
 
 
 if __name__ == "__main__":

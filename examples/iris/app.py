@@ -26,10 +26,17 @@ class Flower(msgspec.Struct, forbid_unknown_fields=True):
 
 
 class Species(msgspec.Struct):
-    """The most likely species and its probability, rounded to 4 decimals."""
+    """The most likely species and its probability.
 
-    label: str
-    score: float
+    ``ss.Label`` and ``ss.Score`` say what the fields are, so the output policy can act
+    on them: with this example's settings a caller with role ``predict`` receives the
+    label only, and one that also holds the custom role ``analyst`` the probability too,
+    rounded to 2 decimals (``[model.output]`` in secureserve.toml). A field a policy
+    may leave out must be optional.
+    """
+
+    label: ss.Label
+    score: ss.Score | None = None
 
 
 class Iris(ss.Model[Flower, Species]):
@@ -49,6 +56,6 @@ class Iris(ss.Model[Flower, Species]):
         (probs,) = self.session.run(["probs"], {"x": x})
         best = probs.argmax(axis=1)
         return [
-            Species(label=self.labels[i], score=round(float(row[i]), 4))
+            Species(label=self.labels[i], score=float(row[i]))
             for i, row in zip(best, probs, strict=True)
         ]

@@ -95,7 +95,8 @@ class AuditRecord(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     ``request_id``/``trigger``/``model``/``detail`` apply; an ``audit-pruned`` one
     also ``pruned_files`` and the ``pruned_last_seq``/``pruned_last_hash`` of the last
     line removed. ``rotated_from`` appears on the first record of a file that
-    continues another.
+    continues another. A request record whose instances the input guard flagged (and
+    let through) lists their indexes in ``flagged``.
     """
 
     time: str
@@ -113,6 +114,7 @@ class AuditRecord(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     latency_ms: Annotated[float, msgspec.Meta(ge=0)] | None = None
     input_digest: Digest | None = None
     output_digest: Digest | None = None
+    flagged: tuple[Annotated[int, msgspec.Meta(ge=0)], ...] | None = None
     action: str | None = None
     trigger: str | None = None
     detail: str | None = None
@@ -161,6 +163,8 @@ class RequestEntry(msgspec.Struct, frozen=True, kw_only=True):
     latency_ms: float
     input_digest: str | None = None
     output_digest: str | None = None
+    #: indexes of the instances the input guard flagged (and let through)
+    flagged: tuple[int, ...] | None = None
 
 
 def request_fields(entry: RequestEntry) -> dict[str, Any]:
@@ -168,6 +172,10 @@ def request_fields(entry: RequestEntry) -> dict[str, Any]:
     fields = msgspec.structs.asdict(entry)
     fields["roles"] = list(entry.roles)
     fields["latency_ms"] = round(entry.latency_ms, 3)
+    if entry.flagged is None:
+        del fields["flagged"]  # only requests the guard flagged carry the field
+    else:
+        fields["flagged"] = list(entry.flagged)
     return {"event": "request", **fields}
 
 

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import importlib
+import sys
 from pathlib import Path
 from typing import Any, Final
 
 from secureserve.config import Settings, load_settings
+from secureserve.errors import ConfigError
+from secureserve.model import Model
 
 DEV_DIR: Final = ".secureserve"
 EXIT_ERROR: Final = 1
@@ -18,3 +22,29 @@ def settings_from(
 ) -> Settings:
     """Settings for a command run in the working directory (``--config`` if given)."""
     return load_settings(args.config, project_dir=Path.cwd(), overrides=overrides)
+
+
+def import_handler(spec: str | None, project_dir: Path) -> type[Model[Any, Any]]:
+    """The handler class ``module:Class``, imported with the project folder on ``sys.path``."""
+    if not spec:
+        raise ConfigError(
+            "no model handler: pass APP as module:Class (e.g. app:Iris) or set "
+            "[model] handler in secureserve.toml."
+        )
+    module_name, _, class_name = spec.partition(":")
+    if not module_name or not class_name.isidentifier():
+        raise ConfigError(f"handler {spec!r} must look like module:Class, e.g. app:Iris.")
+    if str(project_dir) not in sys.path:
+        sys.path.insert(0, str(project_dir))
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as exc:
+        raise ConfigError(
+            f"could not import {module_name!r} for handler {spec!r}: "
+            f"{type(exc).__name__}: {exc}. Run with --debug for the "
+            "traceback."
+        ) from exc
+    handler = getattr(module, class_name, None)
+    if not (isinstance(handler, type) and issubclass(handler, Model)):
+        raise ConfigError(f"{spec!r} is not a secureserve.Model subclass in {module_name}.")
+    return handler

@@ -25,6 +25,12 @@ def register(commands: Any, common: argparse.ArgumentParser) -> None:
     doctor.add_argument(
         "--strict", action="store_true", help="exit non-zero on warnings as well as errors"
     )
+    doctor.add_argument(
+        "--handler",
+        action="store_true",
+        help="also import the handler (runs the project's code) to check its output "
+        "policy and feature view",
+    )
     doctor.set_defaults(func=_doctor)
 
 
@@ -32,7 +38,7 @@ def _doctor(args: argparse.Namespace) -> int:
     config = args.config
     if config is not None and not config.is_absolute():
         config = Path.cwd() / config  # like every command: relative to the working directory
-    report = diagnose(args.path, config=config, debug=args.debug)
+    report = diagnose(args.path, config=config, debug=args.debug, handler=args.handler)
     if args.json:
         sys.stdout.buffer.write(report.to_json() + b"\n")
     else:

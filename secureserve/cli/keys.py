@@ -19,7 +19,12 @@ def register(commands: Any, common: argparse.ArgumentParser) -> None:
     create = keys_sub.add_parser("create", parents=[common], help="create a key; shown once")
     create.add_argument("--name", required=True, help="who or what uses the key")
     create.add_argument(
-        "--role", action="append", required=True, choices=ROLES, help="a role; repeat for several"
+        "--role",
+        action="append",
+        required=True,
+        metavar="ROLE",
+        help=f"a role: {', '.join(ROLES)}, or a custom role name such as analyst "
+        "(selects an output policy); repeat for several",
     )
     create.add_argument(
         "--model",

@@ -3,18 +3,15 @@
 from __future__ import annotations
 
 import argparse
-import importlib
 import ipaddress
 import sys
-from pathlib import Path
 from typing import Any
 
 from secureserve.audit import generate_digest_key, load_digest_key
-from secureserve.cli._common import DEV_DIR, settings_from
+from secureserve.cli._common import DEV_DIR, import_handler, settings_from
 from secureserve.config import Settings
 from secureserve.errors import ConfigError
 from secureserve.keys import create_key
-from secureserve.model import Model
 
 
 def register(commands: Any, common: argparse.ArgumentParser) -> None:
@@ -73,7 +70,7 @@ def _run(args: argparse.Namespace) -> int:
         min_version=settings.tls.min_version,
         client_ca=settings.tls.client_ca,
     )
-    handler = _import_handler(args.app or settings.model.handler, settings.project_dir)
+    handler = import_handler(args.app or settings.model.handler, settings.project_dir)
     configure_logging(settings.logging.level)
     app = create_app(handler, config=settings, audit_key=_audit_key(settings, dev=args.dev))
     sock = bind_socket(settings.server.host, settings.server.port)
@@ -147,31 +144,6 @@ def _dev_banner(settings: Settings, certs: Any) -> str:
         f"    curl --cacert {certs.ca_cert} -H 'Authorization: Bearer {key.secret}' "
         f"{url}/v1/models\n"
     )
-
-
-def _import_handler(spec: str | None, project_dir: Path) -> type[Model[Any, Any]]:
-    if not spec:
-        raise ConfigError(
-            "no model handler: pass APP as module:Class (e.g. app:Iris) or set "
-            "[model] handler in secureserve.toml."
-        )
-    module_name, _, class_name = spec.partition(":")
-    if not module_name or not class_name.isidentifier():
-        raise ConfigError(f"handler {spec!r} must look like module:Class, e.g. app:Iris.")
-    if str(project_dir) not in sys.path:
-        sys.path.insert(0, str(project_dir))
-    try:
-        module = importlib.import_module(module_name)
-    except Exception as exc:
-        raise ConfigError(
-            f"could not import {module_name!r} for handler {spec!r}: "
-            f"{type(exc).__name__}: {exc}. Run with --debug for the "
-            "traceback."
-        ) from exc
-    handler = getattr(module, class_name, None)
-    if not (isinstance(handler, type) and issubclass(handler, Model)):
-        raise ConfigError(f"{spec!r} is not a secureserve.Model subclass in {module_name}.")
-    return handler
 
 
 def _certs_dev(args: argparse.Namespace) -> int:

@@ -30,7 +30,7 @@ from typing import Final
 import msgspec
 
 from secureserve.config import CONFIG_FILENAME, Settings, load_settings
-from secureserve.doctor import files, settings
+from secureserve.doctor import defenses, files, settings
 from secureserve.doctor.findings import Finding, Severity, error, warning
 from secureserve.errors import ConfigError
 
@@ -84,13 +84,16 @@ def diagnose(
     environ: Mapping[str, str] | None = None,
     now: datetime | None = None,
     debug: bool = False,
+    handler: bool = False,
 ) -> Report:
     """Examine the project in ``project_dir`` (settings from ``config`` if given).
 
     ``environ`` (default: ``os.environ``) is the environment the settings are read
     with, as ``secureserve run`` would; ``now`` fixes the clock for certificate dates.
     ``debug`` lets an unexpected exception in a check propagate instead of becoming a
-    ``doctor-check-failed`` finding. When the project's Dockerfile sets
+    ``doctor-check-failed`` finding. ``handler`` imports the project's handler (its code
+    runs, as under ``secureserve run``) to check its output policy and feature view.
+    When the project's Dockerfile sets
     ``SECURESERVE_*`` variables, the settings are checked a second time with them, as
     the image will run. Raises :class:`ConfigError` when ``project_dir`` is not a folder.
     """
@@ -121,6 +124,7 @@ def diagnose(
             lambda: settings.check(loaded, config_file=config, now=now),
             debug=debug,
         )
+        _run("defenses", found, lambda: defenses.check(loaded, handler=handler), debug=debug)
     _run("files", found, lambda: files.check(project, loaded), debug=debug)
     _run(
         "deployed", found, lambda: _deployed_findings(project, config, env, now, found), debug=debug

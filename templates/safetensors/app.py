@@ -29,10 +29,16 @@ class Features(msgspec.Struct, forbid_unknown_fields=True):
 
 
 class Prediction(msgspec.Struct):
-    """The most likely class and its probability, rounded to 4 decimals."""
+    """The most likely class and its probability.
 
-    label: str
-    score: float
+    ``ss.Label`` and ``ss.Score`` tell the output policy what each field is: by default
+    callers see the score rounded to 2 decimals, and ``[model.output]`` in
+    secureserve.toml can hide it (``label_only``, then make it ``ss.Score | None = None``)
+    or show it to a custom role only.
+    """
+
+    label: ss.Label
+    score: ss.Score
 
 
 class __ProjectName__(ss.Model[Features, Prediction]):
@@ -55,6 +61,6 @@ class __ProjectName__(ss.Model[Features, Prediction]):
         probs = exp / exp.sum(axis=1, keepdims=True)
         best = probs.argmax(axis=1)
         return [
-            Prediction(label=self.labels[i], score=round(float(row[i]), 4))
+            Prediction(label=self.labels[i], score=float(row[i]))
             for i, row in zip(best, probs, strict=True)
         ]

@@ -109,7 +109,8 @@ def test_digits_handler_matches_reference_forward_pass(digits_app, project_dir, 
     predictions = model.predict([digits_app.Digit(pixels=p) for p in images])
     probs = forward(weights, np.array(images))
     assert [p.digit for p in predictions] == [0, 1, 7]
-    assert [p.score for p in predictions] == [round(float(row.max()), 4) for row in probs]
+    assert [p.score for p in predictions] == pytest.approx([row.max() for row in probs], abs=1e-6)
+    assert [len(p.scores) for p in predictions] == [10, 10, 10]  # the policy cuts them
 
 
 # --- HTTP, through the in-process test client (needs the secureserve core) -------
@@ -132,7 +133,10 @@ def test_digits_predict_zero(client):
     (prediction,) = r.json()["predictions"]
     assert prediction["digit"] == 0
     assert 0.5 < prediction["score"] <= 1.0
-    assert prediction["score"] == round(prediction["score"], 4)
+    # the output policy of secureserve.toml: the three best digits, rounded to 2 decimals
+    assert prediction["score"] == round(prediction["score"], 2)
+    assert len(prediction["scores"]) == 3
+    assert prediction["scores"]["0"] == prediction["score"]
 
 
 def test_digits_predict_batch_keeps_order(client):

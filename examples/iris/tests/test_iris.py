@@ -89,7 +89,7 @@ def test_iris_onnx_accuracy_on_bundled_data(iris_train, session):
 
 
 def test_iris_handler_predicts_without_http(iris_app, project_dir):
-    """Loaded through Artifacts, the handler labels one flower per species, scores rounded."""
+    """Loaded through Artifacts, the handler labels one flower per species, with its score."""
     import secureserve as ss
 
     model = iris_app.Iris()
@@ -97,7 +97,7 @@ def test_iris_handler_predicts_without_http(iris_app, project_dir):
     flowers = [iris_app.Flower(features=f) for f in (SETOSA, VERSICOLOR, VIRGINICA)]
     predictions = model.predict(flowers)
     assert [p.label for p in predictions] == LABELS
-    assert all(0.5 < p.score <= 1.0 and p.score == round(p.score, 4) for p in predictions)
+    assert all(0.5 < p.score <= 1.0 for p in predictions)
 
 
 # --- HTTP, through the in-process test client (needs the secureserve core) -------
@@ -113,14 +113,22 @@ def client(iris_app: ModuleType, project_dir: Path) -> Iterator[Any]:
 
 
 def test_iris_predict_setosa(client):
-    """A setosa flower comes back labelled setosa, with the answering model version."""
+    """A setosa flower comes back labelled setosa (label only, the policy of role predict)."""
     r = client.predict([{"features": SETOSA}])
     assert r.status_code == 200
     assert r.headers["x-model-version"] == "1.0.0"
-    (prediction,) = r.json()["predictions"]
+    assert r.json() == {"predictions": [{"label": "setosa"}]}
+
+
+def test_iris_analysts_see_the_score_rounded(iris_app, project_dir):
+    """A key that also holds the custom role analyst gets the probability, 2 decimals."""
+    from secureserve.testing import TestClient
+
+    with TestClient(iris_app.Iris, project_dir=project_dir, roles=("predict", "analyst")) as c:
+        (prediction,) = c.predict([{"features": SETOSA}]).json()["predictions"]
     assert prediction["label"] == "setosa"
     assert 0.5 < prediction["score"] <= 1.0
-    assert prediction["score"] == round(prediction["score"], 4)
+    assert prediction["score"] == round(prediction["score"], 2)
 
 
 def test_iris_predict_batch_keeps_order(client):

@@ -1,0 +1,62 @@
+"""``secureserve profile DATA``: the reference profile of training data (a model artifact)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from secureserve.cli._common import import_handler, settings_from
+from secureserve.errors import ConfigError
+from secureserve.model import Model
+from secureserve.profile import (
+    DEFAULT_PROFILE,
+    build_profile,
+    read_instances,
+    schema_revision,
+    write_profile,
+)
+
+
+def register(commands: Any, common: argparse.ArgumentParser) -> None:
+    """Add ``profile`` to the command line."""
+    profile = commands.add_parser(
+        "profile",
+        parents=[common],
+        help="write the reference profile of training data (for the input guard and drift)",
+    )
+    profile.add_argument("data", type=Path, help="instances: .jsonl, .csv (feature header), .npy")
+    profile.add_argument(
+        "--out", type=Path, help=f"where to write it (default: {DEFAULT_PROFILE} in [model] dir)"
+    )
+    profile.add_argument("--model", help="the served model's name (default: the only one)")
+    profile.set_defaults(func=_profile)
+
+
+def _profile(args: argparse.Namespace) -> int:
+    settings = settings_from(args)
+    cls = import_handler(settings.model.handler, settings.project_dir)
+    cls.check_definition()
+    if args.model is not None and args.model != cls.name:
+        raise ConfigError(f"--model {args.model!r}: this project serves {cls.name!r}.")
+    features = None
+    if cls.features is not Model.features:  # the handler's own view may need its files
+        from secureserve.serving import load_model  # noqa: PLC0415 - only for such handlers
+
+        features = load_model(cls, settings).instance.features
+    columns = cls.feature_columns()  # NoFeatureViewError names the field if there is no view
+    rows = read_instances(args.data, cls, features)
+    profile = build_profile(rows, columns, model=cls.name, revision=schema_revision(cls.input_type))
+    out: Path = args.out or settings.model.dir / DEFAULT_PROFILE
+    write_profile(out, profile)
+    print(f"wrote {out}: {profile.count} instances, {len(columns)} features")
+    model_dir = settings.model.dir.resolve()
+    if not out.resolve().is_relative_to(model_dir):
+        print(
+            f"note: {out} is outside the model folder {model_dir}; the server reads it only there"
+        )
+    elif out.resolve() != (model_dir / DEFAULT_PROFILE) and settings.model.profile is None:
+        name = out.resolve().relative_to(model_dir).as_posix()
+        print(f'note: set [model] profile = "{name}" so the server uses it')
+    print("next: `secureserve lock` (and `secureserve sign` if you sign the lock)")
+    return 0

@@ -1,0 +1,119 @@
+"""secureserve.doctor.defenses: output policies, the profile and the feature view."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import EXAMPLES
+
+from secureserve.doctor import Severity, diagnose
+
+TEXT_HANDLER = """
+import msgspec
+import secureserve as ss
+
+
+class Text(msgspec.Struct):
+    text: str
+
+
+class Verdict(msgspec.Struct):
+    label: ss.Label
+    score: ss.Score
+
+
+class Moderator(ss.Model[Text, Verdict]):
+    name = "moderator"
+
+    def predict(self, batch):
+        return [Verdict("ok", 0.9) for _ in batch]
+"""
+
+
+def codes(report, severity: Severity | None = None) -> set[str]:
+    return {f.code for f in report.findings if severity is None or f.severity == severity}
+
+
+@pytest.fixture
+def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A copy of the digits example (it has a profile) to change.
+
+    Its handler module is ``app``, as in every project: forget any other project's.
+    """
+    monkeypatch.delitem(sys.modules, "app", raising=False)
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    target = tmp_path / "digits"
+    shutil.copytree(EXAMPLES / "digits-safetensors", target, ignore=shutil.ignore_patterns("tests"))
+    return target
+
+
+def configure(project: Path, text: str) -> None:
+    with (project / "secureserve.toml").open("a") as out:
+        out.write(text)
+
+
+def test_a_profile_and_top_k_give_no_defense_finding(project):
+    report = diagnose(project, handler=True)
+    assert not codes(report) & {
+        "output-full-scores",
+        "output-full-scores-role",
+        "profile-missing",
+        "defenses-off",
+        "output-unmarked",
+    }
+
+
+def test_full_scores_for_every_caller_is_a_warning(project):
+    text = (project / "secureserve.toml").read_text().replace('policy = "top_k"', 'policy = "full"')
+    (project / "secureserve.toml").write_text(text)
+    assert "output-full-scores" in codes(diagnose(project), Severity.WARNING)
+
+
+def test_full_scores_for_a_custom_role_is_a_warning_naming_it(project):
+    configure(project, '\n[model.output.roles]\nanalyst = "full"\nadmin = "full"\n')
+    report = diagnose(project)
+    (finding,) = [f for f in report.findings if f.code == "output-full-scores-role"]
+    assert finding.severity == Severity.WARNING
+    assert "analyst" in finding.message
+    assert "admin" not in finding.message
+
+
+def test_no_profile_is_reported(project):
+    (project / "models" / "profile.json").unlink()
+    text = (project / "secureserve.lock").read_text()
+    (project / "secureserve.lock").write_text(text.replace("profile.json", "gone.json"))
+    assert "profile-missing" in codes(diagnose(project), Severity.INFO)
+
+
+def test_the_handler_is_imported_only_when_asked(project):
+    (project / "app.py").write_text(TEXT_HANDLER)
+    configure(project, "")
+    text = (project / "secureserve.toml").read_text().replace("app:Digits", "app:Moderator")
+    (project / "secureserve.toml").write_text(text)
+    assert "feature-view-missing" not in codes(diagnose(project))
+    report = diagnose(project, handler=True)
+    # the digits profile is there, so the missing feature view is an error, not a warning
+    assert "feature-view-missing" in codes(report, Severity.ERROR)
+    (project / "models" / "profile.json").unlink()
+    lock = (project / "secureserve.lock").read_text().replace("profile.json", "gone.json")
+    (project / "secureserve.lock").write_text(lock)
+    report = diagnose(project, handler=True)
+    assert "feature-view-missing" in codes(report, Severity.ERROR)  # guard mode = "flag"
+    text = (project / "secureserve.toml").read_text().replace('mode = "flag"', "")
+    (project / "secureserve.toml").write_text(text)
+    report = diagnose(project, handler=True)
+    assert "defenses-off" in codes(report, Severity.WARNING)
+    assert "feature-view-missing" not in codes(report)
+
+
+def test_a_policy_the_server_would_refuse_is_an_error(project):
+    (project / "app.py").write_text(TEXT_HANDLER)
+    text = (project / "secureserve.toml").read_text().replace("app:Digits", "app:Moderator")
+    text = text.replace('policy = "top_k"', 'policy = "label_only"')
+    (project / "secureserve.toml").write_text(text)
+    report = diagnose(project, handler=True)
+    (finding,) = [f for f in report.findings if f.code == "output-policy-invalid"]
+    assert "optional" in finding.message

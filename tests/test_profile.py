@@ -1,0 +1,143 @@
+"""secureserve.profile and ``secureserve profile``: the reference profile of training data."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import msgspec
+import numpy as np
+import pytest
+from defense_helpers import DIGITS, digits_handler, digits_rows
+
+from secureserve.cli import main
+from secureserve.config import load_settings
+from secureserve.errors import ArtifactError, ConfigError
+from secureserve.profile import MIN_ROWS, Profile, build_profile, schema_revision
+from secureserve.serving import load_model
+
+
+@pytest.fixture
+def digits_project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A copy of examples/digits-safetensors as the working directory.
+
+    Its handler module is ``app``, as in every project: forget any other project's.
+    """
+    monkeypatch.delitem(sys.modules, "app", raising=False)
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    target = tmp_path / "digits"
+    shutil.copytree(DIGITS, target, ignore=shutil.ignore_patterns("tests", "__pycache__"))
+    monkeypatch.chdir(target)
+    return target
+
+
+def run(*args: str) -> int:
+    return main(["profile", *args])
+
+
+def test_the_committed_profile_is_what_the_command_makes(digits_project, capsys):
+    """Same data, same bytes: the example's profile is reproducible from its data."""
+    committed = (digits_project / "models" / "profile.json").read_bytes()
+    (digits_project / "models" / "profile.json").unlink()
+    assert run("data/train.npy") == 0
+    assert (digits_project / "models" / "profile.json").read_bytes() == committed
+    out = capsys.readouterr().out
+    assert "1438 instances, 64 features" in out
+    assert "secureserve lock" in out
+
+
+def test_the_same_data_as_jsonl_and_csv_gives_the_same_profile(digits_project):
+    rows = digits_rows()
+    names = [f"pixels[{i}]" for i in range(64)]
+    with (digits_project / "train.jsonl").open("w") as out:
+        for row in rows:
+            out.write(json.dumps({"pixels": row.tolist()}) + "\n")
+    order = list(reversed(range(64)))  # columns in another order: the header decides
+    with (digits_project / "train.csv").open("w") as out:
+        out.write(",".join(names[i] for i in order) + "\n")
+        for row in rows:
+            out.write(",".join(str(int(row[i])) for i in order) + "\n")
+    assert run("train.jsonl", "--out", "a.json") == 0
+    assert run("train.csv", "--out", "b.json") == 0
+    committed = (digits_project / "models" / "profile.json").read_bytes()
+    assert (digits_project / "a.json").read_bytes() == committed
+    assert (digits_project / "b.json").read_bytes() == committed
+
+
+def test_bad_rows_are_named_by_line_and_nothing_is_written(digits_project, capsys):
+    lines = [json.dumps({"pixels": [0.0] * 64})] * 30
+    lines[6] = json.dumps({"pixels": [0.0] * 63})
+    lines[11] = json.dumps({"pixels": [0.0] * 63 + [17.0]})
+    lines[20] = "{not json"
+    (digits_project / "bad.jsonl").write_text("\n".join(lines) + "\n")
+    assert run("bad.jsonl", "--out", "out.json") == 1
+    err = capsys.readouterr().err
+    assert "line 7: $.pixels: length must be >= 64" in err
+    assert "line 12: $.pixels[63]: must be <= 16.0" in err
+    assert "line 21: not valid JSON" in err
+    assert not (digits_project / "out.json").exists()
+
+
+def test_csv_and_npy_rows_go_through_the_input_schema(digits_project, capsys):
+    rows = digits_rows()[:30].copy()
+    rows[4, 3] = 99.0  # outside the schema's 0..16
+    rows[9, 0] = np.nan
+    np.save(digits_project / "bad.npy", rows, allow_pickle=False)
+    assert run("bad.npy", "--out", "out.json") == 1
+    err = capsys.readouterr().err
+    assert "row 4: $.pixels[3]: must be <= 16.0" in err
+    assert "row 9: not a finite number" in err
+    (digits_project / "bad.csv").write_text("a,b\n1,2\n")
+    assert run("bad.csv", "--out", "out.json") == 1
+    assert "header must name each feature once" in capsys.readouterr().err
+    np.save(digits_project / "narrow.npy", np.zeros((30, 3)), allow_pickle=False)
+    assert run("narrow.npy", "--out", "out.json") == 1
+    assert "shape (rows, 64)" in capsys.readouterr().err
+    np.save(digits_project / "objects.npy", np.array([{}], dtype=object), allow_pickle=True)
+    assert run("objects.npy", "--out", "out.json") == 1
+    assert "not a numeric .npy array" in capsys.readouterr().err
+    assert not (digits_project / "out.json").exists()
+
+
+def test_too_little_data_and_unknown_formats_are_refused(digits_project, capsys):
+    np.save(digits_project / "few.npy", digits_rows()[: MIN_ROWS - 1], allow_pickle=False)
+    assert run("few.npy") == 1
+    assert f"at least {MIN_ROWS}" in capsys.readouterr().err
+    (digits_project / "data.parquet").write_bytes(b"PAR1")
+    assert run("data.parquet") == 1
+    assert ".jsonl" in capsys.readouterr().err
+
+
+def test_the_profile_is_a_locked_artifact(digits_project):
+    """Loaded through Artifacts: a changed profile fails the lock check at start-up."""
+    settings = load_settings(project_dir=digits_project)
+    loaded = load_model(digits_handler(), settings)
+    assert loaded.profile is not None
+    assert "profile.json" in loaded.opened
+    path = digits_project / "models" / "profile.json"
+    path.write_bytes(path.read_bytes().replace(b'"count": 1438', b'"count": 1439', 1))
+    with pytest.raises(ArtifactError, match=r"profile\.json"):
+        load_model(digits_handler(), settings)
+
+
+def test_a_profile_of_another_schema_is_refused(digits_project):
+    path = digits_project / "models" / "profile.json"
+    data = msgspec.json.decode(path.read_bytes(), type=Profile)
+    other = msgspec.structs.replace(data, schema_revision="0" * 16)
+    path.write_bytes(msgspec.json.encode(other))
+    assert main(["lock"]) == 0
+    with pytest.raises(ConfigError, match="another input schema"):
+        load_model(digits_handler(), load_settings(project_dir=digits_project))
+
+
+def test_build_profile_statistics_and_histogram():
+    rows = np.arange(100, dtype=np.float64).reshape(100, 1)
+    profile = build_profile(rows, ["x"], model="m", revision=schema_revision(int))
+    (feature,) = profile.features
+    assert (feature.min, feature.max, feature.mean) == (0.0, 99.0, 49.5)
+    assert feature.quantiles.q50 == 49.5
+    assert len(feature.edges) == 9
+    assert sum(feature.counts) == 100
+    assert feature.counts == [10] * 10
