@@ -195,7 +195,8 @@ class Artifacts:
         data = self._read_metadata(name)
         try:
             return msgspec.json.decode(data)
-        except (msgspec.DecodeError, RecursionError) as exc:
+        except (msgspec.DecodeError, msgspec.ValidationError, RecursionError) as exc:
+            # ValidationError: a number JSON allows but a float cannot hold, such as 1e400
             raise ArtifactError(name, "json-invalid", "not valid JSON") from exc
 
     def inspect(self, name: str) -> ArtifactRecord:

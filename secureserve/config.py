@@ -44,6 +44,7 @@ from secureserve.settings import (
     ServerSettings,
     Settings,
     TLSSettings,
+    is_role_name,
 )
 
 if TYPE_CHECKING:
@@ -190,10 +191,20 @@ def _from_environ(environ: dict[str, str] | os._Environ[str]) -> dict[str, Any]:
     and are ignored.
     """
     out: dict[str, Any] = {}
-    for name, value in environ.items():
+    given: dict[tuple[str, ...], str] = {}  # path -> variable, to refuse a table and its keys
+    for name, value in sorted(environ.items()):
         if not name.startswith(ENV_PREFIX) or "__" not in name or name in _SECRET_VARIABLES:
             continue
         parts = name[len(ENV_PREFIX) :].lower().split("__")
+        path = tuple(parts)
+        for other_path, other in given.items():
+            shorter = min(len(path), len(other_path))
+            if other_path[:shorter] == path[:shorter]:
+                raise ConfigError(
+                    f"{other} and {name} both set {'.'.join(path[:shorter])}: set a table "
+                    "or its keys, once."
+                )
+        given[path] = name
         planned = _PLANNED.get(parts[0]) or _PLANNED.get(".".join(parts[:2]))
         if planned is not None:
             raise ConfigError(
@@ -325,6 +336,7 @@ def check_settings(settings: Settings) -> None:
             "process per container and scale with replicas (set workers = 1)."
         )
     _check_auth(settings.auth)
+    _check_roles(settings)
     if settings.auth.client_certificates and settings.tls.client_ca is None:
         raise ConfigError(
             "[auth] client_certificates maps certificate subjects, but [tls] client_ca is not "
@@ -343,6 +355,22 @@ def check_settings(settings: Settings) -> None:
             "[tls] cert and key go together; set both (or use `secureserve run "
             "--dev` for a local development certificate)."
         )
+
+
+def _check_roles(settings: Settings) -> None:
+    """Role names in settings: no case variants of built-in roles (``Admin``)."""
+    named = [
+        ("[[auth.client_certificates]] roles", role)
+        for entry in settings.auth.client_certificates
+        for role in entry.roles
+    ]
+    named += [("[model.output.roles]", role) for role in settings.model.output.roles]
+    for where, role in named:
+        if not is_role_name(role):
+            raise ConfigError(
+                f"{where}: {role!r} differs from a built-in role only in case; write "
+                f"{role.lower()!r}, or choose another name for a custom role."
+            )
 
 
 def _check_auth(auth: AuthSettings) -> None:

@@ -19,7 +19,7 @@ import numpy as np
 import numpy.typing as npt
 
 from secureserve.audit import AuditLog, AuditUnavailable
-from secureserve.drift import DriftMonitor, DriftReport, FeatureDrift, top
+from secureserve.drift import DriftMonitor, DriftReport, top
 from secureserve.errors import ConfigError, ModelError
 from secureserve.features import NoFeatureViewError
 from secureserve.guard import Flagged, InputGuard, guard_mode, out_of_distribution
@@ -65,6 +65,7 @@ class Defenses:
     ) -> None:
         cls = type(model)
         self.model_name = cls.name
+        self.profile = profile
         self._features = model.features
         self._width = len(profile.names) if profile is not None else 0
         self.mode: Literal["refuse", "flag", "off"] = guard_mode(
@@ -80,7 +81,6 @@ class Defenses:
                 settings.drift,
                 model=cls.name,
                 on_change=self._drift_changed,
-                on_values=self._drift_values,
             )
         self.active = self.guard is not None or self.drift is not None
 
@@ -110,9 +110,35 @@ class Defenses:
             self.drift.observe(principal, rows)
         return tuple(f.index for f in flagged) or None
 
+    def take_over(self, previous: Defenses) -> None:
+        """After a reload: keep the drift window if the profile is the same, else end it.
+
+        A new profile starts a new window; an alert the old one had raised is then
+        recorded as cleared (``drift-cleared``, trigger ``reload``), so the audit log and
+        the gauge never show an alert nobody watches any more.
+        """
+        old = previous.drift
+        if old is None:
+            return
+        if self.drift is not None and self.profile == previous.profile:
+            self.drift = old
+            return
+        if old.alert:
+            old.alert = False
+            self._metrics.drift_alert(self.model_name, alert=False)
+            self._record_drift(
+                "drift-cleared", "reload", "a reload brought another profile: a new window"
+            )
+
     def drift_report(self) -> DriftReport | None:
         """The drift monitor's current window, or None when drift monitoring is off."""
-        return self.drift.evaluate() if self.drift is not None else None
+        return self.drift.report() if self.drift is not None else None
+
+    def refresh_metrics(self) -> None:
+        """Set the drift gauges to the current window (called when metrics are read)."""
+        if self.drift is not None:
+            self._metrics.drift(self.model_name, self.drift.psi())
+            self._metrics.drift_alert(self.model_name, alert=self.drift.alert)
 
     def _rows(self, instances: list[Any]) -> npt.NDArray[np.float64]:
         rows = self._features(instances)
@@ -134,9 +160,6 @@ class Defenses:
             if n:
                 self._metrics.guard_flagged(self.model_name, reason, n)
 
-    def _drift_values(self, values: list[FeatureDrift]) -> None:
-        self._metrics.drift(self.model_name, values)
-
     def _drift_changed(self, report: DriftReport) -> None:
         alert = report.alert
         log = get_logger()
@@ -152,12 +175,13 @@ class Defenses:
         else:
             log.info("drift cleared", model=self.model_name, max_psi=report.max_psi)
         self._metrics.drift_alert(self.model_name, alert=alert)
+        action = "drift-detected" if alert else "drift-cleared"
+        self._record_drift(action, "drift", msgspec.json.encode(features).decode())
+
+    def _record_drift(self, action: str, trigger: str, detail: str) -> None:
         try:
             self._audit().admin(
-                action="drift-detected" if alert else "drift-cleared",
-                trigger="drift",
-                model=self.model_name,
-                detail=msgspec.json.encode(features).decode(),
+                action=action, trigger=trigger, model=self.model_name, detail=detail
             )
         except AuditUnavailable:
-            log.exception("drift change not audited", model=self.model_name)
+            get_logger().exception("drift change not audited", model=self.model_name)

@@ -11,10 +11,14 @@ flap); each change is one structured log line and one audit admin record
 (``drift-detected`` with the features and their PSI, ``drift-cleared``).
 
 One caller cannot steer the window: each principal holds at most ``max_share`` of
-its slots, and its instances beyond that are not added until its own age out.
-Memory is ``window x features`` small integers plus ``features x bins`` counts,
-whatever the traffic; the per-principal counts hold at most ``window`` entries
-(a principal without instances in the window is dropped).
+its slots (beyond that, its latest instances replace its own oldest), and the alert is
+raised only if the largest PSI still reaches the threshold with each of the five
+principals holding most of the window left out in turn (unless ``max_share = 1``). So
+with fewer than ``1 / max_share`` callers the window never fills and no alert is
+raised; a model with one client should set ``max_share = 1``. Memory is ``window x features`` small
+integers plus ``features x bins`` counts, whatever the traffic; the per-principal slot
+sets hold ``window`` slots in all (a principal without instances in the window is
+dropped).
 """
 
 from __future__ import annotations
@@ -38,6 +42,8 @@ EPSILON: Final = 1e-4
 CLEAR_RATIO: Final = 0.8
 #: Features named in the alert's log line and audit record (largest PSI first).
 _REPORTED: Final = 10
+#: Principals left out one at a time before an alert is raised (those holding most slots).
+_LEFT_OUT: Final = 5
 
 
 class FeatureDrift(msgspec.Struct, frozen=True):
@@ -62,8 +68,12 @@ class DriftReport(msgspec.Struct, frozen=True):
 class DriftMonitor:
     """The window of one deployment; every method runs on the event loop thread.
 
-    ``on_change(report)`` is called when the alert is raised or cleared (``report.alert``);
-    ``on_values(psi)`` after every evaluation (for the gauges).
+    Slots: the window is a ring of ``window`` slots, each holding one instance's bin
+    numbers and its principal. A principal with room in its share takes the ring's next
+    slot (evicting the oldest instance there); a principal at its share overwrites its
+    own oldest slot instead, so its latest instances count and the ring never stalls.
+
+    ``on_change(report)`` is called when the alert is raised or cleared (``report.alert``).
     """
 
     def __init__(
@@ -73,7 +83,6 @@ class DriftMonitor:
         *,
         model: str,
         on_change: Callable[[DriftReport], None],
-        on_values: Callable[[list[FeatureDrift]], None],
     ) -> None:
         self.model = model
         self.names = profile.names
@@ -92,75 +101,112 @@ class DriftMonitor:
         self._offsets = np.arange(len(self.names)) * (width + 1)  # flat index of each feature
         self._slots = np.zeros((self.window, len(self.names)), dtype=np.int32)
         self._owners: list[str | None] = [None] * self.window
+        self._written = np.zeros(self.window, dtype=np.int64)  # when each slot was last written
+        self._clock = 0
+        self._held: dict[str, set[int]] = {}  # the slots of each principal in the window
         self._counts = np.zeros(self._bins, dtype=np.int64)
-        self._per_principal: dict[str, int] = {}
         self._next = 0
         self.filled = 0
         self._since = 0
         self._every = max(1, self.window // 20)
         self.alert = False
         self._on_change = on_change
-        self._on_values = on_values
 
     def observe(self, principal: str, rows: npt.NDArray[np.float64]) -> None:
-        """Add ``rows`` sent by ``principal`` (up to its share), and re-evaluate now and then."""
-        held = self._per_principal.get(principal, 0)
-        room = self.max_per_principal - held
-        if room <= 0:
+        """Add ``rows`` sent by ``principal`` within its share, and re-evaluate now and then."""
+        if not len(rows):
             return
-        rows = rows[:room]
         # bin number of every value: how many cut points lie strictly below it
         flat = (rows[:, :, None] > self._edges[None, :, :]).sum(axis=2) + self._offsets
-        slots = (self._next + np.arange(len(flat))) % self.window  # oldest first
-        self._next = int(slots[-1] + 1) % self.window
-        leaving = [(slot, self._owners[slot]) for slot in slots.tolist()]
-        evicted = [slot for slot, owner in leaving if owner is not None]
-        if evicted:  # the oldest instances leave the window
-            self._counts -= np.bincount(self._slots[evicted].ravel(), minlength=self._bins)
-            for _, owner in leaving:
-                if owner is not None:
-                    self._release(owner)
-        self.filled += len(flat) - len(evicted)
-        self._slots[slots] = flat
-        for slot in slots.tolist():
-            self._owners[slot] = principal
-        self._per_principal[principal] = self._per_principal.get(principal, 0) + len(flat)
-        self._counts += np.bincount(flat.ravel(), minlength=self._bins)
+        held = self._held.setdefault(principal, set())
+        room = max(self.max_per_principal - len(held), 0)
+        if room:
+            self._take_next(principal, held, flat[:room])
+        if len(flat) > room:  # at its share: its latest rows replace its own oldest
+            self._overwrite_own(held, flat[room:][-self.max_per_principal :])
         self._since += len(flat)
-        if self._since >= self._every:  # the gauges follow; the alert waits for a full window
+        if self._since >= self._every:
             self._since = 0
             self.evaluate()
 
-    def _release(self, owner: str) -> None:
-        left = self._per_principal[owner] - 1
-        if left:
-            self._per_principal[owner] = left
-        else:
-            del self._per_principal[owner]
+    def _take_next(self, principal: str, held: set[int], flat: npt.NDArray[np.int64]) -> None:
+        slots = ((self._next + np.arange(len(flat))) % self.window).tolist()
+        self._next = (slots[-1] + 1) % self.window
+        evicted = []
+        for slot in slots:
+            owner = self._owners[slot]
+            if owner is not None:  # the oldest instance there leaves the window
+                evicted.append(slot)
+                owned = self._held[owner]
+                owned.discard(slot)
+                if not owned and owner != principal:
+                    del self._held[owner]
+            self._owners[slot] = principal
+        if evicted:
+            self._counts -= np.bincount(self._slots[evicted].ravel(), minlength=self._bins)
+        self.filled += len(slots) - len(evicted)
+        self._write(slots, flat)
+        held.update(slots)
+
+    def _overwrite_own(self, held: set[int], flat: npt.NDArray[np.int64]) -> None:
+        slots = sorted(held, key=self._written.__getitem__)[: len(flat)]
+        self._counts -= np.bincount(self._slots[slots].ravel(), minlength=self._bins)
+        self._write(slots, flat)
+
+    def _write(self, slots: list[int], flat: npt.NDArray[np.int64]) -> None:
+        self._slots[slots] = flat
+        self._written[slots] = np.arange(self._clock, self._clock + len(slots))
+        self._clock += len(slots)
+        self._counts += np.bincount(flat.ravel(), minlength=self._bins)
+
+    def _psi(self, counts: npt.NDArray[np.int64], filled: int) -> npt.NDArray[np.float64]:
+        now = np.maximum(counts.reshape(len(self.names), -1) / filled, EPSILON)
+        psi: npt.NDArray[np.float64] = (
+            (now - self._reference) * np.log(now / self._reference)
+        ).sum(axis=1)
+        return psi
 
     def psi(self) -> list[FeatureDrift]:
         """The PSI of every feature over the current window (empty while it is empty)."""
         if not self.filled:
             return []
-        now = self._counts.reshape(len(self.names), -1) / self.filled
-        now = np.maximum(now, EPSILON)
-        values = ((now - self._reference) * np.log(now / self._reference)).sum(axis=1)
-        pairs = zip(self.names, values.tolist(), strict=True)
+        pairs = zip(self.names, self._psi(self._counts, self.filled).tolist(), strict=True)
         return [FeatureDrift(name, round(value, 6)) for name, value in pairs]
 
-    def evaluate(self) -> DriftReport:
-        """Compute the PSI, update the gauges, and raise or clear the alert (full window only)."""
-        values = self.psi()
-        self._on_values(values)
-        report = self.report(values)
-        if report.max_psi is not None and self.filled == self.window:
-            raised = not self.alert and report.max_psi >= self.threshold
-            cleared = self.alert and report.max_psi < CLEAR_RATIO * self.threshold
-            if raised or cleared:
-                self.alert = raised
-                report = self.report(values)
-                self._on_change(report)
-        return report
+    def robust_max(self, largest: float) -> float:
+        """The largest PSI with each of the principals holding most of the window left out.
+
+        The smallest of those maxima: an alert needs more than one caller's traffic.
+        """
+        holders = sorted(self._held.values(), key=len, reverse=True)[:_LEFT_OUT]
+        result = largest
+        for slots in holders:
+            rest = self.filled - len(slots)
+            if rest <= 0:
+                return 0.0
+            rows = self._slots[sorted(slots)].ravel()
+            counts = self._counts - np.bincount(rows, minlength=self._bins)
+            result = min(result, float(self._psi(counts, rest).max()))
+        return result
+
+    def evaluate(self) -> None:
+        """Raise or clear the alert from the current window (a full one only).
+
+        Cheap on purpose (it runs every ``window / 20`` instances): one PSI per feature,
+        and the leave-one-out only near the threshold; the report is built only when the
+        alert changes. Gauges are set when metrics are read (:meth:`psi`).
+        """
+        if self.filled < self.window:
+            return
+        robust = float(self._psi(self._counts, self.filled).max())
+        shared = self.max_per_principal < self.window  # max_share = 1: one caller may decide
+        if shared and robust >= CLEAR_RATIO * self.threshold:  # below it, nothing can change
+            robust = self.robust_max(robust)
+        raised = not self.alert and robust >= self.threshold
+        cleared = self.alert and robust < CLEAR_RATIO * self.threshold
+        if raised or cleared:
+            self.alert = raised
+            self._on_change(self.report())
 
     def report(self, values: list[FeatureDrift] | None = None) -> DriftReport:
         """The current state; the features sorted by PSI, largest first."""

@@ -216,6 +216,7 @@ async def metrics(request: Request) -> Response:
     """``GET /metrics`` (role ``metrics``): Prometheus text format."""
     state: ServingState = request.app.state.serving
     require_role(request.scope["secureserve.principal"], "metrics")
+    state.current.defenses.refresh_metrics()  # gauges computed when read, not per request
     return Response(state.metrics.render(), media_type=CONTENT_TYPE)
 
 

@@ -75,8 +75,10 @@ class InputGuard:
         self.lower = q01 - settings.margin * spread
         self.upper = q99 + settings.margin * spread
         std = np.array([f.std for f in features])
-        self._varies = std > 0
-        self._mean = np.array([f.mean for f in features])[self._varies]
+        mean = np.array([f.mean for f in features])
+        # a spread too small to divide by (1e-12 of the value) counts as constant
+        self._varies = std > 1e-12 * np.maximum(1.0, np.abs(mean))
+        self._mean = mean[self._varies]
         self._scale = 1.0 / std[self._varies]
         self._width = max(int(self._varies.sum()), 1)
         self.max_distance = settings.max_distance

@@ -39,7 +39,7 @@ import msgspec
 
 from secureserve.errors import ConfigError
 from secureserve.secretfiles import fsync_folder, read_regular
-from secureserve.settings import BUILTIN_ROLES, ROLE_PATTERN
+from secureserve.settings import BUILTIN_ROLES, is_role_name
 
 __all__ = [
     "ROLES",
@@ -55,7 +55,6 @@ __all__ = [
 
 #: The built-in roles; a key may also carry custom roles (see :func:`check_roles`).
 ROLES: Final = BUILTIN_ROLES
-_ROLE_RE: Final = re.compile(ROLE_PATTERN)
 KEY_PREFIX: Final = "ss_"
 _KEY_RE: Final = re.compile(r"ss_([0-9a-f]{12})_([A-Za-z0-9_-]{43})")
 _NAME_RE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9 ._@-]{0,63}")
@@ -247,10 +246,10 @@ def check_roles(roles: tuple[str, ...], *, where: str) -> None:
     if not roles:
         raise ConfigError(f"{where} has no role; give one or more of {', '.join(ROLES)}.")
     for role in roles:
-        if not _ROLE_RE.fullmatch(role):
+        if not is_role_name(role):
             raise ConfigError(
                 f"{where}: role {role[:80]!r} is not a role name; use 1-64 letters, digits, "
-                f"- or _ (built-in roles: {', '.join(ROLES)})."
+                f"- or _, and write built-in roles in lower case ({', '.join(ROLES)})."
             )
 
 

@@ -94,6 +94,7 @@ class Metrics:
             registry=self.registry,
         )
         self._children: dict[tuple[str, int], tuple[Any, Any]] = {}
+        self._drift_children: dict[tuple[str, str], Any] = {}  # bounded by the feature count
         self.model_info = Gauge(
             "secureserve_model_info",
             "The model version serving (value 1), by name, version and lock revision.",
@@ -148,9 +149,16 @@ class Metrics:
         self.guard_flagged_total.labels(model, reason).inc(count)
 
     def drift(self, model: str, values: list[FeatureDrift]) -> None:
-        """Set the PSI gauge of every feature (one series per feature: a fixed set)."""
+        """Set the PSI gauge of every feature (one series per feature: a fixed set).
+
+        The labelled children are looked up once and kept, like those of ``observe``.
+        """
+        children = self._drift_children
         for value in values:
-            self.drift_psi.labels(model, value.feature).set(value.psi)
+            child = children.get((model, value.feature))
+            if child is None:
+                child = children[model, value.feature] = self.drift_psi.labels(model, value.feature)
+            child.set(value.psi)
 
     def drift_alert(self, model: str, *, alert: bool) -> None:
         """Show whether the drift alert is raised."""

@@ -24,8 +24,7 @@ that OpenAPI shows to the callers who get it.
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from types import UnionType
 from typing import Annotated, Any, Final, Union, get_args, get_origin
@@ -116,13 +115,16 @@ class _Leaf(_Plan):
             return _OMIT
         digits = policy.decimals
         if self.marker is _SCORE:
-            return round(_probability(value, self.where), digits)
+            _check_unit((value,), self.where)
+            return round(value, digits)
         if not self.mapping:
-            return type(value)(round(_probability(v, self.where), digits) for v in value)
-        items = [(k, _probability(v, self.where)) for k, v in value.items()]
-        if policy.name == "top_k" and len(items) > policy.top_k:
-            items.sort(key=lambda item: item[1], reverse=True)  # stable: ties keep their order
-            items = items[: policy.top_k]
+            _check_unit(value, self.where)
+            return type(value)(round(v, digits) for v in value)
+        _check_unit(value.values(), self.where)
+        items: Iterable[tuple[Any, float]] = value.items()
+        if policy.name == "top_k" and len(value) > policy.top_k:
+            # a stable sort, best first: ties keep their order
+            items = sorted(items, key=_score_of, reverse=True)[: policy.top_k]
         return {k: round(v, digits) for k, v in items}
 
     def view(self, policy: _Policy) -> Any:  # noqa: ARG002 - a leaf keeps its type
@@ -187,9 +189,11 @@ class _Struct(_Plan):
         return view
 
     def _build_view(self, policy: _Policy) -> type[msgspec.Struct]:
-        nested = {name: plan for name, plan in self.fields.items() if not isinstance(plan, _Leaf)}
-        if not nested and not any(p.omitted(policy) for p in self.fields.values()):
-            return self.cls  # the same fields: the handler's own type describes the answer
+        """A Struct of our own with the fields this policy sends, named and encoded alike.
+
+        Always our own: building the handler's class would run its ``__post_init__``
+        (user code, which may reject a cut mapping) while the response is encoded.
+        """
         config = self.cls.__struct_config__
         fields: list[Any] = []
         rename = {}
@@ -220,13 +224,18 @@ class _Struct(_Plan):
         )
 
 
-#: Struct plans by class while one output type is compiled: one view per class, and a
-#: Struct that contains itself is not walked forever (None while in progress).
-_Memo = dict[type, "_Struct | None"]
+#: Struct plans by class while one output type is compiled: one view per class.
+_Memo = dict[type, object]
+_IN_PROGRESS: Final = object()
 
 
 def _plan(hint: Any, where: str, memo: _Memo) -> _Plan | None:
-    """The plan for values of type ``hint``, or None when nothing in it is marked."""
+    """The plan for values of type ``hint``, or None when nothing in it is marked.
+
+    A marked field the plan could not reach (inside a union, a dict or tuple of
+    Structs, a Struct that contains itself) is a :class:`ConfigError`: a policy that
+    silently skipped it would send the scores it is meant to hide.
+    """
     bare, optional = _without_none(hint)
     if optional:
         inner = _plan(bare, where, memo)
@@ -236,14 +245,42 @@ def _plan(hint: Any, where: str, memo: _Memo) -> _Plan | None:
         return _Leaf(marker, bare, where)
     base = _strip(bare)
     if isinstance(base, type) and issubclass(base, msgspec.Struct):
+        if memo.get(base) is _IN_PROGRESS:
+            if _contains_marker(base, set()):
+                raise _unreachable(where, f"{base.__name__}, which contains itself")
+            return None
         if base not in memo:
-            memo[base] = None
+            memo[base] = _IN_PROGRESS
             memo[base] = _struct_plan(base, where, memo)
-        return memo[base]
+        found = memo[base]
+        return found if isinstance(found, _Struct) else None
     if get_origin(base) is list and len(get_args(base)) == 1:
         inner = _plan(get_args(base)[0], f"{where}[]", memo)
         return None if inner is None else _List(inner)
+    if _contains_marker(base, set()):
+        raise _unreachable(where, "a union, mapping or tuple")
     return None
+
+
+def _contains_marker(hint: Any, seen: set[type]) -> bool:
+    """Whether a Label, Score or Scores marker appears anywhere in ``hint``."""
+    if _marker(hint) is not None:
+        return True
+    base = _strip(hint)
+    if isinstance(base, type) and issubclass(base, msgspec.Struct):
+        if base in seen:
+            return False
+        seen.add(base)
+        return any(_contains_marker(f.type, seen) for f in msgspec.structs.fields(base))
+    return any(_contains_marker(arg, seen) for arg in get_args(base))
+
+
+def _unreachable(where: str, what: str) -> ConfigError:
+    return ConfigError(
+        f"output field `{where or 'the output'}` holds ss.Label, ss.Score or ss.Scores inside "
+        f"{what}, where output policies cannot reach them; use a Struct, a list of Structs "
+        "or an optional field for them."
+    )
 
 
 def _struct_plan(cls: type[msgspec.Struct], where: str, memo: _Memo) -> _Struct | None:
@@ -285,12 +322,14 @@ def _marker(hint: Any) -> _Marker | None:
     return _marker(get_args(hint)[0])
 
 
-def _probability(value: Any, where: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ModelError(f"output field `{where}` holds {type(value).__name__}, not a number")
-    if not (math.isfinite(value) and 0.0 <= value <= 1.0):
-        raise ModelError(f"output field `{where}` is outside [0, 1] or not finite")
-    return float(value)
+def _check_unit(values: Iterable[float], where: str) -> None:
+    """Every value in [0, 1] (NaN and Infinity fail the comparison too)."""
+    if not all(0.0 <= v <= 1.0 for v in values):
+        raise ModelError(f"output field `{where}` holds a score outside [0, 1]")
+
+
+def _score_of(item: tuple[Any, float]) -> float:
+    return item[1]
 
 
 def _leaves(plan: _Plan | None) -> list[_Leaf]:
@@ -389,7 +428,7 @@ class OutputPolicies:
 
     def for_roles(self, roles: frozenset[str]) -> OutputView | None:
         """The view of a caller holding ``roles`` (see the class docstring)."""
-        if not self._roles:
+        if not self._roles or not self._views:
             return self.default
         best = -1
         for role in roles:

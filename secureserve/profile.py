@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import itertools
 import math
 import os
 from collections.abc import Callable, Sequence
@@ -313,11 +314,15 @@ def _stop_on(problems: list[str], path: Path) -> None:
 
 
 def load_profile(artifacts: Artifacts, name: str, cls: type[Model[Any, Any]]) -> Profile:
-    """The locked profile ``name``, checked against the handler's schema and feature view."""
+    """The locked profile ``name``, checked against the handler's schema and feature view.
+
+    Locked is not the same as sound: every number the guard and the drift monitor will
+    divide by, compare with or allocate for is checked too (:func:`check_profile`).
+    """
     where = f"[model] profile {name}"
     try:
         profile = msgspec.convert(artifacts.json(name), Profile)
-    except msgspec.ValidationError as exc:
+    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
         raise ConfigError(
             f"{where} is not a secureserve profile ({exc}); write it with `secureserve profile`."
         ) from None
@@ -331,9 +336,44 @@ def load_profile(artifacts: Artifacts, name: str, cls: type[Model[Any, Any]]) ->
             f"{where} names other features than {cls.__qualname__}.features(); make it again "
             "with `secureserve profile DATA`, then `secureserve lock`."
         )
-    for feature in profile.features:
-        if len(feature.counts) != len(feature.edges) + 1 or not all(
-            map(math.isfinite, feature.edges)
-        ):
-            raise ConfigError(f"{where}: feature {feature.name} has a damaged histogram.")
+    check_profile(profile, where)
     return profile
+
+
+def check_profile(profile: Profile, where: str) -> None:
+    """``ConfigError`` unless every feature's numbers are what ``build_profile`` writes.
+
+    Finite statistics in order (min <= q01 <= ... <= q99 <= max, the mean between min
+    and max, a std between 0 and max - min),
+    at most nine strictly increasing cut points, and non-negative bin counts that add
+    up to the row count.
+    """
+    if profile.count < MIN_ROWS or not profile.features:
+        raise ConfigError(f"{where}: counts {profile.count} rows; a profile needs {MIN_ROWS}.")
+    for f in profile.features:
+        q = f.quantiles
+        ordered = [f.min, q.q01, q.q05, q.q25, q.q50, q.q75, q.q95, q.q99, f.max]
+        numbers = [*ordered, f.mean, f.std, *f.edges]
+        problem = None
+        if not all(map(math.isfinite, numbers)):
+            problem = "a number that is not finite"
+        elif (
+            any(a > b for a, b in itertools.pairwise(ordered))
+            or not f.min <= f.mean <= f.max
+            or not 0 <= f.std <= f.max - f.min
+        ):
+            problem = "statistics out of order"
+        elif len(f.edges) > len(_CUTS) or any(a >= b for a, b in itertools.pairwise(f.edges)):
+            problem = "bin edges that are not at most 9 increasing cut points"
+        elif (
+            f.count != profile.count
+            or len(f.counts) != len(f.edges) + 1
+            or min(f.counts) < 0
+            or sum(f.counts) != f.count
+        ):
+            problem = "a histogram that does not add up"
+        if problem is not None:
+            raise ConfigError(
+                f"{where}: feature {f.name[:80]} has {problem}; make the profile again with "
+                "`secureserve profile DATA`, then `secureserve lock`."
+            )

@@ -161,6 +161,8 @@ class InferenceRunner:
                 results.append((job, body))
             except ModelError as exc:
                 results.append((job, exc))
+            except Exception as exc:  # noqa: BLE001 - e.g. an output type's __post_init__ raising
+                results.append((job, _model_failed(exc)))  # the thread must live on
             start = end
         return results
 
@@ -174,7 +176,12 @@ class InferenceRunner:
             raise
         except Exception as exc:
             raise _model_failed(exc) from exc
-        return self._schema.encode_predictions(outputs, len(instances), view)
+        try:
+            return self._schema.encode_predictions(outputs, len(instances), view)
+        except SecureServeError:
+            raise
+        except Exception as exc:
+            raise _model_failed(exc) from exc
 
 
 def _take_batch(backlog: deque[_Job], max_batch: int) -> list[_Job]:

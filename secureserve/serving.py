@@ -302,6 +302,7 @@ class ServingState:
                 detail=f"{kept.revision} -> {current.revision}",
             )
             previous, self.current = kept, current
+            current.defenses.take_over(previous.defenses)
             previous.retire()
         self.metrics.serving(model=self.name, version=current.version, revision=current.revision)
         log.info(

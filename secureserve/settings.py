@@ -8,6 +8,7 @@ into these types and refuses insecure combinations.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated, Final, Literal
 
@@ -57,8 +58,18 @@ DEFAULT_STORAGE_TIMEOUT_S: Final = 0.5
 #: by itself and can select an output policy (``[model.output.roles]``).
 BUILTIN_ROLES: Final = ("predict", "explain", "metrics", "admin")
 #: A role name, built-in or custom, as API keys, JWTs and mTLS identities may carry it.
-ROLE_PATTERN: Final = r"^[A-Za-z0-9_-]{1,64}$"
+ROLE_PATTERN: Final = r"^[A-Za-z0-9_-]{1,64}\Z"  # \Z: "$" would let a final newline in
 RoleName = Annotated[str, msgspec.Meta(pattern=ROLE_PATTERN)]
+_ROLE_RE: Final = re.compile(ROLE_PATTERN)
+
+
+def is_role_name(name: str) -> bool:
+    """A well-formed role name that is not a case variant of a built-in one (``Admin``)."""
+    return bool(_ROLE_RE.match(name)) and (
+        name in BUILTIN_ROLES or name.lower() not in BUILTIN_ROLES
+    )
+
+
 #: What callers see of a model's score fields, from most to least revealing.
 PolicyName = Literal["full", "top_k", "label_only"]
 #: Range slack of the input guard, in interquartile ranges (Tukey's fences use 1.5).

@@ -41,13 +41,12 @@ import msgspec
 from secureserve.auth import Principal, unauthorized
 from secureserve.errors import ConfigError
 from secureserve.secretfiles import read_regular
-from secureserve.settings import ROLE_PATTERN
+from secureserve.settings import is_role_name
 from secureserve.strict_json import find_duplicate_key
 
 __all__ = ["SUPPORTED_ALGORITHMS", "JWTVerifier", "looks_like_jwt"]
 
 SUPPORTED_ALGORITHMS: Final = ("RS256", "ES256", "EdDSA")
-_ROLE_RE: Final = re.compile(ROLE_PATTERN)
 #: Roles kept from one token; a claim listing more is refused (no role is guessed at).
 MAX_ROLES: Final = 64
 MAX_SUBJECT_CHARS: Final = 256
@@ -214,7 +213,7 @@ class JWTVerifier:
             raise unauthorized("jwt-roles-claim-invalid")
         if len(names) > MAX_ROLES:
             raise unauthorized("jwt-roles-claim-invalid")
-        return frozenset(n for n in names if _ROLE_RE.fullmatch(n))
+        return frozenset(n for n in names if is_role_name(n))
 
     def _models(self, claims: dict[str, Any]) -> frozenset[str] | None:
         if self._models_claim not in claims:

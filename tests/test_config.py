@@ -253,6 +253,17 @@ def test_model_defense_tables_from_file_and_environment(tmp_path):
         ("", {"SECURESERVE_MODEL__OUTPUT__NOPE": "1"}, "SECURESERVE_MODEL__OUTPUT__NOPE"),
         ("", {"SECURESERVE_MODEL__DIR__DEEPER": "1"}, "SECURESERVE_MODEL__DIR__DEEPER"),
         ("", {"SECURESERVE_MODEL__GUARD__MARGIN": "wide"}, "SECURESERVE_MODEL__GUARD__MARGIN"),
+        (
+            "",
+            {"SECURESERVE_MODEL__OUTPUT": "null", "SECURESERVE_MODEL__OUTPUT__POLICY": "full"},
+            "set a table or its keys, once",
+        ),
+        (
+            "",
+            {"SECURESERVE_model__output": "{}", "SECURESERVE_MODEL__OUTPUT__POLICY": "full"},
+            "set a table or its keys, once",
+        ),
+        ("", {"SECURESERVE_MODEL__OUTPUT": '"x"'}, "[model] output"),
     ],
 )
 def test_model_defense_tables_refuse_bad_values_naming_them(tmp_path, text, env, named):
@@ -269,4 +280,10 @@ def test_client_certificates_may_carry_custom_roles(tmp_path):
     assert settings.auth.client_certificates[0].roles == ("predict", "analyst")
     (tmp_path / "secureserve.toml").write_text(entry + 'roles = ["ana lyst"]\n')
     with pytest.raises(ConfigError, match=r"\[auth.client_certificates\] roles"):
+        load_settings(project_dir=tmp_path)
+    (tmp_path / "secureserve.toml").write_text(entry + 'roles = ["predict\\n"]\n')
+    with pytest.raises(ConfigError, match=r"\[auth.client_certificates\] roles"):
+        load_settings(project_dir=tmp_path)
+    (tmp_path / "secureserve.toml").write_text(entry + 'roles = ["Admin"]\n')
+    with pytest.raises(ConfigError, match="only in case"):
         load_settings(project_dir=tmp_path)

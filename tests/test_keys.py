@@ -122,6 +122,8 @@ def test_create_dev_key_revokes_previous_dev_keys(tmp_path):
         ({"name": "ok", "roles": ()}, "no role"),
         ({"name": "ok", "roles": ("ro le",)}, "not a role name"),
         ({"name": "ok", "roles": ("x" * 65,)}, "not a role name"),
+        ({"name": "ok", "roles": ("predict\n",)}, "not a role name"),
+        ({"name": "ok", "roles": ("Admin",)}, "not a role name"),
         ({"name": "ok", "roles": ("predict",), "models": ("../x",)}, "model name"),
     ],
 )

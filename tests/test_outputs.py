@@ -288,3 +288,73 @@ def test_one_merged_batch_answers_each_caller_under_its_own_policy():
     assert calls == [2]  # one predict call for both callers
     assert msgspec.json.decode(limited) == {"predictions": [{"label": "versicolor"}]}
     assert msgspec.json.decode(full)["predictions"][0]["score"] == 0.68
+
+
+class Cat(msgspec.Struct, tag=True):
+    scores: ss.Scores
+
+
+class Dog(msgspec.Struct, tag=True):
+    scores: ss.Scores
+
+
+class Node(msgspec.Struct):
+    score: ss.Score | None = None
+    children: list[Node] = []
+
+
+class InDict(msgspec.Struct):
+    by_name: dict[str, Species]
+
+
+class InTuple(msgspec.Struct):
+    pair: tuple[Species, Species]
+
+
+@pytest.mark.parametrize(
+    ("output", "where"),
+    [(Cat | Dog, "a union"), (InDict, "by_name"), (InTuple, "pair"), (Node, "contains itself")],
+    ids=["union", "dict", "tuple", "recursive"],
+)
+def test_score_fields_a_policy_cannot_reach_are_refused_at_start(output, where):
+    """A policy that skipped them would send the scores it is meant to hide."""
+    with pytest.raises(ConfigError, match=where):
+        OutputPolicies(output, OutputSettings(policy="label_only"), where="t")
+
+
+class Checked(msgspec.Struct):
+    label: ss.Label
+    scores: ss.Scores
+
+    def __post_init__(self) -> None:
+        if abs(sum(self.scores.values()) - 1) > 0.01:
+            raise RuntimeError("scores must add up to 1")
+
+
+class CheckedModel(ss.Model[Flower, Checked]):
+    name = "species"
+
+    def predict(self, batch: list[Flower]) -> list[Checked]:
+        return [Checked("a", {"a": 0.5, "b": 0.5} if f.x > 0 else {"a": 0.4}) for f in batch]
+
+
+def test_an_output_type_that_raises_is_a_500_and_the_model_serves_on():
+    """User code in the output type (its __post_init__) never kills the inference thread."""
+    settings = unlimited_iris_settings()
+    model = msgspec.structs.replace(settings.model, output=OutputSettings())  # top_k, k = 1
+    app = build_app(CheckedModel, msgspec.structs.replace(settings, model=model), PREDICTOR)
+    with asgi_client(app, PREDICTOR) as client:
+        bad = client.post(PREDICT, json={"instances": [{"x": -1}]})
+        good = client.post(PREDICT, json={"instances": [{"x": 1}, {"x": 2}]})
+    assert bad.status_code == 500
+    assert good.status_code == 200
+    # top_k k=1 cuts the mapping; the policy never runs the handler's __post_init__
+    assert good.json()["predictions"][0]["scores"] == {"a": 0.5}
+
+
+def test_role_overrides_on_an_output_without_scores_change_nothing():
+    class Plain(msgspec.Struct):
+        size: float
+
+    policies = OutputPolicies(Plain, OutputSettings(roles={"analyst": "full"}), where="t")
+    assert policies.for_roles(frozenset({"predict", "analyst"})) is None

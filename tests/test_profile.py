@@ -141,3 +141,42 @@ def test_build_profile_statistics_and_histogram():
     assert len(feature.edges) == 9
     assert sum(feature.counts) == 100
     assert feature.counts == [10] * 10
+
+
+@pytest.mark.parametrize(
+    ("change", "problem"),
+    [
+        ({"count": 0}, "a profile needs"),
+        ({"f.std": -1.0}, "out of order"),
+        ({"f.min": 99.0}, "out of order"),
+        ({"f.mean": 1e308, "f.std": 1e308}, "out of order"),
+        ({"f.edges": [float(i) for i in range(200_000)]}, "at most 9"),
+        ({"f.edges": [2.0, 1.0]}, "at most 9"),
+        ({"f.counts": [-5, 1443]}, "does not add up"),
+        ({"f.counts": [1, 1]}, "does not add up"),
+    ],
+)
+def test_a_locked_but_unsound_profile_is_refused(digits_project, change, problem):
+    """Locked is not sound: numbers the guard and drift divide by or allocate are checked."""
+    path = digits_project / "models" / "profile.json"
+    data = json.loads(path.read_text())
+    feature = data["features"][5]
+    for key, value in change.items():
+        if key.startswith("f."):
+            feature[key[2:]] = value
+        else:
+            data[key] = value
+    if "f.edges" in change:
+        feature["counts"] = [0] * len(feature["edges"]) + [data["count"]]
+    path.write_text(json.dumps(data))
+    assert main(["lock"]) == 0
+    with pytest.raises(ConfigError, match=problem):
+        load_model(digits_handler(), load_settings(project_dir=digits_project))
+
+
+def test_a_number_no_float_can_hold_is_invalid_json(digits_project):
+    path = digits_project / "models" / "profile.json"
+    path.write_text(path.read_text().replace('"mean": 0.0', '"mean": 1e400', 1))
+    assert main(["lock"]) == 0
+    with pytest.raises(ArtifactError, match="not valid JSON"):
+        load_model(digits_handler(), load_settings(project_dir=digits_project))

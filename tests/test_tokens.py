@@ -463,7 +463,10 @@ def test_verifier_accepts_a_256_character_subject(verifier, keys):
     [
         ("predict", {"predict"}),
         (["predict", "admin"], {"predict", "admin"}),
-        (["metrics", "analyst", "not a role", "x" * 65], {"metrics", "analyst"}),
+        (
+            ["metrics", "analyst", "not a role", "x" * 65, "Admin", "admin\n"],
+            {"metrics", "analyst"},
+        ),
         ("bad/role", set()),
         ([], set()),
         (..., set()),

@@ -1,0 +1,506 @@
+"""The per-request cost of the model defenses and output policies, on the digits example.
+
+Everything runs in this process (no network, no server): the handler, its settings,
+its weights and its reference profile come from examples/digits-safetensors exactly as
+``secureserve run`` would load them (``load_model``: lock verified, profile checked).
+
+Three measurements, each in µs per request (and per instance where it matters):
+
+(a) ``Defenses.screen(principal, instances, request_id)``, the call the predict route
+    makes once per request on the event loop (feature view, then the input guard, then
+    the drift monitor), for requests of 1 and 32 instances, under four settings: the
+    example's (guard ``flag`` + drift, window 500), guard only, drift only, both off.
+    Also its parts alone (``features``, ``InputGuard.check``, ``DriftMonitor.observe``)
+    and one request whose only instance the guard flags (it then writes a log line,
+    here to /dev/null). The issue's target: the guard at most 20 µs per instance of
+    64 features.
+(b) ``ModelSchema.encode_predictions`` (output validation + encoding, the work the
+    inference thread does for every answer) with no output policy (``view=None``)
+    and under ``full``, ``top_k`` (k=3, the example's) and ``label_only``, for 1 and 32
+    outputs. The example's ``Prediction`` requires ``score``, so ``label_only`` over it
+    is refused at start-up; that row uses the same type with ``score`` and ``scores``
+    optional, beside its own ``view=None`` baseline.
+(c) the predict endpoint as an ASGI app, called directly with a hand-made ``https``
+    scope (no HTTP client, no middleware, no authentication: the principal is put in
+    the scope as the authentication middleware would): body read, strict decode,
+    rate-limit check (limits off), defenses, the inference thread, output policy,
+    audit record (to a temporary file), response. Example settings vs guard and drift
+    off, to see the defenses against the whole route. Expect the difference to be
+    larger than (a): (a) is a tight loop with warm caches, while in the route the
+    event loop waits for the inference thread between two screens, and a thread that
+    gave up its core finds its caches cold (on a small shared machine, markedly so).
+    (c) alternates which settings go first every run.
+
+Instances are the 356 held-out test images (train.py's ``load_split``) that the guard
+does not flag (3 of the 359 are flagged; the flagged case has its own row). Requests
+cycle through them. Drift sees a different principal on every request (1,000 ids in
+turn): one principal may hold only ``max_share`` (20 %) of the window, and once it holds
+that its instances overwrite its own oldest, a different path from many callers'.
+
+Timing: ``time.perf_counter_ns`` around a loop of n calls, n chosen so that one run
+takes about ``--target-ms``; a warm-up run first; ``--repeats`` runs per case (default
+5), the cases interleaved run by run so that background load hits them alike; the
+table gives the median run and the min-max of the runs. The garbage collector runs
+as usual.
+
+Run from the project root::
+
+    .venv/bin/python benchmarks/defenses.py            # about a minute
+    .venv/bin/python benchmarks/defenses.py --skip-asgi --repeats 7
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import importlib.util
+import os
+import platform
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable, MutableMapping
+from functools import partial
+from pathlib import Path
+from typing import Annotated, Any
+
+import msgspec
+import numpy as np
+import numpy.typing as npt
+
+ROOT = Path(__file__).resolve().parent.parent
+DIGITS = ROOT / "examples" / "digits-safetensors"
+PRINCIPALS = [f"bench-{i}" for i in range(1000)]
+#: Temporary folders (audit logs), removed when the run ends.
+_FOLDERS: list[Path] = []
+
+
+def fresh_audit_path() -> Path:
+    folder = Path(tempfile.mkdtemp(prefix="ss-bench-audit-"))
+    _FOLDERS.append(folder)
+    return folder / "audit.jsonl"
+
+
+# --------------------------------------------------------------------------- setup
+
+
+def import_example() -> tuple[Any, Any]:
+    """The example's ``app`` and ``train`` modules (train.py needs scikit-learn for the data)."""
+    modules = []
+    for name in ("app", "train"):
+        spec = importlib.util.spec_from_file_location(f"bench_digits_{name}", DIGITS / f"{name}.py")
+        assert spec is not None
+        assert spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module
+        spec.loader.exec_module(module)
+        modules.append(module)
+    return modules[0], modules[1]
+
+
+def example_settings() -> Any:
+    """The example's settings, with the audit log in a fresh folder and rate limits off."""
+    from secureserve.config import load_settings
+
+    settings = load_settings(project_dir=DIGITS)
+    audit = fresh_audit_path()
+    return msgspec.structs.replace(
+        settings,
+        audit=msgspec.structs.replace(settings.audit, path=audit),
+        limits=msgspec.structs.replace(
+            settings.limits, per_principal=None, quota=None, auth_failures_per_ip=None
+        ),
+    )
+
+
+def model_variants(model: Any) -> dict[str, Any]:
+    """``[model]`` settings: the example's, guard only, drift only, both off."""
+    replace = msgspec.structs.replace
+    guard_off = replace(model.guard, mode="off")
+    drift_off = replace(model.drift, enabled=False)
+    return {
+        "example: guard flag + drift": model,
+        "guard flag only": replace(model, drift=drift_off),
+        "drift only": replace(model, guard=guard_off),
+        "both off": replace(model, guard=guard_off, drift=drift_off),
+    }
+
+
+class _NoAudit:
+    """Stands in for the audit log, which gets an admin record when the drift alert changes."""
+
+    def admin(self, **_: Any) -> None:
+        return None
+
+
+# --------------------------------------------------------------------------- timing
+
+
+def per_call_ns(fn: Callable[[int], object], n: int) -> float:
+    start = time.perf_counter_ns()
+    for i in range(n):
+        fn(i)
+    return (time.perf_counter_ns() - start) / n
+
+
+def calibrate(fn: Callable[[int], object], target_ms: float) -> int:
+    """Warm up, then the number of calls that takes about ``target_ms``."""
+    n = 1
+    while True:
+        start = time.perf_counter_ns()
+        per_call_ns(fn, n)
+        elapsed = time.perf_counter_ns() - start
+        if elapsed > 20e6:  # at least 20 ms of warm-up
+            return max(20, int(n * target_ms * 1e6 / elapsed))
+        n *= 4
+
+
+def run_cases(
+    cases: dict[str, Callable[[int], object]], repeats: int, target_ms: float
+) -> dict[str, list[float]]:
+    """µs per call of every case, ``repeats`` runs each, interleaved."""
+    sizes = {name: calibrate(fn, target_ms) for name, fn in cases.items()}
+    results: dict[str, list[float]] = {name: [] for name in cases}
+    for _ in range(repeats):
+        for name, fn in cases.items():
+            gc.collect()
+            results[name].append(per_call_ns(fn, sizes[name]) / 1000)
+    return results
+
+
+def cell(runs: list[float], per: int = 1) -> str:
+    values = [r / per for r in runs]
+    fmt = "{:.2f}" if max(values) < 10 else "{:.1f}" if max(values) < 1000 else "{:.0f}"
+    median, low, high = (
+        fmt.format(v) for v in (statistics.median(values), min(values), max(values))
+    )
+    return f"{median} ({low}-{high})"
+
+
+# --------------------------------------------------------------------------- (a) screen
+
+
+def _screen(defenses: Any, instances: list[Any], principal: str) -> object:
+    return defenses.screen(principal, instances, "bench")
+
+
+def screen_cases(
+    loaded: Any, settings: Any, requests: dict[int, list[list[Any]]], flagged: list[Any]
+) -> tuple[dict[str, Callable[[int], object]], dict[str, int]]:
+    from secureserve.defenses import Defenses
+    from secureserve.metrics import Metrics
+
+    cases: dict[str, Callable[[int], object]] = {}
+    sizes: dict[str, int] = {}
+    audit: Any = _NoAudit()
+
+    def add(label: str, size: int, fn: Callable[[Any, str], object], items: list[Any]) -> None:
+        def call(i: int) -> object:  # the i-th request: its instances and its principal
+            return fn(items[i % len(items)], PRINCIPALS[i % len(PRINCIPALS)])
+
+        cases[f"{label} | {size}"] = call
+        sizes[f"{label} | {size}"] = size
+
+    def defenses(model_settings: Any) -> Defenses:
+        return Defenses(
+            loaded.instance, loaded.profile, model_settings, metrics=Metrics(), audit=lambda: audit
+        )
+
+    for label, model_settings in model_variants(settings.model).items():
+        variant = defenses(model_settings)
+        for size, pool in requests.items():
+            add(label, size, partial(_screen, variant), pool)
+
+    example = defenses(settings.model)
+    guard, drift = example.guard, example.drift
+    assert guard is not None
+    assert drift is not None
+    features = loaded.instance.features
+    for size, pool in requests.items():
+        rows = [features(instances) for instances in pool]
+        add("part: feature view (features())", size, lambda x, _: features(x), pool)
+        add("part: InputGuard.check", size, lambda x, _: guard.check(x), rows)
+        add("part: DriftMonitor.observe", size, lambda x, who: drift.observe(who, x), rows)
+    add(
+        "part: DriftMonitor.evaluate (every window/20 = 25 instances)",
+        1,
+        lambda *_: drift.evaluate(),
+        [0],
+    )
+
+    label = "example, the instance flagged (log line)"
+    add(label, 1, partial(_screen, defenses(settings.model)), [[f] for f in flagged])
+    return cases, sizes
+
+
+# --------------------------------------------------------------------------- (b) encode
+
+
+def optional_scores_type(app_module: Any) -> type[msgspec.Struct]:
+    """The example's ``Prediction`` with its score fields optional, as ``label_only`` needs.
+
+    The example's own type has ``score: ss.Score`` (required), so a ``label_only``
+    policy over it is refused at start-up; this is the type a deployment that wants
+    ``label_only`` would declare.
+    """
+    import secureserve as ss
+
+    return msgspec.defstruct(
+        "PredictionOptionalScores",
+        [
+            ("digit", Annotated[int, ss.Label]),
+            ("score", ss.Score | None, None),
+            ("scores", ss.Scores | None, None),
+        ],
+        module=app_module.__name__,
+    )
+
+
+def encode_cases(
+    loaded: Any, settings: Any, cls: Any, app_module: Any, requests: dict[int, list[list[Any]]]
+) -> dict[str, Callable[[int], object]]:
+    from secureserve.outputs import OutputPolicies
+    from secureserve.schema import ModelSchema
+    from secureserve.settings import OutputSettings
+
+    optional = optional_scores_type(app_module)
+    example = settings.model.output
+    top_k = f"top_k k={example.top_k} (example)"
+    full = OutputSettings(policy="full", decimals=example.decimals)
+    best = OutputSettings(policy="top_k", top_k=example.top_k, decimals=example.decimals)
+    # (label, output type, output settings or None for view=None)
+    rows: list[tuple[str, Any, OutputSettings | None]] = [
+        ("no policy (view=None)", cls.output_type, None),
+        (f"full ({example.decimals} decimals)", cls.output_type, full),
+        (top_k, cls.output_type, best),
+        ("no policy (view=None), optional-score type", optional, None),
+        ("label_only, optional-score type", optional, OutputSettings(policy="label_only")),
+    ]
+    cases: dict[str, Callable[[int], object]] = {}
+    for size, pool in requests.items():
+        predictions = [loaded.instance.predict(instances) for instances in pool[:64]]
+        as_optional = [[optional(p.digit, p.score, p.scores) for p in o] for o in predictions]
+        for label, kind, output in rows:
+            schema = ModelSchema(cls.input_type, kind, max_instances=settings.server.max_instances)
+            view = None if output is None else OutputPolicies(kind, output, where="bench").default
+            outputs = predictions if kind is cls.output_type else as_optional
+
+            def call(
+                i: int, s: Any = schema, o: list[Any] = outputs, v: Any = view, n: int = size
+            ) -> object:
+                return s.encode_predictions(o[i % len(o)], n, v)
+
+            cases[f"{label} | {size}"] = call
+    return cases
+
+
+# --------------------------------------------------------------------------- (c) ASGI
+
+
+def asgi_results(
+    cls: Any, settings: Any, rows: npt.NDArray[np.float64], repeats: int, requests_per_run: int
+) -> dict[str, list[float]]:
+    """µs per request through the predict endpoint: example settings vs defenses off."""
+    from secureserve.app import create_app
+    from secureserve.auth import Principal
+    from secureserve.endpoints import Predict
+    from secureserve.keys import KeyStore
+    from secureserve.middleware.context import RequestInfo
+
+    variants = model_variants(settings.model)
+    chosen = {
+        "example: guard flag + drift": variants["example: guard flag + drift"],
+        "both off": variants["both off"],
+    }
+    apps = {
+        label: create_app(
+            cls,
+            config=msgspec.structs.replace(
+                settings,
+                model=model,
+                audit=msgspec.structs.replace(
+                    settings.audit,
+                    path=fresh_audit_path(),
+                ),
+            ),
+            keys=KeyStore(None, records=[]),
+            audit_key=b"b" * 32,
+        )
+        for label, model in chosen.items()
+    }
+    endpoints = {label: Predict(app.state.serving) for label, app in apps.items()}
+    bodies = {
+        size: [
+            msgspec.json.encode({"instances": [{"pixels": r.tolist()} for r in rows[i : i + size]]})
+            for i in range(0, len(rows) - size + 1, size)
+        ]
+        for size in (1, 32)
+    }
+    principals = [Principal(id=p, name=p, roles=frozenset({"predict"})) for p in PRINCIPALS]
+
+    async def one(endpoint: Predict, body: bytes, principal: Principal) -> None:
+        status = 0
+
+        async def receive() -> MutableMapping[str, Any]:
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        async def send(message: MutableMapping[str, Any]) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+
+        scope = {
+            "type": "http",
+            "scheme": "https",
+            "method": "POST",
+            "path": "/v1/models/digits:predict",
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+            ],
+            "path_params": {"name": "digits"},
+            "secureserve.principal": principal,
+            "secureserve": RequestInfo("bench", time.perf_counter()),
+        }
+        await endpoint(scope, receive, send)
+        if status != 200:
+            raise RuntimeError(f"predict answered {status}")
+
+    async def timed(label: str, size: int, n: int) -> float:
+        endpoint, pool = endpoints[label], bodies[size]
+        start = time.perf_counter_ns()
+        for i in range(n):
+            await one(endpoint, pool[i % len(pool)], principals[i % 1000])
+        return (time.perf_counter_ns() - start) / n / 1000
+
+    async def main() -> dict[str, list[float]]:
+        results: dict[str, list[float]] = {}
+        for label in endpoints:
+            for size in bodies:
+                await timed(label, size, max(50, requests_per_run // 5))  # warm-up
+                results[f"{label} | {size}"] = []
+        for r in range(repeats):
+            order = list(endpoints) if r % 2 == 0 else list(reversed(endpoints))
+            for label in order:  # which goes first flips every run
+                for size in bodies:
+                    gc.collect()
+                    n = requests_per_run if size == 1 else max(50, requests_per_run // 4)
+                    results[f"{label} | {size}"].append(await timed(label, size, n))
+        return results
+
+    try:
+        return asyncio.run(main())
+    finally:
+        for app in apps.values():
+            state = app.state.serving
+            state.close()
+            state.audit.close()
+
+
+# --------------------------------------------------------------------------- report
+
+
+def machine() -> str:
+    load = os.getloadavg()
+    return (
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+        f"Python {platform.python_version()}, numpy {np.__version__}, "
+        f"load average at start {load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f}"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=5, help="runs per case (default 5)")
+    parser.add_argument(
+        "--target-ms", type=float, default=150, help="length of one run of a case (default 150)"
+    )
+    parser.add_argument("--skip-screen", action="store_true", help="skip (a)")
+    parser.add_argument("--skip-asgi", action="store_true", help="skip (c)")
+    parser.add_argument(
+        "--asgi-requests", type=int, default=2000, help="1-instance requests per (c) run"
+    )
+    args = parser.parse_args(argv)
+
+    from secureserve.guard import InputGuard
+    from secureserve.logs import configure_logging
+    from secureserve.serving import load_model
+
+    devnull = Path(os.devnull).open("wb")  # noqa: SIM115 - open for the whole run
+    configure_logging("info", stream=devnull)  # flagged instances and start-up lines
+    app_module, train = import_example()
+    cls = app_module.Digits
+    settings = example_settings()
+    loaded = load_model(cls, settings)
+    info = machine()
+
+    _, x_test, _, _ = train.load_split()
+    assert loaded.profile is not None
+    guard = InputGuard(loaded.profile, settings.model.guard)
+    bad = {f.index for f in guard.check(x_test)}
+    clean = x_test[[i for i in range(len(x_test)) if i not in bad]]
+    digit = app_module.Digit
+    images = [digit(pixels=row.tolist()) for row in clean]
+    requests = {
+        1: [[image] for image in images],
+        32: [images[i : i + 32] for i in range(0, len(images) - 31, 8)],
+    }
+    flagged = [digit(pixels=x_test[i].tolist()) for i in sorted(bad)]
+
+    print("# Model defenses on examples/digits-safetensors (in process)\n")
+    print(f"- machine: {info}")
+    print(
+        f"- {args.repeats} runs per case of ~{args.target_ms:g} ms each, interleaved; "
+        "median (min-max of the runs)"
+    )
+    print(
+        f"- instances: {len(clean)} held-out test images the guard accepts "
+        f"({len(bad)} of {len(x_test)} flagged, used only in the flagged row)\n"
+    )
+
+    cases, sizes = screen_cases(loaded, settings, requests, flagged)
+    results = {} if args.skip_screen else run_cases(cases, args.repeats, args.target_ms)
+    print("## (a) Defenses.screen, per request\n")
+    print("| defenses | instances | µs per request | µs per instance |")
+    print("| --- | ---: | ---: | ---: |")
+    for key, runs in results.items():
+        label, size = key.split(" | ")
+        print(f"| {label} | {size} | {cell(runs)} | {cell(runs, sizes[key])} |")
+
+    enc = run_cases(
+        encode_cases(loaded, settings, cls, app_module, requests), args.repeats, args.target_ms
+    )
+    print("\n## (b) ModelSchema.encode_predictions, per request\n")
+    print("| output policy | outputs | µs per request | vs no policy |")
+    print("| --- | ---: | ---: | ---: |")
+    for key, runs in enc.items():
+        label, size = key.split(" | ")
+        base_label = "no policy (view=None)" + (
+            ", optional-score type" if "optional" in label else ""
+        )
+        base = statistics.median(enc[f"{base_label} | {size}"])
+        print(f"| {label} | {size} | {cell(runs)} | {statistics.median(runs) - base:+.1f} |")
+
+    if not args.skip_asgi:
+        asgi = asgi_results(cls, settings, clean, args.repeats, args.asgi_requests)
+        print("\n## (c) predict endpoint (ASGI, called directly), per request\n")
+        print("| settings | instances | µs per request | vs both off |")
+        print("| --- | ---: | ---: | ---: |")
+        for key, runs in asgi.items():
+            label, size = key.split(" | ")
+            base = statistics.median(asgi[f"both off | {size}"])
+            print(f"| {label} | {size} | {cell(runs)} | {statistics.median(runs) - base:+.1f} |")
+    print(f"\nload average at the end: {' / '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    devnull.close()
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    finally:
+        for folder in _FOLDERS:
+            shutil.rmtree(folder, ignore_errors=True)
