@@ -105,6 +105,7 @@ def build_access(
         per_model=_rate(limits.per_model),
         auth_failures_per_ip=_rate(limits.auth_failures_per_ip),
         quota=_rate(limits.quota),
+        explain_per_principal=_rate(limits.explain_per_principal),
         on_storage_error=limits.on_storage_error,
         storage_timeout_s=limits.storage_timeout_s,
         key_prefix=limits.key_prefix,

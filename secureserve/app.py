@@ -91,10 +91,17 @@ def create_app(
     app = Starlette(
         routes=[
             Route("/v1/models/{name}:predict", endpoints.Predict(state), methods=["POST"]),
+            Route("/v1/models/{name}:explain", endpoints.Explain(state), methods=["POST"]),
             Route("/v1/models/{name}:reload", endpoints.reload, methods=["POST"]),
             Route("/v1/models", endpoints.list_models, methods=["GET"]),
             Route("/v1/models/{name:model}", endpoints.model_metadata, methods=["GET"]),
             Route("/v1/models/{name:model}/drift", endpoints.drift, methods=["GET"]),
+            Route("/v1/models/{name:model}/principals", endpoints.principals, methods=["GET"]),
+            Route(
+                "/v1/models/{name:model}/principals/{handle:model}:clear",
+                endpoints.clear_principal,
+                methods=["POST"],
+            ),
             Route("/openapi.json", endpoints.openapi, methods=["GET"]),
             Route("/metrics", endpoints.metrics, methods=["GET"]),
             Route("/healthz", endpoints.healthz, methods=["GET"]),

@@ -395,8 +395,8 @@ def _check_auth(auth: AuthSettings) -> None:
         raise ConfigError("[auth] client_certificates lists a subject twice; keep one entry each.")
 
 
-def parse_rate(key: str, value: str) -> RateLimitItem:
-    """The one positive rate ``value`` of ``[limits] key``, or a ``ConfigError`` naming it."""
+def parse_rate(key: str, value: str, *, section: str = "limits") -> RateLimitItem:
+    """The one positive rate ``value`` of ``[section] key``, or a ``ConfigError`` naming it."""
     from limits import parse_many  # noqa: PLC0415 - importing limits is slow; only needed here
 
     try:
@@ -405,18 +405,25 @@ def parse_rate(key: str, value: str) -> RateLimitItem:
         items = []
     if len(items) != 1 or items[0].amount < 1:
         raise ConfigError(
-            f'[limits] {key} = {value!r} is not one rate such as "60/minute" or '
-            f'"10000/day"; write "{RATE_OFF}" to switch this limit off.'
+            f'[{section}] {key} = {value!r} is not one rate such as "60/minute" or '
+            '"10000/day"'
+            + (f'; write "{RATE_OFF}" to switch this limit off.' if section == "limits" else ".")
         )
     return items[0]
 
 
 def _check_limits(limits: LimitsSettings, max_instances: int) -> None:
-    for key in ("per_principal", "per_model", "auth_failures_per_ip", "quota"):
+    for key in (
+        "per_principal",
+        "per_model",
+        "auth_failures_per_ip",
+        "quota",
+        "explain_per_principal",
+    ):
         value = getattr(limits, key)
         if value is not None and value != RATE_OFF:
             amount = parse_rate(key, value).amount
-            if key != "auth_failures_per_ip" and amount < max_instances:
+            if key in ("per_principal", "per_model", "quota") and amount < max_instances:
                 raise ConfigError(
                     f"[limits] {key} = {value!r} admits {amount} predictions per window, but "
                     f"[server] max_instances = {max_instances} lets one request ask for more: "

@@ -11,8 +11,13 @@ off and one log line saying why, unless one of them was switched on explicitly
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
+import time
+from collections import OrderedDict
 from collections.abc import Callable
-from typing import Any, Literal
+from dataclasses import dataclass
+from typing import Any, Final, Literal, TypeVar
 
 import msgspec
 import numpy as np
@@ -20,16 +25,44 @@ import numpy.typing as npt
 
 from secureserve.audit import AuditLog, AuditUnavailable
 from secureserve.drift import DriftMonitor, DriftReport, top
-from secureserve.errors import ConfigError, ModelError
+from secureserve.errors import ConfigError, ModelError, RequestRejected
+from secureserve.extraction import ExtractionMonitor, PrincipalStats
 from secureserve.features import NoFeatureViewError
 from secureserve.guard import Flagged, InputGuard, guard_mode, out_of_distribution
 from secureserve.logs import get_logger
 from secureserve.metrics import Metrics
 from secureserve.model import Model
 from secureserve.profile import Profile
+from secureserve.ratelimit import RateLimiter, throttle_window
 from secureserve.settings import ModelSettings
+from secureserve.windows import Window
 
-__all__ = ["Defenses", "check_feature_view"]
+__all__ = ["SHARED_READ_S", "Defenses", "Screened", "check_feature_view"]
+
+_V = TypeVar("_V")
+#: How long a replica trusts what it read of a shared suspicion mark (Redis).
+SHARED_READ_S: Final = 2.0
+
+
+def _mark(model: str, principal: str) -> str:
+    """The shared mark of a suspected principal: its id hashed (ids may hold personal data)."""
+    return f"suspect/{model}/{hashlib.sha256(principal.encode()).hexdigest()[:32]}"
+
+
+def _remember(table: OrderedDict[str, _V], key: str, value: _V, bound: int) -> None:
+    table[key] = value
+    table.move_to_end(key)
+    while len(table) > bound:
+        table.popitem(last=False)
+
+
+@dataclass(frozen=True)
+class Screened:
+    """One request's instances as feature rows, and what the guard found in them."""
+
+    rows: npt.NDArray[np.float64]
+    flagged: tuple[int, ...] | None  # flagged and let through (audit field ``flagged``)
+    outside: frozenset[int]  # what the guard's check found, whatever its mode
 
 
 def check_feature_view(
@@ -60,20 +93,30 @@ class Defenses:
         profile: Profile | None,
         settings: ModelSettings,
         *,
+        has_view: bool,
         metrics: Metrics,
         audit: Callable[[], AuditLog],
+        limiter: Callable[[], RateLimiter],
     ) -> None:
         cls = type(model)
         self.model_name = cls.name
         self.profile = profile
         self._features = model.features
-        self._width = len(profile.names) if profile is not None else 0
+        self._width = len(cls.feature_columns()) if has_view else 0
         self.mode: Literal["refuse", "flag", "off"] = guard_mode(
             settings.guard, has_profile=profile is not None
         )
-        self.guard = InputGuard(profile, settings.guard) if profile and self.mode != "off" else None
+        # the guard's check also feeds extraction detection's coverage signal, mode or not
+        self._checker = InputGuard(profile, settings.guard) if profile is not None else None
+        self.guard = self._checker if self.mode != "off" else None
         self._metrics = metrics
         self._audit = audit
+        self._limiter = limiter
+        # shared marks (Redis): what this replica last read, and when it wrote its own
+        self._read: OrderedDict[str, tuple[float, bool | None]] = OrderedDict()
+        self._marked_at: OrderedDict[str, float] = OrderedDict()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._max_tracked = settings.extraction.max_principals
         self.drift: DriftMonitor | None = None
         if profile is not None and settings.drift.enabled:
             self.drift = DriftMonitor(
@@ -82,19 +125,63 @@ class Defenses:
                 model=cls.name,
                 on_change=self._drift_changed,
             )
-        self.active = self.guard is not None or self.drift is not None
+        extraction = settings.extraction
+        self.action = extraction.action
+        self.extraction: ExtractionMonitor | None = None
+        if has_view and extraction.action != "off":
+            self.extraction = ExtractionMonitor(
+                extraction, width=self._width, model=cls.name, on_suspect=self._suspected
+            )
+        self._throttle = (
+            throttle_window(extraction.throttle_rate) if extraction.action == "throttle" else None
+        )
+        self._reported_drops = 0
+        self.active = (
+            self.guard is not None or self.drift is not None or self.extraction is not None
+        )
 
-    def screen(
-        self, principal: str, instances: list[Any], request_id: str
-    ) -> tuple[int, ...] | None:
-        """Guard, then drift; the indexes of flagged instances, or None.
+    async def admit(self, principal: str) -> Window | None:
+        """Before anything is charged: 403 for a blocked principal, or its throttle window.
+
+        Only a principal suspected of extraction, under ``action = "block"`` or
+        ``"throttle"``, is affected, until an admin clears it. With Redis limits the
+        suspicion is shared: a mark set by any replica holds on every one (read at most
+        every :data:`SHARED_READ_S` per principal), and a mark cleared anywhere ends it.
+        """
+        extraction = self.extraction
+        if extraction is None or self.action == "flag":
+            return None
+        suspected = extraction.suspected(principal)
+        limiter = self._limiter()
+        if limiter.shared:
+            read_at, shared = await self._read_mark(principal, limiter)
+            if shared:
+                suspected = True
+            elif shared is False and suspected and self._marked_at.get(principal, 1e30) < read_at:
+                extraction.forget(principal)  # an admin cleared it on another replica
+                suspected = False
+        if not suspected:
+            return None
+        if self.action == "block":
+            raise RequestRejected(
+                403,
+                "suspected-extraction",
+                "Refused: this credential's queries look like an attempt to copy the model",
+                detail="an administrator must review and clear it",
+                log_reason="extraction suspected; action block",
+            )
+        return self._throttle
+
+    def screen(self, principal: str, instances: list[Any], request_id: str) -> Screened | None:
+        """Guard, then drift, on the feature rows; what the guard found, or None.
 
         Raises the 422 ``out-of-distribution`` in ``refuse`` mode.
         """
         if not self.active:
             return None
         rows = self._rows(instances)
-        flagged = self.guard.check(rows) if self.guard is not None else []
+        found = self._checker.check(rows) if self._checker is not None else []
+        flagged = found if self.guard is not None else []
         if flagged:
             self._count(flagged)
             if self.mode == "refuse":
@@ -108,7 +195,25 @@ class Defenses:
             )
         if self.drift is not None:
             self.drift.observe(principal, rows)
-        return tuple(f.index for f in flagged) or None
+        return Screened(
+            rows=rows,
+            flagged=tuple(f.index for f in flagged) or None,
+            outside=frozenset(f.index for f in found),
+        )
+
+    def after_predict(
+        self, principal: str, screened: Screened | None, labels: list[Any] | None
+    ) -> None:
+        """Hand the answered instances, with their predicted labels, to extraction detection."""
+        if self.extraction is None or screened is None:
+            return
+        outside = [i in screened.outside for i in range(len(screened.rows))]
+        self.extraction.observe(principal, screened.rows, labels, outside)
+
+    @property
+    def wants_labels(self) -> bool:
+        """Whether predicted labels should come back from the inference thread."""
+        return self.extraction is not None
 
     def take_over(self, previous: Defenses) -> None:
         """After a reload: keep the drift window if the profile is the same, else end it.
@@ -117,6 +222,8 @@ class Defenses:
         recorded as cleared (``drift-cleared``, trigger ``reload``), so the audit log and
         the gauge never show an alert nobody watches any more.
         """
+        if previous.extraction is not None and self.extraction is not None:
+            self.extraction = previous.extraction  # what principals did is not undone by a reload
         old = previous.drift
         if old is None:
             return
@@ -135,7 +242,15 @@ class Defenses:
         return self.drift.report() if self.drift is not None else None
 
     def refresh_metrics(self) -> None:
-        """Set the drift gauges to the current window (called when metrics are read)."""
+        """Set the drift and extraction gauges (called when metrics are read)."""
+        if self.extraction is not None:
+            extraction = self.extraction
+            self._metrics.extraction(
+                self.model_name,
+                lowest=extraction.lowest_statistic(),
+                dropped=extraction.dropped - self._reported_drops,
+            )
+            self._reported_drops = extraction.dropped
         if self.drift is not None:
             self._metrics.drift(self.model_name, self.drift.psi())
             self._metrics.drift_alert(self.model_name, alert=self.drift.alert)
@@ -177,6 +292,63 @@ class Defenses:
         self._metrics.drift_alert(self.model_name, alert=alert)
         action = "drift-detected" if alert else "drift-cleared"
         self._record_drift(action, "drift", msgspec.json.encode(features).decode())
+
+    async def clear(self, handle: str) -> str | None:
+        """Clear the principal of ``handle`` here and, with Redis, on every replica."""
+        if self.extraction is None:
+            return None
+        principal = self.extraction.clear(handle)
+        if principal is not None:
+            self._read.pop(principal, None)
+            self._marked_at.pop(principal, None)
+            await self._limiter().set_mark(_mark(self.model_name, principal), on=False)
+        return principal
+
+    async def _read_mark(self, principal: str, limiter: RateLimiter) -> tuple[float, bool | None]:
+        now = time.monotonic()
+        cached = self._read.get(principal)
+        if cached is not None and now - cached[0] < SHARED_READ_S:
+            return cached
+        value = (now, await limiter.marked(_mark(self.model_name, principal)))
+        _remember(self._read, principal, value, self._max_tracked)
+        return value
+
+    async def _publish(self, principal: str) -> None:
+        if await self._limiter().set_mark(_mark(self.model_name, principal), on=True):
+            _remember(self._marked_at, principal, time.monotonic(), self._max_tracked)
+            self._read.pop(principal, None)
+
+    def _suspected(self, principal: str, stats: PrincipalStats) -> None:
+        figures = {
+            "handle": stats.handle,
+            "reasons": stats.reasons,
+            "queries": stats.queries,
+            "prada": stats.prada,
+            "ood_share": stats.ood_share,
+            "rate_ratio": stats.rate_ratio,
+            "action": self.action,
+        }
+        get_logger().warning(
+            "extraction suspected: this principal's queries look like an attempt to copy the model",
+            model=self.model_name,
+            key_id=principal,
+            **figures,
+        )
+        self._metrics.extraction_flagged(self.model_name)
+        if self.action != "flag" and self._limiter().shared:  # every replica must act on it
+            task = asyncio.get_running_loop().create_task(self._publish(principal))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        try:
+            self._audit().admin(
+                action="extraction-suspected",
+                principal=principal,
+                trigger="extraction",
+                model=self.model_name,
+                detail=msgspec.json.encode(figures).decode(),
+            )
+        except AuditUnavailable:
+            get_logger().exception("extraction suspicion not audited", model=self.model_name)
 
     def _record_drift(self, action: str, trigger: str, detail: str) -> None:
         try:

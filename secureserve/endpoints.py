@@ -20,6 +20,7 @@ from secureserve.audit import RequestEntry
 from secureserve.auth import Principal, require_role
 from secureserve.body import check_json_content_type, read_body
 from secureserve.errors import RequestRejected
+from secureserve.explain import unavailable
 from secureserve.metrics import CONTENT_TYPE
 from secureserve.openapi import (
     ArtifactInfo,
@@ -33,13 +34,16 @@ if TYPE_CHECKING:
     from secureserve.serving import ServingState
 
 __all__ = [
+    "Explain",
     "Predict",
+    "clear_principal",
     "drift",
     "healthz",
     "list_models",
     "metrics",
     "model_metadata",
     "openapi",
+    "principals",
     "readyz",
     "reload",
 ]
@@ -77,8 +81,11 @@ class Predict:
         principal = await _visible_model(scope, state, scope["path_params"]["name"])
         require_role(principal, "predict")
         state.audit.check_writable()  # no prediction that could not be recorded
+        defenses = state.current.defenses
+        throttle = await defenses.admit(principal.id)  # 403 if blocked as an extraction
         limiter = state.limiter
-        await limiter.check(principal.id, state.name)  # admitted: one prediction, body or not
+        # admitted: one prediction, body or not
+        await limiter.check(principal.id, state.name, throttle=throttle)
         check_json_content_type(scope)
         body = await read_body(
             scope, receive, limit=state.max_body_bytes, deadline_s=state.body_timeout_s
@@ -86,17 +93,21 @@ class Predict:
         info.body_read = True  # the connection may carry another request after this one
         instances = state.schema.decode_request(body)
         if len(instances) > 1:  # the rest of what it asks for, or the whole request is refused
-            await limiter.check(principal.id, state.name, len(instances) - 1)
+            await limiter.check(principal.id, state.name, len(instances) - 1, throttle=throttle)
         deployment = state.current  # this request finishes on this version, reload or not
         info.model_version = deployment.version
-        flagged = deployment.defenses.screen(principal.id, instances, info.request_id)  # or 422
+        defenses = deployment.defenses
+        screened = defenses.screen(principal.id, instances, info.request_id)  # or 422
         deployment.acquire()
         try:
-            payload = await deployment.runner.submit(
-                instances, state.policies.for_roles(principal.roles)
+            payload, labels = await deployment.runner.submit_labelled(
+                instances,
+                state.policies.for_roles(principal.roles),
+                want_labels=defenses.wants_labels,
             )
         finally:
             deployment.release()
+        defenses.after_predict(principal.id, screened, labels)
         audit = state.audit
         await audit.request_async(  # before the answer leaves: a prediction is never unrecorded
             RequestEntry(
@@ -111,7 +122,72 @@ class Predict:
                 latency_ms=(time.perf_counter() - info.start) * 1000,
                 input_digest=audit.digest(body),
                 output_digest=audit.digest(payload),
-                flagged=flagged,
+                flagged=screened.flagged if screened is not None else None,
+            )
+        )
+        info.audited = True
+        headers = [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(payload)).encode()),
+        ]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": payload})
+
+
+class Explain:
+    """``POST /v1/models/{name}:explain`` (role ``explain``): attributions per feature.
+
+    The same body as predict. Charged on ``[limits] explain_per_principal`` (explained
+    instances) and on the quota (the model evaluations run); 409 ``explain-unavailable``
+    when the model cannot explain (no profile, no feature view, nothing to explain).
+    """
+
+    def __init__(self, state: ServingState) -> None:
+        self.state = state
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Authorise, read, decode, explain, answer; any refusal raises ``RequestRejected``."""
+        state = self.state
+        info = scope["secureserve"]
+        principal = await _visible_model(scope, state, scope["path_params"]["name"])
+        require_role(principal, "explain")
+        state.audit.check_writable()
+        deployment = state.current
+        explainer = deployment.explainer
+        if explainer.why_not is not None:
+            raise unavailable(explainer.why_not)
+        check_json_content_type(scope)
+        body = await read_body(
+            scope, receive, limit=state.max_body_bytes, deadline_s=state.body_timeout_s
+        )
+        info.body_read = True
+        instances = state.schema.decode_request(body)
+        await state.limiter.check_explain(
+            principal.id, len(instances), explainer.evaluations(len(instances))
+        )
+        info.model_version = deployment.version
+        deployment.acquire()
+        try:
+            explanations = await explainer.explain(
+                deployment.runner, instances, state.policies.for_roles(principal.roles)
+            )
+        finally:
+            deployment.release()
+        payload = _encoder.encode({"explanations": explanations})
+        audit = state.audit
+        await audit.request_async(
+            RequestEntry(
+                principal=principal.id,
+                roles=sorted(principal.roles),
+                request_id=info.request_id,
+                route="explain",
+                model=state.name,
+                model_version=deployment.version,
+                decision="allowed",
+                status=200,
+                latency_ms=(time.perf_counter() - info.start) * 1000,
+                input_digest=audit.digest(body),
+                output_digest=audit.digest(payload),
             )
         )
         info.audited = True
@@ -202,6 +278,76 @@ async def drift(request: Request) -> Response:
             "enabled = true",
         )
     return Response(_encoder.encode(report), media_type=_JSON)
+
+
+_PAGE_DEFAULT: Final = 100
+_PAGE_MAX: Final = 1000
+
+
+async def principals(request: Request) -> Response:
+    """``GET /v1/models/{name}/principals`` (role ``admin``): extraction statistics, paged.
+
+    ``offset`` and ``limit`` (at most 1,000) page through the tracked principals, most
+    recently seen first; each carries the opaque ``handle`` the clear route takes.
+    """
+    state: ServingState = request.app.state.serving
+    principal = await _visible_model(request.scope, state, request.path_params["name"])
+    require_role(principal, "admin")
+    extraction = state.current.defenses.extraction
+    if extraction is None:
+        raise _extraction_off()
+    offset = _query_int(request, "offset", 0, maximum=10_000_000)
+    limit = _query_int(request, "limit", _PAGE_DEFAULT, maximum=_PAGE_MAX)
+    return Response(_encoder.encode(extraction.page(offset, limit)), media_type=_JSON)
+
+
+async def clear_principal(request: Request) -> Response:
+    """``POST /v1/models/{name}/principals/{handle}:clear`` (role ``admin``, audited).
+
+    Forgets what made the principal suspect (its history and statistics), which ends a
+    throttle or a block.
+    """
+    state: ServingState = request.app.state.serving
+    principal = await _visible_model(request.scope, state, request.path_params["name"])
+    require_role(principal, "admin")
+    defenses = state.current.defenses
+    if defenses.extraction is None:
+        raise _extraction_off()
+    handle = request.path_params["handle"]
+    cleared = await defenses.clear(handle)
+    if cleared is None:
+        raise RequestRejected(404, "not-found", "Not found")
+    state.audit.admin(
+        action="extraction-cleared",
+        principal=principal.id,
+        request_id=request.scope["secureserve"].request_id,
+        model=state.name,
+        detail=f"cleared {cleared[:200]} (handle {handle})",
+    )
+    return Response(_encoder.encode({"cleared": handle}), media_type=_JSON)
+
+
+def _extraction_off() -> RequestRejected:
+    return RequestRejected(
+        404,
+        "extraction-off",
+        "Extraction detection is off for this model",
+        detail="it needs the model's feature view and [model.extraction] action other than off",
+    )
+
+
+def _query_int(request: Request, name: str, default: int, *, maximum: int) -> int:
+    raw = request.query_params.get(name)
+    if raw is None:
+        return default
+    if not raw.isdigit() or len(raw) > 9 or int(raw) > maximum:  # noqa: PLR2004 - digits
+        raise RequestRejected(
+            422,
+            "validation",
+            "Query parameter out of range",
+            detail=f"{name}: a whole number from 0 to {maximum}",
+        )
+    return int(raw)
 
 
 async def openapi(request: Request) -> Response:

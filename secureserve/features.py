@@ -42,6 +42,8 @@ class FeatureView:
     def __init__(self, names: Sequence[str], columns: Sequence[_Column]) -> None:
         self.names: tuple[str, ...] = tuple(names)
         self._columns = tuple(columns)
+        #: the kind of number of each column: int, float or bool
+        self.kinds: tuple[type, ...] = tuple(c.kind for c in columns for _ in range(c.size))
         only = self._columns[0] if len(self._columns) == 1 else None
         # one flat list field (the common case): numpy reads the lists directly
         self._single = only.get if only is not None and only.depth == 1 else None

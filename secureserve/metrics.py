@@ -37,10 +37,23 @@ _AUTH_REASONS: Final = frozenset(
     }
 )
 _JWT_REASON: Final = re.compile(r"jwt-[a-z-]{1,40}")
-_LIMIT_REASONS: Final = frozenset({"per_principal", "per_model", "quota", "auth-failures-per-ip"})
+_LIMIT_REASONS: Final = frozenset(
+    {"per_principal", "per_model", "quota", "auth-failures-per-ip", "throttle"}
+)
 _LATENCY_BUCKETS: Final = (
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 )  # fmt: skip
+
+
+#: Routes under /v1/models/, by how their paths end (checked in order).
+_MODEL_ROUTES: Final = (
+    (":predict", "predict"),
+    (":reload", "reload"),
+    (":explain", "explain"),
+    (":clear", "principal-clear"),
+    ("/drift", "drift"),
+    ("/principals", "principals"),
+)
 
 
 def route_of(path: str) -> str:
@@ -48,13 +61,9 @@ def route_of(path: str) -> str:
     fixed = _FIXED_PATHS.get(path)
     if fixed is not None:
         return fixed
-    if path.startswith("/v1/models/"):
-        if path.endswith(":predict"):
-            return "predict"
-        if path.endswith(":reload"):
-            return "reload"
-        return "model"
-    return "other"
+    if not path.startswith("/v1/models/"):
+        return "other"
+    return next((name for end, name in _MODEL_ROUTES if path.endswith(end)), "model")
 
 
 class Metrics:
@@ -114,6 +123,24 @@ class Metrics:
             ("model", "feature"),
             registry=self.registry,
         )
+        self.extraction_flags = Counter(
+            "secureserve_extraction_flags",
+            "Principals newly suspected of model extraction (see GET .../principals).",
+            ("model",),
+            registry=self.registry,
+        )
+        self.extraction_statistic = Gauge(
+            "secureserve_extraction_statistic",
+            "The lowest PRADA statistic (Shapiro-Wilk W) among tracked principals.",
+            ("model",),
+            registry=self.registry,
+        )
+        self.extraction_dropped = Counter(
+            "secureserve_extraction_dropped",
+            "Principals no longer tracked: the least recently seen, beyond max_principals.",
+            ("model",),
+            registry=self.registry,
+        )
         self.drift_alerting = Gauge(
             "secureserve_drift_alert",
             "1 while the drift alert is raised, else 0.",
@@ -159,6 +186,17 @@ class Metrics:
             if child is None:
                 child = children[model, value.feature] = self.drift_psi.labels(model, value.feature)
             child.set(value.psi)
+
+    def extraction_flagged(self, model: str) -> None:
+        """Count a principal newly suspected of extraction."""
+        self.extraction_flags.labels(model).inc()
+
+    def extraction(self, model: str, *, lowest: float | None, dropped: int) -> None:
+        """Set the lowest PRADA statistic and count principals dropped since the last read."""
+        if lowest is not None:
+            self.extraction_statistic.labels(model).set(lowest)
+        if dropped > 0:
+            self.extraction_dropped.labels(model).inc(dropped)
 
     def drift_alert(self, model: str, *, alert: bool) -> None:
         """Show whether the drift alert is raised."""

@@ -27,6 +27,7 @@ import re
 from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any, ClassVar, Final, Generic, TypeVar, get_args, get_origin
 
+import msgspec
 import numpy as np
 import numpy.typing as npt
 
@@ -88,6 +89,18 @@ class Model(Generic[In, Out]):
         other fields). Override it together with ``feature_names``.
         """
         return default_feature_view(type(self))(batch)
+
+    def from_features(self, rows: npt.NDArray[np.float64]) -> list[In]:
+        """Instances from feature rows: the inverse of :meth:`features` (for explanations).
+
+        Default: the inverse of the default view, each instance decoded with the input
+        type (its bounds apply). A handler that defines ``features`` defines this too if
+        it wants occlusion explanations.
+        """
+        view = default_feature_view(type(self))
+        decode = msgspec.convert
+        kind = type(self).input_type
+        return [decode(view.json_instance(row), kind) for row in rows]
 
     @classmethod
     def feature_columns(cls) -> tuple[str, ...]:

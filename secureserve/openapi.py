@@ -13,6 +13,7 @@ from typing import Any, Final
 import msgspec
 
 from secureserve.drift import DriftReport
+from secureserve.extraction import PrincipalPage
 from secureserve.metrics import CONTENT_TYPE as METRICS_MEDIA_TYPE
 from secureserve.outputs import OutputView
 from secureserve.problems import PROBLEM_MEDIA_TYPE, Problem
@@ -116,6 +117,7 @@ _ERRORS: Final[dict[str, tuple[str, tuple[str, ...]]]] = {
     "401": ("missing or invalid credentials", ("WWW-Authenticate",)),
     "403": ("the credential lacks the role this route needs", ()),
     "404": ("no such model for this credential", ()),
+    "409": ("explanations are not available for this model (detail says why)", ()),
     "408": ("headers or body not received in time; the connection is closed", ()),
     "413": ("body too large; the connection is closed", ()),
     "414": ("request target too long; the connection is closed", ()),
@@ -180,6 +182,40 @@ def _status(value: str) -> dict[str, Any]:
     }
 
 
+def _query(name: str, description: str, maximum: int) -> dict[str, Any]:
+    return {
+        "name": name,
+        "in": "query",
+        "required": False,
+        "description": description,
+        "schema": {"type": "integer", "minimum": 0, "maximum": maximum},
+    }
+
+
+def _explanations_schema() -> dict[str, Any]:
+    attributions = {
+        "anyOf": [{"type": "object", "additionalProperties": {"type": "number"}}, {"type": "null"}]
+    }
+    item = {
+        "type": "object",
+        "properties": {"prediction": {}, "attributions": attributions},
+        "required": ["prediction", "attributions"],
+    }
+    return {
+        "type": "object",
+        "properties": {"explanations": {"type": "array", "items": item}},
+        "required": ["explanations"],
+    }
+
+
+def _cleared_schema() -> dict[str, Any]:
+    return {
+        "type": "object",
+        "properties": {"cleared": {"type": "string"}},
+        "required": ["cleared"],
+    }
+
+
 def _policy_note(view: OutputView | None) -> str:
     if view is None:
         return "The predictions as the model returns them, validated against their type."
@@ -210,6 +246,7 @@ def openapi_document(
             ModelMetadata,
             ReloadResult,
             DriftReport,
+            PrincipalPage,
         ),
         ref_template="#/components/schemas/{name}",
     )
@@ -235,6 +272,32 @@ def openapi_document(
                         ),
                         "403",
                         "404",
+                        "413",
+                        "415",
+                        "422",
+                        "504",
+                    ),
+                }
+            },
+            f"/v1/models/{name}:explain": {
+                "post": {
+                    "summary": f"Explain predictions of {name} (role explain)",
+                    "description": "Per instance: the prediction as this credential's output "
+                    "policy shows it, and one attribution per feature (null under label_only).",
+                    "requestBody": {
+                        "required": True,
+                        "content": {_JSON: {"schema": request_schema}},
+                    },
+                    "responses": _responses(
+                        _ok(
+                            "one explanation per instance, in order",
+                            _JSON,
+                            _explanations_schema(),
+                            "X-Model-Version",
+                        ),
+                        "403",
+                        "404",
+                        "409",
                         "413",
                         "415",
                         "422",
@@ -268,6 +331,40 @@ def openapi_document(
                     "summary": "Model metadata (role admin)",
                     "responses": _responses(
                         _ok("metadata", _JSON, _ref("ModelMetadata"), "X-Model-Version"),
+                        "403",
+                        "404",
+                    ),
+                }
+            },
+            f"/v1/models/{name}/principals": {
+                "get": {
+                    "summary": "Extraction statistics per principal, paged (role admin)",
+                    "parameters": [
+                        _query("offset", "first entry to return", 10_000_000),
+                        _query("limit", "entries to return", 1000),
+                    ],
+                    "responses": _responses(
+                        _ok("tracked principals", _JSON, _ref("PrincipalPage")),
+                        "403",
+                        "404",
+                        "422",
+                    ),
+                }
+            },
+            f"/v1/models/{name}/principals/{{handle}}:clear": {
+                "post": {
+                    "summary": "Clear a principal suspected of extraction (role admin, audited)",
+                    "parameters": [
+                        {
+                            "name": "handle",
+                            "in": "path",
+                            "required": True,
+                            "description": "the opaque handle from GET .../principals",
+                            "schema": {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,64}$"},
+                        }
+                    ],
+                    "responses": _responses(
+                        _ok("cleared", _JSON, _cleared_schema()),
                         "403",
                         "404",
                     ),

@@ -34,7 +34,15 @@ import msgspec
 from secureserve.errors import ConfigError, ModelError
 from secureserve.settings import OutputSettings, PolicyName
 
-__all__ = ["Label", "OutputPolicies", "OutputView", "Score", "Scores"]
+__all__ = [
+    "Label",
+    "OutputPolicies",
+    "OutputView",
+    "Score",
+    "Scores",
+    "label_field",
+    "score_fields",
+]
 
 
 class _Marker:
@@ -294,6 +302,32 @@ def _struct_plan(cls: type[msgspec.Struct], where: str, memo: _Memo) -> _Struct 
             if info.required and plan.omitted(_LABEL_ONLY):
                 required.append(path)
     return _Struct(cls, fields, required) if fields else None
+
+
+def label_field(output_type: Any) -> str | None:
+    """The Python name of the output Struct's first top-level ``ss.Label`` field, if any."""
+    base = _strip(output_type)
+    if not (isinstance(base, type) and issubclass(base, msgspec.Struct)):
+        return None
+    for info in msgspec.structs.fields(base):
+        if _marker(_without_none(info.type)[0]) is _LABEL:
+            return info.name
+    return None
+
+
+def score_fields(output_type: Any) -> tuple[str | None, str | None]:
+    """The first top-level ``ss.Score`` field and ``ss.Scores`` mapping field, by Python name."""
+    base = _strip(output_type)
+    score = scores = None
+    if isinstance(base, type) and issubclass(base, msgspec.Struct):
+        for info in msgspec.structs.fields(base):
+            hint = _without_none(info.type)[0]
+            marker = _marker(hint)
+            if marker is _SCORE and score is None:
+                score = info.name
+            elif marker is _SCORES and scores is None and get_origin(_strip(hint)) is dict:
+                scores = info.name
+    return score, scores
 
 
 def _without_none(hint: Any) -> tuple[Any, bool]:

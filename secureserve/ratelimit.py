@@ -82,6 +82,17 @@ def _window(key: str, value: str | None, namespace: str, *, moving: bool) -> Win
     return Window(type(item)(item.amount, item.multiples, namespace=namespace), moving, key)
 
 
+def throttle_window(value: str) -> Window:
+    """The moving window of ``[model.extraction] throttle_rate``.
+
+    A principal suspected of extraction is charged on it too while ``action`` is
+    ``throttle``.
+    """
+    item = parse_rate("throttle_rate", value, section="model.extraction")
+    limit = type(item)(item.amount, item.multiples, namespace="mw:throttle")
+    return Window(limit, moving=True, reason="throttle")
+
+
 def _storage(storage: str, key_prefix: str, timeout_s: float) -> Storage:
     scheme, sep, rest = storage.partition("://")
     if not sep or scheme not in _SCHEMES:
@@ -145,6 +156,7 @@ class RateLimiter:
         per_model: str | None = None,
         auth_failures_per_ip: str | None = "10/minute",
         quota: str | None = "10000/day",
+        explain_per_principal: str | None = "10/minute",
         on_storage_error: Literal["refuse", "memory"] = "refuse",
         storage_timeout_s: float = DEFAULT_STORAGE_TIMEOUT_S,
         key_prefix: str = "secureserve",
@@ -157,6 +169,9 @@ class RateLimiter:
         self._principal = _window("per_principal", per_principal, "mw:principal", moving=True)
         self._model = _window("per_model", per_model, "mw:model", moving=True)
         self._quota = _window("quota", quota, "fw:quota", moving=False)
+        self._explain = _window(
+            "explain_per_principal", explain_per_principal, "mw:explain", moving=True
+        )
         self._auth = _window(
             "auth_failures_per_ip", auth_failures_per_ip, "mw:auth-ip", moving=True
         )
@@ -178,11 +193,19 @@ class RateLimiter:
         self._next_try = 0.0
         self._log = logger if logger is not None else get_logger("secureserve.ratelimit")
 
-    async def check(self, principal_id: str, model: str | None, cost: int = 1) -> None:
+    async def check(
+        self,
+        principal_id: str,
+        model: str | None,
+        cost: int = 1,
+        *,
+        throttle: Window | None = None,
+    ) -> None:
         """Charge ``cost`` predictions by ``principal_id`` on ``model``, all windows or none.
 
         ``model`` is None for a name the principal may not see: only the principal's own
-        windows are charged. Raises ``RequestRejected`` 429 ``rate-limited`` or
+        windows are charged. ``throttle`` is one more window for this principal (a
+        suspected extraction). Raises ``RequestRejected`` 429 ``rate-limited`` or
         ``quota-exhausted`` (with ``Retry-After`` and ``RateLimit-*``), or 503
         ``limits-unavailable``.
         """
@@ -192,11 +215,28 @@ class RateLimiter:
                 (self._principal, principal_id),
                 (self._model, model),
                 (self._quota, principal_id),
+                (throttle, principal_id),
             )
             if window is not None and ident is not None
         ]
         if not plan or cost < 1:
             return
+        refusal = (await self._run(lambda backend: backend.charge([(plan, cost)])))[0]
+        if refusal is not None:
+            raise _refused(refusal)
+
+    async def check_explain(self, principal_id: str, instances: int, evaluations: int) -> None:
+        """Charge an explanation, 429 like :meth:`check`.
+
+        ``instances`` go on ``explain_per_principal``, then the model ``evaluations`` it
+        runs on the quota.
+        """
+        for window, cost in ((self._explain, instances), (self._quota, evaluations)):
+            if window is not None and cost >= 1:
+                await self._charge_one(window, principal_id, cost)
+
+    async def _charge_one(self, window: Window, ident: str, cost: int) -> None:
+        plan = [(window, ident)]
         refusal = (await self._run(lambda backend: backend.charge([(plan, cost)])))[0]
         if refusal is not None:
             raise _refused(refusal)
@@ -230,6 +270,37 @@ class RateLimiter:
             return None
         until = await self._run(lambda backend: backend.blocked_until(auth, key))
         return None if until is None else {"Retry-After": _seconds_until(until)}
+
+    @property
+    def shared(self) -> bool:
+        """Whether the limits live in a storage shared by replicas (Redis)."""
+        return not isinstance(self._shared, MemoryWindows)
+
+    async def set_mark(self, name: str, *, on: bool) -> bool:
+        """Set or remove a mark every replica sees (a suspected extraction); False on failure.
+
+        Nothing to do with ``memory://``: one process, its own state is the truth.
+        """
+        shared = self._shared
+        if isinstance(shared, MemoryWindows):
+            return True
+        try:
+            await shared.set_mark(name, on=on)
+        except Exception as exc:  # noqa: BLE001 - reported; the caller keeps its own state
+            self._log.error("shared mark not written", error=type(exc).__name__)
+            return False
+        return True
+
+    async def marked(self, name: str) -> bool | None:
+        """Whether another replica (or this one) set the mark; None if unknown."""
+        shared = self._shared
+        if isinstance(shared, MemoryWindows):
+            return None
+        try:
+            return await shared.marked(name)
+        except Exception as exc:  # noqa: BLE001 - unknown: the caller keeps its own state
+            self._log.error("shared mark not read", error=type(exc).__name__)
+            return None
 
     async def healthy(self) -> bool:
         """Whether the configured (shared) storage answers."""

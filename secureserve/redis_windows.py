@@ -184,6 +184,22 @@ class RedisWindows:
                 body.append(kind)
         return keys, [repr(time.time()), len(kinds), *head, *body]
 
+    async def set_mark(self, name: str, *, on: bool) -> None:
+        """Set or remove the shared mark ``name`` (no expiry: it holds until removed)."""
+        connection = self.storage.bridge.get_connection()
+        key = self._prefixed(f"mark/{name}")
+        async with asyncio.timeout(self._timeout_s):
+            if on:
+                await connection.set(key, b"1")
+            else:
+                await connection.delete(key)
+
+    async def marked(self, name: str) -> bool:
+        """Whether the shared mark ``name`` is set."""
+        connection = self.storage.bridge.get_connection()
+        async with asyncio.timeout(self._timeout_s):
+            return bool(await connection.exists(self._prefixed(f"mark/{name}")))
+
     async def blocked_until(self, window: Window, ident: str) -> float | None:
         """None if one more unit fits in the window, else when it will (epoch seconds)."""
         async with asyncio.timeout(self._timeout_s):

@@ -33,14 +33,21 @@ _STOP: Final = object()
 
 
 class _Job:
-    __slots__ = ("abandoned", "future", "instances", "view")
+    __slots__ = ("abandoned", "future", "instances", "labels", "view", "want_labels")
 
     def __init__(
-        self, instances: list[Any], future: asyncio.Future[bytes], view: OutputView | None
+        self,
+        instances: list[Any],
+        future: asyncio.Future[bytes],
+        view: OutputView | None,
+        *,
+        want_labels: bool = False,
     ) -> None:
         self.instances = instances
         self.future = future
         self.view = view  # the caller's output policy: jobs of one batch may differ
+        self.want_labels = want_labels
+        self.labels: list[Any] | None = None  # set by the thread before the future resolves
         self.abandoned = False  # set on the loop when the request timed out
 
 
@@ -63,18 +70,25 @@ class InferenceRunner:
 
     async def submit(self, instances: list[Any], view: OutputView | None = None) -> bytes:
         """Predict ``instances``; the encoded ``{"predictions": [...]}`` as ``view`` shows them."""
+        body, _ = await self.submit_labelled(instances, view, want_labels=False)
+        return body
+
+    async def submit_labelled(
+        self, instances: list[Any], view: OutputView | None, *, want_labels: bool
+    ) -> tuple[bytes, list[Any] | None]:
+        """:meth:`submit`, and with ``want_labels`` the predicted label of each instance."""
         if self._is_async:
-            return await self._predict_async(instances, view)
+            return await self._predict_async(instances, view, want_labels=want_labels)
         loop = asyncio.get_running_loop()
         if self._thread is None:
             self._start(loop)
-        job = _Job(instances, loop.create_future(), view)
+        job = _Job(instances, loop.create_future(), view, want_labels=want_labels)
         timer = loop.call_later(self._timeout, _expire, job)
         if not self._pending:
             loop.call_soon(self._hand_over)
         self._pending.append(job)
         try:
-            return await job.future
+            return await job.future, job.labels
         finally:
             timer.cancel()
 
@@ -158,6 +172,8 @@ class InferenceRunner:
             end = start + len(job.instances)
             try:
                 body = self._schema.encode_predictions(outputs[start:end], end - start, job.view)
+                if job.want_labels:
+                    job.labels = self._schema.labels_of(outputs[start:end])
                 results.append((job, body))
             except ModelError as exc:
                 results.append((job, exc))
@@ -166,7 +182,9 @@ class InferenceRunner:
             start = end
         return results
 
-    async def _predict_async(self, instances: list[Any], view: OutputView | None) -> bytes:
+    async def _predict_async(
+        self, instances: list[Any], view: OutputView | None, *, want_labels: bool
+    ) -> tuple[bytes, list[Any] | None]:
         try:
             async with asyncio.timeout(self._timeout):
                 outputs = await self._model.predict(instances)  # type: ignore[misc]
@@ -177,11 +195,13 @@ class InferenceRunner:
         except Exception as exc:
             raise _model_failed(exc) from exc
         try:
-            return self._schema.encode_predictions(outputs, len(instances), view)
+            body = self._schema.encode_predictions(outputs, len(instances), view)
+            labels = self._schema.labels_of(outputs) if want_labels else None
         except SecureServeError:
             raise
         except Exception as exc:
             raise _model_failed(exc) from exc
+        return body, labels
 
 
 def _take_batch(backlog: deque[_Job], max_batch: int) -> list[_Job]:

@@ -21,7 +21,7 @@ from typing import Annotated, Any, Final
 import msgspec
 
 from secureserve.errors import ModelError, RequestRejected
-from secureserve.outputs import OutputView
+from secureserve.outputs import OutputView, label_field
 from secureserve.strict_json import find_duplicate_key
 
 __all__ = ["ModelSchema", "validation_detail"]
@@ -49,6 +49,8 @@ class ModelSchema:
         )
         self.input_type = input_type
         self.output_type = output_type
+        #: the output field holding the predicted label (the first ``ss.Label`` one), if any
+        self.label_field = label_field(output_type)
         self._decoder: msgspec.json.Decoder[Any] = msgspec.json.Decoder(self.request_type)
         self._output_check = msgspec.json.Decoder(list[output_type])
         self._encoder = msgspec.json.Encoder()
@@ -110,6 +112,13 @@ class ModelSchema:
         if view is not None:
             encoded = self._encoder.encode(view.apply(checked))
         return b'{"predictions":' + encoded + b"}"
+
+    def labels_of(self, outputs: list[Any]) -> list[Any] | None:
+        """The predicted label of each output (for extraction detection), or None."""
+        field = self.label_field
+        if field is None:
+            return None
+        return [getattr(output, field, None) for output in outputs]
 
     def response_type_for(self, view: OutputView | None) -> Any:
         """The response body's type as a caller under ``view`` receives it (for OpenAPI)."""

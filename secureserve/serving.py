@@ -22,6 +22,7 @@ from secureserve.config import Settings
 from secureserve.defenses import Defenses, check_feature_view
 from secureserve.encryption import KEY_ENV, load_key
 from secureserve.errors import ConfigError, SecureServeError
+from secureserve.explain import Explainer
 from secureserve.lockfile import (
     LOCK_FILENAME,
     MISSING_LOCK,
@@ -160,6 +161,14 @@ class Deployment:
         self.revision = loaded.revision
         self.artifacts = dict(loaded.opened)
         self.defenses = defenses
+        self.explainer = Explainer(
+            loaded.instance,
+            loaded.profile,
+            settings.model.explain,
+            schema,
+            has_view=loaded.no_features is None,
+            max_batch=settings.server.max_instances,
+        )
         self.runner = InferenceRunner(
             loaded.instance,
             schema,
@@ -252,8 +261,10 @@ class ServingState:
             loaded.instance,
             loaded.profile,
             self.settings.model,
+            has_view=loaded.no_features is None,
             metrics=self.metrics,
             audit=lambda: self.audit,
+            limiter=lambda: self.limiter,
         )
         return Deployment(loaded, self.schema, self.settings, defenses)
 

@@ -22,6 +22,8 @@ __all__ = [
     "AuthSettings",
     "ClientCertificate",
     "DriftSettings",
+    "ExplainSettings",
+    "ExtractionSettings",
     "GuardSettings",
     "LimitsSettings",
     "LoggingSettings",
@@ -79,6 +81,17 @@ DEFAULT_GUARD_MAX_DISTANCE: Final = 4.0
 DEFAULT_DRIFT_WINDOW: Final = 500
 DEFAULT_DRIFT_THRESHOLD: Final = 0.2
 DEFAULT_DRIFT_MAX_SHARE: Final = 0.2
+#: Queries kept per principal for the PRADA distance test (float32 feature vectors).
+DEFAULT_EXTRACTION_HISTORY: Final = 2000
+DEFAULT_EXTRACTION_MIN_QUERIES: Final = 100
+#: Shapiro-Wilk W below this flags a principal (PRADA's default for its own models).
+DEFAULT_EXTRACTION_THRESHOLD: Final = 0.90
+DEFAULT_THROTTLE_RATE: Final = "10/minute"
+DEFAULT_EXTRACTION_PRINCIPALS: Final = 1000
+#: Share of a principal's recent queries the input guard would flag before it is suspected.
+DEFAULT_MAX_OOD_SHARE: Final = 0.5
+#: This many times its usual rate (per minute) in the last minute makes a principal suspect.
+DEFAULT_MAX_RATE_RATIO: Final = 20.0
 
 
 class Section(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -158,6 +171,8 @@ class LimitsSettings(Section, frozen=True):
     quota: RateString | None = "10000/day"
     on_storage_error: Literal["refuse", "memory"] = "refuse"
     storage_timeout_s: Annotated[float, msgspec.Meta(gt=0, le=10)] = DEFAULT_STORAGE_TIMEOUT_S
+    #: explained instances per principal (explanations leak more than predictions)
+    explain_per_principal: RateString | None = "10/minute"
     key_prefix: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_.-]{1,64}$")] = "secureserve"
 
 
@@ -209,6 +224,34 @@ class DriftSettings(Section, frozen=True):
     max_share: Annotated[float, msgspec.Meta(gt=0, le=1)] = DEFAULT_DRIFT_MAX_SHARE
 
 
+class ExtractionSettings(Section, frozen=True):
+    """``[model.extraction]``: noticing a principal that queries to copy the model.
+
+    Runs whenever the model has a feature view, unless ``action = "off"``.
+    """
+
+    action: Literal["flag", "throttle", "block", "off"] = "flag"
+    history: Annotated[int, msgspec.Meta(ge=50, le=100_000)] = DEFAULT_EXTRACTION_HISTORY
+    min_queries: Annotated[int, msgspec.Meta(ge=20, le=100_000)] = DEFAULT_EXTRACTION_MIN_QUERIES
+    threshold: Annotated[float, msgspec.Meta(gt=0, lt=1)] = DEFAULT_EXTRACTION_THRESHOLD
+    throttle_rate: RateString = DEFAULT_THROTTLE_RATE
+    max_principals: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = DEFAULT_EXTRACTION_PRINCIPALS
+    max_ood_share: Annotated[float, msgspec.Meta(gt=0, le=1)] = DEFAULT_MAX_OOD_SHARE
+    max_rate_ratio: Annotated[float, msgspec.Meta(gt=1, le=1e6)] = DEFAULT_MAX_RATE_RATIO
+
+
+class ExplainSettings(Section, frozen=True):
+    """``[model.explain]``: how ``:explain`` attributes a prediction to the features.
+
+    ``occlusion`` (built in) replaces one feature at a time by the profile's median;
+    ``kernelshap`` needs ``pip install 'secureserve[explain]'`` and runs ``samples``
+    model evaluations per instance against the same background.
+    """
+
+    method: Literal["occlusion", "kernelshap"] = "occlusion"
+    samples: Annotated[int, msgspec.Meta(ge=16, le=100_000)] = 512
+
+
 ArtifactName = Annotated[str, msgspec.Meta(min_length=1, max_length=255)]
 
 
@@ -233,6 +276,8 @@ class ModelSettings(Section, frozen=True):
     output: OutputSettings = msgspec.field(default_factory=OutputSettings)
     guard: GuardSettings = msgspec.field(default_factory=GuardSettings)
     drift: DriftSettings = msgspec.field(default_factory=DriftSettings)
+    extraction: ExtractionSettings = msgspec.field(default_factory=ExtractionSettings)
+    explain: ExplainSettings = msgspec.field(default_factory=ExplainSettings)
 
 
 class LoggingSettings(Section, frozen=True):
