@@ -4,12 +4,15 @@ Everything runs in this process (no network, no server): the handler, its settin
 its weights and its reference profile come from examples/digits-safetensors exactly as
 ``secureserve run`` would load them (``load_model``: lock verified, profile checked).
 
-Three measurements, each in µs per request (and per instance where it matters):
+Four measurements, each in µs per request (and per instance where it matters):
 
 (a) ``Defenses.screen(principal, instances, request_id)``, the call the predict route
     makes once per request on the event loop (feature view, then the input guard, then
     the drift monitor), for requests of 1 and 32 instances, under four settings: the
     example's (guard ``flag`` + drift, window 500), guard only, drift only, both off.
+    Extraction detection is switched off in all four (``[model.extraction] action =
+    "off"``; it runs after predict, in ``after_predict``, and has its own rows in (d)),
+    so these figures compare with those from before it existed.
     Also its parts alone (``features``, ``InputGuard.check``, ``DriftMonitor.observe``)
     and one request whose only instance the guard flags (it then writes a log line,
     here to /dev/null). The issue's target: the guard at most 20 µs per instance of
@@ -24,12 +27,28 @@ Three measurements, each in µs per request (and per instance where it matters):
     scope (no HTTP client, no middleware, no authentication: the principal is put in
     the scope as the authentication middleware would): body read, strict decode,
     rate-limit check (limits off), defenses, the inference thread, output policy,
-    audit record (to a temporary file), response. Example settings vs guard and drift
-    off, to see the defenses against the whole route. Expect the difference to be
+    audit record (to a temporary file), response. Example settings (extraction off,
+    as in (a)), the same with extraction detection on (its default ``flag``: labels
+    come back from the inference thread, then ``after_predict``; 1,000 principals in
+    turn, as below), and guard, drift and extraction all off, to see the defenses
+    against the whole route. Expect the difference to be
     larger than (a): (a) is a tight loop with warm caches, while in the route the
     event loop waits for the inference thread between two screens, and a thread that
     gave up its core finds its caches cold (on a small shared machine, markedly so).
     (c) alternates which settings go first every run.
+(d) ``Defenses.after_predict(principal, screened, labels)``, the call that feeds
+    extraction detection after predict (``ExtractionMonitor.observe``: nearest
+    neighbour among the principal's earlier queries with the same label, the
+    Shapiro-Wilk test every 10 new distances once 100 are in, the coverage share),
+    with the example's ``[model.extraction]`` (the defaults: history 2,000,
+    max_principals 1,000), for 1 and 32 instances: (i) every request from a principal
+    never seen before (beyond 1,000 tracked, each also drops the least recently seen);
+    (ii) one principal whose history is already full (2,000 queries), so every
+    instance searches 2,000 vectors and evicts the oldest. Rows are 20,000 distinct
+    real images plus noise (sd 0.5), so no exact repeat skips the search; labels are
+    the model's, ``outside`` the guard's verdicts. Also the Shapiro-Wilk test alone on
+    that history's distances. The issue's target: at most 50 µs per instance of 64
+    features with a full history.
 
 Instances are the 356 held-out test images (train.py's ``load_split``) that the guard
 does not flag (3 of the 359 are flagged; the flagged case has its own row). Requests
@@ -55,6 +74,7 @@ import argparse
 import asyncio
 import gc
 import importlib.util
+import itertools
 import os
 import platform
 import shutil
@@ -74,6 +94,8 @@ import numpy.typing as npt
 ROOT = Path(__file__).resolve().parent.parent
 DIGITS = ROOT / "examples" / "digits-safetensors"
 PRINCIPALS = [f"bench-{i}" for i in range(1000)]
+#: Distinct rows the extraction cases cycle through (more than a history holds).
+EXTRACTION_POOL = 20_000
 #: Temporary folders (audit logs), removed when the run ends.
 _FOLDERS: list[Path] = []
 
@@ -117,8 +139,13 @@ def example_settings() -> Any:
 
 
 def model_variants(model: Any) -> dict[str, Any]:
-    """``[model]`` settings: the example's, guard only, drift only, both off."""
+    """``[model]`` settings: the example's, guard only, drift only, both off.
+
+    Extraction detection is off in all four (``action = "off"``), so that these rows
+    measure the guard and drift alone, comparable with the figures before it existed.
+    """
     replace = msgspec.structs.replace
+    model = replace(model, extraction=replace(model.extraction, action="off"))
     guard_off = replace(model.guard, mode="off")
     drift_off = replace(model.drift, enabled=False)
     return {
@@ -134,6 +161,27 @@ class _NoAudit:
 
     def admin(self, **_: Any) -> None:
         return None
+
+
+def make_defenses(loaded: Any, model_settings: Any) -> Any:
+    """``Defenses`` as the server builds it: feature view, metrics, audit, memory limits."""
+    from secureserve.defenses import Defenses
+    from secureserve.metrics import Metrics
+    from secureserve.ratelimit import RateLimiter
+
+    audit: Any = _NoAudit()
+    limiter = RateLimiter(
+        storage="memory://", per_principal=None, quota=None, auth_failures_per_ip=None
+    )
+    return Defenses(
+        loaded.instance,
+        loaded.profile,
+        model_settings,
+        has_view=True,
+        metrics=Metrics(),
+        audit=lambda: audit,
+        limiter=lambda: limiter,
+    )
 
 
 # --------------------------------------------------------------------------- timing
@@ -190,12 +238,8 @@ def _screen(defenses: Any, instances: list[Any], principal: str) -> object:
 def screen_cases(
     loaded: Any, settings: Any, requests: dict[int, list[list[Any]]], flagged: list[Any]
 ) -> tuple[dict[str, Callable[[int], object]], dict[str, int]]:
-    from secureserve.defenses import Defenses
-    from secureserve.metrics import Metrics
-
     cases: dict[str, Callable[[int], object]] = {}
     sizes: dict[str, int] = {}
-    audit: Any = _NoAudit()
 
     def add(label: str, size: int, fn: Callable[[Any, str], object], items: list[Any]) -> None:
         def call(i: int) -> object:  # the i-th request: its instances and its principal
@@ -204,17 +248,14 @@ def screen_cases(
         cases[f"{label} | {size}"] = call
         sizes[f"{label} | {size}"] = size
 
-    def defenses(model_settings: Any) -> Defenses:
-        return Defenses(
-            loaded.instance, loaded.profile, model_settings, metrics=Metrics(), audit=lambda: audit
-        )
-
-    for label, model_settings in model_variants(settings.model).items():
-        variant = defenses(model_settings)
+    variants = model_variants(settings.model)
+    for label, model_settings in variants.items():
+        variant = make_defenses(loaded, model_settings)
         for size, pool in requests.items():
             add(label, size, partial(_screen, variant), pool)
 
-    example = defenses(settings.model)
+    example_settings = variants["example: guard flag + drift"]
+    example = make_defenses(loaded, example_settings)
     guard, drift = example.guard, example.drift
     assert guard is not None
     assert drift is not None
@@ -232,7 +273,7 @@ def screen_cases(
     )
 
     label = "example, the instance flagged (log line)"
-    add(label, 1, partial(_screen, defenses(settings.model)), [[f] for f in flagged])
+    add(label, 1, partial(_screen, make_defenses(loaded, example_settings)), [[f] for f in flagged])
     return cases, sizes
 
 
@@ -297,6 +338,100 @@ def encode_cases(
     return cases
 
 
+# --------------------------------------------------------------------------- (d) extraction
+
+
+def extraction_pool(
+    loaded: Any, settings: Any, digit: Any, images: npt.NDArray[np.float64]
+) -> tuple[npt.NDArray[np.float64], list[Any], npt.NDArray[np.bool_]]:
+    """Distinct feature rows, their predicted digits and the guard's verdicts on them.
+
+    Real images plus Gaussian noise (sd 0.5 grey levels, clipped to 0..16), so that no
+    row repeats within a history (an exact repeat skips the nearest-neighbour search).
+    """
+    from secureserve.guard import InputGuard
+
+    rng = np.random.default_rng(0)
+    picks = images[rng.integers(0, len(images), EXTRACTION_POOL)]
+    noisy = np.clip(picks + rng.normal(0.0, 0.5, picks.shape), 0.0, 16.0)
+    model = loaded.instance
+    instances = [digit(pixels=row.tolist()) for row in noisy]
+    rows = model.features(instances)
+    labels = [p.digit for p in model.predict(instances)]
+    assert loaded.profile is not None
+    outside = np.zeros(len(rows), dtype=bool)
+    outside[[f.index for f in InputGuard(loaded.profile, settings.model.guard).check(rows)]] = True
+    return rows, labels, outside
+
+
+def extraction_cases(
+    loaded: Any,
+    settings: Any,
+    pool: tuple[npt.NDArray[np.float64], list[Any], npt.NDArray[np.bool_]],
+    sizes: tuple[int, ...] = (1, 32),
+) -> dict[str, Callable[[int], object]]:
+    """``Defenses.after_predict`` with the example's ``[model.extraction]`` defaults."""
+    from secureserve.defenses import Screened
+    from secureserve.extraction import _shapiro
+
+    rows, labels, outside = pool
+    history = settings.model.extraction.history
+    cases: dict[str, Callable[[int], object]] = {}
+
+    def requests(size: int) -> list[tuple[Screened, list[Any]]]:
+        return [
+            (
+                Screened(
+                    rows=rows[i : i + size],
+                    flagged=None,
+                    outside=frozenset(np.flatnonzero(outside[i : i + size]).tolist()),
+                ),
+                labels[i : i + size],
+            )
+            for i in range(0, len(rows) - size + 1, size)
+        ]
+
+    for size in sizes:
+        pool_requests = requests(size)
+        # (i) every request from a principal never seen before: at most max_principals
+        # (1,000) are tracked, so from the 1,001st on each also drops the least recent
+        fresh = make_defenses(loaded, settings.model)
+        taken = itertools.count()
+
+        def new_principal(
+            _: int, d: Any = fresh, c: Any = taken, r: list[Any] = pool_requests
+        ) -> object:
+            n = next(c)
+            screened, answered = r[n % len(r)]
+            return d.after_predict(f"new-{n}", screened, answered)
+
+        cases[f"after_predict, a new principal per request | {size}"] = new_principal
+
+        # (ii) one principal whose history is full: filled with the first rows of the pool,
+        # then each request goes on through the pool (never an exact repeat in its history)
+        full = make_defenses(loaded, settings.model)
+        fill = history // size + 1
+        for screened, answered in pool_requests[:fill]:
+            full.after_predict("full", screened, answered)
+        track = full.extraction._tracks["full"]  # noqa: SLF001 - its distances, for the part
+        assert track.size == history
+        going = itertools.count(fill)
+
+        def full_history(
+            _: int, d: Any = full, c: Any = going, r: list[Any] = pool_requests
+        ) -> object:
+            screened, answered = r[next(c) % len(r)]
+            return d.after_predict("full", screened, answered)
+
+        cases[f"after_predict, one principal, history full ({history:,}) | {size}"] = full_history
+
+    distances = track.distances
+    cases[f"part: Shapiro-Wilk of {len(distances):,} log distances | 1"] = lambda _: _shapiro(
+        distances
+    )
+    return cases
+
+
 # --------------------------------------------------------------------------- (c) ASGI
 
 
@@ -313,6 +448,7 @@ def asgi_results(
     variants = model_variants(settings.model)
     chosen = {
         "example: guard flag + drift": variants["example: guard flag + drift"],
+        "example + extraction detection (flag)": settings.model,
         "both off": variants["both off"],
     }
     apps = {
@@ -420,6 +556,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--skip-screen", action="store_true", help="skip (a)")
     parser.add_argument("--skip-asgi", action="store_true", help="skip (c)")
+    parser.add_argument("--skip-extraction", action="store_true", help="skip (d)")
     parser.add_argument(
         "--asgi-requests", type=int, default=2000, help="1-instance requests per (c) run"
     )
@@ -437,7 +574,7 @@ def main(argv: list[str] | None = None) -> int:
     loaded = load_model(cls, settings)
     info = machine()
 
-    _, x_test, _, _ = train.load_split()
+    x_train, x_test, _, _ = train.load_split()
     assert loaded.profile is not None
     guard = InputGuard(loaded.profile, settings.model.guard)
     bad = {f.index for f in guard.check(x_test)}
@@ -493,6 +630,24 @@ def main(argv: list[str] | None = None) -> int:
             label, size = key.split(" | ")
             base = statistics.median(asgi[f"both off | {size}"])
             print(f"| {label} | {size} | {cell(runs)} | {statistics.median(runs) - base:+.1f} |")
+    if not args.skip_extraction:
+        pool = extraction_pool(loaded, settings, digit, np.concatenate([x_train, x_test]))
+        extraction = run_cases(
+            extraction_cases(loaded, settings, pool), args.repeats, args.target_ms
+        )
+        ex = settings.model.extraction
+        print("\n## (d) extraction detection: Defenses.after_predict, per request\n")
+        print(
+            f"[model.extraction] defaults: history {ex.history:,}, min_queries "
+            f"{ex.min_queries}, threshold {ex.threshold}, max_principals "
+            f"{ex.max_principals:,}, action {ex.action}; target: at most 50 µs per "
+            "instance with a full history\n"
+        )
+        print("| case | instances | µs per request | µs per instance |")
+        print("| --- | ---: | ---: | ---: |")
+        for key, runs in extraction.items():
+            label, size = key.split(" | ")
+            print(f"| {label} | {size} | {cell(runs)} | {cell(runs, int(size))} |")
     print(f"\nload average at the end: {' / '.join(f'{x:.2f}' for x in os.getloadavg())}")
     devnull.close()
     return 0

@@ -95,6 +95,7 @@ class _Track:
         "next",
         "norms",
         "ood",
+        "ood_count",
         "queries",
         "reasons",
         "seen",
@@ -118,6 +119,7 @@ class _Track:
         self.next = 0
         self.distances: deque[float] = deque(maxlen=history)
         self.ood: deque[bool] = deque(maxlen=history)
+        self.ood_count = 0  # True entries in ``ood``, kept as they come and go
         self.queries = 0
         self.since_test = 0
         self.statistic: float | None = None
@@ -168,13 +170,16 @@ class ExtractionMonitor:
         """Add one request's instances (``outside``: the guard would flag them)."""
         track = self._track(principal)
         track.queries += len(rows)
-        track.ood.extend(outside)
+        _record(track, outside)
         self._count_minute(track, len(rows))
         vectors = rows.astype(np.float32)
         ids = self._label_ids(labels, len(rows))
         for vector, label in zip(vectors, ids, strict=True):
             self._add(track, vector, label)
-        if track.since_test >= self._retest and len(track.distances) >= self.settings.min_queries:
+        tested = len(track.distances)
+        # a new test every tenth of min_queries new distances, or of the distances held
+        every = max(self._retest, math.floor(tested * _RETEST_SHARE))
+        if track.since_test >= every and tested >= self.settings.min_queries:
             track.since_test = 0
             track.statistic = _shapiro(track.distances)
         self._judge(principal, track)
@@ -251,7 +256,7 @@ class ExtractionMonitor:
         reasons = []
         if track.statistic is not None and track.statistic < settings.threshold:
             reasons.append("prada")
-        share = _share(track.ood, settings.min_queries)
+        share = _share(track, settings.min_queries)
         if share is not None and share >= settings.max_ood_share:
             reasons.append("coverage")
         ratio = _ratio(track)
@@ -302,7 +307,7 @@ class ExtractionMonitor:
         return min(values) if values else None
 
     def _stats(self, principal: str, track: _Track) -> PrincipalStats:
-        share = _share(track.ood, self.settings.min_queries)
+        share = _share(track, self.settings.min_queries)
         ratio = _ratio(track)
         return PrincipalStats(
             handle=track.handle,
@@ -347,8 +352,19 @@ def _shapiro(distances: deque[float]) -> float | None:
         return float(shapiro(values).statistic)
 
 
-def _share(flags: deque[bool], minimum: int) -> float | None:
-    return sum(flags) / len(flags) if len(flags) >= minimum else None
+def _record(track: _Track, outside: Sequence[bool]) -> None:
+    """Append the guard's verdicts, keeping ``ood_count`` equal to ``sum(ood)``."""
+    flags = track.ood
+    for flag in outside:
+        if len(flags) == flags.maxlen and flags[0]:  # the oldest verdict leaves
+            track.ood_count -= 1
+        flags.append(flag)
+        track.ood_count += flag
+
+
+def _share(track: _Track, minimum: int) -> float | None:
+    held = len(track.ood)
+    return track.ood_count / held if held >= minimum else None
 
 
 def _ratio(track: _Track) -> float | None:

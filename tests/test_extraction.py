@@ -279,3 +279,15 @@ def test_a_block_holds_on_every_replica_sharing_redis_until_cleared(monkeypatch)
     assert on_b.status_code == 403  # the block holds on the replica that saw nothing
     assert bystander.status_code == 200  # other principals are judged on their own
     assert after_b.status_code == 200
+
+
+def test_the_coverage_count_follows_the_window():
+    """The running count of guard verdicts equals their sum as old ones leave."""
+    extraction, _ = monitor(history=50, min_queries=20, max_ood_share=0.99)
+    rows = digits_rows()
+    for start in range(0, 120, 10):
+        outside = [(start + i) % 3 == 0 for i in range(10)]
+        extraction.observe("p", rows[start : start + 10], None, outside)
+    track = extraction._tracks["p"]
+    assert len(track.ood) == 50
+    assert track.ood_count == sum(track.ood)
