@@ -21,8 +21,9 @@ at most ``[model.extraction] history``, oldest dropped) feeds three signals:
   ``max_rate_ratio`` times, once it has been seen for 10 minutes.
 
 At most ``max_principals`` principals are tracked, the least recently seen dropped (and
-counted). Memory is bounded by ``max_principals x history x (features x 4 + 40)`` bytes
-(float32 vectors grown as queries come, their labels, distances and hashes). Each
+counted). Memory is bounded by ``max_principals x history x (features x 4 + ~150)``
+bytes (float32 vectors grown as queries come, their norms, labels, hashes, distances
+and guard verdicts): 0.8 MB for a full history of 2,000 queries of 64 features. Each
 principal is named on the admin route by an opaque random handle, never by its id in a
 URL (ids such as ``jwt:...`` or certificate subjects may hold ``/`` and personal data).
 """
