@@ -423,9 +423,10 @@ def _check_limits(limits: LimitsSettings, max_instances: int) -> None:
         value = getattr(limits, key)
         if value is not None and value != RATE_OFF:
             amount = parse_rate(key, value).amount
+            # explain_per_principal is not here: :explain takes fewer instances instead
             if key in ("per_principal", "per_model", "quota") and amount < max_instances:
                 raise ConfigError(
-                    f"[limits] {key} = {value!r} admits {amount} predictions per window, but "
+                    f"[limits] {key} = {value!r} admits {amount} instances per window, but "
                     f"[server] max_instances = {max_instances} lets one request ask for more: "
                     "such a request could never be served. Lower max_instances to at most "
                     f"{amount} or raise {key}."

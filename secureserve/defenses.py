@@ -12,7 +12,6 @@ off and one log line saying why, unless one of them was switched on explicitly
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -26,7 +25,7 @@ import numpy.typing as npt
 from secureserve.audit import AuditLog, AuditUnavailable
 from secureserve.drift import DriftMonitor, DriftReport, top
 from secureserve.errors import ConfigError, ModelError, RequestRejected
-from secureserve.extraction import ExtractionMonitor, PrincipalStats
+from secureserve.extraction import ExtractionMonitor, PrincipalStats, handle_of
 from secureserve.features import NoFeatureViewError
 from secureserve.guard import Flagged, InputGuard, guard_mode, out_of_distribution
 from secureserve.logs import get_logger
@@ -44,9 +43,9 @@ _V = TypeVar("_V")
 SHARED_READ_S: Final = 2.0
 
 
-def _mark(model: str, principal: str) -> str:
-    """The shared mark of a suspected principal: its id hashed (ids may hold personal data)."""
-    return f"suspect/{model}/{hashlib.sha256(principal.encode()).hexdigest()[:32]}"
+def _mark(handle: str) -> str:
+    """The shared mark of a suspected principal, named by its handle (the model is in it)."""
+    return f"suspect/{handle}"
 
 
 def _remember(table: OrderedDict[str, _V], key: str, value: _V, bound: int) -> None:
@@ -155,13 +154,21 @@ class Defenses:
         limiter = self._limiter()
         if limiter.shared:
             read_at, shared = await self._read_mark(principal, limiter)
+            marked_at = self._marked_at.get(principal)
             if shared:
                 suspected = True
-            elif shared is False and suspected and self._marked_at.get(principal, 1e30) < read_at:
-                extraction.forget(principal)  # an admin cleared it on another replica
-                suspected = False
+            elif shared is False and suspected:
+                if marked_at is not None and marked_at < read_at:
+                    # this replica wrote the mark, and a later read finds it gone: an admin
+                    # cleared it on another replica
+                    extraction.forget(principal)
+                    self._marked_at.pop(principal, None)
+                    suspected = False
+                elif marked_at is None:  # the mark was never written here: try again
+                    self._schedule_publish(principal)
         if not suspected:
             return None
+        extraction.touch(principal)  # a refused request is still one seen
         if self.action == "block":
             raise RequestRejected(
                 403,
@@ -223,7 +230,11 @@ class Defenses:
         the gauge never show an alert nobody watches any more.
         """
         if previous.extraction is not None and self.extraction is not None:
-            self.extraction = previous.extraction  # what principals did is not undone by a reload
+            # what principals did is not undone by a reload; this object now answers for it
+            self.extraction = previous.extraction
+            self.extraction.rebind(self._suspected)
+            self._marked_at, self._read = previous._marked_at, previous._read
+            self._reported_drops, self._tasks = previous._reported_drops, previous._tasks
         old = previous.drift
         if old is None:
             return
@@ -293,30 +304,50 @@ class Defenses:
         action = "drift-detected" if alert else "drift-cleared"
         self._record_drift(action, "drift", msgspec.json.encode(features).decode())
 
-    async def clear(self, handle: str) -> str | None:
-        """Clear the principal of ``handle`` here and, with Redis, on every replica."""
-        if self.extraction is None:
-            return None
-        principal = self.extraction.clear(handle)
-        if principal is not None:
+    def clear_target(self, handle: str) -> tuple[bool, str | None]:
+        """Whether ``handle`` can be cleared here, and its principal if it is tracked here.
+
+        With Redis limits any handle can be: its mark may have been set by a replica that
+        has since restarted, and removing a mark that is not there does no harm.
+        """
+        principal = self.extraction.principal_of(handle) if self.extraction else None
+        return principal is not None or self._limiter().shared, principal
+
+    async def clear(self, handle: str) -> None:
+        """Clear ``handle`` here and, with Redis, on every replica (audit it first)."""
+        principal = self.extraction.principal_of(handle) if self.extraction else None
+        if principal is not None and self.extraction is not None:
+            self.extraction.forget(principal)
             self._read.pop(principal, None)
             self._marked_at.pop(principal, None)
-            await self._limiter().set_mark(_mark(self.model_name, principal), on=False)
-        return principal
+        await self._limiter().set_mark(_mark(handle), on=False)
 
     async def _read_mark(self, principal: str, limiter: RateLimiter) -> tuple[float, bool | None]:
         now = time.monotonic()
         cached = self._read.get(principal)
         if cached is not None and now - cached[0] < SHARED_READ_S:
             return cached
-        value = (now, await limiter.marked(_mark(self.model_name, principal)))
+        mark = _mark(handle_of(self.model_name, principal))
+        value = (now, await limiter.marked(mark))
         _remember(self._read, principal, value, self._max_tracked)
         return value
 
+    def _schedule_publish(self, principal: str) -> None:
+        task = asyncio.get_running_loop().create_task(self._publish(principal))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
     async def _publish(self, principal: str) -> None:
-        if await self._limiter().set_mark(_mark(self.model_name, principal), on=True):
+        """Write the shared mark; undo it if a clear came first while it was on its way."""
+        limiter, extraction = self._limiter(), self.extraction
+        mark = _mark(handle_of(self.model_name, principal))
+        if not await limiter.set_mark(mark, on=True) or extraction is None:
+            return
+        if extraction.suspected(principal):
             _remember(self._marked_at, principal, time.monotonic(), self._max_tracked)
             self._read.pop(principal, None)
+        else:
+            await limiter.set_mark(mark, on=False)
 
     def _suspected(self, principal: str, stats: PrincipalStats) -> None:
         figures = {
@@ -336,9 +367,7 @@ class Defenses:
         )
         self._metrics.extraction_flagged(self.model_name)
         if self.action != "flag" and self._limiter().shared:  # every replica must act on it
-            task = asyncio.get_running_loop().create_task(self._publish(principal))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self._schedule_publish(principal)
         try:
             self._audit().admin(
                 action="extraction-suspected",

@@ -153,26 +153,40 @@ class Explain:
         require_role(principal, "explain")
         state.audit.check_writable()
         deployment = state.current
-        explainer = deployment.explainer
+        explainer, defenses = deployment.explainer, deployment.defenses
         if explainer.why_not is not None:
             raise unavailable(explainer.why_not)
+        throttle = await defenses.admit(principal.id)  # blocked or throttled like predict
         check_json_content_type(scope)
         body = await read_body(
             scope, receive, limit=state.max_body_bytes, deadline_s=state.body_timeout_s
         )
         info.body_read = True
         instances = state.schema.decode_request(body)
-        await state.limiter.check_explain(
-            principal.id, len(instances), explainer.evaluations(len(instances))
-        )
+        limiter = state.limiter
+        most = limiter.explain_amount
+        if most is not None and len(instances) > most:  # it could never be served
+            raise RequestRejected(
+                422,
+                "validation",
+                "Too many instances to explain",
+                detail=f"$.instances: explain at most {most} instances per request "
+                "([limits] explain_per_principal)",
+            )
+        known = explainer.evaluations(len(instances))  # None: counted as they run
+        await limiter.check_explain(principal.id, len(instances), known or 0, throttle=throttle)
         info.model_version = deployment.version
+        screened = defenses.screen(principal.id, instances, info.request_id)  # or 422
         deployment.acquire()
         try:
-            explanations = await explainer.explain(
+            explanations, labels, evaluations = await explainer.explain(
                 deployment.runner, instances, state.policies.for_roles(principal.roles)
             )
         finally:
             deployment.release()
+        if known is None:
+            await limiter.check_explain(principal.id, 0, evaluations)
+        defenses.after_predict(principal.id, screened, labels)
         payload = _encoder.encode({"explanations": explanations})
         audit = state.audit
         await audit.request_async(
@@ -314,16 +328,17 @@ async def clear_principal(request: Request) -> Response:
     if defenses.extraction is None:
         raise _extraction_off()
     handle = request.path_params["handle"]
-    cleared = await defenses.clear(handle)
-    if cleared is None:
+    known, cleared = defenses.clear_target(handle)
+    if not known:
         raise RequestRejected(404, "not-found", "Not found")
-    state.audit.admin(
+    state.audit.admin(  # first: an admin action that cannot be recorded does not happen
         action="extraction-cleared",
         principal=principal.id,
         request_id=request.scope["secureserve"].request_id,
         model=state.name,
-        detail=f"cleared {cleared[:200]} (handle {handle})",
+        detail=f"handle {handle}: " + (cleared[:200] if cleared else "not tracked here"),
     )
+    await defenses.clear(handle)
     return Response(_encoder.encode({"cleared": handle}), media_type=_JSON)
 
 
@@ -340,7 +355,7 @@ def _query_int(request: Request, name: str, default: int, *, maximum: int) -> in
     raw = request.query_params.get(name)
     if raw is None:
         return default
-    if not raw.isdigit() or len(raw) > 9 or int(raw) > maximum:  # noqa: PLR2004 - digits
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 9 or int(raw) > maximum:  # noqa: PLR2004
         raise RequestRejected(
             422,
             "validation",

@@ -26,7 +26,7 @@ from __future__ import annotations
 import asyncio
 import math
 from collections.abc import Hashable
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 import numpy as np
@@ -43,8 +43,6 @@ if TYPE_CHECKING:
     from secureserve.schema import ModelSchema
 
 __all__ = ["Explainer", "unavailable"]
-
-_KERNEL_EXTRA: Final = 2  # evaluations KernelSHAP adds to its samples (the reference, the row)
 
 
 def unavailable(why: str) -> RequestRejected:
@@ -78,17 +76,23 @@ class Explainer:
         if settings.method == "kernelshap":
             _require_shap()
 
-    def evaluations(self, instances: int) -> int:
-        """The model evaluations explaining ``instances`` will run (charged to the quota)."""
-        per = len(self.names) + 1
+    def evaluations(self, instances: int) -> int | None:
+        """The model evaluations explaining ``instances`` will run, when known beforehand.
+
+        Occlusion runs ``d + 1`` per instance; KernelSHAP decides as it goes (None: the
+        quota is charged what it ran, afterwards).
+        """
         if self.settings.method == "kernelshap":
-            per = self.settings.samples + _KERNEL_EXTRA
-        return instances * per
+            return None
+        return instances * (len(self.names) + 1)
 
     async def explain(
         self, runner: InferenceRunner, instances: list[Any], view: OutputView | None
-    ) -> list[dict[str, Any]]:
-        """One ``{"prediction", "attributions"}`` per instance, as ``view`` allows."""
+    ) -> tuple[list[dict[str, Any]], list[Any], int]:
+        """One ``{"prediction", "attributions"}`` per instance, as ``view`` allows.
+
+        Also the predicted labels (for extraction detection) and the model evaluations run.
+        """
         if self.why_not is not None or self._baseline is None:
             raise unavailable(self.why_not or "no reference profile")
         rows = self._model.features(instances)
@@ -98,13 +102,14 @@ class Explainer:
             [self._probability(out, lab) for out, lab in zip(originals, labels, strict=True)]
         )
         if self.settings.method == "kernelshap":
-            attributions = await self._kernel_shap(runner, rows, labels)
+            attributions, evaluations = await self._kernel_shap(runner, rows, labels)
         else:
             attributions = await self._occlusion(runner, rows, labels, base)
+            evaluations = len(instances) * (len(self.names) + 1)
         shown = view.apply(originals) if view is not None else originals
         hide = view is not None and view.policy == "label_only"
         digits = view.decimals if view is not None else 6
-        return [
+        explanations = [
             {
                 "prediction": msgspec.to_builtins(prediction),
                 "attributions": None
@@ -116,6 +121,7 @@ class Explainer:
             }
             for prediction, row in zip(shown, attributions, strict=True)
         ]
+        return explanations, labels, evaluations
 
     # ----------------------------------------------------------------------- methods
 
@@ -126,28 +132,34 @@ class Explainer:
         labels: list[Hashable],
         base: npt.NDArray[np.float64],
     ) -> npt.NDArray[np.float64]:
-        assert self._baseline is not None  # noqa: S101 - explain() checked it
         n, d = rows.shape
-        variants = np.repeat(rows[:, None, :], d, axis=1)  # (n, d, d): one feature occluded each
-        index = np.arange(d)
-        variants[:, index, index] = self._baseline
-        outputs = await self._predict(runner, self._model.from_features(variants.reshape(-1, d)))
-        occluded = np.array(
-            [self._probability(out, labels[k // d]) for k, out in enumerate(outputs)]
-        ).reshape(n, d)
+        occluded = np.empty((n, d))
+        for i in range(n):  # one instance at a time: d x d numbers, built off the event loop
+            variants = await asyncio.to_thread(self._occluded, rows[i])
+            outputs = await self._predict(runner, variants)
+            occluded[i] = [self._probability(out, labels[i]) for out in outputs]
         drops: npt.NDArray[np.float64] = base[:, None] - occluded
         return drops
 
+    def _occluded(self, row: npt.NDArray[np.float64]) -> list[Any]:
+        """The instances of ``row`` with each feature in turn at the baseline."""
+        assert self._baseline is not None  # noqa: S101 - explain() checked it
+        variants = np.repeat(row[None, :], len(row), axis=0)
+        np.fill_diagonal(variants, self._baseline)
+        return self._model.from_features(variants)
+
     async def _kernel_shap(
         self, runner: InferenceRunner, rows: npt.NDArray[np.float64], labels: list[Hashable]
-    ) -> npt.NDArray[np.float64]:
+    ) -> tuple[npt.NDArray[np.float64], int]:
         import shap  # noqa: PLC0415 - the optional extra, checked at start-up
 
         loop = asyncio.get_running_loop()
         background = self._baseline[None, :]  # type: ignore[index]
+        run = [0]  # model evaluations, counted as KernelSHAP asks for them
 
         def explain_row(row: npt.NDArray[np.float64], label: Hashable) -> Any:
             def scores(batch: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+                run[0] += len(batch)
                 future = asyncio.run_coroutine_threadsafe(
                     self._predict(runner, self._model.from_features(batch)), loop
                 )
@@ -160,7 +172,7 @@ class Explainer:
             np.asarray(await asyncio.to_thread(explain_row, row, label)).reshape(-1)
             for row, label in zip(rows, labels, strict=True)
         ]
-        return np.stack(values)
+        return np.stack(values), run[0]
 
     # ----------------------------------------------------------------------- helpers
 

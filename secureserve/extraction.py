@@ -30,9 +30,9 @@ URL (ids such as ``jwt:...`` or certificate subjects may hold ``/`` and personal
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import math
-import secrets
 import time
 import warnings
 from collections import OrderedDict, deque
@@ -58,6 +58,10 @@ _EWMA: Final = 0.1
 _MAX_LABELS: Final = 10_000
 _INITIAL_ROWS: Final = 64
 _TINY: Final = 1e-9
+_HUGE: Final = 1e15
+#: Share of the log distances clipped at each end before the test: one near-duplicate
+#: query (a tiny distance, a huge negative logarithm) must not decide the verdict.
+_CLIP_SHARE: Final = 0.01
 
 
 class PrincipalStats(msgspec.Struct, frozen=True):
@@ -109,7 +113,7 @@ class _Track:
         "vectors",
     )
 
-    def __init__(self, width: int, history: int) -> None:
+    def __init__(self, width: int, history: int, handle: str) -> None:
         rows = min(_INITIAL_ROWS, history)
         self.vectors = np.empty((rows, width), dtype=np.float32)
         self.norms = np.empty(rows, dtype=np.float32)
@@ -130,7 +134,7 @@ class _Track:
         self.minutes_seen = 0
         self.suspected = False
         self.reasons: tuple[str, ...] = ()
-        self.handle = secrets.token_urlsafe(12)
+        self.handle = handle
 
 
 class ExtractionMonitor:
@@ -158,6 +162,9 @@ class ExtractionMonitor:
         self._on_suspect = on_suspect
         self._clock = clock
         self._retest = max(1, math.floor(settings.min_queries * _RETEST_SHARE))
+        # the usual rate is never taken below this, so one full request is not a burst
+        self._rate_floor = settings.min_queries / 10
+        import scipy.stats  # noqa: F401, PLC0415 - now, at start-up: ~0.5 s, not on the loop
 
     # ----------------------------------------------------------------------- queries
 
@@ -173,10 +180,13 @@ class ExtractionMonitor:
         track.queries += len(rows)
         _record(track, outside)
         self._count_minute(track, len(rows))
+        # values float32 cannot square (or not numbers at all) say nothing about distances
+        usable = np.isfinite(rows).all(axis=1) & (np.abs(rows).max(axis=1, initial=0) < _HUGE)
         vectors = rows.astype(np.float32)
         ids = self._label_ids(labels, len(rows))
-        for vector, label in zip(vectors, ids, strict=True):
-            self._add(track, vector, label)
+        for vector, label, ok in zip(vectors, ids, usable.tolist(), strict=True):
+            if ok:
+                self._add(track, vector, label)
         tested = len(track.distances)
         # a new test every tenth of min_queries new distances, or of the distances held
         every = max(self._retest, math.floor(tested * _RETEST_SHARE))
@@ -215,12 +225,12 @@ class ExtractionMonitor:
         track.labels[slot] = label
 
     def _count_minute(self, track: _Track, count: int) -> None:
+        """The usual rate: an average over the minutes in which the principal sent anything."""
         minute = int(self._clock() // 60)
         if minute != track.minute:
             if track.minute >= 0:
-                gap = minute - track.minute
-                track.usual = track.usual * (1 - _EWMA) ** gap + _EWMA * track.this_minute
-                track.minutes_seen += gap
+                track.usual = track.usual * (1 - _EWMA) + _EWMA * track.this_minute
+                track.minutes_seen += 1
             track.minute, track.this_minute = minute, 0
         track.this_minute += count
 
@@ -241,14 +251,31 @@ class ExtractionMonitor:
         track = self._tracks.get(principal)
         if track is None:
             if len(self._tracks) >= self.settings.max_principals:
-                _, old = self._tracks.popitem(last=False)  # the least recently seen
-                del self._handles[old.handle]
-                self.dropped += 1
-            track = self._tracks[principal] = _Track(self.width, self.settings.history)
-            self._handles[track.handle] = principal
+                self._drop_one()
+            handle = handle_of(self.model, principal)
+            track = self._tracks[principal] = _Track(self.width, self.settings.history, handle)
+            self._handles[handle] = principal
         else:
             self._tracks.move_to_end(principal)
         return track
+
+    def _drop_one(self) -> None:
+        """Forget the least recently seen principal that is not suspect.
+
+        A suspect stays until cleared; only when every tracked principal is one does the
+        oldest go.
+        """
+        victim = next((p for p, t in self._tracks.items() if not t.suspected), None)
+        if victim is None:
+            victim = next(iter(self._tracks))
+        old = self._tracks.pop(victim)
+        del self._handles[old.handle]
+        self.dropped += 1
+
+    def touch(self, principal: str) -> None:
+        """``principal`` was seen (a refused request too): it is the most recent now."""
+        if principal in self._tracks:
+            self._tracks.move_to_end(principal)
 
     # ----------------------------------------------------------------------- judging
 
@@ -260,7 +287,7 @@ class ExtractionMonitor:
         share = _share(track, settings.min_queries)
         if share is not None and share >= settings.max_ood_share:
             reasons.append("coverage")
-        ratio = _ratio(track)
+        ratio = _ratio(track, self._rate_floor)
         if ratio is not None and ratio >= settings.max_rate_ratio:
             reasons.append("volume")
         if reasons and not track.suspected:
@@ -283,9 +310,15 @@ class ExtractionMonitor:
         """Start ``principal`` afresh (same handle): its history and statistics are gone."""
         track = self._tracks.get(principal)
         if track is not None:
-            fresh = _Track(self.width, self.settings.history)
-            fresh.handle = track.handle
-            self._tracks[principal] = fresh
+            self._tracks[principal] = _Track(self.width, self.settings.history, track.handle)
+
+    def rebind(self, on_suspect: Callable[[str, PrincipalStats], None]) -> None:
+        """Report new suspects to ``on_suspect`` (after a reload, the new deployment's)."""
+        self._on_suspect = on_suspect
+
+    def principal_of(self, handle: str) -> str | None:
+        """The tracked principal of ``handle``, if any."""
+        return self._handles.get(handle)
 
     # ----------------------------------------------------------------------- reading
 
@@ -309,7 +342,7 @@ class ExtractionMonitor:
 
     def _stats(self, principal: str, track: _Track) -> PrincipalStats:
         share = _share(track, self.settings.min_queries)
-        ratio = _ratio(track)
+        ratio = _ratio(track, self._rate_floor)
         return PrincipalStats(
             handle=track.handle,
             principal=principal,
@@ -320,6 +353,16 @@ class ExtractionMonitor:
             suspected=track.suspected,
             reasons=list(track.reasons),
         )
+
+
+def handle_of(model: str, principal: str) -> str:
+    """The opaque name of ``principal`` on the admin route.
+
+    The same on every replica (a clear anywhere reaches the shared mark), with no ``/``
+    and no personal data to put in a URL.
+    """
+    digest = hashlib.sha256(f"secureserve-extraction\0{model}\0{principal}".encode()).digest()
+    return base64.urlsafe_b64encode(digest[:16]).decode().rstrip("=")
 
 
 def _forget(seen: dict[bytes, int], key: bytes) -> None:
@@ -344,13 +387,16 @@ def _shapiro(distances: deque[float]) -> float | None:
     values = np.fromiter(distances, dtype=np.float64)[-_MAX_TESTED:]
     if len(values) < 3:  # noqa: PLR2004 - the test's own minimum
         return None
+    low, high = np.quantile(values, (_CLIP_SHARE, 1 - _CLIP_SHARE))
+    values = np.clip(values, low, high)
     if np.ptp(values) == 0:  # all alike: as far from normal as distances get
         return 0.0
     from scipy.stats import shapiro  # noqa: PLC0415 - importing scipy.stats takes ~0.3 s
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return float(shapiro(values).statistic)
+        statistic = float(shapiro(values).statistic)
+    return statistic if math.isfinite(statistic) else 0.0  # no verdict is not a pass
 
 
 def _record(track: _Track, outside: Sequence[bool]) -> None:
@@ -368,7 +414,7 @@ def _share(track: _Track, minimum: int) -> float | None:
     return track.ood_count / held if held >= minimum else None
 
 
-def _ratio(track: _Track) -> float | None:
+def _ratio(track: _Track, floor: float) -> float | None:
     if track.minutes_seen < _VOLUME_WARM_UP_MIN:
         return None
-    return track.this_minute / max(track.usual, 1.0)
+    return track.this_minute / max(track.usual, floor)

@@ -8,6 +8,7 @@ so a client cannot blow up the number of series.
 
 from __future__ import annotations
 
+import math
 import re
 from typing import TYPE_CHECKING, Any, Final
 
@@ -193,8 +194,8 @@ class Metrics:
 
     def extraction(self, model: str, *, lowest: float | None, dropped: int) -> None:
         """Set the lowest PRADA statistic and count principals dropped since the last read."""
-        if lowest is not None:
-            self.extraction_statistic.labels(model).set(lowest)
+        # NaN: no principal has enough queries for the statistic (no stale value stays)
+        self.extraction_statistic.labels(model).set(math.nan if lowest is None else lowest)
         if dropped > 0:
             self.extraction_dropped.labels(model).inc(dropped)
 

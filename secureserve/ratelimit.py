@@ -225,13 +225,27 @@ class RateLimiter:
         if refusal is not None:
             raise _refused(refusal)
 
-    async def check_explain(self, principal_id: str, instances: int, evaluations: int) -> None:
+    @property
+    def explain_amount(self) -> int | None:
+        """Instances ``explain_per_principal`` admits per window (None: no such limit)."""
+        return self._explain.amount if self._explain is not None else None
+
+    async def check_explain(
+        self,
+        principal_id: str,
+        instances: int,
+        evaluations: int,
+        *,
+        throttle: Window | None = None,
+    ) -> None:
         """Charge an explanation, 429 like :meth:`check`.
 
-        ``instances`` go on ``explain_per_principal``, then the model ``evaluations`` it
-        runs on the quota.
+        ``instances`` go on ``explain_per_principal`` (and ``throttle``, a suspected
+        extraction's extra window), then the model ``evaluations`` it runs on the quota.
+        Each window is charged on its own: one that refuses does not undo the ones before.
         """
-        for window, cost in ((self._explain, instances), (self._quota, evaluations)):
+        charges = ((self._explain, instances), (throttle, instances), (self._quota, evaluations))
+        for window, cost in charges:
             if window is not None and cost >= 1:
                 await self._charge_one(window, principal_id, cost)
 

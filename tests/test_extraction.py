@@ -291,3 +291,134 @@ def test_the_coverage_count_follows_the_window():
     track = extraction._tracks["p"]
     assert len(track.ood) == 50
     assert track.ood_count == sum(track.ood)
+
+
+def test_one_near_duplicate_does_not_flag_a_benign_caller():
+    """A tiny distance (one pixel moved by 0.1) is clipped, not a verdict."""
+    data = digits_rows()
+    rows = data[np.random.default_rng(3).permutation(len(data))][:1000]
+    twin = rows[10].copy()
+    twin[20] += 0.1
+    rows = np.vstack([rows[:500], twin[None, :], rows[500:]])
+    extraction, suspects = monitor()
+    assert send(extraction, rows) == -1
+    assert suspects == []
+
+
+def test_values_float32_cannot_square_are_left_out_of_the_distances():
+    rng = np.random.default_rng(7)
+    seeds = digits_rows()[:10]
+    poison = np.full((1, 64), 1e20)
+    rows = np.clip(seeds[rng.integers(0, 10, 1000)] + rng.normal(0, 0.5, (1000, 64)), 0, 16)
+    extraction, _ = monitor()
+    extraction.observe("p", poison, [0], [False])
+    extraction.observe("p", np.array([[np.nan] * 64]), [0], [False])
+    assert 0 < send(extraction, rows) <= 500  # PRADA still works
+    assert all(np.isfinite(extraction._tracks["p"].distances))
+
+
+def test_one_full_request_after_idle_minutes_is_not_a_burst():
+    clock = Clock()
+    extraction, suspects = monitor(clock)
+    extraction.observe("p", digits_rows()[:1], None, [False])
+    clock.now += 11 * 60  # eleven quiet minutes count as one active one
+    extraction.observe("p", digits_rows()[1:33], None, [False] * 32)
+    assert suspects == []
+
+
+def test_a_suspect_is_never_dropped_to_make_room():
+    extraction, _ = monitor(min_queries=20, max_principals=3)
+    extraction.observe("thief", digits_rows()[:20], None, [True] * 20)
+    assert extraction.suspected("thief")
+    for i in range(5):
+        extraction.observe(f"caller-{i}", digits_rows()[:1], None, [False])
+    assert extraction.suspected("thief")
+    assert extraction.dropped == 3
+
+
+def test_handles_are_the_same_everywhere_and_name_no_one():
+    from secureserve.extraction import handle_of
+
+    handle = handle_of("digits", "jwt:alice@example.com/x")
+    assert handle == handle_of("digits", "jwt:alice@example.com/x")
+    assert handle != handle_of("iris", "jwt:alice@example.com/x")
+    assert "/" not in handle
+    assert "alice" not in handle
+
+
+def test_explanations_go_through_the_same_defenses_as_predictions():
+    """A blocked principal cannot explain; a guard that refuses refuses explanations."""
+    explainer = mint_key(name="explainer", roles=("predict", "explain"))
+    settings = digits_settings(extraction={"action": "block", "min_queries": 20})
+    app = digits_app(settings, explainer, ADMIN)
+    with asgi_client(app) as client:
+        client.post(PREDICT, json=_noise_body(), headers=bearer(explainer)).raise_for_status()
+        explain = client.post(
+            "/v1/models/digits:explain",
+            json={"instances": _noise_body()["instances"][:2]},
+            headers=bearer(explainer),
+        )
+    assert explain.status_code == 403
+    assert explain.json()["type"].endswith("suspected-extraction")
+    guarded = digits_settings(guard={"mode": "refuse"}, extraction={"action": "off"})
+    with asgi_client(digits_app(guarded, explainer)) as client:
+        refused = client.post(
+            "/v1/models/digits:explain",
+            json={"instances": _noise_body()["instances"][:2]},
+            headers=bearer(explainer),
+        )
+    assert refused.status_code == 422
+    assert refused.json()["type"].endswith("out-of-distribution")
+
+
+def test_a_page_offset_must_be_plain_digits():
+    _, app = _served("flag")
+    with asgi_client(app, ADMIN) as client:
+        assert client.get(PRINCIPALS, params={"offset": "²"}).status_code == 422
+        assert client.get(PRINCIPALS, params={"limit": "1001"}).status_code == 422
+        assert client.get(PRINCIPALS, params={"offset": "0", "limit": "5"}).status_code == 200
+
+
+def test_a_block_survives_a_restart_and_any_replica_can_clear_it(monkeypatch):
+    """The mark outlives the replica that set it; the handle is the same everywhere."""
+    import secrets
+
+    import redis
+    from server_helpers import HOST, need_redis, redis_answers
+
+    import secureserve.defenses as defenses_module
+    from secureserve.extraction import handle_of
+
+    if not redis_answers(6379):
+        need_redis(f"no Redis answers on {HOST}:6379")
+    monkeypatch.setattr(defenses_module, "SHARED_READ_S", 0.0)
+    prefix = f"sstest-{secrets.token_hex(6)}"
+    settings = digits_settings(extraction={"action": "block", "min_queries": 20})
+    limits = msgspec.structs.replace(
+        settings.limits, storage=f"redis://{HOST}:6379/0", key_prefix=prefix
+    )
+    settings = msgspec.structs.replace(settings, limits=limits)
+    try:
+        with asgi_client(digits_app(settings, ADMIN, THIEF)) as first:
+            first.post(PREDICT, json=_noise_body(), headers=bearer(THIEF)).raise_for_status()
+            time.sleep(0.2)
+        audit = msgspec.structs.replace(
+            settings.audit, path=settings.audit.path.with_name("audit-restarted.jsonl")
+        )
+        restarted = digits_app(msgspec.structs.replace(settings, audit=audit), ADMIN, THIEF)
+        with asgi_client(restarted) as again:
+            still = again.post(PREDICT, json=_noise_body(20), headers=bearer(THIEF))
+            page = again.get(PRINCIPALS, headers=bearer(ADMIN)).json()
+            handle = handle_of("digits", THIEF.record.id)
+            cleared = again.post(f"{PRINCIPALS}/{handle}:clear", headers=bearer(ADMIN))
+            after = again.post(PREDICT, json=_noise_body(20), headers=bearer(THIEF))
+    finally:
+        client = redis.Redis(host=HOST, port=6379, db=0, socket_timeout=2)
+        names = list(client.scan_iter(match=f"{prefix}:*", count=500))
+        if names:
+            client.delete(*names)
+        client.close()
+    assert still.status_code == 403
+    assert page["tracked"] == 0  # the restarted replica never saw the thief
+    assert cleared.status_code == 200
+    assert after.status_code == 200
