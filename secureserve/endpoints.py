@@ -108,30 +108,17 @@ class Predict:
         finally:
             deployment.release()
         defenses.after_predict(principal.id, screened, labels)
-        audit = state.audit
-        await audit.request_async(  # before the answer leaves: a prediction is never unrecorded
-            RequestEntry(
-                principal=principal.id,
-                roles=sorted(principal.roles),
-                request_id=info.request_id,
-                route="predict",
-                model=state.name,
-                model_version=deployment.version,
-                decision="allowed",
-                status=200,
-                latency_ms=(time.perf_counter() - info.start) * 1000,
-                input_digest=audit.digest(body),
-                output_digest=audit.digest(payload),
-                flagged=screened.flagged if screened is not None else None,
-            )
+        flagged = screened.flagged if screened is not None else None
+        await _answer(
+            send,
+            state,
+            scope,
+            route="predict",
+            version=deployment.version,
+            body=body,
+            payload=payload,
+            flagged=flagged,
         )
-        info.audited = True
-        headers = [
-            (b"content-type", b"application/json"),
-            (b"content-length", str(len(payload)).encode()),
-        ]
-        await send({"type": "http.response.start", "status": 200, "headers": headers})
-        await send({"type": "http.response.body", "body": payload})
 
 
 class Explain:
@@ -188,29 +175,55 @@ class Explain:
             await limiter.check_explain(principal.id, 0, evaluations)
         defenses.after_predict(principal.id, screened, labels)
         payload = _encoder.encode({"explanations": explanations})
-        audit = state.audit
-        await audit.request_async(
-            RequestEntry(
-                principal=principal.id,
-                roles=sorted(principal.roles),
-                request_id=info.request_id,
-                route="explain",
-                model=state.name,
-                model_version=deployment.version,
-                decision="allowed",
-                status=200,
-                latency_ms=(time.perf_counter() - info.start) * 1000,
-                input_digest=audit.digest(body),
-                output_digest=audit.digest(payload),
-            )
+        await _answer(
+            send,
+            state,
+            scope,
+            route="explain",
+            version=deployment.version,
+            body=body,
+            payload=payload,
         )
-        info.audited = True
-        headers = [
-            (b"content-type", b"application/json"),
-            (b"content-length", str(len(payload)).encode()),
-        ]
-        await send({"type": "http.response.start", "status": 200, "headers": headers})
-        await send({"type": "http.response.body", "body": payload})
+
+
+async def _answer(
+    send: Send,
+    state: ServingState,
+    scope: Scope,
+    *,
+    route: str,
+    version: str,
+    body: bytes,
+    payload: bytes,
+    flagged: tuple[int, ...] | None = None,
+) -> None:
+    """Record the answer in the audit log, then send it: no answer leaves unrecorded."""
+    info = scope["secureserve"]
+    principal: Principal = scope["secureserve.principal"]
+    audit = state.audit
+    await audit.request_async(
+        RequestEntry(
+            principal=principal.id,
+            roles=sorted(principal.roles),
+            request_id=info.request_id,
+            route=route,
+            model=state.name,
+            model_version=version,
+            decision="allowed",
+            status=200,
+            latency_ms=(time.perf_counter() - info.start) * 1000,
+            input_digest=audit.digest(body),
+            output_digest=audit.digest(payload),
+            flagged=flagged,
+        )
+    )
+    info.audited = True
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(payload)).encode()),
+    ]
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    await send({"type": "http.response.body", "body": payload})
 
 
 async def list_models(request: Request) -> Response:

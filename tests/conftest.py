@@ -21,17 +21,36 @@ ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
 
 
-def load_iris() -> type:
-    """The Iris handler class of examples/iris/app.py, imported once under a unique name."""
-    name = "secureserve_tests_iris_app"
+def load_handler(example: str, class_name: str) -> type:
+    """A handler class of examples/<example>/app.py, imported once under a unique name."""
+    name = f"secureserve_tests_{example.replace('-', '_')}_app"
     if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, EXAMPLES / "iris" / "app.py")
+        spec = importlib.util.spec_from_file_location(name, EXAMPLES / example / "app.py")
         assert spec is not None
         assert spec.loader is not None
         module = importlib.util.module_from_spec(spec)
         sys.modules[name] = module
         spec.loader.exec_module(module)
-    return sys.modules[name].Iris  # type: ignore[no-any-return]
+    return getattr(sys.modules[name], class_name)  # type: ignore[no-any-return]
+
+
+def load_iris() -> type:
+    """The Iris handler class of examples/iris/app.py."""
+    return load_handler("iris", "Iris")
+
+
+def copy_example(example: str, target: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A copy of examples/<example> (without its tests) at ``target``, ready to import.
+
+    Its handler module is ``app``, as in every project: any other project's ``app`` is
+    forgotten, and ``sys.path`` is restored after the test.
+    """
+    monkeypatch.delitem(sys.modules, "app", raising=False)
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    shutil.copytree(
+        EXAMPLES / example, target, ignore=shutil.ignore_patterns("tests", "__pycache__")
+    )
+    return target
 
 
 def shared_fixtures() -> Path | None:

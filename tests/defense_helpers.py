@@ -8,8 +8,6 @@ a fresh folder and the given ``[model.*]`` sub-tables replaced.
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -18,7 +16,7 @@ import msgspec
 import numpy as np
 import numpy.typing as npt
 from app_helpers import build_app, replaced
-from conftest import EXAMPLES
+from conftest import EXAMPLES, load_handler
 
 from secureserve.config import Settings, load_settings
 from secureserve.keys import ApiKey
@@ -40,15 +38,7 @@ def digits_profile() -> Profile:
 
 def digits_handler() -> type:
     """The Digits class of examples/digits-safetensors/app.py, imported once."""
-    name = "secureserve_tests_digits_app"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, DIGITS / "app.py")
-        assert spec is not None
-        assert spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name].Digits  # type: ignore[no-any-return]
+    return load_handler("digits-safetensors", "Digits")
 
 
 def digits_settings(**model: dict[str, Any]) -> Settings:

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import shutil
-import sys
 from pathlib import Path
 
 import pytest
-from conftest import EXAMPLES
+from conftest import copy_example
 
 from secureserve.doctor import Severity, diagnose
 
@@ -39,15 +37,8 @@ def codes(report, severity: Severity | None = None) -> set[str]:
 
 @pytest.fixture
 def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A copy of the digits example (it has a profile) to change.
-
-    Its handler module is ``app``, as in every project: forget any other project's.
-    """
-    monkeypatch.delitem(sys.modules, "app", raising=False)
-    monkeypatch.setattr(sys, "path", list(sys.path))
-    target = tmp_path / "digits"
-    shutil.copytree(EXAMPLES / "digits-safetensors", target, ignore=shutil.ignore_patterns("tests"))
-    return target
+    """A copy of the digits example (it has a profile) to change."""
+    return copy_example("digits-safetensors", tmp_path / "digits", monkeypatch)
 
 
 def configure(project: Path, text: str) -> None:

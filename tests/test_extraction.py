@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import secrets
 import time
 import tracemalloc
+from collections.abc import Iterator
 from typing import Any
 
 import msgspec
@@ -230,14 +232,12 @@ def test_throttle_limits_the_suspect_to_the_throttle_rate():
     assert bystander.status_code == 200
 
 
-def test_a_block_holds_on_every_replica_sharing_redis_until_cleared(monkeypatch):
-    """Two replicas share only Redis: A suspects and blocks, and B refuses too.
+@pytest.fixture
+def redis_block_settings(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """Digits settings with ``action = "block"`` and limits (and marks) in the shared Redis.
 
-    A clear on A ends it on B. (A replica trusts what it read of the shared mark for
-    SHARED_READ_S, set to 0 here.)
+    A fresh key prefix, deleted afterwards; replicas read the mark on every request.
     """
-    import secrets
-
     import redis
     from server_helpers import HOST, need_redis, redis_answers
 
@@ -245,36 +245,48 @@ def test_a_block_holds_on_every_replica_sharing_redis_until_cleared(monkeypatch)
 
     if not redis_answers(6379):
         need_redis(f"no Redis answers on {HOST}:6379")
-    monkeypatch.setattr(defenses_module, "SHARED_READ_S", 0.0)  # read the mark every time
+    monkeypatch.setattr(defenses_module, "SHARED_READ_S", 0.0)
     prefix = f"sstest-{secrets.token_hex(6)}"
     settings = digits_settings(extraction={"action": "block", "min_queries": 20})
     limits = msgspec.structs.replace(
         settings.limits, storage=f"redis://{HOST}:6379/0", key_prefix=prefix
     )
-    settings = msgspec.structs.replace(settings, limits=limits)
-    replica_a = digits_app(settings, ADMIN, THIEF, OTHER)
-    audit_b = msgspec.structs.replace(
-        settings.audit, path=settings.audit.path.with_name("audit-b.jsonl")
-    )
-    replica_b = digits_app(msgspec.structs.replace(settings, audit=audit_b), ADMIN, THIEF, OTHER)
     try:
-        with asgi_client(replica_a) as a, asgi_client(replica_b) as b:
-            assert a.post(PREDICT, json=_noise_body(), headers=bearer(THIEF)).status_code == 200
-            time.sleep(0.2)  # the mark is written by a task after the answer
-            on_a = a.post(PREDICT, json=_noise_body(), headers=bearer(THIEF))
-            on_b = b.post(PREDICT, json=_noise_body(), headers=bearer(THIEF))
-            bystander = b.post(PREDICT, json=_noise_body(20), headers=bearer(OTHER))
-            # B never saw the thief's queries: it has no handle; clear on A, see it on B
-            tracked = a.get(PRINCIPALS, headers=bearer(ADMIN)).json()["principals"]
-            handle = next(p["handle"] for p in tracked if p["principal"] == THIEF.record.id)
-            a.post(f"{PRINCIPALS}/{handle}:clear", headers=bearer(ADMIN)).raise_for_status()
-            after_b = b.post(PREDICT, json=_noise_body(20), headers=bearer(THIEF))
+        yield msgspec.structs.replace(settings, limits=limits)
     finally:
         client = redis.Redis(host=HOST, port=6379, db=0, socket_timeout=2)
         names = list(client.scan_iter(match=f"{prefix}:*", count=500))
         if names:
             client.delete(*names)
         client.close()
+
+
+def another_replica(settings: Any, name: str, *keys: Any) -> Any:
+    """The same settings with its own audit file: a second process of the same model."""
+    audit = msgspec.structs.replace(settings.audit, path=settings.audit.path.with_name(name))
+    return digits_app(msgspec.structs.replace(settings, audit=audit), *keys)
+
+
+def test_a_block_holds_on_every_replica_sharing_redis_until_cleared(redis_block_settings):
+    """Two replicas share only Redis: A suspects and blocks, and B refuses too.
+
+    A clear on A ends it on B. (A replica trusts what it read of the shared mark for
+    SHARED_READ_S, set to 0 here.)
+    """
+    settings = redis_block_settings
+    replica_a = digits_app(settings, ADMIN, THIEF, OTHER)
+    replica_b = another_replica(settings, "audit-b.jsonl", ADMIN, THIEF, OTHER)
+    with asgi_client(replica_a) as a, asgi_client(replica_b) as b:
+        assert a.post(PREDICT, json=_noise_body(), headers=bearer(THIEF)).status_code == 200
+        time.sleep(0.2)  # the mark is written by a task after the answer
+        on_a = a.post(PREDICT, json=_noise_body(), headers=bearer(THIEF))
+        on_b = b.post(PREDICT, json=_noise_body(), headers=bearer(THIEF))
+        bystander = b.post(PREDICT, json=_noise_body(20), headers=bearer(OTHER))
+        # B never saw the thief's queries: clear on A, see it end on B
+        tracked = a.get(PRINCIPALS, headers=bearer(ADMIN)).json()["principals"]
+        handle = next(p["handle"] for p in tracked if p["principal"] == THIEF.record.id)
+        a.post(f"{PRINCIPALS}/{handle}:clear", headers=bearer(ADMIN)).raise_for_status()
+        after_b = b.post(PREDICT, json=_noise_body(20), headers=bearer(THIEF))
     assert on_a.status_code == 403
     assert on_b.status_code == 403  # the block holds on the replica that saw nothing
     assert bystander.status_code == 200  # other principals are judged on their own
@@ -379,45 +391,21 @@ def test_a_page_offset_must_be_plain_digits():
         assert client.get(PRINCIPALS, params={"offset": "0", "limit": "5"}).status_code == 200
 
 
-def test_a_block_survives_a_restart_and_any_replica_can_clear_it(monkeypatch):
+def test_a_block_survives_a_restart_and_any_replica_can_clear_it(redis_block_settings):
     """The mark outlives the replica that set it; the handle is the same everywhere."""
-    import secrets
-
-    import redis
-    from server_helpers import HOST, need_redis, redis_answers
-
-    import secureserve.defenses as defenses_module
     from secureserve.extraction import handle_of
 
-    if not redis_answers(6379):
-        need_redis(f"no Redis answers on {HOST}:6379")
-    monkeypatch.setattr(defenses_module, "SHARED_READ_S", 0.0)
-    prefix = f"sstest-{secrets.token_hex(6)}"
-    settings = digits_settings(extraction={"action": "block", "min_queries": 20})
-    limits = msgspec.structs.replace(
-        settings.limits, storage=f"redis://{HOST}:6379/0", key_prefix=prefix
-    )
-    settings = msgspec.structs.replace(settings, limits=limits)
-    try:
-        with asgi_client(digits_app(settings, ADMIN, THIEF)) as first:
-            first.post(PREDICT, json=_noise_body(), headers=bearer(THIEF)).raise_for_status()
-            time.sleep(0.2)
-        audit = msgspec.structs.replace(
-            settings.audit, path=settings.audit.path.with_name("audit-restarted.jsonl")
-        )
-        restarted = digits_app(msgspec.structs.replace(settings, audit=audit), ADMIN, THIEF)
-        with asgi_client(restarted) as again:
-            still = again.post(PREDICT, json=_noise_body(20), headers=bearer(THIEF))
-            page = again.get(PRINCIPALS, headers=bearer(ADMIN)).json()
-            handle = handle_of("digits", THIEF.record.id)
-            cleared = again.post(f"{PRINCIPALS}/{handle}:clear", headers=bearer(ADMIN))
-            after = again.post(PREDICT, json=_noise_body(20), headers=bearer(THIEF))
-    finally:
-        client = redis.Redis(host=HOST, port=6379, db=0, socket_timeout=2)
-        names = list(client.scan_iter(match=f"{prefix}:*", count=500))
-        if names:
-            client.delete(*names)
-        client.close()
+    settings = redis_block_settings
+    with asgi_client(digits_app(settings, ADMIN, THIEF)) as first:
+        first.post(PREDICT, json=_noise_body(), headers=bearer(THIEF)).raise_for_status()
+        time.sleep(0.2)
+    restarted = another_replica(settings, "audit-restarted.jsonl", ADMIN, THIEF)
+    with asgi_client(restarted) as again:
+        still = again.post(PREDICT, json=_noise_body(20), headers=bearer(THIEF))
+        page = again.get(PRINCIPALS, headers=bearer(ADMIN)).json()
+        handle = handle_of("digits", THIEF.record.id)
+        cleared = again.post(f"{PRINCIPALS}/{handle}:clear", headers=bearer(ADMIN))
+        after = again.post(PREDICT, json=_noise_body(20), headers=bearer(THIEF))
     assert still.status_code == 403
     assert page["tracked"] == 0  # the restarted replica never saw the thief
     assert cleared.status_code == 200

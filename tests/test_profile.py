@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-import shutil
-import sys
 from pathlib import Path
 
 import msgspec
 import numpy as np
 import pytest
-from defense_helpers import DIGITS, digits_handler, digits_rows
+from conftest import copy_example
+from defense_helpers import digits_handler, digits_rows
 
 from secureserve.cli import main
 from secureserve.config import load_settings
@@ -21,14 +20,8 @@ from secureserve.serving import load_model
 
 @pytest.fixture
 def digits_project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A copy of examples/digits-safetensors as the working directory.
-
-    Its handler module is ``app``, as in every project: forget any other project's.
-    """
-    monkeypatch.delitem(sys.modules, "app", raising=False)
-    monkeypatch.setattr(sys, "path", list(sys.path))
-    target = tmp_path / "digits"
-    shutil.copytree(DIGITS, target, ignore=shutil.ignore_patterns("tests", "__pycache__"))
+    """A copy of examples/digits-safetensors as the working directory."""
+    target = copy_example("digits-safetensors", tmp_path / "digits", monkeypatch)
     monkeypatch.chdir(target)
     return target
 
