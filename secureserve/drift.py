@@ -226,3 +226,16 @@ class DriftMonitor:
 def top(report: DriftReport) -> list[dict[str, Any]]:
     """The features that drifted most, for a log line or an audit detail."""
     return [{"feature": f.feature, "psi": f.psi} for f in report.features[:_REPORTED]]
+
+
+def psi_of(profile: Profile, rows: npt.NDArray[np.float64]) -> list[FeatureDrift]:
+    """The PSI of every feature between ``rows`` and the profile, binned as the monitor bins."""
+    result = []
+    for column, feature in zip(rows.T, profile.features, strict=True):
+        # bin number: how many cut points lie strictly below the value
+        bins = np.searchsorted(np.asarray(feature.edges), column, side="left")
+        now = np.maximum(np.bincount(bins, minlength=len(feature.counts)) / len(column), EPSILON)
+        ref = np.maximum(np.asarray(feature.counts) / feature.count, EPSILON)
+        value = float(((now - ref) * np.log(now / ref)).sum())
+        result.append(FeatureDrift(feature.name, round(value, 6)))
+    return result

@@ -20,6 +20,7 @@ __all__ = [
     "SECTIONS",
     "AuditSettings",
     "AuthSettings",
+    "CheckSettings",
     "ClientCertificate",
     "DriftSettings",
     "ExplainSettings",
@@ -280,6 +281,29 @@ class ModelSettings(Section, frozen=True):
     explain: ExplainSettings = msgspec.field(default_factory=ExplainSettings)
 
 
+Share = Annotated[float, msgspec.Meta(ge=0, le=1)]
+
+
+class CheckSettings(Section, frozen=True):
+    """``[check]``: the thresholds of ``secureserve check`` (see docs/check.md)."""
+
+    #: fairness: groups smaller than this are reported, not judged
+    min_group_size: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = 20
+    max_demographic_parity_difference: Share = 0.2
+    max_equalized_odds_difference: Share = 0.2
+    #: the label counted as the favourable outcome (binary outputs need none)
+    positive_label: str | None = None
+    #: data drift: the largest PSI of any feature between --data and the profile
+    max_drift_psi: Annotated[float, msgspec.Meta(gt=0, le=100)] = DEFAULT_DRIFT_THRESHOLD
+    #: robustness: rows attacked, the attack's budget, and the judged figure
+    robustness_samples: Annotated[int, msgspec.Meta(ge=1, le=100_000)] = 20
+    robustness_max_iter: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 10
+    robustness_max_eval: Annotated[int, msgspec.Meta(ge=10, le=100_000)] = 1000
+    #: the perturbation the model must withstand, in fractions of each feature's range
+    epsilon: Annotated[float, msgspec.Meta(gt=0, le=1)] = 0.05
+    min_robust_accuracy: Share = 0.5
+
+
 class LoggingSettings(Section, frozen=True):
     """``[logging]``: JSON lines on stdout at this level."""
 
@@ -297,6 +321,7 @@ class Settings(Section, frozen=True):
     audit: AuditSettings = msgspec.field(default_factory=AuditSettings)
     model: ModelSettings = msgspec.field(default_factory=ModelSettings)
     logging: LoggingSettings = msgspec.field(default_factory=LoggingSettings)
+    check: CheckSettings = msgspec.field(default_factory=CheckSettings)
 
 
 SECTIONS: Final[dict[str, type[Section]]] = {
@@ -307,4 +332,5 @@ SECTIONS: Final[dict[str, type[Section]]] = {
     "audit": AuditSettings,
     "model": ModelSettings,
     "logging": LoggingSettings,
+    "check": CheckSettings,
 }

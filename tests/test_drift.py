@@ -9,6 +9,7 @@ import msgspec
 import numpy as np
 import pytest
 from app_helpers import asgi_client, bearer
+from conftest import copy_example
 from defense_helpers import (
     DRIFT,
     PREDICT,
@@ -240,17 +241,12 @@ def test_a_reload_keeps_the_window_when_the_profile_is_the_same():
     assert before == after == 128
 
 
-def test_a_reload_with_another_profile_ends_a_raised_alert(tmp_path):
+def test_a_reload_with_another_profile_ends_a_raised_alert(tmp_path, monkeypatch):
     """The new window starts empty; the old alert is recorded as cleared, not left hanging."""
-    import shutil
-
-    from defense_helpers import DIGITS
-
     from secureserve.cli import main
     from secureserve.config import load_settings
 
-    project = tmp_path / "digits"
-    shutil.copytree(DIGITS, project, ignore=shutil.ignore_patterns("tests", "__pycache__"))
+    project = copy_example("digits-safetensors", tmp_path / "digits", monkeypatch)
     settings = digits_settings(drift={"window": 64, "max_share": 1.0})
     settings = msgspec.structs.replace(
         load_settings(project_dir=project),

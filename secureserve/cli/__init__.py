@@ -7,8 +7,8 @@ paragraph on stderr with a non-zero exit code; a traceback appears only with
 relative to the working directory, like any shell tool; defaults live in the
 project folder (where secureserve.toml is). Each submodule registers its
 commands: ``serve`` (run, certs), ``keys``, ``models`` (lock, sign, verify,
-encrypt, decrypt and their keys), ``profile``, ``audit`` (verify, key), ``new`` and
-``doctor``.
+encrypt, decrypt and their keys), ``profile``, ``check``, ``audit`` (verify, key),
+``new`` and ``doctor``.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from secureserve import __version__
-from secureserve.cli import audit, doctor, keys, models, new, profile, serve
+from secureserve.cli import audit, check, doctor, keys, models, new, profile, serve
 from secureserve.cli._common import EXIT_ERROR, EXIT_USAGE
 from secureserve.errors import SecureServeError
 
@@ -56,7 +56,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"secureserve {__version__}")
     parser.set_defaults(debug=False, func=lambda _: _usage(parser))
     commands = parser.add_subparsers(title="commands", metavar="COMMAND")
-    for module in (new, serve, keys, models, profile, audit, doctor):
+    for module in (new, serve, keys, models, profile, check, audit, doctor):
         module.register(commands, common)
     return parser
 

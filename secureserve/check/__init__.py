@@ -1,0 +1,163 @@
+"""``secureserve check``: the model tested the way auditors and attackers will, as a CI gate.
+
+The project is loaded as ``secureserve run`` loads it (settings, lock, signature, the
+format gate) and the handler is called in process. Each check gives figures against
+the thresholds of ``[check]`` in secureserve.toml; ``run_check`` returns a
+:class:`Report` whose ``passed`` is False when any judged figure fails (the command
+then exits 1). A figure that cannot be judged (a group too small, no profile) is
+reported with the reason, never counted as a pass or a failure.
+
+This version has three checks: ``robustness`` (:mod:`secureserve.check.robustness`,
+with the Adversarial Robustness Toolbox), ``fairness`` (:mod:`secureserve.check.fairness`,
+with fairlearn; both from the ``secureserve[check]`` extra) and ``drift`` of the data
+against the model's reference profile. Schema fuzzing and load are being built
+(docs/check.md).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Final
+
+import msgspec
+
+from secureserve import __version__
+from secureserve.check.data import LabelledData, read_labelled
+from secureserve.check.results import CheckResult, Figure, Report
+from secureserve.config import load_settings
+from secureserve.drift import psi_of
+from secureserve.errors import ConfigError
+from secureserve.lockfile import LOCK_FILENAME
+from secureserve.model import Model
+from secureserve.outputs import label_field
+from secureserve.serving import load_model
+from secureserve.settings import CheckSettings
+
+__all__ = ["CHECKS", "Report", "run_check"]
+
+#: The checks this version runs, in the order it runs them.
+CHECKS: Final = ("robustness", "fairness", "drift")
+
+
+def run_check(
+    project: Path,
+    data: Path,
+    *,
+    config: Path | None = None,
+    label_column: str = "label",
+    sensitive: tuple[str, ...] = (),
+    only: tuple[str, ...] = CHECKS,
+) -> Report:
+    """Load the project in ``project``, read ``data`` and run the checks in ``only``."""
+    unknown = [name for name in only if name not in CHECKS]
+    if unknown:
+        raise ConfigError(
+            f"--only {unknown[0]}: this version checks {', '.join(CHECKS)} "
+            "(fuzz and load are being built; see docs/check.md)."
+        )
+    from secureserve.cli._common import import_handler  # noqa: PLC0415 - runs project code
+
+    settings = load_settings(config, project_dir=project)
+    cls = import_handler(settings.model.handler, settings.project_dir)
+    loaded = load_model(cls, settings)
+    model = loaded.instance
+    rows = read_labelled(data, model, label_column=label_column, sensitive=sensitive)
+    predicted = _predict_labels(model, rows, settings.server.max_instances)
+    results = []
+    for name in only:
+        if name == "robustness":
+            results.append(_robustness(model, loaded.profile, rows, settings))
+        elif name == "fairness":
+            results.append(_fairness(rows, predicted, settings.check))
+        elif name == "drift":
+            results.append(_drift(model, loaded.profile, rows, settings.check))
+    lock = settings.project_dir / LOCK_FILENAME
+    return Report(
+        model=cls.name,
+        version=cls.version,
+        lock_sha256=hashlib.sha256(lock.read_bytes()).hexdigest() if lock.is_file() else None,
+        signed=settings.model.signing_public_key is not None,
+        secureserve=__version__,
+        time=datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
+        data=str(data),
+        instances=len(rows.instances),
+        passed=all(result.passed is not False for result in results),
+        checks=results,
+    )
+
+
+def _predict_labels(model: Model[Any, Any], rows: LabelledData, batch: int) -> list[str] | None:
+    """The predicted label of every instance, as text (None: the output has no ss.Label)."""
+    field = label_field(type(model).output_type)
+    if field is None:
+        return None
+    labels: list[str] = []
+    for start in range(0, len(rows.instances), batch):
+        outputs = model.predict(rows.instances[start : start + batch])
+        labels.extend(str(getattr(output, field)) for output in outputs)  # type: ignore[union-attr]
+    return labels
+
+
+def _fairness(
+    rows: LabelledData, predicted: list[str] | None, settings: CheckSettings
+) -> CheckResult:
+    if predicted is None:
+        return CheckResult.not_judged("fairness", "the output has no ss.Label field to compare")
+    if not rows.groups:
+        return CheckResult.not_judged("fairness", "no --sensitive column was given")
+    from secureserve.check.fairness import fairness  # noqa: PLC0415 - needs the [check] extra
+
+    return fairness(rows.labels, predicted, rows.groups, settings)
+
+
+def _robustness(
+    model: Model[Any, Any], profile: Any, rows: LabelledData, settings: Any
+) -> CheckResult:
+    if profile is None:
+        return CheckResult.not_judged(
+            "robustness", "the model has no reference profile (secureserve profile DATA)"
+        )
+    from secureserve.check.robustness import robustness  # noqa: PLC0415 - the [check] extra
+
+    return robustness(
+        model,
+        profile,
+        rows.instances,
+        rows.labels,
+        settings.check,
+        batch=settings.server.max_instances,
+    )
+
+
+def _drift(
+    model: Model[Any, Any], profile: Any, rows: LabelledData, settings: CheckSettings
+) -> CheckResult:
+    if profile is None:
+        return CheckResult.not_judged(
+            "drift", "the model has no reference profile (secureserve profile DATA)"
+        )
+    values = psi_of(profile, model.features(rows.instances))
+    worst = max(values, key=lambda v: v.psi)
+    passed = worst.psi <= settings.max_drift_psi
+    return CheckResult(
+        check="drift",
+        passed=passed,
+        summary=f"largest PSI {worst.psi:.3f} ({worst.feature})",
+        figures=[
+            Figure(
+                name="max_psi",
+                value=worst.psi,
+                threshold=settings.max_drift_psi,
+                passed=passed,
+                note=worst.feature,
+            )
+        ],
+        details={"psi": {v.feature: v.psi for v in values}},
+    )
+
+
+def to_json(report: Report) -> bytes:
+    """``report.json``: every figure and threshold, indented."""
+    return msgspec.json.format(msgspec.json.encode(report), indent=2) + b"\n"

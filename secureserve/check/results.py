@@ -1,0 +1,83 @@
+"""What a check found: figures against thresholds, and the report that holds them all."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+__all__ = ["CheckResult", "Figure", "Report"]
+
+
+class Figure(msgspec.Struct, frozen=True):
+    """One measured value; ``passed`` is None when it is reported but not judged."""
+
+    name: str
+    value: float | None
+    threshold: float | None = None
+    passed: bool | None = None
+    note: str | None = None
+
+
+class CheckResult(msgspec.Struct, frozen=True):
+    """One check: pass (True), fail (False), or not judged (None, with the reason)."""
+
+    check: str
+    passed: bool | None
+    summary: str
+    figures: list[Figure] = msgspec.field(default_factory=list)
+    details: dict[str, Any] = msgspec.field(default_factory=dict)
+
+    @classmethod
+    def not_judged(cls, check: str, why: str) -> CheckResult:
+        """A check that could not run here, and why."""
+        return cls(check=check, passed=None, summary=f"not judged: {why}")
+
+
+class Report(msgspec.Struct, frozen=True):
+    """``report.json``: which model and files were checked, when, and every result."""
+
+    model: str
+    version: str
+    lock_sha256: str | None
+    signed: bool
+    secureserve: str
+    time: str
+    data: str
+    instances: int
+    passed: bool
+    checks: list[CheckResult]
+
+    def lines(self) -> list[str]:
+        """One line per check, as the command prints them."""
+        word = {True: "pass", False: "FAIL", None: "----"}
+        return [f"{word[c.passed]}  {c.check:<10} {c.summary}" for c in self.checks]
+
+    def markdown(self) -> str:
+        """``report.md``: the same, for people."""
+        out = [
+            f"# secureserve check: {self.model} {self.version}",
+            "",
+            f"- result: **{'passed' if self.passed else 'FAILED'}**",
+            f"- data: `{self.data}` ({self.instances} instances)",
+            (
+                f"- lock sha256: `{self.lock_sha256 or 'no lock'}`; signed lock required: "
+                f"{'yes' if self.signed else 'no'}"
+            ),
+            f"- secureserve {self.secureserve}, {self.time}",
+            "",
+            "| check | result | figure | value | threshold |",
+            "| --- | --- | --- | ---: | ---: |",
+        ]
+        word = {True: "pass", False: "**fail**", None: "not judged"}
+        for check in self.checks:
+            if not check.figures:
+                out.append(f"| {check.check} | {word[check.passed]} | {check.summary} | | |")
+            for figure in check.figures:
+                value = "" if figure.value is None else f"{figure.value:.4g}"
+                threshold = "" if figure.threshold is None else f"{figure.threshold:.4g}"
+                name = figure.name + (f" ({figure.note})" if figure.note else "")
+                out.append(
+                    f"| {check.check} | {word[figure.passed]} | {name} | {value} | {threshold} |"
+                )
+        return "\n".join(out) + "\n"

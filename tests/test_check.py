@@ -1,0 +1,226 @@
+"""``secureserve check``: fairness and data drift as a gate that can fail."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import copy_example
+from defense_helpers import digits_rows
+
+from secureserve.check import run_check
+from secureserve.cli import main
+from secureserve.errors import ConfigError
+
+HANDLER = """
+import msgspec
+import secureserve as ss
+
+
+class Applicant(msgspec.Struct, forbid_unknown_fields=True):
+    income: float
+    group: int
+
+
+class Decision(msgspec.Struct):
+    label: ss.Label
+    score: ss.Score
+
+
+class Lender(ss.Model[Applicant, Decision]):
+    name = "lender"
+
+    def predict(self, batch):
+        return [
+            Decision("approve" if KEY else "deny", 0.9)
+            for a in batch
+        ]
+"""
+FAIR = "a.income > 50"
+UNFAIR = "a.group == 1"  # keys on the sensitive column
+
+
+def lender_project(root: Path, rule: str, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.delitem(sys.modules, "app", raising=False)
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    root.mkdir()
+    (root / "app.py").write_text(HANDLER.replace("KEY", rule))
+    (root / "secureserve.toml").write_text('[model]\nhandler = "app:Lender"\n')
+    (root / "models").mkdir()
+    rng = np.random.default_rng(0)
+    with (root / "data.jsonl").open("w") as out:
+        for i in range(400):
+            group = i % 2
+            income = float(rng.uniform(0, 100))
+            label = "approve" if income > 50 else "deny"
+            out.write(
+                json.dumps(
+                    {
+                        "instance": {"income": income, "group": group},
+                        "label": label,
+                        "group": {"group": "b" if group else "a"},
+                    }
+                )
+                + "\n"
+            )
+    return root
+
+
+def test_a_fair_model_passes_and_the_report_says_what_was_checked(tmp_path, monkeypatch):
+    project = lender_project(tmp_path / "fair", FAIR, monkeypatch)
+    report = run_check(project, project / "data.jsonl", sensitive=("group",), only=("fairness",))
+    assert report.passed
+    (fairness,) = report.checks
+    assert fairness.passed is True
+    names = {f.name for f in fairness.figures}
+    assert names == {"group: demographic_parity_difference", "group: equalized_odds_difference"}
+    assert fairness.details["columns"]["group"]["a"]["accuracy"] == 1.0
+    assert report.model == "lender"
+
+
+def test_a_model_that_keys_on_the_sensitive_column_fails_and_exits_1(tmp_path, monkeypatch, capsys):
+    project = lender_project(tmp_path / "unfair", UNFAIR, monkeypatch)
+    report_dir = tmp_path / "report"
+    code = main(
+        [
+            "check",
+            str(project),
+            "--data",
+            str(project / "data.jsonl"),
+            "--sensitive",
+            "group",
+            "--only",
+            "fairness",
+            "--report",
+            str(report_dir),
+        ]
+    )
+    assert code == 1
+    out = capsys.readouterr().out
+    assert "FAIL  fairness" in out
+    saved = json.loads((report_dir / "report.json").read_text())
+    assert saved["passed"] is False
+    parity = next(f for f in saved["checks"][0]["figures"] if "demographic" in f["name"])
+    assert parity["value"] == 1.0
+    assert parity["passed"] is False
+    assert "**fail**" in (report_dir / "report.md").read_text()
+
+
+def test_small_groups_are_reported_not_judged(tmp_path, monkeypatch):
+    project = lender_project(tmp_path / "small", UNFAIR, monkeypatch)
+    (project / "secureserve.toml").write_text(
+        '[model]\nhandler = "app:Lender"\n\n[check]\nmin_group_size = 1000\n'
+    )
+    report = run_check(project, project / "data.jsonl", sensitive=("group",), only=("fairness",))
+    (fairness,) = report.checks
+    assert fairness.passed is None
+    assert report.passed  # nothing judged is not a failure
+    assert fairness.figures[0].note == "fewer than two groups large enough"
+
+
+def test_data_drift_against_the_profile(tmp_path, monkeypatch):
+    """The digits training images match their profile; shifted ones do not."""
+    project = copy_example("digits-safetensors", tmp_path / "digits", monkeypatch)
+
+    def write(name: str, rows: np.ndarray) -> Path:
+        path = project / name
+        with path.open("w") as out:
+            for row in rows:
+                instance = {"pixels": np.clip(row, 0, 16).tolist()}
+                out.write(json.dumps({"instance": instance, "label": 0}) + "\n")
+        return path
+
+    same = run_check(project, write("same.jsonl", digits_rows()), only=("drift",))
+    moved = digits_rows().copy()
+    moved[:, 46] += 8
+    shifted = run_check(project, write("moved.jsonl", moved), only=("drift",))
+    assert same.passed
+    assert same.checks[0].figures[0].value < 0.01
+    assert not shifted.passed
+    assert shifted.checks[0].figures[0].note == "pixels[46]"
+
+
+def test_bad_rows_unknown_checks_and_columns_are_clear_errors(tmp_path, monkeypatch, capsys):
+    project = lender_project(tmp_path / "bad", FAIR, monkeypatch)
+    lines = (project / "data.jsonl").read_text().splitlines()
+    lines[3] = json.dumps({"instance": {"income": "high", "group": 1}, "label": "deny"})
+    lines[7] = "{"
+    (project / "bad.jsonl").write_text("\n".join(lines) + "\n")
+    with pytest.raises(ConfigError, match=r"line 4: \$\.income: expected float, got str") as caught:
+        run_check(project, project / "bad.jsonl")
+    assert "line 8: not valid JSON" in str(caught.value)
+    with pytest.raises(ConfigError, match="--only fuzz"):
+        run_check(project, project / "data.jsonl", only=("fuzz",))
+    with pytest.raises(ConfigError, match="--sensitive age"):
+        run_check(project, project / "data.jsonl", sensitive=("age",))
+    with pytest.raises(SystemExit) as usage:
+        main(["check", str(project)])  # --data is required
+    assert usage.value.code == 2
+
+
+def test_csv_data_with_feature_columns_a_label_and_groups(tmp_path, monkeypatch):
+    project = lender_project(tmp_path / "csv", UNFAIR, monkeypatch)
+    rows = [json.loads(line) for line in (project / "data.jsonl").read_text().splitlines()]
+    with (project / "data.csv").open("w") as out:
+        out.write("income,group,outcome,team\n")
+        for row in rows:
+            i = row["instance"]
+            out.write(f"{i['income']},{i['group']},{row['label']},{row['group']['group']}\n")
+    report = run_check(
+        project,
+        project / "data.csv",
+        label_column="outcome",
+        sensitive=("team",),
+        only=("fairness",),
+    )
+    assert not report.passed
+    assert report.checks[0].details["columns"]["team"]["b"]["size"] == 200
+
+
+ROBUST = "a.income > 50"
+BRITTLE = "int(a.income * 10) % 2 == 0"  # flips every 0.1 of income
+
+
+def lender_with_profile(root: Path, rule: str, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The lender with a locked profile, its data far from the income boundary of 50.
+
+    The rows are labelled by the model itself, so every one starts correct.
+    """
+    project = lender_project(root, rule, monkeypatch)
+    rng = np.random.default_rng(1)
+    incomes = np.concatenate([rng.uniform(0, 30, 100), rng.uniform(70, 100, 100)])
+    with (project / "data.jsonl").open("w") as data, (project / "x.jsonl").open("w") as xs:
+        for i, income in enumerate(incomes):
+            instance = {"income": float(income), "group": i % 2}
+            a = type("A", (), instance)
+            label = "approve" if eval(rule, {}, {"a": a}) else "deny"  # noqa: S307 - the rule above
+            data.write(json.dumps({"instance": instance, "label": label}) + "\n")
+            xs.write(json.dumps(instance) + "\n")
+    monkeypatch.chdir(project)
+    assert main(["profile", "x.jsonl"]) == 0
+    assert main(["lock"]) == 0
+    return project
+
+
+def test_a_smooth_model_is_robust(tmp_path, monkeypatch):
+    project = lender_with_profile(tmp_path / "smooth", ROBUST, monkeypatch)
+    report = run_check(project, project / "data.jsonl", only=("robustness",))
+    (robustness,) = report.checks
+    assert robustness.passed is True
+    figures = {f.name: f for f in robustness.figures}
+    assert figures["robust_accuracy"].value == 1.0
+    assert figures["noise_accuracy@0.0"].value == 1.0
+
+
+def test_a_model_with_a_steep_boundary_near_the_data_fails_robustness(tmp_path, monkeypatch):
+    project = lender_with_profile(tmp_path / "brittle", BRITTLE, monkeypatch)
+    report = run_check(project, project / "data.jsonl", only=("robustness",))
+    (robustness,) = report.checks
+    assert robustness.passed is False
+    assert not report.passed
+    figures = {f.name: f for f in robustness.figures}
+    assert figures["robust_accuracy"].value < 0.5
+    assert figures["median_minimal_perturbation"].value < 0.05
