@@ -302,6 +302,8 @@ class CheckSettings(Section, frozen=True):
     #: the perturbation the model must withstand, in fractions of each feature's range
     epsilon: Annotated[float, msgspec.Meta(gt=0, le=1)] = 0.05
     min_robust_accuracy: Share = 0.5
+    #: schema fuzzing: generated valid requests (and as many invalid ones)
+    fuzz_examples: Annotated[int, msgspec.Meta(ge=1, le=100_000)] = 50
 
 
 class LoggingSettings(Section, frozen=True):

@@ -152,8 +152,8 @@ def test_bad_rows_unknown_checks_and_columns_are_clear_errors(tmp_path, monkeypa
     with pytest.raises(ConfigError, match=r"line 4: \$\.income: expected float, got str") as caught:
         run_check(project, project / "bad.jsonl")
     assert "line 8: not valid JSON" in str(caught.value)
-    with pytest.raises(ConfigError, match="--only fuzz"):
-        run_check(project, project / "data.jsonl", only=("fuzz",))
+    with pytest.raises(ConfigError, match="--only load"):
+        run_check(project, project / "data.jsonl", only=("load",))
     with pytest.raises(ConfigError, match="--sensitive age"):
         run_check(project, project / "data.jsonl", sensitive=("age",))
     with pytest.raises(SystemExit) as usage:
@@ -224,3 +224,28 @@ def test_a_model_with_a_steep_boundary_near_the_data_fails_robustness(tmp_path, 
     figures = {f.name: f for f in robustness.figures}
     assert figures["robust_accuracy"].value < 0.5
     assert figures["median_minimal_perturbation"].value < 0.05
+
+
+def test_fuzzing_passes_a_sound_handler(tmp_path, monkeypatch):
+    project = lender_project(tmp_path / "sound", FAIR, monkeypatch)
+    (project / "secureserve.toml").write_text(
+        '[model]\nhandler = "app:Lender"\n\n[check]\nfuzz_examples = 15\n'
+    )
+    report = run_check(project, project / "data.jsonl", only=("fuzz",))
+    (fuzz,) = report.checks
+    assert fuzz.passed is True
+    assert {f.name: f.value for f in fuzz.figures}["requests"] >= 15
+
+
+def test_a_handler_that_fails_on_a_rare_valid_input_fails_fuzzing_naming_it(tmp_path, monkeypatch):
+    rule = "((a.income > 50) if abs(a.income) < 1e6 else 1 / 0)"  # huge incomes crash it
+    project = lender_project(tmp_path / "crashing", rule, monkeypatch)
+    (project / "secureserve.toml").write_text(
+        '[model]\nhandler = "app:Lender"\n\n[check]\nfuzz_examples = 40\n'
+    )
+    report = run_check(project, project / "data.jsonl", only=("fuzz",))
+    (fuzz,) = report.checks
+    assert fuzz.passed is False
+    failure = fuzz.details["failures"][0]
+    assert abs(failure["body"]["instances"][0]["income"]) >= 1e6  # the input, for replay
+    assert "500" in failure["problem"] or "Server error" in failure["problem"]

@@ -7,11 +7,11 @@ the thresholds of ``[check]`` in secureserve.toml; ``run_check`` returns a
 then exits 1). A figure that cannot be judged (a group too small, no profile) is
 reported with the reason, never counted as a pass or a failure.
 
-This version has three checks: ``robustness`` (:mod:`secureserve.check.robustness`,
+This version has four checks: ``robustness`` (:mod:`secureserve.check.robustness`,
 with the Adversarial Robustness Toolbox), ``fairness`` (:mod:`secureserve.check.fairness`,
-with fairlearn; both from the ``secureserve[check]`` extra) and ``drift`` of the data
-against the model's reference profile. Schema fuzzing and load are being built
-(docs/check.md).
+with fairlearn), ``fuzz`` (:mod:`secureserve.check.fuzz`, with schemathesis; all three
+from the ``secureserve[check]`` extra) and ``drift`` of the data against the model's
+reference profile. Load is being built (docs/check.md).
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ from secureserve.settings import CheckSettings
 __all__ = ["CHECKS", "Report", "run_check"]
 
 #: The checks this version runs, in the order it runs them.
-CHECKS: Final = ("robustness", "fairness", "drift")
+CHECKS: Final = ("robustness", "fairness", "fuzz", "drift")
 
 
 def run_check(
@@ -55,7 +55,7 @@ def run_check(
     if unknown:
         raise ConfigError(
             f"--only {unknown[0]}: this version checks {', '.join(CHECKS)} "
-            "(fuzz and load are being built; see docs/check.md)."
+            "(load is being built; see docs/check.md)."
         )
     from secureserve.cli._common import import_handler  # noqa: PLC0415 - runs project code
 
@@ -71,6 +71,10 @@ def run_check(
             results.append(_robustness(model, loaded.profile, rows, settings))
         elif name == "fairness":
             results.append(_fairness(rows, predicted, settings.check))
+        elif name == "fuzz":
+            from secureserve.check.fuzz import fuzz  # noqa: PLC0415 - the [check] extra
+
+            results.append(fuzz(cls, settings))
         elif name == "drift":
             results.append(_drift(model, loaded.profile, rows, settings.check))
     lock = settings.project_dir / LOCK_FILENAME

@@ -1,0 +1,204 @@
+"""The schema fuzzing check: the served app against its own OpenAPI document.
+
+The project's app (``create_app``, as ``secureserve run`` builds it) is driven in
+process over ASGI with schemathesis (``[check]`` extra), as a principal of its own: a
+key made for the run (role ``predict``), a temporary audit log, and no rate limits or
+extraction actions, so the check never touches a running server's files or counters.
+Requests to the predict operation are generated from the document, valid ones
+(``[check] fuzz_examples`` of them) and invalid ones (as many): no answer may be a
+5xx, and every answer must be documented (status, content type, body schema).
+
+A handler that fails on some valid input fails this check; the first inputs that did
+it are kept in the report (``details.failures``) to replay.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Final
+
+import msgspec
+import structlog
+
+from secureserve.check.results import CheckResult, Figure
+from secureserve.errors import ConfigError
+from secureserve.keys import KeyStore, mint_key
+from secureserve.logs import configure_logging
+from secureserve.model import Model
+from secureserve.settings import Settings
+
+__all__ = ["fuzz"]
+
+_KEPT: Final = 5  # failing inputs kept in the report
+_BASE: Final = "https://testserver"
+
+
+def fuzz(cls: type[Model[Any, Any]], settings: Settings) -> CheckResult:
+    """Generated requests to ``POST /v1/models/{name}:predict``; every answer judged."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            import schemathesis  # noqa: PLC0415 - the [check] extra
+            from hypothesis import HealthCheck, Phase, given  # noqa: PLC0415
+            from hypothesis import settings as hypothesis_settings  # noqa: PLC0415
+            from schemathesis import GenerationMode  # noqa: PLC0415
+            from schemathesis.checks import not_a_server_error  # noqa: PLC0415
+            from schemathesis.specs.openapi.checks import (  # noqa: PLC0415
+                content_type_conformance,
+                response_schema_conformance,
+                status_code_conformance,
+            )
+            from starlette.testclient import TestClient  # noqa: PLC0415
+    except ImportError:
+        raise ConfigError(
+            "the fuzz check needs schemathesis: pip install 'secureserve[check]'."
+        ) from None
+    from secureserve.app import create_app  # noqa: PLC0415 - the whole app, only here
+
+    key = mint_key(name="secureserve-check", roles=("predict",))
+    headers = {"Authorization": f"Bearer {key.secret}"}
+    examples = settings.check.fuzz_examples
+    checks = [
+        not_a_server_error,
+        status_code_conformance,
+        content_type_conformance,
+        response_schema_conformance,
+    ]
+    failures: list[dict[str, Any]] = []
+    runs = 0
+    with (
+        tempfile.TemporaryDirectory(prefix="secureserve-check-") as temporary,
+        _logs_to(Path(temporary) / "server.log"),
+    ):
+        app = create_app(
+            cls,
+            config=_own_principal(settings, Path(temporary)),
+            keys=KeyStore(None, records=[key.record]),
+            audit_key=os.urandom(32),
+        )
+        with TestClient(app, base_url=_BASE) as client:  # runs the app's lifespan
+            document = client.get("/openapi.json", headers=headers).json()
+            schema = schemathesis.openapi.from_dict(document)
+            schema.app = _without_lifespan(app)
+            operation = schema[f"/v1/models/{cls.name}:predict"]["POST"]
+            for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
+                judge = _Judge(mode.value, headers, checks, failures)
+                run = given(case=operation.as_strategy(generation_mode=mode))(
+                    hypothesis_settings(
+                        max_examples=examples,
+                        deadline=None,
+                        database=None,
+                        derandomize=True,
+                        phases=[Phase.generate],
+                        suppress_health_check=list(HealthCheck),
+                    )(_plain(judge))
+                )
+                run()
+                runs += judge.runs
+    passed = not failures
+    if failures:
+        more = "+" if len(failures) == _KEPT else ""
+        summary = f"{runs} generated requests, {len(failures)}{more} answered wrongly"
+    else:
+        summary = f"{runs} generated requests, every answer documented"
+    figures = [Figure("failures", float(len(failures)), 0.0, passed), Figure("requests", runs)]
+    return CheckResult("fuzz", passed, summary, figures, {"failures": failures})
+
+
+class _Judge:
+    """Sends one generated case and keeps the first failures (with their bodies)."""
+
+    def __init__(
+        self, mode: str, headers: dict[str, str], checks: list[Any], failures: list[Any]
+    ) -> None:
+        self.mode, self.headers, self.checks, self.failures = mode, headers, checks, failures
+        self.runs = 0
+
+    def __call__(self, case: Any) -> None:
+        self.runs += 1
+        try:
+            case.call_and_validate(base_url=_BASE, headers=self.headers, checks=self.checks)
+        except (Exception, BaseExceptionGroup) as exc:  # noqa: BLE001 - each failure is a finding
+            if len(self.failures) < _KEPT:
+                self.failures.append(
+                    {
+                        "mode": self.mode,
+                        "body": msgspec.to_builtins(case.body),
+                        "problem": _describe(exc),
+                    }
+                )
+
+
+@contextlib.contextmanager
+def _logs_to(path: Path) -> Iterator[None]:
+    """The app's logs (an access line per generated request) to ``path``, not stdout.
+
+    The logging set-up of before is restored afterwards.
+    """
+    was_configured, before = structlog.is_configured(), structlog.get_config()
+    with path.open("wb") as sink:
+        configure_logging("warning", stream=sink)
+        try:
+            yield
+        finally:
+            if was_configured:
+                structlog.configure(**before)
+            else:
+                structlog.reset_defaults()
+
+
+def _describe(exc: BaseException) -> str:
+    """What went wrong, in a line: the titles of schemathesis' failures (e.g. Server error)."""
+    if isinstance(exc, BaseExceptionGroup):
+        titles = [getattr(e, "title", type(e).__name__) for e in exc.exceptions]
+        return "; ".join(dict.fromkeys(titles))[:300]
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+
+
+def _plain(judge: _Judge) -> Any:
+    """``judge`` as a plain function: what hypothesis decorates."""
+
+    def one(case: Any) -> None:
+        judge(case)
+
+    return one
+
+
+def _own_principal(settings: Settings, folder: Path) -> Settings:
+    """The project's settings for a run of its own: its audit log, no limits, no actions."""
+    replace = msgspec.structs.replace
+    extraction = replace(settings.model.extraction, action="off")
+    return replace(
+        settings,
+        audit=replace(settings.audit, path=folder / "audit.jsonl", digest_key_file=None),
+        limits=replace(
+            settings.limits,
+            storage="memory://",
+            per_principal=None,
+            per_model=None,
+            quota=None,
+            auth_failures_per_ip=None,
+            explain_per_principal=None,
+        ),
+        model=replace(settings.model, extraction=extraction),
+    )
+
+
+def _without_lifespan(app: Any) -> Any:
+    """``app`` for schemathesis, whose lifespan the TestClient above already runs."""
+
+    async def wrapper(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            while True:
+                phase = (await receive())["type"].removeprefix("lifespan.")
+                await send({"type": f"lifespan.{phase}.complete"})
+                if phase == "shutdown":
+                    return
+        await app(scope, receive, send)
+
+    return wrapper
