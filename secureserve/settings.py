@@ -304,6 +304,11 @@ class CheckSettings(Section, frozen=True):
     min_robust_accuracy: Share = 0.5
     #: schema fuzzing: generated valid requests (and as many invalid ones)
     fuzz_examples: Annotated[int, msgspec.Meta(ge=1, le=100_000)] = 50
+    #: load: how long and how many connections drive the real server, and the bounds
+    load_seconds: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 5.0
+    load_connections: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 8
+    max_p99_ms: Annotated[float, msgspec.Meta(gt=0, le=600_000)] = 250.0
+    max_error_rate: Share = 0.0
 
 
 class LoggingSettings(Section, frozen=True):

@@ -152,8 +152,8 @@ def test_bad_rows_unknown_checks_and_columns_are_clear_errors(tmp_path, monkeypa
     with pytest.raises(ConfigError, match=r"line 4: \$\.income: expected float, got str") as caught:
         run_check(project, project / "bad.jsonl")
     assert "line 8: not valid JSON" in str(caught.value)
-    with pytest.raises(ConfigError, match="--only load"):
-        run_check(project, project / "data.jsonl", only=("load",))
+    with pytest.raises(ConfigError, match="--only speed: there is no such check"):
+        run_check(project, project / "data.jsonl", only=("speed",))
     with pytest.raises(ConfigError, match="--sensitive age"):
         run_check(project, project / "data.jsonl", sensitive=("age",))
     with pytest.raises(SystemExit) as usage:
@@ -249,3 +249,29 @@ def test_a_handler_that_fails_on_a_rare_valid_input_fails_fuzzing_naming_it(tmp_
     failure = fuzz.details["failures"][0]
     assert abs(failure["body"]["instances"][0]["income"]) >= 1e6  # the input, for replay
     assert "500" in failure["problem"] or "Server error" in failure["problem"]
+
+
+def test_load_on_the_real_server_passes_a_quick_handler(tmp_path, monkeypatch):
+    project = lender_project(tmp_path / "quick", FAIR, monkeypatch)
+    (project / "secureserve.toml").write_text(
+        '[model]\nhandler = "app:Lender"\n\n[check]\nload_seconds = 1.0\nload_connections = 2\n'
+    )
+    report = run_check(project, project / "data.jsonl", only=("load",))
+    (load,) = report.checks
+    figures = {f.name: f for f in load.figures}
+    assert load.passed is True, load.summary
+    assert figures["error_rate"].value == 0.0
+    assert figures["requests_per_second"].value > 10
+
+
+def test_a_handler_that_sleeps_fails_load(tmp_path, monkeypatch):
+    rule = "(__import__('time').sleep(0.2) or a.income > 50)"
+    project = lender_project(tmp_path / "slow", rule, monkeypatch)
+    (project / "secureserve.toml").write_text(
+        '[model]\nhandler = "app:Lender"\n\n[check]\nload_seconds = 1.0\n'
+        "load_connections = 2\nmax_p99_ms = 100\n"
+    )
+    report = run_check(project, project / "data.jsonl", only=("load",))
+    (load,) = report.checks
+    assert load.passed is False
+    assert {f.name: f for f in load.figures}["p99_ms"].value > 100
