@@ -214,7 +214,7 @@ def _from_jsonl(path: Path, input_type: Any, features: Features) -> npt.NDArray[
                 try:
                     batch.append(decoder.decode(line))
                 except (msgspec.ValidationError, msgspec.DecodeError) as exc:
-                    problems.append(f"line {number}: {_reason(exc)}")
+                    problems.append(f"line {number}: {row_problem(exc)}")
             if len(problems) >= _MAX_REPORTED:
                 break
             if len(batch) >= 1024:  # noqa: PLR2004 - bounded memory for the objects
@@ -286,13 +286,14 @@ def _check_rows(
             try:
                 msgspec.convert(view.json_instance(row), input_type)
             except msgspec.ValidationError as exc:
-                problems.append(f"{where}: {_reason(exc)}")
+                problems.append(f"{where}: {row_problem(exc)}")
         if len(problems) >= _MAX_REPORTED:
             break
     _stop_on(problems, path)
 
 
-def _reason(exc: Exception) -> str:
+def row_problem(exc: Exception) -> str:
+    """What is wrong with a data row, safe to print: a field path and a fixed phrase."""
     from secureserve.schema import validation_detail  # noqa: PLC0415 - avoids an import cycle
 
     if isinstance(exc, msgspec.ValidationError):
@@ -300,14 +301,19 @@ def _reason(exc: Exception) -> str:
     return "not valid JSON"
 
 
-def _stop_on(problems: list[str], path: Path) -> None:
+def stop_on_bad_rows(problems: list[str], where: str, *, outcome: str) -> None:
+    """``ConfigError`` listing ``problems`` (``line N: ...``) when there are any."""
     if problems:
         more = " (and maybe more)" if len(problems) >= _MAX_REPORTED else ""
         raise ConfigError(
-            f"{path}: rows that do not match the model's input schema{more}:\n  "
+            f"{where}: rows that do not match the model's input schema{more}:\n  "
             + "\n  ".join(problems)
-            + "\nFix or remove them; nothing was written."
+            + f"\nFix or remove them; {outcome}."
         )
+
+
+def _stop_on(problems: list[str], path: Path) -> None:
+    stop_on_bad_rows(problems, str(path), outcome="nothing was written")
 
 
 # --------------------------------------------------------------------------- serving

@@ -34,6 +34,7 @@ from schemathesis.specs.openapi.checks import (
 from server_helpers import copy_iris, set_toml
 
 from secureserve import load_settings
+from secureserve.check.fuzz import without_lifespan
 from secureserve.keys import mint_key
 from secureserve.settings import DEFAULT_MAX_BODY_BYTES
 
@@ -91,25 +92,6 @@ def _iris_app(project, **limits):
     )
 
 
-def _lifespan_elsewhere(app):
-    """``app`` for schemathesis, whose lifespan the test's TestClient runs instead.
-
-    schemathesis would start the lifespan of the app it is given once for the whole
-    process; the fixture must stop it (closing the audit log) when the test ends.
-    """
-
-    async def wrapper(scope, receive, send):
-        if scope["type"] == "lifespan":
-            while True:
-                phase = (await receive())["type"].removeprefix("lifespan.")
-                await send({"type": f"lifespan.{phase}.complete"})
-                if phase == "shutdown":
-                    return
-        await app(scope, receive, send)
-
-    return wrapper
-
-
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
     """A running iris app with high limits, a client with every role, and its schema."""
@@ -121,7 +103,7 @@ def served(tmp_path_factory):
         response = client.get("/openapi.json", headers=bearer(ALL_ROLES))
         assert response.status_code == 200
         schema = schemathesis.openapi.from_dict(response.json())
-        schema.app = _lifespan_elsewhere(app)
+        schema.app = without_lifespan(app)
         yield client, schema
 
 

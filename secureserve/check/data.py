@@ -24,6 +24,7 @@ import numpy as np
 
 from secureserve.errors import ConfigError
 from secureserve.model import Model
+from secureserve.profile import row_problem, stop_on_bad_rows
 
 __all__ = ["LabelledData", "read_labelled"]
 
@@ -88,7 +89,7 @@ def _from_jsonl(path: Path, model: Model[Any, Any]) -> LabelledData:
                 row = decode_row(line)
                 instance = decode_instance(row.instance)
             except (msgspec.ValidationError, msgspec.DecodeError) as exc:
-                problems.append(f"line {number}: {_reason(exc)}")
+                problems.append(f"line {number}: {row_problem(exc)}")
                 if len(problems) >= _MAX_REPORTED:
                     break
                 continue
@@ -135,23 +136,10 @@ def _from_csv(path: Path, model: Model[Any, Any], label_column: str) -> Labelled
         instances = model.from_features(np.array(rows, dtype=np.float64).reshape(-1, len(names)))
     except msgspec.ValidationError as exc:
         raise ConfigError(
-            f"--data {path}: a row does not match the input schema ({_reason(exc)})."
+            f"--data {path}: a row does not match the input schema ({row_problem(exc)})."
         ) from None
     return LabelledData(instances, labels, groups)
 
 
-def _reason(exc: Exception) -> str:
-    from secureserve.schema import validation_detail  # noqa: PLC0415 - avoids an import cycle
-
-    if isinstance(exc, msgspec.ValidationError):
-        return validation_detail(str(exc))
-    return "not valid JSON"
-
-
 def _stop_on(problems: list[str], path: Path) -> None:
-    if problems:
-        raise ConfigError(
-            f"--data {path}: rows that cannot be used:\n  "
-            + "\n  ".join(problems)
-            + "\nFix or remove them; nothing was checked."
-        )
+    stop_on_bad_rows(problems, f"--data {path}", outcome="nothing was checked")

@@ -32,7 +32,7 @@ from secureserve.logs import configure_logging
 from secureserve.model import Model
 from secureserve.settings import Settings
 
-__all__ = ["fuzz"]
+__all__ = ["fuzz", "without_lifespan"]
 
 _KEPT: Final = 5  # failing inputs kept in the report
 _BASE: Final = "https://testserver"
@@ -84,7 +84,7 @@ def fuzz(cls: type[Model[Any, Any]], settings: Settings) -> CheckResult:
         with TestClient(app, base_url=_BASE) as client:  # runs the app's lifespan
             document = client.get("/openapi.json", headers=headers).json()
             schema = schemathesis.openapi.from_dict(document)
-            schema.app = _without_lifespan(app)
+            schema.app = without_lifespan(app)
             operation = schema[f"/v1/models/{cls.name}:predict"]["POST"]
             for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
                 judge = _Judge(mode.value, headers, checks, failures)
@@ -189,8 +189,12 @@ def _own_principal(settings: Settings, folder: Path) -> Settings:
     )
 
 
-def _without_lifespan(app: Any) -> Any:
-    """``app`` for schemathesis, whose lifespan the TestClient above already runs."""
+def without_lifespan(app: Any) -> Any:
+    """``app`` for schemathesis, whose lifespan a TestClient already runs.
+
+    schemathesis would start the lifespan of the app it is given once for the whole
+    process; whoever holds the app stops it (closing its audit log) instead.
+    """
 
     async def wrapper(scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
