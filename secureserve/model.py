@@ -94,13 +94,18 @@ class Model(Generic[In, Out]):
         """Instances from feature rows: the inverse of :meth:`features` (for explanations).
 
         Default: the inverse of the default view, each instance decoded with the input
-        type (its bounds apply). A handler that defines ``features`` defines this too if
-        it wants occlusion explanations.
+        type (its bounds apply). A handler that defines ``features`` must define this too
+        for what rebuilds instances (explanations, ``secureserve check``): the default
+        inverts the default view, not the handler's.
         """
-        view = default_feature_view(type(self))
-        decode = msgspec.convert
-        kind = type(self).input_type
-        return [decode(view.json_instance(row), kind) for row in rows]
+        cls = type(self)
+        if cls.features is not Model.features:
+            raise ConfigError(
+                f"{cls.__qualname__} defines features() but not from_features(), its inverse; "
+                "define it to rebuild instances from feature rows."
+            )
+        view = default_feature_view(cls)
+        return [msgspec.convert(view.json_instance(row), cls.input_type) for row in rows]
 
     @classmethod
     def feature_columns(cls) -> tuple[str, ...]:

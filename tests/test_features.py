@@ -177,6 +177,9 @@ def test_handler_defined_features_need_their_names():
     assert Talker.feature_columns() == ("length", "spaces")
     assert Talker().features([Echo("a b")]).tolist() == [[3.0, 1.0]]
 
+    with pytest.raises(ConfigError, match="from_features"):  # no silent default inverse
+        Talker().from_features(np.zeros((1, 2)))
+
     class Unnamed(Talker):
         feature_names = ()
 

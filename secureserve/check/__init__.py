@@ -33,10 +33,11 @@ from secureserve.lockfile import LOCK_FILENAME
 from secureserve.model import Model
 from secureserve.outputs import label_field
 from secureserve.serving import load_model
-from secureserve.settings import CheckSettings
+from secureserve.settings import CheckSettings, Settings
 
 __all__ = ["CHECKS", "Report", "run_check"]
 
+_NO_PROFILE: Final = "the model has no reference profile (secureserve profile DATA)"
 #: The checks this version runs, in the order it runs them.
 CHECKS: Final = ("robustness", "fairness", "fuzz", "load", "drift")
 
@@ -124,12 +125,10 @@ def _fairness(
 
 
 def _robustness(
-    model: Model[Any, Any], profile: Any, rows: LabelledData, settings: Any
+    model: Model[Any, Any], profile: Any, rows: LabelledData, settings: Settings
 ) -> CheckResult:
     if profile is None:
-        return CheckResult.not_judged(
-            "robustness", "the model has no reference profile (secureserve profile DATA)"
-        )
+        return CheckResult.not_judged("robustness", _NO_PROFILE)
     from secureserve.check.robustness import robustness  # noqa: PLC0415 - the [check] extra
 
     return robustness(
@@ -146,9 +145,7 @@ def _drift(
     model: Model[Any, Any], profile: Any, rows: LabelledData, settings: CheckSettings
 ) -> CheckResult:
     if profile is None:
-        return CheckResult.not_judged(
-            "drift", "the model has no reference profile (secureserve profile DATA)"
-        )
+        return CheckResult.not_judged("drift", _NO_PROFILE)
     values = psi_of(profile, model.features(rows.instances))
     worst = max(values, key=lambda v: v.psi)
     passed = worst.psi <= settings.max_drift_psi
