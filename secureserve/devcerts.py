@@ -36,6 +36,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from secureserve._time import utc
+from secureserve.atomic import write_atomically
 from secureserve.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -136,12 +137,12 @@ def _make_or_reuse(paths: DevCertificates, ca_key: Path, moment: datetime) -> No
     )
     if issuer is None:
         issuer = _new_ca(moment)
-        _write_atomically(ca_key, _private_pem(issuer.key), mode=_PRIVATE_MODE)
-        _write_atomically(paths.ca_cert, _certificate_pem(issuer.certificate))
+        write_atomically(ca_key, _private_pem(issuer.key), mode=_PRIVATE_MODE)
+        write_atomically(paths.ca_cert, _certificate_pem(issuer.certificate))
     if not leaf_ok:
         certificate, key = _new_leaf(issuer, moment)
-        _write_atomically(paths.key, _private_pem(key), mode=_PRIVATE_MODE)
-        _write_atomically(paths.cert, _certificate_pem(certificate))
+        write_atomically(paths.key, _private_pem(key), mode=_PRIVATE_MODE)
+        write_atomically(paths.cert, _certificate_pem(certificate))
 
 
 def _prepare_directory(directory: Path) -> None:
@@ -375,20 +376,3 @@ def _private_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
 
 def _certificate_pem(certificate: x509.Certificate) -> bytes:
     return certificate.public_bytes(serialization.Encoding.PEM)
-
-
-def _write_atomically(path: Path, data: bytes, *, mode: int = _PUBLIC_MODE) -> None:
-    """Write ``data`` to a new file created with ``mode``, then move it over ``path``."""
-    temporary = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
-    flags |= getattr(os, "O_NOFOLLOW", 0)
-    fd = os.open(temporary, flags, mode)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        temporary.replace(path)  # os.replace: atomic on the same file system
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import warnings
 from collections.abc import Hashable
 from typing import TYPE_CHECKING, Any
 
@@ -236,7 +237,11 @@ def _baseline(model: Model[Any, Any], profile: Profile | None) -> npt.NDArray[np
 
 def _require_shap() -> None:
     try:
-        import shap  # noqa: F401, PLC0415 - only to see that it is there
+        # shap's import styles its plots with matplotlib (when installed) through calls
+        # that matplotlib 3.11 marks as pending deprecation: shap's concern, not the caller's
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", PendingDeprecationWarning)
+            import shap  # noqa: F401, PLC0415 - only to see that it is there
     except ImportError:
         raise ConfigError(
             '[model.explain] method = "kernelshap" needs the shap package: '

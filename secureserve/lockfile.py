@@ -19,14 +19,13 @@ keys, bad hashes and unsafe paths are refused.
 
 from __future__ import annotations
 
-import os
 import re
-import tempfile
 from pathlib import Path, PurePosixPath
 from typing import Annotated, Final
 
 import msgspec
 
+from secureserve.atomic import write_atomically
 from secureserve.errors import ArtifactError, ConfigError
 from secureserve.secretfiles import read_regular
 from secureserve.strict_json import find_duplicate_key
@@ -106,17 +105,7 @@ def build_lock(records: dict[str, LockEntry]) -> bytes:
 
 def write_lock(path: Path, data: bytes) -> None:
     """Atomically replace the lock file (temp file in the same folder, then rename)."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".lock-", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        Path(tmp).chmod(0o644)
-        Path(tmp).replace(path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomically(path, data)
 
 
 def read_lock(path: Path) -> tuple[Lock, bytes]:

@@ -17,7 +17,6 @@ import csv
 import hashlib
 import itertools
 import math
-import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Literal
@@ -26,6 +25,7 @@ import msgspec
 import numpy as np
 import numpy.typing as npt
 
+from secureserve.atomic import write_atomically
 from secureserve.errors import ConfigError
 from secureserve.features import FeatureView
 from secureserve.model import Model, default_feature_view
@@ -148,20 +148,8 @@ def encode_profile(profile: Profile) -> bytes:
 
 def write_profile(path: Path, profile: Profile) -> None:
     """Write ``path`` whole or not at all (a temporary file beside it, then a rename)."""
-    data = encode_profile(profile)
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp")
-    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | getattr(os, "O_NOFOLLOW", 0)
-    fd = os.open(temporary, flags, 0o644)
-    try:
-        with os.fdopen(fd, "wb") as out:
-            out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
-        temporary.replace(path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
+    write_atomically(path, encode_profile(profile))
 
 
 # --------------------------------------------------------------------------- reading data

@@ -124,7 +124,7 @@ def test_lock_project_refuses_never_loaded_formats(tmp_path, name, data, what):
     assert what in message
     assert "safetensors or ONNX" in message
     assert not (project / LOCK_FILENAME).exists()
-    assert [p.name for p in project.iterdir() if p.name.startswith(".lock-")] == []
+    assert [p.name for p in project.iterdir() if p.name.endswith(".tmp")] == []
 
 
 def test_lock_project_refusal_keeps_existing_lock(tmp_path):
