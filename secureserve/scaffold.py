@@ -9,7 +9,10 @@ tokens, ``__project_name__``, ``__ProjectName__`` (its CamelCase) and
 file names; nothing in a template is evaluated or formatted, and the
 name is validated before anything is written. Each project then gets its own
 generated files: a tiny deterministic model in the template's format (``model.onnx``
-or ``model.safetensors``, the same weights either way) and its labels, an audit
+or ``model.safetensors``, the same weights either way) and its labels, synthetic
+data from fixed seeds (``data/check.jsonl``, labelled, for ``secureserve check``, and
+``data/train.jsonl``, the training sample) and the model's reference profile of that
+sample (``models/profile.json``, built as ``secureserve profile`` builds it), an audit
 digest key, an Ed25519 signing key pair, ``secureserve.lock`` and its signature.
 
 Everything is built in a hidden folder beside the target and renamed into place at
@@ -22,6 +25,7 @@ public key would let another user swap the model.
 from __future__ import annotations
 
 import importlib.resources
+import importlib.util
 import json
 import keyword
 import os
@@ -29,10 +33,12 @@ import re
 import shutil
 import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
+from uuid import uuid4
 
 import numpy as np
 import onnx
@@ -43,6 +49,14 @@ from secureserve.audit import generate_digest_key
 from secureserve.config import CONFIG_FILENAME, load_settings
 from secureserve.errors import ConfigError
 from secureserve.lockfile import SIGNATURE_FILENAME
+from secureserve.model import Model
+from secureserve.profile import (
+    DEFAULT_PROFILE,
+    build_profile,
+    read_instances,
+    schema_revision,
+    write_profile,
+)
 from secureserve.release import lock_project, verify_project
 from secureserve.signing import generate_signing_key, sign
 
@@ -117,6 +131,26 @@ _BIAS: Final = (0.0, 0.0)
 _OPSET: Final = 17
 _IR_VERSION: Final = 8
 
+# The generated data, in data/: synthetic rows drawn from fixed seeds (numpy's PCG64),
+# so every project gets the same bytes. Both features are uniform over the templates'
+# schema bounds, rounded to one decimal. data/check.jsonl is labelled by the model's
+# own rule (``second`` when the second feature is larger, else ``first``) with a fixed
+# 3 % of the labels flipped, so that accuracy and the fairness figures are not
+# trivially perfect; its ``cohort`` group column ("a" or "b") is drawn independently
+# of the features, a stand-in for a real sensitive attribute. data/train.jsonl holds
+# instances only, from another seed: the sample the reference profile describes.
+_DATA: Final = "data"
+_CHECK_DATA: Final = "check.jsonl"
+_TRAIN_DATA: Final = "train.jsonl"
+_CHECK_ROWS: Final = 200
+_TRAIN_ROWS: Final = 500
+_CHECK_SEED: Final = 20_240_613
+_TRAIN_SEED: Final = 20_240_614
+_FEATURE_BOUND: Final = 1000.0  # the templates' Features: each value in [-1000, 1000]
+_DECIMALS: Final = 1
+_FLIPPED_SHARE: Final = 0.03
+_COHORTS: Final = ("a", "b")
+
 
 @dataclass(frozen=True)
 class Project:
@@ -183,7 +217,7 @@ def templates_root() -> Path:
 
 
 def create_project(name: str, *, parent: Path, template: str = TEMPLATES[0]) -> Project:
-    """Render ``template`` into ``parent / name`` and generate its model, keys and lock.
+    """Render ``template`` into ``parent / name``; generate its model, data, profile, keys, lock.
 
     Raises :class:`ConfigError` (and writes nothing) when the name, the template or
     the target is refused.
@@ -208,6 +242,9 @@ def create_project(name: str, *, parent: Path, template: str = TEMPLATES[0]) -> 
         models.mkdir()
         _MODEL_WRITERS[template](models)
         (models / "labels.json").write_text(json.dumps(list(_LABELS)) + "\n", encoding="utf-8")
+        _write_data(staging / _DATA)
+        # before _secure: the lock and its signature must cover the profile
+        _write_profile(staging, class_name(name))
         key_id = _secure(staging)
         files = tuple(
             sorted(p.relative_to(staging).as_posix() for p in staging.rglob("*") if p.is_file())
@@ -317,6 +354,84 @@ _MODEL_WRITERS: Final[dict[str, Callable[[Path], None]]] = {
     "onnx": _write_onnx_model,
     "safetensors": _write_safetensors_model,
 }
+
+
+def _features(rng: np.random.Generator, rows: int) -> list[list[float]]:
+    """``rows`` pairs uniform over the schema's bounds, rounded, without negative zeros."""
+    values = np.round(rng.uniform(-_FEATURE_BOUND, _FEATURE_BOUND, size=(rows, 2)), _DECIMALS)
+    return [[float(x) + 0.0 for x in row] for row in values]  # + 0.0 turns -0.0 into 0.0
+
+
+def _write_data(data: Path) -> None:
+    """Write ``data/check.jsonl`` (labelled, with a cohort) and ``data/train.jsonl``.
+
+    The rows, the flipped labels and the cohorts come from fixed seeds in a fixed order
+    of draws, and ``json.dumps`` writes a float the same way every time: the bytes
+    never vary.
+    """
+    data.mkdir()
+    rng = np.random.default_rng(_CHECK_SEED)
+    features = _features(rng, _CHECK_ROWS)
+    flipped = set(rng.permutation(_CHECK_ROWS)[: round(_FLIPPED_SHARE * _CHECK_ROWS)].tolist())
+    cohorts = rng.integers(0, len(_COHORTS), size=_CHECK_ROWS)
+    lines = []
+    for index, (x1, x2) in enumerate(features):
+        label = int(x2 > x1) ^ (index in flipped)  # the model's rule, 3 % flipped
+        row = {
+            "instance": {"features": [x1, x2]},
+            "label": _LABELS[label],
+            "group": {"cohort": _COHORTS[cohorts[index]]},
+        }
+        lines.append(json.dumps(row) + "\n")
+    (data / _CHECK_DATA).write_text("".join(lines), encoding="utf-8", newline="\n")
+    train = _features(np.random.default_rng(_TRAIN_SEED), _TRAIN_ROWS)
+    text = "".join(json.dumps({"features": row}) + "\n" for row in train)
+    (data / _TRAIN_DATA).write_text(text, encoding="utf-8", newline="\n")
+
+
+def _write_profile(project: Path, handler: str) -> None:
+    """Write ``models/profile.json``: the profile of ``data/train.jsonl``.
+
+    The same steps as ``secureserve profile data/train.jsonl``, with the rendered
+    handler class ``handler`` of ``app.py``.
+    """
+    with _rendered_handler(project / "app.py", handler) as cls:
+        cls.check_definition()
+        if cls.features is not Model.features:  # pragma: no cover - a broken installation
+            raise ConfigError(
+                f"the template's {handler} defines its own features(); reinstall secureserve."
+            )
+        rows = read_instances(project / _DATA / _TRAIN_DATA, cls)
+        profile = build_profile(
+            rows, cls.feature_columns(), model=cls.name, revision=schema_revision(cls.input_type)
+        )
+    write_profile(project / "models" / DEFAULT_PROFILE, profile)
+
+
+@contextmanager
+def _rendered_handler(app: Path, handler: str) -> Iterator[type[Model[Any, Any]]]:
+    """The class ``handler`` of the rendered ``app``, imported under a private name.
+
+    The module is in ``sys.modules`` only inside the ``with`` (some type machinery looks
+    its module up there), under a name no other import uses, and ``sys.path`` is not
+    touched: rendering many projects in one process neither reuses nor leaves a module.
+    """
+    module_name = f"_secureserve_new_{uuid4().hex}"
+    spec = importlib.util.spec_from_file_location(module_name, app)
+    if spec is None or spec.loader is None:  # pragma: no cover - app.py is a .py file
+        raise ConfigError(f"cannot import the rendered {app.name}; reinstall secureserve.")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module
+    try:
+        spec.loader.exec_module(module)
+        cls = getattr(module, handler, None)
+        if not (isinstance(cls, type) and issubclass(cls, Model)):  # pragma: no cover
+            raise ConfigError(
+                f"the rendered {app.name} has no handler class {handler}; reinstall secureserve."
+            )
+        yield cls
+    finally:
+        sys.modules.pop(module_name, None)
 
 
 def _secure(project: Path) -> str:

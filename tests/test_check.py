@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -12,6 +13,7 @@ from conftest import copy_example
 from defense_helpers import digits_rows
 
 from secureserve.check import run_check
+from secureserve.check.progress import Progress
 from secureserve.cli import main
 from secureserve.errors import ConfigError
 
@@ -275,3 +277,103 @@ def test_a_handler_that_sleeps_fails_load(tmp_path, monkeypatch):
     (load,) = report.checks
     assert load.passed is False
     assert {f.name: f for f in load.figures}["p99_ms"].value > 100
+
+
+class RecordingProgress(Progress):
+    """Keeps each part's description, total and how far it was advanced."""
+
+    def __init__(self) -> None:
+        self.parts: dict[str, list[float]] = {}
+
+    @contextlib.contextmanager
+    def part(self, description, total):
+        done = self.parts.setdefault(description, [total, 0.0])
+        yield lambda amount: done.__setitem__(1, done[1] + amount)
+
+
+def test_robustness_is_the_same_twice_and_shows_its_progress(tmp_path, monkeypatch):
+    project = lender_with_profile(tmp_path / "again", BRITTLE, monkeypatch)
+    progress = RecordingProgress()
+    first = run_check(project, project / "data.jsonl", only=("robustness",), progress=progress)
+    second = run_check(project, project / "data.jsonl", only=("robustness",))
+    assert first.checks[0].figures == second.checks[0].figures  # seeded: a gate that never flaps
+    total, done = progress.parts["robustness: HopSkipJump"]
+    assert total == done == 20  # [check] robustness_samples rows, each attacked
+    assert progress.parts["robustness: noise"] == [6, 6]
+
+
+THREE_LABELS = HANDLER.replace(
+    '"approve" if KEY else "deny"', '("review" if a.group == 1 else "approve") if KEY else "deny"'
+)
+
+
+def test_fairness_with_three_labels_judges_each_against_the_rest(tmp_path, monkeypatch):
+    project = lender_project(tmp_path / "three", FAIR, monkeypatch)
+    (project / "app.py").write_text(THREE_LABELS.replace("KEY", FAIR))
+    report = run_check(project, project / "data.jsonl", sensitive=("group",), only=("fairness",))
+    (fairness,) = report.checks
+    assert fairness.passed is False
+    parity = next(f for f in fairness.figures if "demographic" in f.name)
+    # group b is never "approve"d and always "review"ed when a is approved
+    assert parity.value > 0.4
+    assert parity.note in {
+        "largest for label 'approve' against the rest",
+        "largest for label 'review' against the rest",
+    }
+    assert fairness.details["positive_labels"] == ["approve", "deny", "review"]
+    assert set(fairness.details["columns"]["group"]["a"]["selection_rate"]) == {
+        "approve",
+        "deny",
+        "review",
+    }
+
+
+def test_an_unknown_positive_label_names_the_labels(tmp_path, monkeypatch):
+    project = lender_project(tmp_path / "typo", FAIR, monkeypatch)
+    (project / "secureserve.toml").write_text(
+        '[model]\nhandler = "app:Lender"\n\n[check]\npositive_label = "aprove"\n'
+    )
+    with pytest.raises(ConfigError, match=r"positive_label 'aprove' .* 'approve', 'deny'\."):
+        run_check(project, project / "data.jsonl", sensitive=("group",), only=("fairness",))
+
+
+def test_an_async_handler_is_checked_like_a_plain_one(tmp_path, monkeypatch):
+    project = lender_project(tmp_path / "async", FAIR, monkeypatch)
+    (project / "app.py").write_text(
+        HANDLER.replace("def predict", "async def predict").replace("KEY", FAIR)
+    )
+    report = run_check(project, project / "data.jsonl", sensitive=("group",), only=("fairness",))
+    assert report.passed
+    assert report.checks[0].details["columns"]["group"]["a"]["accuracy"] == 1.0
+
+
+def test_the_command_exits_2_when_the_check_cannot_run(tmp_path, monkeypatch, capsys):
+    project = lender_project(tmp_path / "usage", FAIR, monkeypatch)
+    with pytest.raises(SystemExit) as usage:
+        main(["check", str(project), "--data", str(project / "data.jsonl"), "--only", "speed"])
+    assert usage.value.code == 2
+    assert "'speed' is not a check; choose from robustness,fairness" in capsys.readouterr().err
+    (project / "bad.jsonl").write_text("{\n")
+    code = main(["check", str(project), "--data", str(project / "bad.jsonl"), "--only", "drift"])
+    assert code == 2
+    assert "line 1: not valid JSON" in capsys.readouterr().err
+    assert not (project / "check-report").exists()  # nothing half-written
+
+
+def test_the_command_logs_the_run_to_mlflow(tmp_path, monkeypatch, capsys):
+    mlflow = pytest.importorskip("mlflow", reason="the [mlflow] extra")
+    project = lender_project(tmp_path / "tracked", FAIR, monkeypatch)
+    monkeypatch.chdir(tmp_path)  # MLflow keeps a SQLite store's artifacts under ./mlruns
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    argv = ["check", str(project), "--data", str(project / "data.jsonl"), "--sensitive", "group"]
+    code = main([*argv, "--only", "fairness", "--report", "out", "--mlflow", store])
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "report: out/report.html" in out
+    run_id = out.split("mlflow run: ")[1].split()[0]
+    run = mlflow.MlflowClient(tracking_uri=store).get_run(run_id)
+    assert run.data.tags["secureserve.check.fairness"] == "pass"
+    saved = json.loads((tmp_path / "out" / "report.json").read_text())
+    parity = saved["checks"][0]["figures"][0]
+    assert parity["name"] == "group: demographic_parity_difference"
+    assert run.data.metrics["fairness.group: demographic_parity_difference"] == parity["value"]

@@ -8,11 +8,14 @@ import struct
 import subprocess
 import sys
 import textwrap
+import tomllib
+from collections import Counter
 from pathlib import Path
 
 import pytest
 
 from secureserve import scaffold
+from secureserve.check import run_check
 from secureserve.cli import main
 from secureserve.config import load_settings
 from secureserve.doctor import Severity, diagnose
@@ -21,6 +24,8 @@ from secureserve.formats import Format, detect_format
 from secureserve.lockfile import read_lock
 from secureserve.release import verify_project
 from secureserve.scaffold import TEMPLATES, class_name, create_project, validate_name
+from secureserve.serving import load_model
+from secureserve.settings import CheckSettings
 from secureserve.testing import TestClient
 
 #: Files rendered from templates/common/ that every project must have (the layer may
@@ -30,7 +35,10 @@ COMMON_FILES = {".gitignore", "pyproject.toml", "secureserve.toml", "tests/test_
 TEMPLATE_FILES = {
     "README.md",
     "app.py",
+    "data/check.jsonl",
+    "data/train.jsonl",
     "models/labels.json",
+    "models/profile.json",
     "secrets/audit-digest.key",
     "secrets/signing-key.pem",
     "secureserve.lock",
@@ -49,6 +57,11 @@ LOADER_CALLS = {
     "onnx": 'artifacts.onnx("model.onnx")',
     "safetensors": 'artifacts.safetensors("model.safetensors")',
 }
+#: The generated data and profile: the same bytes in every project.
+DATA_FILES = ("data/check.jsonl", "data/train.jsonl", "models/profile.json")
+#: The checks run on every template's project in process (load starts a real server:
+#: it runs once, in its own test).
+IN_PROCESS_CHECKS = ("robustness", "fairness", "drift", "fuzz")
 
 
 @pytest.fixture(scope="module", params=TEMPLATES)
@@ -123,17 +136,17 @@ def test_new_creates_the_project_files(template, project):
 
 
 def test_new_lock_verifies_with_the_project_key(template, project):
-    """The generated lock is signed, lists the model and labels, and every file matches."""
+    """The generated lock is signed, lists the model, labels and profile; every file matches."""
     settings = load_settings(project_dir=project, environ={})
     assert settings.model.signing_public_key == project / "signing-key.pub.pem"
     assert settings.audit.digest_key_file == project / "secrets" / "audit-digest.key"
     report = verify_project(settings, settings.model.signing_public_key)
     assert report.ok, report.problems
-    assert report.checked == 2
+    assert report.checked == 3
     assert report.unlisted == []
     lock, _ = read_lock(project / "secureserve.lock")
     model_name = MODEL_FILES[template][0].removeprefix("models/")
-    assert set(lock.files) == {model_name, "labels.json"}
+    assert set(lock.files) == {model_name, "labels.json", "profile.json"}
     assert lock.files[model_name].format == MODEL_FILES[template][1].value
 
 
@@ -174,10 +187,10 @@ def test_new_modes_ignore_the_umask(template, tmp_path):
 
 
 def test_new_model_is_deterministic(template, project, tmp_path):
-    """Two projects with the same name get byte-identical model files (keys differ)."""
+    """Two projects with the same name get byte-identical model, data and profile (keys differ)."""
     other = create_project("demo", parent=tmp_path, template=template).path
     model = MODEL_FILES[template][0]
-    for name in (model, "models/labels.json", "secureserve.lock", "app.py"):
+    for name in (model, "models/labels.json", *DATA_FILES, "secureserve.lock", "app.py"):
         assert (other / name).read_bytes() == (project / name).read_bytes(), name
     assert (other / "signing-key.pub.pem").read_bytes() != (
         project / "signing-key.pub.pem"
@@ -185,7 +198,7 @@ def test_new_model_is_deterministic(template, project, tmp_path):
 
 
 def test_new_model_is_identical_in_another_process(template, project, tmp_path):
-    """A fresh interpreter (another hash seed) writes the same model bytes."""
+    """A fresh interpreter (another hash seed) writes the same model, data and profile."""
     script = textwrap.dedent(
         f"""
         from pathlib import Path
@@ -199,8 +212,8 @@ def test_new_model_is_identical_in_another_process(template, project, tmp_path):
         check=True,
         timeout=60,
     )
-    model = MODEL_FILES[template][0]
-    assert (tmp_path / "demo" / model).read_bytes() == (project / model).read_bytes()
+    for name in (MODEL_FILES[template][0], *DATA_FILES, "secureserve.lock"):
+        assert (tmp_path / "demo" / name).read_bytes() == (project / name).read_bytes(), name
 
 
 def test_new_model_format_is_detected(template, project):
@@ -264,6 +277,177 @@ def test_new_project_tests_pass(project):
     assert "3 passed" in result.stdout
 
 
+def _rows(path: Path) -> list[dict]:
+    """The JSON objects of a .jsonl file, one a line."""
+    return [json.loads(line) for line in path.read_text("utf-8").splitlines()]
+
+
+def test_new_check_data_is_the_models_rule_with_three_percent_flipped(project):
+    """200 labelled rows in the schema's bounds, one decimal; 6 labels disagree with the rule.
+
+    The cohort is drawn apart from the features: both groups are large, and each gets
+    about as many "second" labels as the other.
+    """
+    text = (project / "data/check.jsonl").read_text("utf-8")
+    assert "-0.0," not in text
+    assert "-0.0]" not in text
+    rows = _rows(project / "data/check.jsonl")
+    assert len(rows) == 200
+    disagreements = 0
+    for row in rows:
+        assert set(row) == {"instance", "label", "group"}
+        assert set(row["instance"]) == {"features"}
+        x1, x2 = row["instance"]["features"]
+        for value in (x1, x2):
+            assert -1000 <= value <= 1000
+            assert round(value, 1) == value
+        assert set(row["group"]) == {"cohort"}
+        disagreements += row["label"] != ("second" if x2 > x1 else "first")
+    assert disagreements == 6
+    values = [v for row in rows for v in row["instance"]["features"]]
+    assert min(values) < -900
+    assert max(values) > 900
+    cohorts = Counter(row["group"]["cohort"] for row in rows)
+    assert set(cohorts) == {"a", "b"}
+    assert min(cohorts.values()) >= 80
+    second = {
+        cohort: sum(r["label"] == "second" for r in rows if r["group"]["cohort"] == cohort) / n
+        for cohort, n in cohorts.items()
+    }
+    assert abs(second["a"] - second["b"]) < 0.1
+
+
+def test_new_training_sample_is_instances_in_the_schema(project):
+    """data/train.jsonl: 500 instances of the input schema, other rows than the check set."""
+    rows = _rows(project / "data/train.jsonl")
+    assert len(rows) == 500
+    assert all(set(row) == {"features"} and len(row["features"]) == 2 for row in rows)
+    assert all(-1000 <= v <= 1000 for row in rows for v in row["features"])
+    check = {tuple(row["instance"]["features"]) for row in _rows(project / "data/check.jsonl")}
+    assert not check & {tuple(row["features"]) for row in rows}
+
+
+def test_new_profile_is_what_secureserve_profile_writes(template, tmp_path, monkeypatch):
+    """`secureserve profile data/train.jsonl` in the project writes the same bytes.
+
+    The profile matches the handler as the server imports it (schema revision, feature
+    names, sound statistics) and describes the 500 training rows.
+    """
+    monkeypatch.delitem(sys.modules, "app", raising=False)
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    project = create_project("demo", parent=tmp_path, template=template).path
+    monkeypatch.chdir(project)
+    out = tmp_path / "profile.json"
+    assert main(["profile", "data/train.jsonl", "--out", str(out)]) == 0
+    assert out.read_bytes() == (project / "models/profile.json").read_bytes()
+    handler = _load_handler(project, f"scaffold_profile_{template}_app", monkeypatch)
+    profile = load_model(handler, load_settings(project_dir=project, environ={})).profile
+    assert profile is not None
+    assert profile.count == 500
+    assert profile.names == ("features[0]", "features[1]")
+    assert profile.model == "demo"
+    for feature in profile.features:
+        assert -1000 <= feature.min < -990
+        assert 990 < feature.max <= 1000
+
+
+def test_new_leaves_no_module_or_path_behind(template, tmp_path):
+    """Rendering imports each project's app.py privately: nothing stays in sys.modules.
+
+    Many projects in one process each get their own handler, and sys.path is untouched.
+    """
+    path = list(sys.path)
+    before = set(sys.modules)
+    for index in range(3):
+        create_project(f"demo{index}", parent=tmp_path, template=template)
+    assert sys.path == path
+    left = [
+        name
+        for name, module in sys.modules.items()
+        if name not in before
+        and (
+            name.startswith("_secureserve_new_")
+            or Path(getattr(module, "__file__", None) or "/").is_relative_to(tmp_path)
+        )
+    ]
+    assert left == []
+    assert "app" not in set(sys.modules) - before
+    models = {
+        json.loads((tmp_path / f"demo{i}/models/profile.json").read_text())["model"]
+        for i in range(3)
+    }
+    assert models == {"demo0", "demo1", "demo2"}
+
+
+def test_new_check_settings_are_explicit(template, project):
+    """[check] in secureserve.toml sets every threshold, with positive_label "second"."""
+    table = tomllib.loads((project / "secureserve.toml").read_text("utf-8"))["check"]
+    assert set(table) == set(CheckSettings.__struct_fields__)
+    settings = load_settings(project_dir=project, environ={})
+    assert settings.check.positive_label == "second"
+    assert settings.check.positive_label in json.loads(
+        (project / "models/labels.json").read_text("utf-8")
+    )
+
+
+def test_new_project_passes_its_check(template, tmp_path, monkeypatch):
+    """Robustness, fairness, drift and fuzzing all pass, judged, on data/check.jsonl.
+
+    The thresholds are the project's own [check] section, the data the generated rows
+    and the reference profile the generated models/profile.json.
+    """
+    monkeypatch.delitem(sys.modules, "app", raising=False)
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    for name in [n for n in os.environ if n.startswith("SECURESERVE_")]:
+        monkeypatch.delenv(name)
+    project = create_project("demo", parent=tmp_path, template=template).path
+    report = run_check(
+        project, project / "data/check.jsonl", sensitive=("cohort",), only=IN_PROCESS_CHECKS
+    )
+    assert [c.check for c in report.checks] == list(IN_PROCESS_CHECKS)
+    for result in report.checks:
+        assert result.passed is True, (result.check, result.summary)
+        judged = [f for f in result.figures if f.passed is not None]
+        assert judged, result.check
+        assert all(f.passed is True for f in judged), (result.check, judged)
+    assert report.passed is True
+    assert report.instances == 200
+    figures = {f.name: f for result in report.checks for f in result.figures}
+    assert figures["robust_accuracy"].threshold == 0.5
+    assert "20 rows" in (figures["robust_accuracy"].note or "")
+    assert figures["noise_accuracy@0.0"].value == 0.97  # the 3 % flipped labels
+    fairness = next(r for r in report.checks if r.check == "fairness")
+    names = {f.name for f in fairness.figures if f.passed is not None}
+    assert {"cohort: demographic_parity_difference", "cohort: equalized_odds_difference"} <= names
+
+
+@pytest.mark.slow
+def test_new_project_passes_the_load_check(tmp_path, monkeypatch):
+    """The real server, started by the check, answers every request well within max_p99_ms."""
+    monkeypatch.delitem(sys.modules, "app", raising=False)
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    for name in [n for n in os.environ if n.startswith("SECURESERVE_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("SECURESERVE_CHECK__LOAD_SECONDS", "1")
+    monkeypatch.setenv("SECURESERVE_CHECK__LOAD_CONNECTIONS", "2")
+    project = create_project("demo", parent=tmp_path).path
+    report = run_check(project, project / "data/check.jsonl", only=("load",))
+    (load,) = report.checks
+    assert load.passed is True, load.summary
+    figures = {f.name: f for f in load.figures}
+    assert figures["error_rate"].value == 0.0
+    assert figures["requests_per_second"].value > 0
+
+
+def test_new_project_doctor_finds_the_profile(template, project):
+    """A fresh project has a locked profile: no warning, no error, no profile-missing note."""
+    report = diagnose(project, environ={})
+    found = {f.code: f.severity for f in report.findings}
+    assert "profile-missing" not in found
+    assert Severity.ERROR not in found.values()
+    assert Severity.WARNING not in found.values()
+
+
 def test_new_prints_next_steps(tmp_path, capsys):
     """The command lists what it created and how to test and run the project."""
     assert main(["new", "hello_model", "--dir", str(tmp_path)]) == 0
@@ -272,6 +456,7 @@ def test_new_prints_next_steps(tmp_path, capsys):
     assert "secureserve.lock.sig" in out
     assert "pip install -e '.[test]' && pytest" in out
     assert "secureserve run --dev" in out
+    assert "secureserve check --data data/check.jsonl --sensitive cohort" in out
 
 
 def test_class_name_is_camel_case():

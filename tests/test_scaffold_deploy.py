@@ -432,7 +432,7 @@ def test_workflow_actions_are_pinned_by_commit(workflow):
     """Every action is a full commit SHA; checkout keeps no credentials; jobs time out."""
     steps = [step for job in workflow["jobs"].values() for step in job["steps"]]
     uses = [step["uses"] for step in steps if "uses" in step]
-    assert len(uses) == 6
+    assert len(uses) == 8
     for action in uses:
         assert PINNED_ACTION.fullmatch(action), action
     assert {action.partition("@")[0] for action in uses} == {
@@ -446,15 +446,23 @@ def test_workflow_actions_are_pinned_by_commit(workflow):
         assert 0 < job["timeout-minutes"] <= 30, name
 
 
-def test_workflow_runs_tests_doctor_and_audit(workflow):
-    """The jobs run pytest, secureserve doctor and a pinned pip-audit."""
+def test_workflow_runs_tests_doctor_check_and_audit(workflow, project):
+    """The jobs run pytest, secureserve doctor, secureserve check and a pinned pip-audit.
+
+    The check job reads the committed data/check.jsonl and uploads nothing (no step
+    but checkout and setup-python uses an action), as the README tells a user to run it.
+    """
     runs = {
         name: [step["run"] for step in job["steps"] if "run" in step]
         for name, job in workflow["jobs"].items()
     }
-    assert set(runs) == {"test", "doctor", "audit"}
+    assert set(runs) == {"test", "doctor", "check", "audit"}
     assert runs["test"] == ["python -m pip install -e '.[test]'", "pytest"]
     assert runs["doctor"][-1] == "secureserve doctor ."
+    command = "secureserve check --data data/check.jsonl --sensitive cohort"
+    assert runs["check"] == ["python -m pip install '.' 'secureserve[check]'", command]
+    assert (project / "data/check.jsonl").is_file()
+    assert command in (project / "README.md").read_text("utf-8")
     assert re.fullmatch(r"python -m pip install pip-audit==\d+\.\d+\.\d+", runs["audit"][-2])
     assert runs["audit"][-1] == "pip-audit"
 
@@ -522,12 +530,13 @@ def test_dockerfile_copies_exist_and_are_not_ignored(template, tmp_path):
             assert files, source
             copied += [p.relative_to(project).as_posix() for p in files]
     assert "models/labels.json" in copied
+    assert "models/profile.json" in copied
     for file in copied:
         assert not _dockerignore_excludes(patterns, file), file
 
 
 def test_dockerignore_keeps_every_secret_out(project):
-    """Private keys, key records, dev certificates, audit logs and .git stay out."""
+    """Private keys, key records, dev certificates, audit logs, .git and data/ stay out."""
     patterns = _dockerignore_patterns((project / ".dockerignore").read_text("utf-8"))
     secrets = [p.relative_to(project).as_posix() for p in (project / "secrets").rglob("*")]
     assert "secrets/signing-key.pem" in secrets
@@ -544,10 +553,19 @@ def test_dockerignore_keeps_every_secret_out(project):
         ".venv/bin/python",
         "tests/test_app.py",
         "app/__pycache__/app.cpython-311.pyc",
+        "data/check.jsonl",
+        "data/train.jsonl",
+        "check-report/report.json",
     ]
     for path in excluded:
         assert _dockerignore_excludes(patterns, path), path
-    for path in ("signing-key.pub.pem", "app.py", "models/model.onnx", "pyproject.toml"):
+    for path in (
+        "signing-key.pub.pem",
+        "app.py",
+        "models/model.onnx",
+        "models/profile.json",
+        "pyproject.toml",
+    ):
         assert not _dockerignore_excludes(patterns, path), path
 
 
@@ -578,7 +596,7 @@ def test_dockerfile_run_example_mounts_only_ignored_folders(project, tmp_path):
 
 
 def test_gitignore_keeps_every_secret_out_of_git(project, tmp_path):
-    """Git ignores secrets, private keys anywhere, run/ and audit logs; not the project."""
+    """Git ignores secrets, private keys anywhere, run/, audit logs and check reports only."""
     secrets = [
         "secrets/signing-key.pem",
         "secrets/audit-digest.key",
@@ -600,10 +618,15 @@ def test_gitignore_keeps_every_secret_out_of_git(project, tmp_path):
         "signing-key.pub.pem",
         "models/model.onnx",
         "models/labels.json",
+        "models/profile.json",
+        "data/check.jsonl",  # the CI job `check` reads it from the checkout
+        "data/train.jsonl",
         "Dockerfile",
         "k8s/deployment.yaml",
     ]
-    assert _git_ignored(project, secrets + kept, tmp_path) == set(secrets)
+    reports = ["check-report/report.json"]  # written by every `secureserve check`
+    ignored = _git_ignored(project, secrets + reports + kept, tmp_path)
+    assert ignored == set(secrets + reports)
 
 
 # --- helpers -------------------------------------------------------------------------

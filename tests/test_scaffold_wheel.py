@@ -1,10 +1,11 @@
 """``secureserve new`` as a new user meets it: from a built wheel in a fresh environment.
 
-One test walks the whole path: build the wheel, install it in a new virtual
-environment, ``secureserve new demo``, install the project, run its tests, serve it
-with ``secureserve run --dev``, call it over HTTPS with the printed key, and run
-``secureserve doctor`` on it. It needs a package index (or pip's local wheels) to
-install the dependencies, as a fresh machine does.
+One test walks the whole path: build the wheel, install it with the ``[check]`` extra
+in a new virtual environment, ``secureserve new demo``, install the project, run its
+tests, serve it with ``secureserve run --dev``, call it over HTTPS with the printed
+key, run ``secureserve doctor`` on it, and run its CI's ``secureserve check`` step.
+It needs a package index (or pip's local wheels) to install the dependencies, as a
+fresh machine does.
 """
 
 import json
@@ -49,7 +50,8 @@ def test_wheel_to_served_project(tmp_path):
     [wheel] = (tmp_path / "dist").glob("secureserve-*.whl")
     run(sys.executable, "-m", "venv", "venv")
     bin_dir = tmp_path / "venv" / "bin"
-    run(str(bin_dir / "python"), "-m", "pip", "install", "--quiet", str(wheel))
+    # with the check's extra, as the generated project's CI installs it
+    run(str(bin_dir / "python"), "-m", "pip", "install", "--quiet", f"{wheel}[check]")
 
     # The templates come from the wheel, not from this checkout.
     found = run(
@@ -76,6 +78,30 @@ def test_wheel_to_served_project(tmp_path):
     assert report["ok"] is True
     # The dev key minted by `run --dev` is still active: the doctor says so.
     assert "keys-dev-key" in {f["code"] for f in report["findings"]}
+
+    _check(bin_dir / "secureserve", project, env)
+
+
+def _check(secureserve: Path, project: Path, env: dict[str, str]) -> None:
+    """The generated project's CI step, from the wheel with the [check] extra: all pass."""
+    quick = {**env, "SECURESERVE_CHECK__LOAD_SECONDS": "1"}  # the rest as generated
+    done = subprocess.run(
+        [str(secureserve), "check", "--data", "data/check.jsonl", "--sensitive", "cohort"],
+        cwd=project,
+        env=quick,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0, f"{done.stdout}\n{done.stderr}"
+    lines = done.stdout.splitlines()
+    verdicts = {line.split()[1]: line.split()[0] for line in lines if line[:4] in ("pass", "FAIL")}
+    assert verdicts == dict.fromkeys(("robustness", "fairness", "fuzz", "load", "drift"), "pass")
+    page = (project / "check-report" / "report.html").read_text()
+    assert page.count('src="data:image/png;base64,') == 4  # matplotlib came with the extra
+    saved = json.loads((project / "check-report" / "report.json").read_text())
+    assert saved["signed"] is True
+    assert saved["lock_sha256"] is not None
 
 
 def _serve_and_call(secureserve: Path, project: Path, env: dict[str, str]) -> None:

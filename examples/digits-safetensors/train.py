@@ -14,12 +14,16 @@ steps, weights rounded to a fixed grid before export (so last-bit differences
 between BLAS builds do not leak into the file), and no metadata that changes.
 
 Run from anywhere: ``python train.py`` writes ``models/digits.safetensors``
-next to this file, and the training images as ``data/train.npy`` (uint8 pixels),
-from which ``secureserve profile`` makes the reference profile.
+next to this file, the training images as ``data/train.npy`` (uint8 pixels), from
+which ``secureserve profile`` makes the reference profile, and the held-out images
+with their labels as ``data/check.jsonl`` for ``secureserve check``. Its ``cohort``
+column is synthetic: drawn from a fixed seed, independent of the images, so that the
+fairness check has a group column to show (the digits have no real one).
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +39,7 @@ EPOCHS = 60
 BATCH_SIZE = 32
 LEARNING_RATE = 0.1
 DECIMALS = 4  # weights are rounded to this grid before export
+COHORTS = ("a", "b")  # the synthetic group column of data/check.jsonl
 MODELS_DIR = Path(__file__).resolve().parent / "models"
 DATA_DIR = Path(__file__).resolve().parent / "data"
 
@@ -108,7 +113,8 @@ def accuracy(weights: Weights, x: np.ndarray, y: np.ndarray) -> float:
 def export(models_dir: Path, data_dir: Path | None = None) -> float:
     """Train, write ``digits.safetensors`` into ``models_dir``; return the held-out accuracy.
 
-    With ``data_dir``, also write the training images there as ``train.npy``.
+    With ``data_dir``, also write the training images there as ``train.npy`` and the
+    held-out ones, labelled, as ``check.jsonl``.
     """
     x_train, x_test, y_train, y_test = load_split()
     weights = export_weights(train(x_train / PIXEL_MAX, y_train))
@@ -117,14 +123,28 @@ def export(models_dir: Path, data_dir: Path | None = None) -> float:
     if data_dir is not None:
         data_dir.mkdir(parents=True, exist_ok=True)
         np.save(data_dir / "train.npy", x_train.astype(np.uint8), allow_pickle=False)
+        write_check_data(data_dir / "check.jsonl", x_test, y_test)
     return accuracy(weights, x_test, y_test)
+
+
+def write_check_data(path: Path, x: np.ndarray, y: np.ndarray) -> None:
+    """Write labelled rows for ``secureserve check``, each with a synthetic ``cohort``."""
+    cohorts = np.random.default_rng(SEED + 1).choice(COHORTS, size=len(y))
+    with path.open("w", encoding="utf-8", newline="\n") as out:
+        for pixels, label, cohort in zip(x.astype(int), y, cohorts, strict=True):
+            row = {
+                "instance": {"pixels": pixels.tolist()},
+                "label": int(label),
+                "group": {"cohort": str(cohort)},
+            }
+            out.write(json.dumps(row, separators=(",", ":")) + "\n")
 
 
 def main() -> None:
     """Export into ``models/`` beside this file and report the held-out accuracy."""
     test_accuracy = export(MODELS_DIR, DATA_DIR)
     print(f"held-out accuracy: {test_accuracy:.4f}")
-    print(f"wrote {MODELS_DIR / 'digits.safetensors'} and {DATA_DIR / 'train.npy'}")
+    print(f"wrote {MODELS_DIR / 'digits.safetensors'}, {DATA_DIR / 'train.npy'} and check.jsonl")
 
 
 if __name__ == "__main__":

@@ -13,7 +13,11 @@ versions in the model. scikit-learn is a
 training (dev) dependency only; serving needs onnxruntime alone.
 
 Run from anywhere: ``python train.py`` writes ``models/iris.onnx`` and
-``models/labels.json`` next to this file.
+``models/labels.json`` next to this file, and ``data/check.jsonl`` for
+``secureserve check``: all 150 flowers with their species (120 of them were trained
+on; the 30 held out alone are too few to split into groups of ``[check]
+min_group_size``) and a ``site`` column that is synthetic: drawn from a fixed seed,
+independent of the flowers, so that the fairness check has a group column to show.
 """
 
 from __future__ import annotations
@@ -34,6 +38,8 @@ OPSET = 17
 IR_VERSION = 8  # the IR version of opset 17; onnxruntime 1.20+ reads it
 DECIMALS = 4  # weights are rounded to this grid before export
 MODELS_DIR = Path(__file__).resolve().parent / "models"
+DATA_DIR = Path(__file__).resolve().parent / "data"
+SITES = ("east", "west")  # the synthetic group column of data/check.jsonl
 
 
 def load_split() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -104,11 +110,27 @@ def export(models_dir: Path) -> float:
     return accuracy(weights, bias, x_test, y_test)
 
 
+def write_check_data(path: Path) -> None:
+    """Write every flower, labelled, for ``secureserve check``, with a synthetic ``site``."""
+    data = load_iris()
+    sites = np.random.default_rng(SEED + 1).choice(SITES, size=len(data.target))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", encoding="utf-8", newline="\n") as out:
+        for features, target, site in zip(data.data, data.target, sites, strict=True):
+            row = {
+                "instance": {"features": [float(v) for v in features]},
+                "label": LABELS[int(target)],
+                "group": {"site": str(site)},
+            }
+            out.write(json.dumps(row, separators=(",", ":")) + "\n")
+
+
 def main() -> None:
-    """Export into ``models/`` beside this file and report the held-out accuracy."""
+    """Export into ``models/`` and ``data/`` beside this file; report the held-out accuracy."""
     test_accuracy = export(MODELS_DIR)
+    write_check_data(DATA_DIR / "check.jsonl")
     print(f"held-out accuracy: {test_accuracy:.4f}")
-    print(f"wrote {MODELS_DIR / 'iris.onnx'} and {MODELS_DIR / 'labels.json'}")
+    print(f"wrote {MODELS_DIR / 'iris.onnx'}, {MODELS_DIR / 'labels.json'} and data/check.jsonl")
 
 
 if __name__ == "__main__":

@@ -24,7 +24,8 @@ from typing import Any, Final
 import msgspec
 
 from secureserve import __version__
-from secureserve.check.data import LabelledData, read_labelled
+from secureserve.check.data import LabelledData, predict, read_labelled
+from secureserve.check.progress import Progress
 from secureserve.check.results import CheckResult, Figure, Report
 from secureserve.config import load_settings
 from secureserve.drift import psi_of
@@ -50,8 +51,13 @@ def run_check(
     label_column: str = "label",
     sensitive: tuple[str, ...] = (),
     only: tuple[str, ...] = CHECKS,
+    progress: Progress | None = None,
 ) -> Report:
-    """Load the project in ``project``, read ``data`` and run the checks in ``only``."""
+    """Load the project in ``project``, read ``data`` and run the checks in ``only``.
+
+    ``progress`` shows how far the long parts have come (nothing, by default).
+    """
+    progress = progress or Progress()
     unknown = [name for name in only if name not in CHECKS]
     if unknown:
         raise ConfigError(
@@ -66,23 +72,25 @@ def run_check(
     rows = read_labelled(data, model, label_column=label_column, sensitive=sensitive)
     # only fairness compares predicted labels: a slow model is not run over the data else
     predicted = (
-        _predict_labels(model, rows, settings.server.max_instances) if "fairness" in only else None
+        _predict_labels(model, rows, settings.server.max_instances, progress)
+        if "fairness" in only
+        else None
     )
     results = []
     for name in only:
         if name == "robustness":
-            results.append(_robustness(model, loaded.profile, rows, settings))
+            results.append(_robustness(model, loaded.profile, rows, settings, progress))
         elif name == "fairness":
             results.append(_fairness(rows, predicted, settings.check))
         elif name == "fuzz":
             from secureserve.check.fuzz import fuzz  # noqa: PLC0415 - the [check] extra
 
-            results.append(fuzz(cls, settings))
+            results.append(fuzz(cls, settings, progress))
         elif name == "load":
             from secureserve.check.load import load  # noqa: PLC0415
 
             first = msgspec.to_builtins(rows.instances[0])
-            results.append(load(settings.project_dir, cls.name, first, settings.check))
+            results.append(load(settings.project_dir, cls.name, first, settings.check, progress))
         elif name == "drift":
             results.append(_drift(model, loaded.profile, rows, settings.check))
     lock = settings.project_dir / LOCK_FILENAME
@@ -97,18 +105,23 @@ def run_check(
         instances=len(rows.instances),
         passed=all(result.passed is not False for result in results),
         checks=results,
+        thresholds=settings.check,
     )
 
 
-def _predict_labels(model: Model[Any, Any], rows: LabelledData, batch: int) -> list[str] | None:
+def _predict_labels(
+    model: Model[Any, Any], rows: LabelledData, batch: int, progress: Progress
+) -> list[str] | None:
     """The predicted label of every instance, as text (None: the output has no ss.Label)."""
     field = label_field(type(model).output_type)
     if field is None:
         return None
     labels: list[str] = []
-    for start in range(0, len(rows.instances), batch):
-        outputs = model.predict(rows.instances[start : start + batch])
-        labels.extend(str(getattr(output, field)) for output in outputs)  # type: ignore[union-attr]
+    with progress.part("fairness: predicting", len(rows.instances)) as advance:
+        for start in range(0, len(rows.instances), batch):
+            outputs = predict(model, rows.instances[start : start + batch])
+            labels.extend(str(getattr(output, field)) for output in outputs)
+            advance(len(outputs))
     return labels
 
 
@@ -125,7 +138,7 @@ def _fairness(
 
 
 def _robustness(
-    model: Model[Any, Any], profile: Any, rows: LabelledData, settings: Settings
+    model: Model[Any, Any], profile: Any, rows: LabelledData, settings: Settings, progress: Progress
 ) -> CheckResult:
     if profile is None:
         return CheckResult.not_judged("robustness", _NO_PROFILE)
@@ -138,6 +151,7 @@ def _robustness(
         rows.labels,
         settings.check,
         batch=settings.server.max_instances,
+        progress=progress,
     )
 
 
@@ -164,8 +178,3 @@ def _drift(
         ],
         details={"psi": {v.feature: v.psi for v in values}},
     )
-
-
-def to_json(report: Report) -> bytes:
-    """``report.json``: every figure and threshold, indented."""
-    return msgspec.json.format(msgspec.json.encode(report), indent=2) + b"\n"

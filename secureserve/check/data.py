@@ -14,7 +14,9 @@ A bad row stops the command naming its line (the first five of them); nothing is
 
 from __future__ import annotations
 
+import asyncio
 import csv
+import inspect
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -26,7 +28,7 @@ from secureserve.errors import ConfigError
 from secureserve.model import Model
 from secureserve.profile import row_problem, stop_on_bad_rows
 
-__all__ = ["LabelledData", "read_labelled"]
+__all__ = ["LabelledData", "predict", "read_labelled"]
 
 _MAX_REPORTED: Final = 5
 _Scalar = str | int | float | bool
@@ -143,3 +145,19 @@ def _from_csv(path: Path, model: Model[Any, Any], label_column: str) -> Labelled
 
 def _stop_on(problems: list[str], path: Path) -> None:
     stop_on_bad_rows(problems, f"--data {path}", outcome="nothing was checked")
+
+
+def predict(model: Model[Any, Any], batch: list[Any]) -> list[Any]:
+    """The handler's outputs for ``batch``, from a plain or an ``async def`` predict.
+
+    The check calls the handler in its own thread, outside any event loop: an
+    ``async def predict`` is run to completion here.
+    """
+    outputs = model.predict(batch)
+    if inspect.isawaitable(outputs):
+        return list(asyncio.run(_awaited(outputs)))
+    return list(outputs)
+
+
+async def _awaited(outputs: Any) -> Any:
+    return await outputs

@@ -5,14 +5,15 @@ positive label) per group, and fairlearn's demographic parity difference and
 equalized odds difference between the groups with at least ``[check] min_group_size``
 rows (smaller groups are reported, not judged). The positive label is
 ``[check] positive_label``; a binary output needs none (the label that sorts last is
-taken). A model with more than two labels and no ``positive_label`` gets accuracy per
-group only: its parity figures are reported as not judged, with the fix.
+taken; the figures are the same either way). With more than two labels and no
+``positive_label``, each label is taken in turn against the rest and the largest
+difference is judged, naming its label.
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from typing import Any
+from typing import Any, Final
 
 import numpy as np
 
@@ -21,6 +22,9 @@ from secureserve.errors import ConfigError
 from secureserve.settings import CheckSettings
 
 __all__ = ["fairness"]
+
+#: Labels named in the message about an unknown positive_label.
+_LABELS_SHOWN: Final = 10
 
 
 def fairness(
@@ -37,12 +41,9 @@ def fairness(
             "the fairness check needs fairlearn: pip install 'secureserve[check]'."
         ) from None
     y_true, y_pred = np.array(truth), np.array(predicted)
-    positive = settings.positive_label
-    labels = sorted(set(truth) | set(predicted))
-    if positive is None and len(labels) == 2:  # noqa: PLR2004 - binary
-        positive = labels[-1]
+    positives = _positive_labels(truth, predicted, settings.positive_label)
     figures: list[Figure] = []
-    details: dict[str, Any] = {"positive_label": positive, "columns": {}}
+    details: dict[str, Any] = {"positive_labels": positives, "columns": {}, "parity_labels": {}}
     for column, values in groups.items():
         g = np.array(values)
         sizes = Counter(values)
@@ -51,42 +52,42 @@ def fairness(
             str(group): {
                 "size": size,
                 "accuracy": round(float(np.mean(y_true[g == group] == y_pred[g == group])), 4),
-                "selection_rate": None
-                if positive is None
-                else round(float(np.mean(y_pred[g == group] == positive)), 4),
+                "selection_rate": {
+                    label: round(float(np.mean(y_pred[g == group] == label)), 4)
+                    for label in positives
+                },
                 "judged": size >= settings.min_group_size,
             }
             for group, size in sorted(sizes.items())
         }
-        if judged.sum() == 0 or len({v for v, j in zip(values, judged, strict=True) if j}) < 2:  # noqa: PLR2004
+        if len({v for v, j in zip(values, judged, strict=True) if j}) < 2:  # noqa: PLR2004
             figures.append(
                 Figure(f"{column}: groups", None, note="fewer than two groups large enough")
             )
             continue
-        if positive is None:
-            figures.append(
-                Figure(
-                    f"{column}: parity",
-                    None,
-                    note="more than two labels: set [check] positive_label",
-                )
-            )
-            continue
-        t, p, s = y_true[judged] == positive, y_pred[judged] == positive, g[judged]
-        for name, value, limit in (
+        t, p, s = y_true[judged], y_pred[judged], g[judged]
+        for name, metric, limit in (
             (
                 "demographic_parity_difference",
-                demographic_parity_difference(t, p, sensitive_features=s),
+                demographic_parity_difference,
                 settings.max_demographic_parity_difference,
             ),
             (
                 "equalized_odds_difference",
-                equalized_odds_difference(t, p, sensitive_features=s),
+                equalized_odds_difference,
                 settings.max_equalized_odds_difference,
             ),
         ):
+            # one label against the rest, for each label in turn: the largest is judged
+            by_label = {
+                label: float(metric(t == label, p == label, sensitive_features=s))
+                for label in positives
+            }
+            label, value = max(by_label.items(), key=lambda item: item[1])
+            details["parity_labels"].setdefault(column, label)  # the demographic parity one
+            note = None if len(positives) == 1 else f"largest for label {label!r} against the rest"
             figures.append(
-                Figure(f"{column}: {name}", round(float(value), 4), limit, float(value) <= limit)
+                Figure(f"{column}: {name}", round(value, 4), limit, value <= limit, note)
             )
     judged_figures = [f for f in figures if f.passed is not None]
     passed = all(f.passed for f in judged_figures) if judged_figures else None
@@ -97,3 +98,18 @@ def fairness(
         else "nothing could be judged (see the figures)"
     )
     return CheckResult("fairness", passed, summary, figures, details)
+
+
+def _positive_labels(truth: list[str], predicted: list[str], chosen: str | None) -> list[str]:
+    """The labels whose selection is compared: the chosen one, the last of two, or all."""
+    labels = sorted(set(truth) | set(predicted))
+    if chosen is not None:
+        if chosen not in labels:
+            shown = ", ".join(repr(label) for label in labels[:_LABELS_SHOWN])
+            raise ConfigError(
+                f"[check] positive_label {chosen!r} is neither a label of --data nor a "
+                f"prediction of the model; the labels are {shown}"
+                f"{', ...' if len(labels) > _LABELS_SHOWN else ''}."
+            )
+        return [chosen]
+    return labels[-1:] if len(labels) == 2 else labels  # noqa: PLR2004 - binary

@@ -25,6 +25,7 @@ from typing import Any, Final
 import msgspec
 import structlog
 
+from secureserve.check.progress import Advance, Progress
 from secureserve.check.results import CheckResult, Figure
 from secureserve.errors import ConfigError
 from secureserve.keys import KeyStore, mint_key
@@ -38,8 +39,11 @@ _KEPT: Final = 5  # failing inputs kept in the report
 _BASE: Final = "https://testserver"
 
 
-def fuzz(cls: type[Model[Any, Any]], settings: Settings) -> CheckResult:
+def fuzz(
+    cls: type[Model[Any, Any]], settings: Settings, progress: Progress | None = None
+) -> CheckResult:
     """Generated requests to ``POST /v1/models/{name}:predict``; every answer judged."""
+    progress = progress or Progress()
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -86,20 +90,22 @@ def fuzz(cls: type[Model[Any, Any]], settings: Settings) -> CheckResult:
             schema = schemathesis.openapi.from_dict(document)
             schema.app = without_lifespan(app)
             operation = schema[f"/v1/models/{cls.name}:predict"]["POST"]
-            for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
-                judge = _Judge(mode.value, headers, checks, failures)
-                run = given(case=operation.as_strategy(generation_mode=mode))(
-                    hypothesis_settings(
-                        max_examples=examples,
-                        deadline=None,
-                        database=None,
-                        derandomize=True,
-                        phases=[Phase.generate],
-                        suppress_health_check=list(HealthCheck),
-                    )(_plain(judge))
-                )
-                run()
-                runs += judge.runs
+            modes = (GenerationMode.POSITIVE, GenerationMode.NEGATIVE)
+            with progress.part("fuzz", examples * len(modes)) as advance:
+                for mode in modes:
+                    judge = _Judge(mode.value, headers, checks, failures, advance)
+                    run = given(case=operation.as_strategy(generation_mode=mode))(
+                        hypothesis_settings(
+                            max_examples=examples,
+                            deadline=None,
+                            database=None,
+                            derandomize=True,
+                            phases=[Phase.generate],
+                            suppress_health_check=list(HealthCheck),
+                        )(_plain(judge))
+                    )
+                    run()
+                    runs += judge.runs
     passed = not failures
     if failures:
         more = "+" if len(failures) == _KEPT else ""
@@ -114,13 +120,20 @@ class _Judge:
     """Sends one generated case and keeps the first failures (with their bodies)."""
 
     def __init__(
-        self, mode: str, headers: dict[str, str], checks: list[Any], failures: list[Any]
+        self,
+        mode: str,
+        headers: dict[str, str],
+        checks: list[Any],
+        failures: list[Any],
+        advance: Advance,
     ) -> None:
         self.mode, self.headers, self.checks, self.failures = mode, headers, checks, failures
+        self.advance = advance
         self.runs = 0
 
     def __call__(self, case: Any) -> None:
         self.runs += 1
+        self.advance(1)
         try:
             case.call_and_validate(base_url=_BASE, headers=self.headers, checks=self.checks)
         except (Exception, BaseExceptionGroup) as exc:  # noqa: BLE001 - each failure is a finding

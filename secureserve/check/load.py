@@ -30,6 +30,7 @@ import msgspec
 import numpy as np
 
 from secureserve.audit import generate_digest_key
+from secureserve.check.progress import Advance, Progress
 from secureserve.check.results import CheckResult, Figure
 from secureserve.devcerts import ensure_dev_certificates
 from secureserve.errors import ConfigError
@@ -41,10 +42,20 @@ __all__ = ["load"]
 _HOST: Final = "127.0.0.1"
 _READY_S: Final = 30.0
 _IO_TIMEOUT_S: Final = 10.0
+_TICK_S: Final = 0.25  # how often the progress bar moves
+#: Bins of the latency histogram kept in the report.
+_HISTOGRAM_BINS: Final = 30
 
 
-def load(project: Path, model: str, instance: Any, settings: CheckSettings) -> CheckResult:
+def load(
+    project: Path,
+    model: str,
+    instance: Any,
+    settings: CheckSettings,
+    progress: Progress | None = None,
+) -> CheckResult:
     """Serve ``project`` for real and measure it under load (see the module docstring)."""
+    progress = progress or Progress()
     with tempfile.TemporaryDirectory(prefix="secureserve-check-load-") as temporary:
         folder = Path(temporary)
         certs = ensure_dev_certificates(folder / "certs")
@@ -82,7 +93,9 @@ def load(project: Path, model: str, instance: Any, settings: CheckSettings) -> C
             )
             try:
                 _wait_ready(port, context, server)
-                latencies, errors = asyncio.run(_drive(port, context, request, settings))
+                with progress.part("load", settings.load_seconds) as advance:
+                    drive = _drive(port, context, request, settings, advance)
+                    latencies, errors = asyncio.run(drive)
             finally:
                 _stop(server)
     return _judge(latencies, errors, settings)
@@ -109,14 +122,18 @@ def _judge(latencies: list[float], errors: int, settings: CheckSettings) -> Chec
         if p99 is not None
         else "no request was answered"
     )
-    histogram = np.histogram(latencies, bins=20)[0].tolist() if latencies else []
+    histogram: dict[str, list[float]] = {"edges_ms": [], "counts": []}
+    if latencies:
+        counts, edges = np.histogram(latencies, bins=_HISTOGRAM_BINS)
+        histogram = {"edges_ms": [round(float(e), 3) for e in edges], "counts": counts.tolist()}
     return CheckResult("load", passed, summary, figures, {"latency_histogram": histogram})
 
 
 async def _drive(
-    port: int, context: ssl.SSLContext, request: bytes, settings: CheckSettings
+    port: int, context: ssl.SSLContext, request: bytes, settings: CheckSettings, advance: Advance
 ) -> tuple[list[float], int]:
-    deadline = time.monotonic() + settings.load_seconds
+    start = time.monotonic()
+    deadline = start + settings.load_seconds
     latencies: list[float] = []
     errors = [0]
 
@@ -140,7 +157,15 @@ async def _drive(
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
 
-    await asyncio.gather(*(caller() for _ in range(settings.load_connections)))
+    async def clock() -> None:
+        """Moves the progress bar on with the time driven."""
+        shown = 0.0
+        while (now := time.monotonic()) < deadline:
+            advance(now - start - shown)
+            shown = now - start
+            await asyncio.sleep(_TICK_S)
+
+    await asyncio.gather(clock(), *(caller() for _ in range(settings.load_connections)))
     return latencies, errors[0]
 
 

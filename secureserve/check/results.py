@@ -6,6 +6,8 @@ from typing import Any
 
 import msgspec
 
+from secureserve.settings import CheckSettings
+
 __all__ = ["CheckResult", "Figure", "Report"]
 
 
@@ -17,6 +19,11 @@ class Figure(msgspec.Struct, frozen=True):
     threshold: float | None = None
     passed: bool | None = None
     note: str | None = None
+
+    @property
+    def measured_only(self) -> bool:
+        """A figure shown for what it says, with no threshold to judge it against."""
+        return self.passed is None and self.threshold is None and self.value is not None
 
 
 class CheckResult(msgspec.Struct, frozen=True):
@@ -47,6 +54,7 @@ class Report(msgspec.Struct, frozen=True):
     instances: int
     passed: bool
     checks: list[CheckResult]
+    thresholds: CheckSettings
 
     def lines(self) -> list[str]:
         """One line per check, as the command prints them."""
@@ -72,12 +80,16 @@ class Report(msgspec.Struct, frozen=True):
         word = {True: "pass", False: "**fail**", None: "not judged"}
         for check in self.checks:
             if not check.figures:
-                out.append(f"| {check.check} | {word[check.passed]} | {check.summary} | | |")
+                out.append(f"| {check.check} | {word[check.passed]} | {_cell(check.summary)} | | |")
             for figure in check.figures:
                 value = "" if figure.value is None else f"{figure.value:.4g}"
                 threshold = "" if figure.threshold is None else f"{figure.threshold:.4g}"
-                name = figure.name + (f" ({figure.note})" if figure.note else "")
-                out.append(
-                    f"| {check.check} | {word[figure.passed]} | {name} | {value} | {threshold} |"
-                )
+                verdict = "" if figure.measured_only else word[figure.passed]
+                name = _cell(figure.name + (f" ({figure.note})" if figure.note else ""))
+                out.append(f"| {check.check} | {verdict} | {name} | {value} | {threshold} |")
         return "\n".join(out) + "\n"
+
+
+def _cell(text: str) -> str:
+    """``text`` as one Markdown table cell: a ``|`` or a line break in it would end it."""
+    return " ".join(text.split()).replace("|", "\\|")

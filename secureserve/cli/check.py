@@ -1,13 +1,19 @@
-"""``secureserve check [PATH] --data FILE``: the model's checks as a CI gate (exit 1 on failure)."""
+"""``secureserve check [PATH] --data FILE``: the model's checks as a CI gate.
+
+Exit 0 when every judged figure passes, 1 when one fails, 2 when the check could not
+run (a usage error, bad data, a missing extra, an MLflow store that refused the run).
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
+import traceback
 from pathlib import Path
 from typing import Any
 
-from secureserve.cli._common import EXIT_ERROR
+from secureserve.cli._common import EXIT_ERROR, EXIT_USAGE
+from secureserve.errors import ConfigError
 
 
 def register(commands: Any, common: argparse.ArgumentParser) -> None:
@@ -17,7 +23,8 @@ def register(commands: Any, common: argparse.ArgumentParser) -> None:
     check = commands.add_parser(
         "check",
         parents=[common],
-        help="test the model (fairness, data drift) against [check] thresholds; exit 1 on failure",
+        help="test the model (robustness, fairness, fuzzing, load, data drift) against "
+        "[check] thresholds; exit 1 on failure",
     )
     check.add_argument("path", nargs="?", type=Path, default=Path(), help="project (default: .)")
     check.add_argument("--data", type=Path, required=True, help="labelled data: .jsonl or .csv")
@@ -26,36 +33,65 @@ def register(commands: Any, common: argparse.ArgumentParser) -> None:
         "--sensitive", action="append", default=[], metavar="COLUMN", help="a group column"
     )
     check.add_argument(
-        "--only", help=f"comma-separated checks to run (default: all of {','.join(CHECKS)})"
+        "--only",
+        type=_checks,
+        default=CHECKS,
+        help=f"comma-separated checks to run (default: all of {','.join(CHECKS)})",
     )
     check.add_argument(
         "--report", type=Path, default=Path("check-report"), help="report folder (check-report)"
     )
     check.add_argument("--json", action="store_true", help="print report.json instead of lines")
+    check.add_argument(
+        "--mlflow", metavar="URI", help="also log the report as an MLflow run at this tracking URI"
+    )
     check.set_defaults(func=_check)
 
 
-def _check(args: argparse.Namespace) -> int:
-    from secureserve.check import CHECKS, run_check, to_json  # noqa: PLC0415
+def _checks(text: str) -> tuple[str, ...]:
+    from secureserve.check import CHECKS  # noqa: PLC0415
 
-    only = tuple(n.strip() for n in args.only.split(",") if n.strip()) if args.only else CHECKS
+    names = tuple(name.strip() for name in text.split(",") if name.strip())
+    unknown = [name for name in names if name not in CHECKS]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(
+            f"{(unknown or [text])[0]!r} is not a check; choose from {','.join(CHECKS)}"
+        )
+    return names
+
+
+def _check(args: argparse.Namespace) -> int:
+    from secureserve.check import run_check  # noqa: PLC0415
+    from secureserve.check.progress import progress_for  # noqa: PLC0415
+    from secureserve.check.report import to_json, write_report  # noqa: PLC0415
+
     config = args.config
     if config is not None and not config.is_absolute():
         config = Path.cwd() / config
-    report = run_check(
-        args.path.resolve(),
-        args.data.resolve(),
-        config=config,
-        label_column=args.labels,
-        sensitive=tuple(args.sensitive),
-        only=only,
-    )
-    args.report.mkdir(parents=True, exist_ok=True)
-    (args.report / "report.json").write_bytes(to_json(report))
-    (args.report / "report.md").write_text(report.markdown(), encoding="utf-8")
-    if args.json:
-        sys.stdout.buffer.write(to_json(report))
-    else:
-        print("\n".join(report.lines()))
-        print(f"report: {args.report / 'report.md'}")
+    try:
+        report = run_check(
+            args.path.resolve(),
+            args.data,  # as given: the report names it so
+            config=config,
+            label_column=args.labels,
+            sensitive=tuple(args.sensitive),
+            only=args.only,
+            progress=progress_for(sys.stderr),
+        )
+        files = write_report(report, args.report)
+        if args.json:
+            sys.stdout.buffer.write(to_json(report))
+        else:
+            print("\n".join(report.lines()))
+            print(f"report: {args.report / 'report.html'}")
+        if args.mlflow:
+            from secureserve.check.tracking import log_to_mlflow  # noqa: PLC0415
+
+            run_id = log_to_mlflow(report, files, args.mlflow)
+            print(f"mlflow run: {run_id}", file=sys.stderr if args.json else sys.stdout)
+    except ConfigError as exc:
+        if args.debug:
+            traceback.print_exc()
+        print(f"secureserve: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     return 0 if report.passed else EXIT_ERROR

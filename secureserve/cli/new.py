@@ -46,4 +46,6 @@ def _new(args: argparse.Namespace) -> int:
     print("next steps:")
     print(f"  cd {shlex.quote(str(project.path))} && pip install -e '.[test]' && pytest")
     print("  secureserve run --dev")
+    print("  pip install 'secureserve[check]'")
+    print("  secureserve check --data data/check.jsonl --sensitive cohort")
     return 0

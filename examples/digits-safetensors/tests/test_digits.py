@@ -68,10 +68,13 @@ def forward(weights: dict[str, np.ndarray], pixels: np.ndarray) -> np.ndarray:
 
 
 def test_digits_export_matches_committed_file(digits_train, project_dir, tmp_path):
-    """Re-running the training of train.py yields exactly the committed bytes."""
-    digits_train.export(tmp_path)
+    """Re-running the training of train.py yields exactly the committed bytes, data too."""
+    digits_train.export(tmp_path, tmp_path / "data")
     name = "digits.safetensors"
     assert (tmp_path / name).read_bytes() == (project_dir / "models" / name).read_bytes()
+    for name in ("train.npy", "check.jsonl"):
+        written = (tmp_path / "data" / name).read_bytes()
+        assert written == (project_dir / "data" / name).read_bytes(), name
 
 
 def test_digits_weights_layout(weights):

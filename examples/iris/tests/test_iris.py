@@ -41,6 +41,9 @@ def test_iris_export_matches_committed_files(iris_train, project_dir, tmp_path):
     iris_train.export(tmp_path)
     for name in ("iris.onnx", "labels.json"):
         assert (tmp_path / name).read_bytes() == (project_dir / "models" / name).read_bytes(), name
+    iris_train.write_check_data(tmp_path / "check.jsonl")
+    committed = (project_dir / "data" / "check.jsonl").read_bytes()
+    assert (tmp_path / "check.jsonl").read_bytes() == committed
 
 
 def test_iris_labels_file(project_dir):
