@@ -44,6 +44,7 @@ from secureserve.onnx_checks import (
     inline_external_data,
     session_options,
 )
+from secureserve.providers import CPU
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
@@ -128,6 +129,7 @@ class Artifacts:
         max_file_bytes: int = 2 * 1024**3,
         max_onnx_nodes: int = 100_000,
         onnx_optimization: str = "all",
+        onnx_providers: Sequence[str] = (CPU,),
         lock: Lock | None = None,
         decryption_key: bytes | None = None,
     ) -> None:
@@ -139,7 +141,14 @@ class Artifacts:
         self._opened: dict[str, ArtifactRecord] = {}
         self._lock = lock
         self._onnx_optimization = onnx_optimization
+        self._onnx_providers = list(onnx_providers)
+        self._session_providers: dict[str, tuple[str, ...]] = {}
         self._decryption_key = decryption_key
+
+    @property
+    def session_providers(self) -> Mapping[str, tuple[str, ...]]:
+        """The execution providers of each ONNX session made, by file name."""
+        return MappingProxyType(self._session_providers)
 
     @property
     def opened(self) -> Mapping[str, ArtifactRecord]:
@@ -164,7 +173,7 @@ class Artifacts:
             ) from exc
 
     def onnx(self, name: str) -> onnxruntime.InferenceSession:
-        """Load an ONNX model into a hardened CPU ``InferenceSession``."""
+        """Load an ONNX model into a hardened ``InferenceSession`` on the chosen providers."""
         data, record = self._load(name)
         self._require(name, record, Format.ONNX, data)
         try:
@@ -178,10 +187,10 @@ class Artifacts:
             # enable_fallback=0: no retry with other providers and no print() to stdout;
             # read_config_from_model=0: ignore ORT_LOAD_CONFIG_FROM_MODEL, so session
             # options never come from the (untrusted) model's metadata.
-            return onnxruntime.InferenceSession(
+            session = onnxruntime.InferenceSession(
                 model_bytes,
                 session_options(self._onnx_threads, self._onnx_optimization),
-                providers=["CPUExecutionProvider"],
+                providers=self._onnx_providers,
                 enable_fallback=0,
                 read_config_from_model=0,
             )
@@ -189,6 +198,8 @@ class Artifacts:
             raise ArtifactError(
                 name, "onnx-invalid", "onnxruntime refused the model (details in the cause)"
             ) from exc
+        self._session_providers[name] = tuple(session.get_providers())
+        return session
 
     def json(self, name: str) -> Any:
         """Decode a small JSON metadata file strictly (UTF-8, no NaN, no trailing data)."""

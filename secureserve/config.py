@@ -324,12 +324,7 @@ def check_settings(settings: Settings) -> None:
                 f"[server] trusted_proxies: {proxy!r} would let any client forge "
                 "X-Forwarded-For; list your load balancers' addresses only."
             )
-    for domain in settings.model.onnx_allowed_domains:
-        if not domain or domain in {"ai.onnx", "ai.onnx.ml"}:
-            raise ConfigError(
-                f"[model] onnx_allowed_domains: {domain!r} is not needed; the "
-                "standard ONNX domains are always allowed."
-            )
+    _check_onnx(settings.model)
     if settings.server.workers > 1:
         raise ConfigError(
             "[server] workers: this version serves from one process; run one "
@@ -355,6 +350,20 @@ def check_settings(settings: Settings) -> None:
             "[tls] cert and key go together; set both (or use `secureserve run "
             "--dev` for a local development certificate)."
         )
+
+
+def _check_onnx(model: ModelSettings) -> None:
+    """The ONNX keys of ``[model]``: no standard domain allowed again, no provider twice."""
+    for domain in model.onnx_allowed_domains:
+        if not domain or domain in {"ai.onnx", "ai.onnx.ml"}:
+            raise ConfigError(
+                f"[model] onnx_allowed_domains: {domain!r} is not needed; the "
+                "standard ONNX domains are always allowed."
+            )
+    providers = model.providers
+    if len(set(providers)) != len(providers):
+        repeated = next(name for name in providers if providers.count(name) > 1)
+        raise ConfigError(f"[model] providers lists {repeated} twice; list each provider once.")
 
 
 def _check_roles(settings: Settings) -> None:

@@ -36,6 +36,7 @@ from secureserve.model import Model
 from secureserve.openapi import openapi_document
 from secureserve.outputs import OutputPolicies, OutputView
 from secureserve.profile import DEFAULT_PROFILE, Profile, load_profile
+from secureserve.providers import check_onnxruntime_distribution, choose_providers
 from secureserve.ratelimit import RateLimiter
 from secureserve.runner import InferenceRunner
 from secureserve.schema import ModelSchema
@@ -53,6 +54,7 @@ class LoadedModel:
     revision: str  # first 12 hex digits of the lock's sha256: which release of the files
     profile: Profile | None = None  # the reference profile, when the model has one
     no_features: str | None = None  # why the model has no feature view (defenses off)
+    lock_sha256: str | None = None  # of the lock bytes verified at load (None: no lock)
 
 
 def load_model(
@@ -70,12 +72,15 @@ def load_model(
     cls.check_definition()
     where = f"{cls.__module__}.{cls.__qualname__}"
     model_settings = settings.model
-    lock, revision = verified_lock(settings)
+    lock, lock_sha256 = verified_lock(settings)
+    revision = lock_sha256[:12] if lock_sha256 is not None else "unlocked"
+    check_onnxruntime_distribution()
     artifacts = Artifacts(
         model_settings.dir,
         onnx_threads=model_settings.onnx_threads,
         onnx_allowed_domains=model_settings.onnx_allowed_domains,
         onnx_optimization=model_settings.onnx_optimization,
+        onnx_providers=choose_providers(model_settings.providers, model=cls.name),
         max_onnx_nodes=model_settings.onnx_max_nodes,
         max_file_bytes=model_settings.max_artifact_bytes,
         lock=lock,
@@ -104,21 +109,27 @@ def load_model(
             "Run with --debug for the traceback."
         ) from exc
     profile = load_profile(artifacts, profile_name, cls) if profile_name is not None else None
-    return LoadedModel(instance, dict(artifacts.opened), revision, profile, no_features)
+    if artifacts.session_providers:
+        get_logger().info(
+            "onnx sessions", model=cls.name, providers=dict(artifacts.session_providers)
+        )
+    return LoadedModel(
+        instance, dict(artifacts.opened), revision, profile, no_features, lock_sha256
+    )
 
 
-def verified_lock(settings: Settings) -> tuple[Lock, str]:
+def verified_lock(settings: Settings) -> tuple[Lock, str | None]:
     """The project's lock, its signature verified when ``[model] signing_public_key`` is set.
 
     The signature is checked over the exact bytes that are then parsed. Without a
     lock file every artifact is refused (``MISSING_LOCK``), unless a signing key is
     configured, in which case the missing lock is an error right away. Also returns
-    the revision: the first 12 hex digits of the lock's sha256 (``"unlocked"`` without).
+    the sha256 of the lock's bytes (None without a lock).
     """
     path = settings.project_dir / LOCK_FILENAME
     public_key = settings.model.signing_public_key
     if not path.exists() and public_key is None:
-        return MISSING_LOCK, "unlocked"
+        return MISSING_LOCK, None
     lock, data = read_lock(path)
     if public_key is not None:
         signature_path = path.with_name(SIGNATURE_FILENAME)
@@ -131,7 +142,7 @@ def verified_lock(settings: Settings) -> tuple[Lock, str]:
                 "released."
             ) from None
         verify(data, signature, public_key)
-    return lock, hashlib.sha256(data).hexdigest()[:12]
+    return lock, hashlib.sha256(data).hexdigest()
 
 
 def decryption_key(settings: Settings) -> bytes | None:

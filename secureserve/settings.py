@@ -14,6 +14,8 @@ from typing import Annotated, Final, Literal
 
 import msgspec
 
+from secureserve.providers import CPU, MAX_PROVIDERS, ProviderName
+
 __all__ = [
     "BUILTIN_ROLES",
     "RATE_OFF",
@@ -272,6 +274,10 @@ class ModelSettings(Section, frozen=True):
     onnx_threads: Annotated[int, msgspec.Meta(ge=1, le=256)] = 1
     onnx_max_nodes: Annotated[int, msgspec.Meta(ge=1, le=10_000_000)] = 100_000
     onnx_optimization: Literal["disabled", "basic", "extended", "all"] = "all"
+    #: onnxruntime execution providers, in order of preference (secureserve.providers)
+    providers: Annotated[
+        tuple[ProviderName, ...], msgspec.Meta(min_length=1, max_length=MAX_PROVIDERS)
+    ] = (CPU,)
     #: The reference profile, an artifact name; unset: ``profile.json`` if the lock has one.
     profile: ArtifactName | None = None
     output: OutputSettings = msgspec.field(default_factory=OutputSettings)
