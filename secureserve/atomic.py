@@ -1,8 +1,10 @@
 """Files written whole or not at all.
 
 :func:`write_atomically` writes a new file beside the target (created exclusively, with
-its final mode, never following a link), syncs it and renames it over the target, so
-a reader, or a crash, sees either the old file or the new one and never a part.
+its final mode less the umask, never following a link), syncs it and renames it over
+the target, so a reader sees either the old file or the new one and never a part.
+(The folder is not synced: after a power loss the rename itself may be lost, leaving
+the old file whole.)
 """
 
 from __future__ import annotations

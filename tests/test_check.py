@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import sys
 from pathlib import Path
 
@@ -13,9 +14,11 @@ from conftest import copy_example
 from defense_helpers import digits_rows
 
 from secureserve.check import run_check
+from secureserve.check.fairness import fairness
 from secureserve.check.progress import Progress
 from secureserve.cli import main
 from secureserve.errors import ConfigError
+from secureserve.settings import CheckSettings
 
 HANDLER = """
 import msgspec
@@ -233,10 +236,23 @@ def test_fuzzing_passes_a_sound_handler(tmp_path, monkeypatch):
     (project / "secureserve.toml").write_text(
         '[model]\nhandler = "app:Lender"\n\n[check]\nfuzz_examples = 15\n'
     )
-    report = run_check(project, project / "data.jsonl", only=("fuzz",))
+    monkeypatch.chdir(project)
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    progress = RecordingProgress()
+    report = run_check(project, project / "data.jsonl", only=("fuzz",), progress=progress)
     (fuzz,) = report.checks
     assert fuzz.passed is True
     assert {f.name: f.value for f in fuzz.figures}["requests"] >= 15
+    assert progress.parts["fuzz"][0] == 30  # fuzz_examples valid and as many invalid
+    # nothing left behind: no .hypothesis/ with the project's strings, logging as it was
+    assert sorted(p.name for p in project.iterdir() if p.name != "__pycache__") == [
+        "app.py",
+        "data.jsonl",
+        "models",
+        "secureserve.toml",
+    ]
+    assert (root.handlers, root.level) == (handlers, level)
 
 
 def test_a_handler_that_fails_on_a_rare_valid_input_fails_fuzzing_naming_it(tmp_path, monkeypatch):
@@ -339,12 +355,16 @@ def test_an_unknown_positive_label_names_the_labels(tmp_path, monkeypatch):
 
 def test_an_async_handler_is_checked_like_a_plain_one(tmp_path, monkeypatch):
     project = lender_project(tmp_path / "async", FAIR, monkeypatch)
-    (project / "app.py").write_text(
-        HANDLER.replace("def predict", "async def predict").replace("KEY", FAIR)
+    handler = HANDLER.replace("def predict", "async def predict").replace("KEY", FAIR)
+    loops = "\nimport asyncio\nLOOPS = set()\n"  # every loop a call ran on
+    handler = handler.replace(
+        "        return [", "        LOOPS.add(id(asyncio.get_running_loop()))\n        return ["
     )
+    (project / "app.py").write_text(handler + loops)
     report = run_check(project, project / "data.jsonl", sensitive=("group",), only=("fairness",))
     assert report.passed
     assert report.checks[0].details["columns"]["group"]["a"]["accuracy"] == 1.0
+    assert len(sys.modules["app"].LOOPS) == 1  # 13 batches, one event loop for the check
 
 
 def test_the_command_exits_2_when_the_check_cannot_run(tmp_path, monkeypatch, capsys):
@@ -358,6 +378,29 @@ def test_the_command_exits_2_when_the_check_cannot_run(tmp_path, monkeypatch, ca
     assert code == 2
     assert "line 1: not valid JSON" in capsys.readouterr().err
     assert not (project / "check-report").exists()  # nothing half-written
+    taken = tmp_path / "taken"
+    taken.write_text("a file where the report folder would go")
+    data = ["--data", str(project / "data.jsonl"), "--sensitive", "group", "--only", "fairness"]
+    assert main(["check", str(project), *data, "--report", str(taken)]) == 2
+    assert "the check could not run" in capsys.readouterr().err
+    (project / "app.py").write_text(HANDLER.replace("KEY", "1 / 0"))
+    monkeypatch.delitem(sys.modules, "app")
+    assert main(["check", str(project), *data, "--report", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert "the check could not run: ZeroDivisionError: division by zero" in err
+    assert "Traceback" not in err
+
+
+def test_an_older_report_is_removed_when_a_new_run_cannot_finish(tmp_path, monkeypatch, capsys):
+    project = lender_project(tmp_path / "stale", FAIR, monkeypatch)
+    data = ["--data", str(project / "data.jsonl"), "--sensitive", "group", "--only", "fairness"]
+    out = tmp_path / "report"
+    assert main(["check", str(project), *data, "--report", str(out)]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["report.html", "report.json", "report.md"]
+    (project / "bad.jsonl").write_text("{\n")
+    bad = ["--data", str(project / "bad.jsonl"), "--only", "drift", "--report", str(out)]
+    assert main(["check", str(project), *bad]) == 2
+    assert list(out.iterdir()) == []
 
 
 def test_the_command_logs_the_run_to_mlflow(tmp_path, monkeypatch, capsys):
@@ -377,3 +420,19 @@ def test_the_command_logs_the_run_to_mlflow(tmp_path, monkeypatch, capsys):
     parity = saved["checks"][0]["figures"][0]
     assert parity["name"] == "group: demographic_parity_difference"
     assert run.data.metrics["fairness.group: demographic_parity_difference"] == parity["value"]
+
+
+def test_a_label_missing_from_a_group_is_not_judged_for_equalized_odds():
+    """A perfect model: a label no row of group a has must not count as a rate of 0 there."""
+    truth = ["x"] * 5 + ["y"] * 95 + ["z"] * 50 + ["y"] * 50
+    groups = {"site": ["b"] * 100 + ["a"] * 100}
+    result = fairness(truth, list(truth), groups, CheckSettings())
+    figures = {f.name: f for f in result.figures}
+    odds = figures["site: equalized_odds_difference"]
+    assert odds.passed is True  # (parity fails: z is half of a and none of b)
+    assert odds.value == 0.0
+    assert odds.note == (
+        "largest for label 'y' against the rest; 2 label(s) not judged: rows with and "
+        "without the label are needed in every group"
+    )
+    assert figures["site: demographic_parity_difference"].value == 0.5  # z: 0.5 in a, 0 in b

@@ -87,7 +87,7 @@ def sample_report(*, group: str = "north", passed: bool = True) -> Report:
         model=HOSTILE,
         version="1.0",
         lock_sha256="ab" * 32,
-        signed=True,
+        signature="verified",
         secureserve="0.1.0",
         time="2026-12-06T00:00:00Z",
         data="data/check.jsonl",
@@ -188,3 +188,21 @@ def test_a_pipe_or_line_break_from_the_data_stays_inside_its_markdown_cell():
     )
     table = msgspec.structs.replace(report, checks=[drift]).markdown().splitlines()[-1]
     assert table == "| drift | **fail** | max_psi (col\\|umn name) | 0.3 | 0.2 |"
+
+
+def test_dollar_signs_from_the_data_are_drawn_not_read_as_mathematics():
+    report = sample_report(group="$\\frac{a$")  # a broken formula: matplotlib would fail on it
+    drift = msgspec.structs.replace(report.checks[-1], details={"psi": {"$x$": 0.1, "y": 0.3}})
+    page = html_page(msgspec.structs.replace(report, checks=[*report.checks[:-1], drift]))
+    assert len(images(page)) == 4
+
+
+def test_a_plot_that_fails_costs_the_report_nothing_but_that_plot(monkeypatch, tmp_path):
+    def broken(check, settings):
+        raise ValueError("no")
+
+    monkeypatch.setitem(PLOTS, "load", (broken, "caption"))
+    paths = write_report(sample_report(), tmp_path)
+    page = paths[2].read_text()
+    assert len(images(page)) == 3
+    assert "The plot failed: ValueError." in page

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import traceback
+
 import pytest
 from test_check_report import sample_report
 
@@ -36,7 +39,7 @@ def test_the_report_is_one_run_with_params_metrics_tags_and_files(tmp_path, stor
     assert data.metrics["robustness.noise_accuracy_0.1"] == 0.9  # "@" is not taken in a name
     assert data.metrics["fairness.cohort: demographic_parity_difference"] == 0.05
     assert data.tags["secureserve.lock_sha256"] == "ab" * 32
-    assert data.tags["secureserve.signed"] == "true"
+    assert data.tags["secureserve.signature"] == "verified"
     assert data.tags["secureserve.passed"] == "false"
     assert data.tags["secureserve.check.fuzz"] == "fail"
     assert data.tags["mlflow.runName"] == f"check {report.model} 1.0"
@@ -58,7 +61,39 @@ def test_plain_http_is_refused_off_the_loopback_and_passwords_are_never_shown(tm
     with pytest.raises(ConfigError, match="use an https:// tracking URI") as caught:
         log_to_mlflow(report, [], "http://ci:s3cret@mlflow.example.com:5000")
     assert "s3cret" not in str(caught.value)
-    assert "ci:***@mlflow.example.com" in str(caught.value)
+    assert "http://***@mlflow.example.com:5000" in str(caught.value)
+
+
+def test_credentials_in_the_uri_stay_out_of_the_error_and_its_traceback(monkeypatch):
+    uri = "https://alice:S3cr%2Ft@mlflow.example.com/api?token=T0KEN"
+
+    class Refusing:
+        def __init__(self, tracking_uri):
+            raise OSError(f"cannot reach {tracking_uri} (password S3cr/t)")
+
+    monkeypatch.setattr(mlflow, "MlflowClient", Refusing)
+    with pytest.raises(ConfigError) as caught:
+        log_to_mlflow(sample_report(), [], uri)
+    shown = "".join(traceback.format_exception(caught.value))  # what --debug prints
+    for secret in ("alice", "S3cr", "T0KEN"):
+        assert secret not in shown
+    assert "https://***@mlflow.example.com/api?***" in shown
+    assert "OSError: cannot reach" in shown
+
+
+def test_telemetry_is_off_while_logging_and_the_environment_is_put_back(store, monkeypatch):
+    monkeypatch.delenv("MLFLOW_DISABLE_TELEMETRY", raising=False)
+    seen = []
+    real = mlflow.MlflowClient
+
+    def watching(tracking_uri):
+        seen.append(os.environ.get("MLFLOW_DISABLE_TELEMETRY"))
+        return real(tracking_uri=tracking_uri)
+
+    monkeypatch.setattr(mlflow, "MlflowClient", watching)
+    log_to_mlflow(sample_report(), [], store)
+    assert seen == ["true"]
+    assert "MLFLOW_DISABLE_TELEMETRY" not in os.environ
 
 
 def test_a_store_that_refuses_the_run_is_a_clear_error(tmp_path, monkeypatch):

@@ -16,7 +16,7 @@ on loopback) and ``drift`` of the data against the model's reference profile.
 
 from __future__ import annotations
 
-import hashlib
+import contextlib
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final
@@ -24,15 +24,15 @@ from typing import Any, Final
 import msgspec
 
 from secureserve import __version__
-from secureserve.check.data import LabelledData, predict, read_labelled
+from secureserve.check.data import LabelledData, Predictor, read_labelled
 from secureserve.check.progress import Progress
 from secureserve.check.results import CheckResult, Figure, Report
 from secureserve.config import load_settings
 from secureserve.drift import psi_of
 from secureserve.errors import ConfigError
-from secureserve.lockfile import LOCK_FILENAME
 from secureserve.model import Model
 from secureserve.outputs import label_field
+from secureserve.profile import Profile
 from secureserve.serving import load_model
 from secureserve.settings import CheckSettings, Settings
 
@@ -70,35 +70,36 @@ def run_check(
     loaded = load_model(cls, settings)
     model = loaded.instance
     rows = read_labelled(data, model, label_column=label_column, sensitive=sensitive)
-    # only fairness compares predicted labels: a slow model is not run over the data else
-    predicted = (
-        _predict_labels(model, rows, settings.server.max_instances, progress)
-        if "fairness" in only
-        else None
-    )
     results = []
-    for name in only:
-        if name == "robustness":
-            results.append(_robustness(model, loaded.profile, rows, settings, progress))
-        elif name == "fairness":
-            results.append(_fairness(rows, predicted, settings.check))
-        elif name == "fuzz":
-            from secureserve.check.fuzz import fuzz  # noqa: PLC0415 - the [check] extra
+    with contextlib.closing(Predictor(model)) as predict:
+        # only fairness compares predicted labels: a slow model is not run over the data else
+        predicted = (
+            _predict_labels(predict, model, rows, settings.server.max_instances, progress)
+            if "fairness" in only
+            else None
+        )
+        for name in only:
+            if name == "robustness":
+                results.append(_robustness(predict, loaded.profile, rows, settings, progress))
+            elif name == "fairness":
+                results.append(_fairness(rows, predicted, settings.check))
+            elif name == "fuzz":
+                from secureserve.check.fuzz import fuzz  # noqa: PLC0415 - the [check] extra
 
-            results.append(fuzz(cls, settings, progress))
-        elif name == "load":
-            from secureserve.check.load import load  # noqa: PLC0415
+                results.append(fuzz(cls, settings, progress))
+            elif name == "load":
+                from secureserve.check.load import load  # noqa: PLC0415
 
-            first = msgspec.to_builtins(rows.instances[0])
-            results.append(load(settings.project_dir, cls.name, first, settings.check, progress))
-        elif name == "drift":
-            results.append(_drift(model, loaded.profile, rows, settings.check))
-    lock = settings.project_dir / LOCK_FILENAME
+                first = msgspec.to_builtins(rows.instances[0])
+                project_dir, check = settings.project_dir, settings.check
+                results.append(load(project_dir, cls.name, first, check, progress, config=config))
+            elif name == "drift":
+                results.append(_drift(model, loaded.profile, rows, settings.check))
     return Report(
         model=cls.name,
         version=cls.version,
-        lock_sha256=hashlib.sha256(lock.read_bytes()).hexdigest() if lock.is_file() else None,
-        signed=settings.model.signing_public_key is not None,
+        lock_sha256=loaded.lock_sha256,  # the lock verified when the model was loaded
+        signature="verified" if settings.model.signing_public_key is not None else "not checked",
         secureserve=__version__,
         time=datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
         data=str(data),
@@ -110,7 +111,7 @@ def run_check(
 
 
 def _predict_labels(
-    model: Model[Any, Any], rows: LabelledData, batch: int, progress: Progress
+    predict: Predictor, model: Model[Any, Any], rows: LabelledData, batch: int, progress: Progress
 ) -> list[str] | None:
     """The predicted label of every instance, as text (None: the output has no ss.Label)."""
     field = label_field(type(model).output_type)
@@ -119,7 +120,7 @@ def _predict_labels(
     labels: list[str] = []
     with progress.part("fairness: predicting", len(rows.instances)) as advance:
         for start in range(0, len(rows.instances), batch):
-            outputs = predict(model, rows.instances[start : start + batch])
+            outputs = predict(rows.instances[start : start + batch])
             labels.extend(str(getattr(output, field)) for output in outputs)
             advance(len(outputs))
     return labels
@@ -138,14 +139,18 @@ def _fairness(
 
 
 def _robustness(
-    model: Model[Any, Any], profile: Any, rows: LabelledData, settings: Settings, progress: Progress
+    predict: Predictor,
+    profile: Profile | None,
+    rows: LabelledData,
+    settings: Settings,
+    progress: Progress,
 ) -> CheckResult:
     if profile is None:
         return CheckResult.not_judged("robustness", _NO_PROFILE)
     from secureserve.check.robustness import robustness  # noqa: PLC0415 - the [check] extra
 
     return robustness(
-        model,
+        predict,
         profile,
         rows.instances,
         rows.labels,
@@ -156,7 +161,7 @@ def _robustness(
 
 
 def _drift(
-    model: Model[Any, Any], profile: Any, rows: LabelledData, settings: CheckSettings
+    model: Model[Any, Any], profile: Profile | None, rows: LabelledData, settings: CheckSettings
 ) -> CheckResult:
     if profile is None:
         return CheckResult.not_judged("drift", _NO_PROFILE)

@@ -28,7 +28,7 @@ from secureserve.errors import ConfigError
 from secureserve.model import Model
 from secureserve.profile import row_problem, stop_on_bad_rows
 
-__all__ = ["LabelledData", "predict", "read_labelled"]
+__all__ = ["LabelledData", "Predictor", "read_labelled"]
 
 _MAX_REPORTED: Final = 5
 _Scalar = str | int | float | bool
@@ -147,16 +147,34 @@ def _stop_on(problems: list[str], path: Path) -> None:
     stop_on_bad_rows(problems, f"--data {path}", outcome="nothing was checked")
 
 
-def predict(model: Model[Any, Any], batch: list[Any]) -> list[Any]:
-    """The handler's outputs for ``batch``, from a plain or an ``async def`` predict.
+class Predictor:
+    """The handler's ``predict``, plain or ``async def``, called alike for a whole check.
 
-    The check calls the handler in its own thread, outside any event loop: an
-    ``async def predict`` is run to completion here.
+    The check calls the handler in process, outside any event loop: an async predict
+    runs on one event loop kept for the whole check (a ``asyncio.Runner``), so what it
+    binds to its loop stays usable from one call to the next. ``close()`` ends it.
     """
-    outputs = model.predict(batch)
-    if inspect.isawaitable(outputs):
-        return list(asyncio.run(_awaited(outputs)))
-    return list(outputs)
+
+    def __init__(self, model: Model[Any, Any]) -> None:
+        self._model = model
+        self._runner = asyncio.Runner() if type(model).is_async() else None
+
+    @property
+    def model(self) -> Model[Any, Any]:
+        """The handler it calls."""
+        return self._model
+
+    def __call__(self, batch: list[Any]) -> list[Any]:
+        """The handler's outputs for ``batch``."""
+        outputs = self._model.predict(batch)
+        if self._runner is not None and inspect.isawaitable(outputs):
+            return list(self._runner.run(_awaited(outputs)))
+        return list(outputs)  # type: ignore[arg-type]
+
+    def close(self) -> None:
+        """End the event loop of an async predict."""
+        if self._runner is not None:
+            self._runner.close()
 
 
 async def _awaited(outputs: Any) -> Any:

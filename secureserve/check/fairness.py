@@ -23,6 +23,7 @@ from secureserve.settings import CheckSettings
 
 __all__ = ["fairness"]
 
+_NO_RATES: Final = "rows with and without the label are needed in every group"
 #: Labels named in the message about an unknown positive_label.
 _LABELS_SHOWN: Final = 10
 
@@ -66,29 +67,52 @@ def fairness(
             )
             continue
         t, p, s = y_true[judged], y_pred[judged], g[judged]
-        for name, metric, limit in (
-            (
-                "demographic_parity_difference",
-                demographic_parity_difference,
-                settings.max_demographic_parity_difference,
-            ),
-            (
-                "equalized_odds_difference",
-                equalized_odds_difference,
-                settings.max_equalized_odds_difference,
-            ),
-        ):
-            # one label against the rest, for each label in turn: the largest is judged
-            by_label = {
-                label: float(metric(t == label, p == label, sensitive_features=s))
-                for label in positives
-            }
-            label, value = max(by_label.items(), key=lambda item: item[1])
-            details["parity_labels"].setdefault(column, label)  # the demographic parity one
-            note = None if len(positives) == 1 else f"largest for label {label!r} against the rest"
-            figures.append(
-                Figure(f"{column}: {name}", round(value, 4), limit, value <= limit, note)
+        # one label against the rest, for each label in turn: the largest is judged
+        parity = {
+            label: float(
+                demographic_parity_difference(t == label, p == label, sensitive_features=s)
             )
+            for label in positives
+        }
+        label = max(parity, key=parity.__getitem__)
+        details["parity_labels"][column] = label
+        figures.append(
+            _judged(
+                f"{column}: demographic_parity_difference",
+                label,
+                parity[label],
+                settings.max_demographic_parity_difference,
+                several=len(positives) > 1,
+            )
+        )
+        # true- and false-positive rates need rows of the label and rows of others in
+        # every group: a label missing from a group would count as a rate of 0
+        per_group = [t[s == group] for group in np.unique(s)]
+        rated = [
+            label
+            for label in positives
+            if all((rows == label).any() and (rows != label).any() for rows in per_group)
+        ]
+        name = f"{column}: equalized_odds_difference"
+        if not rated:
+            figures.append(Figure(name, None, note=_NO_RATES))
+            continue
+        odds = {
+            label: float(equalized_odds_difference(t == label, p == label, sensitive_features=s))
+            for label in rated
+        }
+        label = max(odds, key=odds.__getitem__)
+        skipped = len(positives) - len(rated)
+        figures.append(
+            _judged(
+                name,
+                label,
+                odds[label],
+                settings.max_equalized_odds_difference,
+                several=len(positives) > 1,
+                more=f"; {skipped} label(s) not judged: {_NO_RATES}" if skipped else "",
+            )
+        )
     judged_figures = [f for f in figures if f.passed is not None]
     passed = all(f.passed for f in judged_figures) if judged_figures else None
     worst = max(judged_figures, key=lambda f: (f.value or 0) - (f.threshold or 0), default=None)
@@ -98,6 +122,14 @@ def fairness(
         else "nothing could be judged (see the figures)"
     )
     return CheckResult("fairness", passed, summary, figures, details)
+
+
+def _judged(
+    name: str, label: str, value: float, limit: float, *, several: bool, more: str = ""
+) -> Figure:
+    """A judged figure; with several labels its note names the one it was largest for."""
+    note = (f"largest for label {label!r} against the rest" if several else "") + more
+    return Figure(name, round(value, 4), limit, value <= limit, note.lstrip("; ") or None)
 
 
 def _positive_labels(truth: list[str], predicted: list[str], chosen: str | None) -> list[str]:

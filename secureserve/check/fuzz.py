@@ -15,6 +15,7 @@ it are kept in the report (``details.failures``) to replay.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import tempfile
 import warnings
@@ -78,6 +79,7 @@ def fuzz(
     with (
         tempfile.TemporaryDirectory(prefix="secureserve-check-") as temporary,
         _logs_to(Path(temporary) / "server.log"),
+        _hypothesis_home(Path(temporary) / "hypothesis"),
     ):
         app = create_app(
             cls,
@@ -151,18 +153,40 @@ class _Judge:
 def _logs_to(path: Path) -> Iterator[None]:
     """The app's logs (an access line per generated request) to ``path``, not stdout.
 
-    The logging set-up of before is restored afterwards.
+    The logging set-up of before (structlog's, and the root logger's handlers and level)
+    is restored afterwards: nothing is left writing to the closed file.
     """
     was_configured, before = structlog.is_configured(), structlog.get_config()
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
     with path.open("wb") as sink:
         configure_logging("warning", stream=sink)
         try:
             yield
         finally:
+            root.handlers[:] = handlers
+            root.setLevel(level)
             if was_configured:
                 structlog.configure(**before)
             else:
                 structlog.reset_defaults()
+
+
+@contextlib.contextmanager
+def _hypothesis_home(path: Path) -> Iterator[None]:
+    """Hypothesis keeps its files (examples, the constants of local modules) in ``path``.
+
+    By default it would write ``.hypothesis/`` in the working directory, project
+    strings included; the folder of before is restored afterwards.
+    """
+    from hypothesis import configuration  # noqa: PLC0415 - the [check] extra
+
+    before = getattr(configuration, "__hypothesis_home_directory", None)
+    configuration.set_hypothesis_home_dir(path)
+    try:
+        yield
+    finally:
+        configuration.set_hypothesis_home_dir(before)
 
 
 def _describe(exc: BaseException) -> str:

@@ -53,8 +53,13 @@ def load(
     instance: Any,
     settings: CheckSettings,
     progress: Progress | None = None,
+    *,
+    config: Path | None = None,
 ) -> CheckResult:
-    """Serve ``project`` for real and measure it under load (see the module docstring)."""
+    """Serve ``project`` for real and measure it under load (see the module docstring).
+
+    ``config``: the settings file, when it is not the project's ``secureserve.toml``.
+    """
     progress = progress or Progress()
     with tempfile.TemporaryDirectory(prefix="secureserve-check-load-") as temporary:
         folder = Path(temporary)
@@ -83,9 +88,12 @@ def load(
             f"Authorization: Bearer {key.secret}\r\nContent-Type: application/json\r\n"
             f"Content-Length: {len(body)}\r\n\r\n"
         ).encode() + body
+        command = [sys.executable, "-m", "secureserve.cli", "run"]
+        if config is not None:  # the settings the check itself read
+            command += ["--config", str(config)]
         with (folder / "server.log").open("wb") as log:
-            server = subprocess.Popen(
-                [sys.executable, "-m", "secureserve.cli", "run"],
+            server = subprocess.Popen(  # noqa: S603 - this interpreter, our own command
+                command,
                 cwd=project,
                 env=env,
                 stdout=log,
@@ -141,7 +149,7 @@ async def _drive(
         reader, writer = await asyncio.open_connection(_HOST, port, ssl=context)
         try:
             while time.monotonic() < deadline:
-                start = time.perf_counter()
+                sent = time.perf_counter()
                 writer.write(request)
                 try:
                     status = await asyncio.wait_for(_response(reader), _IO_TIMEOUT_S)
@@ -149,7 +157,7 @@ async def _drive(
                     errors[0] += 1
                     return
                 if status == 200:  # noqa: PLR2004 - HTTP status
-                    latencies.append((time.perf_counter() - start) * 1000)
+                    latencies.append((time.perf_counter() - sent) * 1000)
                 else:
                     errors[0] += 1
         finally:

@@ -2,7 +2,9 @@
 
 One function per check, each taking that check's result (figures and details as
 ``report.json`` holds them) and the thresholds, and returning the PNG, or None when
-the check kept nothing to draw (not judged, or not run). matplotlib is used through
+the check kept nothing to draw (not judged, or not run). Text that came from the
+project or the data (group values, labels, column and feature names) is drawn
+literally, never as matplotlib's mathematics. matplotlib is used through
 its object interface (``matplotlib.figure.Figure`` with the Agg canvas): no pyplot,
 no global state, no window. The PNGs carry no software or date metadata, so the same
 figures give the same bytes.
@@ -78,7 +80,7 @@ def fairness_per_group(check: CheckResult, settings: CheckSettings) -> bytes | N
         axes = figure.add_subplot(len(columns), 1, row)
         largest = sorted(groups.items(), key=lambda item: -int(item[1]["size"]))[:MAX_GROUP_BARS]
         shown = sorted(largest)
-        names = [f"{name}\n(n={g['size']})" for name, g in shown]
+        names = [f"{_plain(name)}\n(n={g['size']})" for name, g in shown]
         where = list(range(len(shown)))
         width = 0.4
         axes.bar(
@@ -96,13 +98,13 @@ def fairness_per_group(check: CheckResult, settings: CheckSettings) -> bytes | N
                 [g["selection_rate"].get(label, 0.0) for _, g in shown],
                 width,
                 color=[_SECOND if g["judged"] else _MUTED for _, g in shown],
-                label=f"selection rate of {label!r}",
+                label=_plain(f"selection rate of {label!r}"),
             )
         axes.set_xticks(where, names, fontsize="small")
         axes.set_ylim(0, 1.3)  # room for the legend above the bars
         axes.set_yticks([0, 0.25, 0.5, 0.75, 1.0])
         small = f"grey: fewer than {settings.min_group_size} rows, not judged"
-        axes.set_title(f"{column}  ({small})", fontsize="medium")
+        axes.set_title(f"{_plain(column)}  ({small})", fontsize="medium")
         axes.legend(fontsize="small", loc="upper center", ncols=2)
     return _png(figure)
 
@@ -142,12 +144,20 @@ def psi(check: CheckResult, settings: CheckSettings) -> bytes | None:
         color=[_FAIL if v > settings.max_drift_psi else _MAIN for _, v in shown],
     )
     axes.axhline(settings.max_drift_psi, color=_FAIL, linestyle=":", label="max_drift_psi")
-    axes.set_xticks(where, [name for name, _ in shown], rotation=90, fontsize="x-small")
+    axes.set_xticks(where, [_plain(name) for name, _ in shown], rotation=90, fontsize="x-small")
     axes.set_ylabel("PSI")
     more = f" (the {MAX_PSI_BARS} largest of {len(values)})" if len(values) > len(shown) else ""
     axes.set_title(f"PSI per feature{more}", fontsize="medium")
     axes.legend(fontsize="small")
     return _png(figure)
+
+
+def _plain(text: str) -> str:
+    """``text`` from the project or the data, to be drawn as it is (``$`` escaped).
+
+    matplotlib reads ``$...$`` as mathematics, and fails on a bad formula.
+    """
+    return text.replace("$", r"\$")
 
 
 def _figure() -> tuple[PlotFigure, Axes]:

@@ -20,17 +20,23 @@ import msgspec
 
 from secureserve.atomic import write_atomically
 from secureserve.check.plots import PLOTS
-from secureserve.check.results import CheckResult, Figure, Report
+from secureserve.check.results import VERDICTS, CheckResult, Figure, Report
 from secureserve.settings import CheckSettings
 
 __all__ = ["FILES", "html_page", "to_json", "write_report"]
 
 #: What :func:`write_report` writes, in that order.
 FILES: Final = ("report.json", "report.md", "report.html")
-_POLICY: Final = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
+_POLICY: Final = (
+    "default-src 'none'; img-src data:; style-src 'unsafe-inline'; base-uri 'none'; "
+    "form-action 'none'"
+)
 _OUTCOME: Final = {True: "passed", False: "FAILED"}
 _NO_PLOTS: Final = "No plot: plots need matplotlib (pip install 'secureserve[check]')."
-_VERDICT: Final = {True: ("pass", "pass"), False: ("fail", "fail"), None: ("not judged", "none")}
+#: Each verdict's words and CSS class (pass, fail; none for not judged).
+_VERDICT: Final = {
+    passed: (word, word if passed is not None else "none") for passed, word in VERDICTS.items()
+}
 _STYLE: Final = """
 body { font: 15px/1.45 system-ui, sans-serif; max-width: 60rem; margin: 2rem auto;
        padding: 0 1rem; color: #212121; }
@@ -91,7 +97,7 @@ def _about(report: Report) -> str:
     rows = [
         ("data", f"<code>{_e(report.data)}</code> ({report.instances} instances)"),
         ("lock sha256", f"<code>{_e(report.lock_sha256 or 'no lock')}</code>"),
-        ("signed lock required", "yes" if report.signed else "no"),
+        ("lock signature", _e(report.signature)),
         ("secureserve", _e(report.secureserve)),
         ("time", _e(report.time)),
     ]
@@ -122,7 +128,11 @@ def _section(check: CheckResult, settings: CheckSettings, *, plotting: bool) -> 
         parts.append(f'<p class="none">{_e(_NO_PLOTS)}</p>')
     elif check.check in PLOTS:
         draw, caption = PLOTS[check.check]
-        png = draw(check, settings)
+        try:
+            png = draw(check, settings)
+        except Exception as exc:  # noqa: BLE001 - a plot never costs the report its figures
+            png = None
+            parts.append(f'<p class="none">{_e(f"The plot failed: {type(exc).__name__}.")}</p>')
         if png is not None:
             data = base64.b64encode(png).decode("ascii")
             parts.append(

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Any
+import html
+from typing import Any, Final, Literal
 
 import msgspec
 
 from secureserve.settings import CheckSettings
 
-__all__ = ["CheckResult", "Figure", "Report"]
+__all__ = ["VERDICTS", "CheckResult", "Figure", "Report"]
+
+#: A check's or a figure's verdict in words, in every form of the report.
+VERDICTS: Final = {True: "pass", False: "fail", None: "not judged"}
 
 
 class Figure(msgspec.Struct, frozen=True):
@@ -47,7 +51,9 @@ class Report(msgspec.Struct, frozen=True):
     model: str
     version: str
     lock_sha256: str | None
-    signed: bool
+    #: "verified": [model] signing_public_key is set, so the lock's signature was
+    #: checked before any file was read; "not checked": no key is configured
+    signature: Literal["verified", "not checked"]
     secureserve: str
     time: str
     data: str
@@ -58,8 +64,8 @@ class Report(msgspec.Struct, frozen=True):
 
     def lines(self) -> list[str]:
         """One line per check, as the command prints them."""
-        word = {True: "pass", False: "FAIL", None: "----"}
-        return [f"{word[c.passed]}  {c.check:<10} {c.summary}" for c in self.checks]
+        shown = {"pass": "pass", "fail": "FAIL", "not judged": "----"}  # aligned, fail loud
+        return [f"{shown[VERDICTS[c.passed]]}  {c.check:<10} {c.summary}" for c in self.checks]
 
     def markdown(self) -> str:
         """``report.md``: the same, for people."""
@@ -68,16 +74,13 @@ class Report(msgspec.Struct, frozen=True):
             "",
             f"- result: **{'passed' if self.passed else 'FAILED'}**",
             f"- data: `{self.data}` ({self.instances} instances)",
-            (
-                f"- lock sha256: `{self.lock_sha256 or 'no lock'}`; signed lock required: "
-                f"{'yes' if self.signed else 'no'}"
-            ),
+            f"- lock sha256: `{self.lock_sha256 or 'no lock'}`; signature: {self.signature}",
             f"- secureserve {self.secureserve}, {self.time}",
             "",
             "| check | result | figure | value | threshold |",
             "| --- | --- | --- | ---: | ---: |",
         ]
-        word = {True: "pass", False: "**fail**", None: "not judged"}
+        word = {**VERDICTS, False: f"**{VERDICTS[False]}**"}
         for check in self.checks:
             if not check.figures:
                 out.append(f"| {check.check} | {word[check.passed]} | {_cell(check.summary)} | | |")
@@ -91,5 +94,9 @@ class Report(msgspec.Struct, frozen=True):
 
 
 def _cell(text: str) -> str:
-    """``text`` as one Markdown table cell: a ``|`` or a line break in it would end it."""
-    return " ".join(text.split()).replace("|", "\\|")
+    """``text`` as one Markdown table cell, shown as text.
+
+    A ``|`` or a line break would end the cell, and Markdown renders HTML: text from
+    the project or the data (labels, group values) is escaped.
+    """
+    return html.escape(" ".join(text.split()), quote=False).replace("|", "\\|")

@@ -29,7 +29,7 @@ from typing import Any, Final
 import numpy as np
 import numpy.typing as npt
 
-from secureserve.check.data import predict
+from secureserve.check.data import Predictor
 from secureserve.check.progress import Progress
 from secureserve.check.results import CheckResult, Figure
 from secureserve.errors import ConfigError
@@ -47,7 +47,7 @@ NOISE_EPSILONS: Final = (0.0, 0.02, 0.05, 0.1, 0.2, 0.3)
 
 
 def robustness(
-    model: Model[Any, Any],
+    predict: Predictor,
     profile: Profile,
     instances: list[Any],
     truth: list[str],
@@ -56,8 +56,9 @@ def robustness(
     batch: int,
     progress: Progress | None = None,
 ) -> CheckResult:
-    """The robustness check on ``instances`` (their true labels in ``truth``)."""
+    """The robustness check of ``predict``'s handler on ``instances`` (labels in ``truth``)."""
     progress = progress or Progress()
+    model = predict.model
     try:
         with warnings.catch_warnings():  # ART warns that PyTorch is absent: it is not needed
             warnings.simplefilter("ignore")
@@ -68,7 +69,7 @@ def robustness(
             "the robustness check needs the Adversarial Robustness Toolbox: "
             "pip install 'secureserve[check]'."
         ) from None
-    oracle = _Oracle(model, profile, truth, batch)
+    oracle = _Oracle(predict, profile, truth, batch)
     x = oracle.scale(model.features(instances))
     y = np.array([oracle.classes.index(t) if t in oracle.classes else -1 for t in truth])
     rng = np.random.default_rng(0)
@@ -154,6 +155,8 @@ def _starting_points(
 
     HopSkipJump starts from such a point; ART would draw it from an unseeded generator,
     so it is drawn here from the check's own: the same data gives the same figures.
+    (Given a start, ART skips its first L2 search toward the row; the attack's own
+    L-infinity search does that work.) The tries of all rows are asked in one batch.
     """
     if not len(rows):
         return []
@@ -180,16 +183,15 @@ def _numpy_random_seeded(seed: int) -> Iterator[None]:
 class _Oracle:
     """The model as the attack sees it: scaled feature vectors in, class scores out."""
 
-    def __init__(
-        self, model: Model[Any, Any], profile: Profile, truth: list[str], batch: int
-    ) -> None:
+    def __init__(self, predict: Predictor, profile: Profile, truth: list[str], batch: int) -> None:
+        self._predict = predict
+        self._model = model = predict.model
         cls = type(model)
         if cls.features is not Model.features and cls.from_features is Model.from_features:
             raise ConfigError(
                 "the robustness check rebuilds instances from feature vectors: define "
                 "from_features() on the handler (or use the default feature view)."
             )
-        self._model = model
         self._batch = batch
         self._low = np.array([f.min for f in profile.features])
         self._span = np.array([f.max - f.min for f in profile.features])
@@ -217,7 +219,7 @@ class _Oracle:
         out = np.zeros((len(rows), len(self.classes)))
         for start in range(0, len(rows), self._batch):
             chunk = self._model.from_features(rows[start : start + self._batch])
-            for i, output in enumerate(predict(self._model, chunk), start=start):
+            for i, output in enumerate(self._predict(chunk), start=start):
                 out[i] = self._answer(output)
         self.calls += len(rows)
         return out

@@ -1,7 +1,8 @@
 """``secureserve check [PATH] --data FILE``: the model's checks as a CI gate.
 
 Exit 0 when every judged figure passes, 1 when one fails, 2 when the check could not
-run (a usage error, bad data, a missing extra, an MLflow store that refused the run).
+run (a usage error, bad data, a missing extra, a refused model file, a handler that
+raised, a report folder that cannot be written, an MLflow store that refused the run).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from secureserve.cli._common import EXIT_ERROR, EXIT_USAGE
-from secureserve.errors import ConfigError
+from secureserve.errors import SecureServeError
 
 
 def register(commands: Any, common: argparse.ArgumentParser) -> None:
@@ -63,12 +64,15 @@ def _checks(text: str) -> tuple[str, ...]:
 def _check(args: argparse.Namespace) -> int:
     from secureserve.check import run_check  # noqa: PLC0415
     from secureserve.check.progress import progress_for  # noqa: PLC0415
-    from secureserve.check.report import to_json, write_report  # noqa: PLC0415
+    from secureserve.check.report import FILES, to_json, write_report  # noqa: PLC0415
 
     config = args.config
     if config is not None and not config.is_absolute():
         config = Path.cwd() / config
     try:
+        # a run that stops half-way must not leave an older report looking current
+        for name in FILES:
+            (args.report / name).unlink(missing_ok=True)
         report = run_check(
             args.path.resolve(),
             args.data,  # as given: the report names it so
@@ -84,14 +88,25 @@ def _check(args: argparse.Namespace) -> int:
         else:
             print("\n".join(report.lines()))
             print(f"report: {args.report / 'report.html'}")
+        if all(check.passed is None for check in report.checks):
+            print("note: no check was judged; nothing was gated", file=sys.stderr)
         if args.mlflow:
             from secureserve.check.tracking import log_to_mlflow  # noqa: PLC0415
 
             run_id = log_to_mlflow(report, files, args.mlflow)
             print(f"mlflow run: {run_id}", file=sys.stderr if args.json else sys.stdout)
-    except ConfigError as exc:
-        if args.debug:
-            traceback.print_exc()
-        print(f"secureserve: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+    except (SecureServeError, OSError) as exc:
+        return _could_not_run(args, str(exc))
+    except Exception as exc:  # noqa: BLE001 - the handler's own failures: the check did not run
+        return _could_not_run(
+            args, f"{type(exc).__name__}: {exc} (run with --debug for the traceback)"
+        )
     return 0 if report.passed else EXIT_ERROR
+
+
+def _could_not_run(args: argparse.Namespace, why: str) -> int:
+    """Exit 2: the check could not run, which a CI step must not mistake for a verdict."""
+    if args.debug:
+        traceback.print_exc()
+    print(f"secureserve: error: the check could not run: {why}", file=sys.stderr)
+    return EXIT_USAGE
