@@ -210,12 +210,16 @@ def test_protocol_thousand_idle_and_slow_connections_do_not_stop_a_good_client(s
         reply = server.predict(json.loads(VALID))
         assert reply.status == 200
         assert time.monotonic() - start < 10
-        time.sleep(3)  # past both 1 s deadlines: the server closed them all
-        still_open = 0
-        for tls in opened:
-            if not _closed_within(tls, 0.01):
-                still_open += 1
-        assert still_open == 0
+        # past both 1 s deadlines the server closes them all; on a loaded machine (the
+        # suite runs on every core) closing 1,000 takes a while: wait for it, bounded
+        time.sleep(2)
+        still_open = opened
+        deadline = time.monotonic() + 20
+        while still_open and time.monotonic() < deadline:
+            still_open = [tls for tls in still_open if not _closed_within(tls, 0.01)]
+            if still_open:
+                time.sleep(0.5)
+        assert len(still_open) == 0
     finally:
         for tls in opened:
             tls.close()
