@@ -467,7 +467,7 @@ def asgi_results(
         )
         for label, model in chosen.items()
     }
-    endpoints = {label: Predict(app.state.serving) for label, app in apps.items()}
+    endpoints = {label: Predict(app.state.models) for label, app in apps.items()}
     bodies = {
         size: [
             msgspec.json.encode({"instances": [{"pixels": r.tolist()} for r in rows[i : i + size]]})
@@ -531,7 +531,7 @@ def asgi_results(
         return asyncio.run(main())
     finally:
         for app in apps.values():
-            state = app.state.serving
+            state = app.state.models
             state.close()
             state.audit.close()
 

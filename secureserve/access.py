@@ -9,6 +9,7 @@ for every unauthenticated refusal, a digest key that lives only in this process)
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,6 +18,7 @@ from secureserve.auth import Authenticator, certificate_principals
 from secureserve.config import RATE_OFF, Settings
 from secureserve.keys import KeyStore
 from secureserve.ratelimit import RateLimiter
+from secureserve.settings import ModelLimitsSettings
 from secureserve.tokens import JWTVerifier
 
 __all__ = ["Access", "build_access"]
@@ -37,8 +39,12 @@ def build_access(
     logger: Any,
     keys: KeyStore | None = None,
     audit_key: bytes | None = None,
+    model_limits: Mapping[str, ModelLimitsSettings] | None = None,
 ) -> Access:
-    """Build the access objects; ``keys`` and ``audit_key`` override the configured ones."""
+    """Build the access objects; ``keys`` and ``audit_key`` override the configured ones.
+
+    ``model_limits``: each served model's own ``limits`` table, by model name.
+    """
     auth, limits, audit = settings.auth, settings.limits, settings.audit
     jwt = None
     if auth.jwks_file is not None and auth.jwt_issuer and auth.jwt_audience:
@@ -110,6 +116,10 @@ def build_access(
         storage_timeout_s=limits.storage_timeout_s,
         key_prefix=limits.key_prefix,
         logger=logger,
+        model_limits={
+            name: (_rate(own.per_principal), _rate(own.quota))
+            for name, own in (model_limits or {}).items()
+        },
     )
     return Access(
         authenticator=Authenticator(keys=keystore, jwt=jwt, certificates=certificates),

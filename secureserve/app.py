@@ -1,4 +1,4 @@
-"""``create_app``: one model, the routes of DESIGN.md, and the middleware around them.
+"""``create_app``: the served models, the routes of DESIGN.md, and the middleware around them.
 
 The request path, outermost first::
 
@@ -16,7 +16,7 @@ this app must terminate TLS itself or re-encrypt to it).
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 import structlog
@@ -30,22 +30,27 @@ from starlette.routing import Route
 
 from secureserve import endpoints
 from secureserve.access import build_access
-from secureserve.config import Settings, check_settings, resolve_paths
+from secureserve.config import ModelSettings, Settings, check_settings, resolve_paths
+from secureserve.errors import ConfigError, SecureServeError
 from secureserve.keys import KeyStore
 from secureserve.logs import access_log, configure_logging, get_logger
+from secureserve.metrics import Metrics
 from secureserve.middleware.authentication import Authentication
 from secureserve.middleware.context import RequestContext
 from secureserve.middleware.https import HttpsOnly
 from secureserve.middleware.inflight import InFlightLimit
 from secureserve.model import Model
 from secureserve.problems import as_rejection, problem_response
-from secureserve.serving import ServingState, load_model
+from secureserve.serving import ServedModels, ServingState, load_model
+
+#: A handler: a ``Model`` subclass, or an instance of one.
+Handler = Model[Any, Any] | type[Model[Any, Any]]
 
 __all__ = ["create_app"]
 
 
 def create_app(
-    model: Model[Any, Any] | type[Model[Any, Any]],
+    model: Handler | Mapping[str, Handler],
     *,
     config: Settings | None = None,
     keys: KeyStore | None = None,
@@ -53,10 +58,13 @@ def create_app(
 ) -> Starlette:
     """Load ``model`` and return the ASGI app that serves it.
 
-    ``config`` defaults to the built-in defaults; ``keys`` defaults to the key file
-    named by ``[auth] keys_file``; ``audit_key`` to ``[audit] digest_key_file`` (or a
-    key that lives only in this process, with a warning). Raises ``ConfigError`` or
-    ``ArtifactError`` before anything is served if the model cannot be loaded.
+    ``model`` is one handler (class or instance) for ``[model]``, or a mapping of served
+    name to handler for the ``[models.<name>]`` tables of several models (each name the
+    handler class's ``name``). ``config`` defaults to the built-in defaults; ``keys``
+    defaults to the key file named by ``[auth] keys_file``; ``audit_key`` to ``[audit]
+    digest_key_file`` (or a key that lives only in this process, with a warning).
+    Raises ``ConfigError`` or ``ArtifactError`` before anything is served if a model
+    cannot be loaded (unless it is optional: then it is logged and not ready).
     """
     settings = resolve_paths(config or Settings())
     check_settings(settings)
@@ -64,34 +72,46 @@ def create_app(
     if not structlog.is_configured():
         configure_logging(settings.logging.level)
     log = get_logger()
-    cls = model if isinstance(model, type) else type(model)
-    state = ServingState(cls, load_model(model, settings), settings)
-    access = build_access(settings, logger=log, keys=keys, audit_key=audit_key)
-    state.audit = access.audit
-    state.limiter = access.limiter
+    metrics = Metrics()
+    models = ServedModels(
+        [
+            _served(name, handler, settings, model_settings, metrics)
+            for name, (handler, model_settings) in _handlers(model, settings).items()
+        ],
+        metrics,
+    )
+    access = build_access(
+        settings,
+        logger=log,
+        keys=keys,
+        audit_key=audit_key,
+        model_limits={state.name: state.model_settings.limits for state in models},
+    )
+    models.share(access.audit, access.limiter)
 
     @contextlib.asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
-        state.ready = True
-        current = state.current
-        log.info(
-            "model ready",
-            model=state.name,
-            model_version=current.version,
-            model_revision=current.revision,
-        )
+        models.accepting = True
+        for state in models:
+            if state.current is not None:
+                log.info(
+                    "model ready",
+                    model=state.name,
+                    model_version=state.current.version,
+                    model_revision=state.current.revision,
+                )
         try:
             yield
         finally:
-            state.ready = False
-            state.close()
+            models.accepting = False
+            models.close()
             await access.limiter.aclose()
             access.audit.close()
 
     app = Starlette(
         routes=[
-            Route("/v1/models/{name}:predict", endpoints.Predict(state), methods=["POST"]),
-            Route("/v1/models/{name}:explain", endpoints.Explain(state), methods=["POST"]),
+            Route("/v1/models/{name}:predict", endpoints.Predict(models), methods=["POST"]),
+            Route("/v1/models/{name}:explain", endpoints.Explain(models), methods=["POST"]),
             Route("/v1/models/{name}:reload", endpoints.reload, methods=["POST"]),
             Route("/v1/models", endpoints.list_models, methods=["GET"]),
             Route("/v1/models/{name:model}", endpoints.model_metadata, methods=["GET"]),
@@ -112,7 +132,7 @@ def create_app(
                 RequestContext,
                 logger=log,
                 access=access_log(),
-                metrics=state.metrics,
+                metrics=metrics,
                 audit=access.audit,
                 trusted_proxies=settings.server.trusted_proxies,
             ),
@@ -130,8 +150,70 @@ def create_app(
         lifespan=lifespan,
     )
     app.router.redirect_slashes = False  # a redirect would echo the Host header back
-    app.state.serving = state
+    app.state.models = models
     return app
+
+
+def _handlers(
+    model: Handler | Mapping[str, Handler], settings: Settings
+) -> dict[str | None, tuple[Handler, ModelSettings]]:
+    """Each handler with its settings, by served name (None: ``[model]``, named by its class)."""
+    served = settings.served()
+    if not isinstance(model, Mapping):
+        if settings.models:
+            raise ConfigError(
+                f"these settings serve several models ([models.{', '.join(settings.models)}]): "
+                "pass create_app a mapping of each name to its handler."
+            )
+        return {None: (model, settings.model)}
+    missing = sorted(set(settings.models) - set(model))
+    extra = sorted(set(model) - set(settings.models))
+    if missing or extra:
+        raise ConfigError(
+            "the handlers and the [models.<name>] tables must name the same models: "
+            + "; ".join(
+                part
+                for part in (
+                    f"no handler for {', '.join(missing)}" if missing else "",
+                    f"no [models.<name>] table for {', '.join(extra)}" if extra else "",
+                )
+                if part
+            )
+            + "."
+        )
+    return {name: (model[name], served[name]) for name in settings.models}
+
+
+def _served(
+    name: str | None,
+    handler: Handler,
+    settings: Settings,
+    model_settings: ModelSettings,
+    metrics: Metrics,
+) -> ServingState:
+    """One model loaded (or, if optional and it fails, logged and left not ready)."""
+    cls = handler if isinstance(handler, type) else type(handler)
+    table = settings.table(name)
+    if name is not None and getattr(cls, "name", None) != name:
+        raise ConfigError(
+            f"{table} handler {cls.__module__}.{cls.__qualname__} serves a model named "
+            f"{getattr(cls, 'name', None)!r}: the table name is the served name, so name the "
+            f"table after the class's name, or set name = {name!r} on the class (a subclass "
+            "can rename a handler served twice)."
+        )
+    try:
+        loaded = load_model(handler, settings, model_settings)
+    except SecureServeError:
+        if not model_settings.optional:
+            get_logger().error("model failed to load", model=name or cls.name, table=table)
+            raise
+        get_logger().exception(
+            "optional model failed to load: serving the others without it",
+            model=name,
+            setting=f"{table[1:-1]}.optional",
+        )
+        loaded = None  # logged with its traceback; the model is not ready
+    return ServingState(cls, loaded, settings, model_settings, metrics, table=table)
 
 
 class _ModelName(StringConvertor):

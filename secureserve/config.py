@@ -33,6 +33,7 @@ import msgspec
 from secureserve.errors import ConfigError
 from secureserve.secretfiles import read_regular
 from secureserve.settings import (
+    MAX_MODELS,
     RATE_OFF,
     SECTIONS,
     AuditSettings,
@@ -141,7 +142,22 @@ def resolve_paths(settings: Settings) -> Settings:
         value = getattr(current, key)
         if value is not None and not value.is_absolute():
             sections[section] = msgspec.structs.replace(current, **{key: base / value})
+    sections["models"] = {
+        name: _resolved_model(model, base) for name, model in settings.models.items()
+    }
     return msgspec.structs.replace(settings, **sections)
+
+
+def _resolved_model(model: ModelSettings, base: Path) -> ModelSettings:
+    """A ``[models.<name>]`` table with its paths made absolute against ``base``."""
+    changes = {
+        key: base / value
+        for section, key in _PATH_KEYS
+        if section == "model"
+        and (value := getattr(model, key)) is not None
+        and not value.is_absolute()
+    }
+    return msgspec.structs.replace(model, **changes) if changes else model
 
 
 def _path_hook(kind: type, value: Any) -> Any:
@@ -324,7 +340,7 @@ def check_settings(settings: Settings) -> None:
                 f"[server] trusted_proxies: {proxy!r} would let any client forge "
                 "X-Forwarded-For; list your load balancers' addresses only."
             )
-    _check_onnx(settings.model)
+    _check_models(settings)
     if settings.server.workers > 1:
         raise ConfigError(
             "[server] workers: this version serves from one process; run one "
@@ -338,12 +354,6 @@ def check_settings(settings: Settings) -> None:
             "set, so no client certificate is ever verified: set client_ca or remove the mapping."
         )
     _check_limits(settings.limits, settings.server.max_instances)
-    if settings.project_dir.is_relative_to(settings.model.dir.resolve()):
-        raise ConfigError(
-            f"[model] dir is {settings.model.dir}, which holds the project folder itself: the "
-            "model would see secureserve.toml, secrets/ and the lock. Keep the model files in "
-            "their own folder, such as models/."
-        )
     tls = settings.tls
     if (tls.cert is None) != (tls.key is None):
         raise ConfigError(
@@ -352,18 +362,56 @@ def check_settings(settings: Settings) -> None:
         )
 
 
-def _check_onnx(model: ModelSettings) -> None:
-    """The ONNX keys of ``[model]``: no standard domain allowed again, no provider twice."""
+def _check_models(settings: Settings) -> None:
+    """``[model]`` or ``[models.<name>]`` tables (not both), each servable on its own."""
+    untouched = (ModelSettings(), _resolved_model(ModelSettings(), settings.project_dir.resolve()))
+    if settings.models and settings.model not in untouched:
+        raise ConfigError(
+            "[model] and [models.<name>] are both set: serve one model with [model], or "
+            "several with one [models.<name>] table each (move [model] into one of them)."
+        )
+    if len(settings.models) > MAX_MODELS:
+        raise ConfigError(
+            f"[models]: {len(settings.models)} models; one process serves at most {MAX_MODELS}."
+        )
+    if settings.model.optional:
+        raise ConfigError(
+            "[model] optional: only one of several models can be optional; a server of one "
+            "model that failed to load would serve nothing. Remove it."
+        )
+    keys = {model.signing_public_key for model in settings.models.values()}
+    if len(keys) > 1:
+        raise ConfigError(
+            "[models.<name>] signing_public_key differs between models, but one lock file "
+            "covers them all and is signed once: set the same key on every model."
+        )
+    for name, model in settings.served().items():
+        table = settings.table(name)
+        _check_onnx(model, table)
+        for key in ("per_principal", "quota"):
+            value = getattr(model.limits, key)
+            if value is not None:
+                parse_rate(key, value, section=f"{table[1:-1]}.limits")
+        if settings.project_dir.is_relative_to(model.dir.resolve()):
+            raise ConfigError(
+                f"{table} dir is {model.dir}, which holds the project folder itself: the "
+                "model would see secureserve.toml, secrets/ and the lock. Keep the model "
+                "files in their own folder, such as models/."
+            )
+
+
+def _check_onnx(model: ModelSettings, table: str) -> None:
+    """The ONNX keys of a model: no standard domain allowed again, no provider twice."""
     for domain in model.onnx_allowed_domains:
         if not domain or domain in {"ai.onnx", "ai.onnx.ml"}:
             raise ConfigError(
-                f"[model] onnx_allowed_domains: {domain!r} is not needed; the "
+                f"{table} onnx_allowed_domains: {domain!r} is not needed; the "
                 "standard ONNX domains are always allowed."
             )
     providers = model.providers
     if len(set(providers)) != len(providers):
         repeated = next(name for name in providers if providers.count(name) > 1)
-        raise ConfigError(f"[model] providers lists {repeated} twice; list each provider once.")
+        raise ConfigError(f"{table} providers lists {repeated} twice; list each provider once.")
 
 
 def _check_roles(settings: Settings) -> None:
@@ -373,7 +421,11 @@ def _check_roles(settings: Settings) -> None:
         for entry in settings.auth.client_certificates
         for role in entry.roles
     ]
-    named += [("[model.output.roles]", role) for role in settings.model.output.roles]
+    named += [
+        (f"{settings.table(name)[:-1]}.output.roles]", role)
+        for name, model in settings.served().items()
+        for role in model.output.roles
+    ]
     for where, role in named:
         if not is_role_name(role):
             raise ConfigError(

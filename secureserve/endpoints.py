@@ -31,7 +31,7 @@ from secureserve.openapi import (
 )
 
 if TYPE_CHECKING:
-    from secureserve.serving import ServingState
+    from secureserve.serving import ServedModels, ServingState
 
 __all__ = [
     "Explain",
@@ -55,33 +55,40 @@ _READY: Final = b'{"status":"ready"}'
 _NOT_READY: Final = b'{"status":"not ready"}'
 
 
-async def _visible_model(scope: Scope, state: ServingState, name: str) -> Principal:
-    """The principal, if it may see model ``name``; else 404, as if the model did not exist.
+async def _visible_model(
+    scope: Scope, models: ServedModels, name: str
+) -> tuple[Principal, ServingState]:
+    """The principal and the model ``name``, if it may see it; else 404, as if absent.
 
     A miss costs one prediction from the principal's own windows (not a per-model
     window named by the made-up name), so probing names is throttled like predicting.
     """
     principal: Principal = scope["secureserve.principal"]
-    if name != state.name or not principal.may_use(name):
-        await state.limiter.check(principal.id, None)
+    state = models.get(name)
+    if state is None or not principal.may_use(name):
+        await models.limiter.check(principal.id, None)
         raise RequestRejected(404, "not-found", "Not found")
-    return principal
+    return principal, state
+
+
+def _models(request: Request) -> ServedModels:
+    served: ServedModels = request.app.state.models
+    return served
 
 
 class Predict:
     """``POST /v1/models/{name}:predict`` as a plain ASGI app (the hot path)."""
 
-    def __init__(self, state: ServingState) -> None:
-        self.state = state
+    def __init__(self, models: ServedModels) -> None:
+        self.models = models
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Authorise, read, decode, predict, answer; any refusal raises ``RequestRejected``."""
-        state = self.state
         info = scope["secureserve"]
-        principal = await _visible_model(scope, state, scope["path_params"]["name"])
+        principal, state = await _visible_model(scope, self.models, scope["path_params"]["name"])
         require_role(principal, "predict")
         state.audit.check_writable()  # no prediction that could not be recorded
-        defenses = state.current.defenses
+        defenses = state.deployment().defenses
         throttle = await defenses.admit(principal.id)  # 403 if blocked as an extraction
         limiter = state.limiter
         # admitted: one prediction, body or not
@@ -94,7 +101,7 @@ class Predict:
         instances = state.schema.decode_request(body)
         if len(instances) > 1:  # the rest of what it asks for, or the whole request is refused
             await limiter.check(principal.id, state.name, len(instances) - 1, throttle=throttle)
-        deployment = state.current  # this request finishes on this version, reload or not
+        deployment = state.deployment()  # this request finishes on this version, reload or not
         info.model_version = deployment.version
         defenses = deployment.defenses
         screened = defenses.screen(principal.id, instances, info.request_id)  # or 422
@@ -129,17 +136,16 @@ class Explain:
     when the model cannot explain (no profile, no feature view, nothing to explain).
     """
 
-    def __init__(self, state: ServingState) -> None:
-        self.state = state
+    def __init__(self, models: ServedModels) -> None:
+        self.models = models
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Authorise, read, decode, explain, answer; any refusal raises ``RequestRejected``."""
-        state = self.state
         info = scope["secureserve"]
-        principal = await _visible_model(scope, state, scope["path_params"]["name"])
+        principal, state = await _visible_model(scope, self.models, scope["path_params"]["name"])
         require_role(principal, "explain")
         state.audit.check_writable()
-        deployment = state.current
+        deployment = state.deployment()
         explainer, defenses = deployment.explainer, deployment.defenses
         if explainer.why_not is not None:
             raise unavailable(explainer.why_not)
@@ -228,28 +234,32 @@ async def _answer(
 
 async def list_models(request: Request) -> Response:
     """``GET /v1/models``: only the models this principal may use."""
-    state: ServingState = request.app.state.serving
     principal: Principal = request.scope["secureserve.principal"]
-    current = state.current
-    visible = [ModelSummary(state.name, current.version)] if principal.may_use(state.name) else []
+    visible = [
+        ModelSummary(state.name, state.version, ready=state.current is not None)
+        for state in _models(request)
+        if principal.may_use(state.name)
+    ]
     return Response(_encoder.encode(ModelList(visible)), media_type=_JSON)
 
 
 async def model_metadata(request: Request) -> Response:
     """``GET /v1/models/{name}`` (role ``admin``): version, artifact hashes, limits."""
-    state: ServingState = request.app.state.serving
-    principal = await _visible_model(request.scope, state, request.path_params["name"])
+    name = request.path_params["name"]
+    principal, state = await _visible_model(request.scope, _models(request), name)
     require_role(principal, "admin")
     current = state.current
-    request.scope["secureserve"].model_version = current.version
+    request.scope["secureserve"].model_version = state.version
     meta = ModelMetadata(
         name=state.name,
-        version=current.version,
-        revision=current.revision,
+        version=state.version,
+        revision=current.revision if current is not None else "not loaded",
         max_instances=state.max_instances,
         artifacts=[
-            ArtifactInfo(r.name, r.sha256, r.size, r.format) for r in current.artifacts.values()
+            ArtifactInfo(r.name, r.sha256, r.size, r.format)
+            for r in (current.artifacts.values() if current is not None else ())
         ],
+        ready=current is not None,
     )
     return Response(_encoder.encode(meta), media_type=_JSON)
 
@@ -260,8 +270,8 @@ async def reload(request: Request) -> Response:
     If anything fails the running version keeps serving; the client gets a problem
     without details, the log gets the reason.
     """
-    state: ServingState = request.app.state.serving
-    principal = await _visible_model(request.scope, state, request.path_params["name"])
+    name = request.path_params["name"]
+    principal, state = await _visible_model(request.scope, _models(request), name)
     require_role(principal, "admin")
     info = request.scope["secureserve"]
     try:
@@ -283,17 +293,17 @@ async def reload(request: Request) -> Response:
         name=state.name,
         version=current.version,
         revision=current.revision,
-        previous_revision=previous.revision,
+        previous_revision=previous.revision if previous is not None else "not loaded",
     )
     return Response(_encoder.encode(body), media_type=_JSON)
 
 
 async def drift(request: Request) -> Response:
     """``GET /v1/models/{name}/drift`` (role ``admin``): the drift monitor's current window."""
-    state: ServingState = request.app.state.serving
-    principal = await _visible_model(request.scope, state, request.path_params["name"])
+    name = request.path_params["name"]
+    principal, state = await _visible_model(request.scope, _models(request), name)
     require_role(principal, "admin")
-    current = state.current
+    current = state.deployment()
     request.scope["secureserve"].model_version = current.version
     report = current.defenses.drift_report()
     if report is None:
@@ -317,10 +327,10 @@ async def principals(request: Request) -> Response:
     ``offset`` and ``limit`` (at most 1,000) page through the tracked principals, most
     recently seen first; each carries the opaque ``handle`` the clear route takes.
     """
-    state: ServingState = request.app.state.serving
-    principal = await _visible_model(request.scope, state, request.path_params["name"])
+    name = request.path_params["name"]
+    principal, state = await _visible_model(request.scope, _models(request), name)
     require_role(principal, "admin")
-    extraction = state.current.defenses.extraction
+    extraction = state.deployment().defenses.extraction
     if extraction is None:
         raise _extraction_off()
     offset = _query_int(request, "offset", 0, maximum=10_000_000)
@@ -334,10 +344,10 @@ async def clear_principal(request: Request) -> Response:
     Forgets what made the principal suspect (its history and statistics), which ends a
     throttle or a block.
     """
-    state: ServingState = request.app.state.serving
-    principal = await _visible_model(request.scope, state, request.path_params["name"])
+    name = request.path_params["name"]
+    principal, state = await _visible_model(request.scope, _models(request), name)
     require_role(principal, "admin")
-    defenses = state.current.defenses
+    defenses = state.deployment().defenses
     if defenses.extraction is None:
         raise _extraction_off()
     handle = request.path_params["handle"]
@@ -379,19 +389,23 @@ def _query_int(request: Request, name: str, default: int, *, maximum: int) -> in
 
 
 async def openapi(request: Request) -> Response:
-    """``GET /openapi.json``: any principal that may use the model (else 404, as if absent)."""
-    state: ServingState = request.app.state.serving
-    principal = await _visible_model(request.scope, state, state.name)
-    body = state.openapi_body(state.policies.for_roles(principal.roles))
-    return Response(body, media_type=_JSON)
+    """``GET /openapi.json``: the models this principal may use (none: 404, as if absent)."""
+    models = _models(request)
+    principal: Principal = request.scope["secureserve.principal"]
+    if not any(principal.may_use(state.name) for state in models):
+        await models.limiter.check(principal.id, None)
+        raise RequestRejected(404, "not-found", "Not found")
+    return Response(models.openapi_body(principal), media_type=_JSON)
 
 
 async def metrics(request: Request) -> Response:
     """``GET /metrics`` (role ``metrics``): Prometheus text format."""
-    state: ServingState = request.app.state.serving
+    models = _models(request)
     require_role(request.scope["secureserve.principal"], "metrics")
-    state.current.defenses.refresh_metrics()  # gauges computed when read, not per request
-    return Response(state.metrics.render(), media_type=CONTENT_TYPE)
+    for state in models:  # gauges computed when read, not per request
+        if state.current is not None:
+            state.current.defenses.refresh_metrics()
+    return Response(models.metrics.render(), media_type=CONTENT_TYPE)
 
 
 async def healthz(_: Request) -> Response:
@@ -400,8 +414,7 @@ async def healthz(_: Request) -> Response:
 
 
 async def readyz(request: Request) -> Response:
-    """Readiness: the model is loaded and the server is not shutting down."""
-    state: ServingState = request.app.state.serving
-    if state.ready:
+    """Readiness: every model that is not optional is loaded, and no shutdown has begun."""
+    if _models(request).ready:
         return Response(_READY, media_type=_JSON)
     return Response(_NOT_READY, status_code=503, media_type=_JSON, headers={"Retry-After": "1"})

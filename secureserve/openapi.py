@@ -8,7 +8,8 @@ answered). ``tests/test_openapi_fuzz.py`` holds the server to it with schemathes
 
 from __future__ import annotations
 
-from typing import Any, Final
+from collections.abc import Sequence
+from typing import Any, Final, NamedTuple
 
 import msgspec
 
@@ -21,6 +22,7 @@ from secureserve.schema import ModelSchema
 
 __all__ = [
     "ArtifactInfo",
+    "ModelDoc",
     "ModelList",
     "ModelMetadata",
     "ModelSummary",
@@ -30,10 +32,11 @@ __all__ = [
 
 
 class ModelSummary(msgspec.Struct, frozen=True):
-    """One entry of ``GET /v1/models``."""
+    """One entry of ``GET /v1/models``; ``ready`` is false for an optional model that failed."""
 
     name: str
     version: str
+    ready: bool = True
 
 
 class ModelList(msgspec.Struct, frozen=True):
@@ -60,6 +63,7 @@ class ModelMetadata(msgspec.Struct, frozen=True):
     artifacts: list[ArtifactInfo]
     max_instances: int
     openapi: str = "/openapi.json"
+    ready: bool = True
 
 
 class ReloadResult(msgspec.Struct, frozen=True):
@@ -228,156 +232,50 @@ def _policy_note(view: OutputView | None) -> str:
     )
 
 
-def openapi_document(
-    name: str, version: str, schema: ModelSchema, view: OutputView | None = None
-) -> dict[str, Any]:
-    """The whole OpenAPI document as a dict (encoded once per output policy by the app).
+class ModelDoc(NamedTuple):
+    """One served model as a caller sees it in the document."""
+
+    name: str
+    version: str
+    schema: ModelSchema
+    view: OutputView | None
+
+
+def openapi_document(models: Sequence[ModelDoc]) -> dict[str, Any]:
+    """The whole OpenAPI document for ``models``, as a dict (encoded once per caller's view).
 
     It declares every status, content type and header the server really sends on each
     route (tests/test_openapi_fuzz.py checks the server against it with schemathesis),
-    and the predictions as a caller under the output policy ``view`` receives them.
+    and each model's predictions as a caller under its output policy ``view`` receives
+    them. The schemas of every model are named together, so two models' types of the
+    same name never collide.
     """
-    (request_schema, response_schema, *_), components = msgspec.json.schema_components(
-        (
-            schema.request_type,
-            schema.response_type_for(view),
-            Problem,
-            ModelList,
-            ModelMetadata,
-            ReloadResult,
-            DriftReport,
-            PrincipalPage,
-        ),
-        ref_template="#/components/schemas/{name}",
+    types: list[Any] = []
+    for model in models:
+        types += [model.schema.request_type, model.schema.response_type_for(model.view)]
+    shared = (Problem, ModelList, ModelMetadata, ReloadResult, DriftReport, PrincipalPage)
+    schemas, components = msgspec.json.schema_components(
+        (*types, *shared), ref_template="#/components/schemas/{name}"
+    )
+    paths: dict[str, Any] = {}
+    for i, model in enumerate(models):
+        paths.update(_model_paths(model, schemas[2 * i], schemas[2 * i + 1]))
+    title = models[0].name if len(models) == 1 else "secureserve models"
+    version = (
+        ", ".join(f"{m.name} {m.version}" for m in models)
+        if len(models) > 1
+        else (models[0].version if models else "none")
     )
     return {
         "openapi": "3.1.0",
-        "info": {"title": f"{name} model API", "version": version},
+        "info": {"title": f"{title} API", "version": version},
         "security": [{"bearer": []}],
         "paths": {
-            f"/v1/models/{name}:predict": {
-                "post": {
-                    "summary": f"Predict with {name} (role predict)",
-                    "description": _policy_note(view),
-                    "requestBody": {
-                        "required": True,
-                        "content": {_JSON: {"schema": request_schema}},
-                    },
-                    "responses": _responses(
-                        _ok(
-                            "one prediction per instance, in order",
-                            _JSON,
-                            response_schema,
-                            "X-Model-Version",
-                        ),
-                        "403",
-                        "404",
-                        "413",
-                        "415",
-                        "422",
-                        "504",
-                    ),
-                }
-            },
-            f"/v1/models/{name}:explain": {
-                "post": {
-                    "summary": f"Explain predictions of {name} (role explain)",
-                    "description": "Per instance: the prediction as this credential's output "
-                    "policy shows it, and one attribution per feature (null under label_only).",
-                    "requestBody": {
-                        "required": True,
-                        "content": {_JSON: {"schema": request_schema}},
-                    },
-                    "responses": _responses(
-                        _ok(
-                            "one explanation per instance, in order",
-                            _JSON,
-                            _explanations_schema(),
-                            "X-Model-Version",
-                        ),
-                        "403",
-                        "404",
-                        "409",
-                        "413",
-                        "415",
-                        "422",
-                        "504",
-                    ),
-                }
-            },
-            f"/v1/models/{name}:reload": {
-                "post": {
-                    "summary": f"Reload {name} from verified files (role admin)",
-                    "responses": _responses(
-                        _ok(
-                            "the version now serving",
-                            _JSON,
-                            _ref("ReloadResult"),
-                            "X-Model-Version",
-                        ),
-                        "403",
-                        "404",
-                    ),
-                }
-            },
+            **paths,
             "/v1/models": {
                 "get": {
                     "summary": "Models this credential may use",
                     "responses": _responses(_ok("model list", _JSON, _ref("ModelList"))),
-                }
-            },
-            f"/v1/models/{name}": {
-                "get": {
-                    "summary": "Model metadata (role admin)",
-                    "responses": _responses(
-                        _ok("metadata", _JSON, _ref("ModelMetadata"), "X-Model-Version"),
-                        "403",
-                        "404",
-                    ),
-                }
-            },
-            f"/v1/models/{name}/principals": {
-                "get": {
-                    "summary": "Extraction statistics per principal, paged (role admin)",
-                    "parameters": [
-                        _query("offset", "first entry to return", 10_000_000),
-                        _query("limit", "entries to return", 1000),
-                    ],
-                    "responses": _responses(
-                        _ok("tracked principals", _JSON, _ref("PrincipalPage")),
-                        "403",
-                        "404",
-                        "422",
-                    ),
-                }
-            },
-            f"/v1/models/{name}/principals/{{handle}}:clear": {
-                "post": {
-                    "summary": "Clear a principal suspected of extraction (role admin, audited)",
-                    "parameters": [
-                        {
-                            "name": "handle",
-                            "in": "path",
-                            "required": True,
-                            "description": "the opaque handle from GET .../principals",
-                            "schema": {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,64}$"},
-                        }
-                    ],
-                    "responses": _responses(
-                        _ok("cleared", _JSON, _cleared_schema()),
-                        "403",
-                        "404",
-                    ),
-                }
-            },
-            f"/v1/models/{name}/drift": {
-                "get": {
-                    "summary": "The drift monitor's current window (role admin)",
-                    "responses": _responses(
-                        _ok("drift report", _JSON, _ref("DriftReport"), "X-Model-Version"),
-                        "403",
-                        "404",
-                    ),
                 }
             },
             "/openapi.json": {
@@ -419,5 +317,133 @@ def openapi_document(
             "schemas": components,
             "headers": _HEADERS,
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        },
+    }
+
+
+def _model_paths(
+    model: ModelDoc, request_schema: dict[str, Any], response_schema: dict[str, Any]
+) -> dict[str, Any]:
+    """The routes of one model: predict, explain, reload, metadata, principals, drift."""
+    name, view = model.name, model.view
+    return {
+        f"/v1/models/{name}:predict": {
+            "post": {
+                "summary": f"Predict with {name} (role predict)",
+                "description": _policy_note(view),
+                "requestBody": {
+                    "required": True,
+                    "content": {_JSON: {"schema": request_schema}},
+                },
+                "responses": _responses(
+                    _ok(
+                        "one prediction per instance, in order",
+                        _JSON,
+                        response_schema,
+                        "X-Model-Version",
+                    ),
+                    "403",
+                    "404",
+                    "413",
+                    "415",
+                    "422",
+                    "504",
+                ),
+            }
+        },
+        f"/v1/models/{name}:explain": {
+            "post": {
+                "summary": f"Explain predictions of {name} (role explain)",
+                "description": "Per instance: the prediction as this credential's output "
+                "policy shows it, and one attribution per feature (null under label_only).",
+                "requestBody": {
+                    "required": True,
+                    "content": {_JSON: {"schema": request_schema}},
+                },
+                "responses": _responses(
+                    _ok(
+                        "one explanation per instance, in order",
+                        _JSON,
+                        _explanations_schema(),
+                        "X-Model-Version",
+                    ),
+                    "403",
+                    "404",
+                    "409",
+                    "413",
+                    "415",
+                    "422",
+                    "504",
+                ),
+            }
+        },
+        f"/v1/models/{name}:reload": {
+            "post": {
+                "summary": f"Reload {name} from verified files (role admin)",
+                "responses": _responses(
+                    _ok(
+                        "the version now serving",
+                        _JSON,
+                        _ref("ReloadResult"),
+                        "X-Model-Version",
+                    ),
+                    "403",
+                    "404",
+                ),
+            }
+        },
+        f"/v1/models/{name}": {
+            "get": {
+                "summary": "Model metadata (role admin)",
+                "responses": _responses(
+                    _ok("metadata", _JSON, _ref("ModelMetadata"), "X-Model-Version"),
+                    "403",
+                    "404",
+                ),
+            }
+        },
+        f"/v1/models/{name}/principals": {
+            "get": {
+                "summary": "Extraction statistics per principal, paged (role admin)",
+                "parameters": [
+                    _query("offset", "first entry to return", 10_000_000),
+                    _query("limit", "entries to return", 1000),
+                ],
+                "responses": _responses(
+                    _ok("tracked principals", _JSON, _ref("PrincipalPage")),
+                    "403",
+                    "404",
+                    "422",
+                ),
+            }
+        },
+        f"/v1/models/{name}/principals/{{handle}}:clear": {
+            "post": {
+                "summary": "Clear a principal suspected of extraction (role admin, audited)",
+                "parameters": [
+                    {
+                        "name": "handle",
+                        "in": "path",
+                        "required": True,
+                        "description": "the opaque handle from GET .../principals",
+                        "schema": {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,64}$"},
+                    }
+                ],
+                "responses": _responses(
+                    _ok("cleared", _JSON, _cleared_schema()),
+                    "403",
+                    "404",
+                ),
+            }
+        },
+        f"/v1/models/{name}/drift": {
+            "get": {
+                "summary": "The drift monitor's current window (role admin)",
+                "responses": _responses(
+                    _ok("drift report", _JSON, _ref("DriftReport"), "X-Model-Version"),
+                    "403",
+                    "404",
+                ),
+            }
         },
     }

@@ -26,6 +26,8 @@ Keys (``limits``' layout, so its tools read them; the prefix is ``key_prefix``):
     secureserve:mw:model/<model>/600/1/minute          (all principals together)
     secureserve:mw:auth-ip/<ip or IPv6 /64>/10/1/minute
     secureserve:fw:quota/<principal id>/10000/1/day
+    secureserve:mw:model-principal/<model>/<principal id>/5/1/minute   ([models.<name>.limits])
+    secureserve:fw:model-quota/<model>/<principal id>/1000/1/day
 
 Storage errors. Every call on the shared storage has a deadline,
 ``storage_timeout_s``; a call that fails or misses it marks the storage down. Then
@@ -44,7 +46,7 @@ import asyncio
 import contextlib
 import math
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Final, Literal, TypeVar
 
 from limits.aio.storage import Storage
@@ -161,6 +163,7 @@ class RateLimiter:
         storage_timeout_s: float = DEFAULT_STORAGE_TIMEOUT_S,
         key_prefix: str = "secureserve",
         logger: Any = None,
+        model_limits: Mapping[str, tuple[str | None, str | None]] | None = None,
     ) -> None:
         if on_storage_error not in {"refuse", "memory"}:
             raise ConfigError(
@@ -175,6 +178,14 @@ class RateLimiter:
         self._auth = _window(
             "auth_failures_per_ip", auth_failures_per_ip, "mw:auth-ip", moving=True
         )
+        # a model's own per-principal rate and quota ([models.<name>.limits]), by model
+        self._per_model: dict[str, tuple[Window | None, Window | None]] = {
+            model: (
+                _window("per_principal", rate, "mw:model-principal", moving=True),
+                _window("quota", quota, "fw:model-quota", moving=False),
+            )
+            for model, (rate, quota) in (model_limits or {}).items()
+        }
         self._recent_failures: dict[str, float] = {}  # address key -> last failure here
         shared_storage = _SCHEMES.get(storage.partition("://")[0]) != "async+memory"
         self._shared: _Backend = (
@@ -209,12 +220,16 @@ class RateLimiter:
         ``quota-exhausted`` (with ``Retry-After`` and ``RateLimit-*``), or 503
         ``limits-unavailable``.
         """
+        own_rate, own_quota = self._per_model.get(model, (None, None)) if model else (None, None)
+        mine = f"{model}/{principal_id}"  # this principal on this model
         plan = [
             (window, ident)
             for window, ident in (
                 (self._principal, principal_id),
                 (self._model, model),
                 (self._quota, principal_id),
+                (own_rate, mine),
+                (own_quota, mine),
                 (throttle, principal_id),
             )
             if window is not None and ident is not None

@@ -115,7 +115,7 @@ class _Server(uvicorn.Server):
         task.add_done_callback(self._reloads.discard)
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-        self._app.state.serving.ready = False
+        self._app.state.models.accepting = False
         super().handle_exit(sig, frame)
         if sig == signal.SIGTERM:
             self._captured_signals.remove(sig)
@@ -143,8 +143,7 @@ class _Loop(uvloop.Loop):
 
 
 async def _reload_on_signal(app: Starlette) -> None:
-    with contextlib.suppress(Exception):  # refused reloads are logged and audited by reload()
-        await app.state.serving.reload(trigger="SIGHUP")
+    await app.state.models.reload_all(trigger="SIGHUP")
 
 
 def serve(app: Starlette, settings: Settings, context: ssl.SSLContext, sock: socket.socket) -> None:
@@ -154,8 +153,8 @@ def serve(app: Starlette, settings: Settings, context: ssl.SSLContext, sock: soc
     already accepted finish (for at most the predict and body timeouts).
     """
     server = settings.server
-    serving = app.state.serving
-    edge = Edge(server=server, access=access_log(), audit=serving.audit, metrics=serving.metrics)
+    models = app.state.models
+    edge = Edge(server=server, access=access_log(), audit=models.audit, metrics=models.metrics)
     protocol = type("BoundedHttpProtocol", (SecureHttpProtocol,), {"edge": edge})
     config = uvicorn.Config(
         app,

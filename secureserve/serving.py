@@ -8,41 +8,41 @@ handler that raises in ``load`` — surfaces where the app is created, as a
 from __future__ import annotations
 
 import asyncio
-import hashlib
+import contextlib
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, Final
 
 import msgspec
 
 from secureserve.artifacts import ArtifactRecord, Artifacts
 from secureserve.audit import AuditLog, AuditUnavailable
-from secureserve.config import Settings
+from secureserve.config import ModelSettings, Settings
 from secureserve.defenses import Defenses, check_feature_view
 from secureserve.encryption import KEY_ENV, load_key
-from secureserve.errors import ConfigError, SecureServeError
+from secureserve.errors import ConfigError, RequestRejected, SecureServeError
 from secureserve.explain import Explainer
-from secureserve.lockfile import (
-    LOCK_FILENAME,
-    MISSING_LOCK,
-    SIGNATURE_FILENAME,
-    Lock,
-    read_lock,
-)
 from secureserve.logs import get_logger
 from secureserve.metrics import Metrics
 from secureserve.model import Model
-from secureserve.openapi import openapi_document
-from secureserve.outputs import OutputPolicies, OutputView
+from secureserve.openapi import ModelDoc, openapi_document
+from secureserve.outputs import OutputPolicies
 from secureserve.profile import DEFAULT_PROFILE, Profile, load_profile
 from secureserve.providers import check_onnxruntime_distribution, choose_providers
 from secureserve.ratelimit import RateLimiter
+from secureserve.release import verified_lock
 from secureserve.runner import InferenceRunner
 from secureserve.schema import ModelSchema
-from secureserve.signing import read_signature, verify
 
-__all__ = ["Deployment", "LoadedModel", "ServingState", "load_model"]
+if TYPE_CHECKING:
+    from secureserve.auth import Principal
+
+__all__ = ["Deployment", "LoadedModel", "ServedModels", "ServingState", "load_model"]
+
+#: OpenAPI documents kept, one per combination of visible models and output policies.
+_OPENAPI_KEPT: Final = 64
+_UNAVAILABLE_RETRY_S: Final = "30"
 
 
 @dataclass(frozen=True)
@@ -60,19 +60,22 @@ class LoadedModel:
 def load_model(
     model: Model[Any, Any] | type[Model[Any, Any]],
     settings: Settings,
+    model_settings: ModelSettings | None = None,
 ) -> LoadedModel:
     """Instantiate (if given a class), check, ``load`` and ``warmup`` the handler.
 
-    Everything is verified on the way: the lock (and its signature when a signing key
-    is configured) before any file is read, each file against the lock as it is read.
+    ``model_settings`` are the model's own keys (``[models.<name>]``; default
+    ``[model]``). Everything is verified on the way: the lock (and its signature when a
+    signing key is configured) before any file is read, each file against the lock as
+    it is read.
     """
     cls = model if isinstance(model, type) else type(model)
     if not (isinstance(cls, type) and issubclass(cls, Model)):
         raise ConfigError(f"{cls!r} is not a secureserve.Model subclass.")
     cls.check_definition()
     where = f"{cls.__module__}.{cls.__qualname__}"
-    model_settings = settings.model
-    lock, lock_sha256 = verified_lock(settings)
+    model_settings = model_settings or settings.model
+    lock, lock_sha256 = verified_lock(settings, model_settings)
     revision = lock_sha256[:12] if lock_sha256 is not None else "unlocked"
     check_onnxruntime_distribution()
     artifacts = Artifacts(
@@ -84,7 +87,7 @@ def load_model(
         max_onnx_nodes=model_settings.onnx_max_nodes,
         max_file_bytes=model_settings.max_artifact_bytes,
         lock=lock,
-        decryption_key=decryption_key(settings),
+        decryption_key=decryption_key(model_settings),
     )
     profile_name = model_settings.profile or (
         DEFAULT_PROFILE if DEFAULT_PROFILE in lock.files else None
@@ -118,36 +121,9 @@ def load_model(
     )
 
 
-def verified_lock(settings: Settings) -> tuple[Lock, str | None]:
-    """The project's lock, its signature verified when ``[model] signing_public_key`` is set.
-
-    The signature is checked over the exact bytes that are then parsed. Without a
-    lock file every artifact is refused (``MISSING_LOCK``), unless a signing key is
-    configured, in which case the missing lock is an error right away. Also returns
-    the sha256 of the lock's bytes (None without a lock).
-    """
-    path = settings.project_dir / LOCK_FILENAME
-    public_key = settings.model.signing_public_key
-    if not path.exists() and public_key is None:
-        return MISSING_LOCK, None
-    lock, data = read_lock(path)
-    if public_key is not None:
-        signature_path = path.with_name(SIGNATURE_FILENAME)
-        try:
-            signature = read_signature(signature_path)
-        except FileNotFoundError:
-            raise ConfigError(
-                f"{signature_path} does not exist, but [model] signing_public_key requires a "
-                "signed lock: run `secureserve sign --private-key KEY` where the model is "
-                "released."
-            ) from None
-        verify(data, signature, public_key)
-    return lock, hashlib.sha256(data).hexdigest()
-
-
-def decryption_key(settings: Settings) -> bytes | None:
+def decryption_key(model: ModelSettings) -> bytes | None:
     """The key for ``*.enc`` artifacts: ``[model] encryption_key_file`` or the environment."""
-    key_file = settings.model.encryption_key_file
+    key_file = model.encryption_key_file
     if key_file is None and KEY_ENV not in os.environ:
         return None
     return load_key(key_file=key_file)
@@ -166,6 +142,7 @@ class Deployment:
         loaded: LoadedModel,
         schema: ModelSchema,
         settings: Settings,
+        model_settings: ModelSettings,
         defenses: Defenses,
     ) -> None:
         self.version: str = loaded.instance.version
@@ -175,7 +152,7 @@ class Deployment:
         self.explainer = Explainer(
             loaded.instance,
             loaded.profile,
-            settings.model.explain,
+            model_settings.explain,
             schema,
             has_view=loaded.no_features is None,
             max_batch=settings.server.max_instances,
@@ -207,38 +184,67 @@ class Deployment:
 
 
 class ServingState:
-    """What the routes need: the current deployment, the schema, limits and readiness."""
+    """One served model: its current deployment, schema, output policies and readiness.
 
-    def __init__(self, cls: type[Model[Any, Any]], loaded: LoadedModel, settings: Settings) -> None:
+    ``current`` is None only for an optional model (``[models.<name>] optional``) that
+    failed to load: it is not ready, its routes answer 503 ``model-unavailable``, and a
+    reload (``POST .../{name}:reload`` or SIGHUP) may bring it up.
+    """
+
+    def __init__(
+        self,
+        cls: type[Model[Any, Any]],
+        loaded: LoadedModel | None,
+        settings: Settings,
+        model_settings: ModelSettings,
+        metrics: Metrics,
+        *,
+        table: str = "[model]",
+    ) -> None:
         server = settings.server
         self.cls = cls
         self.settings = settings
+        self.model_settings = model_settings
         self.name = cls.name
+        self.optional = model_settings.optional
         self.max_instances = server.max_instances
         self.max_body_bytes = server.max_body_bytes
         self.body_timeout_s = server.body_timeout_s
         self.schema = ModelSchema(
             cls.input_type, cls.output_type, max_instances=server.max_instances
         )
-        self.metrics = Metrics()
-        self.current = self._deploy(loaded)
-        self.metrics.serving(
-            model=self.name, version=self.current.version, revision=self.current.revision
-        )
+        self.metrics = metrics
         where = f"{cls.__module__}.{cls.__qualname__}"
-        self.policies = OutputPolicies(cls.output_type, settings.model.output, where=where)
-        self._openapi_bodies: dict[str, bytes] = {
-            view.policy if view is not None else "": msgspec.json.encode(
-                openapi_document(self.name, cls.version, self.schema, view)
+        self.policies = OutputPolicies(cls.output_type, model_settings.output, where=where)
+        self.table = table
+        self.current: Deployment | None = None
+        if loaded is not None:
+            self.current = self._deploy(loaded)
+            self.metrics.serving(
+                model=self.name, version=self.current.version, revision=self.current.revision
             )
-            for view in (*self.policies.views.values(), None)
-        }
-        self._log_defenses(loaded)
-        self.ready = True
+            self._log_defenses(loaded)
         self._reload_lock = asyncio.Lock()
         # set by create_app once the access objects exist
         self.audit: AuditLog
         self.limiter: RateLimiter
+
+    def deployment(self) -> Deployment:
+        """The version serving now; 503 ``model-unavailable`` for an optional model not loaded."""
+        if self.current is None:
+            raise RequestRejected(
+                503,
+                "model-unavailable",
+                "Model unavailable",
+                detail="this model could not be loaded; the others are served",
+                headers={"Retry-After": _UNAVAILABLE_RETRY_S},
+            )
+        return self.current
+
+    @property
+    def version(self) -> str:
+        """The serving version's, or the handler class's while nothing is loaded."""
+        return self.current.version if self.current is not None else self.cls.version
 
     def _log_defenses(self, loaded: LoadedModel) -> None:
         """One start-up line saying which model defenses run; a warning for full scores."""
@@ -249,48 +255,45 @@ class ServingState:
                 model=self.name,
                 reason=loaded.no_features,
             )
-        defenses = self.current.defenses
+        defenses = self.deployment().defenses
         default = self.policies.default
         log.info(
             "model defenses",
             model=self.name,
             output_policy=default.policy if default is not None else "none (no score fields)",
-            role_policies=dict(self.settings.model.output.roles) or None,
+            role_policies=dict(self.model_settings.output.roles) or None,
             guard=defenses.mode if defenses.guard is not None else "off",
             drift="on" if defenses.drift is not None else "off",
             profile_features=len(loaded.profile.features) if loaded.profile else None,
         )
         if default is not None and default.policy == "full":
             log.warning(
-                'every caller receives full scores ([model.output] policy = "full"): '
+                'every caller receives full scores (output policy = "full"): '
                 "model inversion and extraction are cheaper",
                 model=self.name,
+                setting=f"{self.table[1:-1]}.output.policy",
             )
 
     def _deploy(self, loaded: LoadedModel) -> Deployment:
         defenses = Defenses(
             loaded.instance,
             loaded.profile,
-            self.settings.model,
+            self.model_settings,
             has_view=loaded.no_features is None,
             metrics=self.metrics,
             audit=lambda: self.audit,
             limiter=lambda: self.limiter,
         )
-        return Deployment(loaded, self.schema, self.settings, defenses)
-
-    def openapi_body(self, view: OutputView | None) -> bytes:
-        """The OpenAPI document as a caller under the output policy ``view`` should read it."""
-        return self._openapi_bodies[view.policy if view is not None else ""]
+        return Deployment(loaded, self.schema, self.settings, self.model_settings, defenses)
 
     @property
     def runner(self) -> InferenceRunner:
         """The current deployment's runner."""
-        return self.current.runner
+        return self.deployment().runner
 
     async def reload(
         self, *, trigger: str, principal: str | None = None, request_id: str | None = None
-    ) -> tuple[Deployment, Deployment]:
+    ) -> tuple[Deployment | None, Deployment]:
         """Load the model again beside the running one and swap if, and only if, it all passed.
 
         Lock, signature, formats, ``load`` and ``warmup`` run in a worker thread while
@@ -298,20 +301,24 @@ class ServingState:
         and changes nothing. A model change is never unrecorded: when the audit log
         cannot be written (and ``[audit] on_write_error`` is ``refuse``) the reload is
         refused before anything is loaded, and the swap happens only after its record
-        was written. Returns (previous, new).
+        was written. Returns (previous, new); previous is None for an optional model
+        that was not loaded.
         """
         log = get_logger()
         where = {"trigger": trigger, "request_id": request_id, "key_id": principal}
         async with self._reload_lock:
             kept = self.current
+            kept_revision = kept.revision if kept is not None else "nothing"
             self.audit.check_writable()
             try:
-                loaded = await asyncio.to_thread(load_model, self.cls, self.settings)
+                loaded = await asyncio.to_thread(
+                    load_model, self.cls, self.settings, self.model_settings
+                )
             except Exception as exc:
                 log.exception(
-                    "model reload refused", model=self.name, kept_revision=kept.revision, **where
+                    "model reload refused", model=self.name, kept_revision=kept_revision, **where
                 )
-                detail = f"{type(exc).__name__}; {kept.revision} kept"
+                detail = f"{type(exc).__name__}; {kept_revision} kept"
                 self._audit_reload("reload-refused", detail, where)
                 raise
             current = self._deploy(loaded)
@@ -321,18 +328,21 @@ class ServingState:
                 request_id=request_id,
                 trigger=trigger,
                 model=self.name,
-                detail=f"{kept.revision} -> {current.revision}",
+                detail=f"{kept_revision} -> {current.revision}",
             )
             previous, self.current = kept, current
-            current.defenses.take_over(previous.defenses)
-            previous.retire()
+            if previous is not None:
+                current.defenses.take_over(previous.defenses)
+                previous.retire()
+            else:
+                self._log_defenses(loaded)
         self.metrics.serving(model=self.name, version=current.version, revision=current.revision)
         log.info(
             "model reloaded",
             model=self.name,
             model_version=current.version,
             model_revision=current.revision,
-            previous_revision=previous.revision,
+            previous_revision=kept_revision,
             **where,
         )
         return previous, current
@@ -352,4 +362,75 @@ class ServingState:
 
     def close(self) -> None:
         """Shutdown: finish queued work of the current deployment and stop its thread."""
-        self.current.runner.close()
+        if self.current is not None:
+            self.current.runner.close()
+
+
+class ServedModels:
+    """Every model one app serves, by name, and the readiness of the whole server.
+
+    The server is ready while it accepts requests and every model that is not optional
+    is loaded. Each model keeps its own inference thread, batching, defenses, output
+    policies and reload; metrics, the audit log and the limiter are shared.
+    """
+
+    def __init__(self, states: list[ServingState], metrics: Metrics) -> None:
+        self.by_name: dict[str, ServingState] = {state.name: state for state in states}
+        self.metrics = metrics
+        self.accepting = True
+        self._openapi: dict[tuple[tuple[str, str], ...], bytes] = {}
+
+    def __iter__(self) -> Iterator[ServingState]:
+        return iter(self.by_name.values())
+
+    def get(self, name: str) -> ServingState | None:
+        """The served model ``name``, or None."""
+        return self.by_name.get(name)
+
+    @property
+    def ready(self) -> bool:
+        """Accepting requests, and every model that is not optional is loaded."""
+        return self.accepting and all(
+            state.current is not None for state in self if not state.optional
+        )
+
+    def share(self, audit: AuditLog, limiter: RateLimiter) -> None:
+        """Give every model the app's audit log and limiter."""
+        self.audit, self.limiter = audit, limiter
+        for state in self:
+            state.audit, state.limiter = audit, limiter
+
+    def openapi_body(self, principal: Principal) -> bytes:
+        """The OpenAPI document of the models ``principal`` may use, as its roles see them.
+
+        Kept per combination of visible models and output policies: at most
+        ``_OPENAPI_KEPT`` documents (the oldest one goes first).
+        """
+        visible = [state for state in self if principal.may_use(state.name)]
+        views = [state.policies.for_roles(principal.roles) for state in visible]
+        key = tuple(
+            (state.name, view.policy if view is not None else "")
+            for state, view in zip(visible, views, strict=True)
+        )
+        body = self._openapi.get(key)
+        if body is None:
+            docs = [
+                ModelDoc(state.name, state.version, state.schema, view)
+                for state, view in zip(visible, views, strict=True)
+            ]
+            body = msgspec.json.encode(openapi_document(docs))
+            if len(self._openapi) >= _OPENAPI_KEPT:
+                del self._openapi[next(iter(self._openapi))]
+            self._openapi[key] = body
+        return body
+
+    async def reload_all(self, *, trigger: str) -> None:
+        """Reload each model in turn, each verified before its swap; one refused keeps the rest."""
+        for state in self:
+            with contextlib.suppress(Exception):  # refused reloads are logged and audited
+                await state.reload(trigger=trigger)
+
+    def close(self) -> None:
+        """Shutdown: every model finishes its queued work and stops its thread."""
+        for state in self:
+            state.close()

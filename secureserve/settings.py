@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Annotated, Final, Literal
+from typing import Annotated, Any, Final, Literal
 
 import msgspec
 
@@ -258,6 +258,17 @@ class ExplainSettings(Section, frozen=True):
 ArtifactName = Annotated[str, msgspec.Meta(min_length=1, max_length=255)]
 
 
+class ModelLimitsSettings(Section, frozen=True):
+    """``[models.<name>.limits]``: one model's own limits, on top of ``[limits]``.
+
+    Counted in predictions of this model, per principal, like ``[limits]
+    per_principal`` and ``quota`` (which still count every model together).
+    """
+
+    per_principal: RateString | None = None
+    quota: RateString | None = None
+
+
 class ModelSettings(Section, frozen=True):
     """``[model]``: which handler to serve, where its files are, and its defenses.
 
@@ -285,6 +296,10 @@ class ModelSettings(Section, frozen=True):
     drift: DriftSettings = msgspec.field(default_factory=DriftSettings)
     extraction: ExtractionSettings = msgspec.field(default_factory=ExtractionSettings)
     explain: ExplainSettings = msgspec.field(default_factory=ExplainSettings)
+    limits: ModelLimitsSettings = msgspec.field(default_factory=ModelLimitsSettings)
+    #: several models only: a model that fails to load is logged and not ready, and the
+    #: others serve (else a failing model stops start-up)
+    optional: bool = False
 
 
 Share = Annotated[float, msgspec.Meta(ge=0, le=1)]
@@ -323,6 +338,12 @@ class LoggingSettings(Section, frozen=True):
     level: Literal["debug", "info", "warning", "error"] = "info"
 
 
+#: A ``[models.<name>]`` table name: the served name, addressable from the environment
+#: (``SECURESERVE_MODELS__<NAME>__...``, lower-cased), so letters, digits and ``_`` only.
+ServedName = Annotated[str, msgspec.Meta(pattern=r"^[a-z][a-z0-9_]{0,62}$")]
+MAX_MODELS: Final = 64  # models one process serves, at most
+
+
 class Settings(Section, frozen=True):
     """All settings; ``project_dir`` is the folder relative paths were resolved against."""
 
@@ -333,17 +354,36 @@ class Settings(Section, frozen=True):
     limits: LimitsSettings = msgspec.field(default_factory=LimitsSettings)
     audit: AuditSettings = msgspec.field(default_factory=AuditSettings)
     model: ModelSettings = msgspec.field(default_factory=ModelSettings)
+    #: several models: ``[models.<name>]``, each with every key of ``[model]``
+    models: dict[ServedName, ModelSettings] = msgspec.field(default_factory=dict)
     logging: LoggingSettings = msgspec.field(default_factory=LoggingSettings)
     check: CheckSettings = msgspec.field(default_factory=CheckSettings)
 
+    def served(self) -> dict[str | None, ModelSettings]:
+        """Each served model's settings by its served name.
 
-SECTIONS: Final[dict[str, type[Section]]] = {
+        ``[models.<name>]`` tables when there are any; else ``[model]`` alone, under
+        None: its name comes from the handler class.
+        """
+        if not self.models:
+            return {None: self.model}
+        served: dict[str | None, ModelSettings] = {}
+        served.update(self.models)
+        return served
+
+    def table(self, name: str | None) -> str:
+        """Where a served model's keys live, for messages: ``[model]`` or ``[models.NAME]``."""
+        return "[model]" if name is None else f"[models.{name}]"
+
+
+SECTIONS: Final[dict[str, Any]] = {
     "server": ServerSettings,
     "tls": TLSSettings,
     "auth": AuthSettings,
     "limits": LimitsSettings,
     "audit": AuditSettings,
     "model": ModelSettings,
+    "models": dict[str, ModelSettings],
     "logging": LoggingSettings,
     "check": CheckSettings,
 }

@@ -60,7 +60,7 @@ class TestClient(_StarletteClient):
             keys=KeyStore(None, records=[key.record]),
             audit_key=os.urandom(32),
         )
-        self.model_name: str = app.state.serving.name
+        (self.model_name,) = app.state.models.by_name  # the one model it serves
         super().__init__(
             app, base_url="https://testserver", headers={"Authorization": f"Bearer {key.secret}"}
         )

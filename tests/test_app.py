@@ -92,7 +92,7 @@ def test_app_lists_the_model(iris):
     """GET /v1/models lists the served model's name and public version."""
     response = iris.get("/v1/models")
     assert response.status_code == 200
-    assert response.json() == {"models": [{"name": "iris", "version": "1.0.0"}]}
+    assert response.json() == {"models": [{"name": "iris", "version": "1.0.0", "ready": True}]}
 
 
 @pytest.mark.parametrize(("path", "body"), [("/healthz", "ok"), ("/readyz", "ready")])
@@ -105,7 +105,7 @@ def test_app_probes_are_public_and_terse(iris, path, body):
 
 def test_app_readyz_is_503_when_not_ready(iris):
     """/readyz turns 503 with Retry-After once the serving state is no longer ready."""
-    iris.app.state.serving.ready = False
+    iris.app.state.models.accepting = False
     response = iris.anonymous().get("/readyz")
     assert response.status_code == 503
     assert response.headers["retry-after"] == "1"
@@ -206,7 +206,8 @@ def test_app_model_inside_allowed_list_is_served(iris_project):
     """A key whose model list names iris can list and call it."""
     key = mint_key(name="iris-only", roles=("predict",), models=("iris", "other"))
     with asgi_client(_app_with_keys(iris_project, key), key) as client:
-        assert client.get("/v1/models").json() == {"models": [{"name": "iris", "version": "1.0.0"}]}
+        listed = client.get("/v1/models").json()
+        assert listed == {"models": [{"name": "iris", "version": "1.0.0", "ready": True}]}
         assert client.post(PREDICT, json=VALID).status_code == 200
 
 

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from conftest import copy_example
 from defense_helpers import digits_rows
+from two_models import copy_two_models
 
 from secureserve.check import run_check
 from secureserve.check.fairness import fairness
@@ -436,3 +437,26 @@ def test_a_label_missing_from_a_group_is_not_judged_for_equalized_odds():
         "without the label are needed in every group"
     )
     assert figures["site: demographic_parity_difference"].value == 0.5  # z: 0.5 in a, 0 in b
+
+
+def test_a_project_of_several_models_is_checked_one_model_at_a_time(tmp_path, monkeypatch, capsys):
+    project = copy_two_models(tmp_path / "two", monkeypatch)
+    with (project / "secureserve.toml").open("a") as config:
+        config.write("\n[check]\nfuzz_examples = 10\n")
+    monkeypatch.chdir(project)
+    assert main(["lock"]) == 0
+    with (project / "digits.jsonl").open("w") as out:
+        for row in digits_rows()[:100]:
+            out.write(json.dumps({"instance": {"pixels": row.tolist()}, "label": 0}) + "\n")
+    argv = ["check", "--data", "digits.jsonl", "--only", "drift,fuzz", "--report", "r"]
+    assert main(argv) == 2
+    assert "several models (iris, digits): choose one with --model NAME" in capsys.readouterr().err
+    assert main([*argv, "--model", "digits"]) == 0
+    saved = json.loads((project / "r" / "report.json").read_text())
+    assert saved["model"] == "digits"
+    assert [c["passed"] for c in saved["checks"]] == [True, True]
+    assert main([*argv, "--model", "irs"]) == 2
+    assert (
+        "--model irs: there is no [models.irs] table; choose iris, digits"
+        in capsys.readouterr().err
+    )

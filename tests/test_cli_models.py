@@ -10,14 +10,23 @@ from __future__ import annotations
 import base64
 import json
 import os
+import shutil
 import stat
 from pathlib import Path
 
 import pytest
+from conftest import EXAMPLES
 from server_helpers import free_port, run_cli, running_server, set_toml
+from two_models import copy_two_models
 
 from secureserve.cli import main
-from secureserve.lockfile import LOCK_FILENAME, SIGNATURE_FILENAME, read_lock
+from secureserve.lockfile import (
+    LOCK_FILENAME,
+    SIGNATURE_FILENAME,
+    FoldersLock,
+    read_lock,
+    read_lock_file,
+)
 
 PRIVATE = Path("secrets/signing-key.pem")
 PUBLIC = Path("signing-key.pub.pem")
@@ -189,6 +198,96 @@ def test_sign_missing_private_key_error(project, capsys):
     code = main(["sign", "--private-key", "secrets/nope.pem"])
     _assert_error(code, capsys.readouterr().err, "nope.pem")
     assert not (project / SIGNATURE_FILENAME).exists()
+
+
+# --------------------------------------------------------------------------- several models
+
+
+@pytest.fixture
+def two(tmp_path, monkeypatch):
+    """The two-model project (iris and digits) as the working directory, no env settings."""
+    for name in [n for n in os.environ if n.startswith("SECURESERVE_")]:
+        monkeypatch.delenv(name)
+    project = copy_two_models(tmp_path / "two", monkeypatch)
+    monkeypatch.chdir(project)
+    return project
+
+
+@pytest.fixture
+def two_signed(two, capsys):
+    """The two-model project locked and signed, both tables naming the public key."""
+    assert main(["signing-key", "new"]) == 0
+    toml = two / "secureserve.toml"
+    text = toml.read_text()
+    for name in ("iris", "digits"):
+        text = text.replace(
+            f'dir = "models/{name}"\n', f'dir = "models/{name}"\nsigning_public_key = "{PUBLIC}"\n'
+        )
+    toml.write_text(text)
+    assert main(["lock"]) == 0
+    assert main(["sign", "--private-key", str(PRIVATE)]) == 0
+    capsys.readouterr()
+    return two
+
+
+def test_lock_several_models_prints_each_folder(two, capsys):
+    """``lock`` with two models writes a v2 lock and prints each folder with its files."""
+    assert main(["lock"]) == 0
+    out = capsys.readouterr().out
+    assert f"{two / LOCK_FILENAME} (4 files in 2 model folders)" in out
+    assert "models/digits (2 files)" in out
+    assert "models/iris (2 files)" in out
+    assert (
+        out.index("models/digits (") < out.index("digits.safetensors") < out.index("models/iris (")
+    )
+    lock, _ = read_lock_file(two / LOCK_FILENAME)
+    assert isinstance(lock, FoldersLock)
+
+
+def test_sign_then_verify_several_models(two_signed, capsys):
+    """A signed v2 lock verifies with the configured key; each folder's count is printed."""
+    assert main(["verify"]) == 0
+    out = capsys.readouterr().out
+    assert "signature: valid" in out
+    assert "files: 4 match" in out
+    assert "models/digits ([models.digits]): 2 files match" in out
+    assert "models/iris ([models.iris]): 2 files match" in out
+
+
+def test_verify_several_models_tampered_file_names_its_folder(two_signed, capsys):
+    """A changed file in one folder: exit 1, one error naming the folder and the file."""
+    (two_signed / "models" / "iris" / "labels.json").write_text('["a", "b", "pwned"]')
+    code = main(["verify"])
+    _assert_error(code, capsys.readouterr().err, "models/iris/labels.json", LOCK_FILENAME)
+
+
+def test_verify_several_models_changed_lock_byte_fails(two_signed, capsys):
+    """One changed byte of the signed v2 lock fails the signature check."""
+    path = two_signed / LOCK_FILENAME
+    path.write_bytes(path.read_bytes().replace(b'"size": 38', b'"size": 39'))
+    code = main(["verify"])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "does not match the lock's content" in err
+
+
+def test_sign_refuses_a_hostile_v2_lock(two, capsys):
+    """``sign`` refuses a lock that does not parse (a ``..`` section) and writes no .sig."""
+    assert main(["signing-key", "new"]) == 0
+    (two / LOCK_FILENAME).write_text(
+        '{"folders": {"../etc": {"files": {}}}, "format": "secureserve-lock/v2"}\n'
+    )
+    capsys.readouterr()
+    code = main(["sign", "--private-key", str(PRIVATE)])
+    _assert_error(code, capsys.readouterr().err, "unsafe path", "secureserve lock")
+    assert not (two / SIGNATURE_FILENAME).exists()
+
+
+def test_verify_old_v1_lock_with_several_models_says_lock_again(two, capsys):
+    """A v1 lock left from a one-model project: exit 1 saying to run ``secureserve lock``."""
+    shutil.copy(EXAMPLES / "iris" / LOCK_FILENAME, two / LOCK_FILENAME)
+    code = main(["verify"])
+    _assert_error(code, capsys.readouterr().err, "secureserve-lock/v1", "secureserve lock")
 
 
 # --------------------------------------------------------------------------- encryption

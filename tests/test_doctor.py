@@ -13,12 +13,15 @@ from pathlib import Path
 
 import pytest
 from cryptography import x509
+from two_models import copy_two_models
 
 from secureserve.cli import main
+from secureserve.config import load_settings
 from secureserve.devcerts import ensure_dev_certificates
 from secureserve.doctor import Severity, diagnose, format_report
 from secureserve.doctor.ignorefiles import git_view, ignored
 from secureserve.keys import create_key
+from secureserve.release import lock_project
 from secureserve.scaffold import create_project
 
 #: What a fresh project reports on a developer machine: notes only.
@@ -320,6 +323,99 @@ def test_served_files_writable_by_this_user_are_a_note(project, monkeypatch):
     assert finding.severity is Severity.INFO
     monkeypatch.setattr(os, "access", lambda path, mode: False)
     assert "files-writable" not in codes(run(project))
+
+
+# --- several models ------------------------------------------------------------------------
+
+
+@pytest.fixture
+def two(tmp_path, monkeypatch) -> Path:
+    """The iris and digits examples as ``[models.iris]`` and ``[models.digits]``, locked."""
+    project = copy_two_models(tmp_path / "two", monkeypatch)
+    lock_project(load_settings(project_dir=project, environ={}))
+    return project
+
+
+def test_two_models_locked_have_no_model_error(two):
+    """A locked two-model project: no error; the unsigned lock is one warning for all."""
+    report = diagnose(two, environ={}, handler=True)
+    assert codes(report, Severity.ERROR) == set()
+    [unsigned] = [f for f in report.findings if f.code == "model-unsigned"]
+    assert unsigned.subject == "[models.*] signing_public_key"
+    assert not codes(report) & {"model-unlisted", "handler-invalid", "defenses-off"}
+
+
+def test_two_models_tampered_file_is_named_with_its_folder(two):
+    """A changed file in one model folder is an error naming the folder and the file."""
+    (two / "models" / "digits" / "digits.safetensors").write_bytes(b"{}")
+    [finding] = [f for f in run(two).findings if f.code == "model-verify-failed"]
+    assert finding.message.startswith("models/digits/digits.safetensors: ")
+
+
+def test_two_models_unlisted_files_name_the_table(two):
+    """Files the lock does not list are reported per folder, naming the model's table."""
+    (two / "models" / "iris" / "notes.txt").write_text("x")
+    [finding] = [f for f in run(two).findings if f.code == "model-unlisted"]
+    assert finding.subject == f"[models.iris] dir {two / 'models' / 'iris'}"
+    assert "notes.txt" in finding.message
+
+
+def test_two_models_missing_lock_counts_every_folder(two):
+    """Without a lock, one error counts the files of every model folder."""
+    (two / "secureserve.lock").unlink()
+    [finding] = [f for f in run(two).findings if f.code == "model-unlocked"]
+    assert "4 model file(s)" in finding.message
+
+
+def test_two_models_missing_folder_names_its_table(two):
+    """A model folder that does not exist is an error naming its table."""
+    shutil.rmtree(two / "models" / "digits")
+    [finding] = [f for f in run(two).findings if f.code == "model-dir-missing"]
+    assert finding.subject.startswith("[models.digits] dir ")
+    assert "model-verify-failed" not in codes(run(two))
+
+
+def test_two_models_missing_section_is_an_error(two):
+    """A model added after the lock was written has no section: an error saying to re-lock."""
+    shutil.copytree(two / "models" / "iris", two / "models" / "wine")
+    with (two / "secureserve.toml").open("a") as out:
+        out.write('\n[models.wine]\nhandler = "iris_app:Iris"\ndir = "models/wine"\n')
+    [finding] = [f for f in run(two).findings if f.code == "model-verify-failed"]
+    assert "models/wine" in finding.message
+    assert "[models.wine] dir" in finding.message
+
+
+def test_two_models_every_model_s_files_are_checked_for_writers(two):
+    """Each model's handler module and files are among the served files checked."""
+    for name in ("digits_app.py", "models/digits/digits.safetensors"):
+        (two / name).chmod(0o666)
+    [finding] = [f for f in run(two).findings if f.code == "files-shared-writable"]
+    assert str(two / "digits_app.py") in finding.message
+    assert str(two / "models" / "digits" / "digits.safetensors") in finding.message
+
+
+def test_two_models_key_in_any_model_folder_is_an_error(two):
+    """A private key in the second model's folder is found too."""
+    key = two / "models" / "digits" / "release.key"
+    key.write_bytes(b"k" * 32)
+    key.chmod(0o600)
+    [finding] = [f for f in run(two).findings if f.code == "private-key-in-model-dir"]
+    assert finding.subject == "models/digits/release.key"
+
+
+def test_two_models_key_files_are_reported_per_model(two):
+    """A model's encryption key file that is not here is a note naming that model's table."""
+    text = (
+        (two / "secureserve.toml")
+        .read_text()
+        .replace(
+            'dir = "models/digits"\n',
+            'dir = "models/digits"\nencryption_key_file = "k/model.key"\n',
+        )
+    )
+    (two / "secureserve.toml").write_text(text)
+    [finding] = [f for f in run(two).findings if f.code == "key-file-missing"]
+    assert finding.subject == "[models.digits] encryption_key_file"
 
 
 # --- Dockerfile and Kubernetes ------------------------------------------------------------

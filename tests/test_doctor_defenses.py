@@ -6,8 +6,11 @@ from pathlib import Path
 
 import pytest
 from conftest import copy_example
+from two_models import copy_two_models
 
+from secureserve.config import load_settings
 from secureserve.doctor import Severity, diagnose
+from secureserve.release import lock_project
 
 TEXT_HANDLER = """
 import msgspec
@@ -108,3 +111,34 @@ def test_a_policy_the_server_would_refuse_is_an_error(project):
     report = diagnose(project, handler=True)
     (finding,) = [f for f in report.findings if f.code == "output-policy-invalid"]
     assert "optional" in finding.message
+
+
+@pytest.fixture
+def two(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The iris and digits examples served together (``[models.iris]``, ``[models.digits]``)."""
+    project = copy_two_models(tmp_path / "two", monkeypatch)
+    lock_project(load_settings(project_dir=project, environ={}))
+    return project
+
+
+def test_two_models_findings_name_each_model_s_table(two):
+    """Each model is judged on its own keys; findings name ``[models.NAME...]``."""
+    text = (two / "secureserve.toml").read_text()
+    (two / "secureserve.toml").write_text(text.replace('policy = "label_only"', 'policy = "full"'))
+    report = diagnose(two)
+    [full] = [f for f in report.findings if f.code == "output-full-scores"]
+    assert full.subject == "[models.iris.output] policy"
+    assert "[models.iris.output.roles]" in full.fix
+    # iris has no profile, digits has one in its folder's section of the lock
+    [missing] = [f for f in report.findings if f.code == "profile-missing"]
+    assert missing.subject == "[models.iris] profile"
+    assert "--model iris --out models/iris/profile.json" in missing.fix
+
+
+def test_two_models_each_handler_is_imported_and_checked(two):
+    """With ``handler=True`` every model's handler is checked, and a bad one is named."""
+    assert "handler-invalid" not in codes(diagnose(two, handler=True))
+    text = (two / "secureserve.toml").read_text().replace("digits_app:Digits", "digits_app:Nope")
+    (two / "secureserve.toml").write_text(text)
+    [finding] = [f for f in diagnose(two, handler=True).findings if f.code == "handler-invalid"]
+    assert finding.subject == "[models.digits] handler"

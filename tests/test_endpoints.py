@@ -535,7 +535,7 @@ async def _gated_burst(model, app, headers, bodies):
         blocker = asyncio.ensure_future(client.post(TOY, json={"instances": [{"x": 0.5}]}))
         assert await asyncio.to_thread(model.started.wait, 5)
         rest = [asyncio.ensure_future(client.post(TOY, json=b)) for b in bodies]
-        runner = app.state.serving.runner
+        runner = next(iter(app.state.models)).runner
         deadline = time.monotonic() + 5
         # The queue is filled from the event loop and drained by the inference thread:
         # polling its size is the simplest way to know every request is waiting.

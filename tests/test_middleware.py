@@ -111,7 +111,7 @@ async def _saturate(model, app, headers):
         model.release.set()
         held = await first
         after = await client.post("/v1/models/toy:predict", json=body)
-    app.state.serving.runner.close()
+    next(iter(app.state.models)).runner.close()
     return held, during, after
 
 

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import msgspec
 import numpy as np
 import pytest
-from conftest import copy_example
+from conftest import EXAMPLES, copy_example
 from defense_helpers import digits_handler, digits_rows
+from two_models import copy_two_models
 
 from secureserve.cli import main
 from secureserve.config import load_settings
@@ -173,3 +175,44 @@ def test_a_number_no_float_can_hold_is_invalid_json(digits_project):
     assert main(["lock"]) == 0
     with pytest.raises(ArtifactError, match="not valid JSON"):
         load_model(digits_handler(), load_settings(project_dir=digits_project))
+
+
+@pytest.fixture
+def two_project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The iris and digits examples as two ``[models.*]`` tables, as the working directory."""
+    project = copy_two_models(tmp_path / "two", monkeypatch)
+    shutil.copy(EXAMPLES / "digits-safetensors" / "data" / "train.npy", project / "train.npy")
+    monkeypatch.chdir(project)
+    return project
+
+
+def test_several_models_profile_the_one_named_by_model(two_project, capsys):
+    """``--model digits`` uses that model's handler and writes into its own folder."""
+    committed = (two_project / "models" / "digits" / "profile.json").read_bytes()
+    (two_project / "models" / "digits" / "profile.json").unlink()
+    assert run("train.npy", "--model", "digits") == 0
+    assert (two_project / "models" / "digits" / "profile.json").read_bytes() == committed
+    assert not (two_project / "models" / "iris" / "profile.json").exists()
+    assert "64 features" in capsys.readouterr().out
+
+
+def test_several_models_profile_needs_model(two_project, capsys):
+    """With several models and no ``--model``, the command names them and writes nothing."""
+    assert run("train.npy") == 1
+    err = capsys.readouterr().err
+    assert "--model" in err
+    assert "digits, iris" in err
+
+
+def test_several_models_profile_unknown_model_is_named(two_project, capsys):
+    """``--model`` with a name no table has is refused, listing the served names."""
+    assert run("train.npy", "--model", "wine") == 1
+    err = capsys.readouterr().err
+    assert "[models.wine]" in err
+    assert "digits, iris" in err
+
+
+def test_several_models_profile_elsewhere_names_the_model_s_table(two_project, capsys):
+    """A profile written under another name in the folder says which table to set."""
+    assert run("train.npy", "--model", "digits", "--out", "models/digits/other.json") == 0
+    assert '[models.digits] profile = "other.json"' in capsys.readouterr().out

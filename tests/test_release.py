@@ -1,24 +1,43 @@
-"""Tests for secureserve.release: ``lock_project`` and ``verify_project``."""
+"""Tests for secureserve.release: ``lock_project``, ``verify_project`` and ``verified_lock``.
+
+One model (``[model]``) has a v1 lock; several (``[models.<name>]``, the iris and digits
+examples side by side, see two_models.py) one v2 lock with a section per model folder.
+"""
 
 from __future__ import annotations
 
 import hashlib
+import json
+import shutil
 from pathlib import Path
 
 import hostile
 import pytest
 from conftest import EXAMPLES
+from two_models import copy_two_models
 
 from secureserve.config import load_settings
-from secureserve.errors import ConfigError
+from secureserve.errors import ArtifactError, ConfigError
 from secureserve.lockfile import (
+    FOLDERS_LOCK_FORMAT,
     LOCK_FILENAME,
+    MISSING_LOCK,
     SIGNATURE_FILENAME,
+    FoldersLock,
+    build_folders_lock,
     build_lock,
+    parse_lock,
     read_lock,
+    read_lock_file,
     write_lock,
 )
-from secureserve.release import lock_project, model_files, verify_project
+from secureserve.release import (
+    lock_project,
+    model_files,
+    signing_public_key,
+    verified_lock,
+    verify_project,
+)
 from secureserve.signing import generate_signing_key, sign
 
 FILES = {
@@ -316,3 +335,312 @@ def test_verify_project_signature_ignored_without_key(tmp_path):
     report = verify_project(_settings(project), None)
     assert report.ok
     assert report.key_id is None
+
+
+# --------------------------------------------------------------------------- several models
+
+
+@pytest.fixture
+def two(tmp_path, monkeypatch) -> Path:
+    """A project serving iris and digits from ``models/iris`` and ``models/digits``."""
+    return copy_two_models(tmp_path / "two", monkeypatch)
+
+
+def _with_key(project: Path, keys: Path) -> tuple[Path, Path]:
+    """Set the same signing key on both models; return the key pair."""
+    private, public = _keys(keys, "signer")
+    text = (project / "secureserve.toml").read_text()
+    for name in ("iris", "digits"):
+        text = text.replace(
+            f'dir = "models/{name}"\n', f'dir = "models/{name}"\nsigning_public_key = "{public}"\n'
+        )
+    (project / "secureserve.toml").write_text(text)
+    return private, public
+
+
+def _sign(project: Path, private: Path) -> None:
+    lock = project / LOCK_FILENAME
+    (project / SIGNATURE_FILENAME).write_bytes(sign(lock.read_bytes(), private))
+
+
+def test_lock_project_several_models_writes_one_section_per_folder(two):
+    """Each model folder is a section named by its path in the project, listing its files."""
+    report = lock_project(_settings(two))
+    lock, data = read_lock_file(two / LOCK_FILENAME)
+    assert isinstance(lock, FoldersLock)
+    assert lock.format == FOLDERS_LOCK_FORMAT
+    assert sorted(lock.folders) == ["models/digits", "models/iris"]
+    assert sorted(lock.folders["models/iris"].files) == ["iris.onnx", "labels.json"]
+    assert sorted(lock.folders["models/digits"].files) == ["digits.safetensors", "profile.json"]
+    assert report.folders["models/iris"] == lock.folders["models/iris"].files
+    assert sorted(report.files) == [
+        "models/digits/digits.safetensors",
+        "models/digits/profile.json",
+        "models/iris/iris.onnx",
+        "models/iris/labels.json",
+    ]
+    iris = lock.folders["models/iris"].files
+    assert iris == parse_lock((EXAMPLES / "iris" / LOCK_FILENAME).read_bytes()).files
+    assert data == build_folders_lock({k: v for k, v in report.folders.items() if k})
+
+
+def test_lock_project_several_models_is_canonical_and_deterministic(two):
+    """Locking twice gives the same bytes; the order of the tables does not matter."""
+    first = lock_project(_settings(two)).path.read_bytes()
+    toml = two / "secureserve.toml"
+    iris, digits = toml.read_text().split("[models.digits]\n", 1)
+    toml.write_text(f"[models.digits]\n{digits}\n{iris}")
+    assert lock_project(_settings(two)).path.read_bytes() == first
+    assert first.endswith(b"}\n")
+    assert b"\r" not in first
+
+
+def test_lock_project_one_model_still_writes_v1(tmp_path):
+    """A project with ``[model]`` keeps the v1 format: no sections, the same bytes as before."""
+    project = _project(tmp_path)
+    data = lock_project(_settings(project)).path.read_bytes()
+    assert json.loads(data)["format"] == "secureserve-lock/v1"
+    assert b'"folders"' not in data
+
+
+def test_lock_project_models_sharing_a_folder_share_one_section(two):
+    """Two served models with the same dir give one section."""
+    toml = two / "secureserve.toml"
+    toml.write_text(
+        toml.read_text() + '\n[models.iris_again]\nhandler = "iris_app:Iris"\ndir = "models/iris"\n'
+    )
+    lock_project(_settings(two))
+    lock, _ = read_lock_file(two / LOCK_FILENAME)
+    assert isinstance(lock, FoldersLock)
+    assert sorted(lock.folders) == ["models/digits", "models/iris"]
+    report = verify_project(_settings(two), None)
+    assert report.ok, report.problems
+    [iris] = [f for f in report.folders if f.folder.section == "models/iris"]
+    assert iris.folder.tables == ("[models.iris]", "[models.iris_again]")
+
+
+def test_lock_project_folder_outside_the_project_is_refused(two, tmp_path):
+    """A model folder the lock cannot name (outside the project) is a ConfigError naming it."""
+    shutil.move(two / "models" / "digits", tmp_path / "elsewhere")
+    toml = two / "secureserve.toml"
+    toml.write_text(toml.read_text().replace('"models/digits"', f'"{tmp_path / "elsewhere"}"'))
+    with pytest.raises(ConfigError) as caught:
+        lock_project(_settings(two))
+    message = str(caught.value)
+    assert "[models.digits] dir" in message
+    assert "project folder" in message
+    assert not (two / LOCK_FILENAME).exists()
+
+
+def test_lock_project_several_models_refusal_names_the_folder(two):
+    """A never-loaded file in one folder stops the lock, named by its path in the project."""
+    (two / "models" / "digits" / "old.pkl").write_bytes(b"\x80\x04\x95\x00.")
+    with pytest.raises(ConfigError) as caught:
+        lock_project(_settings(two))
+    assert "models/digits/old.pkl" in str(caught.value)
+    assert not (two / LOCK_FILENAME).exists()
+
+
+def test_lock_project_several_models_missing_folder_names_its_table(two):
+    """A model folder that does not exist names the table whose dir it is."""
+    shutil.rmtree(two / "models" / "iris")
+    with pytest.raises(ConfigError) as caught:
+        lock_project(_settings(two))
+    assert "[models.iris] dir" in str(caught.value)
+
+
+def test_verify_project_several_models_ok(two):
+    """A freshly locked two-model project verifies, with each folder's count."""
+    lock_project(_settings(two))
+    report = verify_project(_settings(two), None)
+    assert report.ok, report.problems
+    assert report.checked == 4
+    assert [(f.folder.section, f.checked) for f in report.folders] == [
+        ("models/digits", 2),
+        ("models/iris", 2),
+    ]
+    assert report.unlisted == []
+    assert report.unused == []
+
+
+def test_verify_project_tampered_file_is_named_with_its_folder(two):
+    """A file changed in one folder is a problem naming folder and file; the other passes."""
+    lock_project(_settings(two))
+    path = two / "models" / "digits" / "profile.json"
+    path.write_bytes(path.read_bytes().replace(b"1", b"2", 1))
+    report = verify_project(_settings(two), None)
+    assert not report.ok
+    [problem] = report.problems
+    assert problem.startswith("models/digits/profile.json: ")
+    assert "sha256" in problem
+    assert report.checked == 3
+
+
+def test_verify_project_unlisted_file_is_named_with_its_folder(two):
+    """An extra file is reported by its path in the project, per folder."""
+    lock_project(_settings(two))
+    (two / "models" / "iris" / "notes.txt").write_text("x")
+    report = verify_project(_settings(two), None)
+    assert report.ok
+    assert report.unlisted == ["models/iris/notes.txt"]
+    [iris] = [f for f in report.folders if f.folder.section == "models/iris"]
+    assert iris.unlisted == ["notes.txt"]
+
+
+def test_verify_project_missing_section_is_a_problem_naming_the_folder(two):
+    """A model added after locking has no section: a problem naming its folder and table."""
+    lock_project(_settings(two))
+    shutil.copytree(two / "models" / "iris", two / "models" / "wine")
+    toml = two / "secureserve.toml"
+    toml.write_text(
+        toml.read_text() + '\n[models.wine]\nhandler = "iris_app:Iris"\ndir = "models/wine"\n'
+    )
+    report = verify_project(_settings(two), None)
+    assert not report.ok
+    [problem] = report.problems
+    for needle in ("models/wine", "[models.wine] dir", "secureserve lock"):
+        assert needle in problem
+    assert report.checked == 4
+
+
+def test_verify_project_section_no_model_uses_is_reported_unused(two):
+    """A section left by a removed model is listed in ``unused``, not a problem."""
+    lock_project(_settings(two))
+    toml = two / "secureserve.toml"
+    toml.write_text(toml.read_text().split("[models.digits]")[0])
+    report = verify_project(_settings(two), None)
+    assert report.ok
+    assert report.unused == ["models/digits"]
+
+
+def test_verify_project_one_model_lock_for_several_models_is_refused(two):
+    """A v1 lock where the settings serve several models says to lock again."""
+    write_lock(two / LOCK_FILENAME, build_lock({}))
+    with pytest.raises(ConfigError) as caught:
+        verify_project(_settings(two), None)
+    assert "secureserve lock" in str(caught.value)
+    assert "secureserve-lock/v1" in str(caught.value)
+
+
+def test_verify_project_several_models_lock_for_one_model_is_refused(tmp_path):
+    """A v2 lock where the settings serve one model says to lock again."""
+    project = _project(tmp_path)
+    write_lock(project / LOCK_FILENAME, build_folders_lock({"models": {}}))
+    with pytest.raises(ConfigError) as caught:
+        verify_project(_settings(project), None)
+    assert "secureserve-lock/v2" in str(caught.value)
+
+
+def test_verify_project_signature_over_v2_verifies(two, tmp_path):
+    """A signature over the v2 lock's bytes verifies with the models' signing key."""
+    private, public = _with_key(two, tmp_path / "keys")
+    lock_project(_settings(two))
+    _sign(two, private)
+    report = verify_project(_settings(two), public)
+    assert report.ok, report.problems
+    assert report.key_id is not None
+    assert signing_public_key(_settings(two)) == public
+
+
+def test_verify_project_changed_byte_in_signed_v2_fails(two, tmp_path):
+    """One changed byte of a signed v2 lock (still a valid lock) fails the signature."""
+    private, public = _with_key(two, tmp_path / "keys")
+    lock_project(_settings(two))
+    _sign(two, private)
+    path = two / LOCK_FILENAME
+    path.write_bytes(path.read_bytes().replace(b'"size": 38', b'"size": 39'))
+    report = verify_project(_settings(two), public)
+    assert not report.ok
+    assert any("does not match the lock's content" in p for p in report.problems)
+    assert any(p.startswith("models/iris/labels.json: ") for p in report.problems)
+
+
+# --------------------------------------------------------------------------- verified_lock
+
+
+def test_verified_lock_gives_each_model_its_folder_and_the_file_sha(two):
+    """Each model gets its own folder's Lock; the digest is the whole lock file's."""
+    lock_project(_settings(two))
+    settings = _settings(two)
+    digest = hashlib.sha256((two / LOCK_FILENAME).read_bytes()).hexdigest()
+    iris, iris_sha = verified_lock(settings, settings.models["iris"])
+    digits, digits_sha = verified_lock(settings, settings.models["digits"])
+    assert sorted(iris.files) == ["iris.onnx", "labels.json"]
+    assert sorted(digits.files) == ["digits.safetensors", "profile.json"]
+    assert iris_sha == digits_sha == digest
+
+
+def test_verified_lock_one_model_is_the_v1_lock(tmp_path):
+    """With ``[model]`` the whole v1 lock is the model's, as before."""
+    project = _project(tmp_path)
+    lock_project(_settings(project))
+    settings = _settings(project)
+    lock, digest = verified_lock(settings, settings.model)
+    assert lock == read_lock(project / LOCK_FILENAME)[0]
+    assert digest == hashlib.sha256((project / LOCK_FILENAME).read_bytes()).hexdigest()
+
+
+def test_verified_lock_without_lock_or_key_refuses_every_file(two):
+    """No lock and no signing key: ``MISSING_LOCK`` (each artifact refused), no digest."""
+    settings = _settings(two)
+    assert verified_lock(settings, settings.models["iris"]) == (MISSING_LOCK, None)
+
+
+def test_verified_lock_without_lock_but_with_key_is_an_error(two, tmp_path):
+    """With a signing key set, a missing lock stops the model at once."""
+    _with_key(two, tmp_path / "keys")
+    settings = _settings(two)
+    with pytest.raises(ConfigError) as caught:
+        verified_lock(settings, settings.models["iris"])
+    assert "secureserve lock" in str(caught.value)
+
+
+def test_verified_lock_missing_signature_names_the_table(two, tmp_path):
+    """A signing key without a signature file names the model's table and the fix."""
+    _with_key(two, tmp_path / "keys")
+    lock_project(_settings(two))
+    settings = _settings(two)
+    with pytest.raises(ConfigError) as caught:
+        verified_lock(settings, settings.models["digits"])
+    assert "[models.digits] signing_public_key" in str(caught.value)
+    assert "secureserve sign" in str(caught.value)
+
+
+def test_verified_lock_checks_the_signature_over_the_exact_bytes(two, tmp_path):
+    """A signed v2 lock verifies; after one changed byte the signature check refuses it."""
+    private, _ = _with_key(two, tmp_path / "keys")
+    lock_project(_settings(two))
+    _sign(two, private)
+    settings = _settings(two)
+    lock, _ = verified_lock(settings, settings.models["iris"])
+    assert "iris.onnx" in lock.files
+    path = two / LOCK_FILENAME
+    path.write_bytes(path.read_bytes().replace(b'"size": 38', b'"size": 39'))
+    with pytest.raises(ArtifactError) as caught:
+        verified_lock(settings, settings.models["iris"])
+    assert caught.value.name == LOCK_FILENAME
+
+
+def test_verified_lock_missing_section_is_a_clear_error(two):
+    """A model whose folder has no section stops with its folder, table and the fix."""
+    lock_project(_settings(two))
+    shutil.copytree(two / "models" / "iris", two / "models" / "wine")
+    toml = two / "secureserve.toml"
+    toml.write_text(
+        toml.read_text() + '\n[models.wine]\nhandler = "iris_app:Iris"\ndir = "models/wine"\n'
+    )
+    settings = _settings(two)
+    with pytest.raises(ConfigError) as caught:
+        verified_lock(settings, settings.models["wine"])
+    for needle in ("models/wine", "[models.wine]", "secureserve lock"):
+        assert needle in str(caught.value)
+    verified_lock(settings, settings.models["iris"])  # the others still load
+
+
+def test_verified_lock_v1_lock_with_several_models_is_an_error(two):
+    """A leftover v1 lock is not read as any model's folder."""
+    write_lock(two / LOCK_FILENAME, build_lock({}))
+    settings = _settings(two)
+    with pytest.raises(ConfigError) as caught:
+        verified_lock(settings, settings.models["iris"])
+    assert "secureserve lock" in str(caught.value)

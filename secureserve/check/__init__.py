@@ -34,7 +34,7 @@ from secureserve.model import Model
 from secureserve.outputs import label_field
 from secureserve.profile import Profile
 from secureserve.serving import load_model
-from secureserve.settings import CheckSettings, Settings
+from secureserve.settings import CheckSettings, ModelSettings, Settings
 
 __all__ = ["CHECKS", "Report", "run_check"]
 
@@ -52,9 +52,11 @@ def run_check(
     sensitive: tuple[str, ...] = (),
     only: tuple[str, ...] = CHECKS,
     progress: Progress | None = None,
+    model_name: str | None = None,
 ) -> Report:
     """Load the project in ``project``, read ``data`` and run the checks in ``only``.
 
+    ``model_name`` picks the model of a project that serves several (``--model``).
     ``progress`` shows how far the long parts have come (nothing, by default).
     """
     progress = progress or Progress()
@@ -66,8 +68,11 @@ def run_check(
     from secureserve.cli._common import import_handler  # noqa: PLC0415 - runs project code
 
     settings = load_settings(config, project_dir=project)
-    cls = import_handler(settings.model.handler, settings.project_dir)
-    loaded = load_model(cls, settings)
+    model_settings = _chosen(settings, model_name)
+    cls = import_handler(model_settings.handler, settings.project_dir)
+    if model_name is not None and cls.name != model_name:
+        raise ConfigError(f"--model {model_name}: this project serves {cls.name!r}.")
+    loaded = load_model(cls, settings, model_settings)
     model = loaded.instance
     rows = read_labelled(data, model, label_column=label_column, sensitive=sensitive)
     results = []
@@ -86,7 +91,7 @@ def run_check(
             elif name == "fuzz":
                 from secureserve.check.fuzz import fuzz  # noqa: PLC0415 - the [check] extra
 
-                results.append(fuzz(cls, settings, progress))
+                results.append(fuzz(cls, settings, model_settings, progress))
             elif name == "load":
                 from secureserve.check.load import load  # noqa: PLC0415
 
@@ -99,7 +104,7 @@ def run_check(
         model=cls.name,
         version=cls.version,
         lock_sha256=loaded.lock_sha256,  # the lock verified when the model was loaded
-        signature="verified" if settings.model.signing_public_key is not None else "not checked",
+        signature="verified" if model_settings.signing_public_key is not None else "not checked",
         secureserve=__version__,
         time=datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
         data=str(data),
@@ -108,6 +113,20 @@ def run_check(
         checks=results,
         thresholds=settings.check,
     )
+
+
+def _chosen(settings: Settings, name: str | None) -> ModelSettings:
+    """The settings of the model to check: ``[model]``, or ``[models.<name>]`` by ``--model``."""
+    if not settings.models:
+        return settings.model
+    served = ", ".join(settings.models)
+    if name is None:
+        raise ConfigError(
+            f"this project serves several models ({served}): choose one with --model NAME."
+        )
+    if name not in settings.models:
+        raise ConfigError(f"--model {name}: there is no [models.{name}] table; choose {served}.")
+    return settings.models[name]
 
 
 def _predict_labels(

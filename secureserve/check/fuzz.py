@@ -32,7 +32,7 @@ from secureserve.errors import ConfigError
 from secureserve.keys import KeyStore, mint_key
 from secureserve.logs import configure_logging
 from secureserve.model import Model
-from secureserve.settings import Settings
+from secureserve.settings import ModelSettings, Settings
 
 __all__ = ["fuzz", "without_lifespan"]
 
@@ -41,9 +41,16 @@ _BASE: Final = "https://testserver"
 
 
 def fuzz(
-    cls: type[Model[Any, Any]], settings: Settings, progress: Progress | None = None
+    cls: type[Model[Any, Any]],
+    settings: Settings,
+    model_settings: ModelSettings | None = None,
+    progress: Progress | None = None,
 ) -> CheckResult:
-    """Generated requests to ``POST /v1/models/{name}:predict``; every answer judged."""
+    """Generated requests to ``POST /v1/models/{name}:predict``; every answer judged.
+
+    ``model_settings``: the checked model's table of a several-model project (default:
+    ``[model]``); the app then serves that model alone.
+    """
     progress = progress or Progress()
     try:
         with warnings.catch_warnings():
@@ -81,9 +88,12 @@ def fuzz(
         _logs_to(Path(temporary) / "server.log"),
         _hypothesis_home(Path(temporary) / "hypothesis"),
     ):
+        own = _own_principal(
+            settings, model_settings or settings.model, Path(temporary), name=cls.name
+        )
         app = create_app(
-            cls,
-            config=_own_principal(settings, Path(temporary)),
+            {cls.name: cls} if own.models else cls,
+            config=own,
             keys=KeyStore(None, records=[key.record]),
             audit_key=os.urandom(32),
         )
@@ -206,10 +216,16 @@ def _plain(judge: _Judge) -> Any:
     return one
 
 
-def _own_principal(settings: Settings, folder: Path) -> Settings:
-    """The project's settings for a run of its own: its audit log, no limits, no actions."""
+def _own_principal(
+    settings: Settings, model: ModelSettings, folder: Path, *, name: str
+) -> Settings:
+    """The project's settings for a run of its own: its audit log, no limits, no actions.
+
+    With several models, the checked model's table is the only one left.
+    """
     replace = msgspec.structs.replace
-    extraction = replace(settings.model.extraction, action="off")
+    checked = replace(model, extraction=replace(model.extraction, action="off"))
+    served = {"models": {name: checked}}
     return replace(
         settings,
         audit=replace(settings.audit, path=folder / "audit.jsonl", digest_key_file=None),
@@ -222,7 +238,7 @@ def _own_principal(settings: Settings, folder: Path) -> Settings:
             auth_failures_per_ip=None,
             explain_per_principal=None,
         ),
-        model=replace(settings.model, extraction=extraction),
+        **(served if settings.models else {"model": checked}),
     )
 
 

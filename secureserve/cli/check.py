@@ -42,6 +42,7 @@ def register(commands: Any, common: argparse.ArgumentParser) -> None:
     check.add_argument(
         "--report", type=Path, default=Path("check-report"), help="report folder (check-report)"
     )
+    check.add_argument("--model", help="the model to check, when the project serves several")
     check.add_argument("--json", action="store_true", help="print report.json instead of lines")
     check.add_argument(
         "--mlflow", metavar="URI", help="also log the report as an MLflow run at this tracking URI"
@@ -81,6 +82,7 @@ def _check(args: argparse.Namespace) -> int:
             sensitive=tuple(args.sensitive),
             only=args.only,
             progress=progress_for(sys.stderr),
+            model_name=args.model,
         )
         files = write_report(report, args.report)
         if args.json:

@@ -10,8 +10,14 @@ from typing import Any
 from secureserve import encryption, signing
 from secureserve.cli._common import EXIT_ERROR, settings_from
 from secureserve.errors import ConfigError
-from secureserve.lockfile import LOCK_FILENAME, SIGNATURE_FILENAME, read_lock, write_lock
-from secureserve.release import lock_project, verify_project
+from secureserve.lockfile import LOCK_FILENAME, SIGNATURE_FILENAME, read_lock_file, write_lock
+from secureserve.release import (
+    LockReport,
+    VerifyReport,
+    lock_project,
+    signing_public_key,
+    verify_project,
+)
 
 
 def register(commands: Any, common: argparse.ArgumentParser) -> None:
@@ -31,7 +37,7 @@ def register(commands: Any, common: argparse.ArgumentParser) -> None:
     verify.add_argument(
         "--public-key",
         type=Path,
-        help="Ed25519 public key PEM (default: [model] signing_public_key)",
+        help="Ed25519 public key PEM (default: signing_public_key of [model] or [models.*])",
     )
     verify.set_defaults(func=_verify)
 
@@ -72,9 +78,15 @@ def register(commands: Any, common: argparse.ArgumentParser) -> None:
 def _lock(args: argparse.Namespace) -> int:
     report = lock_project(settings_from(args))
     count = len(report.files)
-    print(f"wrote {report.path} ({count} file{'' if count == 1 else 's'})")
-    for name, entry in report.files.items():
-        print(f"  {entry.sha256[:16]}  {entry.size:>12}  {entry.format:<12} {name}")
+    sections = [section for section in report.folders if section is not None]
+    where = f" in {len(sections)} model folders" if sections else ""
+    print(f"wrote {report.path} ({_files(count)}{where})")
+    if sections:
+        for section in sections:
+            print(f"{section} ({_files(len(report.folders[section]))})")
+            _print_entries(report, section, indent="    ")
+    else:
+        _print_entries(report, None, indent="  ")
     if report.stale_signature is not None:
         print(
             f"{report.stale_signature} no longer matches: sign again with "
@@ -84,10 +96,19 @@ def _lock(args: argparse.Namespace) -> int:
     return 0
 
 
+def _files(count: int) -> str:
+    return f"{count} file{'' if count == 1 else 's'}"
+
+
+def _print_entries(report: LockReport, section: str | None, *, indent: str) -> None:
+    for name, entry in report.folders[section].items():
+        print(f"{indent}{entry.sha256[:16]}  {entry.size:>12}  {entry.format:<12} {name}")
+
+
 def _sign(args: argparse.Namespace) -> int:
     settings = settings_from(args)
     path = settings.project_dir / LOCK_FILENAME
-    _, data = read_lock(path)  # refuse to sign a lock that does not parse
+    _, data = read_lock_file(path)  # refuse to sign a lock that does not parse (v1 or v2)
     target = path.with_name(SIGNATURE_FILENAME)
     write_lock(target, signing.sign(data, args.private_key))
     print(f"wrote {target}")
@@ -96,18 +117,34 @@ def _sign(args: argparse.Namespace) -> int:
 
 def _verify(args: argparse.Namespace) -> int:
     settings = settings_from(args)
-    public_key = args.public_key or settings.model.signing_public_key
+    public_key = args.public_key or signing_public_key(settings)
     report = verify_project(settings, public_key)
     if public_key is None:
         print("no public key given: the signature was not checked", file=sys.stderr)
     elif report.key_id is not None:
         print(f"signature: valid (key {report.key_id})")
     print(f"files: {report.checked} match {LOCK_FILENAME}")
+    _print_folders(report)
     for name in report.unlisted:
         print(f"not in the lock (a model cannot open it): {name}", file=sys.stderr)
+    for section in report.unused:
+        print(
+            f"note: {LOCK_FILENAME} has a section for {section}, which no model serves from "
+            "(the next `secureserve lock` drops it)",
+            file=sys.stderr,
+        )
     for problem in report.problems:
         print(f"secureserve: error: {problem}", file=sys.stderr)
     return 0 if report.ok else EXIT_ERROR
+
+
+def _print_folders(report: VerifyReport) -> None:
+    """With several model folders, what matched in each (a v1 lock has one, unnamed)."""
+    for found in report.folders:
+        folder = found.folder
+        if folder.section is not None:
+            tables = ", ".join(folder.tables)
+            print(f"  {folder.section} ({tables}): {_files(found.checked)} match")
 
 
 def _signing_key_new(args: argparse.Namespace) -> int:
@@ -117,7 +154,7 @@ def _signing_key_new(args: argparse.Namespace) -> int:
     private.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     key_id = signing.generate_signing_key(private, public)
     print(f"key {key_id}\n  private: {private} (mode 0600; keep it out of the repository)")
-    print(f"  public:  {public} (set [model] signing_public_key to it)")
+    print(f"  public:  {public} (set signing_public_key of [model] or each [models.*] to it)")
     return 0
 
 
@@ -146,5 +183,8 @@ def _encryption_key_new(args: argparse.Namespace) -> int:
     path: Path = args.path
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     encryption.generate_key(path)
-    print(f"wrote {path} (mode 0600); set [model] encryption_key_file to it on the server")
+    print(
+        f"wrote {path} (mode 0600); set encryption_key_file of [model] (or [models.<name>]) "
+        "to it on the server"
+    )
     return 0

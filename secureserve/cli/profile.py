@@ -16,6 +16,7 @@ from secureserve.profile import (
     schema_revision,
     write_profile,
 )
+from secureserve.settings import ModelSettings, Settings
 
 
 def register(commands: Any, common: argparse.ArgumentParser) -> None:
@@ -27,36 +28,66 @@ def register(commands: Any, common: argparse.ArgumentParser) -> None:
     )
     profile.add_argument("data", type=Path, help="instances: .jsonl, .csv (feature header), .npy")
     profile.add_argument(
-        "--out", type=Path, help=f"where to write it (default: {DEFAULT_PROFILE} in [model] dir)"
+        "--out",
+        type=Path,
+        help=f"where to write it (default: {DEFAULT_PROFILE} in the model folder)",
     )
-    profile.add_argument("--model", help="the served model's name (default: the only one)")
+    profile.add_argument(
+        "--model", help="the served model's name, required with several (default: the only one)"
+    )
     profile.set_defaults(func=_profile)
 
 
 def _profile(args: argparse.Namespace) -> int:
     settings = settings_from(args)
-    cls = import_handler(settings.model.handler, settings.project_dir)
+    name, model = _chosen_model(settings, args.model)
+    cls = import_handler(model.handler, settings.project_dir)
     cls.check_definition()
-    if args.model is not None and args.model != cls.name:
+    if name is None and args.model is not None and args.model != cls.name:
         raise ConfigError(f"--model {args.model!r}: this project serves {cls.name!r}.")
     features = None
     if cls.features is not Model.features:  # the handler's own view may need its files
         from secureserve.serving import load_model  # noqa: PLC0415 - only for such handlers
 
-        features = load_model(cls, settings).instance.features
+        features = load_model(cls, settings, model).instance.features
     columns = cls.feature_columns()  # NoFeatureViewError names the field if there is no view
     rows = read_instances(args.data, cls, features)
     profile = build_profile(rows, columns, model=cls.name, revision=schema_revision(cls.input_type))
-    out: Path = args.out or settings.model.dir / DEFAULT_PROFILE
+    out: Path = args.out or model.dir / DEFAULT_PROFILE
     write_profile(out, profile)
     print(f"wrote {out}: {profile.count} instances, {len(columns)} features")
-    model_dir = settings.model.dir.resolve()
+    model_dir = model.dir.resolve()
     if not out.resolve().is_relative_to(model_dir):
         print(
             f"note: {out} is outside the model folder {model_dir}; the server reads it only there"
         )
-    elif out.resolve() != (model_dir / DEFAULT_PROFILE) and settings.model.profile is None:
-        name = out.resolve().relative_to(model_dir).as_posix()
-        print(f'note: set [model] profile = "{name}" so the server uses it')
+    elif out.resolve() != (model_dir / DEFAULT_PROFILE) and model.profile is None:
+        relative = out.resolve().relative_to(model_dir).as_posix()
+        print(f'note: set {settings.table(name)} profile = "{relative}" so the server uses it')
     print("next: `secureserve lock` (and `secureserve sign` if you sign the lock)")
     return 0
+
+
+def _chosen_model(settings: Settings, wanted: str | None) -> tuple[str | None, ModelSettings]:
+    """The served name (None for ``[model]``) and settings of the model to profile.
+
+    With ``[models.<name>]`` tables, ``--model NAME`` picks one and may be left out only
+    when there is a single table; with ``[model]`` it is checked against the handler.
+    """
+    if not settings.models:
+        return None, settings.model
+    served = ", ".join(sorted(settings.models))
+    if wanted is None:
+        if len(settings.models) == 1:
+            return next(iter(settings.models.items()))
+        raise ConfigError(
+            f"this project serves several models ({served}): choose the one whose training "
+            "data this is with --model NAME."
+        )
+    model = settings.models.get(wanted)
+    if model is None:
+        raise ConfigError(
+            f"--model {wanted!r}: there is no [models.{wanted}] table; this project serves "
+            f"{served}."
+        )
+    return wanted, model

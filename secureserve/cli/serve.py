@@ -12,6 +12,7 @@ from secureserve.cli._common import DEV_DIR, import_handler, settings_from
 from secureserve.config import Settings
 from secureserve.errors import ConfigError
 from secureserve.keys import create_key
+from secureserve.model import Model
 
 
 def register(commands: Any, common: argparse.ArgumentParser) -> None:
@@ -70,9 +71,10 @@ def _run(args: argparse.Namespace) -> int:
         min_version=settings.tls.min_version,
         client_ca=settings.tls.client_ca,
     )
-    handler = import_handler(args.app or settings.model.handler, settings.project_dir)
+    handlers = _handlers(args.app, settings)
     configure_logging(settings.logging.level)
-    app = create_app(handler, config=settings, audit_key=_audit_key(settings, dev=args.dev))
+    served = handlers if settings.models else handlers[next(iter(handlers))]
+    app = create_app(served, config=settings, audit_key=_audit_key(settings, dev=args.dev))
     sock = bind_socket(settings.server.host, settings.server.port)
     # Minted last, once nothing else can fail: the running key store picks it up.
     banner = _dev_banner(settings, dev_certs) if dev_certs is not None else None
@@ -80,8 +82,7 @@ def _run(args: argparse.Namespace) -> int:
         "starting",
         host=settings.server.host,
         port=settings.server.port,
-        model=handler.name,
-        model_version=handler.version,
+        models={name: handler.version for name, handler in handlers.items()},
         dev=args.dev,
         mtls=settings.tls.client_ca is not None,
         tls_min_version=settings.tls.min_version,
@@ -90,6 +91,22 @@ def _run(args: argparse.Namespace) -> int:
         print(banner, file=sys.stderr, flush=True)
     serve(app, settings, context, sock)
     return 0
+
+
+def _handlers(app: str | None, settings: Settings) -> dict[str, type[Model[Any, Any]]]:
+    """Each served model's handler class by name; ``APP`` replaces ``[model] handler``."""
+    if not settings.models:
+        handler = import_handler(app or settings.model.handler, settings.project_dir)
+        return {handler.name: handler}
+    if app is not None:
+        raise ConfigError(
+            f"APP {app}: these settings serve several models, each with its own handler in "
+            "its [models.<name>] table; run without APP."
+        )
+    return {
+        name: import_handler(model.handler, settings.project_dir)
+        for name, model in settings.models.items()
+    }
 
 
 def _audit_key(settings: Settings, *, dev: bool) -> bytes | None:

@@ -5,86 +5,115 @@ than ``admin``, is reported (detailed scores are what inversion and extraction f
 on), and so is a model without a reference profile (no input guard, no drift). With
 ``--handler`` the doctor also imports the handler, as ``secureserve run`` would (so only
 for projects whose code you trust), and reports a policy the server would refuse and
-an input with no feature view (the defenses that need one are then off).
+an input with no feature view (the defenses that need one are then off). Each served
+model is checked on its own; findings name its table (``[models.iris.output]``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Final
 
 from secureserve.doctor.findings import FIX_SEE_MESSAGE, Finding, error, info, warning
 from secureserve.errors import ConfigError, SecureServeError
-from secureserve.lockfile import LOCK_FILENAME, read_lock
+from secureserve.lockfile import LOCK_FILENAME, folder_lock, read_lock_file
 from secureserve.profile import DEFAULT_PROFILE
-from secureserve.settings import Settings
+from secureserve.release import lock_section
+from secureserve.settings import ModelSettings, Settings
 
 __all__ = ["check"]
 
-_FIX_POLICY: Final = (
-    'set [model.output] policy = "top_k" (or "label_only") and give full scores only to '
-    'a custom role held by trusted callers, e.g. [model.output.roles] analyst = "full".'
-)
-
 
 def check(settings: Settings, *, handler: bool) -> Iterator[Finding]:
-    """The defense findings for ``settings``; ``handler``: import the handler to check more."""
-    output = settings.model.output
+    """The defense findings for ``settings``; ``handler``: import the handlers to check more."""
+    for name, model in settings.served().items():
+        yield from _check_model(settings, name, model, handler=handler)
+
+
+def _check_model(
+    settings: Settings, name: str | None, model: ModelSettings, *, handler: bool
+) -> Iterator[Finding]:
+    """One served model's findings; ``name`` is None for ``[model]``."""
+    table = settings.table(name)
+    output_table = _subtable(table, "output")
+    output = model.output
     if output.policy == "full":
         yield warning(
             "output-full-scores",
-            "[model.output] policy",
+            f"{output_table} policy",
             "every caller with role predict receives full scores, which make model "
             "inversion and extraction cheaper.",
-            _FIX_POLICY,
+            f'set {output_table} policy = "top_k" (or "label_only") and give full scores '
+            "only to a custom role held by trusted callers, e.g. "
+            f'{_subtable(output_table, "roles")} analyst = "full".',
         )
-    full = sorted(role for role, name in output.roles.items() if name == "full" and role != "admin")
+    full = sorted(
+        role for role, level in output.roles.items() if level == "full" and role != "admin"
+    )
     if full:
         yield warning(
             "output-full-scores-role",
-            "[model.output.roles]",
+            _subtable(output_table, "roles"),
             f"callers holding {', '.join(full)} receive full scores; make sure only trusted "
             "callers hold that role.",
             "keep such roles for few, named keys (secureserve keys create --role predict "
             f"--role {full[0]} --name WHO), or lower their policy to top_k.",
         )
-    has_profile = settings.model.profile is not None or _locked_profile(settings)
+    has_profile = model.profile is not None or _locked_profile(settings, model)
     if not has_profile:
+        chosen = f"--model {name} " if name is not None else ""
         yield info(
             "profile-missing",
-            "[model] profile",
+            f"{table} profile",
             "the model has no reference profile, so the input guard and drift monitoring are off.",
-            "write one from the training data: `secureserve profile DATA --out "
-            f"{settings.model.dir.name}/{DEFAULT_PROFILE}`, then `secureserve lock`.",
+            f"write one from the training data: `secureserve profile DATA {chosen}--out "
+            f"{_in_project(settings, model)}/{DEFAULT_PROFILE}`, then `secureserve lock`.",
         )
     if handler:
-        yield from _check_handler(settings, has_profile=has_profile)
+        yield from _check_handler(settings, model, table, has_profile=has_profile)
 
 
-def _locked_profile(settings: Settings) -> bool:
+def _subtable(table: str, key: str) -> str:
+    """``[model]`` and ``output`` give ``[model.output]``; ``[models.iris]``: its own."""
+    return f"{table[:-1]}.{key}]"
+
+
+def _in_project(settings: Settings, model: ModelSettings) -> str:
+    """The model folder as a command run in the project folder names it."""
+    if model.dir.is_relative_to(settings.project_dir):
+        return model.dir.relative_to(settings.project_dir).as_posix()
+    return str(model.dir)
+
+
+def _locked_profile(settings: Settings, model: ModelSettings) -> bool:
+    """Whether the lock lists ``profile.json`` in the model's folder (the default profile)."""
+    path = settings.project_dir / LOCK_FILENAME
     try:
-        lock, _ = read_lock(settings.project_dir / LOCK_FILENAME)
+        lock_file, _ = read_lock_file(path)
+        section = lock_section(settings, model)
+        lock = folder_lock(lock_file, section, source=str(path), owner="dir")
     except (OSError, SecureServeError):
         return False
     return DEFAULT_PROFILE in lock.files
 
 
-def _check_handler(settings: Settings, *, has_profile: bool) -> Iterator[Finding]:
+def _check_handler(
+    settings: Settings, model: ModelSettings, table: str, *, has_profile: bool
+) -> Iterator[Finding]:
     from secureserve.cli._common import import_handler  # noqa: PLC0415 - runs project code
     from secureserve.defenses import check_feature_view  # noqa: PLC0415
     from secureserve.outputs import OutputPolicies  # noqa: PLC0415
 
     try:
-        cls = import_handler(settings.model.handler, settings.project_dir)
+        cls = import_handler(model.handler, settings.project_dir)
         cls.check_definition()
     except ConfigError as exc:
-        yield error("handler-invalid", "[model] handler", str(exc), FIX_SEE_MESSAGE)
+        yield error("handler-invalid", f"{table} handler", str(exc), FIX_SEE_MESSAGE)
         return
     where = f"{cls.__module__}.{cls.__qualname__}"
     try:
-        policies = OutputPolicies(cls.output_type, settings.model.output, where=where)
+        policies = OutputPolicies(cls.output_type, model.output, where=where)
     except ConfigError as exc:
-        yield error("output-policy-invalid", "[model.output]", str(exc), FIX_SEE_MESSAGE)
+        yield error("output-policy-invalid", _subtable(table, "output"), str(exc), FIX_SEE_MESSAGE)
     else:
         if not policies.has_scores:
             yield info(
@@ -96,7 +125,7 @@ def _check_handler(settings: Settings, *, has_profile: bool) -> Iterator[Finding
                 "(and labels with ss.Label) so that the policy can round or hide them.",
             )
     try:
-        reason = check_feature_view(cls, settings.model, has_profile=has_profile)
+        reason = check_feature_view(cls, model, has_profile=has_profile)
     except ConfigError as exc:
         yield error("feature-view-missing", where, str(exc), FIX_SEE_MESSAGE)
         return

@@ -44,7 +44,8 @@ def check_keys(
             "and run the doctor again.",
         )
     excluded = docker_excluded(project, relatives, image) if image else None
-    model_dir = os.path.realpath(settings.model.dir) + os.sep if settings is not None else None
+    served = settings.served().values() if settings is not None else ()
+    model_dirs = tuple(os.path.realpath(model.dir) + os.sep for model in served)
     for key, relative in zip(keys, relatives, strict=True):
         quoted = shlex.quote(relative)
         mode = stat.S_IMODE(key.lstat().st_mode)
@@ -55,13 +56,13 @@ def check_keys(
                 f"this key can be read by every user or written by others (mode {mode:04o}).",
                 f"restrict it with `chmod 600 {quoted}`.",
             )
-        if model_dir is not None and os.path.realpath(key).startswith(model_dir):
+        if os.path.realpath(key).startswith(model_dirs):
             yield error(
                 "private-key-in-model-dir",
                 relative,
-                "a key lies in the model folder, which is shipped with the model and "
+                "a key lies in a model folder, which is shipped with the model and "
                 "readable by the server.",
-                "move it out of [model] dir (to secrets/) and lock the folder again.",
+                "move it out of the model folder (to secrets/) and lock the folder again.",
             )
         if excluded is not None and relative not in excluded:
             yield error(

@@ -1,9 +1,11 @@
-"""Doctor checks on the model: its files, lock and signature, and who may change what is served.
+"""Doctor checks on the models: their files, lock and signature, and who may change them.
 
 The lock and signature are checked with the server's own ``verify_project``; the
 doctor adds what the server accepts but is weaker than the defaults (an unsigned lock,
-files the lock does not list) and what the server cannot see: the handler, settings,
-model files, lock, signature and public key writable by other users.
+files the lock does not list) and what the server cannot see: the handlers, settings,
+model files, lock, signature and public key writable by other users. With several
+models (``[models.<name>]``) every model and every model folder is checked, and the
+findings name its table (``[models.iris] dir``).
 """
 
 from __future__ import annotations
@@ -21,7 +23,8 @@ from secureserve.doctor.findings import FIX_SEE_MESSAGE, Finding, error, info, w
 from secureserve.encryption import load_key
 from secureserve.errors import ArtifactError, ConfigError
 from secureserve.lockfile import LOCK_FILENAME, SIGNATURE_FILENAME
-from secureserve.release import model_files, verify_project
+from secureserve.release import model_files, model_folders, signing_public_key, verify_project
+from secureserve.settings import ModelSettings
 
 __all__ = ["check"]
 
@@ -42,79 +45,102 @@ def check(settings: Settings, *, config_file: Path | None) -> Iterator[Finding]:
 
 
 def _check_model(settings: Settings) -> Iterator[Finding]:
-    model = settings.model
+    for name, model in settings.served().items():
+        yield from _check_keys(model, settings.table(name))
+    yield from _check_artifacts(settings)
+
+
+def _check_keys(model: ModelSettings, table: str) -> Iterator[Finding]:
+    """One model's encryption key file and custom ONNX domains."""
     if model.encryption_key_file is not None:
         if model.encryption_key_file.exists():
             try:
                 load_key(key_file=model.encryption_key_file)
             except ConfigError as exc:
                 yield error(
-                    "key-file-invalid", "[model] encryption_key_file", str(exc), FIX_SEE_MESSAGE
+                    "key-file-invalid", f"{table} encryption_key_file", str(exc), FIX_SEE_MESSAGE
                 )
         else:
             yield info(
                 "key-file-missing",
-                "[model] encryption_key_file",
+                f"{table} encryption_key_file",
                 f"{model.encryption_key_file} does not exist here.",
                 "make sure it is mounted where the server runs.",
             )
     if model.onnx_allowed_domains:
         yield warning(
             "onnx-custom-domains",
-            "[model] onnx_allowed_domains",
+            f"{table} onnx_allowed_domains",
             f"ONNX operators from {', '.join(model.onnx_allowed_domains)} are accepted: "
             "custom operators are native code outside onnxruntime's own.",
             "allow only the domains your models need, and only from libraries you trust.",
         )
-    yield from _check_artifacts(settings)
 
 
 def _check_artifacts(settings: Settings) -> Iterator[Finding]:
-    model = settings.model
-    subject = f"[model] dir {model.dir}"
+    """Each model folder against the one lock: present, locked, then signed and matching."""
     try:
-        names = model_files(model.dir)
-    except ConfigError as exc:
-        yield error("model-dir-missing", subject, str(exc), "create it or fix [model] dir.")
+        folders = model_folders(settings)
+    except ConfigError as exc:  # a folder the lock cannot name
+        yield error("model-verify-failed", "[models] dir", str(exc), FIX_SEE_MESSAGE)
         return
-    lock = settings.project_dir / LOCK_FILENAME
-    if not lock.exists():
-        if names:
+    count = 0
+    missing = False
+    for folder in folders:
+        try:
+            count += len(model_files(folder.path, owner=folder.owner))
+        except ConfigError as exc:
+            missing = True
             yield error(
-                "model-unlocked",
-                LOCK_FILENAME,
-                f"{len(names)} model file(s) but no {LOCK_FILENAME}: the server refuses "
-                "every artifact that no lock lists.",
-                "run `secureserve lock`, then sign the lock with `secureserve sign`.",
+                "model-dir-missing",
+                f"{folder.owner} {folder.path}",
+                str(exc),
+                f"create it or fix {folder.owner}.",
             )
+    if missing:
         return
-    if model.signing_public_key is None:
+    if (settings.project_dir / LOCK_FILENAME).exists():
+        yield from _check_lock(settings)
+    elif count:
+        yield error(
+            "model-unlocked",
+            LOCK_FILENAME,
+            f"{count} model file(s) but no {LOCK_FILENAME}: the server refuses "
+            "every artifact that no lock lists.",
+            "run `secureserve lock`, then sign the lock with `secureserve sign`.",
+        )
+
+
+def _check_lock(settings: Settings) -> Iterator[Finding]:
+    """The lock's signature (or its absence), and every folder against its section."""
+    public_key = signing_public_key(settings)
+    if public_key is None:
         yield warning(
             "model-unsigned",
-            "[model] signing_public_key",
+            f"{'[models.*]' if settings.models else '[model]'} signing_public_key",
             f"{LOCK_FILENAME} is not checked against a signature: whoever can write the "
             "model folder and the lock can swap the model unnoticed.",
             "sign releases (`secureserve sign --private-key KEY`) and set "
             "signing_public_key to the public key.",
         )
     try:
-        report = verify_project(settings, model.signing_public_key)
+        report = verify_project(settings, public_key)
     except (ConfigError, ArtifactError) as exc:
         yield error("model-verify-failed", LOCK_FILENAME, str(exc), _FIX_RELOCK)
         return
     for problem in report.problems:
         yield error("model-verify-failed", LOCK_FILENAME, problem, _FIX_RELOCK)
-    if report.unlisted:
-        sample = ", ".join(report.unlisted[:_SAMPLE])
-        more = (
-            f" and {len(report.unlisted) - _SAMPLE} more" if len(report.unlisted) > _SAMPLE else ""
-        )
-        yield warning(
-            "model-unlisted",
-            subject,
-            f"not in {LOCK_FILENAME}, so never loaded: {sample}{more}.",
-            "remove them, or lock and sign again if they belong to the model.",
-        )
+    for found in report.folders:
+        if found.unlisted:
+            sample = ", ".join(found.unlisted[:_SAMPLE])
+            extra = len(found.unlisted) - _SAMPLE
+            more = f" and {extra} more" if extra > 0 else ""
+            yield warning(
+                "model-unlisted",
+                f"{found.folder.owner} {found.folder.path}",
+                f"not in {LOCK_FILENAME}, so never loaded: {sample}{more}.",
+                "remove them, or lock and sign again if they belong to the model.",
+            )
 
 
 def _check_writable(settings: Settings, config_file: Path | None) -> Iterator[Finding]:
@@ -177,22 +203,30 @@ def _served_paths(settings: Settings, config_file: Path | None) -> list[Path]:
     paths = [project, project / "__pycache__", project / LOCK_FILENAME]
     paths += [project / SIGNATURE_FILENAME]
     paths.append(config_file if config_file is not None else project / CONFIG_FILENAME)
-    if settings.model.handler:
-        folder = project
-        parts = settings.model.handler.partition(":")[0].split(".")
-        for part in parts[:-1]:  # packages: each folder, __init__.py and cache
-            folder /= part
-            paths += [folder, folder / "__init__.py", folder / "__pycache__"]
-        paths += [
-            folder / f"{parts[-1]}.py",
-            folder / parts[-1],
-            folder / parts[-1] / "__init__.py",
-        ]
-    if settings.model.signing_public_key is not None:
-        paths.append(settings.model.signing_public_key)
-    paths.append(settings.model.dir)
-    paths.extend(_model_paths(settings.model.dir))
-    return paths
+    for model in settings.served().values():
+        if model.handler:
+            paths += _handler_paths(project, model.handler)
+        if model.signing_public_key is not None:
+            paths.append(model.signing_public_key)
+        paths.append(model.dir)
+        paths.extend(_model_paths(model.dir))
+    return list(dict.fromkeys(paths))  # once each, when models share code or a folder
+
+
+def _handler_paths(project: Path, handler: str) -> list[Path]:
+    """Where ``module:Class`` may be imported from: each package's folder, the module."""
+    paths: list[Path] = []
+    folder = project
+    parts = handler.partition(":")[0].split(".")
+    for part in parts[:-1]:  # packages: each folder, __init__.py and cache
+        folder /= part
+        paths += [folder, folder / "__init__.py", folder / "__pycache__"]
+    return [
+        *paths,
+        folder / f"{parts[-1]}.py",
+        folder / parts[-1],
+        folder / parts[-1] / "__init__.py",
+    ]
 
 
 def _model_paths(model_dir: Path) -> Iterator[Path]:

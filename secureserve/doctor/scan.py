@@ -81,7 +81,8 @@ def _named_key_files(project: Path, settings: Settings | None) -> set[Path]:
     """Key files the settings name, as paths inside ``project`` (others are not shipped)."""
     if settings is None:
         return set()
-    named = (settings.audit.digest_key_file, settings.model.encryption_key_file, settings.tls.key)
+    named = [settings.audit.digest_key_file, settings.tls.key]
+    named += [model.encryption_key_file for model in settings.served().values()]
     root = os.path.realpath(project)
     return {
         Path(project, os.path.relpath(os.path.realpath(p), root))
