@@ -31,7 +31,7 @@ from starlette.routing import Route
 from secureserve import endpoints
 from secureserve.access import build_access
 from secureserve.config import ModelSettings, Settings, check_settings, resolve_paths
-from secureserve.errors import ConfigError, SecureServeError
+from secureserve.errors import ArtifactError, ConfigError, LoadError, SecureServeError
 from secureserve.keys import KeyStore
 from secureserve.logs import access_log, configure_logging, get_logger
 from secureserve.metrics import Metrics
@@ -203,8 +203,9 @@ def _served(
         )
     try:
         loaded = load_model(handler, settings, model_settings)
-    except SecureServeError:
-        if not model_settings.optional:
+    except SecureServeError as exc:
+        # optional covers the model's files and its handler failing, never the settings
+        if not model_settings.optional or not isinstance(exc, (ArtifactError, LoadError)):
             get_logger().error("model failed to load", model=name or cls.name, table=table)
             raise
         get_logger().exception(

@@ -388,10 +388,7 @@ def _check_models(settings: Settings) -> None:
     for name, model in settings.served().items():
         table = settings.table(name)
         _check_onnx(model, table)
-        for key in ("per_principal", "quota"):
-            value = getattr(model.limits, key)
-            if value is not None:
-                parse_rate(key, value, section=f"{table[1:-1]}.limits")
+        _check_model_limits(model, table, settings.server.max_instances)
         if settings.project_dir.is_relative_to(model.dir.resolve()):
             raise ConfigError(
                 f"{table} dir is {model.dir}, which holds the project folder itself: the "
@@ -471,6 +468,23 @@ def parse_rate(key: str, value: str, *, section: str = "limits") -> RateLimitIte
             + (f'; write "{RATE_OFF}" to switch this limit off.' if section == "limits" else ".")
         )
     return items[0]
+
+
+def _check_model_limits(model: ModelSettings, table: str, max_instances: int) -> None:
+    """A model's own limits: rates as ``[limits]`` takes them, each fitting a whole request."""
+    section = f"{table[1:-1]}.limits"
+    for key in ("per_principal", "quota"):
+        value = getattr(model.limits, key)
+        if value is None or value == RATE_OFF:
+            continue
+        amount = parse_rate(key, value, section=section).amount
+        if amount < max_instances:
+            raise ConfigError(
+                f"[{section}] {key} = {value!r} admits {amount} instances per window, but "
+                f"[server] max_instances = {max_instances} lets one request ask for more: "
+                f"such a request could never be served. Lower max_instances to at most "
+                f"{amount} or raise {key}."
+            )
 
 
 def _check_limits(limits: LimitsSettings, max_instances: int) -> None:

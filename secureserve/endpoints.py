@@ -167,7 +167,9 @@ class Explain:
                 "([limits] explain_per_principal)",
             )
         known = explainer.evaluations(len(instances))  # None: counted as they run
-        await limiter.check_explain(principal.id, len(instances), known or 0, throttle=throttle)
+        await limiter.check_explain(
+            principal.id, state.name, len(instances), known or 0, throttle=throttle
+        )
         info.model_version = deployment.version
         screened = defenses.screen(principal.id, instances, info.request_id)  # or 422
         deployment.acquire()
@@ -178,7 +180,7 @@ class Explain:
         finally:
             deployment.release()
         if known is None:
-            await limiter.check_explain(principal.id, 0, evaluations)
+            await limiter.check_explain(principal.id, state.name, 0, evaluations)
         defenses.after_predict(principal.id, screened, labels)
         payload = _encoder.encode({"explanations": explanations})
         await _answer(
@@ -311,8 +313,8 @@ async def drift(request: Request) -> Response:
             404,
             "drift-off",
             "Drift monitoring is off for this model",
-            detail="it needs a reference profile (secureserve profile) and [model.drift] "
-            "enabled = true",
+            detail="it needs a reference profile (secureserve profile) and the model's drift "
+            "settings enabled = true",
         )
     return Response(_encoder.encode(report), media_type=_JSON)
 
@@ -370,7 +372,7 @@ def _extraction_off() -> RequestRejected:
         404,
         "extraction-off",
         "Extraction detection is off for this model",
-        detail="it needs the model's feature view and [model.extraction] action other than off",
+        detail="it needs the model's feature view and its extraction action other than off",
     )
 
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 __all__ = [
     "ArtifactError",
     "ConfigError",
+    "LoadError",
     "ModelError",
     "RequestRejected",
     "SecureServeError",
@@ -39,6 +40,10 @@ class ConfigError(SecureServeError):
 
     The message names the offending key or file and says how to fix it.
     """
+
+
+class LoadError(ConfigError):
+    """The handler's ``load`` or ``warmup`` raised: its files, not the settings, failed."""
 
 
 class ArtifactError(SecureServeError):

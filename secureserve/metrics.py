@@ -105,6 +105,7 @@ class Metrics:
         )
         self._children: dict[tuple[str, int], tuple[Any, Any]] = {}
         self._drift_children: dict[tuple[str, str], Any] = {}  # bounded by the feature count
+        self._serving: dict[str, tuple[str, str]] = {}  # model -> its series' labels
         self.model_info = Gauge(
             "secureserve_model_info",
             "The model version serving (value 1), by name, version and lock revision.",
@@ -168,8 +169,14 @@ class Metrics:
             self.limited.labels(reason if reason in _LIMIT_REASONS else "other").inc()
 
     def serving(self, *, model: str, version: str, revision: str) -> None:
-        """Mark the version now serving (after start-up or a reload)."""
-        self.model_info.clear()
+        """Mark the version of ``model`` now serving (after start-up or a reload).
+
+        One series per served model: the model's previous series goes, the others stay.
+        """
+        previous = self._serving.get(model)
+        if previous is not None:
+            self.model_info.remove(model, *previous)
+        self._serving[model] = (version, revision)
         self.model_info.labels(model, version, revision).set(1)
 
     def guard_flagged(self, model: str, reason: str, count: int) -> None:

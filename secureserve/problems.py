@@ -47,12 +47,18 @@ _BY_STATUS: Final = {
 
 
 class Problem(msgspec.Struct, omit_defaults=True, frozen=True):
-    """The body of every error response."""
+    """The body of every error response.
+
+    ``error`` repeats the title and detail in one string: the Open Inference Protocol's
+    error member, which its clients (tritonclient) read on every error; one shape
+    serves both ``/v1`` and ``/v2``.
+    """
 
     type: str
     title: str
     status: int
     request_id: str
+    error: str
     detail: str | None = None
 
 
@@ -73,6 +79,7 @@ def _body(rejection: RequestRejected, request_id: str) -> bytes:
             title=rejection.title,
             status=rejection.status,
             request_id=request_id,
+            error=f"{rejection.title}: {rejection.detail}" if rejection.detail else rejection.title,
             detail=rejection.detail,
         )
     )

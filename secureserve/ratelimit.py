@@ -230,7 +230,7 @@ class RateLimiter:
                 (self._quota, principal_id),
                 (own_rate, mine),
                 (own_quota, mine),
-                (throttle, principal_id),
+                (throttle, self.throttle_key(model, principal_id)),
             )
             if window is not None and ident is not None
         ]
@@ -248,21 +248,37 @@ class RateLimiter:
     async def check_explain(
         self,
         principal_id: str,
+        model: str,
         instances: int,
         evaluations: int,
         *,
         throttle: Window | None = None,
     ) -> None:
-        """Charge an explanation, 429 like :meth:`check`.
+        """Charge an explanation of ``model``, 429 like :meth:`check`.
 
-        ``instances`` go on ``explain_per_principal`` (and ``throttle``, a suspected
-        extraction's extra window), then the model ``evaluations`` it runs on the quota.
-        Each window is charged on its own: one that refuses does not undo the ones before.
+        ``instances`` go on ``explain_per_principal``, the model's own per-principal
+        rate (``[models.<name>.limits]``) and ``throttle`` (a suspected extraction's extra
+        window); then the model ``evaluations`` it runs on the quota and the model's own
+        quota. Each window is charged on its own: one that refuses does not undo the
+        ones before.
         """
-        charges = ((self._explain, instances), (throttle, instances), (self._quota, evaluations))
-        for window, cost in charges:
+        own_rate, own_quota = self._per_model.get(model, (None, None))
+        mine = f"{model}/{principal_id}"
+        charges = (
+            (self._explain, principal_id, instances),
+            (own_rate, mine, instances),
+            (throttle, self.throttle_key(model, principal_id), instances),
+            (self._quota, principal_id, evaluations),
+            (own_quota, mine, evaluations),
+        )
+        for window, ident, cost in charges:
             if window is not None and cost >= 1:
-                await self._charge_one(window, principal_id, cost)
+                await self._charge_one(window, ident, cost)
+
+    @staticmethod
+    def throttle_key(model: str | None, principal_id: str) -> str:
+        """Whom a throttle window counts: the principal on that model (models apart)."""
+        return f"{model}/{principal_id}" if model else principal_id
 
     async def _charge_one(self, window: Window, ident: str, cost: int) -> None:
         plan = [(window, ident)]

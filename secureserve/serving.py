@@ -21,7 +21,7 @@ from secureserve.audit import AuditLog, AuditUnavailable
 from secureserve.config import ModelSettings, Settings
 from secureserve.defenses import Defenses, check_feature_view
 from secureserve.encryption import KEY_ENV, load_key
-from secureserve.errors import ConfigError, RequestRejected, SecureServeError
+from secureserve.errors import ConfigError, LoadError, RequestRejected, SecureServeError
 from secureserve.explain import Explainer
 from secureserve.logs import get_logger
 from secureserve.metrics import Metrics
@@ -107,7 +107,7 @@ def load_model(
     except SecureServeError:
         raise
     except Exception as exc:
-        raise ConfigError(
+        raise LoadError(
             f"{where} failed while loading: {type(exc).__name__}: {exc}. "
             "Run with --debug for the traceback."
         ) from exc
@@ -378,7 +378,7 @@ class ServedModels:
         self.by_name: dict[str, ServingState] = {state.name: state for state in states}
         self.metrics = metrics
         self.accepting = True
-        self._openapi: dict[tuple[tuple[str, str], ...], bytes] = {}
+        self._openapi: dict[tuple[tuple[str, str, str], ...], bytes] = {}
 
     def __iter__(self) -> Iterator[ServingState]:
         return iter(self.by_name.values())
@@ -409,7 +409,7 @@ class ServedModels:
         visible = [state for state in self if principal.may_use(state.name)]
         views = [state.policies.for_roles(principal.roles) for state in visible]
         key = tuple(
-            (state.name, view.policy if view is not None else "")
+            (state.name, state.version, view.policy if view is not None else "")
             for state, view in zip(visible, views, strict=True)
         )
         body = self._openapi.get(key)

@@ -339,8 +339,9 @@ class LoggingSettings(Section, frozen=True):
 
 
 #: A ``[models.<name>]`` table name: the served name, addressable from the environment
-#: (``SECURESERVE_MODELS__<NAME>__...``, lower-cased), so letters, digits and ``_`` only.
-ServedName = Annotated[str, msgspec.Meta(pattern=r"^[a-z][a-z0-9_]{0,62}$")]
+#: (``SECURESERVE_MODELS__<NAME>__...``, lower-cased): letters and digits, single ``_``
+#: between them (``__`` is the environment's separator).
+ServedName = Annotated[str, msgspec.Meta(pattern=r"^[a-z][a-z0-9]*(_[a-z0-9]+)*$", max_length=63)]
 MAX_MODELS: Final = 64  # models one process serves, at most
 
 

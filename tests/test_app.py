@@ -22,7 +22,7 @@ from secureserve.testing import TestClient
 PREDICT = "/v1/models/iris:predict"
 VALID = {"instances": [{"features": [5.1, 3.5, 1.4, 0.2]}, {"features": [6.7, 3.0, 5.2, 2.3]}]}
 PROBLEM = "application/problem+json"
-PROBLEM_KEYS = {"type", "title", "status", "request_id", "detail"}
+PROBLEM_KEYS = {"type", "title", "status", "request_id", "error", "detail"}
 GENERATED_ID = re.compile(r"[0-9a-f]{24}")
 
 

@@ -161,7 +161,7 @@ def test_two_models_serve_side_by_side_each_with_its_policy(tmp_path, monkeypatc
 
 
 def test_a_models_own_limit_counts_that_model_alone(tmp_path, monkeypatch):
-    extra = '\n[models.iris.limits]\nper_principal = "3/minute"\n'
+    extra = '\n[models.iris.limits]\nper_principal = "3/minute"\n\n[server]\nmax_instances = 2\n'
     project = two_model_project(tmp_path / "p", monkeypatch, extra)
     key = mint_key(name="k", roles=("predict",))
     app = two_model_app(project, key)
@@ -171,10 +171,13 @@ def test_a_models_own_limit_counts_that_model_alone(tmp_path, monkeypatch):
             for _ in range(4)
         ]
         two = client.post("/v1/models/iris:predict", json={"instances": [FLOWER] * 2})
-        digits = client.post("/v1/models/digits:predict", json={"instances": [digit()] * 5})
+        digits = [
+            client.post("/v1/models/digits:predict", json={"instances": [digit()] * 2})
+            for _ in range(3)
+        ]
     assert answers == [200, 200, 200, 429]
     assert two.status_code == 429
-    assert digits.status_code == 200  # digits has no limit of its own; the server-wide is off
+    assert [d.status_code for d in digits] == [200] * 3  # no limit of its own; server-wide off
 
 
 def test_reloading_one_model_leaves_the_other_running(tmp_path, monkeypatch):
@@ -262,3 +265,46 @@ def test_the_real_server_serves_both_models_over_tls(tmp_path, monkeypatch):
     assert len(msgspec.json.decode(digits.body)["predictions"][0]["scores"]) == 3
     starting = next(line for line in lines if line["event"] == "starting")
     assert starting["models"] == {"iris": "1.0.0", "digits": "1.0.0"}
+
+
+def test_explanations_are_charged_on_the_models_own_limits(tmp_path, monkeypatch):
+    extra = '\n[models.digits.limits]\nper_principal = "2/minute"\n\n[server]\nmax_instances = 2\n'
+    project = two_model_project(tmp_path / "p", monkeypatch, extra)
+    key = mint_key(name="k", roles=("explain", "predict"))
+    app = two_model_app(project, key)
+    with asgi_client(app, key) as client:
+        answers = [
+            client.post("/v1/models/digits:explain", json={"instances": [digit()]}).status_code
+            for _ in range(3)
+        ]
+        predicted = client.post("/v1/models/digits:predict", json={"instances": [digit()]})
+    assert answers == [200, 200, 429]
+    assert predicted.status_code == 429  # the same window: explaining used it up
+
+
+def test_metrics_keep_one_series_per_model_through_a_reload(tmp_path, monkeypatch):
+    project = two_model_project(tmp_path / "p", monkeypatch)
+    key = mint_key(name="ops", roles=("metrics", "admin"))
+    app = two_model_app(project, key)
+    with asgi_client(app, key) as client:
+        assert client.post("/v1/models/iris:reload").status_code == 200
+        text = client.get("/metrics").text
+    served = [line for line in text.splitlines() if line.startswith("secureserve_model_info{")]
+    assert len(served) == 2
+    assert any('model="iris"' in line for line in served)
+    assert any('model="digits"' in line for line in served)
+
+
+def test_optional_covers_a_models_files_not_a_mistake_in_its_settings(tmp_path, monkeypatch):
+    project = two_model_project(tmp_path / "p", monkeypatch)
+    text = (project / "secureserve.toml").read_text()
+    text = text.replace('dir = "models/digits"\n', 'dir = "models/digits"\noptional = true\n')
+    text = text.replace(
+        "[models.digits.output]", '[models.digits.guard]\nmode = "refuse"\n\n[models.digits.output]'
+    )
+    (project / "secureserve.toml").write_text(text)
+    (project / "models" / "digits" / "profile.json").unlink()  # guard mode needs a profile
+    monkeypatch.chdir(project)
+    assert main(["lock"]) == 0
+    with pytest.raises(ConfigError, match="guard"):
+        two_model_app(project)

@@ -32,7 +32,7 @@ from secureserve.testing import TestClient
 
 PREDICT = "/v1/models/iris:predict"
 PROBLEM = "application/problem+json"
-PROBLEM_KEYS = {"type", "title", "status", "request_id", "detail"}
+PROBLEM_KEYS = {"type", "title", "status", "request_id", "error", "detail"}
 # What a client must never see in an error body: stack traces, library and class names, paths.
 LEAKS = (
     "Traceback",

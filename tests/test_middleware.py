@@ -174,6 +174,7 @@ def test_authentication_missing_credentials_say_no_bearer_token(client, path):
         "type": "urn:secureserve:problem:unauthorized",
         "title": "Unauthorized",
         "status": 401,
+        "error": "Unauthorized: no bearer token",
         "detail": "no bearer token",
     }
 

@@ -79,7 +79,7 @@ def _assert_problem(reply, status: int) -> dict:
     body = json.loads(reply.body)
     assert body["status"] == status
     assert body["request_id"] == reply.headers["x-request-id"]
-    assert set(body) <= {"type", "title", "status", "request_id", "detail"}
+    assert set(body) <= {"type", "title", "status", "request_id", "error", "detail"}
     for name in SECURITY_HEADERS:
         assert name in reply.headers, name
     assert "server" not in reply.headers
