@@ -18,6 +18,7 @@ from secureserve.errors import (
 from secureserve.keys import KeyStore
 from secureserve.model import Model
 from secureserve.outputs import Label, Score, Scores
+from secureserve.tensor_model import TensorModel
 
 __version__ = "0.1.0"
 
@@ -35,6 +36,7 @@ __all__ = [
     "Scores",
     "SecureServeError",
     "Settings",
+    "TensorModel",
     "__version__",
     "create_app",
     "load_settings",

@@ -28,7 +28,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from secureserve import endpoints
+from secureserve import endpoints, v2
 from secureserve.access import build_access
 from secureserve.config import ModelSettings, Settings, check_settings, resolve_paths
 from secureserve.errors import ArtifactError, ConfigError, LoadError, SecureServeError
@@ -41,10 +41,12 @@ from secureserve.middleware.https import HttpsOnly
 from secureserve.middleware.inflight import InFlightLimit
 from secureserve.model import Model
 from secureserve.problems import as_rejection, problem_response
-from secureserve.serving import ServedModels, ServingState, load_model
+from secureserve.serving import LoadedModel, ServedModel, ServedModels, ServingState, load_model
+from secureserve.tensor_model import TensorModel
+from secureserve.tensor_serving import LoadedTensor, TensorState, load_tensor_model
 
-#: A handler: a ``Model`` subclass, or an instance of one.
-Handler = Model[Any, Any] | type[Model[Any, Any]]
+#: A handler: a ``Model`` or ``TensorModel`` subclass, or an instance of one.
+Handler = Model[Any, Any] | type[Model[Any, Any]] | TensorModel | type[TensorModel]
 
 __all__ = ["create_app"]
 
@@ -126,6 +128,8 @@ def create_app(
             Route("/metrics", endpoints.metrics, methods=["GET"]),
             Route("/healthz", endpoints.healthz, methods=["GET"]),
             Route("/readyz", endpoints.readyz, methods=["GET"]),
+            # the Open Inference Protocol, when a tensor model is served
+            *(v2.routes(models) if any(isinstance(s, TensorState) for s in models) else ()),
         ],
         middleware=[
             Middleware(
@@ -190,7 +194,7 @@ def _served(
     settings: Settings,
     model_settings: ModelSettings,
     metrics: Metrics,
-) -> ServingState:
+) -> ServedModel:
     """One model loaded (or, if optional and it fails, logged and left not ready)."""
     cls = handler if isinstance(handler, type) else type(handler)
     table = settings.table(name)
@@ -202,7 +206,11 @@ def _served(
             "can rename a handler served twice)."
         )
     try:
-        loaded = load_model(handler, settings, model_settings)
+        loaded: LoadedModel | LoadedTensor | None
+        if issubclass(cls, TensorModel):
+            loaded = load_tensor_model(cls, settings, model_settings, table=table)
+        else:
+            loaded = load_model(handler, settings, model_settings)  # type: ignore[arg-type]
     except SecureServeError as exc:
         # optional covers the model's files and its handler failing, never the settings
         if not model_settings.optional or not isinstance(exc, (ArtifactError, LoadError)):
@@ -214,7 +222,9 @@ def _served(
             setting=f"{table[1:-1]}.optional",
         )
         loaded = None  # logged with its traceback; the model is not ready
-    return ServingState(cls, loaded, settings, model_settings, metrics, table=table)
+    if issubclass(cls, TensorModel):
+        return TensorState(cls, loaded, settings, model_settings, metrics, table=table)  # type: ignore[arg-type]
+    return ServingState(cls, loaded, settings, model_settings, metrics, table=table)  # type: ignore[arg-type]
 
 
 class _ModelName(StringConvertor):

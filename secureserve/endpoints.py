@@ -29,13 +29,15 @@ from secureserve.openapi import (
     ModelSummary,
     ReloadResult,
 )
+from secureserve.serving import ServingState
 
 if TYPE_CHECKING:
-    from secureserve.serving import ServedModels, ServingState
+    from secureserve.serving import ServedModel, ServedModels
 
 __all__ = [
     "Explain",
     "Predict",
+    "answer",
     "clear_principal",
     "drift",
     "healthz",
@@ -58,6 +60,24 @@ _NOT_READY: Final = b'{"status":"not ready"}'
 async def _visible_model(
     scope: Scope, models: ServedModels, name: str
 ) -> tuple[Principal, ServingState]:
+    """The principal and the ``/v1`` model ``name``, if it may see it; else 404.
+
+    A tensor model (``ss.TensorModel``) it may see is a 404 too, saying it speaks ``/v2``.
+    """
+    principal, state = await _any_visible_model(scope, models, name)
+    if not isinstance(state, ServingState):
+        raise RequestRejected(
+            404,
+            "not-found",
+            "Not found",
+            detail="this model is served over /v2, the Open Inference Protocol",
+        )
+    return principal, state
+
+
+async def _any_visible_model(
+    scope: Scope, models: ServedModels, name: str
+) -> tuple[Principal, ServedModel]:
     """The principal and the model ``name``, if it may see it; else 404, as if absent.
 
     A miss costs one prediction from the principal's own windows (not a per-model
@@ -116,7 +136,7 @@ class Predict:
             deployment.release()
         defenses.after_predict(principal.id, screened, labels)
         flagged = screened.flagged if screened is not None else None
-        await _answer(
+        await answer(
             send,
             state,
             scope,
@@ -183,7 +203,7 @@ class Explain:
             await limiter.check_explain(principal.id, state.name, 0, evaluations)
         defenses.after_predict(principal.id, screened, labels)
         payload = _encoder.encode({"explanations": explanations})
-        await _answer(
+        await answer(
             send,
             state,
             scope,
@@ -194,9 +214,9 @@ class Explain:
         )
 
 
-async def _answer(
+async def answer(
     send: Send,
-    state: ServingState,
+    state: ServedModel,
     scope: Scope,
     *,
     route: str,
@@ -204,6 +224,7 @@ async def _answer(
     body: bytes,
     payload: bytes,
     flagged: tuple[int, ...] | None = None,
+    headers: tuple[tuple[bytes, bytes], ...] = ((b"content-type", b"application/json"),),
 ) -> None:
     """Record the answer in the audit log, then send it: no answer leaves unrecorded."""
     info = scope["secureserve"]
@@ -226,11 +247,8 @@ async def _answer(
         )
     )
     info.audited = True
-    headers = [
-        (b"content-type", b"application/json"),
-        (b"content-length", str(len(payload)).encode()),
-    ]
-    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    sent = [*headers, (b"content-length", str(len(payload)).encode())]
+    await send({"type": "http.response.start", "status": 200, "headers": sent})
     await send({"type": "http.response.body", "body": payload})
 
 
@@ -405,8 +423,9 @@ async def metrics(request: Request) -> Response:
     models = _models(request)
     require_role(request.scope["secureserve.principal"], "metrics")
     for state in models:  # gauges computed when read, not per request
-        if state.current is not None:
-            state.current.defenses.refresh_metrics()
+        defenses = getattr(state.current, "defenses", None)
+        if defenses is not None:
+            defenses.refresh_metrics()
     return Response(models.metrics.render(), media_type=CONTENT_TYPE)
 
 

@@ -38,7 +38,14 @@ from secureserve.schema import ModelSchema
 if TYPE_CHECKING:
     from secureserve.auth import Principal
 
-__all__ = ["Deployment", "LoadedModel", "ServedModels", "ServingState", "load_model"]
+__all__ = [
+    "Deployment",
+    "LoadedModel",
+    "ServedModel",
+    "ServedModels",
+    "ServingState",
+    "load_model",
+]
 
 #: OpenAPI documents kept, one per combination of visible models and output policies.
 _OPENAPI_KEPT: Final = 64
@@ -182,19 +189,23 @@ class Deployment:
         if self._active == 0:
             self.runner.stop()
 
+    def close(self) -> None:
+        """Shutdown: finish queued work and stop the thread."""
+        self.runner.close()
 
-class ServingState:
-    """One served model: its current deployment, schema, output policies and readiness.
+
+class ServedModel:
+    """What every served model has: its settings, the version serving now, readiness, reload.
 
     ``current`` is None only for an optional model (``[models.<name>] optional``) that
     failed to load: it is not ready, its routes answer 503 ``model-unavailable``, and a
-    reload (``POST .../{name}:reload`` or SIGHUP) may bring it up.
+    reload (``POST .../{name}:reload`` or SIGHUP) may bring it up. A subclass says how
+    the model is loaded (``_load``, in a worker thread) and deployed (``_deploy``).
     """
 
     def __init__(
         self,
-        cls: type[Model[Any, Any]],
-        loaded: LoadedModel | None,
+        cls: type[Any],
         settings: Settings,
         model_settings: ModelSettings,
         metrics: Metrics,
@@ -205,31 +216,42 @@ class ServingState:
         self.cls = cls
         self.settings = settings
         self.model_settings = model_settings
-        self.name = cls.name
+        self.name: str = cls.name
         self.optional = model_settings.optional
         self.max_instances = server.max_instances
         self.max_body_bytes = server.max_body_bytes
         self.body_timeout_s = server.body_timeout_s
-        self.schema = ModelSchema(
-            cls.input_type, cls.output_type, max_instances=server.max_instances
-        )
         self.metrics = metrics
-        where = f"{cls.__module__}.{cls.__qualname__}"
-        self.policies = OutputPolicies(cls.output_type, model_settings.output, where=where)
         self.table = table
-        self.current: Deployment | None = None
-        if loaded is not None:
-            self.current = self._deploy(loaded)
-            self.metrics.serving(
-                model=self.name, version=self.current.version, revision=self.current.revision
-            )
-            self._log_defenses(loaded)
+        self.current: Any = None
         self._reload_lock = asyncio.Lock()
         # set by create_app once the access objects exist
         self.audit: AuditLog
         self.limiter: RateLimiter
 
-    def deployment(self) -> Deployment:
+    def _start(self, loaded: Any) -> None:
+        """Deploy what was loaded at start-up (nothing, for an optional model that failed)."""
+        if loaded is not None:
+            self.current = self._deploy(loaded)
+            self.metrics.serving(
+                model=self.name, version=self.current.version, revision=self.current.revision
+            )
+            self._started(loaded)
+
+    def _load(self) -> Any:
+        raise NotImplementedError
+
+    def _deploy(self, loaded: Any) -> Any:
+        raise NotImplementedError
+
+    def _started(self, loaded: Any) -> None:
+        """After a deployment replaced nothing: say what runs (a subclass logs it)."""
+
+    def _swapped(self, previous: Any, current: Any) -> None:  # noqa: ARG002 - for subclasses
+        """After ``current`` replaced ``previous``: hand over state, stop the old one."""
+        previous.retire()
+
+    def deployment(self) -> Any:
         """The version serving now; 503 ``model-unavailable`` for an optional model not loaded."""
         if self.current is None:
             raise RequestRejected(
@@ -244,56 +266,11 @@ class ServingState:
     @property
     def version(self) -> str:
         """The serving version's, or the handler class's while nothing is loaded."""
-        return self.current.version if self.current is not None else self.cls.version
-
-    def _log_defenses(self, loaded: LoadedModel) -> None:
-        """One start-up line saying which model defenses run; a warning for full scores."""
-        log = get_logger()
-        if loaded.no_features is not None:
-            log.info(
-                "model defenses that need a feature view are off (input guard, drift)",
-                model=self.name,
-                reason=loaded.no_features,
-            )
-        defenses = self.deployment().defenses
-        default = self.policies.default
-        log.info(
-            "model defenses",
-            model=self.name,
-            output_policy=default.policy if default is not None else "none (no score fields)",
-            role_policies=dict(self.model_settings.output.roles) or None,
-            guard=defenses.mode if defenses.guard is not None else "off",
-            drift="on" if defenses.drift is not None else "off",
-            profile_features=len(loaded.profile.features) if loaded.profile else None,
-        )
-        if default is not None and default.policy == "full":
-            log.warning(
-                'every caller receives full scores (output policy = "full"): '
-                "model inversion and extraction are cheaper",
-                model=self.name,
-                setting=f"{self.table[1:-1]}.output.policy",
-            )
-
-    def _deploy(self, loaded: LoadedModel) -> Deployment:
-        defenses = Defenses(
-            loaded.instance,
-            loaded.profile,
-            self.model_settings,
-            has_view=loaded.no_features is None,
-            metrics=self.metrics,
-            audit=lambda: self.audit,
-            limiter=lambda: self.limiter,
-        )
-        return Deployment(loaded, self.schema, self.settings, self.model_settings, defenses)
-
-    @property
-    def runner(self) -> InferenceRunner:
-        """The current deployment's runner."""
-        return self.deployment().runner
+        return str(self.current.version) if self.current is not None else str(self.cls.version)
 
     async def reload(
         self, *, trigger: str, principal: str | None = None, request_id: str | None = None
-    ) -> tuple[Deployment | None, Deployment]:
+    ) -> tuple[Any, Any]:
         """Load the model again beside the running one and swap if, and only if, it all passed.
 
         Lock, signature, formats, ``load`` and ``warmup`` run in a worker thread while
@@ -311,9 +288,7 @@ class ServingState:
             kept_revision = kept.revision if kept is not None else "nothing"
             self.audit.check_writable()
             try:
-                loaded = await asyncio.to_thread(
-                    load_model, self.cls, self.settings, self.model_settings
-                )
+                loaded = await asyncio.to_thread(self._load)
             except Exception as exc:
                 log.exception(
                     "model reload refused", model=self.name, kept_revision=kept_revision, **where
@@ -332,10 +307,9 @@ class ServingState:
             )
             previous, self.current = kept, current
             if previous is not None:
-                current.defenses.take_over(previous.defenses)
-                previous.retire()
+                self._swapped(previous, current)
             else:
-                self._log_defenses(loaded)
+                self._started(loaded)
         self.metrics.serving(model=self.name, version=current.version, revision=current.revision)
         log.info(
             "model reloaded",
@@ -363,7 +337,88 @@ class ServingState:
     def close(self) -> None:
         """Shutdown: finish queued work of the current deployment and stop its thread."""
         if self.current is not None:
-            self.current.runner.close()
+            self.current.close()
+
+
+class ServingState(ServedModel):
+    """One ``ss.Model`` handler served on ``/v1``: schema, output policies, defenses."""
+
+    current: Deployment | None
+
+    def __init__(
+        self,
+        cls: type[Model[Any, Any]],
+        loaded: LoadedModel | None,
+        settings: Settings,
+        model_settings: ModelSettings,
+        metrics: Metrics,
+        *,
+        table: str = "[model]",
+    ) -> None:
+        super().__init__(cls, settings, model_settings, metrics, table=table)
+        self.schema = ModelSchema(
+            cls.input_type, cls.output_type, max_instances=settings.server.max_instances
+        )
+        where = f"{cls.__module__}.{cls.__qualname__}"
+        self.policies = OutputPolicies(cls.output_type, model_settings.output, where=where)
+        self._start(loaded)
+
+    def deployment(self) -> Deployment:
+        """The version serving now; 503 ``model-unavailable`` for an optional model not loaded."""
+        current: Deployment = super().deployment()
+        return current
+
+    def _load(self) -> LoadedModel:
+        return load_model(self.cls, self.settings, self.model_settings)
+
+    def _started(self, loaded: LoadedModel) -> None:
+        """One start-up line saying which model defenses run; a warning for full scores."""
+        log = get_logger()
+        if loaded.no_features is not None:
+            log.info(
+                "model defenses that need a feature view are off (input guard, drift)",
+                model=self.name,
+                reason=loaded.no_features,
+            )
+        defenses = self.deployment().defenses
+        default = self.policies.default
+        log.info(
+            "model defenses",
+            model=self.name,
+            output_policy=default.policy if default is not None else "none (no score fields)",
+            role_policies=dict(self.model_settings.output.roles) or None,
+            guard=defenses.mode if defenses.guard is not None else "off",
+            drift="on" if defenses.drift is not None else "off",
+            profile_features=len(loaded.profile.features) if loaded.profile else None,
+        )
+        if default is not None and default.policy == "full":
+            log.warning(
+                'every caller receives full scores (output policy = "full"): '
+                "model inversion and extraction are cheaper",
+                model=self.name,
+                setting=f"{self.table[1:-1]}.output.policy",
+            )
+
+    def _swapped(self, previous: Deployment, current: Deployment) -> None:
+        current.defenses.take_over(previous.defenses)
+        previous.retire()
+
+    def _deploy(self, loaded: LoadedModel) -> Deployment:
+        defenses = Defenses(
+            loaded.instance,
+            loaded.profile,
+            self.model_settings,
+            has_view=loaded.no_features is None,
+            metrics=self.metrics,
+            audit=lambda: self.audit,
+            limiter=lambda: self.limiter,
+        )
+        return Deployment(loaded, self.schema, self.settings, self.model_settings, defenses)
+
+    @property
+    def runner(self) -> InferenceRunner:
+        """The current deployment's runner."""
+        return self.deployment().runner
 
 
 class ServedModels:
@@ -374,16 +429,16 @@ class ServedModels:
     policies and reload; metrics, the audit log and the limiter are shared.
     """
 
-    def __init__(self, states: list[ServingState], metrics: Metrics) -> None:
-        self.by_name: dict[str, ServingState] = {state.name: state for state in states}
+    def __init__(self, states: list[ServedModel], metrics: Metrics) -> None:
+        self.by_name: dict[str, ServedModel] = {state.name: state for state in states}
         self.metrics = metrics
         self.accepting = True
         self._openapi: dict[tuple[tuple[str, str, str], ...], bytes] = {}
 
-    def __iter__(self) -> Iterator[ServingState]:
+    def __iter__(self) -> Iterator[ServedModel]:
         return iter(self.by_name.values())
 
-    def get(self, name: str) -> ServingState | None:
+    def get(self, name: str) -> ServedModel | None:
         """The served model ``name``, or None."""
         return self.by_name.get(name)
 
@@ -406,7 +461,11 @@ class ServedModels:
         Kept per combination of visible models and output policies: at most
         ``_OPENAPI_KEPT`` documents (the oldest one goes first).
         """
-        visible = [state for state in self if principal.may_use(state.name)]
+        visible = [
+            state
+            for state in self
+            if isinstance(state, ServingState) and principal.may_use(state.name)
+        ]
         views = [state.policies.for_roles(principal.roles) for state in visible]
         key = tuple(
             (state.name, state.version, view.policy if view is not None else "")

@@ -104,6 +104,9 @@ class Section(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=T
 PositiveSeconds = Annotated[float, msgspec.Meta(gt=0, le=3600)]
 
 
+DEFAULT_MAX_ELEMENTS: Final = 1 << 20
+
+
 class ServerSettings(Section, frozen=True):
     """``[server]``: where to listen and how much one request may cost."""
 
@@ -112,6 +115,8 @@ class ServerSettings(Section, frozen=True):
     workers: Annotated[int, msgspec.Meta(ge=1, le=64)] = 1
     max_body_bytes: Annotated[int, msgspec.Meta(ge=64, le=1 << 30)] = DEFAULT_MAX_BODY_BYTES
     max_instances: Annotated[int, msgspec.Meta(ge=1, le=100_000)] = DEFAULT_MAX_INSTANCES
+    #: /v2 tensors: values in one request, all inputs together (checked before decoding)
+    max_elements: Annotated[int, msgspec.Meta(ge=1, le=1 << 28)] = DEFAULT_MAX_ELEMENTS
     max_in_flight: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = DEFAULT_MAX_IN_FLIGHT
     max_connections: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = DEFAULT_MAX_CONNECTIONS
     predict_timeout_s: PositiveSeconds = DEFAULT_TIMEOUT_S

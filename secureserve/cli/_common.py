@@ -11,6 +11,7 @@ from typing import Any, Final
 from secureserve.config import Settings, load_settings
 from secureserve.errors import ConfigError
 from secureserve.model import Model
+from secureserve.tensor_model import TensorModel
 
 DEV_DIR: Final = ".secureserve"
 EXIT_ERROR: Final = 1
@@ -45,6 +46,9 @@ def import_handler(spec: str | None, project_dir: Path) -> type[Model[Any, Any]]
             "traceback."
         ) from exc
     handler = getattr(module, class_name, None)
-    if not (isinstance(handler, type) and issubclass(handler, Model)):
-        raise ConfigError(f"{spec!r} is not a secureserve.Model subclass in {module_name}.")
-    return handler
+    if not (isinstance(handler, type) and issubclass(handler, Model | TensorModel)):
+        raise ConfigError(
+            f"{spec!r} is not a secureserve.Model or secureserve.TensorModel subclass in "
+            f"{module_name}."
+        )
+    return handler  # type: ignore[return-value]

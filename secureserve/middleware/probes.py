@@ -8,11 +8,11 @@ from starlette.types import Scope
 
 __all__ = ["PROBE_PATHS", "is_probe"]
 
-PROBE_PATHS: Final = frozenset({"/healthz", "/readyz"})
+PROBE_PATHS: Final = frozenset({"/healthz", "/readyz", "/v2/health/live", "/v2/health/ready"})
 
 
 def is_probe(scope: Scope) -> bool:
-    """Whether the request targets ``/healthz`` or ``/readyz`` of this app.
+    """Whether the request targets a probe (``/healthz``, ``/readyz``, ``/v2/health/*``).
 
     When the app is mounted under a prefix, Starlette keeps the full path in
     ``path`` and the prefix in ``root_path`` (set by the server or the mount,

@@ -1,0 +1,222 @@
+"""``ss.TensorModel``: an ONNX file served over the Open Inference Protocol, no code needed.
+
+::
+
+    class IrisTensor(ss.TensorModel):
+        name = "iris"
+        version = "1"
+        file = "iris.onnx"   # inputs, outputs, datatypes and shapes come from the graph
+
+At load the file is opened through :class:`~secureserve.artifacts.Artifacts` (locked,
+format-checked, hardened session) and its graph's inputs and outputs become the
+model's tensors: name, OIP datatype (:func:`secureserve.tensors.datatype_of`) and shape
+(a dimension the graph leaves open, such as the batch, is ``-1``). ``/v2/models/{name}``
+reports them and ``/v2/models/{name}/infer`` checks every request against them before
+the session runs: the inputs the graph has, each of its datatype and of a shape that
+fits (same rank, fixed dimensions equal), the same batch size (the first dimension)
+for every input.
+
+Class scores are outputs: an output is taken as scores when ``scores`` names it, or,
+with ``scores`` unset, when it is floating point and its last dimension is not 1 (a
+probability or logit vector per row). The output policy of secureserve holds for them
+as for ``ss.Scores``: detailed scores make model extraction and inversion cheaper, so
+a model with score outputs is served only under an explicit ``policy = "full"`` and
+refuses to start otherwise, naming the setting (tensors have no labels to fall back to).
+
+The model defenses that need a feature view (input guard, drift, extraction
+detection) read one input: the only input when the graph has one, of a numeric
+datatype and rank 2 (``[batch, features]``); its columns are named ``input[0]``,
+``input[1]``, ... after the input's name.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar, Final
+
+import numpy as np
+import numpy.typing as npt
+
+from secureserve.errors import ConfigError, RequestRejected
+from secureserve.model import NAME_PATTERN, VERSION_PATTERN
+from secureserve.tensors import datatype_of
+
+if TYPE_CHECKING:
+    import onnxruntime
+
+    from secureserve.artifacts import Artifacts
+
+__all__ = ["TensorModel", "TensorSpec"]
+
+_FLOATS: Final = frozenset({"FP16", "FP32", "FP64"})
+_NUMERIC: Final = frozenset(
+    {"INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32", "UINT64", *_FLOATS}
+)
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One input or output of the graph: its name, OIP datatype and shape (-1: any)."""
+
+    name: str
+    datatype: str
+    shape: tuple[int, ...]
+
+    def fits(self, shape: tuple[int, ...]) -> bool:
+        """Whether a tensor of ``shape`` fits: the same rank, each fixed dimension equal."""
+        return len(shape) == len(self.shape) and all(
+            want in (-1, got) for want, got in zip(self.shape, shape, strict=True)
+        )
+
+
+class TensorModel:
+    """Base class of a tensor model: set ``name``, ``version`` and ``file``; nothing else.
+
+    Class attributes:
+        name: the served name, as for ``ss.Model``.
+        version: the public version (``/v2/models/{name}`` lists it).
+        file: the ONNX file in the model folder.
+        scores: the outputs that are class scores (default: found from the graph,
+            see the module docstring).
+    """
+
+    name: ClassVar[str]
+    version: ClassVar[str] = "1"
+    file: ClassVar[str]
+    scores: ClassVar[tuple[str, ...] | None] = None
+
+    def __init__(self) -> None:
+        self.session: onnxruntime.InferenceSession | None = None
+        self.inputs: tuple[TensorSpec, ...] = ()
+        self.outputs: tuple[TensorSpec, ...] = ()
+
+    @classmethod
+    def check_definition(cls) -> None:
+        """Refuse a class whose name, version or file is missing or malformed."""
+        where = f"{cls.__module__}.{cls.__qualname__}"
+        name = getattr(cls, "name", None)
+        if not isinstance(name, str) or NAME_PATTERN.fullmatch(name) is None:
+            raise ConfigError(
+                f"{where}.name must be lower-case letters, digits, '.', '_' or '-' (at most "
+                '63 characters), e.g. name = "iris".'
+            )
+        if not isinstance(cls.version, str) or VERSION_PATTERN.fullmatch(cls.version) is None:
+            raise ConfigError(f'{where}.version must be a short version string, e.g. "1".')
+        if not isinstance(getattr(cls, "file", None), str):
+            raise ConfigError(
+                f'{where}.file must name the ONNX file in the model folder, e.g. "iris.onnx".'
+            )
+
+    def load(self, artifacts: Artifacts) -> None:
+        """Open the verified ONNX file and read its inputs and outputs."""
+        session = artifacts.onnx(self.file)
+        self.session = session
+        self.inputs = tuple(_spec(arg, self.file) for arg in session.get_inputs())
+        self.outputs = tuple(_spec(arg, self.file) for arg in session.get_outputs())
+
+    def warmup(self) -> None:
+        """Nothing: the session was made by ``load``."""
+
+    def score_outputs(self) -> tuple[str, ...]:
+        """The outputs that are class scores (see the module docstring)."""
+        if self.scores is not None:
+            unknown = sorted(set(self.scores) - {spec.name for spec in self.outputs})
+            if unknown:
+                raise ConfigError(
+                    f"{type(self).__qualname__}.scores names {', '.join(unknown)}, which "
+                    f"{self.file} has no output of; its outputs are "
+                    f"{', '.join(s.name for s in self.outputs)}."
+                )
+            return tuple(self.scores)
+        return tuple(
+            spec.name
+            for spec in self.outputs
+            if spec.datatype in _FLOATS and spec.shape and spec.shape[-1] != 1
+        )
+
+    def feature_input(self) -> TensorSpec | None:
+        """The input the defenses read: the only input, numeric, of rank 2; else None."""
+        if len(self.inputs) != 1:
+            return None
+        (spec,) = self.inputs
+        return spec if spec.datatype in _NUMERIC and len(spec.shape) == 2 else None  # noqa: PLR2004
+
+    def check_request(
+        self, inputs: dict[str, np.ndarray[Any, Any]], datatypes: dict[str, str]
+    ) -> int:
+        """Refuse (400) inputs that do not fit the graph; return the batch size."""
+        wanted = {spec.name: spec for spec in self.inputs}
+        missing = [name for name in wanted if name not in inputs]
+        extra = [name for name in inputs if name not in wanted]
+        if missing or extra:
+            problem = (
+                f"missing input {missing[0]!r}" if missing else f"no input named {extra[0][:64]!r}"
+            )
+            raise RequestRejected(
+                400,
+                "validation",
+                "Inputs do not match the model",
+                detail=f"$.inputs: {problem}; the model takes {', '.join(wanted)}",
+            )
+        batch: int | None = None
+        for i, (name, array) in enumerate(inputs.items()):
+            spec = wanted[name]
+            if datatypes[name] != spec.datatype:
+                raise RequestRejected(
+                    400,
+                    "validation",
+                    "Input datatype does not match the model",
+                    detail=f"$.inputs[{i}].datatype: {name} is {spec.datatype}, "
+                    f"not {datatypes[name]}",
+                )
+            if not spec.fits(array.shape):
+                raise RequestRejected(
+                    400,
+                    "validation",
+                    "Input shape does not match the model",
+                    detail=f"$.inputs[{i}].shape: {name} is {list(spec.shape)} (-1: any), "
+                    f"not {list(array.shape)}",
+                )
+            rows = array.shape[0] if array.ndim else 1
+            if batch is not None and rows != batch:
+                raise RequestRejected(
+                    400,
+                    "validation",
+                    "Inputs of different batch sizes",
+                    detail=f"$.inputs[{i}].shape: every input has the same first dimension",
+                )
+            batch = rows
+        return batch or 0
+
+    def infer(
+        self, inputs: dict[str, np.ndarray[Any, Any]], wanted: list[str]
+    ) -> list[tuple[str, str, np.ndarray[Any, Any]]]:
+        """Run the session: the ``wanted`` outputs as (name, datatype, array), in that order."""
+        if self.session is None:  # pragma: no cover - the server loads before serving
+            raise RuntimeError("the model is not loaded")
+        datatypes = {spec.name: spec.datatype for spec in self.outputs}
+        results = self.session.run(wanted, inputs)
+        return [
+            (name, datatypes[name], np.asarray(array))
+            for name, array in zip(wanted, results, strict=True)
+        ]
+
+    def features(self, inputs: dict[str, np.ndarray[Any, Any]]) -> npt.NDArray[np.float64]:
+        """The feature view of a request's inputs (the defenses' rows)."""
+        spec = self.feature_input()
+        if spec is None:  # pragma: no cover - callers check feature_input first
+            raise RuntimeError("this model has no feature view")
+        rows: npt.NDArray[np.float64] = np.asarray(inputs[spec.name], dtype=np.float64)
+        return rows
+
+
+def _spec(arg: Any, file: str) -> TensorSpec:
+    """One ``onnxruntime.NodeArg`` as a :class:`TensorSpec`."""
+    datatype = datatype_of(arg.type)
+    if datatype is None:
+        raise ConfigError(
+            f"{file}: {arg.name} is of type {arg.type}, which the Open Inference Protocol "
+            "cannot carry; serve this model with an ss.Model handler instead."
+        )
+    shape = tuple(d if isinstance(d, int) and d >= 0 else -1 for d in (arg.shape or ()))
+    return TensorSpec(arg.name, datatype, shape)

@@ -1,0 +1,189 @@
+"""Serving an ``ss.TensorModel``: loading it verified, and the version that answers ``/v2``.
+
+:func:`load_tensor_model` goes the same way as :func:`secureserve.serving.load_model`:
+the lock (and its signature) before any file is read, each file against the lock, the
+hardened ONNX session on the chosen execution providers. It refuses, naming the setting,
+a model with score outputs unless its output policy is ``"full"`` (tensors have no
+labels or top-k to fall back to, and role policies do not apply to them).
+
+A :class:`TensorDeployment` runs its session on one inference thread of its own, so a
+slow model never holds the event loop; a request waits at most ``[server]
+predict_timeout_s`` (then 504). :class:`TensorState` is the served model: reloads swap
+deployments as for ``/v1`` models (:class:`secureserve.serving.ServedModel`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from secureserve.artifacts import ArtifactRecord, Artifacts
+from secureserve.errors import ConfigError, LoadError, ModelError, RequestRejected, SecureServeError
+from secureserve.logs import get_logger
+from secureserve.metrics import Metrics
+from secureserve.providers import check_onnxruntime_distribution, choose_providers
+from secureserve.release import verified_lock
+from secureserve.serving import ServedModel, decryption_key
+from secureserve.settings import ModelSettings, Settings
+from secureserve.tensor_model import TensorModel
+
+__all__ = ["LoadedTensor", "TensorDeployment", "TensorState", "load_tensor_model"]
+
+
+@dataclass(frozen=True)
+class LoadedTensor:
+    """A tensor model after ``load``, with what it opened and which lock it was checked on."""
+
+    instance: TensorModel
+    opened: Mapping[str, ArtifactRecord]
+    revision: str
+    lock_sha256: str | None
+
+
+def load_tensor_model(
+    cls: type[TensorModel], settings: Settings, model: ModelSettings, *, table: str = "[model]"
+) -> LoadedTensor:
+    """Instantiate ``cls`` and ``load`` it from its verified files (see the module docstring)."""
+    cls.check_definition()
+    lock, lock_sha256 = verified_lock(settings, model)
+    check_onnxruntime_distribution()
+    artifacts = Artifacts(
+        model.dir,
+        onnx_threads=model.onnx_threads,
+        onnx_allowed_domains=model.onnx_allowed_domains,
+        onnx_optimization=model.onnx_optimization,
+        onnx_providers=choose_providers(model.providers, model=cls.name),
+        max_onnx_nodes=model.onnx_max_nodes,
+        max_file_bytes=model.max_artifact_bytes,
+        lock=lock,
+        decryption_key=decryption_key(model),
+    )
+    instance = cls()
+    try:
+        instance.load(artifacts)
+        instance.warmup()
+    except SecureServeError:
+        raise
+    except Exception as exc:
+        raise LoadError(
+            f"{cls.__module__}.{cls.__qualname__} failed while loading: "
+            f"{type(exc).__name__}: {exc}. Run with --debug for the traceback."
+        ) from exc
+    scores = instance.score_outputs()
+    section = f"{table[:-1]}.output]"
+    if model.output.roles:
+        raise ConfigError(
+            f"{section} roles: {cls.name} is a tensor model, whose outputs have no per-role "
+            "policy; remove the roles table (serve the model in two processes to show two "
+            "audiences different outputs)."
+        )
+    if scores and model.output.policy != "full":
+        raise ConfigError(
+            f"{section} policy: {cls.name}'s outputs {', '.join(scores)} are class scores, and "
+            'a tensor model serves them only in full: set policy = "full" to accept that '
+            "detailed scores make extraction and inversion cheaper, or serve the model with "
+            "an ss.Model handler and ss.Scores to cut or round them."
+        )
+    revision = lock_sha256[:12] if lock_sha256 is not None else "unlocked"
+    return LoadedTensor(instance, dict(artifacts.opened), revision, lock_sha256)
+
+
+class TensorDeployment:
+    """One loaded version of a tensor model, with the inference thread that runs it."""
+
+    def __init__(self, loaded: LoadedTensor, timeout_s: float) -> None:
+        self.instance = loaded.instance
+        self.version: str = type(loaded.instance).version
+        self.revision = loaded.revision
+        self.artifacts = dict(loaded.opened)
+        self.defenses = None  # the input guard, drift and extraction: not for tensors yet
+        self._timeout_s = timeout_s
+        self._thread = concurrent.futures.ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix=f"secureserve-infer-{type(loaded.instance).name}"
+        )
+        self._active = 0
+        self._retired = False
+
+    async def infer(
+        self, inputs: dict[str, np.ndarray[Any, Any]], wanted: list[str]
+    ) -> list[tuple[str, str, np.ndarray[Any, Any]]]:
+        """Run the session on the inference thread; 504 past the timeout, 500 if it raises."""
+        loop = asyncio.get_running_loop()
+        work = loop.run_in_executor(self._thread, self.instance.infer, inputs, wanted)
+        try:
+            return await asyncio.wait_for(work, self._timeout_s)
+        except TimeoutError:
+            raise RequestRejected(
+                504,
+                "timeout",
+                "Prediction timed out",
+                detail=f"the model did not answer within {self._timeout_s:g} s",
+            ) from None
+        except Exception as exc:
+            raise ModelError(f"the ONNX session raised {type(exc).__name__}") from exc
+
+    def acquire(self) -> None:
+        """A request starts on this version (event-loop thread only)."""
+        self._active += 1
+
+    def release(self) -> None:
+        """A request finished; a retired version stops its thread when none is left."""
+        self._active -= 1
+        if self._retired and self._active == 0:
+            self._thread.shutdown(wait=False)
+
+    def retire(self) -> None:
+        """Stop taking new requests; stop the thread when in-flight ones are done."""
+        self._retired = True
+        if self._active == 0:
+            self._thread.shutdown(wait=False)
+
+    def close(self) -> None:
+        """Shutdown: finish the running work and stop the thread."""
+        self._thread.shutdown(wait=True)
+
+
+class TensorState(ServedModel):
+    """One ``ss.TensorModel`` served on ``/v2``."""
+
+    current: TensorDeployment | None
+
+    def __init__(
+        self,
+        cls: type[TensorModel],
+        loaded: LoadedTensor | None,
+        settings: Settings,
+        model_settings: ModelSettings,
+        metrics: Metrics,
+        *,
+        table: str = "[model]",
+    ) -> None:
+        super().__init__(cls, settings, model_settings, metrics, table=table)
+        self._start(loaded)
+
+    def deployment(self) -> TensorDeployment:
+        """The version serving now; 503 ``model-unavailable`` for an optional model not loaded."""
+        current: TensorDeployment = super().deployment()
+        return current
+
+    def _load(self) -> LoadedTensor:
+        return load_tensor_model(self.cls, self.settings, self.model_settings, table=self.table)
+
+    def _deploy(self, loaded: LoadedTensor) -> TensorDeployment:
+        return TensorDeployment(loaded, self.settings.server.predict_timeout_s)
+
+    def _started(self, loaded: LoadedTensor) -> None:
+        instance = loaded.instance
+        get_logger().info(
+            "tensor model",
+            model=self.name,
+            inputs={s.name: [s.datatype, list(s.shape)] for s in instance.inputs},
+            outputs={s.name: [s.datatype, list(s.shape)] for s in instance.outputs},
+            score_outputs=list(instance.score_outputs()) or None,
+            defenses="off (not yet for tensor models)",
+        )

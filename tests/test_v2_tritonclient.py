@@ -1,0 +1,116 @@
+"""The real ``tritonclient.http`` against ``secureserve run`` over TLS: existing clients work.
+
+One server (the iris example as an ``ss.TensorModel``) serves every case: metadata,
+readiness, inference in JSON and in binary, and each refusal a client must see as a
+clean ``InferenceServerException`` with its status.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from server_helpers import running_server
+from test_v2 import ROWS, tensor_project
+
+httpclient = pytest.importorskip("tritonclient.http", reason="tritonclient[http] (dev extra)")
+from tritonclient.utils import InferenceServerException  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    monkeypatch = pytest.MonkeyPatch()
+    try:
+        project = tensor_project(tmp_path_factory.mktemp("v2"), monkeypatch)
+        with running_server(project, dev=True) as running:
+            yield running
+    finally:
+        monkeypatch.undo()
+
+
+def client(server):
+    return httpclient.InferenceServerClient(
+        url=f"127.0.0.1:{server.port}", ssl=True, ssl_options={"ca_certs": str(server.ca)}
+    )
+
+
+def auth(server, key=None):
+    return {"Authorization": f"Bearer {key or server.key}"}
+
+
+def rows_input(binary: bool, rows=ROWS, datatype="FP32"):
+    tensor = httpclient.InferInput("x", [len(rows), 4], datatype)
+    tensor.set_data_from_numpy(
+        np.array(rows, dtype=np.float32 if datatype == "FP32" else np.int64), binary_data=binary
+    )
+    return tensor
+
+
+def test_metadata_and_readiness(server):
+    with client(server) as triton:
+        assert triton.is_server_live()
+        assert triton.is_server_ready()
+        assert triton.is_model_ready("iris", headers=auth(server))
+        meta = triton.get_model_metadata("iris", headers=auth(server))
+        assert meta["inputs"] == [{"name": "x", "datatype": "FP32", "shape": [-1, 4]}]
+        assert triton.get_server_metadata(headers=auth(server))["extensions"] == [
+            "binary_tensor_data"
+        ]
+
+
+@pytest.mark.parametrize("binary", [False, True])
+def test_inference_in_json_and_in_binary(server, binary):
+    wanted = [httpclient.InferRequestedOutput("probs", binary_data=binary)]
+    with client(server) as triton:
+        result = triton.infer(
+            "iris", [rows_input(binary)], outputs=wanted, headers=auth(server), request_id="r1"
+        )
+    probs = result.as_numpy("probs")
+    assert probs.shape == (2, 3)
+    assert list(probs.argmax(axis=1)) == [0, 2]
+    assert result.get_response()["id"] == "r1"
+
+
+def test_default_binary_outputs_and_compression(server):
+    with client(server) as triton:
+        result = triton.infer(
+            "iris",
+            [rows_input(True)],
+            headers=auth(server),
+            request_compression_algorithm="gzip",
+        )
+    assert result.as_numpy("probs").shape == (2, 3)
+
+
+@pytest.mark.parametrize(
+    ("case", "status"),
+    [
+        ("wrong shape", "400"),
+        ("wrong datatype", "400"),
+        ("unknown model", "404"),
+        ("no key", "401"),
+        ("body too large", "413"),
+    ],
+)
+def test_refusals_are_clean_exceptions_with_their_status(server, case, status):
+    model, inputs, headers = "iris", [rows_input(True)], auth(server)
+    if case == "wrong shape":
+        tensor = httpclient.InferInput("x", [1, 3], "FP32")
+        tensor.set_data_from_numpy(np.zeros((1, 3), dtype=np.float32))
+        inputs = [tensor]
+    elif case == "wrong datatype":
+        inputs = [rows_input(True, datatype="INT64")]
+    elif case == "unknown model":
+        model = "nope"
+    elif case == "no key":
+        headers = None
+    elif case == "body too large":
+        tensor = httpclient.InferInput("x", [100_000, 4], "FP32")
+        tensor.set_data_from_numpy(np.zeros((100_000, 4), dtype=np.float32), binary_data=False)
+        inputs = [tensor]
+    with client(server) as triton, pytest.raises(InferenceServerException) as caught:
+        triton.infer(model, inputs, headers=headers)
+    assert caught.value.status() == status
+    assert caught.value.message()  # the error member, read by tritonclient
+    assert "Traceback" not in caught.value.message()
