@@ -27,6 +27,9 @@ _FIXED_PATHS: Final = {
     "/readyz": "readyz",
     "/openapi.json": "openapi",
     "/metrics": "metrics",
+    "/v2": "v2-server",
+    "/v2/health/live": "v2-live",
+    "/v2/health/ready": "v2-ready",
 }
 _AUTH_REASONS: Final = frozenset(
     {
@@ -57,11 +60,16 @@ _MODEL_ROUTES: Final = (
 )
 
 
+_V2_ROUTES: Final = (("/infer", "infer"), ("/ready", "v2-model-ready"))
+
+
 def route_of(path: str) -> str:
     """The route name of a path, from a fixed set (``other`` for anything unknown)."""
     fixed = _FIXED_PATHS.get(path)
     if fixed is not None:
         return fixed
+    if path.startswith("/v2/models/"):
+        return next((name for end, name in _V2_ROUTES if path.endswith(end)), "v2-model")
     if not path.startswith("/v1/models/"):
         return "other"
     return next((name for end, name in _MODEL_ROUTES if path.endswith(end)), "model")

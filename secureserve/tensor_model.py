@@ -17,8 +17,10 @@ fits (same rank, fixed dimensions equal), the same batch size (the first dimensi
 for every input.
 
 Class scores are outputs: an output is taken as scores when ``scores`` names it, or,
-with ``scores`` unset, when it is floating point and its last dimension is not 1 (a
-probability or logit vector per row). The output policy of secureserve holds for them
+with ``scores`` unset, whenever it is floating point (a probability, a logit or a
+sigmoid per row all are; only the model's author can say that a float output is not
+a score, by naming the ones that are, ``scores = ()`` for none). The output policy of
+secureserve holds for them
 as for ``ss.Scores``: detailed scores make model extraction and inversion cheaper, so
 a model with score outputs is served only under an explicit ``policy = "full"`` and
 refuses to start otherwise, naming the setting (tensors have no labels to fall back to).
@@ -76,8 +78,8 @@ class TensorModel:
         name: the served name, as for ``ss.Model``.
         version: the public version (``/v2/models/{name}`` lists it).
         file: the ONNX file in the model folder.
-        scores: the outputs that are class scores (default: found from the graph,
-            see the module docstring).
+        scores: the outputs that are class scores (default: every floating-point
+            output; see the module docstring).
     """
 
     name: ClassVar[str]
@@ -128,11 +130,7 @@ class TensorModel:
                     f"{', '.join(s.name for s in self.outputs)}."
                 )
             return tuple(self.scores)
-        return tuple(
-            spec.name
-            for spec in self.outputs
-            if spec.datatype in _FLOATS and spec.shape and spec.shape[-1] != 1
-        )
+        return tuple(spec.name for spec in self.outputs if spec.datatype in _FLOATS)
 
     def feature_input(self) -> TensorSpec | None:
         """The input the defenses read: the only input, numeric, of rank 2; else None."""
@@ -189,13 +187,19 @@ class TensorModel:
         return batch or 0
 
     def infer(
-        self, inputs: dict[str, np.ndarray[Any, Any]], wanted: list[str]
+        self,
+        inputs: dict[str, np.ndarray[Any, Any]],
+        wanted: list[str],
+        options: onnxruntime.RunOptions | None = None,
     ) -> list[tuple[str, str, np.ndarray[Any, Any]]]:
-        """Run the session: the ``wanted`` outputs as (name, datatype, array), in that order."""
+        """Run the session: the ``wanted`` outputs as (name, datatype, array), in that order.
+
+        ``options`` lets the caller stop the run (``options.terminate = True``).
+        """
         if self.session is None:  # pragma: no cover - the server loads before serving
             raise RuntimeError("the model is not loaded")
         datatypes = {spec.name: spec.datatype for spec in self.outputs}
-        results = self.session.run(wanted, inputs)
+        results = self.session.run(wanted, inputs, options)
         return [
             (name, datatypes[name], np.asarray(array))
             for name, array in zip(wanted, results, strict=True)

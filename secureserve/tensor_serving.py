@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import onnxruntime
 
 from secureserve.artifacts import ArtifactRecord, Artifacts
 from secureserve.errors import ConfigError, LoadError, ModelError, RequestRejected, SecureServeError
@@ -114,15 +115,17 @@ class TensorDeployment:
     ) -> list[tuple[str, str, np.ndarray[Any, Any]]]:
         """Run the session on the inference thread; 504 past the timeout, 500 if it raises."""
         loop = asyncio.get_running_loop()
-        work = loop.run_in_executor(self._thread, self.instance.infer, inputs, wanted)
+        options = onnxruntime.RunOptions()
+        work = loop.run_in_executor(self._thread, self.instance.infer, inputs, wanted, options)
         try:
             return await asyncio.wait_for(work, self._timeout_s)
         except TimeoutError:
+            options.terminate = True  # the run stops; the thread is free for the next one
             raise RequestRejected(
                 504,
                 "timeout",
-                "Prediction timed out",
-                detail=f"the model did not answer within {self._timeout_s:g} s",
+                "The model did not answer in time",
+                detail=f"no answer within {self._timeout_s:g} s ([server] predict_timeout_s)",
             ) from None
         except Exception as exc:
             raise ModelError(f"the ONNX session raised {type(exc).__name__}") from exc
@@ -144,8 +147,8 @@ class TensorDeployment:
             self._thread.shutdown(wait=False)
 
     def close(self) -> None:
-        """Shutdown: finish the running work and stop the thread."""
-        self._thread.shutdown(wait=True)
+        """Shutdown: drop queued work and stop the thread (a run in progress is not waited for)."""
+        self._thread.shutdown(wait=False, cancel_futures=True)
 
 
 class TensorState(ServedModel):
@@ -187,3 +190,10 @@ class TensorState(ServedModel):
             score_outputs=list(instance.score_outputs()) or None,
             defenses="off (not yet for tensor models)",
         )
+        if instance.score_outputs():
+            get_logger().warning(
+                'every caller receives full scores (output policy = "full"): '
+                "model inversion and extraction are cheaper",
+                model=self.name,
+                setting=f"{self.table[1:-1]}.output.policy",
+            )

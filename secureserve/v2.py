@@ -19,6 +19,8 @@ project's problem+json, whose ``error`` member the protocol's clients read.
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import zlib
 from typing import TYPE_CHECKING, Any, Final
 
@@ -32,7 +34,7 @@ from secureserve.auth import Principal, require_role
 from secureserve.body import read_body
 from secureserve.endpoints import answer, healthz, readyz
 from secureserve.errors import RequestRejected
-from secureserve.tensor_serving import TensorState
+from secureserve.tensor_serving import TensorDeployment, TensorState
 from secureserve.tensors import decode_request, encode_response, parse_header_length
 
 if TYPE_CHECKING:
@@ -48,6 +50,9 @@ _SERVER: Final = _encoder.encode(
 )
 _WBITS: Final = {b"gzip": 16 + zlib.MAX_WBITS, b"deflate": zlib.MAX_WBITS}
 _HEADER_LENGTH: Final = b"inference-header-content-length"
+_MEDIA_TYPES: Final = frozenset({b"", b"application/json", b"application/octet-stream"})
+#: Bodies larger than this are decoded on a worker thread, off the event loop.
+_DECODE_INLINE: Final = 64 * 1024
 
 
 def routes(models: ServedModels) -> list[Route]:
@@ -126,26 +131,48 @@ class Infer:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Authorise, read, decode, check against the graph, infer, answer."""
-        info = scope["secureserve"]
         principal, state = await _tensor_model(scope, self.models)
         require_role(principal, "predict")
+        headers = dict(scope["headers"])  # each header once: RequestContext refuses repeats
+        _refuse_browsers(headers)
         state.audit.check_writable()  # no prediction that could not be recorded
+        deployment = state.deployment()  # 503 before anything is charged; and held to the end
+        deployment.acquire()
+        try:
+            await self._infer(
+                scope, receive, send, principal=principal, state=state, deployment=deployment
+            )
+        finally:
+            deployment.release()
+
+    async def _infer(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        *,
+        principal: Principal,
+        state: TensorState,
+        deployment: TensorDeployment,
+    ) -> None:
+        headers = dict(scope["headers"])
+        info = scope["secureserve"]
         limiter = state.limiter
         await limiter.check(principal.id, state.name)  # admitted: one row, body or not
-        server = state.settings.server
-        headers = dict(scope["headers"])
         encoding = headers.get(b"content-encoding", b"identity").lower()
         raw = await read_body(
             scope, receive, limit=state.max_body_bytes, deadline_s=state.body_timeout_s
         )
         info.body_read = True
         body = _inflated(raw, encoding, state.max_body_bytes)
-        request = decode_request(
+        decode = functools.partial(
+            decode_request,
             body,
             parse_header_length(headers.get(_HEADER_LENGTH)),
-            max_elements=server.max_elements,
+            max_elements=state.settings.server.max_elements,
         )
-        deployment = state.deployment()  # this request finishes on this version
+        # a large body decodes off the event loop: its values are checked one by one
+        request = await asyncio.to_thread(decode) if len(body) > _DECODE_INLINE else decode()
         instance = deployment.instance
         rows = instance.check_request(request.inputs, request.datatypes)
         if rows > state.max_instances:
@@ -156,15 +183,11 @@ class Infer:
                 detail=f"$.inputs: at most {state.max_instances} rows (the first dimension) "
                 "per request ([server] max_instances)",
             )
+        wanted = _wanted(request.requested, [spec.name for spec in instance.outputs])
         if rows > 1:  # the rest of the batch, or the whole request is refused
             await limiter.check(principal.id, state.name, rows - 1)
-        wanted = _wanted(request.requested, [spec.name for spec in instance.outputs])
         info.model_version = deployment.version
-        deployment.acquire()
-        try:
-            outputs = await deployment.infer(request.inputs, wanted)
-        finally:
-            deployment.release()
+        outputs = await deployment.infer(request.inputs, wanted)
         payload, header_length = encode_response(
             model_name=state.name,
             model_version=deployment.version,
@@ -187,6 +210,32 @@ class Infer:
             body=body,
             payload=payload,
             headers=sent,
+        )
+
+
+def _refuse_browsers(headers: dict[bytes, bytes]) -> None:
+    """415 for a content type the protocol does not send; 403 for a browser's request.
+
+    tritonclient sends no Content-Type; JSON and binary bodies may say so. A request
+    with ``Origin`` or a cross-site ``Sec-Fetch-Site`` comes from a web page: under
+    mutual TLS the browser would present its user's certificate for any site's form,
+    so such requests are refused rather than run in the user's name.
+    """
+    media = headers.get(b"content-type", b"").split(b";")[0].strip().lower()
+    if media not in _MEDIA_TYPES:
+        raise RequestRejected(
+            415,
+            "unsupported-media-type",
+            "Unsupported media type",
+            detail="send application/json, application/octet-stream or no Content-Type",
+        )
+    fetched_from = headers.get(b"sec-fetch-site", b"none").lower()
+    if b"origin" in headers or fetched_from not in (b"none", b"same-origin"):
+        raise RequestRejected(
+            403,
+            "browser-request",
+            "Forbidden",
+            detail="/v2 infer does not take requests from web pages",
         )
 
 

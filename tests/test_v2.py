@@ -251,3 +251,66 @@ def test_a_server_without_tensor_models_has_no_v2_routes(tmp_path, monkeypatch):
     with asgi_client(app, key) as client:
         assert client.get("/v2").status_code == 404
         assert client.post(INFER, json=infer_body()).status_code == 404
+
+
+@pytest.mark.parametrize(
+    ("headers", "status"),
+    [
+        ({"Content-Type": "text/plain"}, 415),
+        ({"Content-Type": "application/x-www-form-urlencoded"}, 415),
+        ({"Origin": "https://evil.example"}, 403),
+        ({"Sec-Fetch-Site": "cross-site"}, 403),
+        ({"Content-Type": "application/json; charset=utf-8"}, 200),
+        ({"Content-Type": "application/octet-stream"}, 200),
+    ],
+)
+def test_only_what_protocol_clients_send_is_taken(served, headers, status):
+    """No form or cross-site fetch from a web page can run inference in a user's name."""
+    reply = served.post(INFER, content=json.dumps(infer_body()).encode(), headers=headers)
+    assert reply.status_code == status
+
+
+def test_a_repeated_content_encoding_is_refused(served):
+    raw = gzip.compress(json.dumps(infer_body()).encode())
+    reply = served.post(
+        INFER,
+        content=raw,
+        headers=[("Content-Encoding", "gzip"), ("Content-Encoding", "identity")],
+    )
+    assert reply.status_code == 400
+
+
+def test_every_float_output_is_a_score_unless_the_class_says_otherwise(tmp_path, monkeypatch):
+    """A sigmoid of shape [N, 1] is a probability too: no full policy, no start."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    project = tensor_project(tmp_path, monkeypatch, extra="")
+    graph = helper.make_graph(
+        [
+            helper.make_node("MatMul", ["x", "W"], ["z"]),
+            helper.make_node("Sigmoid", ["z"], ["p"]),
+        ],
+        "binary",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+        [helper.make_tensor_value_info("p", TensorProto.FLOAT, ["N", 1])],
+        [numpy_helper.from_array(np.ones((4, 1), dtype=np.float32), name="W")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    (project / "models" / "iris.onnx").write_bytes(model.SerializeToString())
+    assert main(["lock"]) == 0
+    with pytest.raises(ConfigError, match=r"outputs p are class scores"):
+        tensor_app(project)
+    (project / "app.py").write_text(TENSOR_APP + "    scores = ()  # p is a regression\n")
+    del sys.modules["app"]
+    key = mint_key(name="k", roles=("predict",))
+    with asgi_client(tensor_app(project, key), key) as client:
+        assert client.post(INFER, json=infer_body()).status_code == 200
+
+
+def test_v2_requests_have_their_own_route_in_the_metrics(tmp_path, monkeypatch):
+    project = tensor_project(tmp_path, monkeypatch)
+    key = mint_key(name="k", roles=("predict", "metrics"))
+    with asgi_client(tensor_app(project, key), key) as client:
+        assert client.post(INFER, json=infer_body()).status_code == 200
+        text = client.get("/metrics").text
+    assert 'secureserve_requests_total{route="infer",status="200"} 1.0' in text

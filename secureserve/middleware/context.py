@@ -32,8 +32,10 @@ _REQUEST_ID: Final = re.compile(rb"[A-Za-z0-9._-]{8,64}")
 _DROPPED: Final = frozenset({b"server", b"x-powered-by"})
 _SINGLE: Final = {
     b"authorization": "Authorization",
+    b"content-encoding": "Content-Encoding",
     b"content-length": "Content-Length",
     b"content-type": "Content-Type",
+    b"inference-header-content-length": "Inference-Header-Content-Length",
     b"transfer-encoding": "Transfer-Encoding",
 }
 _MAX_LOGGED_PATH: Final = 200
