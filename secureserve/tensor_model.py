@@ -142,7 +142,10 @@ class TensorModel:
     def check_request(
         self, inputs: dict[str, np.ndarray[Any, Any]], datatypes: dict[str, str]
     ) -> int:
-        """Refuse (400) inputs that do not fit the graph; return the batch size."""
+        """Refuse (400) inputs that do not fit the graph; return the batch size.
+
+        BYTES inputs are turned into text in place (the ONNX string type is UTF-8 text).
+        """
         wanted = {spec.name: spec for spec in self.inputs}
         missing = [name for name in wanted if name not in inputs]
         extra = [name for name in inputs if name not in wanted]
@@ -175,6 +178,8 @@ class TensorModel:
                     detail=f"$.inputs[{i}].shape: {name} is {list(spec.shape)} (-1: any), "
                     f"not {list(array.shape)}",
                 )
+            if spec.datatype == "BYTES":  # ONNX strings are text: onnxruntime would str() bytes
+                inputs[name] = _text(array, i)
             rows = array.shape[0] if array.ndim else 1
             if batch is not None and rows != batch:
                 raise RequestRejected(
@@ -212,6 +217,22 @@ class TensorModel:
             raise RuntimeError("this model has no feature view")
         rows: npt.NDArray[np.float64] = np.asarray(inputs[spec.name], dtype=np.float64)
         return rows
+
+
+def _text(array: np.ndarray[Any, Any], index: int) -> np.ndarray[Any, Any]:
+    """A BYTES array as an array of ``str`` (400 for bytes that are not UTF-8)."""
+    text = np.empty(array.shape, dtype=object)
+    for position, item in np.ndenumerate(array):
+        try:
+            text[position] = item.decode("utf-8")
+        except UnicodeDecodeError:
+            raise RequestRejected(
+                400,
+                "validation",
+                "Input is not text",
+                detail=f"$.inputs[{index}]: this model's string inputs take UTF-8 text",
+            ) from None
+    return text
 
 
 def _spec(arg: Any, file: str) -> TensorSpec:

@@ -1,11 +1,15 @@
 """The real ``tritonclient.http`` against ``secureserve run`` over TLS: existing clients work.
 
-One server (the iris example as an ``ss.TensorModel``) serves every case: metadata,
-readiness, inference in JSON and in binary, and each refusal a client must see as a
-clean ``InferenceServerException`` with its status.
+The iris example as an ``ss.TensorModel`` serves metadata, readiness, FP32 inference
+in JSON and in binary, and each refusal a client must see as a clean
+``InferenceServerException`` with its status; a second model over INT64, BOOL and
+BYTES (string) tensors serves those datatypes both ways.
 """
 
 from __future__ import annotations
+
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -114,3 +118,83 @@ def test_refusals_are_clean_exceptions_with_their_status(server, case, status):
     assert caught.value.status() == status
     assert caught.value.message()  # the error member, read by tritonclient
     assert "Traceback" not in caught.value.message()
+
+
+KINDS_APP = """
+import secureserve as ss
+
+
+class Kinds(ss.TensorModel):
+    name = "kinds"
+    file = "kinds.onnx"
+"""
+
+
+def kinds_project(root):
+    """A tensor model over INT64, BOOL and BYTES: counts echoed, flags negated, words echoed."""
+    from onnx import TensorProto, helper
+
+    def io(name, kind, width):
+        return helper.make_tensor_value_info(name, kind, ["N", width])
+
+    graph = helper.make_graph(
+        [
+            helper.make_node("Identity", ["counts"], ["counts_out"]),
+            helper.make_node("Not", ["flags"], ["flags_out"]),
+            helper.make_node("Identity", ["words"], ["words_out"]),
+        ],
+        "kinds",
+        [
+            io("counts", TensorProto.INT64, 2),
+            io("flags", TensorProto.BOOL, 2),
+            io("words", TensorProto.STRING, 1),
+        ],
+        [
+            io("counts_out", TensorProto.INT64, 2),
+            io("flags_out", TensorProto.BOOL, 2),
+            io("words_out", TensorProto.STRING, 1),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    (root / "models").mkdir(parents=True)
+    (root / "models" / "kinds.onnx").write_bytes(model.SerializeToString())
+    (root / "app.py").write_text(KINDS_APP)
+    (root / "secureserve.toml").write_text('[model]\nhandler = "app:Kinds"\n')
+    subprocess.run(
+        [sys.executable, "-m", "secureserve.cli", "lock"], cwd=root, check=True, capture_output=True
+    )
+    return root
+
+
+@pytest.fixture(scope="module")
+def kinds_server(tmp_path_factory):
+    project = kinds_project(tmp_path_factory.mktemp("kinds"))
+    with running_server(project, dev=True) as running:
+        yield running
+
+
+@pytest.mark.parametrize("binary", [False, True])
+def test_int64_bool_and_bytes_tensors_both_ways(kinds_server, binary):
+    counts = np.array([[1, -(2**40)], [7, 0]], dtype=np.int64)
+    flags = np.array([[True, False], [False, False]])
+    words = np.array([["héllo".encode()], [b""]], dtype=np.object_)
+    inputs = []
+    for name, datatype, data in (
+        ("counts", "INT64", counts),
+        ("flags", "BOOL", flags),
+        ("words", "BYTES", words),
+    ):
+        tensor = httpclient.InferInput(name, list(data.shape), datatype)
+        tensor.set_data_from_numpy(data, binary_data=binary)
+        inputs.append(tensor)
+    wanted = [
+        httpclient.InferRequestedOutput(n, binary_data=binary)
+        for n in ("counts_out", "flags_out", "words_out")
+    ]
+    with client(kinds_server) as triton:
+        result = triton.infer("kinds", inputs, outputs=wanted, headers=auth(kinds_server))
+    np.testing.assert_array_equal(result.as_numpy("counts_out"), counts)
+    np.testing.assert_array_equal(result.as_numpy("flags_out"), ~flags)
+    assert [
+        w.decode() if isinstance(w, bytes) else w for w in result.as_numpy("words_out").ravel()
+    ] == ["héllo", ""]
