@@ -142,3 +142,13 @@ def test_two_models_each_handler_is_imported_and_checked(two):
     (two / "secureserve.toml").write_text(text)
     [finding] = [f for f in diagnose(two, handler=True).findings if f.code == "handler-invalid"]
     assert finding.subject == "[models.digits] handler"
+
+
+def test_a_tensor_model_is_named_as_such_not_given_ss_model_advice(tmp_path, monkeypatch):
+    """--handler on a TensorModel: one finding that its defenses are off, no crash."""
+    project = copy_example("iris-tensor", tmp_path / "tensor", monkeypatch)
+    report = diagnose(project, handler=True)
+    found = codes(report)
+    assert "tensor-model-defenses-off" in found
+    assert "handler-invalid" not in found
+    assert "output-unmarked" not in found

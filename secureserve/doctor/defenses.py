@@ -12,13 +12,16 @@ model is checked on its own; findings name its table (``[models.iris.output]``).
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 from secureserve.doctor.findings import FIX_SEE_MESSAGE, Finding, error, info, warning
 from secureserve.errors import ConfigError, SecureServeError
 from secureserve.lockfile import LOCK_FILENAME, folder_lock, read_lock_file
+from secureserve.model import Model
 from secureserve.profile import DEFAULT_PROFILE
 from secureserve.release import lock_section
 from secureserve.settings import ModelSettings, Settings
+from secureserve.tensor_model import TensorModel
 
 __all__ = ["check"]
 
@@ -44,7 +47,8 @@ def _check_model(
             "inversion and extraction cheaper.",
             f'set {output_table} policy = "top_k" (or "label_only") and give full scores '
             "only to a custom role held by trusted callers, e.g. "
-            f'{_subtable(output_table, "roles")} analyst = "full".',
+            f'{_subtable(output_table, "roles")} analyst = "full" (a tensor model serves '
+            "its scores only in full: give it to few, named keys instead).",
         )
     full = sorted(
         role for role, level in output.roles.items() if level == "full" and role != "admin"
@@ -104,12 +108,24 @@ def _check_handler(
     from secureserve.outputs import OutputPolicies  # noqa: PLC0415
 
     try:
-        cls = import_handler(model.handler, settings.project_dir)
-        cls.check_definition()
+        handler: type[Any] = import_handler(model.handler, settings.project_dir)
+        handler.check_definition()
     except ConfigError as exc:
         yield error("handler-invalid", f"{table} handler", str(exc), FIX_SEE_MESSAGE)
         return
-    where = f"{cls.__module__}.{cls.__qualname__}"
+    where = f"{handler.__module__}.{handler.__qualname__}"
+    if issubclass(handler, TensorModel):
+        yield info(
+            "tensor-model-defenses-off",
+            where,
+            "a tensor model (/v2): its score outputs are served in full, and the input "
+            "guard, drift monitoring and extraction detection do not run for tensor models "
+            "in this version.",
+            "serve the model as an ss.Model handler where those defenses matter, and give "
+            "this one to few, named keys (secureserve keys create --model NAME).",
+        )
+        return
+    cls: type[Model[Any, Any]] = handler
     try:
         policies = OutputPolicies(cls.output_type, model.output, where=where)
     except ConfigError as exc:
