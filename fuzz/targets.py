@@ -24,9 +24,9 @@ seconds in CI). Invariants:
     ``peak_allocation`` lets a test check that memory follows the actual size of the
     input, never a size the input claims.
 ``lock_parser``
-    ``parse_lock`` (behind ``read_lock``): any bytes give ``ConfigError`` or a valid
-    ``Lock`` (the v1 format, safe relative names, 64-hex sha256s) whose canonical
-    encoding parses back to the same lock.
+    ``parse_lock`` (behind ``read_lock``) and ``parse_lock_file`` (v1 or v2): any bytes
+    give ``ConfigError`` or a valid lock (its format, safe relative names and folder
+    paths, 64-hex sha256s) whose canonical encoding parses back to the same lock.
 """
 
 from __future__ import annotations
@@ -49,12 +49,16 @@ import safetensors.numpy
 from secureserve.errors import ArtifactError, ConfigError, RequestRejected
 from secureserve.formats import SAFETENSORS_DTYPES, FormatError, validate_safetensors_header
 from secureserve.lockfile import (
+    FOLDERS_LOCK_FORMAT,
     LOCK_FORMAT,
+    FoldersLock,
     Lock,
     LockEntry,
+    build_folders_lock,
     build_lock,
     encode_lock,
     parse_lock,
+    parse_lock_file,
 )
 from secureserve.schema import ModelSchema
 
@@ -264,26 +268,45 @@ _SHA256: Final = re.compile(r"[0-9a-f]{64}")
 
 
 def lock_parser(data: bytes) -> None:
-    """``parse_lock`` on ``data``; see the module docstring."""
+    """``parse_lock`` and ``parse_lock_file`` on ``data``; see the module docstring."""
     try:
         lock = parse_lock(data, source="fuzz.lock")
     except ConfigError as exc:
         _require(str(exc).startswith("fuzz.lock "), f"message {exc} does not name the file")
+    else:
+        _require(isinstance(lock, Lock), "not a Lock")
+        _require(lock.format == LOCK_FORMAT, f"format {lock.format!r} accepted")
+        _check_files(lock.files)
+        canonical = encode_lock(lock)
+        _require(parse_lock(canonical) == lock, "the canonical encoding parses differently")
+        _require(build_lock(dict(lock.files)) == canonical, "build_lock disagrees")
+    try:
+        either = parse_lock_file(data, source="fuzz.lock")
+    except ConfigError as exc:
+        _require(str(exc).startswith("fuzz.lock "), f"message {exc} does not name the file")
         return
-    _require(isinstance(lock, Lock), "not a Lock")
-    _require(lock.format == LOCK_FORMAT, f"format {lock.format!r} accepted")
-    for name, entry in lock.files.items():
+    if isinstance(either, FoldersLock):  # v2: every section a safe folder path, v1's rules
+        _require(either.format == FOLDERS_LOCK_FORMAT, f"format {either.format!r} accepted")
+        for folder, section in either.folders.items():
+            _check_name(folder)
+            _check_files(section.files)
+        _require(parse_lock_file(encode_lock(either)) == either, "v2 re-encodes differently")
+
+
+def _check_files(files: dict[str, LockEntry]) -> None:
+    for name, entry in files.items():
         _require(_SHA256.fullmatch(entry.sha256), f"sha256 {entry.sha256!r} accepted")
         _require(entry.size >= 0, "negative size accepted")
-        parts = name.split("/")
-        _require(
-            name and not name.startswith("/") and "" not in parts and ".." not in parts,
-            f"unsafe name {name!r} accepted",
-        )
-        _require("\\" not in name and "\x00" not in name, f"unsafe name {name!r} accepted")
-    canonical = encode_lock(lock)
-    _require(parse_lock(canonical) == lock, "the canonical encoding parses differently")
-    _require(build_lock(dict(lock.files)) == canonical, "build_lock disagrees with encode_lock")
+        _check_name(name)
+
+
+def _check_name(name: str) -> None:
+    parts = name.split("/")
+    _require(
+        bool(name) and not name.startswith("/") and "" not in parts and ".." not in parts,
+        f"unsafe name {name!r} accepted",
+    )
+    _require("\\" not in name and "\x00" not in name, f"unsafe name {name!r} accepted")
 
 
 # --------------------------------------------------------------------------- registry
@@ -338,6 +361,12 @@ SEEDS: Final[dict[str, list[bytes]]] = {
             {
                 "iris.onnx": LockEntry(sha256=_DIGEST, size=324, format="onnx"),
                 "labels/labels.json": LockEntry(sha256=_DIGEST, size=40, format="unknown"),
+            }
+        ),
+        build_folders_lock(
+            {
+                "models/iris": {"iris.onnx": LockEntry(sha256=_DIGEST, size=324, format="onnx")},
+                "models/digits": {"d.safetensors": LockEntry(_DIGEST, 9896, "safetensors")},
             }
         ),
     ],

@@ -10,6 +10,7 @@ talks to the app over the ASGI interface with an ``https`` scope. It needs
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -31,7 +32,8 @@ __all__ = ["TestClient"]
 class TestClient(_StarletteClient):
     """A Starlette test client for one model, authenticated with a fresh in-memory key.
 
-    Use it as a context manager so the app's start-up and shutdown run.
+    Use it as a context manager so the app's start-up and shutdown run. Without
+    ``audit_path`` the audit log goes to a temporary folder, removed on exit.
     """
 
     __test__ = False  # not a pytest test class
@@ -47,9 +49,12 @@ class TestClient(_StarletteClient):
         audit_path: Path | None = None,
     ) -> None:
         settings = config or load_settings(project_dir=project_dir or Path.cwd())
-        self.audit_path = audit_path or Path(tempfile.mkdtemp(prefix="secureserve-audit-")) / (
-            "audit.jsonl"
-        )
+        # a folder of its own unless one is given; removed when the client closes
+        self._temporary: Path | None = None
+        if audit_path is None:
+            self._temporary = Path(tempfile.mkdtemp(prefix="secureserve-audit-"))
+            audit_path = self._temporary / "audit.jsonl"
+        self.audit_path = audit_path
         settings = msgspec.structs.replace(
             settings, audit=msgspec.structs.replace(settings.audit, path=self.audit_path)
         )
@@ -64,6 +69,14 @@ class TestClient(_StarletteClient):
         super().__init__(
             app, base_url="https://testserver", headers={"Authorization": f"Bearer {key.secret}"}
         )
+
+    def __exit__(self, *args: object) -> None:
+        """Stop the app; remove the temporary audit folder this client made, if any."""
+        try:
+            super().__exit__(*args)
+        finally:
+            if self._temporary is not None:
+                shutil.rmtree(self._temporary, ignore_errors=True)
 
     def predict(self, instances: list[Any]) -> httpx2.Response:
         """``POST /v1/models/{name}:predict`` with ``{"instances": instances}``."""

@@ -472,3 +472,16 @@ def test_app_mounted_under_prefix_probes_stay_public(iris_project, path):
     with asgi_client(_mounted(iris_project, key)) as anonymous:
         response = anonymous.get(path)
     assert response.status_code == 200
+
+
+def test_testclient_removes_the_audit_folder_it_made(iris_project, tmp_path):
+    """A TestClient without audit_path leaves nothing behind; a given path is kept."""
+    with TestClient(Iris, project_dir=iris_project) as client:
+        assert client.predict([{"features": [5.1, 3.5, 1.4, 0.2]}]).status_code == 200
+        made = client.audit_path.parent
+        assert client.audit_path.exists()
+    assert not made.exists()
+    given = tmp_path / "kept" / "audit.jsonl"
+    with TestClient(Iris, project_dir=iris_project, audit_path=given) as client:
+        client.predict([{"features": [5.1, 3.5, 1.4, 0.2]}])
+    assert given.exists()

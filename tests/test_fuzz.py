@@ -36,7 +36,7 @@ from secureserve.formats import (
     SAFETENSORS_DTYPES,
     validate_safetensors_header,
 )
-from secureserve.lockfile import LOCK_FORMAT, parse_lock
+from secureserve.lockfile import LOCK_FORMAT, parse_lock_file
 
 FUZZ = settings(
     max_examples=150,
@@ -368,7 +368,7 @@ def test_fuzz_seeds_are_valid_inputs():
     for seed in SEEDS["safetensors_header"]:
         validate_safetensors_header(seed)
     for seed in SEEDS["lock_parser"]:
-        parse_lock(seed)
+        parse_lock_file(seed)  # v1 or v2
 
 
 # --------------------------------------------------------------------------- atheris
