@@ -30,6 +30,7 @@ from secureserve.lockfile import (
     build_folders_lock,
     build_lock,
     check_layout,
+    encode_lock,
     folder_lock,
     read_lock_file,
     write_lock,
@@ -46,6 +47,7 @@ __all__ = [
     "lock_section",
     "model_files",
     "model_folders",
+    "revision_of",
     "signing_public_key",
     "verified_lock",
     "verify_project",
@@ -328,3 +330,15 @@ def _tables_of(settings: Settings, model: ModelSettings) -> str:
         return "[model]"
     names = [name for name, other in settings.models.items() if other.dir == model.dir]
     return ", ".join(map(settings.table, names)) or "[models.<name>]"
+
+
+def revision_of(lock: Lock, lock_sha256: str | None) -> str:
+    """Which release of a model's files serves: 12 hex digits of its section's sha256.
+
+    The section is the model's own folder (its canonical v1 encoding), so re-locking
+    for one model of several changes that model's revision alone; with one model it is
+    the lock file's own sha256. ``"unlocked"`` without a lock.
+    """
+    if lock_sha256 is None:
+        return "unlocked"
+    return hashlib.sha256(encode_lock(lock)).hexdigest()[:12]

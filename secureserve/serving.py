@@ -31,7 +31,7 @@ from secureserve.outputs import OutputPolicies
 from secureserve.profile import DEFAULT_PROFILE, Profile, load_profile
 from secureserve.providers import check_onnxruntime_distribution, choose_providers
 from secureserve.ratelimit import RateLimiter
-from secureserve.release import verified_lock
+from secureserve.release import revision_of, verified_lock
 from secureserve.runner import InferenceRunner
 from secureserve.schema import ModelSchema
 
@@ -83,7 +83,7 @@ def load_model(
     where = f"{cls.__module__}.{cls.__qualname__}"
     model_settings = model_settings or settings.model
     lock, lock_sha256 = verified_lock(settings, model_settings)
-    revision = lock_sha256[:12] if lock_sha256 is not None else "unlocked"
+    revision = revision_of(lock, lock_sha256)
     check_onnxruntime_distribution()
     artifacts = Artifacts(
         model_settings.dir,

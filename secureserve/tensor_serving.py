@@ -28,7 +28,7 @@ from secureserve.errors import ConfigError, LoadError, ModelError, RequestReject
 from secureserve.logs import get_logger
 from secureserve.metrics import Metrics
 from secureserve.providers import check_onnxruntime_distribution, choose_providers
-from secureserve.release import verified_lock
+from secureserve.release import revision_of, verified_lock
 from secureserve.serving import ServedModel, decryption_key
 from secureserve.settings import ModelSettings, Settings
 from secureserve.tensor_model import TensorModel
@@ -90,7 +90,7 @@ def load_tensor_model(
             "detailed scores make extraction and inversion cheaper, or serve the model with "
             "an ss.Model handler and ss.Scores to cut or round them."
         )
-    revision = lock_sha256[:12] if lock_sha256 is not None else "unlocked"
+    revision = revision_of(lock, lock_sha256)
     return LoadedTensor(instance, dict(artifacts.opened), revision, lock_sha256)
 
 

@@ -308,3 +308,16 @@ def test_optional_covers_a_models_files_not_a_mistake_in_its_settings(tmp_path, 
     assert main(["lock"]) == 0
     with pytest.raises(ConfigError, match="guard"):
         two_model_app(project)
+
+
+def test_each_models_revision_follows_its_own_files(tmp_path, monkeypatch):
+    """Re-locking after a change to digits changes digits' revision, not iris's."""
+    project = two_model_project(tmp_path / "p", monkeypatch)
+    first = two_model_app(project)
+    before = {s.name: s.current.revision for s in first.state.models}
+    first.state.models.audit.close()  # the next app writes the same audit file
+    (project / "models" / "digits" / "notes.json").write_text('{"n": 1}\n')
+    assert main(["lock"]) == 0
+    after = {s.name: s.current.revision for s in two_model_app(project).state.models}
+    assert after["iris"] == before["iris"]
+    assert after["digits"] != before["digits"]
