@@ -48,6 +48,7 @@ __all__ = [
     "principals",
     "readyz",
     "reload",
+    "visible_model",
 ]
 
 _JSON: Final = "application/json"
@@ -64,7 +65,7 @@ async def _visible_model(
 
     A tensor model (``ss.TensorModel``) it may see is a 404 too, saying it speaks ``/v2``.
     """
-    principal, state = await _any_visible_model(scope, models, name)
+    principal, state = await visible_model(scope, models, name)
     if not isinstance(state, ServingState):
         raise RequestRejected(
             404,
@@ -75,7 +76,7 @@ async def _visible_model(
     return principal, state
 
 
-async def _any_visible_model(
+async def visible_model(
     scope: Scope, models: ServedModels, name: str
 ) -> tuple[Principal, ServedModel]:
     """The principal and the model ``name``, if it may see it; else 404, as if absent.

@@ -23,6 +23,7 @@ from secureserve.defenses import Defenses, check_feature_view
 from secureserve.encryption import KEY_ENV, load_key
 from secureserve.errors import ConfigError, LoadError, RequestRejected, SecureServeError
 from secureserve.explain import Explainer
+from secureserve.lockfile import Lock
 from secureserve.logs import get_logger
 from secureserve.metrics import Metrics
 from secureserve.model import Model
@@ -82,20 +83,8 @@ def load_model(
     cls.check_definition()
     where = f"{cls.__module__}.{cls.__qualname__}"
     model_settings = model_settings or settings.model
-    lock, lock_sha256 = verified_lock(settings, model_settings)
+    artifacts, lock, lock_sha256 = open_model_files(settings, model_settings, model=cls.name)
     revision = revision_of(lock, lock_sha256)
-    check_onnxruntime_distribution()
-    artifacts = Artifacts(
-        model_settings.dir,
-        onnx_threads=model_settings.onnx_threads,
-        onnx_allowed_domains=model_settings.onnx_allowed_domains,
-        onnx_optimization=model_settings.onnx_optimization,
-        onnx_providers=choose_providers(model_settings.providers, model=cls.name),
-        max_onnx_nodes=model_settings.onnx_max_nodes,
-        max_file_bytes=model_settings.max_artifact_bytes,
-        lock=lock,
-        decryption_key=decryption_key(model_settings),
-    )
     profile_name = model_settings.profile or (
         DEFAULT_PROFILE if DEFAULT_PROFILE in lock.files else None
     )
@@ -126,6 +115,30 @@ def load_model(
     return LoadedModel(
         instance, dict(artifacts.opened), revision, profile, no_features, lock_sha256
     )
+
+
+def open_model_files(
+    settings: Settings, model_settings: ModelSettings, *, model: str
+) -> tuple[Artifacts, Lock, str | None]:
+    """The model's files, behind its verified lock; with the lock and its file's sha256.
+
+    The lock (and its signature) is verified before any file can be read; ONNX
+    sessions get the model's providers and hardening settings.
+    """
+    lock, lock_sha256 = verified_lock(settings, model_settings)
+    check_onnxruntime_distribution()
+    artifacts = Artifacts(
+        model_settings.dir,
+        onnx_threads=model_settings.onnx_threads,
+        onnx_allowed_domains=model_settings.onnx_allowed_domains,
+        onnx_optimization=model_settings.onnx_optimization,
+        onnx_providers=choose_providers(model_settings.providers, model=model),
+        max_onnx_nodes=model_settings.onnx_max_nodes,
+        max_file_bytes=model_settings.max_artifact_bytes,
+        lock=lock,
+        decryption_key=decryption_key(model_settings),
+    )
+    return artifacts, lock, lock_sha256
 
 
 def decryption_key(model: ModelSettings) -> bytes | None:

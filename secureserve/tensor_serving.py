@@ -23,13 +23,12 @@ from typing import Any
 import numpy as np
 import onnxruntime
 
-from secureserve.artifacts import ArtifactRecord, Artifacts
+from secureserve.artifacts import ArtifactRecord
 from secureserve.errors import ConfigError, LoadError, ModelError, RequestRejected, SecureServeError
 from secureserve.logs import get_logger
 from secureserve.metrics import Metrics
-from secureserve.providers import check_onnxruntime_distribution, choose_providers
-from secureserve.release import revision_of, verified_lock
-from secureserve.serving import ServedModel, decryption_key
+from secureserve.release import revision_of
+from secureserve.serving import ServedModel, open_model_files
 from secureserve.settings import ModelSettings, Settings
 from secureserve.tensor_model import TensorModel
 
@@ -51,19 +50,7 @@ def load_tensor_model(
 ) -> LoadedTensor:
     """Instantiate ``cls`` and ``load`` it from its verified files (see the module docstring)."""
     cls.check_definition()
-    lock, lock_sha256 = verified_lock(settings, model)
-    check_onnxruntime_distribution()
-    artifacts = Artifacts(
-        model.dir,
-        onnx_threads=model.onnx_threads,
-        onnx_allowed_domains=model.onnx_allowed_domains,
-        onnx_optimization=model.onnx_optimization,
-        onnx_providers=choose_providers(model.providers, model=cls.name),
-        max_onnx_nodes=model.onnx_max_nodes,
-        max_file_bytes=model.max_artifact_bytes,
-        lock=lock,
-        decryption_key=decryption_key(model),
-    )
+    artifacts, lock, lock_sha256 = open_model_files(settings, model, model=cls.name)
     instance = cls()
     try:
         instance.load(artifacts)

@@ -32,7 +32,7 @@ from starlette.types import Receive, Scope, Send
 
 from secureserve.auth import Principal, require_role
 from secureserve.body import read_body
-from secureserve.endpoints import answer, healthz, readyz
+from secureserve.endpoints import answer, healthz, readyz, visible_model
 from secureserve.errors import RequestRejected
 from secureserve.tensor_serving import TensorDeployment, TensorState
 from secureserve.tensors import decode_request, encode_response, parse_header_length
@@ -74,12 +74,8 @@ def routes(models: ServedModels) -> list[Route]:
 
 async def _tensor_model(scope: Scope, models: ServedModels) -> tuple[Principal, TensorState]:
     """The principal and the tensor model the path names, if it may use it; else 404."""
-    principal: Principal = scope["secureserve.principal"]
     params = scope["path_params"]
-    state = models.get(params["name"])
-    if state is None or not principal.may_use(params["name"]):
-        await models.limiter.check(principal.id, None)
-        raise RequestRejected(404, "not-found", "Not found")
+    principal, state = await visible_model(scope, models, params["name"])
     if not isinstance(state, TensorState):
         raise RequestRejected(
             404, "not-found", "Not found", detail="this model is served over /v1, not /v2"
@@ -140,7 +136,13 @@ class Infer:
         deployment.acquire()
         try:
             await self._infer(
-                scope, receive, send, principal=principal, state=state, deployment=deployment
+                scope,
+                receive,
+                send,
+                principal=principal,
+                state=state,
+                deployment=deployment,
+                headers=headers,
             )
         finally:
             deployment.release()
@@ -154,8 +156,8 @@ class Infer:
         principal: Principal,
         state: TensorState,
         deployment: TensorDeployment,
+        headers: dict[bytes, bytes],
     ) -> None:
-        headers = dict(scope["headers"])
         info = scope["secureserve"]
         limiter = state.limiter
         await limiter.check(principal.id, state.name)  # admitted: one row, body or not
