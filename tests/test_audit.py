@@ -1250,3 +1250,118 @@ def test_middleware_authenticated_refusal_keeps_its_own_record(log_path, logger)
     assert [(r["event"], r["principal"], r["status"]) for r in records] == [
         ("request", "key-1", 403)
     ]
+
+
+# --------------------------------------------------------------------------- lock owner
+
+_HOLDER = """
+import sys
+from pathlib import Path
+from secureserve.audit import AuditLog
+with AuditLog(Path(sys.argv[1]), digest_key=bytes(32)):
+    print("open", flush=True)
+    sys.stdin.read()
+"""
+
+
+def _lock_message(pid: int, path: Path) -> str:
+    return (
+        f"another secureserve (pid {pid}) is already serving this folder (audit log {path} is "
+        "locked); stop it first, or give this one its own [audit] path."
+    )
+
+
+def test_lock_owner_pid_written_while_open_and_removed_on_close(log_path, logger):
+    """PATH.pid holds this process's id (mode 0600) while the log is open, and goes with it."""
+    owner = log_path.with_name("audit.jsonl.pid")
+    with _open(log_path, logger) as log:
+        _request(log)
+        assert owner.read_text() == f"{os.getpid()}\n"
+        assert stat.S_IMODE(owner.stat().st_mode) == 0o600
+    assert not owner.exists()
+    assert _verify(log_path).ok  # the pid file is no part of the chain
+
+
+def test_lock_second_writer_in_this_process_names_it(log_path, logger):
+    """A second AuditLog in the same process is told the log is open in this process."""
+    with (
+        _open(log_path, logger),
+        pytest.raises(ConfigError, match=rf"already open in this process \(pid {os.getpid()}\)"),
+    ):
+        _open(log_path, logger)
+
+
+def test_lock_second_writer_names_the_other_process(log_path, logger):
+    """A second process on a locked audit file is refused naming the holder's real pid."""
+    import subprocess
+    import sys
+
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _HOLDER, str(log_path)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None
+        assert holder.stdout.readline() == "open\n"
+        with pytest.raises(ConfigError) as refused:
+            _open(log_path, logger)
+        assert str(refused.value) == _lock_message(holder.pid, log_path)
+    finally:
+        holder.communicate("", timeout=30)
+    assert holder.returncode == 0
+    with _open(log_path, logger):  # the holder is gone, and so is its lock
+        pass
+
+
+def _dead_pid() -> int:
+    import subprocess
+    import sys
+
+    process = subprocess.Popen([sys.executable, "-c", "pass"])
+    process.wait()
+    return process.pid
+
+
+@pytest.mark.parametrize(
+    "owner",
+    [None, b"", b"not a pid\n", b"-1\n", b"99999999999999999999\n", "dead"],
+    ids=["no-file", "empty", "garbage", "negative", "huge", "dead-process"],
+)
+def test_lock_holder_unknown_is_still_refused_without_a_pid(log_path, logger, owner):
+    """A lock whose owner file is missing, garbled or stale is refused without naming a pid."""
+    import fcntl
+
+    log_path.parent.mkdir(parents=True)
+    log_path.touch()
+    if owner is not None:
+        content = f"{_dead_pid()}\n".encode() if owner == "dead" else owner
+        log_path.with_name("audit.jsonl.pid").write_bytes(content)
+    fd = os.open(log_path, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # another open file description: another holder
+        with pytest.raises(ConfigError) as refused:
+            _open(log_path, logger)
+    finally:
+        os.close(fd)
+    message = str(refused.value)
+    assert message.startswith(f"another process is already writing the audit log {log_path}")
+    assert "pid" not in message
+    assert "give this one its own [audit] path" in message
+
+
+@pytest.mark.slow
+def test_lock_second_server_in_the_same_folder_names_the_first(tmp_path):
+    """A second `secureserve run` in a served folder stops with exit 1, naming the first's pid."""
+    from server_helpers import free_port, run_cli, running_server, write_slow_project
+
+    project = write_slow_project(tmp_path / "project").resolve()
+    with running_server(project) as first:
+        second = run_cli("run", "--dev", "--port", str(free_port()), cwd=project)
+        assert second.returncode == 1
+        audit = project / "audit" / "audit.jsonl"
+        assert _lock_message(first.process.pid, audit) in second.stderr
+        assert first.alive()
+        # the second one stopped before minting a dev key: the first one's still works
+        assert first.request("GET", "/v1/models", key=first.key).status == 200

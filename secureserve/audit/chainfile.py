@@ -6,7 +6,9 @@ aside), turns record fields into chained lines (``time``, ``seq``, ``prev``,
 ``rotated_from``) written with one ``write`` each batch, rotates at ``max_bytes``,
 prunes rotated files beyond ``max_files`` after chaining an ``audit-pruned`` record,
 and notices a file deleted (a new file, with an ``audit-file-recreated`` note),
-replaced or made read-only (:class:`Unwritable`). It knows nothing of requests,
+replaced or made read-only (:class:`Unwritable`). While it holds the lock, the file
+``<path>.pid`` beside it holds this process's id, so that a second server refused the
+lock can say which process to stop. It knows nothing of requests,
 batching or what to do when a write fails:
 :class:`~secureserve.audit.writer.AuditLog` decides that, and holds its lock around
 every call made here.
@@ -27,11 +29,12 @@ from typing import Any, Final
 import msgspec
 
 from secureserve._time import utc
+from secureserve.atomic import write_atomically
 from secureserve.audit.records import GENESIS, rfc3339, sha256, shape
 from secureserve.audit.retention import last_line, oldest_beyond, pruned_fields, tail
 from secureserve.audit.verify import chain_files, listdir, rotated_pattern
 from secureserve.errors import ConfigError
-from secureserve.secretfiles import fsync_folder
+from secureserve.secretfiles import fsync_folder, read_regular
 
 if sys.platform != "win32":
     import fcntl
@@ -46,6 +49,9 @@ class Unwritable(Exception):  # noqa: N818 - internal signal of the audit packag
 _encoder: Final = msgspec.json.Encoder(order="sorted")
 #: How long a passed check of the audit file's path is trusted (see ChainFile.ready).
 _RECHECK_S: Final = 0.01
+#: Suffix of the file beside the audit file that names the process holding its lock.
+_OWNER_SUFFIX: Final = ".pid"
+_MAX_OWNER_BYTES: Final = 32
 
 
 def note(action: str, detail: str) -> dict[str, Any]:
@@ -94,9 +100,11 @@ class ChainFile:
         self._prev = GENESIS
         self._rotated_from: str | None = None
         self._torn = False
+        self._owner: Path | None = None  # the pid file this object wrote
         try:
             self._start()
         except OSError as exc:
+            self._release_owner()
             raise ConfigError(
                 f"[audit] path {path} cannot be opened for appending ({exc.strerror}); check "
                 "that its folder can be created and written by this user."
@@ -182,6 +190,7 @@ class ChainFile:
         except OSError as exc:
             self._log.error("audit log not flushed on close", reason=reason(exc))
         finally:
+            self._release_owner()  # while the lock is held: no one else can have claimed it
             os.close(fd)
         self._log_head("close")
 
@@ -282,11 +291,30 @@ class ChainFile:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise ConfigError(
-                f"[audit] path {self.path} is being written by another process (or another "
-                "AuditLog in this one); each process needs its own audit file. With several "
-                "workers, give each its own [audit] path, or run one worker per container."
-            ) from None
+            raise ConfigError(_locked_message(self.path, _owner(self.path))) from None
+        self._claim_owner()
+
+    def _claim_owner(self) -> None:
+        """Write this process's id beside the file; best effort (the lock is what counts)."""
+        if self._owner is not None:
+            return
+        owner = _owner_path(self.path)
+        try:
+            write_atomically(owner, f"{os.getpid()}\n".encode(), mode=0o600)
+        except OSError as exc:
+            self._log.warning(
+                "audit lock owner not recorded; a second server will not be told this pid",
+                path=str(owner),
+                reason=reason(exc),
+            )
+            return
+        self._owner = owner
+
+    def _release_owner(self) -> None:
+        owner, self._owner = self._owner, None
+        if owner is not None:
+            with contextlib.suppress(OSError):
+                owner.unlink()
 
     def _open_new(self) -> None:
         flags = (os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC) | getattr(
@@ -398,3 +426,47 @@ class ChainFile:
             head=self._prev,
             **extra,
         )
+
+
+def _owner_path(path: Path) -> Path:
+    return path.with_name(path.name + _OWNER_SUFFIX)
+
+
+def _owner(path: Path) -> int | None:
+    """The id of the live process that recorded itself as holding ``path``'s lock, if any."""
+    try:
+        text = read_regular(
+            _owner_path(path), max_bytes=_MAX_OWNER_BYTES, source="audit lock owner"
+        ).strip()
+    except (OSError, ConfigError):
+        return None
+    if not (text.isascii() and text.isdigit()) or int(text) <= 0:
+        return None
+    pid = int(text)
+    try:
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
+    except PermissionError:
+        return pid  # it exists, under another user
+    except (OSError, OverflowError):
+        return None  # gone (or no pid at all): the holder is someone else
+    return pid
+
+
+def _locked_message(path: Path, pid: int | None) -> str:
+    """Why a second AuditLog on ``path`` is refused, naming the holder when it is known."""
+    fix = "stop it first, or give this one its own [audit] path."
+    if pid is None:
+        return (
+            f"another process is already writing the audit log {path} (it is locked), most "
+            f"likely another secureserve serving this folder; {fix}"
+        )
+    if pid == os.getpid():
+        return (
+            f"the audit log {path} is already open in this process (pid {pid}): another "
+            "AuditLog holds its lock (or another process does). Each open audit log needs "
+            "its own file; close the first one, or give this one its own [audit] path."
+        )
+    return (
+        f"another secureserve (pid {pid}) is already serving this folder (audit log {path} "
+        f"is locked); {fix}"
+    )

@@ -1,10 +1,11 @@
-"""``secureserve run`` and ``secureserve certs dev``."""
+"""``secureserve run``, ``secureserve certs dev`` and ``secureserve certs request``."""
 
 from __future__ import annotations
 
 import argparse
 import ipaddress
 import sys
+from pathlib import Path
 from typing import Any
 
 from secureserve.audit import generate_digest_key, load_digest_key
@@ -38,6 +39,34 @@ def register(commands: Any, common: argparse.ArgumentParser) -> None:
         help="write the local development CA and certificate under .secureserve/",
     )
     dev.set_defaults(func=_certs_dev)
+    request = certs_sub.add_parser(
+        "request",
+        parents=[common],
+        help="write a new key and a certificate signing request (CSR) for a company CA",
+        description="Write HOST.key (EC P-256, mode 0600) and HOST.csr for a CA to sign. "
+        "Neither file is ever overwritten.",
+    )
+    request.add_argument(
+        "--name",
+        required=True,
+        metavar="HOST",
+        help="the server's name (common name and first subject alternative name)",
+    )
+    request.add_argument(
+        "--san",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="another DNS name or IP address the certificate must carry; repeat for several",
+    )
+    request.add_argument(
+        "--out-dir",
+        type=Path,
+        default=Path(),
+        metavar="DIR",
+        help="folder for HOST.key and HOST.csr (default: the current folder)",
+    )
+    request.set_defaults(func=_certs_request)
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -171,5 +200,29 @@ def _certs_dev(args: argparse.Namespace) -> int:
     print(
         f"CA certificate:     {certs.ca_cert}\nserver certificate: {certs.cert}\n"
         f"server key:         {certs.key} (mode 0600)"
+    )
+    return 0
+
+
+def _certs_request(args: argparse.Namespace) -> int:
+    from secureserve.csr import request_certificate  # noqa: PLC0415
+
+    made = request_certificate(args.name, sans=args.san, out_dir=args.out_dir)
+    chain = made.key.with_suffix(".chain.pem")
+    print(
+        f"private key: {made.key} (mode 0600; it stays here: never send it, never commit it)\n"
+        f"request:     {made.csr} (for {', '.join(made.names)})\n"
+        "\n"
+        "Next:\n"
+        f"  1. Send {made.csr} to your CA. Keep {made.key} where it is.\n"
+        "  2. Save what the CA returns as one PEM file: the server certificate first, then\n"
+        "     the intermediate certificate(s), not the root. For example:\n"
+        f"       cat server.crt intermediate.crt > {chain}\n"
+        "  3. Point secureserve at both files (in secureserve.toml, whose relative paths\n"
+        "     start from its folder, or as SECURESERVE_TLS__CERT and SECURESERVE_TLS__KEY):\n"
+        "       [tls]\n"
+        f'       cert = "{chain.as_posix()}"\n'
+        f'       key = "{made.key.as_posix()}"\n'
+        "  4. `secureserve doctor` checks that the certificate matches the key and is valid."
     )
     return 0
