@@ -12,7 +12,8 @@ seconds in CI). Invariants:
     with nested, optional and mapping fields: any bytes give a list of 1 to
     ``MAX_INSTANCES`` typed instances, or ``RequestRejected`` with status 400, 413 or
     422 whose detail is one of the fixed phrases (a field path and a fixed reason, never
-    exception text or anything the client sent). An accepted body is UTF-8 and has no
+    exception text or anything the client sent but an unknown field's name, escaped and
+    at most 64 characters of it). An accepted body is UTF-8 and has no
     repeated key.
 ``safetensors_header``
     ``validate_safetensors_header``, the check secureserve runs before the safetensors
@@ -60,7 +61,7 @@ from secureserve.lockfile import (
     parse_lock,
     parse_lock_file,
 )
-from secureserve.schema import ModelSchema
+from secureserve.schema import WRAPPER_HINT, ModelSchema
 
 __all__ = [
     "MAX_INSTANCES",
@@ -141,14 +142,20 @@ def _schemas() -> tuple[ModelSchema, ...]:
 
 _PATH: Final = r"\$(?:\.[A-Za-z_][A-Za-z0-9_]{0,63}|\[\d{1,9}\]|\[\.\.\.\])*"
 _WORD: Final = r"(?:int|float|str|bool|null|array|object|bytes|number|string|another type)"
+#: An unknown field's name as ``quote_name`` shows it: at most 64 characters, each as
+#: itself (no quote, no backslash; printable is checked apart) or escaped, then ``...``.
+_QUOTED: Final = (
+    r"""'(?:[^'"\\]|\\(?:[\\'"nrt]|x[0-9a-f]{2}|u[0-9a-f]{4}|U[0-9a-f]{8})){0,64}'(?:\.\.\.)?"""
+)
 _REASON: Final = (
-    r"missing required field '[A-Za-z_][A-Za-z0-9_]*'|unknown field|number out of range"
-    rf"|expected {_WORD}, got {_WORD}|must be [<>]=? -?[\d.e+-]+|length must be [<>]=? \d+"
-    r"|invalid value"
+    rf"missing required field '[A-Za-z_][A-Za-z0-9_]*'|unknown field {_QUOTED}"
+    rf"|number out of range|expected {_WORD}, got {_WORD}|must be [<>]=? -?[\d.e+-]+"
+    r"|length must be [<>]=? \d+|not one of the allowed values|invalid value"
 )
 #: Every detail a decoding refusal may carry.
 _SAFE_DETAIL: Final = re.compile(
-    rf"(?:{_PATH}: (?:{_REASON}))"
+    rf"{_PATH}: (?:{_REASON})"
+    rf"|\$: (?:{_REASON}); {re.escape(WRAPPER_HINT)}"  # the wrapper itself is wrong
     r"|send one JSON object; NaN, Infinity and trailing data are not JSON"
     r"|a JSON object repeats a key; send each key once"
 )
@@ -174,6 +181,7 @@ def _check_refusal(exc: RequestRejected) -> None:
     _require(not exc.headers, f"headers {exc.headers}")
     detail = exc.detail or ""
     _require(_SAFE_DETAIL.fullmatch(detail), f"detail {detail!r} is not a fixed phrase")
+    _require(detail.isprintable(), f"detail {detail!r} holds a character that is not printable")
     cause = str(exc.__cause__ or "")
     _require(not cause or cause not in detail, f"detail {detail!r} carries exception text")
 

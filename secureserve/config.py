@@ -11,10 +11,12 @@ directory. Insecure combinations are refused in :func:`check_settings`, which
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
 import os
 import re
 import tomllib
+from collections.abc import Mapping
 from pathlib import Path
 from types import UnionType
 from typing import (
@@ -76,6 +78,8 @@ ENV_PREFIX: Final = "SECURESERVE_"
 _SECRET_VARIABLES: Final = frozenset({"SECURESERVE_MODEL__ENCRYPTION_KEY"})
 
 _MAX_CONFIG_BYTES: Final = 1024 * 1024
+_KEY_RE: Final = re.compile(r"[A-Za-z0-9_-]{1,64}")
+_MODEL_KEYS: Final = frozenset(f.name for f in msgspec.structs.fields(ModelSettings))
 
 # Sections and keys that DESIGN.md names but this version does not implement yet.
 # Accepting them silently would suggest a protection that is not there.
@@ -120,6 +124,7 @@ def load_settings(
         raw = read_config_file(base / CONFIG_FILENAME)
     source = str(config) if config is not None else CONFIG_FILENAME
     _refuse_planned(raw, source)
+    _refuse_unknown(raw, source)
     _merge(raw, _from_environ(os.environ if environ is None else environ))
     _merge(raw, overrides or {})
     try:
@@ -228,6 +233,12 @@ def _from_environ(environ: dict[str, str] | os._Environ[str]) -> dict[str, Any]:
             )
         hint = _setting_type(parts)
         if hint is None:
+            close = _close_variable(parts)
+            if close is not None:
+                raise ConfigError(
+                    f"{name} is not a secureserve setting; did you mean {close}? Otherwise "
+                    "unset it (see docs/configuration.md)."
+                )
             raise ConfigError(
                 f"{name} is not a secureserve setting; check the spelling "
                 "(SECURESERVE_<SECTION>__<KEY>, see docs/configuration.md) or unset it."
@@ -237,6 +248,120 @@ def _from_environ(environ: dict[str, str] | os._Environ[str]) -> dict[str, Any]:
             table = table.setdefault(part, {})
         table[parts[-1]] = _env_value(name, value, hint)
     return out
+
+
+def _refuse_unknown(raw: Mapping[str, Any], source: str) -> None:
+    """Refuse a section or key of the file that is no setting, saying which name is close.
+
+    Walks the tables along the declared types, so the message names the table as written
+    (``[models.iris.output] polcy``, ``[[auth.client_certificates]] roels``); values of
+    the wrong type are left for the decoder to name.
+    """
+    for section, body in raw.items():
+        hint = SECTIONS.get(section)
+        if hint is None:
+            close = _close(section, SECTIONS)
+            fix = f"did you mean `[{close}]`?" if close else "check the spelling."
+            raise ConfigError(
+                f"{source}: [{_shown(section)}] is not a secureserve section; {fix} "
+                "See docs/configuration.md."
+            )
+        _refuse_unknown_in(body, hint, section, source, array=False)
+
+
+def _refuse_unknown_in(value: Any, hint: Any, table: str, source: str, *, array: bool) -> None:
+    """The unknown-key check of one value of type ``hint``, found in ``table``."""
+    inner = _bare(hint)
+    if isinstance(inner, type) and issubclass(inner, msgspec.Struct):
+        if not isinstance(value, dict):
+            return
+        fields = _struct_fields(inner)
+        for key, item in value.items():
+            if key not in fields:
+                raise ConfigError(_unknown_key(table, key, item, fields, source, array=array))
+            _refuse_unknown_in(item, fields[key], f"{table}.{key}", source, array=False)
+    elif get_origin(inner) is dict and isinstance(value, dict):
+        for name, item in value.items():
+            if table == "models" and name in _MODEL_KEYS and not isinstance(item, dict):
+                raise ConfigError(
+                    f"{source}: [models] {_shown(name)} is not a secureserve setting; did you "
+                    "mean `[model]`, or `[models.<name>]` (one table per model)? See "
+                    "docs/configuration.md."
+                )
+            _refuse_unknown_in(
+                item, get_args(inner)[1], f"{table}.{_shown(name)}", source, array=False
+            )
+    elif get_origin(inner) is tuple and isinstance(value, list):
+        for item in value:
+            _refuse_unknown_in(item, get_args(inner)[0], table, source, array=True)
+
+
+def _unknown_key(
+    table: str, key: str, value: Any, known: Mapping[str, Any], source: str, *, array: bool
+) -> str:
+    """The message for ``key``, which the ``table`` it is in does not have."""
+    place = f"[[{table}]]" if array else f"[{table}]"
+    is_table = isinstance(value, dict)
+    # a table is compared with the tables first, a value with the values
+    alike = {name: hint for name, hint in known.items() if _is_table(hint) == is_table}
+    close = _close(key, alike) or _close(key, known)
+    if table == "model" and is_table and value and set(value) <= _MODEL_KEYS:
+        fix = f"did you mean `[models.{_shown(key)}]`?"  # a model's table under [model]
+    elif close is not None:
+        fix = f"did you mean `{close}`?"
+    else:
+        fix = "check the spelling."
+    return (
+        f"{source}: {place} {_shown(key)} is not a secureserve setting; {fix} "
+        "See docs/configuration.md."
+    )
+
+
+def _is_table(hint: Any) -> bool:
+    """Whether a setting of this type is written as a table (a section or a mapping)."""
+    inner = _bare(hint)
+    return get_origin(inner) is dict or (
+        isinstance(inner, type) and issubclass(inner, msgspec.Struct)
+    )
+
+
+def _close(name: str, known: Mapping[str, Any]) -> str | None:
+    """The known name closest to ``name`` (difflib's ratio of at least 0.6), if any."""
+    found = difflib.get_close_matches(name.lower(), list(known), n=1)
+    return found[0] if found else None
+
+
+def _shown(name: str) -> str:
+    """A name from the file as a message shows it: as is when plain, else quoted and cut."""
+    return name if _KEY_RE.fullmatch(name) else repr(name[:64])
+
+
+def _close_variable(parts: list[str]) -> str | None:
+    """The environment variable closest to ``SECURESERVE_<parts>``, if each part has one.
+
+    Parts are corrected one level at a time against the names known there; a name in a
+    table of names (a model's, a role's) is kept. None unless the result is a setting.
+    """
+    corrected: list[str] = []
+    hint: Any = None
+    for part in parts:
+        inner = _bare(hint)
+        if hint is None and not corrected:
+            known: Mapping[str, Any] | None = SECTIONS
+        elif isinstance(inner, type) and issubclass(inner, msgspec.Struct):
+            known = _struct_fields(inner)
+        elif get_origin(inner) is dict:
+            known = None  # any name
+        else:
+            return None  # below a plain value: nothing to correct to
+        name = part if known is None or part in known else _close(part, known)
+        if name is None:
+            return None
+        corrected.append(name)
+        hint = get_args(inner)[1] if known is None else known[name]
+    if _setting_type(corrected) is None:
+        return None
+    return ENV_PREFIX + "__".join(corrected).upper()
 
 
 def _setting_type(parts: list[str]) -> Any:
@@ -320,9 +445,6 @@ def _describe(exc: msgspec.ValidationError) -> str:
     place = f"[{'.'.join(parts[:-1])}] {parts[-1]}" if len(parts) > 1 else f"[{''.join(parts)}]"
     reason = f"{message[0].lower()}{message[1:]}"
     return f"{place}: {reason}; see docs/configuration.md for the allowed values."
-
-
-_KEY_RE: Final = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
 def check_settings(settings: Settings) -> None:

@@ -49,6 +49,7 @@ __all__ = [
     "model_folders",
     "revision_of",
     "signing_public_key",
+    "unlisted_files",
     "verified_lock",
     "verify_project",
 ]
@@ -116,11 +117,13 @@ class FolderReport:
 
 @dataclass
 class VerifyReport:
-    """What ``verify_project`` found; ``ok`` when there are no problems.
+    """What ``verify_project`` found; ``ok`` when there are no problems and no unlisted files.
 
     ``problems`` holds the lock's (signature, layout, a missing section) and every
-    folder's, each file named as in ``ModelFolder.name``; ``unused`` lists the sections
-    of a v2 lock that no served model reads (harmless; the next lock drops them).
+    folder's, each file named as in ``ModelFolder.name``; ``unlisted`` the files present
+    in a model folder that the lock does not list (no model can open them, but they are
+    not the release either); ``unused`` lists the sections of a v2 lock that no served
+    model reads (harmless; the next lock drops them).
     """
 
     key_id: str | None = None
@@ -130,8 +133,8 @@ class VerifyReport:
 
     @property
     def ok(self) -> bool:
-        """True when the signature (if checked) and every listed file match."""
-        return not self.problems
+        """True when the signature (if checked) and every listed file match, none unlisted."""
+        return not self.problems and not any(folder.unlisted for folder in self.folders)
 
     @property
     def checked(self) -> int:
@@ -154,6 +157,18 @@ def model_files(model_dir: Path, *, owner: str = "[model] dir") -> list[str]:
         base = Path(root).relative_to(model_dir)
         names.extend((base / name).as_posix() for name in files)
     return sorted(names)
+
+
+def unlisted_files(model_dir: Path, lock: Lock) -> list[str]:
+    """The files under ``model_dir`` that ``lock`` does not list, sorted (none: no folder).
+
+    The folder is walked as ``lock_project`` walks it (``model_files``: every file,
+    hidden ones included), so a folder that was just locked has none.
+    """
+    if not model_dir.is_dir():
+        return []
+    listed = lock.files
+    return [name for name in model_files(model_dir) if name not in listed]
 
 
 def lock_section(settings: Settings, model: ModelSettings) -> str | None:
@@ -288,8 +303,7 @@ def _verify_folder(folder: ModelFolder, lock: Lock, problems: list[str]) -> Fold
             problems.append(str(exc) if folder.section is None else f"{folder.section}/{exc}")
         else:
             result.checked += 1
-    present = set(model_files(folder.path)) if folder.path.is_dir() else set()
-    result.unlisted = sorted(present - set(lock.files))
+    result.unlisted = unlisted_files(folder.path, lock)
     return result
 
 

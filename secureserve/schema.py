@@ -5,6 +5,11 @@ wrong types and out-of-range values; :func:`find_duplicate_key` then refuses
 objects that repeat a key (msgspec keeps the last value silently, and parsers
 that disagree on which value wins are a classic smuggling vector).
 
+A refusal's detail names the field path and says what is wrong in a fixed phrase
+(:func:`validation_detail`). The one piece of the body it may quote is the name of an
+unknown field, escaped and cut short by :func:`quote_name`; a body that is not the
+``{"instances": [...]}`` wrapper gets a hint saying so.
+
 Outputs are validated by a round trip through the declared output type, so a
 handler that returns the wrong type, a value outside its ``Meta`` bounds or a
 non-finite float (which JSON cannot carry) is a ``ModelError``, never a
@@ -24,12 +29,25 @@ from secureserve.errors import ModelError, RequestRejected
 from secureserve.outputs import OutputView, label_field
 from secureserve.strict_json import find_duplicate_key
 
-__all__ = ["ModelSchema", "validation_detail"]
+__all__ = ["SHOWN_CHARACTERS", "WRAPPER_HINT", "ModelSchema", "quote_name", "validation_detail"]
 
+#: Characters of a client's name (an unknown field, a tensor's name) a detail may quote.
+SHOWN_CHARACTERS: Final = 64
+#: What a body that is not the wrapper (a bare instance, a list, extra members) is told.
+WRAPPER_HINT: Final = (
+    'the body must be {"instances": [...]}, with the instances in the list and no other member'
+)
 _SAFE_PATH: Final = re.compile(r"\$(?:\.[A-Za-z_][A-Za-z0-9_]{0,63}|\[\d{1,9}\]|\[\.\.\.\])*")
 _TYPE_WORDS: Final = frozenset(
     {"int", "float", "str", "bool", "null", "array", "object", "bytes", "number", "string"}
 )
+# msgspec: "Object contains unknown field `NAME`", then " - at `PATH`" unless at the root.
+# The name is the client's and may hold anything (backticks, " - at "); the shortest
+# reading is taken, so what is quoted is always the start of the name the client sent.
+_UNKNOWN_FIELD: Final = re.compile(
+    r"Object contains unknown field `(.*?)`(?: - at `([^`]*)`)?", re.DOTALL
+)
+_ESCAPES: Final = {"\\": "\\\\", "'": "\\'", '"': '\\"', "\n": "\\n", "\r": "\\r", "\t": "\\t"}
 
 
 class ModelSchema:
@@ -62,13 +80,15 @@ class ModelSchema:
         except msgspec.ValidationError as exc:
             # msgspec stops at the first type mismatch; a body that is not JSON at all
             # (unclosed, too deep) is still a 400, so look again on this error path only.
-            if not _is_json(body):
+            try:
+                document = msgspec.json.decode(body)
+            except (msgspec.DecodeError, RecursionError):
                 raise _malformed() from exc
             raise RequestRejected(
                 422,
                 "validation",
                 "Request body does not match the schema",
-                detail=validation_detail(str(exc)),
+                detail=_request_detail(str(exc), document),
             ) from exc
         except (msgspec.DecodeError, RecursionError) as exc:  # msgspec recurses on deep nesting
             raise _malformed() from exc
@@ -149,27 +169,81 @@ def _is_utf8(body: bytes) -> bool:
     return True
 
 
-def _is_json(body: bytes) -> bool:
-    try:
-        msgspec.json.decode(body)
-    except (msgspec.DecodeError, RecursionError):
-        return False
-    return True
+def _request_detail(message: str, document: object) -> str:
+    """The detail of a request that is JSON but not the schema; ``document`` is its value.
+
+    An error of the wrapper itself (a bare instance, a list, a member besides
+    ``instances``) gets :data:`WRAPPER_HINT`. Members of the wrapper are read from
+    ``document``, not from msgspec's message, which cannot tell a root-level name that
+    ends like a path from a nested field.
+    """
+    if isinstance(document, dict) and _UNKNOWN_FIELD.fullmatch(message):
+        extra = next((key for key in document if key != "instances"), None)
+        if extra is not None:
+            return f"$: unknown field {quote_name(extra)}; {WRAPPER_HINT}"
+    path, reason = _path_and_reason(message)
+    if path is None:
+        return f"$: {reason}; {WRAPPER_HINT}"
+    return f"{path}: {reason}"
 
 
 def validation_detail(message: str) -> str:
     """Turn a msgspec validation message into a safe detail: field path plus a fixed phrase.
 
-    Nothing a client sent is echoed back (an unknown field is reported by its
-    position only), and no library wording leaks through unmapped.
+    Nothing a client sent is echoed back but the name of an unknown field, quoted by
+    :func:`quote_name`; a value (an enum's, a tag's) never is, and no library wording
+    leaks through unmapped. A message without a path (or with an odd one) gets ``$``.
     """
-    text, _, where = message.partition(" - at ")
-    match = _SAFE_PATH.fullmatch(where.strip("`")) if where else None
-    path = match.group() if match else "$"
+    path, reason = _path_and_reason(message)
+    return f"{path or '$'}: {reason}"
+
+
+def quote_name(text: str) -> str:
+    r"""A client's name as a detail may quote it: in single quotes, escaped, cut short.
+
+    Backslashes and both quote characters are escaped, and so is every character that
+    is not printable (control characters such as ESC, which starts an ANSI sequence,
+    line breaks, bidi overrides, zero-width and other format characters): as ``\n``,
+    ``\t``, ``\r``, else ``\xNN``, ``\uNNNN`` or ``\UNNNNNNNN``. The quote shows at most
+    the first ``SHOWN_CHARACTERS`` (64) characters; when there were more, ``...`` follows
+    the closing quote. So the result is one line of inert text of bounded length.
+    """
+    shown = "".join(_escaped(char) for char in text[:SHOWN_CHARACTERS])
+    more = "..." if len(text) > SHOWN_CHARACTERS else ""
+    return f"'{shown}'{more}"
+
+
+def _escaped(char: str) -> str:
+    known = _ESCAPES.get(char)
+    if known is not None:
+        return known
+    if char.isprintable():
+        return char
+    code = ord(char)
+    if code <= 0xFF:  # noqa: PLR2004 - the widths of Python's escapes
+        return f"\\x{code:02x}"
+    if code <= 0xFFFF:  # noqa: PLR2004
+        return f"\\u{code:04x}"
+    return f"\\U{code:08x}"
+
+
+def _path_and_reason(message: str) -> tuple[str | None, str]:
+    """The safe field path of a msgspec message (None: it named none, the root) and a reason.
+
+    A path that is not made of identifiers and indexes is shown as ``$``.
+    """
+    unknown = _UNKNOWN_FIELD.fullmatch(message)
+    if unknown is not None:
+        return _safe_path(unknown.group(2)), f"unknown field {quote_name(unknown.group(1))}"
+    # The path is msgspec's and comes last; a value before it may hold " - at " itself.
+    text, at, where = message.rpartition(" - at ")
+    if not at:
+        text, where = message, ""
+    path = _safe_path(where.strip("`")) if where else None
     if text.startswith("Object missing required field"):
         reason = f"missing required field '{text.split('`')[1]}'"
-    elif text.startswith("Object contains unknown field"):
-        reason = "unknown field"
+    elif text.startswith("Invalid enum value"):
+        reason = "not one of the allowed values"
     elif text == "Number out of range":
         reason = "number out of range"
     elif text.startswith("Expected `") and ", got `" in text:
@@ -188,7 +262,15 @@ def validation_detail(message: str) -> str:
         )
     else:
         reason = "invalid value"
-    return f"{path}: {reason}"
+    return path, reason
+
+
+def _safe_path(where: str | None) -> str | None:
+    """``where`` if it is a plain msgspec path, ``$`` if it is odd, None if there is none."""
+    if where is None:
+        return None
+    match = _SAFE_PATH.fullmatch(where)
+    return match.group() if match else "$"
 
 
 def _has_non_finite(value: Any) -> bool:

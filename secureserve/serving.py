@@ -32,7 +32,7 @@ from secureserve.outputs import OutputPolicies
 from secureserve.profile import DEFAULT_PROFILE, Profile, load_profile
 from secureserve.providers import check_onnxruntime_distribution, choose_providers
 from secureserve.ratelimit import RateLimiter
-from secureserve.release import revision_of, verified_lock
+from secureserve.release import revision_of, unlisted_files, verified_lock
 from secureserve.runner import InferenceRunner
 from secureserve.schema import ModelSchema
 
@@ -50,6 +50,8 @@ __all__ = [
 
 #: OpenAPI documents kept, one per combination of visible models and output policies.
 _OPENAPI_KEPT: Final = 64
+#: Names of files missing from the lock that the start-up warning lists (then a count).
+_UNLISTED_SHOWN: Final = 20
 _UNAVAILABLE_RETRY_S: Final = "30"
 
 
@@ -123,9 +125,13 @@ def open_model_files(
     """The model's files, behind its verified lock; with the lock and its file's sha256.
 
     The lock (and its signature) is verified before any file can be read; ONNX
-    sessions get the model's providers and hardening settings.
+    sessions get the model's providers and hardening settings. Files in the model
+    folder that the lock does not list are logged (a warning naming them): no model
+    can open them, but someone put them beside the release.
     """
     lock, lock_sha256 = verified_lock(settings, model_settings)
+    if lock_sha256 is not None:  # without a lock every file is refused, and said so
+        _warn_unlisted(model_settings, lock, model=model)
     check_onnxruntime_distribution()
     artifacts = Artifacts(
         model_settings.dir,
@@ -139,6 +145,20 @@ def open_model_files(
         decryption_key=decryption_key(model_settings),
     )
     return artifacts, lock, lock_sha256
+
+
+def _warn_unlisted(model_settings: ModelSettings, lock: Lock, *, model: str) -> None:
+    unlisted = unlisted_files(model_settings.dir, lock)
+    if unlisted:
+        get_logger().warning(
+            "files in the model folder are not in secureserve.lock, so no model can open "
+            "them: remove them, or run `secureserve lock` (and `secureserve sign`) if they "
+            "belong to the release",
+            model=model,
+            folder=str(model_settings.dir),
+            files=unlisted[:_UNLISTED_SHOWN],
+            unlisted_count=len(unlisted),
+        )
 
 
 def decryption_key(model: ModelSettings) -> bytes | None:

@@ -56,8 +56,9 @@ refused, as JSON cannot carry them either). Arrays are fresh copies, never views
 the body.
 
 **Refusals.** Every refusal is a ``RequestRejected`` whose ``detail`` names the JSON
-path and what is wrong, echoing at most 64 characters of a client's name and never a
-client's data or an exception's text:
+path and what is wrong, quoting a client's name (an unknown member's, a repeated
+tensor's) only escaped and cut to 64 characters (``secureserve.schema.quote_name``) and
+never a client's data or an exception's text:
 
 - 400 ``malformed-json`` ("Request body is not valid JSON", as on ``/v1``): the header
   is not JSON (or not UTF-8, or nested too deep);
@@ -105,7 +106,7 @@ import msgspec
 import numpy as np
 
 from secureserve.errors import ModelError, RequestRejected
-from secureserve.schema import validation_detail
+from secureserve.schema import SHOWN_CHARACTERS, quote_name, validation_detail
 from secureserve.strict_json import find_duplicate_key
 
 __all__ = [
@@ -158,7 +159,7 @@ _MAX_NAME: Final = 256
 _MAX_ID: Final = 256
 _MAX_PARAMETERS: Final = 64
 _MAX_PARAMETER_TEXT: Final = 1024
-_SHOWN: Final = 64  # characters of a client's name a detail may echo
+_SHOWN: Final = SHOWN_CHARACTERS  # characters of a client's name a message may echo
 _CHUNK: Final = 1 << 16
 _LENGTH_BYTES: Final = 4
 
@@ -299,11 +300,6 @@ def _malformed() -> RequestRejected:
     )
 
 
-def _show(text: str) -> str:
-    """A client's name as a detail may quote it: at most 64 characters."""
-    return repr(text if len(text) <= _SHOWN else text[: _SHOWN - 3] + "...")
-
-
 def _shared_memory(key: str) -> str:
     """A ``shared_memory_*`` key as a detail may name it: tritonclient's own, else the pattern."""
     return key if key in _SHARED_MEMORY_KEYS else "shared_memory_*"
@@ -356,7 +352,7 @@ def decode_request(
     for index, tensor in enumerate(request.inputs):
         plan = _plan(index, tensor, max_elements=max_elements, binary=header_length is not None)
         if plan.name in names:
-            raise _invalid(f"{plan.where}.name: {_show(plan.name)} repeats an earlier input")
+            raise _invalid(f"{plan.where}.name: {quote_name(plan.name)} repeats an earlier input")
         names.add(plan.name)
         total += plan.count
         if total > max_elements:
@@ -578,7 +574,7 @@ def _requested(outputs: list[_Output] | None, max_outputs: int) -> list[Requeste
         if not _good_name(output.name):
             raise _invalid(f"{where}.name: 1 to {_MAX_NAME} printable characters")
         if output.name in names:
-            raise _invalid(f"{where}.name: {_show(output.name)} repeats an earlier output")
+            raise _invalid(f"{where}.name: {quote_name(output.name)} repeats an earlier output")
         names.add(output.name)
         binary: bool | None = None
         for key, value in (output.parameters or {}).items():

@@ -34,6 +34,7 @@ from secureserve.auth import Principal, require_role
 from secureserve.body import read_body
 from secureserve.endpoints import answer, healthz, readyz, visible_model
 from secureserve.errors import RequestRejected
+from secureserve.schema import quote_name
 from secureserve.tensor_serving import TensorDeployment, TensorState
 from secureserve.tensors import decode_request, encode_response, parse_header_length
 
@@ -252,7 +253,7 @@ def _wanted(requested: Any, outputs: list[str]) -> list[str]:
             400,
             "validation",
             "Unknown output",
-            detail=f"$.outputs: no output named {unknown[0][:64]!r}; "
+            detail=f"$.outputs: no output named {quote_name(unknown[0])}; "
             f"the model has {', '.join(outputs)}",
         )
     return names

@@ -186,6 +186,29 @@ def test_verify_missing_signature_exit_one(signed, capsys):
     _assert_error(code, capsys.readouterr().err, SIGNATURE_FILENAME)
 
 
+def test_verify_unlisted_files_exit_one_naming_each(signed, capsys):
+    """Files the lock does not list: exit 1, one error naming each, and the fix."""
+    (signed / "models" / "notes.txt").write_text("x")
+    (signed / "models" / "old").mkdir()
+    (signed / "models" / "old" / "weights\x1b.bin").write_bytes(b"x")
+    code = main(["verify", "--public-key", str(PUBLIC)])
+    captured = capsys.readouterr()
+    _assert_error(code, captured.err, "2 files", LOCK_FILENAME, "secureserve lock")
+    assert captured.err.splitlines()[1:3] == ["  notes.txt", "  'old/weights\\x1b.bin'"]
+    assert "signature: valid" in captured.out  # the rest was still checked
+    assert "files: 2 match" in captured.out
+
+
+def test_verify_fresh_lock_of_a_folder_with_extra_files_exit_zero(signed, capsys):
+    """Locking again takes the new files in: verify passes with nothing unlisted."""
+    (signed / "models" / "notes.txt").write_text("x")
+    assert main(["lock"]) == 0
+    assert main(["verify"]) == 0
+    captured = capsys.readouterr()
+    assert "files: 3 match" in captured.out
+    assert "error" not in captured.err
+
+
 def test_verify_tampered_model_file_real_process(signed):
     """The real command: exit 1, stderr one paragraph naming the file, no traceback."""
     (signed / "models" / "iris.onnx").write_bytes(b"\x80\x02}q\x00.")
@@ -259,6 +282,16 @@ def test_verify_several_models_tampered_file_names_its_folder(two_signed, capsys
     (two_signed / "models" / "iris" / "labels.json").write_text('["a", "b", "pwned"]')
     code = main(["verify"])
     _assert_error(code, capsys.readouterr().err, "models/iris/labels.json", LOCK_FILENAME)
+
+
+def test_verify_several_models_unlisted_file_names_its_folder(two_signed, capsys):
+    """An extra file in one model folder: exit 1, named by its path in the project."""
+    (two_signed / "models" / "digits" / "notes.txt").write_text("x")
+    code = main(["verify"])
+    captured = capsys.readouterr()
+    _assert_error(code, captured.err, "1 file in the model folders is not in", LOCK_FILENAME)
+    assert "  models/digits/notes.txt\n" in captured.err
+    assert "models/iris ([models.iris]): 2 files match" in captured.out
 
 
 def test_verify_several_models_changed_lock_byte_fails(two_signed, capsys):

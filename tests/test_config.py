@@ -109,6 +109,139 @@ def test_load_settings_refuses_bad_environment_naming_the_variable(tmp_path, env
     assert named in str(info.value)
 
 
+TWO_MODELS = '[models.iris]\nhandler = "app:Iris"\n'
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[sever]\nport = 1\n", "[sever] is not a secureserve section; did you mean `[server]`?"),
+        (
+            "[Logging]\nlevel = 'info'\n",
+            "[Logging] is not a secureserve section; did you mean `[logging]`?",
+        ),
+        (
+            "[server]\nprot = 1\n",
+            "[server] prot is not a secureserve setting; did you mean `port`?",
+        ),
+        (
+            "[server]\nmax_instance = 1\n",
+            "[server] max_instance is not a secureserve setting; did you mean `max_instances`?",
+        ),
+        (
+            "[model]\nhandlr = 'a:B'\n",
+            "[model] handlr is not a secureserve setting; did you mean `handler`?",
+        ),
+        (
+            "[model.gaurd]\nmode = 'off'\n",
+            "[model] gaurd is not a secureserve setting; did you mean `guard`?",
+        ),
+        (
+            "[model.drift]\nwindw = 600\n",
+            "[model.drift] windw is not a secureserve setting; did you mean `window`?",
+        ),
+        (
+            TWO_MODELS + "[models.iris.outptu]\npolicy = 'full'\n",
+            "[models.iris] outptu is not a secureserve setting; did you mean `output`?",
+        ),
+        (
+            TWO_MODELS + "[models.iris.output]\npolcy = 'full'\n",
+            "[models.iris.output] polcy is not a secureserve setting; did you mean `policy`?",
+        ),
+        (
+            TWO_MODELS + "[models.iris.limits]\nquot = 'off'\n",
+            "[models.iris.limits] quot is not a secureserve setting; did you mean `quota`?",
+        ),
+        (
+            "[[auth.client_certificates]]\nsubject = 'CN=a'\nroels = ['predict']\n",
+            (
+                "[[auth.client_certificates]] roels is not a secureserve setting; "
+                "did you mean `roles`?"
+            ),
+        ),
+        (
+            "[check]\nmax_drift = 1\n",
+            "[check] max_drift is not a secureserve setting; did you mean `max_drift_psi`?",
+        ),
+        (
+            "[model.iris]\nhandler = 'app:Iris'\n",
+            "[model] iris is not a secureserve setting; did you mean `[models.iris]`?",
+        ),
+        (
+            "[models]\nhandler = 'app:Iris'\n",
+            (
+                "[models] handler is not a secureserve setting; did you mean `[model]`, "
+                "or `[models.<name>]` (one table per model)?"
+            ),
+        ),
+    ],
+)
+def test_load_settings_unknown_names_in_the_file_get_did_you_mean(tmp_path, text, message):
+    """A misspelt section or key (at any depth) is named with the close known name."""
+    _write(tmp_path, text)
+    with pytest.raises(ConfigError) as info:
+        load_settings(project_dir=tmp_path, environ={})
+    assert str(info.value) == f"secureserve.toml: {message} See docs/configuration.md."
+
+
+@pytest.mark.parametrize(
+    ("text", "named"),
+    [
+        ("[zzzzzz]\na = 1\n", "[zzzzzz] is not a secureserve section; check the spelling."),
+        (
+            "[server]\nqqqqqq = 1\n",
+            "[server] qqqqqq is not a secureserve setting; check the spelling.",
+        ),
+        ('[server]\n"evil\\u001b[2J\\n" = 1\n', "[server] 'evil\\x1b[2J\\n' is not a secureserve"),
+    ],
+)
+def test_load_settings_unknown_names_without_a_close_one(tmp_path, text, named):
+    """Nothing close: the message says to check the spelling; odd names are shown escaped."""
+    _write(tmp_path, text)
+    with pytest.raises(ConfigError) as info:
+        load_settings(project_dir=tmp_path, environ={})
+    assert named in str(info.value)
+    assert "did you mean" not in str(info.value)
+    assert "\x1b" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("name", "close"),
+    [
+        ("SECURESERVE_SERVER__PROT", "SECURESERVE_SERVER__PORT"),
+        ("SECURESERVE_SEVER__PORT", "SECURESERVE_SERVER__PORT"),
+        ("SECURESERVE_MODL__GAURD__MODE", "SECURESERVE_MODEL__GUARD__MODE"),
+        ("SECURESERVE_MODELS__IRIS__OUTPTU__POLICY", "SECURESERVE_MODELS__IRIS__OUTPUT__POLICY"),
+        ("SECURESERVE_TLS__CLIENTCA", "SECURESERVE_TLS__CLIENT_CA"),
+        ("SECURESERVE_server__prot", "SECURESERVE_SERVER__PORT"),
+    ],
+)
+def test_load_settings_unknown_environment_variable_gets_did_you_mean(tmp_path, name, close):
+    """A misspelt variable is named with the variable it was probably meant to be."""
+    with pytest.raises(ConfigError) as info:
+        load_settings(project_dir=tmp_path, environ={name: "1"})
+    assert str(info.value) == (
+        f"{name} is not a secureserve setting; did you mean {close}? Otherwise unset it "
+        "(see docs/configuration.md)."
+    )
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "SECURESERVE_SERVER__QQQQQQ",  # nothing close
+        "SECURESERVE_MODEL__DIR__DEEPER",  # below a plain value
+        "SECURESERVE_SERVER__PROT__DEEPER",  # the close name is not a table
+    ],
+)
+def test_load_settings_environment_suggests_only_a_setting(tmp_path, name):
+    """No suggestion unless the corrected variable is a setting."""
+    with pytest.raises(ConfigError) as info:
+        load_settings(project_dir=tmp_path, environ={name: "1"})
+    assert name in str(info.value)
+    assert "did you mean" not in str(info.value)
+
+
 @pytest.mark.parametrize(
     "text", ['[explain]\nmethod = "shap"\n', '[model]\ndrift_profile = "p.json"\n']
 )

@@ -28,6 +28,7 @@ from conftest import EXAMPLES, load_iris, shared_fixtures
 import secureserve as ss
 from secureserve.config import Settings, load_settings
 from secureserve.keys import mint_key
+from secureserve.schema import WRAPPER_HINT
 from secureserve.testing import TestClient
 
 PREDICT = "/v1/models/iris:predict"
@@ -126,6 +127,13 @@ def _send(client, row):
     return client.post(PREDICT, content=_body(row), headers=headers)
 
 
+#: The rows of inputs.jsonl whose refusal names an unknown field, and their whole detail.
+UNKNOWN_FIELD_DETAILS = {
+    "unknown_field_instance": "$.instances[0]: unknown field 'debug'",
+    "unknown_field_top": f"$: unknown field 'return_internals'; {WRAPPER_HINT}",
+}
+
+
 @pytest.mark.parametrize("row", INPUT_ROWS)
 def test_endpoints_inputs_matrix(iris, row):
     """Every hostile row of inputs.jsonl gets a safe 4xx problem; the control gets 200."""
@@ -138,6 +146,10 @@ def test_endpoints_inputs_matrix(iris, row):
     body = _assert_safe_problem(response)
     if row["status_hint"] in {400, 413, 415, 422}:
         assert response.status_code == row["status_hint"]
+    named = UNKNOWN_FIELD_DETAILS.get(row["name"])
+    if named is not None:  # an unknown field's name is the one thing a detail may quote
+        assert body["detail"] == named
+        return
     for word in ("debug", "return_internals", "5.1,3.5", "AAAA", "[[[", "1.0, 1.0"):
         assert word not in body.get("detail", ""), word
 
@@ -192,7 +204,10 @@ def test_endpoints_same_key_in_sibling_objects_is_fine(iris):
         ([{"features": [1, 2, 3, 51]}], "$.instances[0].features[3]: must be <= 50"),
         ([{"features": [1, 2, 3, 4]}, {"features": [1, 2, 3]}], "$.instances[1].features"),
         ([{"features": [1, 2, 3, 4]}, {}], "$.instances[1]: missing required field 'features'"),
-        ([{"features": [1, 2, 3, 4], "secret_field": 1}], "$.instances[0]: unknown field"),
+        (
+            [{"features": [1, 2, 3, 4], "secret_field": "secret-value"}],
+            "$.instances[0]: unknown field 'secret_field'",
+        ),
     ],
     ids=["33-instances", "empty", "out-of-range", "short-second", "missing", "unknown"],
 )
@@ -200,7 +215,34 @@ def test_endpoints_validation_detail_names_the_field(iris, instances, detail):
     """Schema violations are 422 whose detail names the failing path and echoes no input."""
     problem = _assert_safe_problem(iris.post(PREDICT, json={"instances": instances}), 422)
     assert problem["detail"].startswith(detail)
-    assert "secret_field" not in problem["detail"]
+    assert "secret-value" not in problem["detail"]
+
+
+def test_endpoints_unknown_field_is_named_escaped_and_cut_short(iris):
+    """Over HTTP, an unknown field's name arrives escaped (ANSI, newline, quote) and cut."""
+    name = "\x1b[31m\n'" + "n" * 200
+    instance = {"features": [1, 2, 3, 4], name: 1}
+    problem = _assert_safe_problem(iris.post(PREDICT, json={"instances": [instance]}), 422)
+    assert problem["detail"] == "$.instances[0]: unknown field '\\x1b[31m\\n\\'" + "n" * 57 + "'..."
+    assert "\x1b" not in problem["detail"]
+    assert "\n" not in problem["detail"]
+
+
+@pytest.mark.parametrize(
+    ("body", "problem"),
+    [
+        ({"features": [1, 2, 3, 4]}, "$: unknown field 'features'"),
+        ([{"features": [1, 2, 3, 4]}], "$: expected object, got array"),
+    ],
+    ids=["bare-instance", "bare-list"],
+)
+def test_endpoints_body_without_the_wrapper_gets_a_hint(iris, body, problem):
+    """A bare instance or list is a 422 saying the body must be {"instances": [...]}."""
+    answer = _assert_safe_problem(iris.post(PREDICT, json=body), 422)
+    assert (
+        answer["detail"] == f'{problem}; the body must be {{"instances": [...]}}, with the '
+        "instances in the list and no other member"
+    )
 
 
 def test_endpoints_max_instances_boundary_is_accepted(iris):

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import hostile
 import pytest
-from conftest import EXAMPLES
+from conftest import EXAMPLES, copy_example
 from two_models import copy_two_models
 
 from secureserve.config import load_settings
@@ -35,6 +35,7 @@ from secureserve.release import (
     lock_project,
     model_files,
     signing_public_key,
+    unlisted_files,
     verified_lock,
     verify_project,
 )
@@ -253,15 +254,59 @@ def test_verify_project_missing_listed_file_is_a_problem(tmp_path):
     assert report.problems[0].startswith("iris.onnx: ")
 
 
-def test_verify_project_unlisted_file_reported_not_a_problem(tmp_path):
-    """An extra file is listed in ``unlisted`` (a model cannot open it) but is no problem."""
+def test_verify_project_unlisted_file_fails_the_verification(tmp_path):
+    """An extra file is named in ``unlisted`` and fails ``ok``; the listed files still match."""
     project = _project(tmp_path)
     lock_project(_settings(project))
     (project / "models" / "sub" / "extra.bin").write_bytes(b"extra")
     report = verify_project(_settings(project), None)
-    assert report.ok
+    assert not report.ok
+    assert report.problems == []
     assert report.unlisted == ["sub/extra.bin"]
     assert report.checked == len(FILES)
+
+
+def test_verify_project_hidden_files_are_locked_and_verified_like_others(tmp_path):
+    """Dotfiles are model files too: locked, so a fresh lock verifies; added later, unlisted."""
+    project = _project(tmp_path, {**FILES, ".hidden/meta.json": b"{}", ".DS_Store": b"x"})
+    report = lock_project(_settings(project))
+    assert {".DS_Store", ".hidden/meta.json"} <= set(report.files)
+    assert verify_project(_settings(project), None).ok
+    (project / "models" / ".cache").write_bytes(b"y")
+    verified = verify_project(_settings(project), None)
+    assert (verified.ok, verified.unlisted) == (False, [".cache"])
+
+
+# --------------------------------------------------------------------------- unlisted_files
+
+
+@pytest.mark.parametrize("example", ["iris", "digits-safetensors", "iris-tensor"])
+def test_unlisted_files_of_a_locked_example_is_empty(tmp_path, monkeypatch, example):
+    """An example has no unlisted file, as shipped and locked anew: the walk is the lock's."""
+    project = copy_example(example, tmp_path / example, monkeypatch)
+    settings = _settings(project)
+    shipped, _ = verified_lock(settings, settings.model)
+    assert unlisted_files(settings.model.dir, shipped) == []
+    lock_project(settings)
+    lock, _ = verified_lock(settings, settings.model)
+    assert unlisted_files(settings.model.dir, lock) == []
+    assert verify_project(settings, None).ok
+
+
+def test_unlisted_files_names_what_the_lock_does_not_list(tmp_path):
+    """Files added after the lock are named, sorted, as POSIX paths in the folder."""
+    project = _project(tmp_path)
+    settings = _settings(project)
+    lock_project(settings)
+    (project / "models" / "zz.onnx").write_bytes(b"new")
+    (project / "models" / "sub" / "deeper" / "a.bin").write_bytes(b"new")
+    lock, _ = verified_lock(settings, settings.model)
+    assert unlisted_files(settings.model.dir, lock) == ["sub/deeper/a.bin", "zz.onnx"]
+
+
+def test_unlisted_files_of_a_missing_folder_is_empty(tmp_path):
+    """A model folder that is not there has no unlisted file (its loads fail on their own)."""
+    assert unlisted_files(tmp_path / "absent", MISSING_LOCK) == []
 
 
 def test_verify_project_without_lock_is_config_error(tmp_path):
@@ -477,11 +522,12 @@ def test_verify_project_tampered_file_is_named_with_its_folder(two):
 
 
 def test_verify_project_unlisted_file_is_named_with_its_folder(two):
-    """An extra file is reported by its path in the project, per folder."""
+    """An extra file is reported by its path in the project, per folder, and fails ``ok``."""
     lock_project(_settings(two))
     (two / "models" / "iris" / "notes.txt").write_text("x")
     report = verify_project(_settings(two), None)
-    assert report.ok
+    assert not report.ok
+    assert report.problems == []
     assert report.unlisted == ["models/iris/notes.txt"]
     [iris] = [f for f in report.folders if f.folder.section == "models/iris"]
     assert iris.unlisted == ["notes.txt"]

@@ -4,19 +4,22 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import io
 import json
 import shutil
 from pathlib import Path
 
 import hostile
 import pytest
-from app_helpers import Echo, Number
+from app_helpers import Echo, Number, json_lines, json_logs
 from conftest import load_iris, shared_fixtures
 from server_helpers import set_toml
+from two_models import copy_two_models
 
 import secureserve as ss
 from secureserve import encryption
 from secureserve.app import create_app
+from secureserve.cli._common import import_handler
 from secureserve.config import load_settings
 from secureserve.errors import ArtifactError, ConfigError
 from secureserve.keys import KeyStore
@@ -110,6 +113,84 @@ def test_create_app_iris_predicts(iris_project):
         response = client.predict([FLOWER])
     assert response.status_code == 200
     assert response.json()["predictions"][0]["label"] == "setosa"
+
+
+UNLISTED = "files in the model folder are not in secureserve.lock"
+
+
+def _unlisted_warnings(load) -> list[dict]:
+    """The unlisted-files warnings that ``load()`` logs (as JSON lines)."""
+    with json_logs(io.BytesIO()) as buffer:
+        load()
+    return [line for line in json_lines(buffer) if line["event"].startswith(UNLISTED)]
+
+
+def test_create_app_warns_about_files_the_lock_does_not_list(iris_project):
+    """A file beside the release is a warning naming it at start-up, not a refusal."""
+    (iris_project / "models" / "notes.txt").write_text("x")
+    (iris_project / "models" / ".env").write_text("SECRET=1")
+
+    def serve():
+        with TestClient(Iris, config=_settings(iris_project)) as client:
+            assert client.predict([FLOWER]).status_code == 200
+
+    [warning] = _unlisted_warnings(serve)
+    assert warning["level"] == "warning"
+    assert warning["files"] == [".env", "notes.txt"]
+    assert warning["unlisted_count"] == 2
+    assert warning["folder"] == str(iris_project.resolve() / "models")
+    assert "secureserve lock" in warning["event"]
+
+
+def test_load_model_unlisted_warning_names_at_most_20_files(iris_project):
+    """Many unlisted files: the first 20 names (sorted) and the count."""
+    extra = iris_project / "models" / "extra"
+    extra.mkdir()
+    for number in range(25):
+        (extra / f"f{number:02}.bin").write_bytes(b"x")
+    [warning] = _unlisted_warnings(lambda: load_model(Iris, _settings(iris_project)))
+    assert warning["files"] == [f"extra/f{number:02}.bin" for number in range(20)]
+    assert warning["unlisted_count"] == 25
+
+
+def test_load_model_freshly_locked_folder_gives_no_unlisted_warning(iris_project):
+    """The example as shipped, and locked again with a new file, warns about nothing."""
+    assert _unlisted_warnings(lambda: load_model(Iris, _settings(iris_project))) == []
+    (iris_project / "models" / "notes.txt").write_text("x")
+    lock_project(_settings(iris_project))
+    assert _unlisted_warnings(lambda: load_model(Iris, _settings(iris_project))) == []
+
+
+def test_load_model_without_lock_gives_no_unlisted_warning(iris_project):
+    """Without a lock every file is refused with its own error; no unlisted-files warning."""
+    (iris_project / LOCK_FILENAME).unlink()
+    (iris_project / "models" / "notes.txt").write_text("x")
+
+    def load():
+        with pytest.raises(ArtifactError):
+            load_model(Iris, _settings(iris_project))
+
+    assert _unlisted_warnings(load) == []
+
+
+def test_load_model_several_models_warn_per_folder(tmp_path, monkeypatch):
+    """With [models.<name>], each model's own folder is compared with its section."""
+    project = copy_two_models(tmp_path / "two", monkeypatch)
+    lock_project(_settings(project))
+    (project / "models" / "digits" / "old-weights.bin").write_bytes(b"x")
+    settings = _settings(project)
+    handlers = {
+        name: import_handler(model.handler, project) for name, model in settings.models.items()
+    }
+
+    def load():
+        for name, model in settings.models.items():
+            load_model(handlers[name], settings, model)
+
+    [warning] = _unlisted_warnings(load)
+    assert warning["files"] == ["old-weights.bin"]
+    assert warning["folder"] == str(project.resolve() / "models" / "digits")
+    assert warning["model"] == handlers["digits"].name
 
 
 def test_load_model_without_lock_refuses_first_artifact(iris_project):

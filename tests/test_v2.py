@@ -160,7 +160,8 @@ def test_compressed_bodies_are_inflated(served, encoding):
             400,
             "x",
         ),
-        (infer_body(outputs=[{"name": "nope"}]), {}, 400, "nope"),
+        (infer_body(outputs=[{"name": "no'pe"}]), {}, 400, "no output named 'no\\'pe'"),
+        ({**infer_body(), "extra\u001b": 1}, {}, 400, "$: unknown field 'extra\\x1b'"),
         (infer_body(), {"Content-Encoding": "br"}, 415, "gzip"),
     ],
 )

@@ -125,8 +125,7 @@ def _verify(args: argparse.Namespace) -> int:
         print(f"signature: valid (key {report.key_id})")
     print(f"files: {report.checked} match {LOCK_FILENAME}")
     _print_folders(report)
-    for name in report.unlisted:
-        print(f"not in the lock (a model cannot open it): {name}", file=sys.stderr)
+    _print_unlisted(report.unlisted)
     for section in report.unused:
         print(
             f"note: {LOCK_FILENAME} has a section for {section}, which no model serves from "
@@ -136,6 +135,25 @@ def _verify(args: argparse.Namespace) -> int:
     for problem in report.problems:
         print(f"secureserve: error: {problem}", file=sys.stderr)
     return 0 if report.ok else EXIT_ERROR
+
+
+def _print_unlisted(unlisted: list[str]) -> None:
+    """Files in the model folders that the lock does not list: an error naming each."""
+    if not unlisted:
+        return
+    print(
+        f"secureserve: error: {_files(len(unlisted))} in the model folders "
+        f"{'is' if len(unlisted) == 1 else 'are'} not in {LOCK_FILENAME} (no model can open "
+        "them, yet they sit beside the release):",
+        file=sys.stderr,
+    )
+    for name in unlisted:
+        print(f"  {name if name.isprintable() else repr(name)}", file=sys.stderr)
+    print(
+        "remove them, or run `secureserve lock` (and `secureserve sign`) if they belong to "
+        "the release.",
+        file=sys.stderr,
+    )
 
 
 def _print_folders(report: VerifyReport) -> None:
