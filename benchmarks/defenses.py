@@ -165,7 +165,7 @@ class _NoAudit:
 
 def make_defenses(loaded: Any, model_settings: Any) -> Any:
     """``Defenses`` as the server builds it: feature view, metrics, audit, memory limits."""
-    from secureserve.defenses import Defenses
+    from secureserve.defenses import Defenses, FeatureSource
     from secureserve.metrics import Metrics
     from secureserve.ratelimit import RateLimiter
 
@@ -174,10 +174,9 @@ def make_defenses(loaded: Any, model_settings: Any) -> Any:
         storage="memory://", per_principal=None, quota=None, auth_failures_per_ip=None
     )
     return Defenses(
-        loaded.instance,
+        FeatureSource.of(loaded.instance, has_view=True),
         loaded.profile,
         model_settings,
-        has_view=True,
         metrics=Metrics(),
         audit=lambda: audit,
         limiter=lambda: limiter,

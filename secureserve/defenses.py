@@ -1,7 +1,8 @@
 """The model defenses of one deployment, run on the event loop before batching.
 
-:class:`Defenses` turns a request's decoded instances into feature rows once, hands
-them to the input guard (:mod:`secureserve.guard`) and, for the instances that will
+:class:`Defenses` turns a request's decoded instances (or, for a tensor model, its
+input tensors) into feature rows once, through the model's :class:`FeatureSource`,
+hands them to the input guard (:mod:`secureserve.guard`) and, for the instances that will
 reach the model, to the drift monitor (:mod:`secureserve.drift`), and reports to
 metrics, logs and the audit log. :func:`defenses_for` decides at start-up what runs:
 a model whose input has no feature view (free text, say) starts with these defenses
@@ -15,7 +16,7 @@ import asyncio
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final, Literal, TypeVar
 
 import msgspec
@@ -36,7 +37,15 @@ from secureserve.ratelimit import RateLimiter, throttle_window
 from secureserve.settings import ModelSettings
 from secureserve.windows import Window
 
-__all__ = ["SHARED_READ_S", "Defenses", "Screened", "check_feature_view"]
+__all__ = [
+    "SHARED_READ_S",
+    "Defenses",
+    "FeatureSource",
+    "Screened",
+    "check_feature_view",
+    "check_guard_has_profile",
+    "without_view",
+]
 
 _V = TypeVar("_V")
 #: How long a replica trusts what it read of a shared suspicion mark (Redis).
@@ -53,6 +62,44 @@ def _remember(table: OrderedDict[str, _V], key: str, value: _V, bound: int) -> N
     table.move_to_end(key)
     while len(table) > bound:
         table.popitem(last=False)
+
+
+@dataclass(frozen=True)
+class FeatureSource:
+    """What the defenses read of a model: its served name, feature columns and rows.
+
+    ``rows`` turns one request's data into a finite ``float64`` matrix of shape
+    ``(instances, len(columns))`` or raises (a :class:`ModelError` when the model's own
+    code is at fault, a 4xx :class:`RequestRejected` when the request is). ``columns``
+    is empty for a model without a feature view: the defenses that need one are off.
+    """
+
+    model: str
+    columns: tuple[str, ...]
+    rows: Callable[[Any], npt.NDArray[np.float64]] = field(repr=False)
+
+    @classmethod
+    def of(cls, model: Model[Any, Any], *, has_view: bool) -> FeatureSource:
+        """An ``ss.Model``'s source: its ``features()`` on a request's decoded instances."""
+        handler = type(model)
+        columns = handler.feature_columns() if has_view else ()
+        width = len(columns)
+
+        def rows(instances: list[Any]) -> npt.NDArray[np.float64]:
+            found = model.features(instances)
+            if (
+                not isinstance(found, np.ndarray)
+                or found.shape != (len(instances), width)
+                or not np.isfinite(found).all()
+            ):
+                shape = getattr(found, "shape", type(found).__name__)
+                raise ModelError(
+                    f"features() returned {shape}, expected finite numbers of shape "
+                    f"({len(instances)}, {width})"
+                )
+            return found
+
+        return cls(handler.name, columns, rows)
 
 
 @dataclass(frozen=True)
@@ -74,13 +121,33 @@ def check_feature_view(
     try:
         cls.feature_columns()
     except NoFeatureViewError as exc:
-        if has_profile or settings.guard.mode in ("refuse", "flag"):
-            wanted = "[model] profile" if has_profile else "[model.guard] mode"
-            raise ConfigError(
-                f"{wanted} needs the model's feature view, but {exc} Or switch the defense off."
-            ) from None
-        return str(exc)
+        return without_view(str(exc), settings, has_profile=has_profile)
     return None
+
+
+def without_view(reason: str, settings: ModelSettings, *, has_profile: bool) -> str:
+    """``reason`` why a model has no feature view, unless a defense needing one is on.
+
+    A :class:`ConfigError` when one was switched on explicitly (a profile, or a guard
+    mode); ``reason`` is a sentence ending with a full stop.
+    """
+    if has_profile or settings.guard.mode in ("refuse", "flag"):
+        wanted = "[model] profile" if has_profile else "[model.guard] mode"
+        raise ConfigError(
+            f"{wanted} needs the model's feature view, but {reason} Or switch the defense off."
+        )
+    return reason
+
+
+def check_guard_has_profile(settings: ModelSettings, *, has_profile: bool) -> None:
+    """A guard switched on compares with the model's profile: refuse one without it."""
+    if not has_profile and settings.guard.mode in ("refuse", "flag"):
+        raise ConfigError(
+            f'[model.guard] mode = "{settings.guard.mode}" compares instances with the '
+            "model's reference profile, and there is none: write one with `secureserve "
+            f"profile DATA --out {settings.dir.name}/profile.json`, then `secureserve "
+            'lock`; or set mode = "off".'
+        )
 
 
 class Defenses:
@@ -88,20 +155,19 @@ class Defenses:
 
     def __init__(
         self,
-        model: Model[Any, Any],
+        source: FeatureSource,
         profile: Profile | None,
         settings: ModelSettings,
         *,
-        has_view: bool,
         metrics: Metrics,
         audit: Callable[[], AuditLog],
         limiter: Callable[[], RateLimiter],
     ) -> None:
-        cls = type(model)
-        self.model_name = cls.name
+        self.model_name = source.model
         self.profile = profile
-        self._features = model.features
-        self._width = len(cls.feature_columns()) if has_view else 0
+        self._rows = source.rows
+        self._width = len(source.columns)
+        has_view = bool(source.columns)
         self.mode: Literal["refuse", "flag", "off"] = guard_mode(
             settings.guard, has_profile=profile is not None
         )
@@ -121,7 +187,7 @@ class Defenses:
             self.drift = DriftMonitor(
                 profile,
                 settings.drift,
-                model=cls.name,
+                model=source.model,
                 on_change=self._drift_changed,
             )
         extraction = settings.extraction
@@ -129,7 +195,7 @@ class Defenses:
         self.extraction: ExtractionMonitor | None = None
         if has_view and extraction.action != "off":
             self.extraction = ExtractionMonitor(
-                extraction, width=self._width, model=cls.name, on_suspect=self._suspected
+                extraction, width=self._width, model=source.model, on_suspect=self._suspected
             )
         self._throttle = (
             throttle_window(extraction.throttle_rate) if extraction.action == "throttle" else None
@@ -179,10 +245,12 @@ class Defenses:
             )
         return self._throttle
 
-    def screen(self, principal: str, instances: list[Any], request_id: str) -> Screened | None:
+    def screen(self, principal: str, instances: Any, request_id: str) -> Screened | None:
         """Guard, then drift, on the feature rows; what the guard found, or None.
 
-        Raises the 422 ``out-of-distribution`` in ``refuse`` mode.
+        ``instances`` is what the model's :class:`FeatureSource` reads (decoded
+        instances, or input tensors). Raises the 422 ``out-of-distribution`` in
+        ``refuse`` mode.
         """
         if not self.active:
             return None
@@ -265,20 +333,6 @@ class Defenses:
         if self.drift is not None:
             self._metrics.drift(self.model_name, self.drift.psi())
             self._metrics.drift_alert(self.model_name, alert=self.drift.alert)
-
-    def _rows(self, instances: list[Any]) -> npt.NDArray[np.float64]:
-        rows = self._features(instances)
-        if (
-            not isinstance(rows, np.ndarray)
-            or rows.shape != (len(instances), self._width)
-            or not np.isfinite(rows).all()
-        ):
-            shape = getattr(rows, "shape", type(rows).__name__)
-            raise ModelError(
-                f"features() returned {shape}, expected finite numbers of shape "
-                f"({len(instances)}, {self._width})"
-            )
-        return rows
 
     def _count(self, flagged: list[Flagged]) -> None:
         for reason in ("range", "distance"):

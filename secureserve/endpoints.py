@@ -265,9 +265,12 @@ async def list_models(request: Request) -> Response:
 
 
 async def model_metadata(request: Request) -> Response:
-    """``GET /v1/models/{name}`` (role ``admin``): version, artifact hashes, limits."""
+    """``GET /v1/models/{name}`` (role ``admin``): version, artifact hashes, limits.
+
+    This route, reload and the defenses' admin routes below serve tensor models too.
+    """
     name = request.path_params["name"]
-    principal, state = await _visible_model(request.scope, _models(request), name)
+    principal, state = await visible_model(request.scope, _models(request), name)
     require_role(principal, "admin")
     current = state.current
     request.scope["secureserve"].model_version = state.version
@@ -292,7 +295,7 @@ async def reload(request: Request) -> Response:
     without details, the log gets the reason.
     """
     name = request.path_params["name"]
-    principal, state = await _visible_model(request.scope, _models(request), name)
+    principal, state = await visible_model(request.scope, _models(request), name)
     require_role(principal, "admin")
     info = request.scope["secureserve"]
     try:
@@ -322,7 +325,7 @@ async def reload(request: Request) -> Response:
 async def drift(request: Request) -> Response:
     """``GET /v1/models/{name}/drift`` (role ``admin``): the drift monitor's current window."""
     name = request.path_params["name"]
-    principal, state = await _visible_model(request.scope, _models(request), name)
+    principal, state = await visible_model(request.scope, _models(request), name)
     require_role(principal, "admin")
     current = state.deployment()
     request.scope["secureserve"].model_version = current.version
@@ -349,7 +352,7 @@ async def principals(request: Request) -> Response:
     recently seen first; each carries the opaque ``handle`` the clear route takes.
     """
     name = request.path_params["name"]
-    principal, state = await _visible_model(request.scope, _models(request), name)
+    principal, state = await visible_model(request.scope, _models(request), name)
     require_role(principal, "admin")
     extraction = state.deployment().defenses.extraction
     if extraction is None:
@@ -366,7 +369,7 @@ async def clear_principal(request: Request) -> Response:
     throttle or a block.
     """
     name = request.path_params["name"]
-    principal, state = await _visible_model(request.scope, _models(request), name)
+    principal, state = await visible_model(request.scope, _models(request), name)
     require_role(principal, "admin")
     defenses = state.deployment().defenses
     if defenses.extraction is None:

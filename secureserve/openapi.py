@@ -21,13 +21,18 @@ from secureserve.problems import PROBLEM_MEDIA_TYPE, Problem
 from secureserve.schema import ModelSchema
 
 __all__ = [
+    "JSON",
     "ArtifactInfo",
     "ModelDoc",
     "ModelList",
     "ModelMetadata",
     "ModelSummary",
     "ReloadResult",
+    "admin_paths",
+    "document_info",
+    "ok",
     "openapi_document",
+    "responses",
 ]
 
 
@@ -75,7 +80,7 @@ class ReloadResult(msgspec.Struct, frozen=True):
     previous_revision: str
 
 
-_JSON: Final = "application/json"
+JSON: Final = "application/json"
 _PROBLEM_REF: Final = {"$ref": "#/components/schemas/Problem"}
 
 
@@ -149,7 +154,8 @@ def _headers(*names: str) -> dict[str, Any]:
     return {n: {"$ref": f"#/components/headers/{n}"} for n in ("X-Request-ID", *names)}
 
 
-def _ok(description: str, media_type: str, schema: dict[str, Any], *headers: str) -> dict[str, Any]:
+def ok(description: str, media_type: str, schema: dict[str, Any], *headers: str) -> dict[str, Any]:
+    """A 200 response: ``schema`` as ``media_type``, with ``X-Request-ID`` and ``headers``."""
     return {
         "description": description,
         "headers": _headers(*headers),
@@ -157,19 +163,19 @@ def _ok(description: str, media_type: str, schema: dict[str, Any], *headers: str
     }
 
 
-def _responses(
-    ok: dict[str, Any], *statuses: str, common: tuple[str, ...] = _AUTHENTICATED
+def responses(
+    success: dict[str, Any], *statuses: str, common: tuple[str, ...] = _AUTHENTICATED
 ) -> dict[str, Any]:
-    """``ok`` as 200, then the problem+json responses for ``statuses`` and ``common``."""
-    responses = {"200": ok}
+    """``success`` as 200, then the problem+json responses for ``statuses`` and ``common``."""
+    out = {"200": success}
     for status in sorted({*statuses, *common}):
         description, headers = _ERRORS[status]
-        responses[status] = {
+        out[status] = {
             "description": description,
             "headers": _headers(*headers),
             "content": {PROBLEM_MEDIA_TYPE: {"schema": _PROBLEM_REF}},
         }
-    return responses
+    return out
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -244,6 +250,8 @@ class ModelDoc(NamedTuple):
 def openapi_document(models: Sequence[ModelDoc]) -> dict[str, Any]:
     """The whole OpenAPI document for ``models``, as a dict (encoded once per caller's view).
 
+    Tensor models' ``/v2`` routes are added by :func:`secureserve.openapi_v2.with_tensors`.
+
     It declares every status, content type and header the server really sends on each
     route (tests/test_openapi_fuzz.py checks the server against it with schemathesis),
     and each model's predictions as a caller under its output policy ``view`` receives
@@ -260,35 +268,30 @@ def openapi_document(models: Sequence[ModelDoc]) -> dict[str, Any]:
     paths: dict[str, Any] = {}
     for i, model in enumerate(models):
         paths.update(_model_paths(model, schemas[2 * i], schemas[2 * i + 1]))
-    title = models[0].name if len(models) == 1 else "secureserve models"
-    version = (
-        ", ".join(f"{m.name} {m.version}" for m in models)
-        if len(models) > 1
-        else (models[0].version if models else "none")
-    )
+    info = document_info([(m.name, m.version) for m in models])
     return {
         "openapi": "3.1.0",
-        "info": {"title": f"{title} API", "version": version},
+        "info": info,
         "security": [{"bearer": []}],
         "paths": {
             **paths,
             "/v1/models": {
                 "get": {
                     "summary": "Models this credential may use",
-                    "responses": _responses(_ok("model list", _JSON, _ref("ModelList"))),
+                    "responses": responses(ok("model list", JSON, _ref("ModelList"))),
                 }
             },
             "/openapi.json": {
                 "get": {
                     "summary": "This document",
-                    "responses": _responses(_ok("OpenAPI 3.1", _JSON, {"type": "object"}), "404"),
+                    "responses": responses(ok("OpenAPI 3.1", JSON, {"type": "object"}), "404"),
                 }
             },
             "/metrics": {
                 "get": {
                     "summary": "Prometheus metrics (role metrics)",
-                    "responses": _responses(
-                        _ok("Prometheus text format", METRICS_MEDIA_TYPE, {"type": "string"}),
+                    "responses": responses(
+                        ok("Prometheus text format", METRICS_MEDIA_TYPE, {"type": "string"}),
                         "403",
                     ),
                 }
@@ -297,7 +300,7 @@ def openapi_document(models: Sequence[ModelDoc]) -> dict[str, Any]:
                 "get": {
                     "summary": "Liveness",
                     "security": [],
-                    "responses": _responses(_ok("alive", _JSON, _status("ok")), common=_CONNECTION),
+                    "responses": responses(ok("alive", JSON, _status("ok")), common=_CONNECTION),
                 }
             },
             "/readyz": {
@@ -305,9 +308,9 @@ def openapi_document(models: Sequence[ModelDoc]) -> dict[str, Any]:
                     "summary": "Readiness",
                     "security": [],
                     "responses": {
-                        **_responses(_ok("ready", _JSON, _status("ready")), common=_CONNECTION),
-                        "503": _ok(
-                            "not ready (shutting down)", _JSON, _status("not ready"), "Retry-After"
+                        **responses(ok("ready", JSON, _status("ready")), common=_CONNECTION),
+                        "503": ok(
+                            "not ready (shutting down)", JSON, _status("not ready"), "Retry-After"
                         ),
                     },
                 }
@@ -319,6 +322,16 @@ def openapi_document(models: Sequence[ModelDoc]) -> dict[str, Any]:
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
         },
     }
+
+
+def document_info(named: Sequence[tuple[str, str]]) -> dict[str, str]:
+    """The document's ``info``: the model's name and version, or every model's."""
+    title = named[0][0] if len(named) == 1 else "secureserve models"
+    if len(named) > 1:
+        version = ", ".join(f"{name} {version}" for name, version in named)
+    else:
+        version = named[0][1] if named else "none"
+    return {"title": f"{title} API", "version": version}
 
 
 def _model_paths(
@@ -333,12 +346,12 @@ def _model_paths(
                 "description": _policy_note(view),
                 "requestBody": {
                     "required": True,
-                    "content": {_JSON: {"schema": request_schema}},
+                    "content": {JSON: {"schema": request_schema}},
                 },
-                "responses": _responses(
-                    _ok(
+                "responses": responses(
+                    ok(
                         "one prediction per instance, in order",
-                        _JSON,
+                        JSON,
                         response_schema,
                         "X-Model-Version",
                     ),
@@ -358,12 +371,12 @@ def _model_paths(
                 "policy shows it, and one attribution per feature (null under label_only).",
                 "requestBody": {
                     "required": True,
-                    "content": {_JSON: {"schema": request_schema}},
+                    "content": {JSON: {"schema": request_schema}},
                 },
-                "responses": _responses(
-                    _ok(
+                "responses": responses(
+                    ok(
                         "one explanation per instance, in order",
-                        _JSON,
+                        JSON,
                         _explanations_schema(),
                         "X-Model-Version",
                     ),
@@ -377,13 +390,20 @@ def _model_paths(
                 ),
             }
         },
+        **admin_paths(name),
+    }
+
+
+def admin_paths(name: str) -> dict[str, Any]:
+    """The admin routes every served model has: metadata, reload, its defenses' routes."""
+    return {
         f"/v1/models/{name}:reload": {
             "post": {
                 "summary": f"Reload {name} from verified files (role admin)",
-                "responses": _responses(
-                    _ok(
+                "responses": responses(
+                    ok(
                         "the version now serving",
-                        _JSON,
+                        JSON,
                         _ref("ReloadResult"),
                         "X-Model-Version",
                     ),
@@ -395,8 +415,8 @@ def _model_paths(
         f"/v1/models/{name}": {
             "get": {
                 "summary": "Model metadata (role admin)",
-                "responses": _responses(
-                    _ok("metadata", _JSON, _ref("ModelMetadata"), "X-Model-Version"),
+                "responses": responses(
+                    ok("metadata", JSON, _ref("ModelMetadata"), "X-Model-Version"),
                     "403",
                     "404",
                 ),
@@ -409,8 +429,8 @@ def _model_paths(
                     _query("offset", "first entry to return", 10_000_000),
                     _query("limit", "entries to return", 1000),
                 ],
-                "responses": _responses(
-                    _ok("tracked principals", _JSON, _ref("PrincipalPage")),
+                "responses": responses(
+                    ok("tracked principals", JSON, _ref("PrincipalPage")),
                     "403",
                     "404",
                     "422",
@@ -429,8 +449,8 @@ def _model_paths(
                         "schema": {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,64}$"},
                     }
                 ],
-                "responses": _responses(
-                    _ok("cleared", _JSON, _cleared_schema()),
+                "responses": responses(
+                    ok("cleared", JSON, _cleared_schema()),
                     "403",
                     "404",
                 ),
@@ -439,8 +459,8 @@ def _model_paths(
         f"/v1/models/{name}/drift": {
             "get": {
                 "summary": "The drift monitor's current window (role admin)",
-                "responses": _responses(
-                    _ok("drift report", _JSON, _ref("DriftReport"), "X-Model-Version"),
+                "responses": responses(
+                    ok("drift report", JSON, _ref("DriftReport"), "X-Model-Version"),
                     "403",
                     "404",
                 ),

@@ -7,8 +7,11 @@ by its line), and writes per feature of the model's feature view
 (:mod:`secureserve.features`): count, min, max, mean, std, the 1/5/25/50/75/95/99 %
 quantiles, and a histogram over fixed bins (cut at the deciles) for drift monitoring.
 The input schema's revision is recorded, so a profile of another schema is refused at
-start-up. The same data gives the same bytes. The file is a model artifact: locked,
-signed with the rest, and read through :class:`~secureserve.artifacts.Artifacts`.
+start-up. A tensor model (``ss.TensorModel``) has rows instead of instances: its feature
+input flattened (:mod:`secureserve.tensor_model`), read by :func:`read_rows`, and its
+revision is that of the input's name, datatype and shape (:func:`tensor_revision`).
+The same data gives the same bytes. The file is a model artifact: locked, signed with
+the rest, and read through :class:`~secureserve.artifacts.Artifacts`.
 """
 
 from __future__ import annotations
@@ -40,7 +43,9 @@ __all__ = [
     "build_profile",
     "load_profile",
     "read_instances",
+    "read_rows",
     "schema_revision",
+    "tensor_revision",
     "write_profile",
 ]
 
@@ -105,6 +110,12 @@ def schema_revision(input_type: Any) -> str:
     """First 16 hex digits of the SHA-256 of the input type's canonical JSON Schema."""
     schema = msgspec.json.schema(input_type)
     return hashlib.sha256(msgspec.json.encode(schema, order="sorted")).hexdigest()[:16]
+
+
+def tensor_revision(name: str, datatype: str, shape: Sequence[int]) -> str:
+    """:func:`schema_revision` of a tensor input: its name, OIP datatype and shape."""
+    spec = {"name": name, "datatype": datatype, "shape": list(shape)}
+    return hashlib.sha256(msgspec.json.encode(spec, order="sorted")).hexdigest()[:16]
 
 
 def build_profile(
@@ -184,9 +195,74 @@ def read_instances(
             "be checked against its input schema; give the instances as .jsonl instead."
         )
     view = default_feature_view(cls)
-    raw = _from_csv(path, view) if suffix == ".csv" else _from_npy(path, view)
+    raw = _from_csv(path, view.names) if suffix == ".csv" else _from_npy(path, view.names)
     _check_rows(raw, view, cls.input_type, path, first=2 if suffix == ".csv" else 0)
     return raw
+
+
+def read_rows(path: Path, names: Sequence[str], dtype: np.dtype[Any]) -> npt.NDArray[np.float64]:
+    """A tensor model's feature rows in ``path``, each a value of the input's ``dtype``.
+
+    ``.jsonl``: one JSON array per line, the input tensor of one instance (nested or
+    flat, ``len(names)`` numbers in all); ``.csv`` with a header of the column names;
+    ``.npy`` of shape ``(rows, len(names))``. Every number must be finite and, for an
+    integer input, an integer its datatype holds; ``ConfigError`` names the first bad
+    rows, as :func:`read_instances` does.
+    """
+    suffix = path.suffix.lower()
+    if suffix not in (".jsonl", ".csv", ".npy"):
+        raise ConfigError(
+            f"{path}: use a .jsonl file with one JSON array of numbers per line, a .csv file "
+            "with a header of the column names, or a .npy array of rows."
+        )
+    if not path.is_file():
+        raise ConfigError(f"{path} does not exist or is not a file.")
+    if suffix == ".jsonl":
+        rows, first = _arrays_from_jsonl(path, len(names)), 1
+    else:
+        rows = _from_csv(path, names) if suffix == ".csv" else _from_npy(path, names)
+        first = 2 if suffix == ".csv" else 0
+    problems = []
+    fits = _representable(rows, dtype)
+    for index in np.flatnonzero(~fits)[:_MAX_REPORTED]:
+        where = f"line {index + first}" if first else f"row {index}"
+        problems.append(f"{where}: not a finite {dtype} value")
+    _stop_on(problems, path)
+    return rows
+
+
+def _arrays_from_jsonl(path: Path, width: int) -> npt.NDArray[np.float64]:
+    decoder = msgspec.json.Decoder()
+    rows: list[npt.NDArray[np.float64]] = []
+    problems: list[str] = []
+    with path.open("rb") as lines:
+        for number, line in enumerate(lines, start=1):
+            try:
+                row = np.asarray(decoder.decode(line), dtype=np.float64).reshape(-1)
+            except (msgspec.DecodeError, ValueError, TypeError):
+                problems.append(f"line {number}: not a JSON array of numbers")
+            else:
+                if row.size == width:
+                    rows.append(row)
+                else:
+                    problems.append(f"line {number}: {row.size} numbers, expected {width}")
+            if len(problems) >= _MAX_REPORTED:
+                break
+    _stop_on(problems, path)
+    if not rows:
+        raise ConfigError(f"{path} holds no rows.")
+    return np.stack(rows)
+
+
+def _representable(rows: npt.NDArray[np.float64], dtype: np.dtype[Any]) -> npt.NDArray[np.bool_]:
+    """Per row: every value finite and, for an integer ``dtype``, a whole number it holds."""
+    good = np.isfinite(rows)
+    if dtype.kind in "iu":
+        info = np.iinfo(dtype)
+        whole = np.where(good, rows, 0.5)
+        good &= (whole == np.round(whole)) & (rows >= info.min) & (rows <= info.max)
+    fits: npt.NDArray[np.bool_] = np.all(good, axis=1)
+    return fits
 
 
 def _from_jsonl(path: Path, input_type: Any, features: Features) -> npt.NDArray[np.float64]:
@@ -216,18 +292,18 @@ def _from_jsonl(path: Path, input_type: Any, features: Features) -> npt.NDArray[
     return np.concatenate(rows)
 
 
-def _from_csv(path: Path, view: FeatureView) -> npt.NDArray[np.float64]:
+def _from_csv(path: Path, names: Sequence[str]) -> npt.NDArray[np.float64]:
     with path.open(newline="", encoding="utf-8") as text:
         reader = csv.reader(text)
         header = next(reader, None)
-        if header is None or sorted(header) != sorted(view.names):
-            missing = sorted(set(view.names) - set(header or ()))[:3]
-            extra = sorted(set(header or ()) - set(view.names))[:3]
+        if header is None or sorted(header) != sorted(names):
+            missing = sorted(set(names) - set(header or ()))[:3]
+            extra = sorted(set(header or ()) - set(names))[:3]
             raise ConfigError(
-                f"{path}: the header must name each feature once ({len(view.names)} columns: "
-                f"{', '.join(view.names[:4])}, ...); missing {missing}, unknown {extra}."
+                f"{path}: the header must name each feature once ({len(names)} columns: "
+                f"{', '.join(names[:4])}, ...); missing {missing}, unknown {extra}."
             )
-        order = [header.index(name) for name in view.names]
+        order = [header.index(name) for name in names]
         rows: list[list[float]] = []
         problems = []
         for number, record in enumerate(reader, start=2):
@@ -242,19 +318,19 @@ def _from_csv(path: Path, view: FeatureView) -> npt.NDArray[np.float64]:
             else:
                 rows.append(values)
     _stop_on(problems, path)
-    return np.array(rows, dtype=np.float64).reshape(len(rows), len(view.names))
+    return np.array(rows, dtype=np.float64).reshape(len(rows), len(names))
 
 
-def _from_npy(path: Path, view: FeatureView) -> npt.NDArray[np.float64]:
+def _from_npy(path: Path, names: Sequence[str]) -> npt.NDArray[np.float64]:
     try:
         array = np.load(path, allow_pickle=False)
     except ValueError as exc:
         raise ConfigError(
             f"{path}: not a numeric .npy array ({exc}); save it without objects."
         ) from None
-    if array.ndim != 2 or array.shape[1] != len(view.names) or array.dtype.kind not in "biuf":  # noqa: PLR2004
+    if array.ndim != 2 or array.shape[1] != len(names) or array.dtype.kind not in "biuf":  # noqa: PLR2004
         raise ConfigError(
-            f"{path}: expected a numeric array of shape (rows, {len(view.names)}), "
+            f"{path}: expected a numeric array of shape (rows, {len(names)}), "
             f"got {array.dtype} {array.shape}."
         )
     rows: npt.NDArray[np.float64] = array.astype(np.float64)
@@ -307,11 +383,16 @@ def _stop_on(problems: list[str], path: Path) -> None:
 # --------------------------------------------------------------------------- serving
 
 
-def load_profile(artifacts: Artifacts, name: str, cls: type[Model[Any, Any]]) -> Profile:
-    """The locked profile ``name``, checked against the handler's schema and feature view.
+def load_profile(
+    artifacts: Artifacts, name: str, *, revision: str, columns: Sequence[str], owner: str
+) -> Profile:
+    """The locked profile ``name``, checked against the model's schema and feature columns.
 
-    Locked is not the same as sound: every number the guard and the drift monitor will
-    divide by, compare with or allocate for is checked too (:func:`check_profile`).
+    ``revision`` is the input schema's (:func:`schema_revision`, :func:`tensor_revision`),
+    ``columns`` the feature view's, ``owner`` names where the columns come from in
+    messages. Locked is not the same as sound: every number the guard and the drift
+    monitor will divide by, compare with or allocate for is checked too
+    (:func:`check_profile`).
     """
     where = f"[model] profile {name}"
     try:
@@ -320,14 +401,14 @@ def load_profile(artifacts: Artifacts, name: str, cls: type[Model[Any, Any]]) ->
         raise ConfigError(
             f"{where} is not a secureserve profile ({exc}); write it with `secureserve profile`."
         ) from None
-    if profile.schema_revision != schema_revision(cls.input_type):
+    if profile.schema_revision != revision:
         raise ConfigError(
             f"{where} was made for another input schema (revision {profile.schema_revision}); "
             "make it again with `secureserve profile DATA`, then `secureserve lock`."
         )
-    if profile.names != cls.feature_columns():
+    if profile.names != tuple(columns):
         raise ConfigError(
-            f"{where} names other features than {cls.__qualname__}.features(); make it again "
+            f"{where} names other features than {owner}; make it again "
             "with `secureserve profile DATA`, then `secureserve lock`."
         )
     check_profile(profile, where)

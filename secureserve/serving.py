@@ -19,7 +19,12 @@ import msgspec
 from secureserve.artifacts import ArtifactRecord, Artifacts
 from secureserve.audit import AuditLog, AuditUnavailable
 from secureserve.config import ModelSettings, Settings
-from secureserve.defenses import Defenses, check_feature_view
+from secureserve.defenses import (
+    Defenses,
+    FeatureSource,
+    check_feature_view,
+    check_guard_has_profile,
+)
 from secureserve.encryption import KEY_ENV, load_key
 from secureserve.errors import ConfigError, LoadError, RequestRejected, SecureServeError
 from secureserve.explain import Explainer
@@ -28,8 +33,9 @@ from secureserve.logs import get_logger
 from secureserve.metrics import Metrics
 from secureserve.model import Model
 from secureserve.openapi import ModelDoc, openapi_document
+from secureserve.openapi_v2 import TensorDoc, with_tensors
 from secureserve.outputs import OutputPolicies
-from secureserve.profile import DEFAULT_PROFILE, Profile, load_profile
+from secureserve.profile import DEFAULT_PROFILE, Profile, load_profile, schema_revision
 from secureserve.providers import check_onnxruntime_distribution, choose_providers
 from secureserve.ratelimit import RateLimiter
 from secureserve.release import revision_of, unlisted_files, verified_lock
@@ -87,17 +93,9 @@ def load_model(
     model_settings = model_settings or settings.model
     artifacts, lock, lock_sha256 = open_model_files(settings, model_settings, model=cls.name)
     revision = revision_of(lock, lock_sha256)
-    profile_name = model_settings.profile or (
-        DEFAULT_PROFILE if DEFAULT_PROFILE in lock.files else None
-    )
+    profile_name = profile_name_of(model_settings, lock)
     no_features = check_feature_view(cls, model_settings, has_profile=profile_name is not None)
-    if profile_name is None and model_settings.guard.mode in ("refuse", "flag"):
-        raise ConfigError(
-            f'[model.guard] mode = "{model_settings.guard.mode}" compares instances with the '
-            "model's reference profile, and there is none: write one with `secureserve "
-            f"profile DATA --out {model_settings.dir.name}/profile.json`, then `secureserve "
-            'lock`; or set mode = "off".'
-        )
+    check_guard_has_profile(model_settings, has_profile=profile_name is not None)
     try:
         instance = cls() if isinstance(model, type) else model
         instance.load(artifacts)
@@ -109,7 +107,15 @@ def load_model(
             f"{where} failed while loading: {type(exc).__name__}: {exc}. "
             "Run with --debug for the traceback."
         ) from exc
-    profile = load_profile(artifacts, profile_name, cls) if profile_name is not None else None
+    profile = None
+    if profile_name is not None:
+        profile = load_profile(
+            artifacts,
+            profile_name,
+            revision=schema_revision(cls.input_type),
+            columns=cls.feature_columns(),
+            owner=f"{cls.__qualname__}.features()",
+        )
     if artifacts.session_providers:
         get_logger().info(
             "onnx sessions", model=cls.name, providers=dict(artifacts.session_providers)
@@ -117,6 +123,11 @@ def load_model(
     return LoadedModel(
         instance, dict(artifacts.opened), revision, profile, no_features, lock_sha256
     )
+
+
+def profile_name_of(model_settings: ModelSettings, lock: Lock) -> str | None:
+    """The model's reference profile: ``profile`` if set, else ``profile.json`` if locked."""
+    return model_settings.profile or (DEFAULT_PROFILE if DEFAULT_PROFILE in lock.files else None)
 
 
 def open_model_files(
@@ -438,10 +449,9 @@ class ServingState(ServedModel):
 
     def _deploy(self, loaded: LoadedModel) -> Deployment:
         defenses = Defenses(
-            loaded.instance,
+            FeatureSource.of(loaded.instance, has_view=loaded.no_features is None),
             loaded.profile,
             self.model_settings,
-            has_view=loaded.no_features is None,
             metrics=self.metrics,
             audit=lambda: self.audit,
             limiter=lambda: self.limiter,
@@ -494,23 +504,27 @@ class ServedModels:
         Kept per combination of visible models and output policies: at most
         ``_OPENAPI_KEPT`` documents (the oldest one goes first).
         """
-        visible = [
-            state
-            for state in self
-            if isinstance(state, ServingState) and principal.may_use(state.name)
-        ]
+        mine = [state for state in self if principal.may_use(state.name)]
+        visible = [state for state in mine if isinstance(state, ServingState)]
+        graphs = []
+        for state in mine:  # tensor models, once loaded: the document describes their graphs
+            if not isinstance(state, ServingState) and state.current is not None:
+                graph = state.current.instance
+                graphs.append(TensorDoc(state.name, state.version, graph.inputs, graph.outputs))
         views = [state.policies.for_roles(principal.roles) for state in visible]
         key = tuple(
             (state.name, state.version, view.policy if view is not None else "")
             for state, view in zip(visible, views, strict=True)
-        )
+        ) + tuple((graph.name, graph.version, "tensors") for graph in graphs)
         body = self._openapi.get(key)
         if body is None:
             docs = [
                 ModelDoc(state.name, state.version, state.schema, view)
                 for state, view in zip(visible, views, strict=True)
             ]
-            body = msgspec.json.encode(openapi_document(docs))
+            named = [(doc.name, doc.version) for doc in docs]
+            document = with_tensors(openapi_document(docs), named, graphs)
+            body = msgspec.json.encode(document)
             if len(self._openapi) >= _OPENAPI_KEPT:
                 del self._openapi[next(iter(self._openapi))]
             self._openapi[key] = body

@@ -26,13 +26,16 @@ a model with score outputs is served only under an explicit ``policy = "full"`` 
 refuses to start otherwise, naming the setting (tensors have no labels to fall back to).
 
 The model defenses that need a feature view (input guard, drift, extraction
-detection) read one input: the only input when the graph has one, of a numeric
-datatype and rank 2 (``[batch, features]``); its columns are named ``input[0]``,
-``input[1]``, ... after the input's name.
+detection) read one input: the graph's only input, of a numeric datatype, with a batch
+dimension first and every other dimension fixed (``[-1, 4]``, or ``[-1, 1, 8, 8]`` for
+images). Each instance is that input flattened; its columns are named after the input,
+``x[0]``, ``x[1]``, ... (at most :data:`MAX_FEATURES`). The codec has already refused
+NaN and infinities (:mod:`secureserve.tensors`), so every row is finite.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Final
 
@@ -48,12 +51,14 @@ if TYPE_CHECKING:
 
     from secureserve.artifacts import Artifacts
 
-__all__ = ["TensorModel", "TensorSpec"]
+__all__ = ["MAX_FEATURES", "TensorModel", "TensorSpec"]
 
 _FLOATS: Final = frozenset({"FP16", "FP32", "FP64"})
 _NUMERIC: Final = frozenset(
     {"INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32", "UINT64", *_FLOATS}
 )
+#: The widest feature input the defenses read (a 64 x 64 image is 4,096 columns).
+MAX_FEATURES: Final = 4096
 
 
 @dataclass(frozen=True)
@@ -133,11 +138,35 @@ class TensorModel:
         return tuple(spec.name for spec in self.outputs if spec.datatype in _FLOATS)
 
     def feature_input(self) -> TensorSpec | None:
-        """The input the defenses read: the only input, numeric, of rank 2; else None."""
+        """The input the defenses read (see the module docstring), or None."""
+        return None if self.no_feature_view() else self.inputs[0]
+
+    def no_feature_view(self) -> str | None:
+        """Why the model has no feature view (then the defenses that need one are off)."""
         if len(self.inputs) != 1:
-            return None
+            return f"{self.file} has {len(self.inputs)} inputs; the defenses read one"
         (spec,) = self.inputs
-        return spec if spec.datatype in _NUMERIC and len(spec.shape) == 2 else None  # noqa: PLR2004
+        if spec.datatype not in _NUMERIC:
+            return f"{self.file}'s input {spec.name} is {spec.datatype}, not numbers"
+        dims = spec.shape[1:]
+        if not dims or any(d < 0 for d in dims):
+            return (
+                f"{self.file}'s input {spec.name} has shape {list(spec.shape)}; the defenses "
+                "need a batch dimension first and every other dimension fixed"
+            )
+        if math.prod(dims) > MAX_FEATURES:
+            return (
+                f"{self.file}'s input {spec.name} holds {math.prod(dims)} numbers per "
+                f"instance; the defenses read at most {MAX_FEATURES}"
+            )
+        return None
+
+    def feature_columns(self) -> tuple[str, ...]:
+        """The feature view's column names: the input's name and flat index."""
+        spec = self.feature_input()
+        if spec is None:
+            return ()
+        return tuple(f"{spec.name}[{i}]" for i in range(math.prod(spec.shape[1:])))
 
     def check_request(
         self, inputs: dict[str, np.ndarray[Any, Any]], datatypes: dict[str, str]
@@ -211,11 +240,13 @@ class TensorModel:
         ]
 
     def features(self, inputs: dict[str, np.ndarray[Any, Any]]) -> npt.NDArray[np.float64]:
-        """The feature view of a request's inputs (the defenses' rows)."""
+        """The feature view of a request's checked inputs: one flat row per instance."""
         spec = self.feature_input()
         if spec is None:  # pragma: no cover - callers check feature_input first
             raise RuntimeError("this model has no feature view")
-        rows: npt.NDArray[np.float64] = np.asarray(inputs[spec.name], dtype=np.float64)
+        array = inputs[spec.name]
+        width = math.prod(spec.shape[1:])
+        rows: npt.NDArray[np.float64] = array.reshape(array.shape[0], width).astype(np.float64)
         return rows
 
 

@@ -6,6 +6,11 @@ hardened ONNX session on the chosen execution providers. It refuses, naming the 
 a model with score outputs unless its output policy is ``"full"`` (tensors have no
 labels or top-k to fall back to, and role policies do not apply to them).
 
+The model defenses are those of ``/v1`` (:class:`secureserve.defenses.Defenses`): a
+profile (``[model] profile``, or a locked ``profile.json``) switches on the input guard
+and drift monitoring, extraction detection runs unless switched off; they read the
+model's feature input (:meth:`secureserve.tensor_model.TensorModel.feature_columns`).
+
 A :class:`TensorDeployment` runs its session on one inference thread of its own, so a
 slow model never holds the event loop; a request waits at most ``[server]
 predict_timeout_s`` (then 504). :class:`TensorState` is the served model: reloads swap
@@ -23,16 +28,18 @@ from typing import Any
 import numpy as np
 import onnxruntime
 
-from secureserve.artifacts import ArtifactRecord
+from secureserve.artifacts import ArtifactRecord, Artifacts
+from secureserve.defenses import Defenses, FeatureSource, check_guard_has_profile, without_view
 from secureserve.errors import ConfigError, LoadError, ModelError, RequestRejected, SecureServeError
 from secureserve.logs import get_logger
 from secureserve.metrics import Metrics
+from secureserve.profile import Profile, load_profile, tensor_revision
 from secureserve.release import revision_of
-from secureserve.serving import ServedModel, open_model_files
+from secureserve.serving import ServedModel, open_model_files, profile_name_of
 from secureserve.settings import ModelSettings, Settings
 from secureserve.tensor_model import TensorModel
 
-__all__ = ["LoadedTensor", "TensorDeployment", "TensorState", "load_tensor_model"]
+__all__ = ["LoadedTensor", "TensorDeployment", "TensorState", "load_tensor_model", "open_graph"]
 
 
 @dataclass(frozen=True)
@@ -43,6 +50,8 @@ class LoadedTensor:
     opened: Mapping[str, ArtifactRecord]
     revision: str
     lock_sha256: str | None
+    profile: Profile | None = None  # the reference profile, when the model has one
+    no_features: str | None = None  # why the model has no feature view (defenses off)
 
 
 def load_tensor_model(
@@ -51,17 +60,7 @@ def load_tensor_model(
     """Instantiate ``cls`` and ``load`` it from its verified files (see the module docstring)."""
     cls.check_definition()
     artifacts, lock, lock_sha256 = open_model_files(settings, model, model=cls.name)
-    instance = cls()
-    try:
-        instance.load(artifacts)
-        instance.warmup()
-    except SecureServeError:
-        raise
-    except Exception as exc:
-        raise LoadError(
-            f"{cls.__module__}.{cls.__qualname__} failed while loading: "
-            f"{type(exc).__name__}: {exc}. Run with --debug for the traceback."
-        ) from exc
+    instance = open_graph(cls, artifacts)
     scores = instance.score_outputs()
     section = f"{table[:-1]}.output]"
     if model.output.roles:
@@ -77,19 +76,53 @@ def load_tensor_model(
             "detailed scores make extraction and inversion cheaper, or serve the model with "
             "an ss.Model handler and ss.Scores to cut or round them."
         )
+    profile_name = profile_name_of(model, lock)
+    has_profile = profile_name is not None
+    no_features = instance.no_feature_view()
+    if no_features is not None:
+        no_features = without_view(f"{no_features}.", model, has_profile=has_profile)
+    check_guard_has_profile(model, has_profile=has_profile)
+    profile = None
+    if profile_name is not None:
+        spec = instance.inputs[0]  # the feature input: checked above
+        profile = load_profile(
+            artifacts,
+            profile_name,
+            revision=tensor_revision(spec.name, spec.datatype, spec.shape),
+            columns=instance.feature_columns(),
+            owner=f"{cls.file}'s input {spec.name}",
+        )
     revision = revision_of(lock, lock_sha256)
-    return LoadedTensor(instance, dict(artifacts.opened), revision, lock_sha256)
+    return LoadedTensor(
+        instance, dict(artifacts.opened), revision, lock_sha256, profile, no_features
+    )
+
+
+def open_graph(cls: type[TensorModel], artifacts: Artifacts) -> TensorModel:
+    """An instance of ``cls`` with its ONNX session open (``load`` and ``warmup``)."""
+    instance = cls()
+    try:
+        instance.load(artifacts)
+        instance.warmup()
+    except SecureServeError:
+        raise
+    except Exception as exc:
+        raise LoadError(
+            f"{cls.__module__}.{cls.__qualname__} failed while loading: "
+            f"{type(exc).__name__}: {exc}. Run with --debug for the traceback."
+        ) from exc
+    return instance
 
 
 class TensorDeployment:
     """One loaded version of a tensor model, with the inference thread that runs it."""
 
-    def __init__(self, loaded: LoadedTensor, timeout_s: float) -> None:
+    def __init__(self, loaded: LoadedTensor, timeout_s: float, defenses: Defenses) -> None:
         self.instance = loaded.instance
         self.version: str = type(loaded.instance).version
         self.revision = loaded.revision
         self.artifacts = dict(loaded.opened)
-        self.defenses = None  # the input guard, drift and extraction: not for tensors yet
+        self.defenses = defenses
         self._timeout_s = timeout_s
         self._thread = concurrent.futures.ThreadPoolExecutor(
             max_workers=1, thread_name_prefix=f"secureserve-infer-{type(loaded.instance).name}"
@@ -165,17 +198,46 @@ class TensorState(ServedModel):
         return load_tensor_model(self.cls, self.settings, self.model_settings, table=self.table)
 
     def _deploy(self, loaded: LoadedTensor) -> TensorDeployment:
-        return TensorDeployment(loaded, self.settings.server.predict_timeout_s)
+        instance = loaded.instance
+        source = FeatureSource(self.name, instance.feature_columns(), instance.features)
+        defenses = Defenses(
+            source,
+            loaded.profile,
+            self.model_settings,
+            metrics=self.metrics,
+            audit=lambda: self.audit,
+            limiter=lambda: self.limiter,
+        )
+        return TensorDeployment(loaded, self.settings.server.predict_timeout_s, defenses)
+
+    def _swapped(self, previous: TensorDeployment, current: TensorDeployment) -> None:
+        current.defenses.take_over(previous.defenses)
+        previous.retire()
 
     def _started(self, loaded: LoadedTensor) -> None:
         instance = loaded.instance
-        get_logger().info(
+        defenses = self.deployment().defenses
+        log = get_logger()
+        log.info(
             "tensor model",
             model=self.name,
             inputs={s.name: [s.datatype, list(s.shape)] for s in instance.inputs},
             outputs={s.name: [s.datatype, list(s.shape)] for s in instance.outputs},
             score_outputs=list(instance.score_outputs()) or None,
-            defenses="off (not yet for tensor models)",
+        )
+        if loaded.no_features is not None:
+            log.info(
+                "model defenses that need a feature view are off",
+                model=self.name,
+                reason=loaded.no_features,
+            )
+        log.info(
+            "model defenses",
+            model=self.name,
+            guard=defenses.mode if defenses.guard is not None else "off",
+            drift="on" if defenses.drift is not None else "off",
+            extraction=defenses.action if defenses.extraction is not None else "off",
+            profile_features=len(loaded.profile.features) if loaded.profile else None,
         )
         if instance.score_outputs():
             get_logger().warning(

@@ -40,6 +40,7 @@ from secureserve.tensors import decode_request, encode_response, parse_header_le
 
 if TYPE_CHECKING:
     from secureserve.serving import ServedModels
+    from secureserve.tensor_model import TensorModel
 
 __all__ = ["routes"]
 
@@ -160,8 +161,11 @@ class Infer:
         headers: dict[bytes, bytes],
     ) -> None:
         info = scope["secureserve"]
+        defenses = deployment.defenses
+        throttle = await defenses.admit(principal.id)  # 403 if blocked as an extraction
         limiter = state.limiter
-        await limiter.check(principal.id, state.name)  # admitted: one row, body or not
+        # admitted: one row, body or not
+        await limiter.check(principal.id, state.name, throttle=throttle)
         encoding = headers.get(b"content-encoding", b"identity").lower()
         raw = await read_body(
             scope, receive, limit=state.max_body_bytes, deadline_s=state.body_timeout_s
@@ -178,19 +182,22 @@ class Infer:
         request = await asyncio.to_thread(decode) if len(body) > _DECODE_INLINE else decode()
         instance = deployment.instance
         rows = instance.check_request(request.inputs, request.datatypes)
-        if rows > state.max_instances:
+        if not 1 <= rows <= state.max_instances:
             raise RequestRejected(
                 422,
                 "validation",
-                "Too many rows",
-                detail=f"$.inputs: at most {state.max_instances} rows (the first dimension) "
+                "Too many rows" if rows else "No rows",
+                detail=f"$.inputs: 1 to {state.max_instances} rows (the first dimension) "
                 "per request ([server] max_instances)",
             )
         wanted = _wanted(request.requested, [spec.name for spec in instance.outputs])
         if rows > 1:  # the rest of the batch, or the whole request is refused
-            await limiter.check(principal.id, state.name, rows - 1)
+            await limiter.check(principal.id, state.name, rows - 1, throttle=throttle)
         info.model_version = deployment.version
+        screened = defenses.screen(principal.id, request.inputs, info.request_id)  # or 4xx
         outputs = await deployment.infer(request.inputs, wanted)
+        if defenses.wants_labels:  # extraction detection: what each row was answered
+            defenses.after_predict(principal.id, screened, _labels(instance, outputs))
         payload, header_length = encode_response(
             model_name=state.name,
             model_version=deployment.version,
@@ -212,8 +219,23 @@ class Infer:
             version=deployment.version,
             body=body,
             payload=payload,
+            flagged=screened.flagged if screened is not None else None,
             headers=sent,
         )
+
+
+def _labels(instance: TensorModel, outputs: list[tuple[str, str, Any]]) -> list[int] | None:
+    """Per row, the class a score output ranks first (extraction detection groups by it).
+
+    The first score output among those computed, if it is ``[rows, classes]``; else None
+    (every row in one group).
+    """
+    scores = instance.score_outputs()
+    for name, _, array in outputs:
+        if name in scores and array.ndim == 2:  # noqa: PLR2004 - [rows, classes]
+            labels: list[int] = array.argmax(axis=1).tolist()
+            return labels
+    return None
 
 
 def _refuse_browsers(headers: dict[bytes, bytes]) -> None:

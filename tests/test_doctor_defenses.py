@@ -8,6 +8,7 @@ import pytest
 from conftest import copy_example
 from two_models import copy_two_models
 
+from secureserve.cli import main
 from secureserve.config import load_settings
 from secureserve.doctor import Severity, diagnose
 from secureserve.release import lock_project
@@ -145,10 +146,25 @@ def test_two_models_each_handler_is_imported_and_checked(two):
 
 
 def test_a_tensor_model_is_named_as_such_not_given_ss_model_advice(tmp_path, monkeypatch):
-    """--handler on a TensorModel: one finding that its defenses are off, no crash."""
+    """--handler on a TensorModel: its full scores and missing profile, no ss.Model advice."""
     project = copy_example("iris-tensor", tmp_path / "tensor", monkeypatch)
     report = diagnose(project, handler=True)
     found = codes(report)
-    assert "tensor-model-defenses-off" in found
+    [scores] = [f for f in report.findings if f.code == "tensor-scores-full"]
+    assert "(probs)" in scores.message
+    assert "profile-missing" in found
+    assert "defenses-off" not in found  # x is FP32 [-1, 4]: a feature view
     assert "handler-invalid" not in found
     assert "output-unmarked" not in found
+
+
+def test_a_tensor_graph_without_a_feature_input_is_reported(tmp_path, monkeypatch):
+    """--handler opens the graph: two inputs leave the defenses off (a warning naming why)."""
+    from test_tensor_serving import two_input_graph
+
+    project = copy_example("iris-tensor", tmp_path / "tensor", monkeypatch)
+    two_input_graph(project / "models" / "iris.onnx")
+    monkeypatch.chdir(project)
+    assert main(["lock"]) == 0
+    [finding] = [f for f in diagnose(project, handler=True).findings if f.code == "defenses-off"]
+    assert "iris.onnx has 2 inputs" in finding.message

@@ -11,12 +11,17 @@ from secureserve.errors import ConfigError
 from secureserve.model import Model
 from secureserve.profile import (
     DEFAULT_PROFILE,
+    Profile,
     build_profile,
     read_instances,
+    read_rows,
     schema_revision,
+    tensor_revision,
     write_profile,
 )
 from secureserve.settings import ModelSettings, Settings
+from secureserve.tensor_model import TensorModel
+from secureserve.tensors import numpy_dtype
 
 
 def register(commands: Any, common: argparse.ArgumentParser) -> None:
@@ -41,18 +46,15 @@ def register(commands: Any, common: argparse.ArgumentParser) -> None:
 def _profile(args: argparse.Namespace) -> int:
     settings = settings_from(args)
     name, model = _chosen_model(settings, args.model)
-    cls = import_handler(model.handler, settings.project_dir)
-    cls.check_definition()
-    if name is None and args.model is not None and args.model != cls.name:
-        raise ConfigError(f"--model {args.model!r}: this project serves {cls.name!r}.")
-    features = None
-    if cls.features is not Model.features:  # the handler's own view may need its files
-        from secureserve.serving import load_model  # noqa: PLC0415 - only for such handlers
-
-        features = load_model(cls, settings, model).instance.features
-    columns = cls.feature_columns()  # NoFeatureViewError names the field if there is no view
-    rows = read_instances(args.data, cls, features)
-    profile = build_profile(rows, columns, model=cls.name, revision=schema_revision(cls.input_type))
+    handler: type[Any] = import_handler(model.handler, settings.project_dir)
+    handler.check_definition()
+    if name is None and args.model is not None and args.model != handler.name:
+        raise ConfigError(f"--model {args.model!r}: this project serves {handler.name!r}.")
+    if issubclass(handler, TensorModel):
+        profile = _tensor_profile(args.data, handler, settings, model)
+    else:
+        profile = _instances_profile(args.data, handler, settings, model)
+    columns = profile.names
     out: Path = args.out or model.dir / DEFAULT_PROFILE
     write_profile(out, profile)
     print(f"wrote {out}: {profile.count} instances, {len(columns)} features")
@@ -66,6 +68,39 @@ def _profile(args: argparse.Namespace) -> int:
         print(f'note: set {settings.table(name)} profile = "{relative}" so the server uses it')
     print("next: `secureserve lock` (and `secureserve sign` if you sign the lock)")
     return 0
+
+
+def _instances_profile(
+    data: Path, cls: type[Model[Any, Any]], settings: Settings, model: ModelSettings
+) -> Profile:
+    """The profile of an ``ss.Model``'s instances, through its feature view."""
+    features = None
+    if cls.features is not Model.features:  # the handler's own view may need its files
+        from secureserve.serving import load_model  # noqa: PLC0415 - only for such handlers
+
+        features = load_model(cls, settings, model).instance.features
+    columns = cls.feature_columns()  # NoFeatureViewError names the field if there is no view
+    rows = read_instances(data, cls, features)
+    return build_profile(rows, columns, model=cls.name, revision=schema_revision(cls.input_type))
+
+
+def _tensor_profile(
+    data: Path, cls: type[TensorModel], settings: Settings, model: ModelSettings
+) -> Profile:
+    """The profile of a tensor model's feature input (its graph says which and how wide)."""
+    from secureserve.serving import open_model_files  # noqa: PLC0415 - onnxruntime, late
+    from secureserve.tensor_serving import open_graph  # noqa: PLC0415
+
+    artifacts, _, _ = open_model_files(settings, model, model=cls.name)
+    instance = open_graph(cls, artifacts)
+    reason = instance.no_feature_view()
+    if reason is not None:
+        raise ConfigError(f"{cls.name} has no feature view to profile: {reason}.")
+    spec = instance.inputs[0]
+    columns = instance.feature_columns()
+    rows = read_rows(data, columns, numpy_dtype(spec.datatype))
+    revision = tensor_revision(spec.name, spec.datatype, spec.shape)
+    return build_profile(rows, columns, model=cls.name, revision=revision)
 
 
 def _chosen_model(settings: Settings, wanted: str | None) -> tuple[str | None, ModelSettings]:

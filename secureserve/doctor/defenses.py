@@ -5,8 +5,10 @@ than ``admin``, is reported (detailed scores are what inversion and extraction f
 on), and so is a model without a reference profile (no input guard, no drift). With
 ``--handler`` the doctor also imports the handler, as ``secureserve run`` would (so only
 for projects whose code you trust), and reports a policy the server would refuse and
-an input with no feature view (the defenses that need one are then off). Each served
-model is checked on its own; findings name its table (``[models.iris.output]``).
+an input with no feature view (the defenses that need one are then off); for a tensor
+model (``ss.TensorModel``) it opens the verified graph to see its feature input and
+its score outputs. Each served model is checked on its own; findings name its table
+(``[models.iris.output]``).
 """
 
 from __future__ import annotations
@@ -76,6 +78,51 @@ def _check_model(
         yield from _check_handler(settings, model, table, has_profile=has_profile)
 
 
+def _check_tensor(
+    settings: Settings,
+    model: ModelSettings,
+    handler: type[TensorModel],
+    where: str,
+    *,
+    has_profile: bool,
+) -> Iterator[Finding]:
+    """A tensor model's graph: its feature input for the defenses, its score outputs."""
+    from secureserve.defenses import without_view  # noqa: PLC0415
+    from secureserve.serving import open_model_files  # noqa: PLC0415 - onnxruntime, late
+    from secureserve.tensor_serving import open_graph  # noqa: PLC0415
+
+    try:
+        artifacts, _, _ = open_model_files(settings, model, model=handler.name)
+        instance = open_graph(handler, artifacts)
+        scores = instance.score_outputs()
+    except SecureServeError:
+        return  # the lock and model-file checks say why it cannot be opened
+    reason = instance.no_feature_view()
+    if reason is not None:
+        try:
+            without_view(f"{reason}.", model, has_profile=has_profile)
+        except ConfigError as exc:
+            yield error("feature-view-missing", where, str(exc), FIX_SEE_MESSAGE)
+        else:
+            yield warning(
+                "defenses-off",
+                where,
+                f"the model has no feature view ({reason}), so the input guard, drift "
+                "monitoring and extraction detection cannot run.",
+                "serve a graph with one numeric input of fixed shape per instance, or the "
+                "model as an ss.Model handler with features().",
+            )
+    if scores:
+        yield info(
+            "tensor-scores-full",
+            where,
+            f"a tensor model: its score outputs ({', '.join(scores)}) go to every caller "
+            "in full; tensors have no rounding, top-k or per-role policy.",
+            "serve the model as an ss.Model handler with ss.Scores where scores must be "
+            "cut, and give this one to few, named keys (secureserve keys create --model NAME).",
+        )
+
+
 def _subtable(table: str, key: str) -> str:
     """``[model]`` and ``output`` give ``[model.output]``; ``[models.iris]``: its own."""
     return f"{table[:-1]}.{key}]"
@@ -115,15 +162,7 @@ def _check_handler(
         return
     where = f"{handler.__module__}.{handler.__qualname__}"
     if issubclass(handler, TensorModel):
-        yield info(
-            "tensor-model-defenses-off",
-            where,
-            "a tensor model (/v2): its score outputs are served in full, and the input "
-            "guard, drift monitoring and extraction detection do not run for tensor models "
-            "in this version.",
-            "serve the model as an ss.Model handler where those defenses matter, and give "
-            "this one to few, named keys (secureserve keys create --model NAME).",
-        )
+        yield from _check_tensor(settings, model, handler, where, has_profile=has_profile)
         return
     cls: type[Model[Any, Any]] = handler
     try:
