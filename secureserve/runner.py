@@ -10,6 +10,13 @@ requests. A job that outlives ``timeout`` is answered 504 and skipped if the
 thread has not reached it yet. When a merged batch fails, each job is retried
 alone, so one hostile request cannot fail other callers' requests.
 
+The hop to the thread and back is on every request's path, so it is kept cheap:
+results come back through a pipe the loop watches (``os.write`` releases the GIL,
+so the loop wakes to a free GIL, where ``call_soon_threadsafe`` would wake it while
+the thread still holds it), and on Linux the thread runs under ``SCHED_BATCH``, so
+handing it work does not preempt the loop before the loop has gone to sleep (the
+thread could not take the GIL before that anyway). See docs/performance.md.
+
 An ``async def predict`` runs on the event loop, one request at a time, under
 the same timeout.
 """
@@ -17,6 +24,8 @@ the same timeout.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import queue
 import threading
 from collections import deque
@@ -51,6 +60,55 @@ class _Job:
         self.abandoned = False  # set on the loop when the request timed out
 
 
+class _Outbox:
+    """Results from the inference thread to the event loop: a queue and a wake-up pipe.
+
+    The thread appends a batch's results and writes one byte; the loop's reader drains
+    every batch waiting. Both ends are non-blocking: a full pipe means a wake-up is
+    already pending, so the thread never blocks on it.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._results: deque[list[tuple[_Job, bytes | BaseException]]] = deque()
+        self._read_fd, self._write_fd = os.pipe()
+        os.set_blocking(self._read_fd, False)
+        os.set_blocking(self._write_fd, False)
+        try:
+            loop.add_reader(self._read_fd, self._drain)
+        except BaseException:
+            self._close_fds()
+            raise
+
+    def put(self, results: list[tuple[_Job, bytes | BaseException]]) -> None:
+        """Inference thread: hand ``results`` to the loop and wake it."""
+        self._results.append(results)
+        with contextlib.suppress(BlockingIOError):  # full: the loop has a wake-up to read
+            os.write(self._write_fd, b"\0")
+
+    def detach(self) -> None:
+        """Inference thread, last act: the loop delivers what is left and closes the pipe."""
+        try:
+            self._loop.call_soon_threadsafe(self._close)
+        except RuntimeError:  # the loop is closed: no reader left to remove
+            self._close_fds()
+
+    def _drain(self) -> None:
+        with contextlib.suppress(BlockingIOError):
+            os.read(self._read_fd, 4096)
+        while self._results:
+            _deliver(self._results.popleft())
+
+    def _close(self) -> None:
+        self._loop.remove_reader(self._read_fd)
+        self._drain()
+        self._close_fds()
+
+    def _close_fds(self) -> None:
+        os.close(self._read_fd)
+        os.close(self._write_fd)
+
+
 class InferenceRunner:
     """Runs a model's ``predict`` off the event loop and returns encoded responses."""
 
@@ -64,7 +122,6 @@ class InferenceRunner:
         self._is_async = type(model).is_async()
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
         self._start_lock = threading.Lock()
         self._pending: list[_Job] = []  # submitted during this loop iteration
 
@@ -117,13 +174,20 @@ class InferenceRunner:
     def _start(self, loop: asyncio.AbstractEventLoop) -> None:
         with self._start_lock:
             if self._thread is None:
-                self._loop = loop
+                outbox = _Outbox(loop)
                 self._thread = threading.Thread(
-                    target=self._serve, name="secureserve-inference", daemon=True
+                    target=self._serve, args=(outbox,), name="secureserve-inference", daemon=True
                 )
                 self._thread.start()
 
-    def _serve(self) -> None:
+    def _serve(self, outbox: _Outbox) -> None:
+        _batch_scheduling()
+        try:
+            self._serve_jobs(outbox)
+        finally:
+            outbox.detach()
+
+    def _serve_jobs(self, outbox: _Outbox) -> None:
         backlog: deque[_Job] = deque()
         stopping = False
         while True:
@@ -140,9 +204,7 @@ class InferenceRunner:
                 results = self._run(jobs)
                 if len(jobs) > 1 and any(isinstance(r, BaseException) for _, r in results):
                     results = [pair for job in jobs for pair in self._run([job])]
-                loop = self._loop
-                if loop is not None and not loop.is_closed():
-                    loop.call_soon_threadsafe(_deliver, results)
+                outbox.put(results)
 
     def _drain_queue(self, backlog: deque[_Job]) -> bool:
         """Move everything already queued into ``backlog``; True if the stop marker came."""
@@ -213,6 +275,20 @@ def _take_batch(backlog: deque[_Job], max_batch: int) -> list[_Job]:
         jobs.append(job)
         count += len(job.instances)
     return jobs
+
+
+def _batch_scheduling() -> None:
+    """Linux: this thread does not preempt the event loop when work is handed to it.
+
+    ``SCHED_BATCH`` (priority 0, allowed without privileges) only drops the wake-up
+    preemption: the loop finishes its iteration and releases the GIL by going to sleep,
+    then this thread runs, instead of waking first only to wait for the GIL. Where the
+    call is missing or refused (another OS, a seccomp profile), scheduling stays as it was.
+    """
+    policy = getattr(os, "SCHED_BATCH", None)
+    if policy is not None:
+        with contextlib.suppress(OSError):
+            os.sched_setscheduler(0, policy, os.sched_param(0))
 
 
 def _model_failed(exc: Exception) -> ModelError:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 import time
+from pathlib import Path
 
 import msgspec
 import pytest
@@ -141,3 +143,51 @@ def test_runner_close_finishes_queued_work():
     assert len(asyncio.run(main())) == 5
     runner.close()
     assert runner._thread is None
+
+
+FDS = Path("/proc/self/fd")
+
+
+def _open_fds() -> int:
+    return sum(1 for _ in FDS.iterdir())
+
+
+@pytest.mark.skipif(not FDS.is_dir(), reason="needs Linux's /proc")
+def test_stopped_runners_close_their_wake_up_pipes():
+    """Each runner's results pipe is closed once its thread ends (reloads start many)."""
+
+    async def cycle() -> bool:
+        before = _open_fds()  # the event loop's own descriptors included
+        runner = _runner(Recorder())
+        assert await runner.submit([In(1)])
+        assert _open_fds() == before + 2  # the pipe, while the thread lives
+        runner.stop()  # as a retired deployment does, on the loop
+        for _ in range(400):  # the thread ends, then the loop closes the pipe
+            await asyncio.sleep(0.005)
+            if _open_fds() == before:
+                return True
+        return False
+
+    assert all(asyncio.run(cycle()) for _ in range(3))
+    before = _open_fds()
+    runner = _runner(Recorder())
+    asyncio.run(runner.submit([In(1)]))  # the loop is gone when the thread ends
+    runner.close()
+    assert _open_fds() == before
+
+
+@pytest.mark.skipif(not hasattr(os, "SCHED_BATCH"), reason="Linux scheduling policy")
+def test_the_inference_thread_does_not_preempt_the_loop():
+    """It runs under SCHED_BATCH: handing it work does not preempt the event loop."""
+    seen: list[int] = []
+
+    class Policy(Recorder):
+        def predict(self, batch: list[In]) -> list[Out]:
+            seen.append(os.sched_getscheduler(threading.get_native_id()))
+            return super().predict(batch)
+
+    runner = _runner(Policy())
+    asyncio.run(runner.submit([In(1)]))
+    runner.close()
+    assert seen == [os.SCHED_BATCH]
+    assert os.sched_getscheduler(0) != os.SCHED_BATCH  # the caller's thread is untouched
