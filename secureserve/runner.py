@@ -19,6 +19,10 @@ thread could not take the GIL before that anyway). See docs/performance.md.
 
 An ``async def predict`` runs on the event loop, one request at a time, under
 the same timeout.
+
+:class:`BatchRunner` is that machinery for any kind of job; :class:`InferenceRunner`
+runs an ``ss.Model``'s ``predict`` on it, and
+:class:`secureserve.tensor_serving.TensorRunner` a tensor model's ONNX session.
 """
 
 from __future__ import annotations
@@ -29,35 +33,34 @@ import os
 import queue
 import threading
 from collections import deque
-from typing import Any, Final
+from typing import Any, Final, Generic, TypeVar
 
 from secureserve.errors import ModelError, RequestRejected, SecureServeError
 from secureserve.model import Model
 from secureserve.outputs import OutputView
 from secureserve.schema import ModelSchema
 
-__all__ = ["InferenceRunner"]
+__all__ = ["BatchRunner", "InferenceRunner", "Job"]
 
 _STOP: Final = object()
+_W = TypeVar("_W")  # what a job asks for
+_R = TypeVar("_R")  # what it gets back
 
 
-class _Job:
-    __slots__ = ("abandoned", "future", "instances", "labels", "view", "want_labels")
+class Job(Generic[_W, _R]):
+    """One request's work: ``work`` of ``size`` rows, answered through ``future``."""
 
-    def __init__(
-        self,
-        instances: list[Any],
-        future: asyncio.Future[bytes],
-        view: OutputView | None,
-        *,
-        want_labels: bool = False,
-    ) -> None:
-        self.instances = instances
+    __slots__ = ("abandoned", "extra", "future", "size", "work")
+
+    def __init__(self, work: _W, size: int, future: asyncio.Future[_R]) -> None:
+        self.work = work
+        self.size = size
         self.future = future
-        self.view = view  # the caller's output policy: jobs of one batch may differ
-        self.want_labels = want_labels
-        self.labels: list[Any] | None = None  # set by the thread before the future resolves
+        self.extra: Any = None  # set by the thread before the future resolves (labels, ...)
         self.abandoned = False  # set on the loop when the request timed out
+
+
+_Results = list[tuple[Job[Any, Any], Any]]
 
 
 class _Outbox:
@@ -70,7 +73,7 @@ class _Outbox:
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
-        self._results: deque[list[tuple[_Job, bytes | BaseException]]] = deque()
+        self._results: deque[_Results] = deque()
         self._read_fd, self._write_fd = os.pipe()
         os.set_blocking(self._read_fd, False)
         os.set_blocking(self._write_fd, False)
@@ -80,7 +83,7 @@ class _Outbox:
             self._close_fds()
             raise
 
-    def put(self, results: list[tuple[_Job, bytes | BaseException]]) -> None:
+    def put(self, results: _Results) -> None:
         """Inference thread: hand ``results`` to the loop and wake it."""
         self._results.append(results)
         with contextlib.suppress(BlockingIOError):  # full: the loop has a wake-up to read
@@ -109,45 +112,47 @@ class _Outbox:
         os.close(self._write_fd)
 
 
-class InferenceRunner:
-    """Runs a model's ``predict`` off the event loop and returns encoded responses."""
+class BatchRunner(Generic[_W, _R]):
+    """One inference thread that runs jobs in batches (see the module docstring).
 
-    def __init__(
-        self, model: Model[Any, Any], schema: ModelSchema, *, max_batch: int, timeout: float
-    ) -> None:
-        self._model = model
-        self._schema = schema
+    A subclass says how a batch runs (:meth:`_run`); :meth:`_submit` queues one job
+    and waits for its result.
+    """
+
+    def __init__(self, *, max_batch: int, timeout: float, name: str) -> None:
         self._max_batch = max_batch
         self._timeout = timeout
-        self._is_async = type(model).is_async()
+        self._name = name
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
-        self._pending: list[_Job] = []  # submitted during this loop iteration
+        self._pending: list[Job[_W, _R]] = []  # submitted during this loop iteration
 
-    async def submit(self, instances: list[Any], view: OutputView | None = None) -> bytes:
-        """Predict ``instances``; the encoded ``{"predictions": [...]}`` as ``view`` shows them."""
-        body, _ = await self.submit_labelled(instances, view, want_labels=False)
-        return body
-
-    async def submit_labelled(
-        self, instances: list[Any], view: OutputView | None, *, want_labels: bool
-    ) -> tuple[bytes, list[Any] | None]:
-        """:meth:`submit`, and with ``want_labels`` the predicted label of each instance."""
-        if self._is_async:
-            return await self._predict_async(instances, view, want_labels=want_labels)
+    async def _submit(self, work: _W, size: int) -> Job[_W, _R]:
+        """Queue ``work`` (``size`` rows) and wait: the job, its future resolved (or raises)."""
         loop = asyncio.get_running_loop()
         if self._thread is None:
             self._start(loop)
-        job = _Job(instances, loop.create_future(), view, want_labels=want_labels)
-        timer = loop.call_later(self._timeout, _expire, job)
+        job: Job[_W, _R] = Job(work, size, loop.create_future())
+        timer = loop.call_later(self._timeout, self._expire, job)
         if not self._pending:
             loop.call_soon(self._hand_over)
         self._pending.append(job)
         try:
-            return await job.future, job.labels
+            await job.future
         finally:
             timer.cancel()
+        return job
+
+    def _run(self, jobs: list[Job[_W, _R]]) -> list[tuple[Job[_W, _R], _R | BaseException]]:
+        """Inference thread: run ``jobs`` (one batch); each job's result or error."""
+        raise NotImplementedError
+
+    def _expire(self, job: Job[_W, _R]) -> None:
+        """On the loop, at the timeout: answer 504 (the thread skips it if not yet started)."""
+        job.abandoned = True
+        if not job.future.done():
+            job.future.set_exception(_timed_out())
 
     def close(self, timeout: float = 30.0) -> None:
         """Finish queued jobs, then stop the thread (waiting at most ``timeout`` s)."""
@@ -176,7 +181,7 @@ class InferenceRunner:
             if self._thread is None:
                 outbox = _Outbox(loop)
                 self._thread = threading.Thread(
-                    target=self._serve, args=(outbox,), name="secureserve-inference", daemon=True
+                    target=self._serve, args=(outbox,), name=self._name, daemon=True
                 )
                 self._thread.start()
 
@@ -188,7 +193,7 @@ class InferenceRunner:
             outbox.detach()
 
     def _serve_jobs(self, outbox: _Outbox) -> None:
-        backlog: deque[_Job] = deque()
+        backlog: deque[Job[_W, _R]] = deque()
         stopping = False
         while True:
             if not backlog:
@@ -206,7 +211,7 @@ class InferenceRunner:
                     results = [pair for job in jobs for pair in self._run([job])]
                 outbox.put(results)
 
-    def _drain_queue(self, backlog: deque[_Job]) -> bool:
+    def _drain_queue(self, backlog: deque[Job[_W, _R]]) -> bool:
         """Move everything already queued into ``backlog``; True if the stop marker came."""
         while True:
             try:
@@ -217,8 +222,42 @@ class InferenceRunner:
                 return True
             backlog.extend(item)
 
-    def _run(self, jobs: list[_Job]) -> list[tuple[_Job, bytes | BaseException]]:
-        batch = jobs[0].instances if len(jobs) == 1 else [i for j in jobs for i in j.instances]
+
+#: What an ``ss.Model`` job asks for: instances, the caller's output policy, labels or not.
+_Predict = tuple[list[Any], OutputView | None, bool]
+
+
+class InferenceRunner(BatchRunner[_Predict, bytes]):
+    """Runs a model's ``predict`` off the event loop and returns encoded responses.
+
+    The jobs of one batch may differ in output policy: each is encoded as its caller
+    may see it.
+    """
+
+    def __init__(
+        self, model: Model[Any, Any], schema: ModelSchema, *, max_batch: int, timeout: float
+    ) -> None:
+        super().__init__(max_batch=max_batch, timeout=timeout, name="secureserve-inference")
+        self._model = model
+        self._schema = schema
+        self._is_async = type(model).is_async()
+
+    async def submit(self, instances: list[Any], view: OutputView | None = None) -> bytes:
+        """Predict ``instances``; the encoded ``{"predictions": [...]}`` as ``view`` shows them."""
+        body, _ = await self.submit_labelled(instances, view, want_labels=False)
+        return body
+
+    async def submit_labelled(
+        self, instances: list[Any], view: OutputView | None, *, want_labels: bool
+    ) -> tuple[bytes, list[Any] | None]:
+        """:meth:`submit`, and with ``want_labels`` the predicted label of each instance."""
+        if self._is_async:
+            return await self._predict_async(instances, view, want_labels=want_labels)
+        job = await self._submit((instances, view, want_labels), len(instances))
+        return job.future.result(), job.extra
+
+    def _run(self, jobs: list[Job[_Predict, bytes]]) -> list[tuple[Job[_Predict, bytes], Any]]:
+        batch = jobs[0].work[0] if len(jobs) == 1 else [i for j in jobs for i in j.work[0]]
         try:
             outputs = self._model.predict(batch)
         except Exception as exc:  # noqa: BLE001 - any handler failure becomes a redacted 500
@@ -228,14 +267,15 @@ class InferenceRunner:
             got = f"{len(outputs)} outputs" if isinstance(outputs, list) else type(outputs).__name__
             wrong = ModelError(f"predict returned {got} for a batch of {len(batch)} inputs")
             return [(job, wrong) for job in jobs]
-        results: list[tuple[_Job, bytes | BaseException]] = []
+        results: list[tuple[Job[_Predict, bytes], Any]] = []
         start = 0
         for job in jobs:
-            end = start + len(job.instances)
+            end = start + job.size
+            _, view, want_labels = job.work
             try:
-                body = self._schema.encode_predictions(outputs[start:end], end - start, job.view)
-                if job.want_labels:
-                    job.labels = self._schema.labels_of(outputs[start:end])
+                body = self._schema.encode_predictions(outputs[start:end], end - start, view)
+                if want_labels:
+                    job.extra = self._schema.labels_of(outputs[start:end])
                 results.append((job, body))
             except ModelError as exc:
                 results.append((job, exc))
@@ -266,14 +306,14 @@ class InferenceRunner:
         return body, labels
 
 
-def _take_batch(backlog: deque[_Job], max_batch: int) -> list[_Job]:
-    """The oldest jobs, up to ``max_batch`` instances (always at least one job)."""
+def _take_batch(backlog: deque[Job[_W, _R]], max_batch: int) -> list[Job[_W, _R]]:
+    """The oldest jobs, up to ``max_batch`` rows (always at least one job)."""
     jobs = [backlog.popleft()]
-    count = len(jobs[0].instances)
-    while backlog and count + len(backlog[0].instances) <= max_batch:
+    count = jobs[0].size
+    while backlog and count + backlog[0].size <= max_batch:
         job = backlog.popleft()
         jobs.append(job)
-        count += len(job.instances)
+        count += job.size
     return jobs
 
 
@@ -301,13 +341,7 @@ def _timed_out() -> RequestRejected:
     return RequestRejected(504, "timeout", "The model did not answer in time")
 
 
-def _expire(job: _Job) -> None:
-    job.abandoned = True
-    if not job.future.done():
-        job.future.set_exception(_timed_out())
-
-
-def _deliver(results: list[tuple[_Job, bytes | BaseException]]) -> None:
+def _deliver(results: _Results) -> None:
     for job, result in results:
         if job.future.done():
             continue

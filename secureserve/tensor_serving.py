@@ -11,16 +11,21 @@ profile (``[model] profile``, or a locked ``profile.json``) switches on the inpu
 and drift monitoring, extraction detection runs unless switched off; they read the
 model's feature input (:meth:`secureserve.tensor_model.TensorModel.feature_columns`).
 
-A :class:`TensorDeployment` runs its session on one inference thread of its own, so a
-slow model never holds the event loop; a request waits at most ``[server]
-predict_timeout_s`` (then 504). :class:`TensorState` is the served model: reloads swap
+A :class:`TensorDeployment` runs its session on one inference thread of its own
+(:class:`TensorRunner`, the machinery of :mod:`secureserve.runner`), so a slow model
+never holds the event loop; a request waits at most ``[server] predict_timeout_s``
+(then 504, and a run whose every request has timed out is stopped). Requests that wait
+while the thread is busy run as one batch when the graph allows it (the first dimension
+of every input and output open) and they fit together (the same outputs asked for,
+each input of the same datatype and the same shape past the first dimension), up to
+``[server] max_instances`` rows; when a merged run fails, each request runs alone.
+
+:class:`TensorState` is the served model: reloads swap
 deployments as for ``/v1`` models (:class:`secureserve.serving.ServedModel`).
 """
 
 from __future__ import annotations
 
-import asyncio
-import concurrent.futures
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -30,16 +35,29 @@ import onnxruntime
 
 from secureserve.artifacts import ArtifactRecord, Artifacts
 from secureserve.defenses import Defenses, FeatureSource, check_guard_has_profile, without_view
-from secureserve.errors import ConfigError, LoadError, ModelError, RequestRejected, SecureServeError
+from secureserve.errors import ConfigError, LoadError, ModelError, SecureServeError
 from secureserve.logs import get_logger
 from secureserve.metrics import Metrics
 from secureserve.profile import Profile, load_profile, tensor_revision
 from secureserve.release import revision_of
+from secureserve.runner import BatchRunner, Job
 from secureserve.serving import ServedModel, open_model_files, profile_name_of
 from secureserve.settings import ModelSettings, Settings
 from secureserve.tensor_model import TensorModel
 
-__all__ = ["LoadedTensor", "TensorDeployment", "TensorState", "load_tensor_model", "open_graph"]
+__all__ = [
+    "LoadedTensor",
+    "TensorDeployment",
+    "TensorRunner",
+    "TensorState",
+    "load_tensor_model",
+    "open_graph",
+]
+
+Arrays = dict[str, np.ndarray[Any, Any]]
+Outputs = list[tuple[str, str, np.ndarray[Any, Any]]]
+#: What a tensor job asks for: the checked inputs and the outputs wanted, in order.
+_Infer = tuple[Arrays, list[str]]
 
 
 @dataclass(frozen=True)
@@ -114,41 +132,109 @@ def open_graph(cls: type[TensorModel], artifacts: Artifacts) -> TensorModel:
     return instance
 
 
+class _Run:
+    """One session run and the jobs in it: stopped once every one of them has timed out."""
+
+    __slots__ = ("jobs", "options")
+
+    def __init__(self, jobs: list[Job[_Infer, Outputs]]) -> None:
+        self.jobs = jobs
+        self.options = onnxruntime.RunOptions()
+
+
+class TensorRunner(BatchRunner[_Infer, Outputs]):
+    """A tensor model's session on its inference thread, merging requests that fit."""
+
+    def __init__(self, instance: TensorModel, *, max_batch: int, timeout: float) -> None:
+        super().__init__(
+            max_batch=max_batch, timeout=timeout, name=f"secureserve-infer-{type(instance).name}"
+        )
+        self._instance = instance
+        specs = (*instance.inputs, *instance.outputs)
+        self._mergeable = all(spec.shape and spec.shape[0] == -1 for spec in specs)
+
+    async def infer(self, inputs: Arrays, wanted: list[str], rows: int) -> Outputs:
+        """The ``wanted`` outputs for ``inputs`` (of ``rows`` rows); 504 past the timeout."""
+        job = await self._submit((inputs, wanted), rows)
+        return job.future.result()
+
+    def _expire(self, job: Job[_Infer, Outputs]) -> None:
+        super()._expire(job)
+        run: _Run | None = job.extra
+        if run is not None and all(other.abandoned for other in run.jobs):
+            run.options.terminate = True  # the thread is free for the next requests
+
+    def _run(self, jobs: list[Job[_Infer, Outputs]]) -> list[tuple[Job[_Infer, Outputs], Any]]:
+        results: list[tuple[Job[_Infer, Outputs], Any]] = []
+        group: list[Job[_Infer, Outputs]] = []
+        for job in jobs:
+            if group and not self._fits(group[0], job):
+                results += self._run_group(group)
+                group = []
+            group.append(job)
+        return results + self._run_group(group)
+
+    def _fits(self, first: Job[_Infer, Outputs], job: Job[_Infer, Outputs]) -> bool:
+        (inputs, wanted), (theirs, their_wanted) = first.work, job.work
+        return (
+            self._mergeable
+            and wanted == their_wanted
+            and all(
+                a.dtype == b.dtype and a.shape[1:] == b.shape[1:]
+                for a, b in ((inputs[name], theirs[name]) for name in inputs)
+            )
+        )
+
+    def _run_group(
+        self, jobs: list[Job[_Infer, Outputs]]
+    ) -> list[tuple[Job[_Infer, Outputs], Any]]:
+        run = _Run(jobs)
+        for job in jobs:
+            job.extra = run
+        inputs, wanted = jobs[0].work
+        if len(jobs) > 1:
+            inputs = {name: np.concatenate([j.work[0][name] for j in jobs]) for name in inputs}
+        try:
+            outputs = self._instance.infer(inputs, wanted, run.options)
+        except Exception as exc:  # noqa: BLE001 - a failed run is a redacted 500
+            error = ModelError(f"the ONNX session raised {type(exc).__name__}")
+            error.__cause__ = exc
+            return [(job, error) for job in jobs]
+        if len(jobs) == 1:
+            return [(jobs[0], outputs)]
+        total = sum(job.size for job in jobs)
+        if any(array.ndim == 0 or array.shape[0] != total for _, _, array in outputs):
+            wrong = ModelError("a merged run's outputs do not have one row per input row")
+            return [(job, wrong) for job in jobs]  # then each runs alone
+        results = []
+        start = 0
+        for job in jobs:
+            end = start + job.size
+            results.append((job, [(n, t, array[start:end]) for n, t, array in outputs]))
+            start = end
+        return results
+
+
 class TensorDeployment:
     """One loaded version of a tensor model, with the inference thread that runs it."""
 
-    def __init__(self, loaded: LoadedTensor, timeout_s: float, defenses: Defenses) -> None:
+    def __init__(self, loaded: LoadedTensor, settings: Settings, defenses: Defenses) -> None:
         self.instance = loaded.instance
         self.version: str = type(loaded.instance).version
         self.revision = loaded.revision
         self.artifacts = dict(loaded.opened)
         self.defenses = defenses
-        self._timeout_s = timeout_s
-        self._thread = concurrent.futures.ThreadPoolExecutor(
-            max_workers=1, thread_name_prefix=f"secureserve-infer-{type(loaded.instance).name}"
+        self.runner = TensorRunner(
+            loaded.instance,
+            max_batch=settings.server.max_instances,
+            timeout=settings.server.predict_timeout_s,
         )
         self._active = 0
         self._retired = False
 
-    async def infer(
-        self, inputs: dict[str, np.ndarray[Any, Any]], wanted: list[str]
-    ) -> list[tuple[str, str, np.ndarray[Any, Any]]]:
+    async def infer(self, inputs: Arrays, wanted: list[str], rows: int) -> Outputs:
         """Run the session on the inference thread; 504 past the timeout, 500 if it raises."""
-        loop = asyncio.get_running_loop()
-        options = onnxruntime.RunOptions()
-        work = loop.run_in_executor(self._thread, self.instance.infer, inputs, wanted, options)
-        try:
-            return await asyncio.wait_for(work, self._timeout_s)
-        except TimeoutError:
-            options.terminate = True  # the run stops; the thread is free for the next one
-            raise RequestRejected(
-                504,
-                "timeout",
-                "The model did not answer in time",
-                detail=f"no answer within {self._timeout_s:g} s ([server] predict_timeout_s)",
-            ) from None
-        except Exception as exc:
-            raise ModelError(f"the ONNX session raised {type(exc).__name__}") from exc
+        return await self.runner.infer(inputs, wanted, rows)
 
     def acquire(self) -> None:
         """A request starts on this version (event-loop thread only)."""
@@ -158,17 +244,17 @@ class TensorDeployment:
         """A request finished; a retired version stops its thread when none is left."""
         self._active -= 1
         if self._retired and self._active == 0:
-            self._thread.shutdown(wait=False)
+            self.runner.stop()
 
     def retire(self) -> None:
         """Stop taking new requests; stop the thread when in-flight ones are done."""
         self._retired = True
         if self._active == 0:
-            self._thread.shutdown(wait=False)
+            self.runner.stop()
 
     def close(self) -> None:
-        """Shutdown: drop queued work and stop the thread (a run in progress is not waited for)."""
-        self._thread.shutdown(wait=False, cancel_futures=True)
+        """Shutdown: finish queued work and stop the thread."""
+        self.runner.close()
 
 
 class TensorState(ServedModel):
@@ -208,7 +294,7 @@ class TensorState(ServedModel):
             audit=lambda: self.audit,
             limiter=lambda: self.limiter,
         )
-        return TensorDeployment(loaded, self.settings.server.predict_timeout_s, defenses)
+        return TensorDeployment(loaded, self.settings, defenses)
 
     def _swapped(self, previous: TensorDeployment, current: TensorDeployment) -> None:
         current.defenses.take_over(previous.defenses)

@@ -195,7 +195,7 @@ class Infer:
             await limiter.check(principal.id, state.name, rows - 1, throttle=throttle)
         info.model_version = deployment.version
         screened = defenses.screen(principal.id, request.inputs, info.request_id)  # or 4xx
-        outputs = await deployment.infer(request.inputs, wanted)
+        outputs = await deployment.infer(request.inputs, wanted, rows)
         if defenses.wants_labels:  # extraction detection: what each row was answered
             defenses.after_predict(principal.id, screened, _labels(instance, outputs))
         payload, header_length = encode_response(

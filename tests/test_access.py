@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import io
 import json
-import shutil
 import os
 import re
+import shutil
 import time
 from pathlib import Path
 from typing import Any

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 
@@ -14,6 +15,7 @@ from onnx import TensorProto, helper
 from test_v2 import FULL, INFER, ROWS, infer_body, tensor_app, tensor_project
 
 from secureserve.cli import main
+from secureserve.cli._common import import_handler
 from secureserve.errors import ConfigError
 from secureserve.keys import mint_key
 from secureserve.profile import read_rows
@@ -176,3 +178,77 @@ def test_an_empty_batch_is_refused_not_fed_to_the_defenses(tmp_path, monkeypatch
         reply = client.post(INFER, json=empty)
     assert reply.status_code == 422
     assert reply.json()["detail"].startswith("$.inputs: 1 to ")
+
+
+def _iris_graph(project):
+    from secureserve.config import load_settings
+    from secureserve.serving import open_model_files
+    from secureserve.tensor_serving import open_graph
+
+    settings = load_settings(project_dir=project)
+    artifacts, _, _ = open_model_files(settings, settings.model, model="iris")
+    return open_graph(import_handler("app:IrisTensor", project), artifacts)
+
+
+def test_waiting_requests_run_as_one_batch_and_get_their_own_rows(tmp_path, monkeypatch):
+    from secureserve.tensor_serving import TensorRunner
+
+    instance = _iris_graph(tensor_project(tmp_path, monkeypatch))
+    runs: list[int] = []
+    infer = instance.infer
+
+    def counted(inputs, wanted, options=None):
+        runs.append(len(inputs["x"]))
+        return infer(inputs, wanted, options)
+
+    instance.infer = counted
+    runner = TensorRunner(instance, max_batch=8, timeout=5)
+    rows = np.array(ROWS * 3, dtype=np.float32)  # 6 rows: 3 requests of 2
+
+    async def main():
+        alone = [await runner.infer({"x": rows[:2]}, ["probs"], 2)]
+        together = await asyncio.gather(
+            *(runner.infer({"x": rows[i : i + 2]}, ["probs"], 2) for i in (0, 2, 4))
+        )
+        return alone, together
+
+    alone, together = asyncio.run(main())
+    runner.close()
+    assert runs == [2, 6]  # the three waiting requests: one session run
+    expected = infer({"x": rows}, ["probs"])[0][2]
+    for i, outputs in enumerate(together):
+        [(name, datatype, array)] = outputs
+        assert (name, datatype, array.shape) == ("probs", "FP32", (2, 3))
+        assert np.allclose(array, expected[2 * i : 2 * i + 2])
+    assert np.allclose(alone[0][0][2], expected[:2])
+
+
+def test_requests_that_do_not_fit_together_run_apart(tmp_path, monkeypatch):
+    from secureserve.tensor_serving import TensorRunner
+
+    instance = _iris_graph(tensor_project(tmp_path, monkeypatch))
+    runs: list[int] = []
+    infer = instance.infer
+
+    def flaky(inputs, wanted, options=None):
+        runs.append(len(inputs["x"]))
+        if len(inputs["x"]) == 3:  # the merged run fails: each request is retried alone
+            raise RuntimeError("merged run failed")
+        return infer(inputs, wanted, options)
+
+    instance.infer = flaky
+    runner = TensorRunner(instance, max_batch=8, timeout=5)
+    x = np.array(ROWS, dtype=np.float32)
+
+    async def main():
+        return await asyncio.gather(
+            runner.infer({"x": x[:1]}, ["probs"], 1),
+            runner.infer({"x": x}, ["probs"], 2),
+            return_exceptions=True,
+        )
+
+    one, two = asyncio.run(main())
+    runner.close()
+    assert runs == [3, 1, 2]
+    assert one[0][2].shape == (1, 3)
+    assert two[0][2].shape == (2, 3)
