@@ -420,7 +420,8 @@ class ServingState(ServedModel):
         log = get_logger()
         if loaded.no_features is not None:
             log.info(
-                "model defenses that need a feature view are off (input guard, drift)",
+                "model defenses that need a feature view are off "
+                "(input guard, drift, extraction detection)",
                 model=self.name,
                 reason=loaded.no_features,
             )
@@ -433,6 +434,7 @@ class ServingState(ServedModel):
             role_policies=dict(self.model_settings.output.roles) or None,
             guard=defenses.mode if defenses.guard is not None else "off",
             drift="on" if defenses.drift is not None else "off",
+            extraction=defenses.action if defenses.extraction is not None else "off",
             profile_features=len(loaded.profile.features) if loaded.profile else None,
         )
         if default is not None and default.policy == "full":

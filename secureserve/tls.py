@@ -107,6 +107,12 @@ def check_certificate_files(
     private_key = _load_private_key(key, key_bytes)
     _check_key_strength(key, private_key.public_key())
     if _spki(certificate.public_key()) != _spki(private_key.public_key()):
+        if _later_in_chain(cert, private_key):
+            raise ConfigError(
+                f"[tls] cert {cert} starts with another certificate than the one [tls] key "
+                f"{key} belongs to: put the server's own certificate first, then the "
+                "intermediates (not the root)."
+            )
         raise ConfigError(
             f"[tls] key {key} does not belong to the certificate {cert}: their public keys "
             "differ. Point [tls] key at the private key the certificate was issued for "
@@ -115,6 +121,16 @@ def check_certificate_files(
     _check_validity(cert, certificate, moment)
     return certificate
 
+
+
+def _later_in_chain(cert: Path, private_key: Any) -> bool:
+    """Whether the key belongs to a certificate of ``cert`` other than the first."""
+    try:
+        chain = x509.load_pem_x509_certificates(cert.read_bytes())
+    except (OSError, ValueError):
+        return False
+    mine = _spki(private_key.public_key())
+    return any(_spki(c.public_key()) == mine for c in chain[1:])
 
 def server_context(
     *,

@@ -247,6 +247,15 @@ def test_check_certificate_files_accepts_chain_after_leaf(tmp_path, dev):
 # --- check_certificate_files: refused ------------------------------------------------
 
 
+def test_a_chain_in_the_wrong_order_is_refused_saying_so(tmp_path, dev):
+    """The issuer first, then the leaf: the message says to put the leaf first."""
+    chain = dev.ca_cert.read_bytes() + dev.cert.read_bytes()
+    message = _refused(_write(tmp_path / "chain.pem", chain, 0o644), dev.key)
+    assert "put the server's own certificate first" in message
+    other = ensure_dev_certificates(tmp_path / "other")  # a key of no certificate here
+    assert "does not belong" in _refused(dev.cert, other.key)
+
+
 def _refused(cert, key, *, now=None):
     with pytest.raises(ConfigError) as caught:
         check_certificate_files(cert, key, now=now)

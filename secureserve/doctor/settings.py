@@ -113,7 +113,7 @@ def _check_expiry(cert: Path, certificate: x509.Certificate, now: datetime) -> I
             "[tls] cert",
             f"{cert} expires in {left.days} days "
             f"({certificate.not_valid_after_utc:%Y-%m-%d %H:%M} UTC).",
-            "renew the certificate and reload or restart the server.",
+            "renew the certificate and restart the server (a reload swaps model files only).",
         )
 
 
