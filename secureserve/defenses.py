@@ -166,6 +166,7 @@ class Defenses:
         self.model_name = source.model
         self.profile = profile
         self._rows = source.rows
+        self._columns = source.columns
         self._width = len(source.columns)
         has_view = bool(source.columns)
         self.mode: Literal["refuse", "flag", "off"] = guard_mode(
@@ -297,7 +298,8 @@ class Defenses:
         recorded as cleared (``drift-cleared``, trigger ``reload``), so the audit log and
         the gauge never show an alert nobody watches any more.
         """
-        if previous.extraction is not None and self.extraction is not None:
+        same_view = previous._columns == self._columns  # a tensor graph may change on reload
+        if previous.extraction is not None and self.extraction is not None and same_view:
             # what principals did is not undone by a reload; this object now answers for it
             self.extraction = previous.extraction
             self.extraction.rebind(self._suspected)

@@ -36,6 +36,7 @@ from collections import deque
 from typing import Any, Final, Generic, TypeVar
 
 from secureserve.errors import ModelError, RequestRejected, SecureServeError
+from secureserve.logs import get_logger
 from secureserve.model import Model
 from secureserve.outputs import OutputView
 from secureserve.schema import ModelSchema
@@ -140,12 +141,19 @@ class BatchRunner(Generic[_W, _R]):
         self._pending.append(job)
         try:
             await job.future
+        except asyncio.CancelledError:
+            job.abandoned = True  # nobody waits for it: the thread skips it, a run may stop
+            raise
         finally:
             timer.cancel()
         return job
 
     def _run(self, jobs: list[Job[_W, _R]]) -> list[tuple[Job[_W, _R], _R | BaseException]]:
-        """Inference thread: run ``jobs`` (one batch); each job's result or error."""
+        """Inference thread: run ``jobs`` (one batch); each job's result or error.
+
+        When a merged call fails, the subclass retries its jobs alone (those not yet
+        abandoned), so one hostile request cannot fail other callers' requests.
+        """
         raise NotImplementedError
 
     def _expire(self, job: Job[_W, _R]) -> None:
@@ -206,9 +214,11 @@ class BatchRunner(Generic[_W, _R]):
             stopping = self._drain_queue(backlog) or stopping
             jobs = [job for job in _take_batch(backlog, self._max_batch) if not job.abandoned]
             if jobs:
-                results = self._run(jobs)
-                if len(jobs) > 1 and any(isinstance(r, BaseException) for _, r in results):
-                    results = [pair for job in jobs for pair in self._run([job])]
+                try:
+                    results = self._run(jobs)
+                except Exception as exc:  # noqa: BLE001 - the thread lives on; the jobs get 500s
+                    get_logger().exception("inference batch failed", thread=self._name)
+                    results = [(job, _model_failed(exc)) for job in jobs]
                 outbox.put(results)
 
     def _drain_queue(self, backlog: deque[Job[_W, _R]]) -> bool:
@@ -257,6 +267,12 @@ class InferenceRunner(BatchRunner[_Predict, bytes]):
         return job.future.result(), job.extra
 
     def _run(self, jobs: list[Job[_Predict, bytes]]) -> list[tuple[Job[_Predict, bytes], Any]]:
+        results = self._predict(jobs)
+        if len(jobs) > 1 and any(isinstance(r, BaseException) for _, r in results):
+            return [pair for job in jobs if not job.abandoned for pair in self._predict([job])]
+        return results
+
+    def _predict(self, jobs: list[Job[_Predict, bytes]]) -> list[tuple[Job[_Predict, bytes], Any]]:
         batch = jobs[0].work[0] if len(jobs) == 1 else [i for j in jobs for i in j.work[0]]
         try:
             outputs = self._model.predict(batch)

@@ -508,16 +508,20 @@ class ServedModels:
         """
         mine = [state for state in self if principal.may_use(state.name)]
         visible = [state for state in mine if isinstance(state, ServingState)]
-        graphs = []
+        graphs, revisions = [], []
         for state in mine:  # tensor models, once loaded: the document describes their graphs
             if not isinstance(state, ServingState) and state.current is not None:
                 graph = state.current.instance
                 graphs.append(TensorDoc(state.name, state.version, graph.inputs, graph.outputs))
+                revisions.append(state.current.revision)  # a reload may bring another graph
         views = [state.policies.for_roles(principal.roles) for state in visible]
         key = tuple(
             (state.name, state.version, view.policy if view is not None else "")
             for state, view in zip(visible, views, strict=True)
-        ) + tuple((graph.name, graph.version, "tensors") for graph in graphs)
+        ) + tuple(
+            (graph.name, revision, "tensors")
+            for graph, revision in zip(graphs, revisions, strict=True)
+        )
         body = self._openapi.get(key)
         if body is None:
             docs = [

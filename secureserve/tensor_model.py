@@ -85,12 +85,18 @@ class TensorModel:
         file: the ONNX file in the model folder.
         scores: the outputs that are class scores (default: every floating-point
             output; see the module docstring).
+        independent_rows: True when every output row depends on its own input row
+            alone (a classifier or regressor applied row by row): requests waiting
+            for the model may then run as one batch. False (the default) for graphs
+            that mix rows, such as batch statistics, top-k or non-maximum suppression
+            over the batch: each request runs alone, so no caller sees another's rows.
     """
 
     name: ClassVar[str]
     version: ClassVar[str] = "1"
     file: ClassVar[str]
     scores: ClassVar[tuple[str, ...] | None] = None
+    independent_rows: ClassVar[bool] = False
 
     def __init__(self) -> None:
         self.session: onnxruntime.InferenceSession | None = None

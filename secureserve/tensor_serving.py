@@ -16,7 +16,8 @@ A :class:`TensorDeployment` runs its session on one inference thread of its own
 never holds the event loop; a request waits at most ``[server] predict_timeout_s``
 (then 504, and a run whose every request has timed out is stopped). Requests that wait
 while the thread is busy run as one batch when the graph allows it (the first dimension
-of every input and output open) and they fit together (the same outputs asked for,
+of every input and output open, and the class says each output row depends on its
+input row alone: ``independent_rows = True``) and they fit together (the same outputs asked for,
 each input of the same datatype and the same shape past the first dimension), up to
 ``[server] max_instances`` rows; when a merged run fails, each request runs alone.
 
@@ -141,6 +142,12 @@ class _Run:
         self.jobs = jobs
         self.options = onnxruntime.RunOptions()
 
+    def stop_if_abandoned(self) -> bool:
+        """Stop the run (``terminate``) if nobody waits for it any more; whether it was."""
+        if all(job.abandoned for job in self.jobs):
+            self.options.terminate = True  # the thread is free for the next requests
+        return bool(self.options.terminate)
+
 
 class TensorRunner(BatchRunner[_Infer, Outputs]):
     """A tensor model's session on its inference thread, merging requests that fit."""
@@ -151,7 +158,9 @@ class TensorRunner(BatchRunner[_Infer, Outputs]):
         )
         self._instance = instance
         specs = (*instance.inputs, *instance.outputs)
-        self._mergeable = all(spec.shape and spec.shape[0] == -1 for spec in specs)
+        self._mergeable = type(instance).independent_rows and all(
+            spec.shape and spec.shape[0] == -1 for spec in specs
+        )
 
     async def infer(self, inputs: Arrays, wanted: list[str], rows: int) -> Outputs:
         """The ``wanted`` outputs for ``inputs`` (of ``rows`` rows); 504 past the timeout."""
@@ -161,8 +170,8 @@ class TensorRunner(BatchRunner[_Infer, Outputs]):
     def _expire(self, job: Job[_Infer, Outputs]) -> None:
         super()._expire(job)
         run: _Run | None = job.extra
-        if run is not None and all(other.abandoned for other in run.jobs):
-            run.options.terminate = True  # the thread is free for the next requests
+        if run is not None:
+            run.stop_if_abandoned()
 
     def _run(self, jobs: list[Job[_Infer, Outputs]]) -> list[tuple[Job[_Infer, Outputs], Any]]:
         results: list[tuple[Job[_Infer, Outputs], Any]] = []
@@ -188,9 +197,21 @@ class TensorRunner(BatchRunner[_Infer, Outputs]):
     def _run_group(
         self, jobs: list[Job[_Infer, Outputs]]
     ) -> list[tuple[Job[_Infer, Outputs], Any]]:
+        jobs = [job for job in jobs if not job.abandoned]  # timed out while others ran
+        if not jobs:
+            return []
+        results = self._run_once(jobs)
+        if len(jobs) > 1 and any(isinstance(r, BaseException) for _, r in results):
+            # a merged run failed: each request alone, unless it was stopped for timing out
+            return [pair for job in jobs if not job.abandoned for pair in self._run_once([job])]
+        return results
+
+    def _run_once(self, jobs: list[Job[_Infer, Outputs]]) -> list[tuple[Job[_Infer, Outputs], Any]]:
         run = _Run(jobs)
         for job in jobs:
             job.extra = run
+        if run.stop_if_abandoned():  # timed out just before: nothing to run
+            return []
         inputs, wanted = jobs[0].work
         if len(jobs) > 1:
             inputs = {name: np.concatenate([j.work[0][name] for j in jobs]) for name in inputs}

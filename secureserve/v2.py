@@ -197,7 +197,7 @@ class Infer:
         screened = defenses.screen(principal.id, request.inputs, info.request_id)  # or 4xx
         outputs = await deployment.infer(request.inputs, wanted, rows)
         if defenses.wants_labels:  # extraction detection: what each row was answered
-            defenses.after_predict(principal.id, screened, _labels(instance, outputs))
+            defenses.after_predict(principal.id, screened, _labels(instance, outputs, rows))
         payload, header_length = encode_response(
             model_name=state.name,
             model_version=deployment.version,
@@ -224,7 +224,9 @@ class Infer:
         )
 
 
-def _labels(instance: TensorModel, outputs: list[tuple[str, str, Any]]) -> list[int] | None:
+def _labels(
+    instance: TensorModel, outputs: list[tuple[str, str, Any]], rows: int
+) -> list[int] | None:
     """Per row, the class a score output ranks first (extraction detection groups by it).
 
     The first score output among those computed, if it is ``[rows, classes]``; else None
@@ -233,6 +235,8 @@ def _labels(instance: TensorModel, outputs: list[tuple[str, str, Any]]) -> list[
     scores = instance.score_outputs()
     for name, _, array in outputs:
         if name in scores and array.ndim == 2:  # noqa: PLR2004 - [rows, classes]
+            if array.shape[0] != rows or array.shape[1] == 0:
+                return None  # not one score row per input row: no grouping
             labels: list[int] = array.argmax(axis=1).tolist()
             return labels
     return None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import time
 
 import numpy as np
 import onnx
@@ -190,65 +191,166 @@ def _iris_graph(project):
     return open_graph(import_handler("app:IrisTensor", project), artifacts)
 
 
-def test_waiting_requests_run_as_one_batch_and_get_their_own_rows(tmp_path, monkeypatch):
+def _counting_runner(tmp_path, monkeypatch, *, independent, fail_merged=False):
+    """A TensorRunner over the iris graph whose session runs are counted (rows per run)."""
     from secureserve.tensor_serving import TensorRunner
 
     instance = _iris_graph(tensor_project(tmp_path, monkeypatch))
+    monkeypatch.setattr(type(instance), "independent_rows", independent)
     runs: list[int] = []
     infer = instance.infer
 
     def counted(inputs, wanted, options=None):
         runs.append(len(inputs["x"]))
-        return infer(inputs, wanted, options)
-
-    instance.infer = counted
-    runner = TensorRunner(instance, max_batch=8, timeout=5)
-    rows = np.array(ROWS * 3, dtype=np.float32)  # 6 rows: 3 requests of 2
-
-    async def main():
-        alone = [await runner.infer({"x": rows[:2]}, ["probs"], 2)]
-        together = await asyncio.gather(
-            *(runner.infer({"x": rows[i : i + 2]}, ["probs"], 2) for i in (0, 2, 4))
-        )
-        return alone, together
-
-    alone, together = asyncio.run(main())
-    runner.close()
-    assert runs == [2, 6]  # the three waiting requests: one session run
-    expected = infer({"x": rows}, ["probs"])[0][2]
-    for i, outputs in enumerate(together):
-        [(name, datatype, array)] = outputs
-        assert (name, datatype, array.shape) == ("probs", "FP32", (2, 3))
-        assert np.allclose(array, expected[2 * i : 2 * i + 2])
-    assert np.allclose(alone[0][0][2], expected[:2])
-
-
-def test_requests_that_do_not_fit_together_run_apart(tmp_path, monkeypatch):
-    from secureserve.tensor_serving import TensorRunner
-
-    instance = _iris_graph(tensor_project(tmp_path, monkeypatch))
-    runs: list[int] = []
-    infer = instance.infer
-
-    def flaky(inputs, wanted, options=None):
-        runs.append(len(inputs["x"]))
-        if len(inputs["x"]) == 3:  # the merged run fails: each request is retried alone
+        if fail_merged and len(inputs["x"]) > 2:
             raise RuntimeError("merged run failed")
         return infer(inputs, wanted, options)
 
-    instance.infer = flaky
-    runner = TensorRunner(instance, max_batch=8, timeout=5)
+    instance.infer = counted
+    return TensorRunner(instance, max_batch=8, timeout=5), runs, infer
+
+
+def _three_waiting(runner, rows):
+    async def main():
+        first = await runner.infer({"x": rows[:2]}, ["probs"], 2)
+        waiting = await asyncio.gather(
+            *(runner.infer({"x": rows[i : i + 2]}, ["probs"], 2) for i in (0, 2, 4))
+        )
+        return first, waiting
+
+    try:
+        return asyncio.run(main())
+    finally:
+        runner.close()
+
+
+def test_waiting_requests_run_as_one_batch_and_get_their_own_rows(tmp_path, monkeypatch):
+    runner, runs, infer = _counting_runner(tmp_path, monkeypatch, independent=True)
+    rows = np.array(ROWS * 3, dtype=np.float32)  # 6 rows: 3 requests of 2
+    first, waiting = _three_waiting(runner, rows)
+    assert runs == [2, 6]  # the three waiting requests: one session run
+    expected = infer({"x": rows}, ["probs"])[0][2]
+    for i, outputs in enumerate(waiting):
+        [(name, datatype, array)] = outputs
+        assert (name, datatype, array.shape) == ("probs", "FP32", (2, 3))
+        assert np.allclose(array, expected[2 * i : 2 * i + 2])
+    assert np.allclose(first[0][2], expected[:2])
+
+
+def test_rows_are_never_merged_unless_the_class_says_they_are_independent(tmp_path, monkeypatch):
+    """A graph may mix rows (batch statistics, top-k over the batch): each request alone."""
+    runner, runs, _ = _counting_runner(tmp_path, monkeypatch, independent=False)
+    _, waiting = _three_waiting(runner, np.array(ROWS * 3, dtype=np.float32))
+    assert runs == [2, 2, 2, 2]
+    assert [outputs[0][2].shape for outputs in waiting] == [(2, 3)] * 3
+
+
+def test_a_failed_merged_run_is_retried_request_by_request(tmp_path, monkeypatch):
+    runner, runs, _ = _counting_runner(tmp_path, monkeypatch, independent=True, fail_merged=True)
+    _, waiting = _three_waiting(runner, np.array(ROWS * 3, dtype=np.float32))
+    assert runs == [2, 6, 2, 2, 2]  # the merged run, then each alone, once
+    assert [outputs[0][2].shape for outputs in waiting] == [(2, 3)] * 3
+
+
+def test_a_run_whose_requests_all_timed_out_is_stopped_not_retried(tmp_path, monkeypatch):
+    """The session sees terminate (as onnxruntime does) and no request is run again."""
+    from secureserve.errors import RequestRejected
+    from secureserve.tensor_serving import TensorRunner
+
+    instance = _iris_graph(tensor_project(tmp_path, monkeypatch))
+    monkeypatch.setattr(type(instance), "independent_rows", True)
+    runs: list[int] = []
+    infer = instance.infer
+
+    def slow(inputs, wanted, options=None):
+        runs.append(len(inputs["x"]))
+        if len(inputs["x"]) > 1:  # the slow requests: until stopped (at most 5 s)
+            for _ in range(500):
+                if options.terminate:
+                    raise RuntimeError("Exiting due to terminate flag being set to true.")
+                time.sleep(0.01)
+        return infer(inputs, wanted, options)
+
+    instance.infer = slow
+    runner = TensorRunner(instance, max_batch=8, timeout=0.3)
     x = np.array(ROWS, dtype=np.float32)
 
     async def main():
+        timed_out = await asyncio.gather(
+            *(runner.infer({"x": x}, ["probs"], 2) for _ in range(3)), return_exceptions=True
+        )
+        start = time.monotonic()
+        after = await runner.infer({"x": x[:1]}, ["probs"], 1)
+        return timed_out, after, time.monotonic() - start
+
+    timed_out, after, waited = asyncio.run(main())
+    runner.close()
+    assert all(isinstance(e, RequestRejected) and e.status == 504 for e in timed_out)
+    assert runs == [6, 1]  # stopped, never run again; then the next request
+    assert after[0][2].shape == (1, 3)
+    assert waited < 2.0  # the thread was free (a generous bound only a failure misses)
+
+
+def test_requests_that_do_not_fit_together_run_apart(tmp_path, monkeypatch):
+    """Another dtype or other outputs: separate runs (and one's failure is its own)."""
+    from secureserve.errors import ModelError
+
+    runner, runs, _ = _counting_runner(tmp_path, monkeypatch, independent=True)
+    x = np.array(ROWS, dtype=np.float32)
+
+    async def main():
+        await runner.infer({"x": x[:1]}, ["probs"], 1)
         return await asyncio.gather(
-            runner.infer({"x": x[:1]}, ["probs"], 1),
             runner.infer({"x": x}, ["probs"], 2),
+            runner.infer({"x": x.astype(np.float64)}, ["probs"], 2),  # the graph takes FP32
+            runner.infer({"x": x}, ["probs", "probs"], 2),  # other outputs wanted
             return_exceptions=True,
         )
 
-    one, two = asyncio.run(main())
-    runner.close()
-    assert runs == [3, 1, 2]
-    assert one[0][2].shape == (1, 3)
-    assert two[0][2].shape == (2, 3)
+    try:
+        same, other_dtype, other_outputs = asyncio.run(main())
+    finally:
+        runner.close()
+    assert runs == [1, 2, 2, 2]
+    assert same[0][2].shape == (2, 3)
+    assert isinstance(other_dtype, ModelError)
+    assert [name for name, _, _ in other_outputs] == ["probs", "probs"]
+
+
+def softmax_graph(path, width: int) -> None:
+    """X FP32 [n, width] -> probs = softmax(x): a graph of another input width."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", width])
+    probs = helper.make_tensor_value_info("probs", TensorProto.FLOAT, ["n", width])
+    node = helper.make_node("Softmax", ["x"], ["probs"], axis=1)
+    model = helper.make_model(
+        helper.make_graph([node], "softmax", [x], [probs]),
+        opset_imports=[helper.make_opsetid("", 17)],
+    )
+    model.ir_version = 8
+    onnx.save(model, path)
+
+
+def test_a_reload_that_changes_the_input_width_starts_extraction_detection_afresh(
+    tmp_path, monkeypatch
+):
+    """The old principals' histories are of 4 numbers a row: kept, they would break infer."""
+    project = tensor_project(tmp_path, monkeypatch)
+    def width_documented(client) -> int:
+        document = client.get("/openapi.json").json()
+        request = document["paths"][INFER]["post"]["requestBody"]["content"]["application/json"]
+        [tensor] = request["schema"]["properties"]["inputs"]["items"]["oneOf"]
+        return tensor["properties"]["shape"]["prefixItems"][1]["const"]
+
+    with asgi_client(tensor_app(project, CALLER, ADMIN), CALLER) as client:
+        assert client.post(INFER, json=infer_body()).status_code == 200
+        assert width_documented(client) == 4
+        softmax_graph(project / "models" / "iris.onnx", 5)
+        assert main(["lock"]) == 0
+        assert client.post("/v1/models/iris:reload", headers=bearer(ADMIN)).status_code == 200
+        wide = {"inputs": [{"name": "x", "shape": [1, 5], "datatype": "FP32", "data": [1] * 5}]}
+        reply = client.post(INFER, json=wide)
+        principals = client.get("/v1/models/iris/principals", headers=bearer(ADMIN)).json()
+        assert width_documented(client) == 5  # the document follows the graph
+    assert reply.status_code == 200
+    assert reply.json()["outputs"][0]["shape"] == [1, 5]
+    assert [p["queries"] for p in principals["principals"]] == [1]  # a new history

@@ -13,3 +13,5 @@ class IrisTensor(ss.TensorModel):
     name = "iris"
     version = "1"
     file = "iris.onnx"
+    # each row's probabilities come from that row alone: waiting requests may share a run
+    independent_rows = True
