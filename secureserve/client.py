@@ -11,6 +11,12 @@ TLS verification cannot be switched off: the server's certificate must chain to 
 (a PEM bundle) or, without it, to the system's trust store; ``http://`` is refused.
 Redirects are never followed. A 429 or 503 with ``Retry-After`` is retried at most
 ``retries`` times, each wait at most ``max_retry_wait`` seconds; nothing else is retried.
+Each attempt, from connecting to the body's last byte, takes at most ``timeout`` seconds,
+so a call returns or raises within ``(retries + 1) * timeout + retries * max_retry_wait``.
+Bodies are asked for and read unencoded (``Accept-Encoding: identity``; an encoded one
+is never decompressed) and capped: ``max_response_bytes`` for a success, 64 KiB for an
+error. Text the server sends (title, detail, reason phrase) reaches an exception escaped
+(no control characters) and cut short; a request id only when it looks like one.
 
 Every error the client raises on purpose::
 
@@ -54,10 +60,13 @@ Every error the client raises on purpose::
         │   └── ModelUnavailable    503 model-unavailable
         └── ModelTimeout            504 timeout
 
-The class comes from the problem ``type`` alone: an unknown slug, or an answer that is
-not problem+json (a proxy's HTML page, a garbled body), is a plain ``ProblemError``
-with the HTTP status. Programming errors (an ``http://`` URL, a bad argument) are
-``ValueError``.
+The class comes from the problem ``type`` when the status is that slug's own (above);
+otherwise (an unknown slug, a slug on another status, an answer that is not
+problem+json such as a proxy's HTML page) from the status alone: the class without a
+slug for 400, 401, 403, 404, 405, 408, 413, 414, 415, 422, 429, 431, 500 and 503 (say
+``Unavailable``, ``RateLimited``), else a plain ``ProblemError``. Programming errors
+(an ``http://`` URL, a model name the server cannot have, a missing certificate file,
+a bad argument) are ``ValueError``.
 """
 
 # ruff: noqa: N818 - exceptions are named for the HTTP status they stand for, as in
@@ -66,16 +75,20 @@ with the HTTP status. Programming errors (an ``http://`` URL, a bad argument) ar
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
+import os
+import re
 import ssl
 import time
 from collections.abc import Iterable
+from contextvars import ContextVar
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from os import PathLike
 from types import TracebackType
 from typing import Any, Final, Generic, Self, TypeAlias, TypeVar
-from urllib.parse import quote, urlsplit
+from urllib.parse import urlsplit
 
 import httpx2
 import msgspec
@@ -131,9 +144,22 @@ __all__ = [
 T = TypeVar("T")
 StrPath: TypeAlias = str | PathLike[str]
 
-#: Seconds for the whole exchange (connect, send, wait, read); the server's own
-#: ``predict_timeout_s`` defaults to 10.
+#: Seconds for one attempt, from connecting to the last byte of the answer; the server's
+#: own ``predict_timeout_s`` defaults to 10.
 DEFAULT_TIMEOUT_S: Final = 30.0
+#: The largest successful answer read, in bytes (an answer over it is UnexpectedResponse).
+DEFAULT_MAX_RESPONSE_BYTES: Final = 64 * 1024 * 1024
+#: The largest error body read: a problem+json is well under 1 KiB; past this it is ignored.
+_MAX_ERROR_BYTES: Final = 64 * 1024
+#: The most characters of server text an exception shows (escaped, then cut short).
+_MAX_TITLE: Final = 200
+_MAX_DETAIL: Final = 512
+_MAX_MESSAGE: Final = 1024
+#: secureserve.model.NAME_PATTERN, copied (the client imports nothing of the server).
+_MODEL_NAME: Final = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")
+#: What the server's request ids look like; anything else is not shown.
+_REQUEST_ID: Final = re.compile(r"[A-Za-z0-9._-]{8,64}")
+_SLUG: Final = re.compile(r"[a-z0-9][a-z0-9-]{0,63}")
 #: Retries of a 429 or 503 that carries ``Retry-After``; nothing else is retried.
 DEFAULT_RETRIES: Final = 2
 #: A ``Retry-After`` longer than this is not waited for: the error is raised at once.
@@ -152,8 +178,9 @@ class ClientError(Exception):
 class TransportError(ClientError):
     """No HTTP answer: the connection could not be made or broke, or it timed out.
 
-    ``__cause__`` is the ``httpx2`` exception. Never retried: the request may or may
-    not have reached the server.
+    ``__cause__`` is the ``httpx2`` exception, or a ``TimeoutError`` when the attempt
+    ran past ``timeout`` as a whole. Never retried: the request may or may not have
+    reached the server.
     """
 
 
@@ -190,6 +217,10 @@ class ProblemError(ClientError):
     only where the server deems it safe (a field path, a limit). ``request_id`` (from
     the body, else the ``X-Request-ID`` header) names the server's log line.
     ``retry_after`` is the ``Retry-After`` header in seconds, if any (on 429 and 503).
+
+    Raised by the client, ``title`` and ``detail`` are the server's text with every
+    non-printable character escaped, cut to 200 and 512 characters; ``request_id`` is
+    None unless it is 8 to 64 of ``[A-Za-z0-9._-]``.
     """
 
     def __init__(
@@ -361,40 +392,59 @@ class ModelTimeout(ProblemError):
     """504 ``timeout``: the prediction took longer than ``predict_timeout_s``."""
 
 
-#: The problem slugs of docs/http.md and the class raised for each.
-_BY_SLUG: Final[dict[str, type[ProblemError]]] = {
-    "bad-request": BadRequest,
-    "malformed-json": MalformedJSON,
-    "unsupported": NotSupported,
-    "unauthorized": Unauthorized,
-    "client-certificate-required": ClientCertificateRequired,
-    "forbidden": Forbidden,
-    "https-required": HTTPSRequired,
-    "browser-request": BrowserRequest,
-    "suspected-extraction": SuspectedExtraction,
-    "not-found": NotFound,
-    "drift-off": DriftOff,
-    "extraction-off": ExtractionOff,
-    "method-not-allowed": MethodNotAllowed,
-    "body-timeout": BodyTimeout,
-    "header-timeout": HeaderTimeout,
-    "explain-unavailable": ExplainUnavailable,
-    "too-large": PayloadTooLarge,
-    "too-many-elements": TooManyElements,
-    "uri-too-long": URITooLong,
-    "unsupported-media-type": UnsupportedMediaType,
-    "validation": ValidationFailed,
-    "out-of-distribution": OutOfDistribution,
-    "rate-limited": RateLimited,
-    "quota-exhausted": QuotaExhausted,
-    "header-fields-too-large": HeaderFieldsTooLarge,
-    "internal": InternalError,
-    "reload-failed": ReloadFailed,
-    "overloaded": Overloaded,
-    "limits-unavailable": LimitsUnavailable,
-    "audit-unavailable": AuditUnavailable,
-    "model-unavailable": ModelUnavailable,
-    "timeout": ModelTimeout,
+#: The problem slugs of docs/http.md: the status each comes with and the class raised.
+_BY_SLUG: Final[dict[str, tuple[int, type[ProblemError]]]] = {
+    "bad-request": (400, BadRequest),
+    "malformed-json": (400, MalformedJSON),
+    "unsupported": (400, NotSupported),
+    "unauthorized": (401, Unauthorized),
+    "client-certificate-required": (401, ClientCertificateRequired),
+    "forbidden": (403, Forbidden),
+    "https-required": (403, HTTPSRequired),
+    "browser-request": (403, BrowserRequest),
+    "suspected-extraction": (403, SuspectedExtraction),
+    "not-found": (404, NotFound),
+    "drift-off": (404, DriftOff),
+    "extraction-off": (404, ExtractionOff),
+    "method-not-allowed": (405, MethodNotAllowed),
+    "body-timeout": (408, BodyTimeout),
+    "header-timeout": (408, HeaderTimeout),
+    "explain-unavailable": (409, ExplainUnavailable),
+    "too-large": (413, PayloadTooLarge),
+    "too-many-elements": (413, TooManyElements),
+    "uri-too-long": (414, URITooLong),
+    "unsupported-media-type": (415, UnsupportedMediaType),
+    "validation": (422, ValidationFailed),
+    "out-of-distribution": (422, OutOfDistribution),
+    "rate-limited": (429, RateLimited),
+    "quota-exhausted": (429, QuotaExhausted),
+    "header-fields-too-large": (431, HeaderFieldsTooLarge),
+    "internal": (500, InternalError),
+    "reload-failed": (500, ReloadFailed),
+    "overloaded": (503, Overloaded),
+    "limits-unavailable": (503, LimitsUnavailable),
+    "audit-unavailable": (503, AuditUnavailable),
+    "model-unavailable": (503, ModelUnavailable),
+    "timeout": (504, ModelTimeout),
+}
+
+#: The class of an error status whatever its body says (no slug, another status's
+#: slug). 409 and 504 have none: from a proxy they do not mean what the server's do.
+_BY_STATUS: Final[dict[int, type[ProblemError]]] = {
+    400: BadRequest,
+    401: Unauthorized,
+    403: Forbidden,
+    404: NotFound,
+    405: MethodNotAllowed,
+    408: RequestTimeout,
+    413: PayloadTooLarge,
+    414: URITooLong,
+    415: UnsupportedMediaType,
+    422: ValidationFailed,
+    429: RateLimited,
+    431: HeaderFieldsTooLarge,
+    500: InternalError,
+    503: Unavailable,
 }
 
 
@@ -495,6 +545,44 @@ def _explanations_decoder(out: Any) -> msgspec.json.Decoder[_Explanations[Any]]:
 # --------------------------------------------------------------------------- helpers
 
 
+_ESCAPES: Final = {"\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _escaped(char: str) -> str:
+    known = _ESCAPES.get(char)
+    if known is not None:
+        return known
+    if char.isprintable():
+        return char
+    code = ord(char)
+    if code <= 0xFF:  # noqa: PLR2004 - the widths of Python's escapes
+        return f"\\x{code:02x}"
+    if code <= 0xFFFF:  # noqa: PLR2004
+        return f"\\u{code:04x}"
+    return f"\\U{code:08x}"
+
+
+def _printable(text: str, limit: int) -> str:
+    r"""``text`` as one line of inert text of at most ``limit`` characters.
+
+    Every character that is not printable (line breaks, ESC and the ANSI sequences it
+    starts, bidi overrides, zero-width characters) becomes a Python-style escape
+    (``\n``, ``\x1b``, ``\u202e``), and a backslash becomes two, so no escape is
+    ambiguous. Text that does not fit is cut and ends in ``...``.
+    """
+    pieces = [_escaped(char) for char in text[: limit + 1]]
+    if len(text) <= limit and sum(map(len, pieces)) <= limit:
+        return "".join(pieces)
+    kept: list[str] = []
+    size = 0
+    for piece in pieces:
+        if size + len(piece) > limit - 3:
+            break
+        kept.append(piece)
+        size += len(piece)
+    return "".join(kept) + "..."
+
+
 def _base_url(url: str) -> str:
     """``url`` checked: https, a host, no credentials, query or fragment."""
     parts = urlsplit(url)
@@ -513,23 +601,47 @@ def _base_url(url: str) -> str:
     return url
 
 
+def _readable(option: str, path: StrPath) -> None:
+    """A ValueError naming ``path`` unless it is a file this process can read."""
+    try:
+        with open(path, "rb"):  # noqa: PTH123 - any os.PathLike, as ssl takes it
+            pass
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise ValueError(f"{option}: cannot read {os.fspath(path)!r}: {reason}") from None
+
+
 def _ssl_context(ca: StrPath | None, cert: tuple[StrPath, StrPath] | None) -> ssl.SSLContext:
     """A verifying context: trusts ``ca`` (else the system), presents ``cert`` if given."""
+    if ca is not None:
+        _readable("ca", ca)
+    if cert is not None:
+        _readable("cert (the certificate)", cert[0])
+        _readable("cert (the key)", cert[1])
     try:
         if ca is None:
             context = httpx2.create_ssl_context()  # the system's trust store
         else:
             context = ssl.create_default_context(cafile=ca)
-        if cert is not None:
-            context.load_cert_chain(cert[0], cert[1])
     except ssl.SSLError as exc:
-        raise ValueError(f"unusable certificate file (ca={ca!r}, cert={cert!r}): {exc}") from exc
+        raise ValueError(f"ca: no CA certificate in {os.fspath(ca or '')!r}: {exc}") from exc
+    if cert is not None:
+        try:
+            context.load_cert_chain(cert[0], cert[1])
+        except ssl.SSLError as exc:
+            files = f"{os.fspath(cert[0])!r} and {os.fspath(cert[1])!r}"
+            raise ValueError(f"cert: {files} are not a PEM certificate and its key: {exc}") from exc
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     return context
 
 
 def _headers(api_key: str | None) -> dict[str, str]:
-    headers = {"Accept": "application/json"}
+    """The headers of every request: identity encoding, and the key if there is one.
+
+    The key lives only in the pool's headers afterwards (``httpx2`` shows
+    ``Authorization`` as ``[secure]``), never in an attribute of the client.
+    """
+    headers = {"Accept": "application/json", "Accept-Encoding": "identity"}
     if api_key is not None:
         if not (api_key.isascii() and api_key.isprintable()) or " " in api_key or not api_key:
             raise ValueError("api_key must be the bare key: printable ASCII, no space, no 'Bearer'")
@@ -537,18 +649,35 @@ def _headers(api_key: str | None) -> dict[str, str]:
     return headers
 
 
-def _check_numbers(timeout: float, retries: int, max_retry_wait: float) -> None:
+def _check_numbers(
+    timeout: float, retries: int, max_retry_wait: float, max_response_bytes: int
+) -> None:
     if not timeout > 0:
         raise ValueError("timeout must be a positive number of seconds")
     if retries < 0:
         raise ValueError("retries must be 0 or more")
     if not max_retry_wait >= 0:
         raise ValueError("max_retry_wait must be 0 or more seconds")
+    if isinstance(max_response_bytes, bool) or not (
+        isinstance(max_response_bytes, int) and max_response_bytes > 0
+    ):
+        raise ValueError("max_response_bytes must be a positive number of bytes")
 
 
 def _model_path(name: str, action: str = "") -> str:
-    """``/v1/models/{name}[:action]`` with ``name`` escaped: it can never change the route."""
-    return f"/v1/models/{quote(name, safe='')}{action}"
+    """``/v1/models/{name}[:action]``; a name the server cannot have is a ValueError.
+
+    The rule is the server's (lower-case letters, digits, '.', '_', '-', at most 63,
+    first a letter or digit), so no name reaches another route: ``..`` would become
+    ``/v1`` once the URL's dot segments are resolved.
+    """
+    if not isinstance(name, str) or _MODEL_NAME.fullmatch(name) is None:
+        shown = _printable(name, 64) if isinstance(name, str) else type(name).__name__
+        raise ValueError(
+            f"'{shown}' is no model name: lower-case letters, digits, '.', '_' and '-', "
+            "at most 63 characters, the first a letter or digit"
+        )
+    return f"/v1/models/{name}{action}"
 
 
 def _instances_body(instances: Iterable[object]) -> bytes:
@@ -571,108 +700,300 @@ def _retry_after(value: str | None) -> float | None:
     return max(0.0, (when - datetime.now(UTC)).total_seconds())
 
 
-def _request_id(response: httpx2.Response) -> str | None:
-    return response.headers.get("x-request-id")
+def _valid_request_id(value: str | None) -> str | None:
+    """``value`` if it looks like the server's request ids, else None (never shown raw)."""
+    if value is not None and _REQUEST_ID.fullmatch(value):
+        return value
+    return None
 
 
-def _problem(response: httpx2.Response) -> ProblemError:
-    """The exception for an error answer; never fails on the body, whatever it holds."""
-    status = response.status_code
+class _Answer:
+    """An answer read within the limits: status, headers and the body, if it was read.
+
+    ``body`` is None when it was not read: ``refusal`` then says why (encoded, or over
+    the size limit).
+    """
+
+    __slots__ = ("body", "headers", "method", "path", "reason", "refusal", "status")
+
+    def __init__(
+        self,
+        response: httpx2.Response,
+        body: bytes | None,
+        refusal: str | None,
+    ) -> None:
+        self.status = response.status_code
+        self.reason = response.reason_phrase
+        self.headers = response.headers
+        self.method = response.request.method
+        self.path = response.request.url.path
+        self.body = body
+        self.refusal = refusal
+
+    @property
+    def is_success(self) -> bool:
+        return 200 <= self.status < 300  # noqa: PLR2004 - the 2xx range
+
+    @property
+    def request_id(self) -> str | None:
+        return _valid_request_id(self.headers.get("x-request-id"))
+
+
+class _BodyReader:
+    """Collects a streamed body up to its limit; never decodes a ``Content-Encoding``."""
+
+    def __init__(self, response: httpx2.Response, max_response_bytes: int) -> None:
+        self._response = response
+        self._limit = max_response_bytes if response.is_success else _MAX_ERROR_BYTES
+        self._limit_name = "max_response_bytes" if response.is_success else "the error body limit"
+        self._parts: list[bytes] = []
+        self._size = 0
+        self.refusal = self._refused_before_reading()
+
+    def _refused_before_reading(self) -> str | None:
+        headers = self._response.headers
+        encoding = headers.get("content-encoding", "").strip().lower()
+        if encoding not in ("", "identity"):
+            shown = _printable(encoding, 40)
+            return f"its body has Content-Encoding {shown}, though identity was asked for"
+        length = headers.get("content-length", "").strip()
+        if length.isascii() and length.isdigit() and int(length[:20]) > self._limit:
+            return (
+                f"its body of {_printable(length, 20)} bytes is over "
+                f"{self._limit_name} ({self._limit})"
+            )
+        return None
+
+    def add(self, chunk: bytes) -> bool:
+        """Keep ``chunk``; False (and the body dropped) once the total is over the limit."""
+        self._size += len(chunk)
+        if self._size > self._limit:
+            self._parts.clear()
+            self.refusal = f"its body is over {self._limit_name} ({self._limit} bytes)"
+            return False
+        self._parts.append(chunk)
+        return True
+
+    def answer(self) -> _Answer:
+        body = None if self.refusal is not None else b"".join(self._parts)
+        return _Answer(self._response, body, self.refusal)
+
+
+def _problem(answer: _Answer) -> ProblemError:
+    """The exception for an error answer; never fails on the body, whatever it holds.
+
+    All server text in it is escaped and bounded; the slug picks the class only on the
+    slug's own status, else the status does.
+    """
+    status = answer.status
     try:
-        body = _problem_decoder.decode(response.content)
+        body = _problem_decoder.decode(answer.body or b"")
     except (msgspec.DecodeError, msgspec.ValidationError):
-        body = _ProblemBody()  # not problem+json: a proxy's page, a garbled body
+        body = _ProblemBody()  # not problem+json: a proxy's page, a garbled or unread body
     slug = None
     if body.type is not None and body.type.startswith(_PROBLEM_PREFIX):
         slug = body.type.removeprefix(_PROBLEM_PREFIX)
-    title = body.title or response.reason_phrase or f"HTTP {status}"
-    detail = body.detail
+        if _SLUG.fullmatch(slug) is None:
+            slug = None
+    title = _printable(body.title or answer.reason or f"HTTP {status}", _MAX_TITLE)
+    detail = _printable(body.detail, _MAX_DETAIL) if body.detail else None
     if 300 <= status < 400:  # noqa: PLR2004 - the redirect range
         detail = "the client follows no redirects"
-    kind = _BY_SLUG.get(slug, ProblemError) if slug is not None else ProblemError
+    expected = _BY_SLUG.get(slug) if slug is not None else None
+    if expected is not None and expected[0] == status:
+        kind = expected[1]
+    else:
+        kind = _BY_STATUS.get(status, ProblemError)
     return kind(
         status,
         slug,
         title,
         detail=detail,
-        request_id=body.request_id or _request_id(response),
-        retry_after=_retry_after(response.headers.get("retry-after")),
+        request_id=_valid_request_id(body.request_id) or answer.request_id,
+        retry_after=_retry_after(answer.headers.get("retry-after")),
     )
 
 
-def _decode(decoder: msgspec.json.Decoder[T], response: httpx2.Response) -> T:
+def _unexpected(answer: _Answer, why: str) -> UnexpectedResponse:
+    message = f"the answer to {answer.method} {answer.path} {why}"
+    return UnexpectedResponse(
+        _printable(message, _MAX_MESSAGE), status=answer.status, request_id=answer.request_id
+    )
+
+
+def _decode(decoder: msgspec.json.Decoder[T], answer: _Answer) -> T:
     """The body of a successful answer, or the error for it."""
-    if not response.is_success:
-        raise _problem(response)
+    if not answer.is_success:
+        raise _problem(answer)
+    if answer.body is None:
+        raise _unexpected(answer, f"was not read: {answer.refusal}")
     try:
-        return decoder.decode(response.content)
+        return decoder.decode(answer.body)
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-        raise UnexpectedResponse(
-            f"the answer to {response.request.method} {response.request.url.path} "
-            f"does not match the expected type: {exc}",
-            status=response.status_code,
-            request_id=_request_id(response),
-        ) from None  # msgspec's message says all; its traceback would say nothing more
+        # msgspec's message says all; its traceback would say nothing more
+        raise _unexpected(answer, f"does not match the expected type: {exc}") from None
 
 
-def _probe(response: httpx2.Response) -> bool:
+def _probe(answer: _Answer) -> bool:
     """``/healthz`` and ``/readyz``: 200 is True, 503 is False, anything else raises."""
-    if response.status_code == 200:  # noqa: PLR2004 - HTTP OK
+    if answer.status == 200:  # noqa: PLR2004 - HTTP OK
         return True
-    if response.status_code == 503:  # noqa: PLR2004 - not ready (shutting down, loading)
+    if answer.status == 503:  # noqa: PLR2004 - not ready (shutting down, loading)
         return False
-    raise _problem(response)
+    raise _problem(answer)
 
 
-def _wait(response: httpx2.Response, attempt: int, retries: int, cap: float) -> float | None:
-    """Seconds to wait before retrying ``response``, or None not to retry it."""
-    if response.status_code not in _RETRYABLE or attempt >= retries:
+def _wait(answer: _Answer, attempt: int, retries: int, cap: float) -> float | None:
+    """Seconds to wait before retrying ``answer``, or None not to retry it."""
+    if answer.status not in _RETRYABLE or attempt >= retries:
         return None
-    seconds = _retry_after(response.headers.get("retry-after"))
+    seconds = _retry_after(answer.headers.get("retry-after"))
     if seconds is None or seconds > cap:
         return None
     return seconds
 
 
-def _transport_error(exc: httpx2.RequestError, url: str) -> TransportError:
+def _transport_error(exc: httpx2.RequestError, url: str, timeout: float) -> TransportError:
     """Our error for ``exc``: a TLSError when an ``ssl.SSLError`` is behind it."""
+    if isinstance(exc, httpx2.TimeoutException):
+        return _timed_out(url, timeout, type(exc).__name__)
     cause: BaseException | None = exc
     seen: set[int] = set()
     while cause is not None and id(cause) not in seen:
         seen.add(id(cause))
         if isinstance(cause, ssl.SSLError):
             return TLSError(
-                f"TLS with {url} failed: {cause}. The server's certificate must be issued "
-                "by the CA given as ca= (or one the system trusts) for this host name."
+                _printable(f"TLS with {url} failed: {cause}", _MAX_MESSAGE)
+                + ". The server's certificate must be issued by the CA given as ca= "
+                "(or one the system trusts) for this host name."
             )
         cause = cause.__cause__ or cause.__context__
-    return TransportError(f"no answer from {url}: {type(exc).__name__}: {exc}")
+    return TransportError(
+        _printable(f"no answer from {url}: {type(exc).__name__}: {exc}", _MAX_MESSAGE)
+    )
+
+
+def _timed_out(url: str, timeout: float, what: str = "TimeoutError") -> TransportError:
+    return TransportError(f"no complete answer from {url} within timeout={timeout:g} s ({what})")
+
+
+# --------------------------------------------------------------------------- deadline
+
+# The blocking client's deadline reaches every socket operation through this: httpx2
+# bounds each read or write by ``timeout``, not the exchange, so a server sending one
+# byte at a time (its head or its body) would otherwise hold a call forever.
+_deadline: ContextVar[float | None] = ContextVar("secureserve_client_deadline", default=None)
+
+
+def _within_deadline(timeout: float | None) -> float | None:
+    """``timeout`` cut to what is left of the current attempt; past it, TimeoutError."""
+    deadline = _deadline.get()
+    if deadline is None:
+        return timeout
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise TimeoutError("the client's timeout passed")
+    return left if timeout is None else min(timeout, left)
+
+
+class _DeadlineStream:
+    """A network stream of ``httpcore2`` whose every operation ends by the deadline."""
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+
+    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        data: bytes = self._stream.read(max_bytes, _within_deadline(timeout))
+        return data
+
+    def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        self._stream.write(buffer, _within_deadline(timeout))
+
+    def close(self) -> None:
+        self._stream.close()
+
+    def start_tls(
+        self,
+        ssl_context: ssl.SSLContext,
+        server_hostname: str | None = None,
+        timeout: float | None = None,
+    ) -> _DeadlineStream:
+        tls = self._stream.start_tls(ssl_context, server_hostname, _within_deadline(timeout))
+        return _DeadlineStream(tls)
+
+    def get_extra_info(self, info: str) -> Any:
+        return self._stream.get_extra_info(info)
+
+
+class _DeadlineBackend:
+    """The network backend of ``httpcore2``, handing out :class:`_DeadlineStream` s."""
+
+    def __init__(self, backend: Any) -> None:
+        self._backend = backend
+
+    def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Iterable[Any] | None = None,
+    ) -> _DeadlineStream:
+        stream = self._backend.connect_tcp(
+            host, port, _within_deadline(timeout), local_address, socket_options
+        )
+        return _DeadlineStream(stream)
+
+    def connect_unix_socket(
+        self, path: str, timeout: float | None = None, socket_options: Iterable[Any] | None = None
+    ) -> _DeadlineStream:
+        stream = self._backend.connect_unix_socket(path, _within_deadline(timeout), socket_options)
+        return _DeadlineStream(stream)
+
+    def sleep(self, seconds: float) -> None:
+        self._backend.sleep(seconds)
+
+
+def _bind_deadline(http: httpx2.Client) -> None:
+    """Put the deadline into the network backend of each of ``http``'s connection pools.
+
+    These are internals of ``httpx2`` and ``httpcore2``; were they to change, the
+    deadline would still be checked between the body's chunks, only no longer inside
+    each socket operation (tests/test_client.py catches that).
+    """
+    transports = [getattr(http, "_transport", None)]
+    transports += list(getattr(http, "_mounts", {}).values())
+    for transport in transports:
+        pool = getattr(transport, "_pool", None)
+        backend = getattr(pool, "_network_backend", None)
+        if hasattr(backend, "connect_tcp") and not isinstance(backend, _DeadlineBackend):
+            pool._network_backend = _DeadlineBackend(backend)  # type: ignore[union-attr]  # noqa: SLF001
 
 
 # --------------------------------------------------------------------------- clients
 
 
 class _Base:
-    """What both clients share: settings, checked once in the constructor."""
+    """What both clients share: settings, checked once in the constructor.
+
+    The API key is not kept here: it goes into the pool's headers and nowhere else.
+    """
 
     def __init__(
         self,
         url: str,
         *,
-        api_key: str | None,
-        ca: StrPath | None,
-        cert: tuple[StrPath, StrPath] | None,
         timeout: float,
         retries: int,
         max_retry_wait: float,
+        max_response_bytes: int,
     ) -> None:
-        _check_numbers(timeout, retries, max_retry_wait)
+        _check_numbers(timeout, retries, max_retry_wait, max_response_bytes)
         self.url = _base_url(url)
+        self._timeout_s = float(timeout)
         self._retries = retries
         self._max_retry_wait = max_retry_wait
-        self._headers = _headers(api_key)
-        self._verify = _ssl_context(ca, cert)
-        self._timeout = httpx2.Timeout(timeout)
+        self._max_response_bytes = max_response_bytes
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.url!r})"  # never the key
@@ -683,9 +1004,11 @@ class Client(_Base):
 
     ``api_key`` is sent as a bearer credential; ``ca`` is the PEM bundle the server's
     certificate must chain to (default: the system's trust store); ``cert`` is
-    ``(certificate, key)`` PEM files for mutual TLS. ``timeout`` bounds each request,
-    in seconds. A 429 or 503 with ``Retry-After`` is retried at most ``retries``
-    times when the wait is at most ``max_retry_wait`` seconds.
+    ``(certificate, key)`` PEM files for mutual TLS. ``timeout`` bounds each attempt
+    as a whole (connect, send, wait, read the last byte), in seconds. A 429 or 503
+    with ``Retry-After`` is retried at most ``retries`` times when the wait is at most
+    ``max_retry_wait`` seconds; a POST retried so may run (and be charged) twice.
+    A successful answer over ``max_response_bytes`` is UnexpectedResponse.
     """
 
     def __init__(
@@ -698,23 +1021,23 @@ class Client(_Base):
         timeout: float = DEFAULT_TIMEOUT_S,
         retries: int = DEFAULT_RETRIES,
         max_retry_wait: float = DEFAULT_MAX_RETRY_WAIT_S,
+        max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
     ) -> None:
         super().__init__(
             url,
-            api_key=api_key,
-            ca=ca,
-            cert=cert,
             timeout=timeout,
             retries=retries,
             max_retry_wait=max_retry_wait,
+            max_response_bytes=max_response_bytes,
         )
         self._http = httpx2.Client(
             base_url=self.url,
-            headers=self._headers,
-            verify=self._verify,
-            timeout=self._timeout,
+            headers=_headers(api_key),
+            verify=_ssl_context(ca, cert),
+            timeout=httpx2.Timeout(timeout),
             follow_redirects=False,
         )
+        _bind_deadline(self._http)
 
     def __enter__(self) -> Self:
         return self
@@ -733,15 +1056,17 @@ class Client(_Base):
 
     def predict(self, model: str, instances: Iterable[object], *, out: type[T]) -> list[T]:
         """``POST /v1/models/{model}:predict``: one ``out`` per instance, in order."""
-        response = self._send("POST", _model_path(model, ":predict"), _instances_body(instances))
-        return _decode(_predictions_decoder(out), response).predictions
+        path = _model_path(model, ":predict")
+        answer = self._send("POST", path, _instances_body(instances))
+        return _decode(_predictions_decoder(out), answer).predictions
 
     def explain(
         self, model: str, instances: Iterable[object], *, out: type[T]
     ) -> list[Explanation[T]]:
         """``POST /v1/models/{model}:explain`` (role ``explain``): attributions per feature."""
-        response = self._send("POST", _model_path(model, ":explain"), _instances_body(instances))
-        return _decode(_explanations_decoder(out), response).explanations
+        path = _model_path(model, ":explain")
+        answer = self._send("POST", path, _instances_body(instances))
+        return _decode(_explanations_decoder(out), answer).explanations
 
     def models(self) -> list[ModelInfo]:
         """``GET /v1/models``: the models this credential may use."""
@@ -761,19 +1086,41 @@ class Client(_Base):
 
     def _send(
         self, method: str, path: str, body: bytes | None = None, *, retry: bool = True
-    ) -> httpx2.Response:
-        headers = {"Content-Type": "application/json"} if body is not None else None
+    ) -> _Answer:
         attempt = 0
         while True:
-            try:
-                response = self._http.request(method, path, content=body, headers=headers)
-            except httpx2.RequestError as exc:
-                raise _transport_error(exc, self.url) from exc
-            wait = _wait(response, attempt, self._retries if retry else 0, self._max_retry_wait)
+            answer = self._attempt(method, path, body)
+            wait = _wait(answer, attempt, self._retries if retry else 0, self._max_retry_wait)
             if wait is None:
-                return response
+                return answer
             attempt += 1
             time.sleep(wait)
+
+    def _attempt(self, method: str, path: str, body: bytes | None) -> _Answer:
+        """One request and its answer, all within ``timeout`` seconds."""
+        headers = {"Content-Type": "application/json"} if body is not None else None
+        deadline = time.monotonic() + self._timeout_s
+        token = _deadline.set(deadline)
+        try:
+            request = self._http.build_request(method, path, content=body, headers=headers)
+            response = self._http.send(request, stream=True)
+            try:
+                reader = _BodyReader(response, self._max_response_bytes)
+                if reader.refusal is None:
+                    for chunk in response.iter_raw():
+                        if time.monotonic() > deadline:
+                            raise TimeoutError("the client's timeout passed")
+                        if not reader.add(chunk):
+                            break
+                return reader.answer()
+            finally:
+                response.close()
+        except httpx2.RequestError as exc:
+            raise _transport_error(exc, self.url, self._timeout_s) from exc
+        except TimeoutError as exc:
+            raise _timed_out(self.url, self._timeout_s) from exc
+        finally:
+            _deadline.reset(token)
 
 
 class AsyncClient(_Base):
@@ -789,21 +1136,20 @@ class AsyncClient(_Base):
         timeout: float = DEFAULT_TIMEOUT_S,
         retries: int = DEFAULT_RETRIES,
         max_retry_wait: float = DEFAULT_MAX_RETRY_WAIT_S,
+        max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
     ) -> None:
         super().__init__(
             url,
-            api_key=api_key,
-            ca=ca,
-            cert=cert,
             timeout=timeout,
             retries=retries,
             max_retry_wait=max_retry_wait,
+            max_response_bytes=max_response_bytes,
         )
         self._http = httpx2.AsyncClient(
             base_url=self.url,
-            headers=self._headers,
-            verify=self._verify,
-            timeout=self._timeout,
+            headers=_headers(api_key),
+            verify=_ssl_context(ca, cert),
+            timeout=httpx2.Timeout(timeout),
             follow_redirects=False,
         )
 
@@ -824,17 +1170,17 @@ class AsyncClient(_Base):
 
     async def predict(self, model: str, instances: Iterable[object], *, out: type[T]) -> list[T]:
         """``POST /v1/models/{model}:predict``: one ``out`` per instance, in order."""
-        body = _instances_body(instances)
-        response = await self._send("POST", _model_path(model, ":predict"), body)
-        return _decode(_predictions_decoder(out), response).predictions
+        path = _model_path(model, ":predict")
+        answer = await self._send("POST", path, _instances_body(instances))
+        return _decode(_predictions_decoder(out), answer).predictions
 
     async def explain(
         self, model: str, instances: Iterable[object], *, out: type[T]
     ) -> list[Explanation[T]]:
         """``POST /v1/models/{model}:explain`` (role ``explain``): attributions per feature."""
-        body = _instances_body(instances)
-        response = await self._send("POST", _model_path(model, ":explain"), body)
-        return _decode(_explanations_decoder(out), response).explanations
+        path = _model_path(model, ":explain")
+        answer = await self._send("POST", path, _instances_body(instances))
+        return _decode(_explanations_decoder(out), answer).explanations
 
     async def models(self) -> list[ModelInfo]:
         """``GET /v1/models``: the models this credential may use."""
@@ -854,16 +1200,34 @@ class AsyncClient(_Base):
 
     async def _send(
         self, method: str, path: str, body: bytes | None = None, *, retry: bool = True
-    ) -> httpx2.Response:
-        headers = {"Content-Type": "application/json"} if body is not None else None
+    ) -> _Answer:
         attempt = 0
         while True:
-            try:
-                response = await self._http.request(method, path, content=body, headers=headers)
-            except httpx2.RequestError as exc:
-                raise _transport_error(exc, self.url) from exc
-            wait = _wait(response, attempt, self._retries if retry else 0, self._max_retry_wait)
+            answer = await self._attempt(method, path, body)
+            wait = _wait(answer, attempt, self._retries if retry else 0, self._max_retry_wait)
             if wait is None:
-                return response
+                return answer
             attempt += 1
             await asyncio.sleep(wait)
+
+    async def _attempt(self, method: str, path: str, body: bytes | None) -> _Answer:
+        """One request and its answer, all within ``timeout`` seconds."""
+        headers = {"Content-Type": "application/json"} if body is not None else None
+        try:
+            async with asyncio.timeout(self._timeout_s):
+                request = self._http.build_request(method, path, content=body, headers=headers)
+                response = await self._http.send(request, stream=True)
+                try:
+                    reader = _BodyReader(response, self._max_response_bytes)
+                    if reader.refusal is None:
+                        async with contextlib.aclosing(response.aiter_raw()) as chunks:
+                            async for chunk in chunks:
+                                if not reader.add(chunk):
+                                    break
+                    return reader.answer()
+                finally:
+                    await response.aclose()
+        except httpx2.RequestError as exc:
+            raise _transport_error(exc, self.url, self._timeout_s) from exc
+        except TimeoutError as exc:
+            raise _timed_out(self.url, self._timeout_s) from exc

@@ -11,12 +11,17 @@ server gives (a garbled body, a redirect, an unknown slug) come from an
 from __future__ import annotations
 
 import asyncio
+import gzip
 import pickle
 import re
+import socket
+import ssl
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Callable, Iterator
+import tracemalloc
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
@@ -120,7 +125,9 @@ def _record_sleeps(monkeypatch, *, real: bool) -> list[float]:
         if real:
             time.sleep(seconds)
 
-    monkeypatch.setattr(client_module, "time", SimpleNamespace(sleep=sleep))
+    monkeypatch.setattr(
+        client_module, "time", SimpleNamespace(sleep=sleep, monotonic=time.monotonic)
+    )
     return waits
 
 
@@ -130,12 +137,43 @@ def _predict_until_refused(client: ss.Client) -> None:
         client.predict("iris", _flowers(SETOSA), out=Species)
 
 
+def _streamed(handler: Callable[[httpx2.Request], httpx2.Response]) -> httpx2.MockTransport:
+    """A mock transport whose answers stream their body, as a network's do.
+
+    ``httpx2.Response(content=bytes)`` reads (and decodes) its body at once; the client
+    streams raw bytes, so each such answer is remade with the same bytes as a stream.
+    """
+
+    def streaming(request: httpx2.Request) -> httpx2.Response:
+        response = handler(request)
+        if not response.is_stream_consumed:
+            return response
+        return httpx2.Response(
+            response.status_code,
+            headers=response.headers,
+            stream=httpx2.ByteStream(response.content),
+            extensions=response.extensions,
+        )
+
+    return httpx2.MockTransport(streaming)
+
+
 def _mocked(handler: Callable[[httpx2.Request], httpx2.Response], **options: Any) -> ss.Client:
     """A client whose requests go to ``handler`` instead of the network (settings kept)."""
     client = ss.Client("https://ml.example", api_key="k" * 20, **options)
     client._http._transport.close()
-    client._http._transport = httpx2.MockTransport(handler)
+    client._http._transport = _streamed(handler)
     client._http._mounts = {}  # no proxy from the environment in between
+    return client
+
+
+def _amocked(
+    handler: Callable[[httpx2.Request], httpx2.Response], **options: Any
+) -> ss.AsyncClient:
+    """The AsyncClient twin of :func:`_mocked` (make it inside the running loop)."""
+    client = ss.AsyncClient("https://ml.example", api_key="k" * 20, **options)
+    client._http._transport = _streamed(handler)
+    client._http._mounts = {}
     return client
 
 
@@ -280,9 +318,9 @@ def test_client_without_client_certificate_is_refused(served):
 
 
 def test_client_unknown_model_is_not_found(served):
-    """A model the server does not serve is NotFound (404); its name cannot change the route."""
+    """A model the server does not serve is NotFound (404)."""
     with served.client() as client:
-        for name in ("nope", "../v1/models", "iris:predict?x=1"):
+        for name in ("nope", "iris.v2", "a" * 63):
             with pytest.raises(client_module.NotFound) as caught:
                 client.predict(name, _flowers(SETOSA), out=Species)
             assert caught.value.status == 404
@@ -343,7 +381,9 @@ def test_async_client_raises_rate_limited_after_the_bound(limited, monkeypatch):
     async def sleep(seconds: float) -> None:
         waits.append(seconds)
 
-    monkeypatch.setattr(client_module, "asyncio", SimpleNamespace(sleep=sleep))
+    monkeypatch.setattr(
+        client_module, "asyncio", SimpleNamespace(sleep=sleep, timeout=asyncio.timeout)
+    )
 
     async def scenario() -> None:
         async with ss.AsyncClient(
@@ -393,13 +433,14 @@ def test_client_garbled_error_body_is_a_clean_problem_error():
     """A non-JSON error body is a plain ProblemError with the status, not a decode error."""
 
     def handler(request: httpx2.Request) -> httpx2.Response:
-        return httpx2.Response(502, content=b"<html>bad gateway", headers={"X-Request-ID": "r1"})
+        headers = {"X-Request-ID": "r1-0123456789"}
+        return httpx2.Response(502, content=b"<html>bad gateway", headers=headers)
 
     with _mocked(handler) as client, pytest.raises(client_module.ProblemError) as caught:
         client.models()
     error = caught.value
     assert type(error) is client_module.ProblemError
-    assert (error.status, error.slug, error.request_id) == (502, None, "r1")
+    assert (error.status, error.slug, error.request_id) == (502, None, "r1-0123456789")
     assert error.title == "Bad Gateway"
     assert error.__context__ is None
     assert error.__cause__ is None
@@ -453,15 +494,19 @@ def test_every_documented_slug_has_its_exception():
     errors = re.search(r"^## Errors$(.*?)^## ", http_md, re.MULTILINE | re.DOTALL)
     assert errors is not None
     table = errors.group(1)
-    documented = set(re.findall(r"^\| \d{3} \| (.+?) \|", table, re.MULTILINE))
-    slugs = {s for cell in documented for s in re.findall(r"`([a-z-]+)`", cell)}
-    assert len(slugs) > 20
+    documented = {
+        slug: int(status)
+        for status, cell in re.findall(r"^\| (\d{3}) \| (.+?) \|", table, re.MULTILINE)
+        for slug in re.findall(r"`([a-z-]+)`", cell)
+    }
+    assert len(documented) > 20
     by_slug = client_module._BY_SLUG
-    assert slugs <= set(by_slug)
-    assert len(set(by_slug.values())) == len(by_slug)  # one class per slug
-    for slug, kind in by_slug.items():
+    assert set(documented) <= set(by_slug)
+    assert all(by_slug[slug][0] == status for slug, status in documented.items())
+    assert len({kind for _, kind in by_slug.values()}) == len(by_slug)  # one class per slug
+    for slug, (status, kind) in by_slug.items():
         with (
-            _mocked(lambda _, s=slug: _problem(400, s)) as client,
+            _mocked(lambda _, s=slug, st=status: _problem(st, s)) as client,
             pytest.raises(client_module.ProblemError) as caught,
         ):
             client.models()
@@ -537,3 +582,380 @@ def test_import_secureserve_does_not_import_httpx2():
         "secureserve.Client; assert 'httpx2' in sys.modules"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+# --------------------------------------------------------------------------- hostile servers
+
+
+class _RawServer:
+    """A TLS listener on 127.0.0.1 that answers every request with ``script(send)``.
+
+    ``script`` writes the raw answer through ``send``; it may sleep between writes. A
+    client that hangs up ends the script (``send`` then raises OSError).
+    """
+
+    def __init__(self, certificates: Any, script: Callable[[Callable[[bytes], None]], None]):
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(certificates.cert, certificates.key)
+        self._context = context
+        self._script = script
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self._listener.getsockname()[1]
+        self.ca = certificates.ca_cert
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"https://127.0.0.1:{self.port}"
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                raw, _ = self._listener.accept()
+            except OSError:
+                return  # closed
+            threading.Thread(target=self._serve, args=(raw,), daemon=True).start()
+
+    def _serve(self, raw: socket.socket) -> None:
+        try:
+            with self._context.wrap_socket(raw, server_side=True) as conn:
+                head = b""
+                while b"\r\n\r\n" not in head:
+                    data = conn.recv(65536)
+                    if not data:
+                        return
+                    head += data
+                self._script(conn.sendall)
+        except OSError:
+            return
+
+    def close(self) -> None:
+        self._listener.close()
+
+
+@pytest.fixture(scope="module")
+def certificates(tmp_path_factory) -> Any:
+    """A development CA and a leaf for 127.0.0.1, for the raw servers below."""
+    return ensure_dev_certificates(tmp_path_factory.mktemp("raw-certs"))
+
+
+def _trickle(pieces: Iterable[bytes], pause: float) -> Callable[[Callable[[bytes], None]], None]:
+    def script(send: Callable[[bytes], None]) -> None:
+        for piece in pieces:
+            send(piece)
+            time.sleep(pause)
+
+    return script
+
+
+MODELS_JSON = b'{"models": []}' + b" " * 26  # 40 bytes
+TRICKLED = {
+    # the head arrives at once, then the body one byte every 0.1 s (4 s in all)
+    "body": [b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 40\r\n\r\n"]
+    + [bytes([b]) for b in MODELS_JSON],
+    # a header line one byte every 0.1 s, then the whole body
+    "head": [b"HTTP/1.1 200 OK\r\nX-Slow: "]
+    + [b"x"] * 40
+    + [b"\r\nContent-Type: application/json\r\nContent-Length: 40\r\n\r\n" + MODELS_JSON],
+}
+
+
+def _models_within(kind: type, url: str, ca: Path, timeout: float) -> list[Any]:
+    if kind is ss.Client:
+        with ss.Client(url, ca=ca, timeout=timeout, retries=0) as client:
+            return client.models()
+
+    async def scenario() -> list[Any]:
+        async with ss.AsyncClient(url, ca=ca, timeout=timeout, retries=0) as client:
+            return await client.models()
+
+    return asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("part", ["body", "head"])
+@pytest.mark.parametrize("kind", [ss.Client, ss.AsyncClient])
+def test_client_timeout_bounds_the_whole_exchange(certificates, kind, part):
+    """A server trickling its answer a byte at a time cannot outlast ``timeout``."""
+    server = _RawServer(certificates, _trickle(TRICKLED[part], 0.1))
+    try:
+        start = time.monotonic()
+        with pytest.raises(client_module.TransportError) as caught:
+            _models_within(kind, server.url, server.ca, timeout=1.0)
+        elapsed = time.monotonic() - start
+    finally:
+        server.close()
+    assert not isinstance(caught.value, client_module.TLSError)
+    assert 0.9 < elapsed < 2.0, elapsed  # the trickle takes 4 s; the deadline stops it at 1 s
+    assert "within timeout=1 s" in str(caught.value)
+
+
+def test_client_timeout_allows_a_slow_but_complete_answer(certificates):
+    """An answer that completes within ``timeout`` is read, however it is split up."""
+    server = _RawServer(certificates, _trickle(TRICKLED["body"], 0.005))
+    try:
+        for kind in (ss.Client, ss.AsyncClient):
+            assert _models_within(kind, server.url, server.ca, timeout=10.0) == []
+    finally:
+        server.close()
+
+
+def _gzip_bomb(size: int) -> bytes:
+    """A problem+json body of ``size`` bytes, gzipped to a few dozen KiB."""
+    title = b"A" * size
+    body = b'{"type":"urn:secureserve:problem:internal","title":"' + title + b'","status":500}'
+    return gzip.compress(body, compresslevel=1)
+
+
+def test_client_asks_for_identity_and_never_inflates_a_body():
+    """Accept-Encoding is identity; an encoded body anyway is never decompressed.
+
+    An error body is then ignored (the class comes from the status); a 2xx one is
+    UnexpectedResponse. A 64 MiB gzip bomb leaves no mark on the client's memory.
+    """
+    bomb = _gzip_bomb(64 * 1024 * 1024)
+    seen: list[httpx2.Request] = []
+
+    def handler(request: httpx2.Request) -> httpx2.Response:
+        seen.append(request)
+        status = 200 if request.url.path == "/v1/models" else 500
+        headers = {"Content-Encoding": "gzip", "Content-Type": "application/json"}
+        return httpx2.Response(status, headers=headers, stream=httpx2.ByteStream(bomb))
+
+    with _mocked(handler) as client:
+        tracemalloc.start()
+        try:
+            with pytest.raises(client_module.InternalError) as refused:
+                client.model("iris")
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        with pytest.raises(client_module.UnexpectedResponse, match="Content-Encoding"):
+            client.models()
+    assert peak < 4 * 1024 * 1024, peak
+    assert refused.value.slug is None  # the body was not read
+    assert refused.value.title == "Internal Server Error"
+    assert [r.headers["accept-encoding"] for r in seen] == ["identity", "identity"]
+
+    async def scenario() -> None:
+        async with _amocked(handler) as client:
+            with pytest.raises(client_module.InternalError):
+                await client.model("iris")
+            with pytest.raises(client_module.UnexpectedResponse, match="Content-Encoding"):
+                await client.models()
+
+    asyncio.run(scenario())
+    assert seen[-1].headers["accept-encoding"] == "identity"
+
+
+def _endless(status: int, *, prefix: bytes, limit: int, read: list[int]) -> httpx2.Response:
+    """An answer whose body never ends: it fails the test once ``limit`` bytes were read."""
+
+    def chunks() -> Iterator[bytes]:
+        yield prefix
+        read[0] += len(prefix)
+        while True:
+            assert read[0] < limit, f"the client read {read[0]} bytes of an endless body"
+            yield b" " * 4096
+            read[0] += 4096
+
+    return httpx2.Response(status, headers={"Content-Type": "application/json"}, content=chunks())
+
+
+def test_client_caps_the_size_of_answers():
+    """Answers are read up to a limit, never to the end of an endless body.
+
+    A 2xx body over ``max_response_bytes`` is UnexpectedResponse; an error body over
+    64 KiB is ignored (the class comes from the status).
+    """
+    read = [0]
+    with (
+        _mocked(
+            lambda _: _endless(200, prefix=b'{"models": [', limit=1 << 20, read=read),
+            max_response_bytes=10_000,
+        ) as client,
+        pytest.raises(client_module.UnexpectedResponse, match="10000") as caught,
+    ):
+        client.models()
+    assert read[0] < 20_000
+    assert caught.value.status == 200
+
+    read = [0]
+    problem = b'{"type":"urn:secureserve:problem:overloaded","title":"Overloaded","status":503'
+    with (
+        _mocked(lambda _: _endless(503, prefix=problem, limit=1 << 20, read=read)) as client,
+        pytest.raises(client_module.ProblemError) as refused,
+    ):
+        client.models()
+    assert type(refused.value) is client_module.Unavailable
+    assert refused.value.slug is None
+    assert read[0] < 80 * 1024
+
+    declared = {"Content-Length": str(1 << 40), "Content-Type": "application/json"}
+    with (
+        _mocked(lambda _: httpx2.Response(200, headers=declared, content=iter([b"{}"]))) as client,
+        pytest.raises(client_module.UnexpectedResponse, match="max_response_bytes"),
+    ):
+        client.models()
+
+    with pytest.raises(ValueError, match="max_response_bytes"):
+        ss.Client("https://ml.example", max_response_bytes=0)
+
+
+def test_client_escapes_and_bounds_server_text():
+    """Server text reaches an exception escaped and bounded.
+
+    Title, detail, reason phrase and request id cannot put control characters or
+    unbounded text into the exception (and so into the caller's logs).
+    """
+    hostile = {
+        "type": "urn:secureserve:problem:validation",
+        "title": "Bad\r\nX-Injected: 1\x1b[31m red" + "t" * 1000,
+        "status": 422,
+        "detail": "\x1b]0;pwned\x07\u202eevil\u2028" + "d" * 10_000,
+        "request_id": "not an id\n",
+    }
+
+    def handler(request: httpx2.Request) -> httpx2.Response:
+        if request.url.path == "/v1/models":
+            return httpx2.Response(422, json=hostile, headers={"X-Request-ID": "short"})
+        return httpx2.Response(
+            502,
+            content=b"<html>",
+            headers={"X-Request-ID": "bad id with spaces"},
+            extensions={"reason_phrase": b"Bad\x1b[2J\rGateway" + b"g" * 1000},
+        )
+
+    with _mocked(handler) as client:
+        with pytest.raises(client_module.ValidationFailed) as caught:
+            client.models()
+        with pytest.raises(client_module.ProblemError) as gateway:
+            client.model("iris")
+    error = caught.value
+    assert error.request_id is None
+    assert error.title.startswith("Bad\\r\\nX-Injected: 1\\x1b[31m red")
+    assert len(error.title) <= 200
+    assert error.detail is not None
+    assert error.detail.startswith("\\x1b]0;pwned\\x07\\u202eevil\\u2028ddd")
+    assert len(error.detail) <= 512
+    assert gateway.value.title.startswith("Bad\\x1b[2J\\rGateway")
+    assert len(gateway.value.title) <= 200
+    assert gateway.value.request_id is None
+    for exc in (error, gateway.value):
+        assert str(exc).isprintable()
+        assert len(str(exc)) < 1000
+
+
+def test_client_accepts_a_well_formed_request_id_from_body_or_header():
+    """A request id of 8 to 64 characters of [A-Za-z0-9._-] is kept; the body's first."""
+    answers = [
+        _problem(404, "not-found"),  # body: rid-0123456789
+        httpx2.Response(404, json={"title": "x"}, headers={"X-Request-ID": "hdr.0123_45-6"}),
+        httpx2.Response(404, json={"request_id": "x" * 65}, headers={"X-Request-ID": "y" * 64}),
+    ]
+    with _mocked(lambda _: answers.pop(0)) as client:
+        ids = []
+        for _ in range(3):
+            with pytest.raises(client_module.NotFound) as caught:
+                client.models()
+            ids.append(caught.value.request_id)
+    assert ids == ["rid-0123456789", "hdr.0123_45-6", "y" * 64]
+
+
+@pytest.mark.parametrize(
+    ("status", "slug", "expected"),
+    [
+        (429, "rate-limited", client_module.RateLimited),
+        (500, "rate-limited", client_module.InternalError),  # the slug of another status
+        (503, "quota-exhausted", client_module.Unavailable),
+        (502, "overloaded", client_module.ProblemError),  # no class for 502
+        (409, "not-found", client_module.ProblemError),  # no class for 409
+        (404, "brand-new", client_module.NotFound),  # unknown slug: the status's class
+        (418, "not-found", client_module.ProblemError),
+        (503, "model-unavailable", client_module.ModelUnavailable),
+    ],
+)
+def test_client_trusts_a_slug_only_on_its_own_status(status, slug, expected):
+    """The slug picks the class only when the status is the slug's; else the status does."""
+    with (
+        _mocked(lambda _: _problem(status, slug)) as client,
+        pytest.raises(client_module.ProblemError) as caught,
+    ):
+        client.models()
+    assert type(caught.value) is expected
+    assert (caught.value.status, caught.value.slug) == (status, slug)
+
+
+BAD_NAMES = ["..", ".", ".hidden", "../v1", "Iris", "a" * 64, "", "iris:predict?x=1"]
+BAD_NAMES += ["iris/x", "-x", "_x", "iris\n", "iris%2f", "ïris"]
+
+
+def test_client_refuses_names_that_are_no_model_name():
+    """A name outside the server's pattern is a ValueError, and nothing is sent."""
+    seen: list[httpx2.Request] = []
+
+    def handler(request: httpx2.Request) -> httpx2.Response:
+        seen.append(request)
+        return _problem(404, "not-found")
+
+    with _mocked(handler) as client:
+        for name in BAD_NAMES:
+            with pytest.raises(ValueError, match="model name"):
+                client.predict(name, _flowers(SETOSA), out=Species)
+            with pytest.raises(ValueError, match="model name"):
+                client.explain(name, _flowers(SETOSA), out=Species)
+            with pytest.raises(ValueError, match="model name"):
+                client.model(name)
+        assert seen == []
+        for name in ("iris", "a" * 63, "0.v1_b-2"):
+            with pytest.raises(client_module.NotFound):
+                client.model(name)
+    assert [r.url.path for r in seen] == [f"/v1/models/{n}" for n in ("iris", "a" * 63, "0.v1_b-2")]
+
+    async def scenario() -> None:
+        async with _amocked(handler) as client:
+            for name in BAD_NAMES:
+                with pytest.raises(ValueError, match="model name"):
+                    await client.predict(name, _flowers(SETOSA), out=Species)
+                with pytest.raises(ValueError, match="model name"):
+                    await client.model(name)
+
+    asyncio.run(scenario())
+    assert len(seen) == 3
+
+
+@pytest.mark.parametrize("kind", [ss.Client, ss.AsyncClient])
+def test_client_missing_certificate_files_are_a_value_error(kind, certificates, tmp_path):
+    """A ``ca``, certificate or key file that is missing is a ValueError naming it."""
+    missing = tmp_path / "missing.pem"
+    cases = [
+        {"ca": missing},
+        {"cert": (missing, certificates.key)},
+        {"cert": (certificates.cert, missing)},
+        {"ca": certificates.key},  # there, but no CA certificate in it
+    ]
+    for options in cases:
+        with pytest.raises(ValueError, match=r"missing\.pem|key\.pem") as caught:
+            kind("https://ml.example", **options)
+        assert not isinstance(caught.value, OSError)
+
+
+def test_client_api_key_is_in_no_repr():
+    """Neither the client, its attributes nor its exceptions show the API key."""
+    key = "ss_0123456789ab_" + "S" * 43
+
+    def handler(request: httpx2.Request) -> httpx2.Response:
+        assert request.headers["authorization"] == f"Bearer {key}"
+        return _problem(401, "unauthorized")
+
+    client = ss.Client("https://ml.example", api_key=key)
+    client._http._transport = _streamed(handler)
+    client._http._mounts = {}
+    with client, pytest.raises(client_module.Unauthorized) as caught:
+        client.models()
+    shown = [repr(client), str(client), repr(vars(client)), repr(client._http.headers)]
+    shown += [repr(caught.value), str(caught.value), repr(vars(caught.value))]
+    shown += [repr(pickle.dumps(caught.value))]
+    assert all(key not in text for text in shown)
+    async_client = ss.AsyncClient("https://ml.example", api_key=key)
+    assert key not in repr(async_client)
+    assert key not in repr(vars(async_client))

@@ -335,6 +335,7 @@ def test_a_reload_that_changes_the_input_width_starts_extraction_detection_afres
 ):
     """The old principals' histories are of 4 numbers a row: kept, they would break infer."""
     project = tensor_project(tmp_path, monkeypatch)
+
     def width_documented(client) -> int:
         document = client.get("/openapi.json").json()
         request = document["paths"][INFER]["post"]["requestBody"]["content"]["application/json"]
