@@ -31,6 +31,7 @@ from starlette.routing import Route
 from secureserve import endpoints, v2
 from secureserve.access import build_access
 from secureserve.config import ModelSettings, Settings, check_settings, resolve_paths
+from secureserve.docs_page import DOCS_EXTRA, DocsPage, load_assets
 from secureserve.errors import ArtifactError, ConfigError, LoadError, SecureServeError
 from secureserve.keys import KeyStore
 from secureserve.logs import access_log, configure_logging, get_logger
@@ -57,6 +58,7 @@ def create_app(
     config: Settings | None = None,
     keys: KeyStore | None = None,
     audit_key: bytes | None = None,
+    dev: bool = False,
 ) -> Starlette:
     """Load ``model`` and return the ASGI app that serves it.
 
@@ -65,14 +67,18 @@ def create_app(
     handler class's ``name``). ``config`` defaults to the built-in defaults; ``keys``
     defaults to the key file named by ``[auth] keys_file``; ``audit_key`` to ``[audit]
     digest_key_file`` (or a key that lives only in this process, with a warning).
-    Raises ``ConfigError`` or ``ArtifactError`` before anything is served if a model
-    cannot be loaded (unless it is optional: then it is logged and not ready).
+    ``dev`` is local development (``secureserve run --dev``): the interactive API page
+    at ``/docs`` (public page, authenticated API), console logs unless ``[logging]
+    format`` says otherwise. Raises ``ConfigError`` or ``ArtifactError`` before anything
+    is served if a model cannot be loaded (unless it is optional: then it is logged and
+    not ready).
     """
     settings = resolve_paths(config or Settings())
     check_settings(settings)
     register_url_convertor("model", _ModelName())
     if not structlog.is_configured():
-        configure_logging(settings.logging.level)
+        log_format = settings.logging.format or ("console" if dev else "json")
+        configure_logging(settings.logging.level, log_format=log_format)
     log = get_logger()
     metrics = Metrics()
     models = ServedModels(
@@ -142,6 +148,7 @@ def create_app(
             ),
             Middleware(HttpsOnly),
             Middleware(InFlightLimit, limit=settings.server.max_in_flight),
+            *(_docs_page(log) if dev else ()),  # before authentication: a browser sends no key
             Middleware(
                 Authentication,
                 authenticator=access.authenticator,
@@ -225,6 +232,20 @@ def _served(
     if issubclass(cls, TensorModel):
         return TensorState(cls, loaded, settings, model_settings, metrics, table=table)  # type: ignore[arg-type]
     return ServingState(cls, loaded, settings, model_settings, metrics, table=table)  # type: ignore[arg-type]
+
+
+def _docs_page(log: Any) -> tuple[Middleware]:
+    """The interactive API page of ``--dev``; a warning when Swagger UI is not installed."""
+    assets = load_assets()
+    if assets is None:
+        log.warning(
+            "the interactive API page (/docs) needs Swagger UI's files; /docs says so until "
+            "they are installed",
+            install=DOCS_EXTRA,
+        )
+    else:
+        log.info("interactive API page at /docs (development only: the page needs no key)")
+    return (Middleware(DocsPage, assets=assets),)
 
 
 class _ModelName(StringConvertor):

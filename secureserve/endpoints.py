@@ -29,7 +29,7 @@ from secureserve.openapi import (
     ModelSummary,
     ReloadResult,
 )
-from secureserve.serving import ServingState
+from secureserve.serving import RELOAD_NOTE, ServingState
 
 if TYPE_CHECKING:
     from secureserve.serving import ServedModel, ServedModels
@@ -292,14 +292,15 @@ async def reload(request: Request) -> Response:
     """``POST /v1/models/{name}:reload`` (role ``admin``): verified load, then an atomic swap.
 
     If anything fails the running version keeps serving; the client gets a problem
-    without details, the log gets the reason.
+    without details, the log gets the reason. Model files only: ``handler_code`` in the
+    answer says when the handler's source changed since start (a restart runs it).
     """
     name = request.path_params["name"]
     principal, state = await visible_model(request.scope, _models(request), name)
     require_role(principal, "admin")
     info = request.scope["secureserve"]
     try:
-        previous, current = await state.reload(
+        reloaded = await state.reload(
             trigger="http", principal=principal.id, request_id=info.request_id
         )
     except RequestRejected:  # the audit log cannot record it: 503 audit-unavailable
@@ -312,12 +313,15 @@ async def reload(request: Request) -> Response:
             detail="the new model files were refused; the running version keeps serving",
             log_reason=type(exc).__name__,
         ) from exc
+    previous, current = reloaded.previous, reloaded.current
     info.model_version = current.version
     body = ReloadResult(
         name=state.name,
         version=current.version,
         revision=current.revision,
         previous_revision=previous.revision if previous is not None else "not loaded",
+        handler_code=reloaded.code,
+        note=RELOAD_NOTE,
     )
     return Response(_encoder.encode(body), media_type=_JSON)
 
@@ -412,14 +416,42 @@ def _query_int(request: Request, name: str, default: int, *, maximum: int) -> in
     return int(raw)
 
 
+#: The documents of mounted apps, with ``servers`` added, by (ASGI root path, the
+#: document as cached per principal view): at most ``_MOUNTED_KEPT``, oldest out first.
+_MOUNTED_KEPT: Final = 16
+_mounted_documents: dict[tuple[str, bytes], bytes] = {}
+
+
 async def openapi(request: Request) -> Response:
-    """``GET /openapi.json``: the models this principal may use (none: 404, as if absent)."""
+    """``GET /openapi.json``: the models this principal may use (none: 404, as if absent).
+
+    Under a mount point (``Mount("/ml", app)``, or a server's root path) the document's
+    ``servers`` is the ASGI ``root_path``, so that a client generated from it calls
+    ``/ml/v1/...``; at the root the document has no ``servers`` (OpenAPI's default: ``/``).
+    """
     models = _models(request)
     principal: Principal = request.scope["secureserve.principal"]
     if not any(principal.may_use(state.name) for state in models):
         await models.limiter.check(principal.id, None)
         raise RequestRejected(404, "not-found", "Not found")
-    return Response(models.openapi_body(principal), media_type=_JSON)
+    body = models.openapi_body(principal)
+    root_path: str = request.scope.get("root_path", "")
+    if root_path:
+        key = (root_path, body)
+        mounted = _mounted_documents.get(key)
+        if mounted is None:
+            document = msgspec.json.decode(body)
+            with_servers = {}
+            for name, value in document.items():
+                with_servers[name] = value
+                if name == "info":
+                    with_servers["servers"] = [{"url": root_path}]
+            mounted = msgspec.json.encode(with_servers)
+            if len(_mounted_documents) >= _MOUNTED_KEPT:
+                del _mounted_documents[next(iter(_mounted_documents))]
+            _mounted_documents[key] = mounted
+        body = mounted
+    return Response(body, media_type=_JSON)
 
 
 async def metrics(request: Request) -> Response:

@@ -1,11 +1,17 @@
-"""Structured JSON logs on stdout, configured explicitly (never on import).
+r"""Structured JSON logs on stdout, configured explicitly (never on import).
 
 ``configure_logging`` is called by the CLI and by ``create_app`` when the host
 application has not configured structlog itself. A redaction processor runs
 last before rendering, so a credential can never reach the output even when a
 caller logs a header dict by mistake.
 
-The per-request access line is the one exception to "everything through
+The ``console`` format (the default of ``secureserve run --dev``) renders the same
+events with structlog's ``ConsoleRenderer`` for a terminal. A web page can make a
+developer's browser send any path to 127.0.0.1, so every string is escaped first:
+control characters (C0, DEL, C1: ESC starts the terminal's ANSI sequences), bidi
+overrides and every other non-printable character become ``\xNN``/``\uNNNN``.
+
+In JSON, the per-request access line is the one exception to "everything through
 structlog": its shape is fixed and only the path comes from the client, so
 :class:`AccessLog` encodes it directly (redacting the path) after measuring the
 generic processor chain as the largest per-request cost of the server.
@@ -19,7 +25,7 @@ import re
 import sys
 import time
 from collections.abc import Mapping, MutableMapping
-from typing import Any, Final
+from typing import Any, Final, Literal
 
 import msgspec
 import structlog
@@ -29,8 +35,10 @@ __all__ = [
     "REDACTED",
     "AccessLog",
     "AccessRecord",
+    "LogFormat",
     "access_log",
     "configure_logging",
+    "escape_text",
     "get_logger",
     "redact",
 ]
@@ -50,6 +58,11 @@ _LEVELS: Final = {
     "error": logging.ERROR,
 }
 _encoder: Final = msgspec.json.Encoder()
+
+#: ``json``: one JSON object a line (production); ``console``: aligned, escaped text.
+LogFormat = Literal["json", "console"]
+#: Keys whose text keeps its line breaks on the console (a traceback is several lines).
+_MULTILINE_KEYS: Final = frozenset({"exception", "stack"})
 
 
 def redact(value: Any, key: str = "") -> Any:
@@ -80,12 +93,18 @@ def _serialize(event: Any, **_: Any) -> bytes:
     return _encoder.encode(event)
 
 
-def _shared_processors() -> list[Any]:
+def _shared_processors(log_format: LogFormat = "json") -> list[Any]:
+    # JSON: tracebacks as data; console: as text. Never with local variables (they may
+    # hold secrets or inputs).
+    exceptions = (
+        structlog.processors.ExceptionRenderer(ExceptionDictTransformer(show_locals=False))
+        if log_format == "json"
+        else structlog.processors.format_exc_info
+    )
     return [
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
-        # Tracebacks as data, without local variables (they may hold secrets or inputs).
-        structlog.processors.ExceptionRenderer(ExceptionDictTransformer(show_locals=False)),
+        exceptions,
         _redact_processor,
     ]
 
@@ -94,14 +113,80 @@ def _serialize_text(event: Any, **_: Any) -> str:
     return _encoder.encode(event).decode()
 
 
-def configure_logging(level: str = "info", *, stream: Any = None) -> None:
-    """Send JSON lines at ``level`` and above to ``stream`` (default: stdout).
+def escape_text(text: str, *, keep_newlines: bool = False) -> str:
+    r"""``text`` with every non-printable character as a Python escape (``\x1b``, ``\u202e``).
 
-    The standard library's loggers (uvicorn's among them) are routed through the
-    same processors, so every line on stdout is JSON and passes redaction.
+    That is C0 controls (``\r``, ``\n``, ESC, which starts ANSI sequences), DEL, C1
+    controls, bidi overrides and isolates, zero-width and other format characters, line
+    and paragraph separators, unassigned code points. ``keep_newlines`` leaves ``\n``
+    as it is (a traceback's lines).
+    """
+    if text.isprintable():
+        return text
+    return "".join(
+        char if char.isprintable() or (keep_newlines and char == "\n") else _escape_char(char)
+        for char in text
+    )
+
+
+def _escape_char(char: str) -> str:
+    code = ord(char)
+    if code <= 0xFF:  # noqa: PLR2004 - the \xNN range
+        return f"\\x{code:02x}"
+    return f"\\u{code:04x}" if code <= 0xFFFF else f"\\U{code:08x}"  # noqa: PLR2004
+
+
+def _escape_processor(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """Escape every string value (the event too) before the console renderer writes it.
+
+    Lists and mappings need nothing: the renderer shows them with ``repr``, which
+    escapes the same characters.
+    """
+    for key, value in event.items():
+        if isinstance(value, str) and not value.isprintable():
+            event[key] = escape_text(value, keep_newlines=key in _MULTILINE_KEYS)
+    return event
+
+
+def _console_renderer(stream: Any) -> structlog.dev.ConsoleRenderer:
+    """The console renderer of structlog, in colors when ``stream`` is a terminal."""
+    isatty = getattr(stream, "isatty", None)
+    colors = bool(isatty is not None and isatty())
+    try:
+        return structlog.dev.ConsoleRenderer(
+            colors=colors, exception_formatter=structlog.dev.plain_traceback
+        )
+    except SystemError:  # colors on Windows without colorama
+        return structlog.dev.ConsoleRenderer(
+            colors=False, exception_formatter=structlog.dev.plain_traceback
+        )
+
+
+def _to_bytes(_: Any, __: str, line: str) -> bytes:
+    return line.encode("utf-8", "backslashreplace")
+
+
+def configure_logging(
+    level: str = "info", *, stream: Any = None, log_format: LogFormat = "json"
+) -> None:
+    """Send log lines at ``level`` and above to ``stream`` (default: stdout).
+
+    ``log_format`` is ``json`` (one object a line) or ``console`` (structlog's console
+    renderer, every string escaped, colors on a terminal). The standard library's
+    loggers (uvicorn's among them) are routed through the same processors, so every
+    line on stdout has the same format and passes redaction.
     """
     out = stream or sys.stdout.buffer
-    processors = [*_shared_processors(), structlog.processors.JSONRenderer(serializer=_serialize)]
+    if log_format == "console":
+        renderer = _console_renderer(out)
+        processors = [*_shared_processors("console"), _escape_processor, renderer, _to_bytes]
+        final: list[Any] = [_escape_processor, renderer]
+    else:
+        processors = [
+            *_shared_processors(),
+            structlog.processors.JSONRenderer(serializer=_serialize),
+        ]
+        final = [structlog.processors.JSONRenderer(serializer=_serialize_text)]
     structlog.configure(
         processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),
@@ -111,18 +196,21 @@ def configure_logging(level: str = "info", *, stream: Any = None) -> None:
     handler = _BytesHandler(out)
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
-            foreign_pre_chain=[structlog.stdlib.add_logger_name, *_shared_processors()],
-            processors=[
-                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
-                structlog.processors.JSONRenderer(serializer=_serialize_text),
-            ],
+            foreign_pre_chain=[structlog.stdlib.add_logger_name, *_shared_processors(log_format)],
+            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, *final],
         )
     )
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(_LEVELS[level])
-    fast = _FastAccessLog(out) if _LEVELS[level] <= logging.INFO else _NoAccessLog()
-    _configured.update(processors=processors, access=fast)
+    access: AccessLog
+    if _LEVELS[level] > logging.INFO:
+        access = _NoAccessLog()
+    elif log_format == "console":
+        access = AccessLog()  # through the processors above: escaped like every line
+    else:
+        access = _FastAccessLog(out)
+    _configured.update(processors=processors, access=access)
 
 
 class AccessRecord(msgspec.Struct, frozen=True):

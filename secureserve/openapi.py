@@ -9,7 +9,7 @@ answered). ``tests/test_openapi_fuzz.py`` holds the server to it with schemathes
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Final, NamedTuple
+from typing import Annotated, Any, Final, Literal, NamedTuple
 
 import msgspec
 
@@ -72,12 +72,24 @@ class ModelMetadata(msgspec.Struct, frozen=True):
 
 
 class ReloadResult(msgspec.Struct, frozen=True):
-    """``POST /v1/models/{name}:reload`` (admin): the version now serving."""
+    """``POST /v1/models/{name}:reload`` (admin): the version now serving.
+
+    A reload swaps model files only. ``handler_code`` says whether the handler's source
+    files changed since start (``changed-restart-needed``: the old code still serves
+    until a restart; ``unknown``: no readable source), ``note`` says it in words.
+    """
 
     name: str
     version: str
     revision: str
     previous_revision: str
+    handler_code: Annotated[
+        Literal["unchanged", "changed-restart-needed", "unknown"],
+        msgspec.Meta(
+            description="the handler's source files since start: a reload never loads code"
+        ),
+    ]
+    note: str
 
 
 JSON: Final = "application/json"

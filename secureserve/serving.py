@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import inspect
 import os
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, Literal, NamedTuple
 
 import msgspec
 
@@ -46,8 +48,12 @@ if TYPE_CHECKING:
     from secureserve.auth import Principal
 
 __all__ = [
+    "RELOAD_NOTE",
     "Deployment",
+    "HandlerCode",
+    "HandlerSource",
     "LoadedModel",
+    "Reloaded",
     "ServedModel",
     "ServedModels",
     "ServingState",
@@ -59,6 +65,82 @@ _OPENAPI_KEPT: Final = 64
 #: Names of files missing from the lock that the start-up warning lists (then a count).
 _UNLISTED_SHOWN: Final = 20
 _UNAVAILABLE_RETRY_S: Final = "30"
+#: The largest handler source file fingerprinted; a larger one counts as unreadable.
+_SOURCE_MAX_BYTES: Final = 4 * 1024 * 1024
+#: Source files of one handler followed (its class and the user's base classes).
+_SOURCE_MAX_FILES: Final = 8
+#: Said in every reload answer (and the docs): what a reload does not do.
+RELOAD_NOTE: Final = (
+    "reload swaps model files only; the handler's code is the one imported at start: "
+    "restart the server to run changed code"
+)
+
+#: The handler's source files since start: ``changed-restart-needed`` when one was edited
+#: (the old code keeps serving), ``unknown`` when there is no readable source (zip, pyc).
+HandlerCode = Literal["unchanged", "changed-restart-needed", "unknown"]
+
+
+class HandlerSource:
+    """The handler's source files and their SHA-256 at start, to tell when one was edited.
+
+    A reload loads model files again, never code: Python keeps the classes it imported.
+    The files are the module of the handler class and of each of its own base classes
+    (up to secureserve's), each read whole, up to ``_SOURCE_MAX_BYTES``. A class without
+    a readable source file (imported from a zip or a ``.pyc`` only) is left out; with
+    none left, the state is ``unknown``.
+    """
+
+    def __init__(self, cls: type[Any]) -> None:
+        self.digests: dict[str, str] = {}
+        for path in _source_files(cls):
+            digest = _file_digest(path)
+            if digest is not None:
+                self.digests[path] = digest
+
+    def changed(self) -> list[str]:
+        """The files whose bytes differ from start (a removed or unreadable one counts)."""
+        return [path for path, digest in self.digests.items() if _file_digest(path) != digest]
+
+    def state(self, changed: list[str]) -> HandlerCode:
+        """What a reload answers for these changed files."""
+        if not self.digests:
+            return "unknown"
+        return "changed-restart-needed" if changed else "unchanged"
+
+
+def _source_files(cls: type[Any]) -> list[str]:
+    """The source files of ``cls`` and of its bases before the first secureserve class."""
+    files: list[str] = []
+    for klass in cls.__mro__:
+        if klass.__module__.split(".")[0] == "secureserve" or klass is object:
+            break
+        try:
+            path = inspect.getsourcefile(klass)
+        except (TypeError, OSError):  # built-in, or no file behind the module
+            continue
+        if path is not None and path not in files:
+            files.append(path)
+        if len(files) == _SOURCE_MAX_FILES:
+            break
+    return files
+
+
+def _file_digest(path: str) -> str | None:
+    """SHA-256 of a file's bytes, or None if it cannot be read or is too large."""
+    try:
+        with open(path, "rb") as file:  # noqa: PTH123 - a path string from inspect
+            data = file.read(_SOURCE_MAX_BYTES + 1)
+    except OSError:
+        return None
+    return hashlib.sha256(data).hexdigest() if len(data) <= _SOURCE_MAX_BYTES else None
+
+
+class Reloaded(NamedTuple):
+    """What a reload did: the deployment replaced (None: none), the new one, the code state."""
+
+    previous: Any
+    current: Any
+    code: HandlerCode
 
 
 @dataclass(frozen=True)
@@ -269,6 +351,7 @@ class ServedModel:
         self.table = table
         self.current: Any = None
         self._reload_lock = asyncio.Lock()
+        self.source = HandlerSource(cls)  # reload tells when the handler's code was edited
         # set by create_app once the access objects exist
         self.audit: AuditLog
         self.limiter: RateLimiter
@@ -314,7 +397,7 @@ class ServedModel:
 
     async def reload(
         self, *, trigger: str, principal: str | None = None, request_id: str | None = None
-    ) -> tuple[Any, Any]:
+    ) -> Reloaded:
         """Load the model again beside the running one and swap if, and only if, it all passed.
 
         Lock, signature, formats, ``load`` and ``warmup`` run in a worker thread while
@@ -322,11 +405,22 @@ class ServedModel:
         and changes nothing. A model change is never unrecorded: when the audit log
         cannot be written (and ``[audit] on_write_error`` is ``refuse``) the reload is
         refused before anything is loaded, and the swap happens only after its record
-        was written. Returns (previous, new); previous is None for an optional model
-        that was not loaded.
+        was written. Only model files are loaded again: when the handler's source changed
+        since start, a warning says that the old code keeps running until a restart.
+        Returns the previous deployment (None for an optional model that was not
+        loaded), the new one and the handler code's state.
         """
         log = get_logger()
         where = {"trigger": trigger, "request_id": request_id, "key_id": principal}
+        changed = await asyncio.to_thread(self.source.changed)
+        if changed:
+            log.warning(
+                "the handler's code changed since start; reload swaps model files only: "
+                "restart to run the new code",
+                model=self.name,
+                files=changed,
+                **where,
+            )
         async with self._reload_lock:
             kept = self.current
             kept_revision = kept.revision if kept is not None else "nothing"
@@ -363,7 +457,7 @@ class ServedModel:
             previous_revision=kept_revision,
             **where,
         )
-        return previous, current
+        return Reloaded(previous, current, self.source.state(changed))
 
     def _audit_reload(self, action: str, detail: str, where: dict[str, str | None]) -> None:
         try:

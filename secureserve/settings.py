@@ -338,9 +338,13 @@ class CheckSettings(Section, frozen=True):
 
 
 class LoggingSettings(Section, frozen=True):
-    """``[logging]``: JSON lines on stdout at this level."""
+    """``[logging]``: lines on stdout at this level, as JSON or for a console.
+
+    ``format`` unset means: ``console`` under ``secureserve run --dev``, else ``json``.
+    """
 
     level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["json", "console"] | None = None
 
 
 #: A ``[models.<name>]`` table name: the served name, addressable from the environment

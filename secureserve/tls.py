@@ -122,7 +122,6 @@ def check_certificate_files(
     return certificate
 
 
-
 def _later_in_chain(cert: Path, private_key: Any) -> bool:
     """Whether the key belongs to a certificate of ``cert`` other than the first."""
     try:
@@ -131,6 +130,7 @@ def _later_in_chain(cert: Path, private_key: Any) -> bool:
         return False
     mine = _spki(private_key.public_key())
     return any(_spki(c.public_key()) == mine for c in chain[1:])
+
 
 def server_context(
     *,

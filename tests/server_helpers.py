@@ -370,6 +370,8 @@ def _start(
     stderr_path = logs / f"stderr-{port}.txt"
     command = [*CLI, "run", *(["--dev"] if dev else []), "--port", str(port), *args]
     env = dict(env or {})
+    # tests read stdout as JSON lines; --dev alone would write console lines
+    env.setdefault("SECURESERVE_LOGGING__FORMAT", "json")
     if not dev and "SECURESERVE_AUDIT__DIGEST_KEY_FILE" not in env:
         # production runs need a digest key for the audit log: one per project
         digest_key = project / "secrets" / "audit-digest.key"

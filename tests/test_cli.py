@@ -193,6 +193,49 @@ def test_run_dev_refuses_public_host(iris_project):
     assert not (iris_project / "secrets" / "api_keys.toml").exists()
 
 
+def _dev_folder(project: Path) -> dict[str, bytes]:
+    """Every file under the project's .secureserve/ by relative path, with its bytes."""
+    folder = project / ".secureserve"
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in folder.rglob("*")}
+
+
+@pytest.mark.parametrize("failure", ["handler", "port"])
+def test_run_dev_failed_first_run_leaves_no_dev_folder(iris_project, failure):
+    """A first ``run --dev`` that fails removes the .secureserve/ it made.
+
+    The handler import fails after the certificates are made; a port in use after the
+    development digest key is made too: either way nothing of .secureserve/ is left.
+    """
+    with socket.create_server((HOST, 0)) as holder:
+        if failure == "handler":
+            args = ["run", "--dev", "--port", str(free_port()), "nosuch:Model"]
+        else:
+            args = ["run", "--dev", "--port", str(holder.getsockname()[1])]
+        result = run_cli(*args, cwd=iris_project)
+    _assert_cli_error(result, "nosuch" if failure == "handler" else "in use")
+    assert not (iris_project / ".secureserve").exists()
+
+
+def test_run_dev_failure_keeps_what_was_there(iris_project, monkeypatch, capsys):
+    """A failed ``run --dev`` in an existing .secureserve/ removes only what it added.
+
+    The CA and certificates of ``certs dev`` (perhaps trusted by the developer's tools)
+    and a file of the developer's stay byte for byte; the digest key the failed run
+    made is gone.
+    """
+    monkeypatch.chdir(iris_project)
+    assert main(["certs", "dev"]) == 0
+    capsys.readouterr()
+    (iris_project / ".secureserve" / "notes.txt").write_text("mine\n")
+    before = _dev_folder(iris_project)
+    assert "audit-digest.key" not in before
+    with socket.create_server((HOST, 0)) as holder:
+        port = holder.getsockname()[1]
+        result = run_cli("run", "--dev", "--port", str(port), cwd=iris_project)
+    _assert_cli_error(result, str(port), "in use")
+    assert _dev_folder(iris_project) == before
+
+
 # --------------------------------------------------------------------------- keys
 
 

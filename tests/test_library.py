@@ -1,10 +1,15 @@
 """``create_app`` mounted in an existing FastAPI service, served by uvicorn over real TLS.
 
 The "library import in services" path: the service owns the server, the routes around
-the model and TLS; secureserve must keep every guarantee under its mount point.
+the model and TLS; secureserve must keep every guarantee under its mount point. The
+service is docs/library.md's ``service.py``: uvicorn with secureserve's TLS context
+(``secureserve.tls.server_context`` through ``ssl_context_factory``), never uvicorn's
+own ``--ssl-*`` context. In process, a Starlette app mounting ``create_app`` under
+``/ml`` checks that ``/ml/openapi.json`` names its mount point in ``servers``.
 """
 
 import json
+import socket
 import ssl
 import subprocess
 import sys
@@ -15,6 +20,8 @@ from pathlib import Path
 
 import pytest
 from fastapi import FastAPI
+from starlette.applications import Starlette
+from starlette.routing import Mount
 from starlette.testclient import TestClient as StarletteClient
 
 from secureserve import create_app, load_settings
@@ -26,13 +33,15 @@ PREDICT = "/ml/v1/models/iris:predict"
 SETOSA = {"instances": [{"features": [5.1, 3.5, 1.4, 0.2]}]}
 START_TIMEOUT_S = 30.0
 
+# docs/library.md's service.py, with the paths and the port of this test.
 SERVICE = """
 import sys
 from pathlib import Path
 
-from fastapi import FastAPI
-
 import secureserve as ss
+import uvicorn
+from fastapi import FastAPI
+from secureserve.tls import server_context
 
 PROJECT = Path({project!r})
 sys.path.insert(0, str(PROJECT))
@@ -47,6 +56,16 @@ def hello() -> dict[str, str]:
 
 
 api.mount("/ml", ss.create_app(Iris, config=ss.load_settings(project_dir=PROJECT)))
+
+if __name__ == "__main__":
+    tls = server_context(cert=Path({cert!r}), key=Path({key!r}))
+    uvicorn.run(
+        api,
+        host="127.0.0.1",
+        port={port},
+        ssl_context_factory=lambda _c, _d: tls,
+        access_log=False,
+    )
 """
 
 
@@ -54,6 +73,8 @@ class Service:
     """The FastAPI service in a uvicorn process, and an HTTPS client for it."""
 
     def __init__(self, port: int, ca: Path, key: str) -> None:
+        self.port = port
+        self.ca = ca
         self.base = f"https://127.0.0.1:{port}"
         self.context = ssl.create_default_context(cafile=str(ca))
         self.key = key
@@ -75,19 +96,18 @@ class Service:
 
 @pytest.fixture(scope="module")
 def service(tmp_path_factory):
-    """Start ``uvicorn service:api`` with a TLS certificate; stop it after the module."""
+    """Start ``python service.py`` (docs/library.md's way); stop it after the module."""
     root = tmp_path_factory.mktemp("service")
     project = copy_iris(root / "iris")
     key = create_key(project / "secrets" / "api_keys.toml", name="svc", roles=("predict",))
     certs = ensure_dev_certificates(root / "certs")
-    (root / "service.py").write_text(SERVICE.format(project=str(project)), "utf-8")
     port = free_port()
+    service_py = SERVICE.format(
+        project=str(project), cert=str(certs.cert), key=str(certs.key), port=port
+    )
+    (root / "service.py").write_text(service_py, "utf-8")
     process = subprocess.Popen(
-        [
-            *(sys.executable, "-m", "uvicorn", "service:api", "--port", str(port)),
-            *("--ssl-certfile", str(certs.cert), "--ssl-keyfile", str(certs.key)),
-            "--no-access-log",
-        ],
+        [sys.executable, "service.py"],
         cwd=root,
         env=clean_env(),
         stdout=subprocess.PIPE,
@@ -149,6 +169,58 @@ def test_mounted_probes_are_public(service):
     client, _ = service
     assert client.request("GET", "/ml/healthz", key=False)[0] == 200
     assert client.request("GET", "/ml/readyz", key=False)[0] == 200
+
+
+@pytest.mark.parametrize(
+    ("cipher", "served"),
+    [("ECDHE-ECDSA-AES128-GCM-SHA256", True), ("ECDHE-ECDSA-AES128-SHA", False)],
+)
+def test_service_tls_is_secureserves_profile(service, cipher, served):
+    """The service speaks secureserve's TLS profile: an AEAD suite, never a CBC one.
+
+    uvicorn's own context (its ``--ssl-*`` flags) would accept the CBC suite.
+    """
+    client, _ = service
+    context = ssl.create_default_context(cafile=str(client.ca))
+    context.maximum_version = ssl.TLSVersion.TLSv1_2  # TLS 1.3 has no CBC suites to offer
+    context.set_ciphers(cipher)
+    with socket.create_connection(("127.0.0.1", client.port), timeout=10) as raw:
+        if served:
+            with context.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
+                assert tls.cipher()[0] == cipher
+        else:
+            with pytest.raises(ssl.SSLError):
+                context.wrap_socket(raw, server_hostname="127.0.0.1")
+
+
+def test_mounted_openapi_names_the_mount_point(iris_project):
+    """/openapi.json of a mounted app has ``servers`` = its ASGI root path; unmounted, none.
+
+    The same app under two mount points, and under a server root path, gets each its
+    own prefix (the documents are cached per root path, not shared).
+    """
+    key = create_key(iris_project / "secrets" / "api_keys.toml", name="o", roles=("predict",))
+    model_app = create_app(_iris(iris_project), config=load_settings(project_dir=iris_project))
+    service = Starlette(routes=[Mount("/ml", app=model_app), Mount("/alt", app=model_app)])
+    auth = {"Authorization": f"Bearer {key.secret}"}
+
+    def document(app, path, root_path=""):
+        client = StarletteClient(app, base_url="https://testserver", root_path=root_path)
+        reply = client.get(path, headers=auth)
+        assert reply.status_code == 200, reply.text
+        return reply
+
+    ml = document(service, "/ml/openapi.json")
+    assert ml.json()["servers"] == [{"url": "/ml"}]
+    assert list(ml.json())[:3] == ["openapi", "info", "servers"]
+    assert "/v1/models/iris:predict" in ml.json()["paths"]
+    assert document(service, "/ml/openapi.json").content == ml.content
+    assert document(service, "/alt/openapi.json").json()["servers"] == [{"url": "/alt"}]
+    behind = document(service, "/api/ml/openapi.json", root_path="/api")
+    assert behind.json()["servers"] == [{"url": "/api/ml"}]
+    at_root = document(model_app, "/openapi.json").json()
+    assert "servers" not in at_root
+    assert {k: v for k, v in ml.json().items() if k != "servers"} == at_root
 
 
 def test_mounted_app_refuses_plaintext_in_a_fastapi_service(iris_project):

@@ -8,12 +8,19 @@ import logging
 
 import pytest
 import structlog
+from app_helpers import asgi_client, replaced, unlimited_iris_settings
+from conftest import load_iris
+from server_helpers import copy_iris, production_iris, running_server
 
+from secureserve.app import create_app
+from secureserve.config import load_settings
+from secureserve.errors import ConfigError
 from secureserve.logs import (
     REDACTED,
     AccessRecord,
     access_log,
     configure_logging,
+    escape_text,
     get_logger,
     redact,
 )
@@ -182,3 +189,175 @@ def test_access_log_silent_above_info():
         structlog.reset_defaults()
         logging.getLogger().handlers.clear()
     assert out.getvalue() == b""
+
+
+# --------------------------------------------------------------------------- console format
+
+#: What a web page can make a developer's browser send to 127.0.0.1: colours (ESC [ 31 m),
+#: a terminal title (OSC ... BEL), a carriage return and a forged line, bidi overrides,
+#: a C1 control (NEL) and a zero-width space.
+HOSTILE = "\x1b[31mred\x1b]0;pwned\x07\rfake\nline\u202eevil\u2066\x85\u200bend"
+RAW = ("\x1b", "\x07", "\r", "\u202e", "\u2066", "\x85", "\u200b")
+
+
+class _Terminal(io.BytesIO):
+    """A byte stream that says it is a terminal."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+@pytest.fixture
+def console():
+    """Console-format logs at level debug, captured; the set-up is undone afterwards."""
+    out = io.BytesIO()
+    configure_logging("debug", stream=out, log_format="console")
+    yield out
+    structlog.reset_defaults()
+    logging.getLogger().handlers.clear()
+
+
+def _assert_no_raw_controls(text: str) -> None:
+    for char in RAW:
+        assert char not in text, repr(char)
+
+
+def test_escape_text_escapes_every_non_printable_character():
+    """Controls, C1, bidi and zero-width characters become escapes; printable text stays."""
+    assert escape_text("/v1/models/iris") == "/v1/models/iris"
+    assert escape_text("é ü 模型") == "é ü 模型"
+    assert escape_text(HOSTILE) == (
+        "\\x1b[31mred\\x1b]0;pwned\\x07\\x0dfake\\x0aline\\u202eevil\\u2066\\x85\\u200bend"
+    )
+    assert escape_text("a\nb\rc", keep_newlines=True) == "a\nb\\x0dc"
+    assert escape_text("\U000e0041") == "\\U000e0041"  # a tag character
+
+
+def test_console_format_escapes_event_and_values(console):
+    """The event and every string value are escaped; one event is one line."""
+    get_logger().info(f"event {HOSTILE}", path=HOSTILE, nested={"k": HOSTILE}, n=3)
+    text = console.getvalue().decode()
+    _assert_no_raw_controls(text)
+    assert text.count("\n") == 1
+    assert "event \\x1b[31mred" in text
+    assert "path=\\x1b[31mred\\x1b]0;pwned\\x07\\x0dfake\\x0aline\\u202eevil" in text
+    assert "[info" in text
+    with pytest.raises(json.JSONDecodeError):
+        json.loads(text)
+
+
+def test_console_format_escapes_stdlib_records_and_tracebacks(console):
+    """Uvicorn's records and exception text are escaped too; a traceback keeps its lines."""
+    logging.getLogger("uvicorn.error").warning("bad request %s", HOSTILE)
+    try:
+        raise ValueError(HOSTILE)  # noqa: TRY301 - an exception message from a request
+    except ValueError:
+        get_logger().exception("failed")
+    text = console.getvalue().decode()
+    _assert_no_raw_controls(text)
+    assert "bad request \\x1b[31mred" in text
+    assert "Traceback (most recent call last)" in text
+    assert "ValueError: " in text
+
+
+def test_console_format_redacts_like_json(console):
+    """Redaction runs before rendering in the console format as well."""
+    get_logger().info("oops", authorization=f"Bearer {KEY}", message=f"with {KEY}")
+    text = console.getvalue().decode()
+    assert KEY not in text
+    assert REDACTED in text
+
+
+def test_console_format_colours_only_a_terminal():
+    """Colours on a TTY (the renderer's own ESC codes), none on a file; values escaped on both."""
+    for stream, coloured in ((_Terminal(), True), (io.BytesIO(), False)):
+        configure_logging("info", stream=stream, log_format="console")
+        try:
+            get_logger().info("hello", path="\x1b[2J")
+        finally:
+            structlog.reset_defaults()
+            logging.getLogger().handlers.clear()
+        text = stream.getvalue().decode()
+        assert ("\x1b[" in text) is coloured
+        assert "\x1b[2J" not in text
+        assert "\\x1b[2J" in text
+
+
+def test_console_access_line_of_a_real_request_is_escaped(console):
+    """A request path with ANSI, CR/LF and bidi characters is escaped in the access line."""
+    app = create_app(load_iris(), config=unlimited_iris_settings(), dev=True)
+    with asgi_client(app) as client:
+        # percent-encoded, as a browser sends it; the server decodes the path
+        reply = client.get("/v1/models/%1b%5b31mred%0d%0afake%e2%80%aeevil%c2%85")
+    assert reply.status_code == 401
+    text = console.getvalue().decode()
+    _assert_no_raw_controls(text)
+    (line,) = [row for row in text.splitlines() if " request " in row and "status=401" in row]
+    assert "path=/v1/models/\\x1b[31mred\\x0d\\x0afake\\u202eevil\\x85" in line
+
+
+def test_logging_format_from_file_and_environment(tmp_path):
+    """``[logging] format`` and SECURESERVE_LOGGING__FORMAT; unset is None (decided by --dev)."""
+    assert load_settings(project_dir=tmp_path, environ={}).logging.format is None
+    environ = {"SECURESERVE_LOGGING__FORMAT": "console"}
+    assert load_settings(project_dir=tmp_path, environ=environ).logging.format == "console"
+    (tmp_path / "secureserve.toml").write_text('[logging]\nformat = "json"\n')
+    assert load_settings(project_dir=tmp_path, environ={}).logging.format == "json"
+    (tmp_path / "secureserve.toml").write_text('[logging]\nformat = "text"\n')
+    with pytest.raises(ConfigError, match="format"):
+        load_settings(project_dir=tmp_path, environ={})
+    with pytest.raises(ConfigError, match="SECURESERVE_LOGGING__FORMAT"):
+        load_settings(project_dir=tmp_path, environ={"SECURESERVE_LOGGING__FROMAT": "json"})
+
+
+@pytest.mark.parametrize(
+    ("dev", "setting", "renderer"),
+    [
+        (True, None, structlog.dev.ConsoleRenderer),
+        (False, None, structlog.processors.JSONRenderer),
+        (True, "json", structlog.processors.JSONRenderer),
+        (False, "console", structlog.dev.ConsoleRenderer),
+    ],
+)
+def test_create_app_picks_the_format(dev, setting, renderer):
+    """Console by default in development, JSON otherwise; ``[logging] format`` decides when set."""
+    settings = replaced(unlimited_iris_settings(), logging={"format": setting})
+    structlog.reset_defaults()
+    try:
+        create_app(load_iris(), config=settings, dev=dev)
+        processors = structlog.get_config()["processors"]
+    finally:
+        structlog.reset_defaults()
+        logging.getLogger().handlers.clear()
+    assert any(isinstance(p, renderer) for p in processors)
+
+
+@pytest.mark.slow
+def test_run_dev_writes_escaped_console_lines(tmp_path):
+    """``secureserve run --dev`` (format unset) logs for a console, hostile paths escaped."""
+    project = copy_iris(tmp_path / "iris")
+    with running_server(project, env={"SECURESERVE_LOGGING__FORMAT": "null"}) as server:
+        reply = server.request("GET", "/v1/models/%1b%5b31mred%0d%0afake%e2%80%ae")
+        assert reply.status == 401
+        assert "/docs" in server.stderr()  # the banner names the API page
+        docs = server.request("GET", "/docs")
+        assert docs.status == 200
+        assert "script-src 'self'" in docs.headers["content-security-policy"]
+    text = server.stdout()
+    _assert_no_raw_controls(text)
+    assert "path=/v1/models/\\x1b[31mred\\x0d\\x0afake\\u202e" in text
+    assert "[info" in text
+    with pytest.raises(json.JSONDecodeError):
+        server.log_lines()
+
+
+@pytest.mark.slow
+def test_run_without_dev_writes_json(tmp_path):
+    """``secureserve run`` without --dev (format unset) writes JSON lines; no /docs page."""
+    production = production_iris(tmp_path, "reader")
+    env = {**production.tls_env(), "SECURESERVE_LOGGING__FORMAT": "null"}
+    with production.running(env) as server:
+        assert server.request("GET", "/docs", key=server.key).status == 404
+    events = [line["event"] for line in server.log_lines()]
+    assert "starting" in events
+    assert "request" in events

@@ -2,19 +2,25 @@
 
 from __future__ import annotations
 
+import asyncio
+import importlib
+import io
 import json
 import signal
+import sys
 import threading
 import time
 from pathlib import Path
 
 import msgspec
 import pytest
+from app_helpers import json_lines, json_logs
 from server_helpers import copy_iris, running_server, set_toml
 
 import secureserve as ss
 from secureserve.config import load_settings
 from secureserve.release import lock_project
+from secureserve.serving import HandlerSource
 from secureserve.signing import generate_signing_key, sign
 from secureserve.testing import TestClient
 
@@ -208,3 +214,115 @@ def test_openapi_hidden_from_principals_without_the_model(project):
         assert client.get("/openapi.json").status_code == 404
     with TestClient(Iris, project_dir=project) as client:
         assert client.get("/openapi.json").status_code == 200
+
+
+# ------------------------------------------------------------ code is not reloaded
+
+
+def _edit_handler(project: Path) -> Path:
+    """Change what the iris handler's predict returns, as a developer editing app.py would."""
+    source = project / "app.py"
+    text = source.read_text()
+    assert "label=self.labels[i]" in text
+    source.write_text(text.replace("label=self.labels[i]", 'label="edited"'))
+    return source
+
+
+def test_reload_answer_says_model_files_only(project):
+    """An untouched handler: ``handler_code`` unchanged; the note says code needs a restart."""
+    with _iris(project) as client:
+        body = client.post(RELOAD).json()
+    assert body["handler_code"] == "unchanged"
+    assert "model files only" in body["note"]
+    assert "restart" in body["note"]
+
+
+def test_reload_after_editing_the_handler_warns_and_keeps_the_old_code(project):
+    """app.py edited: 200 with ``changed-restart-needed``, a warning naming model and file.
+
+    The old code keeps serving (this is what the warning is for).
+    """
+    out = io.BytesIO()
+    with json_logs(out), _iris(project) as client:
+        source = _edit_handler(project)
+        reply = client.post(RELOAD)
+        label = client.predict([FLOWER]).json()["predictions"][0]["label"]
+    assert reply.status_code == 200
+    assert reply.json()["handler_code"] == "changed-restart-needed"
+    assert label == "setosa"  # not "edited": Python keeps the class it imported
+    (warning,) = [line for line in json_lines(out) if "code changed" in line["event"]]
+    assert warning["level"] == "warning"
+    assert warning["model"] == "iris"
+    assert warning["files"] == [str(source)]
+    assert warning["trigger"] == "http"
+    assert "restart" in warning["event"]
+
+
+def test_sighup_reload_warns_when_the_handler_changed(project):
+    """The SIGHUP path (every model reloaded in turn) logs the same warning."""
+    out = io.BytesIO()
+    with json_logs(out), _iris(project) as client:
+        _edit_handler(project)
+        asyncio.run(client.app.state.models.reload_all(trigger="SIGHUP"))
+    (warning,) = [line for line in json_lines(out) if "code changed" in line["event"]]
+    assert warning["trigger"] == "SIGHUP"
+    assert warning["model"] == "iris"
+
+
+class NoSource(ss.Model[Meta, Answer]):
+    """A handler whose module has no file, as if imported from a zip or a .pyc only."""
+
+    __module__ = "nowhere_on_disk"
+    name = "nosource"
+
+    def load(self, artifacts: ss.Artifacts) -> None:
+        self.version = artifacts.json("meta.json")["version"]
+
+    def predict(self, batch: list[Meta]) -> list[Answer]:
+        return [Answer(self.version) for _ in batch]
+
+
+def test_reload_of_a_handler_without_source_says_unknown(tmp_path):
+    """No readable source file: the reload works and ``handler_code`` is unknown."""
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "meta.json").write_text('{"version": "1"}')
+    settings = load_settings(project_dir=tmp_path, environ={})
+    lock_project(settings)
+    with TestClient(NoSource, config=settings, roles=("admin",)) as client:
+        reply = client.post("/v1/models/nosource:reload")
+    assert reply.status_code == 200
+    assert reply.json()["handler_code"] == "unknown"
+
+
+def test_handler_source_follows_the_users_base_classes(tmp_path, monkeypatch):
+    """A base class in another file of the project counts; secureserve's own files do not."""
+    (tmp_path / "base_mod.py").write_text(
+        "import secureserve as ss\n\nclass Base(ss.Model):\n    pass\n"
+    )
+    (tmp_path / "leaf_mod.py").write_text(
+        "from base_mod import Base\n\nclass Leaf(Base):\n    name = 'leaf'\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    for name in ("base_mod", "leaf_mod"):
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    leaf = importlib.import_module("leaf_mod").Leaf
+    source = HandlerSource(leaf)
+    assert sorted(source.digests) == [str(tmp_path / "base_mod.py"), str(tmp_path / "leaf_mod.py")]
+    assert source.changed() == []
+    assert source.state([]) == "unchanged"
+    (tmp_path / "base_mod.py").write_text("# edited\n")
+    assert source.changed() == [str(tmp_path / "base_mod.py")]
+    assert source.state(source.changed()) == "changed-restart-needed"
+
+
+def test_reload_result_schema_lists_the_handler_code_states(project):
+    """/openapi.json describes the reload answer with the three states and the note."""
+    with _iris(project) as client:
+        document = client.get("/openapi.json").json()
+    schema = document["components"]["schemas"]["ReloadResult"]
+    assert schema["properties"]["handler_code"]["enum"] == [
+        "changed-restart-needed",
+        "unchanged",
+        "unknown",
+    ]
+    assert {"handler_code", "note"} <= set(schema["required"])

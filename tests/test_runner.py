@@ -191,3 +191,31 @@ def test_the_inference_thread_does_not_preempt_the_loop():
     runner.close()
     assert seen == [os.SCHED_BATCH]
     assert os.sched_getscheduler(0) != os.SCHED_BATCH  # the caller's thread is untouched
+
+
+def test_the_inference_thread_survives_an_error_of_its_own():
+    """An exception outside predict (a bug, MemoryError) fails that batch, not the thread."""
+    from secureserve.runner import BatchRunner
+
+    class Flaky(BatchRunner[int, int]):
+        calls = 0
+
+        def _run(self, jobs):
+            Flaky.calls += 1
+            if Flaky.calls == 1:
+                raise MemoryError
+            return [(job, job.work * 2) for job in jobs]
+
+        async def double(self, n: int) -> int:
+            return (await self._submit(n, 1)).future.result()
+
+    runner = Flaky(max_batch=4, timeout=5, name="flaky")
+
+    async def main():
+        first = await asyncio.gather(runner.double(1), return_exceptions=True)
+        return first, await runner.double(2)
+
+    (first,), second = asyncio.run(main())
+    runner.close()
+    assert isinstance(first, ModelError)
+    assert second == 4

@@ -1,30 +1,42 @@
 """``secureserve new`` as a new user meets it: from a built wheel in a fresh environment.
 
-One test walks the whole path: build the wheel, install it with the ``[check]`` extra
-in a new virtual environment, ``secureserve new demo``, install the project, run its
-tests, serve it with ``secureserve run --dev``, call it over HTTPS with the printed
-key, run ``secureserve doctor`` on it, and run its CI's ``secureserve check`` step.
-It needs a package index (or pip's local wheels) to install the dependencies, as a
-fresh machine does.
+One test walks the whole path: build the wheel, install it in a new virtual
+environment (a user who was handed the wheel), ``secureserve new demo``, then follow
+the generated README's shell blocks as written, in a terminal where that environment
+is active: make the project's own ``.venv``, install secureserve into it from the wheel
+(the README's ``/path/to/secureserve``), install the project, run its tests and serve
+it with ``secureserve run --dev``; from another terminal, the README's ``curl`` with
+the printed key; after Ctrl-C, ``secureserve doctor``, then the README's
+``pip install 'secureserve[check]'`` and ``secureserve check`` (its load test cut to
+one second through ``SECURESERVE_CHECK__LOAD_SECONDS``). secureserve is not on the
+package index: every install here must find it installed already. Its dependencies
+come from the package index (or pip's local wheels), as on a fresh machine. The
+terminal, the block reader and the server helpers are those of tests/test_docs.py.
 """
 
 import json
-import signal
-import ssl
 import subprocess
 import sys
-import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import pytest
+from test_docs import (
+    GENERATED_README,
+    activated_env,
+    block,
+    call,
+    fill,
+    open_terminals,
+    stop,
+    user_env,
+    wait_for_server,
+)
 
 from secureserve.scaffold import templates_root
-from tests.server_helpers import clean_env, dev_banner, free_port
+from tests.server_helpers import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
-READY_TIMEOUT_S = 60.0
+INSTALL_TIMEOUT_S = 600.0
 
 
 def test_templates_come_from_the_repository_in_an_editable_install():
@@ -33,11 +45,10 @@ def test_templates_come_from_the_repository_in_an_editable_install():
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(600)
+@pytest.mark.timeout(1200)
 def test_wheel_to_served_project(tmp_path):
-    env = clean_env()
-    for name in ("PYTHONPATH", "PYTEST_ADDOPTS", "VIRTUAL_ENV"):
-        env.pop(name, None)
+    """The generated README, followed as written from a wheel, serves, checks and passes."""
+    env = user_env()
 
     def run(*command, cwd=tmp_path):
         done = subprocess.run(
@@ -50,8 +61,7 @@ def test_wheel_to_served_project(tmp_path):
     [wheel] = (tmp_path / "dist").glob("secureserve-*.whl")
     run(sys.executable, "-m", "venv", "venv")
     bin_dir = tmp_path / "venv" / "bin"
-    # with the check's extra, as the generated project's CI installs it
-    run(str(bin_dir / "python"), "-m", "pip", "install", "--quiet", f"{wheel}[check]")
+    run(str(bin_dir / "python"), "-m", "pip", "install", "--quiet", str(wheel))
 
     # The templates come from the wheel, not from this checkout.
     found = run(
@@ -62,39 +72,72 @@ def test_wheel_to_served_project(tmp_path):
     assert found.endswith("site-packages/secureserve/_templates"), found
 
     created = run(str(bin_dir / "secureserve"), "new", "demo")
-    project = tmp_path / "demo"
     assert created.startswith("created demo/\n")
-    run(str(bin_dir / "python"), "-m", "pip", "install", "--quiet", "-e", ".[test]", cwd=project)
-    tests = run(
-        str(bin_dir / "python"), "-m", "pytest", "-q", "-p", "no:cacheprovider", cwd=project
+    project = tmp_path / "demo"
+    with open_terminals(tmp_path / "terminals") as terminals:
+        _follow_the_readme(project, wheel, tmp_path / "venv", terminals)
+
+
+def _follow_the_readme(project: Path, wheel: Path, venv: Path, terminals) -> None:
+    readme = project / "README.md"
+    port = free_port()
+    you = terminals(
+        project,
+        activated_env(
+            venv, SECURESERVE_SERVER__PORT=str(port), SECURESERVE_CHECK__LOAD_SECONDS="1"
+        ),
     )
-    assert "3 passed" in tests
+    install = block(GENERATED_README, "python -m venv .venv && . .venv/bin/activate", file=readme)
+    make_venv, secureserve, the_project, tests, serve = install.commands()
+    for command in (make_venv, fill(secureserve, {"/path/to/secureserve": str(wheel)})):
+        result = you.run(command, timeout=INSTALL_TIMEOUT_S)
+        assert result.status == 0, result
+    result = you.run(the_project, timeout=INSTALL_TIMEOUT_S)
+    assert result.status == 0, result  # secureserve>=0.1 is satisfied by the wheel's
+    found = you.run("command -v secureserve").out.strip()
+    assert found == str(project / ".venv" / "bin" / "secureserve")  # the project's own
+    result = you.run(tests)
+    assert result.status == 0, result
+    assert "3 passed" in result.out
 
-    _serve_and_call(bin_dir / "secureserve", project, env)
+    typed = you.type(serve)
+    ca, key = wait_for_server(you, typed, port)
+    assert key is not None
+    other = terminals(project, user_env(KEY=key))
+    curl = block(
+        GENERATED_README,
+        'curl --cacert .secureserve/ca.pem -H "Authorization: Bearer $KEY"',
+        file=readme,
+    )
+    [command] = curl.commands()
+    result = other.run(fill(command, {"8443": str(port)}))
+    assert result.status == 0, result
+    assert result.out.strip() == curl.output()
+    body = {"instances": [{"features": [1, 3]}]}
+    status, reply = call(port, ca, "POST", "/v1/models/demo:predict", body=body)
+    assert status == 401
+    assert json.loads(reply)["detail"] == "no bearer token"
+    stop(you, typed)
 
-    report = json.loads(run(str(bin_dir / "secureserve"), "doctor", "--json", cwd=project))
-    errors = [f for f in report["findings"] if f["severity"] == "error"]
-    assert errors == []
-    assert report["ok"] is True
+    [doctor] = block(GENERATED_README, "secureserve doctor", file=readme).commands()
+    result = you.run(doctor)
+    assert result.status == 0, result  # no error-level finding
     # The dev key minted by `run --dev` is still active: the doctor says so.
-    assert "keys-dev-key" in {f["code"] for f in report["findings"]}
+    assert "keys-dev-key" in result.out
 
-    _check(bin_dir / "secureserve", project, env)
+    extra, check = block(
+        GENERATED_README, "pip install 'secureserve[check]'", file=readme
+    ).commands()
+    result = you.run(extra, timeout=INSTALL_TIMEOUT_S)
+    assert result.status == 0, result
+    result = you.run(check, timeout=INSTALL_TIMEOUT_S)
+    assert result.status == 0, result
+    _check_passed(project, result.out)
 
 
-def _check(secureserve: Path, project: Path, env: dict[str, str]) -> None:
-    """The generated project's CI step, from the wheel with the [check] extra: all pass."""
-    quick = {**env, "SECURESERVE_CHECK__LOAD_SECONDS": "1"}  # the rest as generated
-    done = subprocess.run(
-        [str(secureserve), "check", "--data", "data/check.jsonl", "--sensitive", "cohort"],
-        cwd=project,
-        env=quick,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert done.returncode == 0, f"{done.stdout}\n{done.stderr}"
-    lines = done.stdout.splitlines()
+def _check_passed(project: Path, out: str) -> None:
+    """The generated project's check, with matplotlib from the [check] extra: all pass."""
+    lines = out.splitlines()
     verdicts = {line.split()[1]: line.split()[0] for line in lines if line[:4] in ("pass", "FAIL")}
     assert verdicts == dict.fromkeys(("robustness", "fairness", "fuzz", "load", "drift"), "pass")
     page = (project / "check-report" / "report.html").read_text()
@@ -102,63 +145,3 @@ def _check(secureserve: Path, project: Path, env: dict[str, str]) -> None:
     saved = json.loads((project / "check-report" / "report.json").read_text())
     assert saved["signature"] == "verified"  # the generated project requires a signed lock
     assert saved["lock_sha256"] is not None
-
-
-def _serve_and_call(secureserve: Path, project: Path, env: dict[str, str]) -> None:
-    port = free_port()
-    stderr_path = project.parent / "run-stderr.txt"
-    with stderr_path.open("wb") as stderr:
-        server = subprocess.Popen(
-            [str(secureserve), "run", "--dev", "--port", str(port)],
-            cwd=project,
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=stderr,
-        )
-    try:
-        ca, key = _wait_ready(server, stderr_path, port)
-        context = ssl.create_default_context(cafile=str(ca))
-        url = f"https://127.0.0.1:{port}/v1/models/demo:predict"
-        body = json.dumps({"instances": [{"features": [1, 3]}, {"features": [3, 1]}]}).encode()
-        status, reply = _post(url, body, context, key)
-        assert status == 200, reply
-        assert [p["label"] for p in reply["predictions"]] == ["second", "first"]
-        status, reply = _post(url, body, context, None)
-        assert status == 401
-        assert reply["detail"] == "no bearer token"
-    finally:
-        server.send_signal(signal.SIGTERM)
-        assert server.wait(timeout=30) == 0
-
-
-def _wait_ready(server: subprocess.Popen, stderr_path: Path, port: int) -> tuple[Path, str]:
-    deadline = time.monotonic() + READY_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            pytest.fail(f"secureserve run --dev exited:\n{stderr_path.read_text()}")
-        banner = dev_banner(stderr_path.read_text(errors="replace"))
-        if banner is not None:
-            ca, _ = banner
-            context = ssl.create_default_context(cafile=str(ca))
-            try:
-                with urllib.request.urlopen(
-                    f"https://127.0.0.1:{port}/readyz", context=context, timeout=5
-                ) as reply:
-                    if reply.status == 200:
-                        return banner
-            except (OSError, urllib.error.URLError):
-                pass
-        time.sleep(0.2)
-    pytest.fail(f"secureserve run --dev did not become ready:\n{stderr_path.read_text()}")
-
-
-def _post(url: str, body: bytes, context: ssl.SSLContext, key: str | None) -> tuple[int, dict]:
-    request = urllib.request.Request(url, data=body, method="POST")  # noqa: S310 - https only
-    request.add_header("Content-Type", "application/json")
-    if key is not None:
-        request.add_header("Authorization", f"Bearer {key}")
-    try:
-        with urllib.request.urlopen(request, context=context, timeout=10) as reply:  # noqa: S310
-            return reply.status, json.loads(reply.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
+import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -70,6 +71,15 @@ def register(commands: Any, common: argparse.ArgumentParser) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
+    made = _DevFiles()
+    try:
+        return _start_and_serve(args, made)
+    except BaseException:
+        made.remove()
+        raise
+
+
+def _start_and_serve(args: argparse.Namespace, made: _DevFiles) -> int:
     from secureserve.app import create_app  # noqa: PLC0415 - keep `keys list` fast
     from secureserve.devcerts import ensure_dev_certificates  # noqa: PLC0415
     from secureserve.logs import configure_logging, get_logger  # noqa: PLC0415
@@ -87,6 +97,7 @@ def _run(args: argparse.Namespace) -> int:
     settings = settings_from(args, overrides)
     dev_certs = None
     if args.dev:
+        made.note(settings.project_dir / DEV_DIR)
         settings, dev_certs = _dev_settings(settings, ensure_dev_certificates)
     if settings.tls.cert is None or settings.tls.key is None:
         raise ConfigError(
@@ -101,9 +112,13 @@ def _run(args: argparse.Namespace) -> int:
         client_ca=settings.tls.client_ca,
     )
     handlers = _handlers(args.app, settings)
-    configure_logging(settings.logging.level)
+    # --dev: readable lines for a terminal, unless [logging] format says otherwise
+    log_format = settings.logging.format or ("console" if args.dev else "json")
+    configure_logging(settings.logging.level, log_format=log_format)
     served = handlers if settings.models else handlers[next(iter(handlers))]
-    app = create_app(served, config=settings, audit_key=_audit_key(settings, dev=args.dev))
+    app = create_app(
+        served, config=settings, audit_key=_audit_key(settings, dev=args.dev), dev=args.dev
+    )
     sock = bind_socket(settings.server.host, settings.server.port)
     # Minted last, once nothing else can fail: the running key store picks it up.
     banner = _dev_banner(settings, dev_certs) if dev_certs is not None else None
@@ -118,8 +133,45 @@ def _run(args: argparse.Namespace) -> int:
     )
     if banner:
         print(banner, file=sys.stderr, flush=True)
+    made.keep()  # the server starts with them
     serve(app, settings, context, sock)
     return 0
+
+
+class _DevFiles:
+    """What ``run --dev`` adds to ``.secureserve/``, removed again if it fails to start.
+
+    A failed first run leaves no folder behind; in a folder that was there before, only
+    the entries this run added go (a CA the developer already trusts, a digest key
+    already in use and certificates it renewed stay).
+    """
+
+    def __init__(self) -> None:
+        self._folder: Path | None = None
+        self._existed = False
+        self._before: frozenset[Path] = frozenset()
+
+    def note(self, folder: Path) -> None:
+        """Remember what is in ``folder`` now, before anything is written there."""
+        self._folder = folder
+        self._existed = folder.is_dir()
+        self._before = frozenset(folder.iterdir()) if self._existed else frozenset()
+
+    def keep(self) -> None:
+        """The server starts with these files: nothing is removed any more."""
+        self._folder = None
+
+    def remove(self) -> None:
+        """Remove what was added to the folder since :meth:`note` (the folder, if new)."""
+        folder = self._folder
+        if folder is None or folder.is_symlink() or not folder.is_dir():
+            return
+        added = [folder] if not self._existed else sorted(set(folder.iterdir()) - self._before)
+        for path in added:
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
 
 
 def _handlers(app: str | None, settings: Settings) -> dict[str, type[Model[Any, Any]]]:
@@ -186,6 +238,7 @@ def _dev_banner(settings: Settings, certs: Any) -> str:
         f"  URL:     {url}\n"
         f"  CA:      {certs.ca_cert}\n"
         f"  API key: {key.secret}   (shown once; the previous dev key is revoked)\n"
+        f"  Docs:    {url}/docs   (the interactive API page: paste the key there)\n"
         "  Try:\n"
         f"    curl --cacert {certs.ca_cert} -H 'Authorization: Bearer {key.secret}' "
         f"{url}/v1/models\n"

@@ -39,6 +39,8 @@ _SINGLE: Final = {
     b"transfer-encoding": "Transfer-Encoding",
 }
 _MAX_LOGGED_PATH: Final = 200
+_CSP: Final[bytes] = b"content-security-policy"
+_WITHOUT_CSP: Final = tuple(h for h in SECURITY_HEADERS if h[0] != _CSP)
 
 
 class RequestInfo:
@@ -206,7 +208,10 @@ def _response_headers(
 ) -> list[tuple[bytes, bytes]]:
     """The app's headers less ``Server``, plus the security headers, ids and versions."""
     headers = [h for h in message.get("headers", ()) if h[0] not in _DROPPED]
-    headers.extend(SECURITY_HEADERS)
+    # A response with a policy of its own (the --dev API page) keeps it: two policies
+    # would both apply, and the API's default-src 'none' would block the page.
+    own_csp = any(name == _CSP for name, _ in headers)
+    headers.extend(_WITHOUT_CSP if own_csp else SECURITY_HEADERS)
     headers.append((b"x-request-id", rid))
     if info.model_version is not None:
         headers.append((b"x-model-version", info.model_version.encode()))
