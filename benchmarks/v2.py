@@ -5,7 +5,9 @@
 Two copies of examples/iris in a temporary folder: one served as the example's
 ``ss.Model`` handler (``/v1/models/iris:predict``, a key with role ``analyst`` so the
 answer carries the full score, as the tensor model's does), one as an ``ss.TensorModel``
-over the same ONNX file (``/v2/models/iris/infer``, JSON tensors, ``policy = "full"``).
+over the same ONNX file (``/v2/models/iris/infer``, JSON tensors, ``policy = "full"``),
+once with ``independent_rows = True`` (waiting requests share a session run) and once
+without (each request runs alone).
 Each is served in turn with ``secureserve run`` (TLS, a real key, the audit log with a
 digest key, limits raised so nothing is refused), pinned to CPU 0, and driven by ``wrk``
 pinned to CPU 1 with one-row requests. Prints a markdown table of the medians over
@@ -39,6 +41,7 @@ class IrisTensor(ss.TensorModel):
     name = "iris"
     version = "1"
     file = "iris.onnx"
+    independent_rows = INDEPENDENT
 """
 LIMITS = {
     "SECURESERVE_LIMITS__PER_PRINCIPAL": "100000000/minute",
@@ -46,13 +49,13 @@ LIMITS = {
 }
 
 
-def project(root: Path, *, tensor: bool) -> Path:
+def project(root: Path, *, tensor: bool, merge: bool = True) -> Path:
     """A locked copy of examples/iris, as its handler or as a tensor model."""
     shutil.copytree(
         ROOT / "examples" / "iris", root, ignore=shutil.ignore_patterns("tests", ".secureserve")
     )
     if tensor:
-        (root / "app.py").write_text(TENSOR)
+        (root / "app.py").write_text(TENSOR.replace("INDEPENDENT", str(merge)))
         text = (root / "secureserve.toml").read_text().replace("app:Iris", "app:IrisTensor")
         head = text.partition("[model.output]")[0]
         (root / "secureserve.toml").write_text(head + '\n[model.output]\npolicy = "full"\n')
@@ -141,8 +144,13 @@ def main() -> None:
                 "/v1/models/iris:predict",
                 "predict.lua",
             ),
-            "/v2 infer (ss.TensorModel, JSON)": (
+            "/v2 infer (ss.TensorModel, JSON, rows merged)": (
                 project(base / "v2", tensor=True),
+                "/v2/models/iris/infer",
+                "predict_v2.lua",
+            ),
+            "/v2 infer (ss.TensorModel, JSON, each request alone)": (
+                project(base / "v2-alone", tensor=True, merge=False),
                 "/v2/models/iris/infer",
                 "predict_v2.lua",
             ),
