@@ -675,8 +675,10 @@ def test_generated_readmes_have_the_same_shell_blocks():
 
 
 def test_readme_test_command_is_what_ci_runs():
-    """README's ``scripts/test`` is a command CI's .ci/run executes, as written, and CI
-    then runs the README's quick start from a fresh copy (the opt-in test below)."""
+    """README's ``scripts/test`` is a command CI's .ci/run executes, as written.
+
+    CI then runs the README's quick start from a fresh copy (the opt-in test below).
+    """
     [command] = block("README.md", "scripts/test").commands()
     lines = [line.strip() for line in (ROOT / ".ci" / "run").read_text().splitlines()]
     assert command in lines
