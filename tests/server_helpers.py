@@ -136,8 +136,14 @@ class ServerProcess:
         return self.stderr_path.read_text(errors="replace")
 
     def log_lines(self) -> list[dict[str, object]]:
-        """Stdout parsed as JSON lines (a line that is not JSON raises)."""
-        return [json.loads(line) for line in self.stdout().splitlines() if line.strip()]
+        """Stdout's complete lines parsed as JSON (a line that is not JSON raises).
+
+        A last line without its newline is still being written (a long line may reach
+        the file in pieces): it is left for the next read.
+        """
+        text = self.stdout()
+        complete = text[: text.rfind("\n") + 1]
+        return [json.loads(line) for line in complete.splitlines() if line.strip()]
 
     def rss_kib(self) -> int:
         """The process's resident set size (VmRSS from /proc), in KiB."""

@@ -14,7 +14,6 @@ and kill only that one. Without Redis these tests skip, unless
 from __future__ import annotations
 
 import contextlib
-import json
 import secrets
 import signal
 import threading
@@ -146,8 +145,8 @@ def assert_retry_after(reply: Reply, *, at_most: int) -> None:
 
 
 def events(server: ServerProcess) -> list[dict[str, object]]:
-    """The server's JSON log lines (stdout)."""
-    return [json.loads(line) for line in server.stdout().splitlines() if line.strip()]
+    """The server's JSON log lines (stdout), complete ones only."""
+    return server.log_lines()
 
 
 def wait_for_event(
