@@ -21,9 +21,12 @@ at most ``[model.extraction] history``, oldest dropped) feeds three signals:
   ``max_rate_ratio`` times, once it has been seen for 10 minutes.
 
 At most ``max_principals`` principals are tracked, the least recently seen dropped (and
-counted). Memory is bounded by ``max_principals x history x (features x 4 + ~150)``
-bytes (float32 vectors grown as queries come, their norms, labels, hashes, distances
-and guard verdicts): 0.8 MB for a full history of 2,000 queries of 64 features. Each
+counted; a newcomer takes over the dropped one's storage if it never grew). Memory is
+bounded by ``max_principals x history x (features x 4 + ~150)`` bytes (float32 vectors
+grown as queries come, their norms, labels, hashes, distances and guard verdicts), plus
+``history x 8`` bytes per model for one query's work: 0.8 MB for a full history of
+2,000 queries of 64 features. The work per request is numpy's on the whole history
+(one product per instance) and plain Python for the little around it. Each
 principal is named on the admin route by an opaque random handle, never by its id in a
 URL (ids such as ``jwt:...`` or certificate subjects may hold ``/`` and personal data).
 """
@@ -37,7 +40,7 @@ import time
 import warnings
 from collections import OrderedDict, deque
 from collections.abc import Callable, Hashable, Sequence
-from typing import Final
+from typing import Final, TypeVar, cast
 
 import msgspec
 import numpy as np
@@ -46,6 +49,8 @@ import numpy.typing as npt
 from secureserve.settings import ExtractionSettings
 
 __all__ = ["ExtractionMonitor", "PrincipalPage", "PrincipalStats"]
+
+_T = TypeVar("_T")
 
 #: The Shapiro-Wilk test is run again after this share of ``min_queries`` new distances.
 _RETEST_SHARE: Final = 0.1
@@ -57,11 +62,25 @@ _EWMA: Final = 0.1
 #: Distinct labels told apart for PRADA; further ones share one group.
 _MAX_LABELS: Final = 10_000
 _INITIAL_ROWS: Final = 64
+_HANDLE_SALT: Final = "secureserve-extraction"
 _TINY: Final = 1e-9
 _HUGE: Final = 1e15
+_SAFE_SQUARES: Final = 0.99 * _HUGE**2
 #: Share of the log distances clipped at each end before the test: one near-duplicate
 #: query (a tiny distance, a huge negative logarithm) must not decide the verdict.
 _CLIP_SHARE: Final = 0.01
+#: Up to this many values a request's rows are checked in plain Python: numpy's call
+#: overhead (about 1 µs a call) is more than the work on a handful of numbers.
+_FEW_VALUES: Final = 16
+#: Up to this many bytes a query's float32 bytes are its own key (no shorter than a digest).
+_RAW_KEY_BYTES: Final = 16
+#: Entries a deque holds in the block it starts with (CPython: half of 64).
+_SHORT_DEQUE: Final = 32
+#: Nearest queries of another label set aside before a query's label mask is built.
+_NEAREST_TRIES: Final = 4
+#: Below this many queries held per label known, whether a history holds a query's label
+#: at all is asked first (a short history, or one among many labels, may well not).
+_SHORT_PER_LABEL: Final = 4
 
 
 class PrincipalStats(msgspec.Struct, frozen=True):
@@ -136,6 +155,28 @@ class _Track:
         self.reasons: tuple[str, ...] = ()
         self.handle = handle
 
+    def renew(self, handle: str) -> bool:
+        """Start afresh for another principal in the same storage, if it was never grown.
+
+        Whether it could: a track whose arrays grew is not handed on (a new principal
+        would hold memory it may never need). Nothing of the old principal can be read
+        afterwards: every container is emptied, and an array row is written before it
+        is read (only the first ``size`` rows are).
+        """
+        if len(self.vectors) > _INITIAL_ROWS:
+            return False
+        self.hashes.clear()
+        self.seen.clear()
+        self.size = self.next = 0
+        self.distances = _emptied(self.distances)
+        self.ood = _emptied(self.ood)
+        self.ood_count = self.queries = self.since_test = 0
+        self.statistic = None
+        self.minute, self.this_minute, self.usual, self.minutes_seen = -1, 0, 0.0, 0
+        self.suspected, self.reasons = False, ()
+        self.handle = handle
+        return True
+
 
 class ExtractionMonitor:
     """The extraction signals of one model; every method runs on the event loop thread.
@@ -164,6 +205,12 @@ class ExtractionMonitor:
         self._retest = max(1, math.floor(settings.min_queries * _RETEST_SHARE))
         # the usual rate is never taken below this, so one full request is not a burst
         self._rate_floor = settings.min_queries / 10
+        self._history = settings.history
+        self._handle_prefix = hashlib.sha256(f"{_HANDLE_SALT}\0{model}\0".encode())
+        self._raw_keys = width * 4 <= _RAW_KEY_BYTES
+        # one query's products and squared distances, reused (one thread: the event loop's)
+        self._dots = np.empty(settings.history, dtype=np.float32)
+        self._squared = np.empty(settings.history, dtype=np.float32)
         import scipy.stats  # noqa: F401, PLC0415 - now, at start-up: ~0.5 s, not on the loop
 
     # ----------------------------------------------------------------------- queries
@@ -177,37 +224,48 @@ class ExtractionMonitor:
     ) -> None:
         """Add one request's instances (``outside``: the guard would flag them)."""
         track = self._track(principal)
-        track.queries += len(rows)
+        count = len(rows)
+        track.queries += count
         _record(track, outside)
-        self._count_minute(track, len(rows))
-        # values float32 cannot square (or not numbers at all) say nothing about distances
-        usable = np.isfinite(rows).all(axis=1) & (np.abs(rows).max(axis=1, initial=0) < _HUGE)
-        vectors = rows.astype(np.float32)
-        ids = self._label_ids(labels, len(rows))
-        for vector, label, ok in zip(vectors, ids, usable.tolist(), strict=True):
-            if ok:
-                self._add(track, vector, label)
+        self._count_minute(track, count)
+        ids = self._label_ids(labels, count)
+        add = self._add
+        if _all_usable(rows):  # the common case: no verdict per row
+            vectors = _float32(rows)
+            for i in range(count):
+                add(track, vectors[i], ids[i])
+        else:
+            # values float32 cannot square (or not numbers at all) say nothing about
+            # distances; their rows are left out (and their cast may overflow: no warning)
+            usable = cast("list[bool]", (np.abs(rows) < _HUGE).all(axis=1).tolist())
+            with np.errstate(over="ignore"):
+                vectors = _float32(rows)
+            for i in range(count):
+                if usable[i]:
+                    add(track, vectors[i], ids[i])
         tested = len(track.distances)
         # a new test every tenth of min_queries new distances, or of the distances held
-        every = max(self._retest, math.floor(tested * _RETEST_SHARE))
-        if track.since_test >= every and tested >= self.settings.min_queries:
-            track.since_test = 0
-            track.statistic = _shapiro(track.distances)
-        self._judge(principal, track)
+        if track.since_test >= self._retest and tested >= self.settings.min_queries:
+            every = max(self._retest, math.floor(tested * _RETEST_SHARE))
+            if track.since_test >= every:
+                track.since_test = 0
+                track.statistic = _shapiro(track.distances)
+        if not track.suspected:  # a suspect stays one until cleared
+            self._judge(principal, track)
 
     def _add(self, track: _Track, vector: npt.NDArray[np.float32], label: int) -> None:
-        key = hashlib.blake2b(vector.tobytes(), digest_size=16).digest()
+        data = vector.tobytes()
+        key = data if self._raw_keys else hashlib.blake2b(data, digest_size=16).digest()
         size = track.size
-        norm = float(vector @ vector)
-        if size and key not in track.seen:  # an exact repeat says nothing
-            same = track.labels[:size] == label
-            if same.any():
-                # |h - x|^2 = |h|^2 + |x|^2 - 2 h.x, one matrix-vector product for all h
-                squared = track.norms[:size] + norm - 2.0 * (track.vectors[:size] @ vector)
-                distance = math.sqrt(max(float(squared[same].min()), 0.0))
+        norm = float(vector.dot(vector))
+        seen = track.seen
+        if size and key not in seen:  # an exact repeat says nothing
+            squared = self._nearest(track, vector, norm, label)
+            if squared is not None:
+                distance = math.sqrt(max(squared, 0.0))
                 track.distances.append(math.log(max(distance, _TINY)))
                 track.since_test += 1
-        history_len = self.settings.history
+        history_len = self._history
         if size < history_len:
             if size == len(track.vectors):
                 _grow(track, min(2 * size, history_len))
@@ -217,12 +275,57 @@ class ExtractionMonitor:
         else:  # full: the oldest query leaves
             slot = track.next
             track.next = (slot + 1) % history_len
-            _forget(track.seen, track.hashes[slot])
+            _forget(seen, track.hashes[slot])
             track.hashes[slot] = key
-        track.seen[key] = track.seen.get(key, 0) + 1
+        seen[key] = seen.get(key, 0) + 1
         track.vectors[slot] = vector
         track.norms[slot] = norm
         track.labels[slot] = label
+
+    def _nearest(
+        self, track: _Track, vector: npt.NDArray[np.float32], norm: float, label: int
+    ) -> float | None:
+        """The smallest squared distance to an earlier query with ``label`` (None: none has).
+
+        ``|h - x|^2 = |h|^2 + |x|^2 - 2 h.x``, one matrix-vector product for all ``h``,
+        in float32, in this order and over the whole history as it lies (so the same
+        numbers, to the last bit: a product over part of it may round differently).
+        Then the nearest of all: when it has the same label, as a natural query's
+        nearest neighbour mostly has, it is the answer; else it is set aside and the
+        next nearest tried, a few times, before the other labels are masked out. When
+        the history may well hold none with this label (it is short, or there are many
+        labels), that is asked first.
+        """
+        size = track.size
+        if size == len(self._dots):  # full: no views to make
+            held, norms, vectors = track.labels, track.norms, track.vectors
+            dots, squared = self._dots, self._squared
+        else:
+            held, norms, vectors = track.labels[:size], track.norms[:size], track.vectors[:size]
+            dots, squared = self._dots[:size], self._squared[:size]
+        other = None
+        if size < _SHORT_PER_LABEL * len(self._labels):
+            other = held != label
+            if np.count_nonzero(other) == size:
+                return None
+        np.matmul(vectors, vector, out=dots)
+        np.multiply(dots, 2.0, out=dots)
+        np.add(norms, norm, out=squared)
+        np.subtract(squared, dots, out=squared)
+        best = int(squared.argmin())
+        if held[best] == label:  # nothing with this label is nearer
+            return float(squared[best])
+        for _ in range(_NEAREST_TRIES):
+            squared[best] = np.inf  # another label's: set aside
+            best = int(squared.argmin())
+            if held[best] == label:
+                return float(squared[best])
+        if other is None:
+            other = held != label
+            if np.count_nonzero(other) == size:
+                return None
+        np.putmask(squared, other, np.inf)  # the others never win
+        return float(np.minimum.reduce(squared))
 
     def _count_minute(self, track: _Track, count: int) -> None:
         """The usual rate: an average over the minutes in which the principal sent anything."""
@@ -250,27 +353,39 @@ class ExtractionMonitor:
     def _track(self, principal: str) -> _Track:
         track = self._tracks.get(principal)
         if track is None:
+            handle = self._handle_of(principal)
+            old = None
             if len(self._tracks) >= self.settings.max_principals:
-                self._drop_one()
-            handle = handle_of(self.model, principal)
-            track = self._tracks[principal] = _Track(self.width, self.settings.history, handle)
+                old = self._drop_one()
+            if old is None or not old.renew(handle):  # a dropped track's storage, if small
+                old = _Track(self.width, self._history, handle)
+            track = self._tracks[principal] = old
             self._handles[handle] = principal
         else:
             self._tracks.move_to_end(principal)
         return track
 
-    def _drop_one(self) -> None:
-        """Forget the least recently seen principal that is not suspect.
+    def _handle_of(self, principal: str) -> str:
+        """``handle_of(self.model, principal)``, from the model's part hashed once."""
+        digest = self._handle_prefix.copy()
+        digest.update(principal.encode())
+        return base64.urlsafe_b64encode(digest.digest()[:16]).decode().rstrip("=")
+
+    def _drop_one(self) -> _Track:
+        """Forget the least recently seen principal that is not suspect; its track.
 
         A suspect stays until cleared; only when every tracked principal is one does the
         oldest go.
         """
-        victim = next((p for p, t in self._tracks.items() if not t.suspected), None)
-        if victim is None:
-            victim = next(iter(self._tracks))
+        victim = next(iter(self._tracks))  # if every one is a suspect
+        for principal, track in self._tracks.items():
+            if not track.suspected:
+                victim = principal
+                break
         old = self._tracks.pop(victim)
         del self._handles[old.handle]
         self.dropped += 1
+        return old
 
     def touch(self, principal: str) -> None:
         """``principal`` was seen (a refused request too): it is the most recent now."""
@@ -280,15 +395,18 @@ class ExtractionMonitor:
     # ----------------------------------------------------------------------- judging
 
     def _judge(self, principal: str, track: _Track) -> None:
+        """Suspect ``track`` if a signal says so (``_share`` and ``_ratio``, inline)."""
         settings = self.settings
+        statistic, held = track.statistic, len(track.ood)
         reasons = []
-        if track.statistic is not None and track.statistic < settings.threshold:
+        if statistic is not None and statistic < settings.threshold:
             reasons.append("prada")
-        share = _share(track, settings.min_queries)
-        if share is not None and share >= settings.max_ood_share:
+        if held >= settings.min_queries and track.ood_count / held >= settings.max_ood_share:
             reasons.append("coverage")
-        ratio = _ratio(track, self._rate_floor)
-        if ratio is not None and ratio >= settings.max_rate_ratio:
+        if (
+            track.minutes_seen >= _VOLUME_WARM_UP_MIN
+            and track.this_minute / max(track.usual, self._rate_floor) >= settings.max_rate_ratio
+        ):
             reasons.append("volume")
         if reasons and not track.suspected:
             track.suspected, track.reasons = True, tuple(reasons)
@@ -361,7 +479,7 @@ def handle_of(model: str, principal: str) -> str:
     The same on every replica (a clear anywhere reaches the shared mark), with no ``/``
     and no personal data to put in a URL.
     """
-    digest = hashlib.sha256(f"secureserve-extraction\0{model}\0{principal}".encode()).digest()
+    digest = hashlib.sha256(f"{_HANDLE_SALT}\0{model}\0{principal}".encode()).digest()
     return base64.urlsafe_b64encode(digest[:16]).decode().rstrip("=")
 
 
@@ -384,7 +502,7 @@ def _grow(track: _Track, rows: int) -> None:
 
 def _shapiro(distances: deque[float]) -> float | None:
     """Shapiro-Wilk W of the most recent distances (None with fewer than 3)."""
-    values = np.fromiter(distances, dtype=np.float64)[-_MAX_TESTED:]
+    values = np.fromiter(distances, dtype=np.float64, count=len(distances))[-_MAX_TESTED:]
     if len(values) < 3:  # noqa: PLR2004 - the test's own minimum
         return None
     low, high = np.quantile(values, (_CLIP_SHARE, 1 - _CLIP_SHARE))
@@ -397,6 +515,47 @@ def _shapiro(distances: deque[float]) -> float | None:
         warnings.simplefilter("ignore")
         statistic = float(shapiro(values).statistic)
     return statistic if math.isfinite(statistic) else 0.0  # no verdict is not a pass
+
+
+def _all_usable(rows: npt.NDArray[np.float64]) -> bool:
+    """Whether every value is a number float32 can square (``|x| < 1e15``: not NaN or inf).
+
+    The bound is compared in the rows' own precision (in float32, 1e15 rounds down).
+    For float64 rows one sum settles the common case: a few values summed in Python,
+    more by one dot product (numpy's call overhead would be most of the cost of more
+    calls). A sum of magnitudes below the bound, or of squares below its square (less
+    1 %, far more than the rounding), puts every value below it; NaN, inf or an overflow
+    fails it; a sum above is settled value by value.
+    """
+    if rows.dtype == np.float64:
+        if rows.size <= _FEW_VALUES:
+            if sum(map(abs, rows.ravel().tolist())) < _HUGE:
+                return True
+        elif np.vdot(rows, rows) < _SAFE_SQUARES:  # vdot: no warning when it overflows
+            return True
+    elif rows.size and np.maximum.reduce(np.abs(rows), axis=None) < _HUGE:
+        return True
+    return bool((np.abs(rows) < _HUGE).all())
+
+
+def _float32(rows: npt.NDArray[np.float64]) -> npt.NDArray[np.float32]:
+    """``rows`` as float32: themselves when they already are (C order), else a copy."""
+    if rows.dtype == np.float32 and rows.flags.c_contiguous:
+        return cast("npt.NDArray[np.float32]", rows)
+    return rows.astype(np.float32)
+
+
+def _emptied(values: deque[_T]) -> deque[_T]:
+    """``values`` emptied: in place if short, else a new deque in its stead.
+
+    Popping a short deque leaves it as it was new (one block); ``clear()`` would allocate
+    a block and keep the old one for reuse, memory no bound here counts.
+    """
+    if len(values) > _SHORT_DEQUE:
+        return deque(maxlen=values.maxlen)
+    while values:
+        values.pop()
+    return values
 
 
 def _record(track: _Track, outside: Sequence[bool]) -> None:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import math
 import secrets
 import time
 import tracemalloc
+import warnings
 from collections.abc import Iterator
 from typing import Any
 
@@ -14,7 +16,7 @@ import pytest
 from app_helpers import asgi_client, bearer
 from defense_helpers import PREDICT, audit_lines, digits_app, digits_rows, digits_settings
 
-from secureserve.extraction import ExtractionMonitor, PrincipalStats
+from secureserve.extraction import ExtractionMonitor, PrincipalStats, handle_of
 from secureserve.keys import mint_key
 from secureserve.settings import ExtractionSettings
 
@@ -410,3 +412,316 @@ def test_a_block_survives_a_restart_and_any_replica_can_clear_it(redis_block_set
     assert page["tracked"] == 0  # the restarted replica never saw the thief
     assert cleared.status_code == 200
     assert after.status_code == 200
+
+
+# --------------------------------------------------------------------------- reference
+
+
+class ReferenceTrack:
+    """One principal's PRADA distances, signals and verdict, computed the plain way.
+
+    Per query: left out of the distances if any value is NaN, infinite or at least 1e15
+    in size (compared in the request's precision); else cast to float32 (the request at
+    once: a Fortran-ordered one gives strided rows) and, unless its bytes repeat a query
+    held, compared with every query held that got the same label (``|h|^2 + |x|^2 -
+    2 h.x`` in float32, over the history in the order it is kept: slots filled in turn,
+    then a ring whose oldest slot is replaced). The log of the smallest distance (at
+    least 1e-9) is kept. Shapiro-Wilk of the last 5,000, clipped at the 1st and 99th
+    percentiles, every tenth of ``min_queries`` new distances or of those held. Suspect
+    when W is below ``threshold``, when the guard's share of the last ``history``
+    queries reaches ``max_ood_share`` (after ``min_queries``), or when this minute's
+    instances reach ``max_rate_ratio`` times the usual rate (an average over active
+    minutes, never below ``min_queries / 10``, after 10 of them).
+    """
+
+    def __init__(self, settings: ExtractionSettings, width: int) -> None:
+        self.settings = settings
+        self.vectors = np.zeros((settings.history, width), dtype=np.float32)
+        self.norms = np.zeros(settings.history, dtype=np.float32)
+        self.labels = np.zeros(settings.history, dtype=np.int64)
+        self.keys: list[bytes] = []
+        self.next = 0
+        self.distances: list[float] = []
+        self.since_test = 0
+        self.statistic: float | None = None
+        self.ood: list[bool] = []
+        self.queries = 0
+        self.minute, self.this_minute, self.usual, self.minutes_seen = -1, 0, 0.0, 0
+        self.signals: set[str] = set()  # those met now
+        self.reasons: tuple[str, ...] = ()
+
+    def observe(self, rows: np.ndarray, labels: list[int], outside: list[bool], now: float):
+        """One request: ``labels`` are the answers' group ids."""
+        settings = self.settings
+        self.queries += len(rows)
+        self.ood = (self.ood + outside)[-settings.history :]
+        minute = int(now // 60)
+        if minute != self.minute:
+            if self.minute >= 0:
+                self.usual = self.usual * 0.9 + 0.1 * self.this_minute
+                self.minutes_seen += 1
+            self.minute, self.this_minute = minute, 0
+        self.this_minute += len(rows)
+        with np.errstate(over="ignore"):  # the rows left out may not fit in float32
+            vectors = rows.astype(np.float32)
+        for row, vector, label in zip(rows, vectors, labels, strict=True):
+            if (np.abs(row) < 1e15).all():  # in the row's precision
+                self.add(vector, label)
+        tested = len(self.distances)
+        every = max(settings.min_queries // 10, tested // 10, 1)
+        if self.since_test >= every and tested >= settings.min_queries:
+            self.since_test = 0
+            self.statistic = self.shapiro()
+        reasons = []
+        if self.statistic is not None and self.statistic < settings.threshold:
+            reasons.append("prada")
+        held = len(self.ood)
+        if held >= settings.min_queries and sum(self.ood) / held >= settings.max_ood_share:
+            reasons.append("coverage")
+        usual = max(self.usual, settings.min_queries / 10)
+        if self.minutes_seen >= 10 and self.this_minute / usual >= settings.max_rate_ratio:
+            reasons.append("volume")
+        self.signals = set(reasons)
+        if reasons and not self.reasons:
+            self.reasons = tuple(reasons)
+
+    def add(self, vector: np.ndarray, label: int) -> None:
+        size, key = len(self.keys), vector.tobytes()
+        norm = float(vector @ vector)
+        if key not in self.keys:
+            same = self.labels[:size] == label
+            if same.any():
+                squared = self.norms[:size] + norm - 2.0 * (self.vectors[:size] @ vector)
+                distance = math.sqrt(max(float(squared[same].min()), 0.0))
+                self.distances = [*self.distances, math.log(max(distance, 1e-9))]
+                self.distances = self.distances[-self.settings.history :]  # the last ones
+                self.since_test += 1
+        if size < self.settings.history:
+            slot = size
+            self.keys.append(key)
+        else:
+            slot, self.next = self.next, (self.next + 1) % size
+            self.keys[slot] = key
+        self.vectors[slot], self.norms[slot], self.labels[slot] = vector, norm, label
+
+    def shapiro(self) -> float:
+        from scipy.stats import shapiro
+
+        values = np.array(self.distances[-5000:])
+        low, high = np.quantile(values, (0.01, 0.99))
+        values = np.clip(values, low, high)
+        if np.ptp(values) == 0:
+            return 0.0
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            statistic = float(shapiro(values).statistic)
+        return statistic if math.isfinite(statistic) else 0.0
+
+
+class ReferenceMonitor:
+    """Principals tracked in order of their last request, at most ``max_principals``.
+
+    A new one drops the least recently seen that is not suspect (the oldest if all
+    are); labels are numbered as they first come (no labels: group 0).
+    """
+
+    def __init__(self, settings: ExtractionSettings, width: int) -> None:
+        self.settings, self.width = settings, width
+        self.tracks: dict[str, ReferenceTrack] = {}
+        self.ids: dict[Any, int] = {}
+        self.suspects: list[tuple[str, tuple[str, ...]]] = []
+        self.signals: set[str] = set()  # every one met at some point
+
+    def observe(self, who: str, rows: np.ndarray, labels: Any, outside: list[bool], now: float):
+        if who not in self.tracks and len(self.tracks) >= self.settings.max_principals:
+            calm = [p for p, t in self.tracks.items() if not t.reasons]
+            del self.tracks[(calm or list(self.tracks))[0]]
+        track = self.tracks.pop(who, None) or ReferenceTrack(self.settings, self.width)
+        self.tracks[who] = track  # the most recent
+        ids = [0] * len(rows)
+        if labels is not None:
+            ids = [self.ids.setdefault(label, len(self.ids)) for label in labels]
+        was = track.reasons
+        track.observe(rows, ids, outside, now)
+        self.signals |= track.signals
+        if track.reasons and not was:
+            self.suspects.append((who, track.reasons))
+
+
+#: Values float32 cannot square, and the largest it can.
+ODD = [np.nan, np.inf, -np.inf, 1e15, -1e15, 1e20, 1e300, np.nextafter(1e15, 0)]
+
+
+def query_stream(
+    width: int, seed: int, labels: str
+) -> Iterator[tuple[np.ndarray, list[Any] | None, list[bool]]]:
+    """Requests of 1-5 instances (one in ten of 32): rows, labels (or None), guard verdicts.
+
+    Natural-looking rows, then perturbations of a few seeds (PRADA's prey); among them
+    exact repeats of recent and of long-gone queries, rows that differ only below
+    float32 precision (repeats once cast), values float32 cannot square (NaN, inf,
+    1e15, 1e20, 1e300), the largest usable one, float32 and Fortran-ordered requests.
+    ``labels``: "few" (4, by the first and last value: nearest queries mostly share
+    one) or "many" (100, at random).
+    """
+    rng = np.random.default_rng(seed)
+    sent: list[np.ndarray] = []
+    seeds = rng.uniform(0, 16, (4, width))
+    for n in range(10_000):
+        count = 32 if rng.random() < 0.1 else int(rng.integers(1, 6))
+        if n < 200:
+            rows = rng.uniform(0, 16, (count, width))
+        else:
+            rows = seeds[rng.integers(0, 4, count)] + rng.normal(0, 0.3, (count, width))
+        _spoil(rows, sent, rng)
+        sent.extend(rows)
+        if rng.random() < 0.05:
+            rows = np.asfortranarray(rows)
+        elif rng.random() < 0.05:
+            with np.errstate(over="ignore"):  # 1e300 becomes inf
+                rows = rows.astype(np.float32)
+        yield rows, _answers(rows, labels, rng), (rng.random(count) < 0.3).tolist()
+
+
+def _spoil(rows: np.ndarray, sent: list[np.ndarray], rng: np.random.Generator) -> None:
+    """Make some rows repeats (exact, or once cast to float32) or unusable, in place."""
+    for i in range(len(rows)):
+        draw = rng.random()
+        if draw < 0.15 and sent:  # an exact repeat, recent or long gone
+            rows[i] = sent[-int(rng.integers(1, min(len(sent), 400) + 1))]
+        elif draw < 0.2 and sent:  # the same float32 bytes as an earlier query
+            rows[i] = sent[-1] * (1 + 1e-12)
+        elif draw < 0.27:  # one query in 14 unusable (or barely usable)
+            rows[i, int(rng.integers(0, rows.shape[1]))] = ODD[int(rng.integers(0, len(ODD)))]
+
+
+def _answers(rows: np.ndarray, labels: str, rng: np.random.Generator) -> list[Any] | None:
+    """The labels of a request's answers: few, many, or none at all (one in ten)."""
+    if rng.random() < 0.1:
+        return None
+    if labels == "few":
+        return [f"class-{int(r[0] > 8) + 2 * int(r[-1] > 8)}" for r in rows]
+    return rng.integers(0, 100, len(rows)).tolist()
+
+
+@pytest.mark.parametrize("labels", ["few", "many"])
+@pytest.mark.parametrize("width", [1, 4, 5, 64])
+def test_observe_matches_a_reference_implementation(width, labels):
+    """900 requests from two steady principals and one-off ones: the same numbers, bit for bit.
+
+    After every request the tracked principals, and for each its distances, statistic,
+    queries, guard share and verdict, equal a plain reimplementation's (the suspects
+    too, in the same order), through exact and float32 repeats, unusable values, the
+    history's ring turning over many times, principals dropped (and their storage
+    reused), labels few and many, minutes passing and suspicions.
+    """
+    settings = ExtractionSettings(
+        history=80, min_queries=20, max_ood_share=0.99, max_rate_ratio=1.5, max_principals=3
+    )
+    clock = Clock()
+    suspects: list[tuple[str, tuple[str, ...]]] = []
+    extraction = ExtractionMonitor(
+        settings,
+        width=width,
+        model="m",
+        on_suspect=lambda p, s: suspects.append((p, tuple(s.reasons))),
+        clock=clock,
+    )
+    reference = ReferenceMonitor(settings, width)
+    streams = {who: query_stream(width, seed, labels) for seed, who in enumerate(("a", "b", "c"))}
+    pick = np.random.default_rng(width)
+    for n in range(900):
+        draw = pick.random()
+        who = "a" if draw < 0.45 else "b" if draw < 0.9 else f"c{n}"  # c...: one request
+        rows, answers, outside = next(streams[who[0]])
+        clock.now += float(pick.uniform(0, 30))
+        extraction.observe(who, rows, answers, outside)
+        reference.observe(who, rows, answers, outside, clock.now)
+        assert list(extraction._tracks) == list(reference.tracks), n
+        for name, expected in reference.tracks.items():
+            track = extraction._tracks[name]
+            assert list(track.distances) == expected.distances, n
+            assert track.statistic == expected.statistic, n
+            assert track.queries == expected.queries
+            assert track.ood_count == sum(expected.ood)
+            assert track.reasons == expected.reasons, n
+            assert track.size == min(len(expected.keys), settings.history)
+            assert len(track.seen) <= track.size == len(track.hashes) <= settings.history
+        assert suspects == reference.suspects, n
+    assert extraction.dropped > 50  # one-off principals came and went
+    assert {who for who, _ in suspects} >= {"a", "b"}  # the steady ones were caught
+    assert reference.signals >= {"prada", "volume"}  # both were met at some point
+
+
+@pytest.mark.parametrize(
+    "rows",
+    [
+        [[1.0, -2.0, 3.0]],
+        [[1e15, 0.0, 0.0]],
+        [[-1e15, 0.0, 0.0]],
+        [[np.nextafter(1e15, 0), 0.0, 0.0]],
+        [[9e14, 9e14, 9e14]],  # each usable, their sum not
+        [[np.nan, 0.0, 0.0]],
+        [[np.inf, 0.0, 0.0]],
+        [[-np.inf, np.inf, 0.0]],
+        [[1e300, -1e300, 0.0]],
+        [[0.0] * 3] * 5 + [[1e16, 0.0, 0.0]],  # 18 values: the dot product's turn
+        [[5e14] * 3] * 6,
+        [[1e154] * 3] * 6,  # the squares overflow
+        [[np.nan] * 3] * 6,
+    ],
+)
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_all_usable_is_every_value_below_1e15(rows, dtype):
+    """The quick check agrees with the plain one, value by value, in the rows' precision."""
+    from secureserve.extraction import _all_usable
+
+    with np.errstate(over="ignore"):
+        array = np.array(rows, dtype=dtype)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # and says nothing about the values it rejects
+        assert _all_usable(array) == bool((np.abs(array) < 1e15).all())
+        assert _all_usable(np.asfortranarray(array)) == _all_usable(array)
+
+
+def test_a_principal_in_a_dropped_principals_storage_starts_afresh():
+    """The storage of a dropped principal is reused; nothing of it shows through.
+
+    The newcomer's figures and distances are those it would have in a monitor of its own.
+    """
+    extraction, _ = monitor(max_principals=1)
+    alone, _ = monitor()
+    rows = digits_rows()
+    extraction.observe("first", rows[:30], labels_of(rows[:30]), [True] * 30)
+    old = extraction._tracks["first"]
+    for start in range(30, 60, 5):
+        part = rows[start : start + 5]
+        extraction.observe("second", part, labels_of(part), [False] * 5)
+        alone.observe("second", part, labels_of(part), [False] * 5)
+    track = extraction._tracks["second"]
+    assert track is old  # the same storage
+    assert list(extraction._tracks) == ["second"]
+    assert extraction.principal_of(handle_of("digits", "first")) is None
+    fresh = alone._tracks["second"]
+    assert list(track.distances) == list(fresh.distances)
+    assert (track.queries, track.size, track.ood_count) == (30, 30, 0)
+    assert track.seen == fresh.seen
+    assert track.hashes == fresh.hashes
+    assert extraction.page(0, 5).principals == alone.page(0, 5).principals
+
+
+def test_a_grown_track_is_not_handed_on():
+    """A dropped principal whose history grew frees it: a newcomer starts small."""
+    extraction, _ = monitor(max_principals=1)
+    rows = digits_rows()
+    extraction.observe("first", rows[:100], None, [False] * 100)
+    assert len(extraction._tracks["first"].vectors) > 64
+    extraction.observe("second", rows[:1], None, [False])
+    assert len(extraction._tracks["second"].vectors) == 64
+
+
+def test_handles_are_computed_the_same_way_inside():
+    """The monitor's own handle (its model's part hashed once) is ``handle_of``'s."""
+    extraction, _ = monitor()
+    for principal in ("key:abc", "jwt:alice@example.com/x", "cert:CN=Zoë,O=Ünï", ""):
+        assert extraction._handle_of(principal) == handle_of("digits", principal)
