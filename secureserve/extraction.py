@@ -315,12 +315,12 @@ class ExtractionMonitor:
         best = int(squared.argmin())
         if held[best] == label:  # nothing with this label is nearer
             return float(squared[best])
-        for _ in range(_NEAREST_TRIES):
-            squared[best] = np.inf  # another label's: set aside
-            best = int(squared.argmin())
-            if held[best] == label:
-                return float(squared[best])
-        if other is None:
+        if other is None:  # (when it is known, masking costs less than trying)
+            for _ in range(_NEAREST_TRIES):
+                squared[best] = np.inf  # another label's: set aside
+                best = int(squared.argmin())
+                if held[best] == label:
+                    return float(squared[best])
             other = held != label
             if np.count_nonzero(other) == size:
                 return None
