@@ -524,22 +524,25 @@ _predictions_decoders: Final[dict[Any, msgspec.json.Decoder[_Predictions[Any]]]]
 _explanations_decoders: Final[dict[Any, msgspec.json.Decoder[_Explanations[Any]]]] = {}
 
 
+def _cached_decoder(
+    decoders: dict[Any, msgspec.json.Decoder[T]], envelope: Any, out: Any
+) -> msgspec.json.Decoder[T]:
+    """The strict decoder of ``envelope[out]``, built on first use and kept in ``decoders``."""
+    decoder = decoders.get(out)
+    if decoder is None:
+        decoder = msgspec.json.Decoder(envelope[out])
+        decoders[out] = decoder
+    return decoder
+
+
 def _predictions_decoder(out: Any) -> msgspec.json.Decoder[_Predictions[Any]]:
     """The strict decoder of ``{"predictions": [out, ...]}``."""
-    decoder = _predictions_decoders.get(out)
-    if decoder is None:
-        decoder = msgspec.json.Decoder(_Predictions[out])
-        _predictions_decoders[out] = decoder
-    return decoder
+    return _cached_decoder(_predictions_decoders, _Predictions, out)
 
 
 def _explanations_decoder(out: Any) -> msgspec.json.Decoder[_Explanations[Any]]:
     """The strict decoder of ``{"explanations": [{"prediction": out, ...}, ...]}``."""
-    decoder = _explanations_decoders.get(out)
-    if decoder is None:
-        decoder = msgspec.json.Decoder(_Explanations[out])
-        _explanations_decoders[out] = decoder
-    return decoder
+    return _cached_decoder(_explanations_decoders, _Explanations, out)
 
 
 # --------------------------------------------------------------------------- helpers
@@ -974,8 +977,9 @@ def _bind_deadline(http: httpx2.Client) -> None:
 
 
 class _Base:
-    """What both clients share: settings, checked once in the constructor.
+    """What both clients share: the constructor, checking the settings once.
 
+    It hands the pool's options to :meth:`_open_pool`, which each client defines.
     The API key is not kept here: it goes into the pool's headers and nowhere else.
     """
 
@@ -983,10 +987,13 @@ class _Base:
         self,
         url: str,
         *,
-        timeout: float,
-        retries: int,
-        max_retry_wait: float,
-        max_response_bytes: int,
+        api_key: str | None = None,
+        ca: StrPath | None = None,
+        cert: tuple[StrPath, StrPath] | None = None,
+        timeout: float = DEFAULT_TIMEOUT_S,
+        retries: int = DEFAULT_RETRIES,
+        max_retry_wait: float = DEFAULT_MAX_RETRY_WAIT_S,
+        max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
     ) -> None:
         _check_numbers(timeout, retries, max_retry_wait, max_response_bytes)
         self.url = _base_url(url)
@@ -994,6 +1001,17 @@ class _Base:
         self._retries = retries
         self._max_retry_wait = max_retry_wait
         self._max_response_bytes = max_response_bytes
+        self._open_pool(
+            base_url=self.url,
+            headers=_headers(api_key),
+            verify=_ssl_context(ca, cert),
+            timeout=httpx2.Timeout(timeout),
+            follow_redirects=False,
+        )
+
+    def _open_pool(self, **options: Any) -> None:
+        """Make ``self._http``, the ``httpx2`` pool, from ``options`` (its keywords)."""
+        raise NotImplementedError
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.url!r})"  # never the key
@@ -1011,32 +1029,11 @@ class Client(_Base):
     A successful answer over ``max_response_bytes`` is UnexpectedResponse.
     """
 
-    def __init__(
-        self,
-        url: str,
-        *,
-        api_key: str | None = None,
-        ca: StrPath | None = None,
-        cert: tuple[StrPath, StrPath] | None = None,
-        timeout: float = DEFAULT_TIMEOUT_S,
-        retries: int = DEFAULT_RETRIES,
-        max_retry_wait: float = DEFAULT_MAX_RETRY_WAIT_S,
-        max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
-    ) -> None:
-        super().__init__(
-            url,
-            timeout=timeout,
-            retries=retries,
-            max_retry_wait=max_retry_wait,
-            max_response_bytes=max_response_bytes,
-        )
-        self._http = httpx2.Client(
-            base_url=self.url,
-            headers=_headers(api_key),
-            verify=_ssl_context(ca, cert),
-            timeout=httpx2.Timeout(timeout),
-            follow_redirects=False,
-        )
+    _http: httpx2.Client
+
+    def _open_pool(self, **options: Any) -> None:
+        """A blocking pool, its sockets bound by each attempt's deadline."""
+        self._http = httpx2.Client(**options)
         _bind_deadline(self._http)
 
     def __enter__(self) -> Self:
@@ -1126,32 +1123,11 @@ class Client(_Base):
 class AsyncClient(_Base):
     """The asyncio twin of :class:`Client`: ``async with`` and ``await``, same options."""
 
-    def __init__(
-        self,
-        url: str,
-        *,
-        api_key: str | None = None,
-        ca: StrPath | None = None,
-        cert: tuple[StrPath, StrPath] | None = None,
-        timeout: float = DEFAULT_TIMEOUT_S,
-        retries: int = DEFAULT_RETRIES,
-        max_retry_wait: float = DEFAULT_MAX_RETRY_WAIT_S,
-        max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
-    ) -> None:
-        super().__init__(
-            url,
-            timeout=timeout,
-            retries=retries,
-            max_retry_wait=max_retry_wait,
-            max_response_bytes=max_response_bytes,
-        )
-        self._http = httpx2.AsyncClient(
-            base_url=self.url,
-            headers=_headers(api_key),
-            verify=_ssl_context(ca, cert),
-            timeout=httpx2.Timeout(timeout),
-            follow_redirects=False,
-        )
+    _http: httpx2.AsyncClient
+
+    def _open_pool(self, **options: Any) -> None:
+        """An asyncio pool; ``asyncio.timeout`` bounds each attempt."""
+        self._http = httpx2.AsyncClient(**options)
 
     async def __aenter__(self) -> Self:
         return self

@@ -32,8 +32,9 @@ from typing import TYPE_CHECKING, Final
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from cryptography.x509.oid import NameOID
 
+from secureserve._x509 import tls_server
 from secureserve.errors import ConfigError
 from secureserve.secretfiles import fsync_folder
 
@@ -212,28 +213,12 @@ def _check_label(bad: str, label: str) -> None:
 def _build(
     common_name: str, names: list[x509.GeneralName], key: ec.EllipticCurvePrivateKey
 ) -> x509.CertificateSigningRequest:
-    return (
+    builder = (
         x509.CertificateSigningRequestBuilder()
         .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
         .add_extension(x509.SubjectAlternativeName(names), critical=False)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=False,
-                crl_sign=False,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .sign(key, hashes.SHA256())
     )
+    return tls_server(builder).sign(key, hashes.SHA256())
 
 
 def _label(name: x509.GeneralName) -> str:

@@ -33,9 +33,10 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from cryptography.x509.oid import NameOID
 
 from secureserve._time import utc
+from secureserve._x509 import key_usage, tls_server
 from secureserve.atomic import write_atomically
 from secureserve.errors import ConfigError
 
@@ -282,20 +283,7 @@ def _new_ca(now: datetime) -> _Issuer:
         .not_valid_before(now - _BACKDATE)
         .not_valid_after(now + CA_LIFETIME)
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=False,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
+        .add_extension(key_usage(key_cert_sign=True, crl_sign=True), critical=True)
         .add_extension(
             x509.NameConstraints(permitted_subtrees=list(_PERMITTED), excluded_subtrees=None),
             critical=True,
@@ -315,7 +303,7 @@ def _new_leaf(
         x509.SubjectKeyIdentifier
     ).value
     not_after = min(now + LEAF_LIFETIME, issuer.certificate.not_valid_after_utc)
-    certificate = (
+    builder = (
         x509.CertificateBuilder()
         .subject_name(
             x509.Name(
@@ -330,22 +318,9 @@ def _new_leaf(
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - _BACKDATE)
         .not_valid_after(not_after)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=False,
-                crl_sign=False,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+    )
+    certificate = (
+        tls_server(builder)
         .add_extension(
             x509.SubjectAlternativeName(
                 [

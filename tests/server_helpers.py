@@ -592,20 +592,29 @@ def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
     )
 
 
-def make_client_pki(directory: Path, label: str, common_name: str) -> ClientPKI:
-    """Write ``{label}-ca.pem`` and a client certificate for ``common_name`` it signed."""
-    directory.mkdir(parents=True, exist_ok=True)
-    now = datetime.now(UTC)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca = (
+def ca_builder(
+    name: str,
+    key: ec.EllipticCurvePrivateKey,
+    *,
+    issuer: x509.Certificate | None = None,
+    path_length: int | None = 0,
+    now: datetime,
+) -> x509.CertificateBuilder:
+    """A CA certificate named ``name`` for ``key``, to extend and sign.
+
+    Issued by ``issuer`` (default: itself), valid from 5 minutes before ``now`` for 30
+    days, for signing certificates and CRLs only.
+    """
+    subject = _name(name)
+    return (
         x509.CertificateBuilder()
-        .subject_name(_name(f"{label} client CA"))
-        .issuer_name(_name(f"{label} client CA"))
-        .public_key(ca_key.public_key())
+        .subject_name(subject)
+        .issuer_name(issuer.subject if issuer else subject)
+        .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - timedelta(minutes=5))
         .not_valid_after(now + timedelta(days=30))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=path_length), critical=True)
         .add_extension(
             x509.KeyUsage(
                 digital_signature=False,
@@ -620,6 +629,16 @@ def make_client_pki(directory: Path, label: str, common_name: str) -> ClientPKI:
             ),
             critical=True,
         )
+    )
+
+
+def make_client_pki(directory: Path, label: str, common_name: str) -> ClientPKI:
+    """Write ``{label}-ca.pem`` and a client certificate for ``common_name`` it signed."""
+    directory.mkdir(parents=True, exist_ok=True)
+    now = datetime.now(UTC)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca = (
+        ca_builder(f"{label} client CA", ca_key, now=now)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), False)
         .sign(ca_key, hashes.SHA256())
     )

@@ -70,7 +70,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from secureserve.devcerts import ensure_dev_certificates
 from secureserve.scaffold import create_project
 from secureserve.tls import server_context
-from tests.server_helpers import HOST, clean_env, copy_iris, dev_banner, free_port
+from tests.server_helpers import HOST, ca_builder, clean_env, copy_iris, dev_banner, free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 #: The virtual environment running the tests: the checkout's ``.venv`` that
@@ -1071,35 +1071,10 @@ def _ca(
     issuer: x509.Certificate | None,
     signer: ec.EllipticCurvePrivateKey,
 ) -> x509.Certificate:
-    now = datetime.now(UTC)
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-    return (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(issuer.subject if issuer else subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - timedelta(minutes=5))
-        .not_valid_after(now + timedelta(days=30))
-        .add_extension(
-            x509.BasicConstraints(ca=True, path_length=None if issuer is None else 0), critical=True
-        )
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=False,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .sign(signer, hashes.SHA256())
-    )
+    path_length = None if issuer is None else 0
+    return ca_builder(
+        name, key, issuer=issuer, path_length=path_length, now=datetime.now(UTC)
+    ).sign(signer, hashes.SHA256())
 
 
 def _sign_request(
