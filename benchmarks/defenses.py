@@ -671,7 +671,7 @@ def asgi_results(
             ],
             "path_params": {"name": "digits"},
             "secureserve.principal": principal,
-            "secureserve": RequestInfo("bench", time.perf_counter()),
+            "secureserve": RequestInfo("bench", time.perf_counter(), asyncio.get_running_loop()),
         }
         await endpoint(scope, receive, send)
         if status != 200:

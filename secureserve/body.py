@@ -59,7 +59,8 @@ async def read_body(scope: Scope, receive: Receive, *, limit: int, deadline_s: f
             if int(value) > limit:
                 raise _too_large(limit)
             break
-    deadline = _Deadline(deadline_s)
+    info = scope.get("secureserve")  # RequestInfo, which has the running loop at hand
+    deadline = _Deadline(deadline_s, asyncio.get_running_loop() if info is None else info.loop)
     try:
         chunks = await _receive_all(receive, limit)
     except asyncio.CancelledError:
@@ -102,14 +103,14 @@ class _Deadline:
 
     __slots__ = ("_cancelling", "_fired", "_handle", "_task")
 
-    def __init__(self, seconds: float) -> None:
-        task = asyncio.current_task()
+    def __init__(self, seconds: float, loop: asyncio.AbstractEventLoop) -> None:
+        task = asyncio.current_task(loop)
         if task is None:  # pragma: no cover - always called from a request's task
             raise RuntimeError("read_body must run in a task")
         self._task = task
         self._cancelling = task.cancelling()
         self._fired = False
-        self._handle = asyncio.get_running_loop().call_later(seconds, self._fire)
+        self._handle = loop.call_later(seconds, self._fire)
 
     def _fire(self) -> None:
         self._fired = True

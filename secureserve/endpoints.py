@@ -245,7 +245,8 @@ async def answer(
             input_digest=audit.digest(body),
             output_digest=audit.digest(payload),
             flagged=flagged,
-        )
+        ),
+        info.loop,
     )
     info.audited = True
     sent = [*headers, (b"content-length", str(len(payload)).encode())]

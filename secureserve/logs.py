@@ -229,8 +229,12 @@ class AccessRecord(msgspec.Struct, frozen=True):
 class AccessLog:
     """Writes the access line of a request through structlog (the host's configuration)."""
 
-    def __call__(self, record: AccessRecord) -> None:
-        """Record one finished request."""
+    def __call__(
+        self,
+        record: AccessRecord,
+        loop: asyncio.AbstractEventLoop | None = None,  # noqa: ARG002 - see _FastAccessLog
+    ) -> None:
+        """Record one finished request (``loop``: the running one, when the caller has it)."""
         get_logger().info("request", **msgspec.structs.asdict(record))
 
 
@@ -246,19 +250,20 @@ class _FastAccessLog(AccessLog):
         self._prefix = ""
         self._pending: list[bytes] = []
 
-    def __call__(self, record: AccessRecord) -> None:
-        """Record one finished request."""
+    def __call__(self, record: AccessRecord, loop: asyncio.AbstractEventLoop | None = None) -> None:
+        """Record one finished request (``loop``: the running one, when the caller has it)."""
         if "ss_" in record.path or "earer" in record.path or "ss_" in record.request_id:
             record = msgspec.structs.replace(
                 record, path=redact(record.path), request_id=redact(record.request_id)
             )
         head = b'{"logger":"secureserve","event":"request","level":"info","timestamp":"'
         line = head + self._timestamp() + b'",' + _encoder.encode(record)[1:] + b"\n"
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:  # not serving: write at once
-            self._stream.write(line)
-            return
+        if loop is None:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:  # not serving: write at once
+                self._stream.write(line)
+                return
         if not self._pending:  # one write per event-loop iteration, not one per request
             loop.call_soon(self._flush)
         self._pending.append(line)
@@ -277,7 +282,7 @@ class _FastAccessLog(AccessLog):
 
 
 class _NoAccessLog(AccessLog):
-    def __call__(self, record: AccessRecord) -> None:
+    def __call__(self, record: AccessRecord, loop: asyncio.AbstractEventLoop | None = None) -> None:
         """Below the configured level: write nothing."""
 
 

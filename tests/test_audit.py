@@ -1171,7 +1171,7 @@ def _context(log: AuditLog, inner: Any, **options: Any) -> Any:
     return RequestContext(
         inner,
         logger=RecordingLogger(),
-        access=lambda record: None,
+        access=lambda record, loop=None: None,
         metrics=Metrics(),
         audit=log,
         **options,

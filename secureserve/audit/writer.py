@@ -158,16 +158,19 @@ class AuditLog:
         """
         self._commit(request_fields(entry))
 
-    async def request_async(self, entry: RequestEntry) -> None:
+    async def request_async(
+        self, entry: RequestEntry, loop: asyncio.AbstractEventLoop | None = None
+    ) -> None:
         """:meth:`request` with one ``write`` per event-loop iteration for every record queued.
 
         Returns once this record is in the file (a prediction still never answers
         before its record is written); raises :class:`AuditUnavailable` like
         :meth:`request`. The records of one iteration are chained in order and written
-        with a single system call instead of one each.
+        with a single system call instead of one each. ``loop`` is the running loop,
+        when the caller has it at hand (asking for it costs a system call on 3.11).
         """
         line_fields = request_fields(entry)
-        loop = asyncio.get_running_loop()
+        loop = loop or asyncio.get_running_loop()
         future: asyncio.Future[None] = loop.create_future()
         if not self._batch:
             loop.call_soon(self._flush_batch)

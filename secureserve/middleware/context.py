@@ -9,6 +9,7 @@ without details; and one access line is logged per request.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import time
@@ -50,6 +51,7 @@ class RequestInfo:
         "audited",
         "body_read",
         "log_reason",
+        "loop",
         "model_version",
         "principal_id",
         "request_id",
@@ -57,9 +59,12 @@ class RequestInfo:
         "start",
     )
 
-    def __init__(self, request_id: str, start: float) -> None:
+    def __init__(self, request_id: str, start: float, loop: asyncio.AbstractEventLoop) -> None:
         self.request_id = request_id
         self.start = start
+        # asked once per request: CPython 3.11's asyncio.get_running_loop() and
+        # current_task() make a getpid() system call each (a fork check)
+        self.loop = loop
         self.principal_id: str | None = None
         self.roles: frozenset[str] = frozenset()
         self.model_version: str | None = None
@@ -98,7 +103,7 @@ class RequestContext:
             return
         start = time.perf_counter()
         request_id, doubled = _scan(scope["headers"])
-        info = RequestInfo(request_id, start)
+        info = RequestInfo(request_id, start, asyncio.get_running_loop())
         scope["secureserve"] = info
         rid = info.request_id.encode()
         status = 0
@@ -142,7 +147,8 @@ class RequestContext:
                     key_id=info.principal_id,
                     model_version=info.model_version,
                     reason=info.log_reason,
-                )
+                ),
+                info.loop,
             )
             self.metrics.observe(
                 path=scope["path"], status=final, seconds=seconds, reason=info.log_reason
