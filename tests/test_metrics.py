@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-import pytest
+import re
 
-from secureserve.metrics import Metrics, route_of
+import pytest
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+
+from secureserve.metrics import _LATENCY_BUCKETS, Metrics, route_of
 from secureserve.testing import TestClient
 
 FLOWER = {"features": [5.1, 3.5, 1.4, 0.2]}
@@ -79,3 +82,52 @@ def test_metrics_unknown_reasons_collapse_to_other():
     text = metrics.render().decode()
     assert 'secureserve_auth_failures_total{reason="other"} 1.0' in text
     assert 'secureserve_rate_limited_total{reason="per_model"} 1.0' in text
+
+
+def test_request_counters_expose_what_prometheus_client_would():
+    """The lock-free request counters give the samples of a Counter and a Histogram, exactly.
+
+    Same observations into prometheus_client's own types: every line of both families
+    is the same (``_created`` times aside), bounds and values above the last bound
+    included.
+    """
+    ours = Metrics()
+    registry = CollectorRegistry()
+    counter = Counter(
+        "secureserve_requests",
+        "HTTP requests by route and status.",
+        ("route", "status"),
+        registry=registry,
+    )
+    histogram = Histogram(
+        "secureserve_request_duration_seconds",
+        "Time from the first byte of the request to the end of the response.",
+        ("route",),
+        buckets=_LATENCY_BUCKETS,
+        registry=registry,
+    )
+    seen = [
+        ("/v1/models/iris:predict", 200, 0.0004),
+        ("/v1/models/iris:predict", 200, 0.001),  # on a bound: counted in it (le)
+        ("/v1/models/iris:predict", 422, 0.0011),
+        ("/healthz", 200, 0.0),
+        ("/v1/models/iris:predict", 200, 12.5),  # above the last bound: +Inf only
+        ("/nowhere", 404, 0.3),
+        ("/v1/models/iris:predict", 200, 0.25),
+    ]
+    for path, status, seconds in seen:
+        ours.observe(path=path, status=status, seconds=seconds, reason=None)
+        counter.labels(route_of(path), str(status)).inc()
+        histogram.labels(route_of(path)).observe(seconds)
+
+    def lines(text: bytes) -> list[str]:
+        kept = [
+            re.sub(r"(_created\{[^}]*\}) \S+$", r"\1 T", line)
+            for line in text.decode().splitlines()
+            if "secureserve_request" in line and "in_flight" not in line
+        ]
+        assert kept
+        return kept
+
+    assert lines(ours.render()) == lines(generate_latest(registry))
+    assert ours.render().count(b"_bucket{") == 3 * (len(_LATENCY_BUCKETS) + 1)
