@@ -236,7 +236,11 @@ class RateLimiter:
         ]
         if not plan or cost < 1:
             return
-        refusal = (await self._run(lambda backend: backend.charge([(plan, cost)])))[0]
+        shared = self._shared
+        if isinstance(shared, MemoryWindows):  # what _run would do, without its awaits
+            refusal = shared.charge_now(plan, cost)
+        else:
+            refusal = (await self._run(lambda backend: backend.charge([(plan, cost)])))[0]
         if refusal is not None:
             raise _refused(refusal)
 

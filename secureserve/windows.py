@@ -102,12 +102,16 @@ class MemoryWindows:
         now = time.time()
         if now >= self._next_sweep:
             self._sweep(now)
+        counters = []  # each window's counter as checked (None: not made yet)
         for window, ident in plan:
-            refusal = self._check(window, ident, cost, now)
-            if refusal is not None:
-                return refusal
-        for window, ident in plan:
-            self._table(window)[ident].take(now, cost)
+            table = self._tables.get(window.namespace)
+            counter = table.get(ident) if table is not None else None
+            used = 0 if counter is None else counter.used(now)
+            if used + cost > window.amount:
+                return _refusal(window, counter, cost, used, now)
+            counters.append(counter)
+        for (window, ident), counter in zip(plan, counters, strict=True):
+            (counter or self._table(window)[ident]).take(now, cost)
         return None
 
     async def blocked_until(self, window: Window, ident: str) -> float | None:
@@ -121,11 +125,7 @@ class MemoryWindows:
         used = 0 if counter is None else counter.used(now)
         if used + cost <= window.amount:
             return None
-        if counter is None or cost > window.amount:  # never fits: a whole window from now
-            room_at = now + window.expiry
-        else:
-            room_at = counter.room_at(window.amount - cost)
-        return Refusal(window, room_at, max(0, window.amount - used))
+        return _refusal(window, counter, cost, used, now)
 
     def _table(self, window: Window) -> _Table:
         table = self._tables.get(window.namespace)
@@ -138,6 +138,17 @@ class MemoryWindows:
         for table in self._tables.values():
             for ident in [i for i, counter in table.items() if counter.used(now) == 0]:
                 del table[ident]
+
+
+def _refusal(
+    window: Window, counter: _Moving | _Fixed | None, cost: int, used: int, now: float
+) -> Refusal:
+    """``window`` refuses ``cost`` with ``used`` units counted: when it will have room."""
+    if counter is None or cost > window.amount:  # never fits: a whole window from now
+        room_at = now + window.expiry
+    else:
+        room_at = counter.room_at(window.amount - cost)
+    return Refusal(window, room_at, max(0, window.amount - used))
 
 
 class _Moving:
