@@ -66,6 +66,17 @@ def iris_project(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
+def audit_looked_at_every_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No look at the audit file is trusted for its usual 10 ms: every check looks again.
+
+    For tests of what the very next request does once the file was damaged.
+    """
+    from secureserve.audit import chainfile
+
+    monkeypatch.setattr(chainfile, "_RECHECK_S", 0.0)
+
+
+@pytest.fixture
 def own_redis(tmp_path: Path) -> Iterator[OwnRedis]:
     """A started private redis-server (output in ``tmp_path``), always killed at the end."""
     binary = shutil.which("redis-server")

@@ -38,7 +38,7 @@ from test_tokens import FIXTURE_REASONS, mint
 import secureserve as ss
 from secureserve import keys as keys_module
 from secureserve.app import create_app
-from secureserve.audit import chain_files, verify_chain
+from secureserve.audit import chain_files, chainfile, verify_chain
 from secureserve.cli import main
 from secureserve.config import load_settings
 from secureserve.keys import create_key, mint_key, revoke_key
@@ -569,6 +569,7 @@ def _counted_settings(tmp_path: Path, **audit: Any):
     return _settings(project, audit=audit)
 
 
+@pytest.mark.usefixtures("audit_looked_at_every_time")
 @pytest.mark.parametrize("damage", ["delete-file", "folder-replaced-by-file"])
 def test_audit_deleted_file_recreated_only_if_possible(tmp_path, audit_path, damage):
     """A deleted audit file is recreated and serving goes on; if it cannot be, 503.
@@ -605,6 +606,7 @@ def test_audit_deleted_file_recreated_only_if_possible(tmp_path, audit_path, dam
     assert not verify_chain([audit_path]).ok  # the lost start stays visible
 
 
+@pytest.mark.usefixtures("audit_looked_at_every_time")
 @pytest.mark.parametrize(
     ("mode", "status", "calls"),
     [("refuse", 503, 1), ("continue", 200, 2)],
@@ -634,6 +636,35 @@ def test_audit_read_only_file(tmp_path, audit_path, mode, status, calls):
     assert len(resumed) == 1
     assert resumed[0]["event"] == "admin"
     assert "1 records were not written" in resumed[0]["detail"]
+
+
+def test_audit_check_trusted_for_a_moment_never_answers_unrecorded(
+    tmp_path, audit_path, monkeypatch
+):
+    """A look at the audit file is trusted briefly; what is answered is still recorded.
+
+    With the trust made a second long, a file deleted just after a look goes unnoticed
+    by the check: the next prediction is answered, and its line went to the file it had
+    open (the deleted one). Once the trust runs out, the deletion is seen and the new
+    file says so (``audit-file-recreated``, the chain going on) before the next line.
+    """
+    monkeypatch.setattr(chainfile, "_RECHECK_S", 1.0)  # long enough for any machine
+    model = Counted()
+    settings = _counted_settings(tmp_path, on_write_error="refuse")
+    with TestClient(model, config=settings, audit_path=audit_path) as client:
+        assert client.predict([{"x": 1.0}]).status_code == 200
+        audit_path.unlink()
+        trusted = client.predict([{"x": 2.0}])
+        assert trusted.status_code == 200  # answered, its line in the open (deleted) file
+        assert not audit_path.exists()  # the check trusted its last look: nothing seen yet
+        time.sleep(1.1)  # the last look is no longer trusted
+        seen = client.predict([{"x": 3.0}])
+        assert seen.status_code == 200
+    records = _records(audit_path)
+    assert records[0]["action"] == "audit-file-recreated"
+    assert _by_request(records, seen.headers["x-request-id"])["decision"] == "allowed"
+    assert records[0]["seq"] > 1  # the chain goes on past the deleted file's lines
+    assert model.calls == 3
 
 
 def _set_labels(project: Path, labels: list[str]) -> None:

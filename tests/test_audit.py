@@ -492,6 +492,7 @@ def test_deleted_file_is_recreated_and_recorded(log_path, logger):
     assert _verify(log_path, require_genesis=False).ok
 
 
+@pytest.mark.usefixtures("audit_looked_at_every_time")
 def test_deleted_file_not_recreatable_refuses(log_path, logger, monkeypatch):
     """When the deleted file cannot be recreated, requests are refused (fail closed)."""
     with _open(log_path, logger) as log:
@@ -515,6 +516,7 @@ def test_deleted_file_not_recreatable_refuses(log_path, logger, monkeypatch):
     assert len(logger.at("error")) == 2  # the deletion, then one outage
 
 
+@pytest.mark.usefixtures("audit_looked_at_every_time")
 def test_read_only_file_refuses(log_path, logger):
     """A file made read-only while serving refuses requests until it is writable again."""
     with _open(log_path, logger) as log:
@@ -640,6 +642,7 @@ def test_partial_write_not_undone_moves_file_aside(log_path, logger, monkeypatch
     assert (result.ok, result.file, result.line) == (False, files[0], 2)
 
 
+@pytest.mark.usefixtures("audit_looked_at_every_time")
 def test_replaced_file_refuses_until_removed(log_path, logger):
     """A different file put in place of the open one is not written; removing it recovers."""
     with _open(log_path, logger) as log:
