@@ -16,6 +16,10 @@ __all__ = ["find_duplicate_key"]
 
 # A JSON string (optionally followed by ":", which makes it a key) or a brace.
 _STRING_OR_BRACE: Final = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"(?:\s*:)?|[{}]')
+# A comma, then a key: how an object's second (or later) member starts, in any JSON.
+# Its key matches when it has no escapes (no backslash in the body); a string value that
+# happens to match only costs the full scan.
+_LATER_KEY: Final = re.compile(rb',\s*"[^"\\]*"\s*:')
 _OPEN, _CLOSE, _COLON = ord("{"), ord("}"), ord(":")
 
 
@@ -24,7 +28,11 @@ def find_duplicate_key(body: bytes) -> bool:
 
     Scans only strings and braces, so a body of numbers costs almost nothing.
     Keys are compared after unescaping (``"a"`` and ``"\\u0061"`` are the same key).
+    First, one pass in C settles the common case of objects of one member each (a
+    batch of one-field instances): no object there has a second key to repeat.
     """
+    if b"\\" not in body and _LATER_KEY.search(body) is None:
+        return False
     stack: list[set[bytes]] = []
     for token in _STRING_OR_BRACE.findall(body):
         first = token[0]
