@@ -37,7 +37,6 @@ import base64
 import hashlib
 import math
 import time
-import warnings
 from collections import OrderedDict, deque
 from collections.abc import Callable, Hashable, Sequence
 from typing import Final, TypeVar, cast
@@ -47,6 +46,7 @@ import numpy as np
 import numpy.typing as npt
 
 from secureserve.settings import ExtractionSettings
+from secureserve.shapiro import shapiro_w
 
 __all__ = ["ExtractionMonitor", "PrincipalPage", "PrincipalStats"]
 
@@ -54,7 +54,7 @@ _T = TypeVar("_T")
 
 #: The Shapiro-Wilk test is run again after this share of ``min_queries`` new distances.
 _RETEST_SHARE: Final = 0.1
-#: Distances the test looks at (the most recent): scipy's W is exact up to 5,000.
+#: Distances the test looks at (the most recent): Royston's W is made for up to 5,000.
 _MAX_TESTED: Final = 5000
 #: Minutes a principal must have been seen before its volume can make it suspect.
 _VOLUME_WARM_UP_MIN: Final = 10
@@ -211,7 +211,6 @@ class ExtractionMonitor:
         # one query's products and squared distances, reused (one thread: the event loop's)
         self._dots = np.empty(settings.history, dtype=np.float32)
         self._squared = np.empty(settings.history, dtype=np.float32)
-        import scipy.stats  # noqa: F401, PLC0415 - now, at start-up: ~0.5 s, not on the loop
 
     # ----------------------------------------------------------------------- queries
 
@@ -509,11 +508,7 @@ def _shapiro(distances: deque[float]) -> float | None:
     values = np.clip(values, low, high)
     if np.ptp(values) == 0:  # all alike: as far from normal as distances get
         return 0.0
-    from scipy.stats import shapiro  # noqa: PLC0415 - importing scipy.stats takes ~0.3 s
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        statistic = float(shapiro(values).statistic)
+    statistic = shapiro_w(values)
     return statistic if math.isfinite(statistic) else 0.0  # no verdict is not a pass
 
 

@@ -19,6 +19,7 @@ from defense_helpers import PREDICT, audit_lines, digits_app, digits_rows, digit
 from secureserve.extraction import ExtractionMonitor, PrincipalStats, handle_of
 from secureserve.keys import mint_key
 from secureserve.settings import ExtractionSettings
+from secureserve.shapiro import shapiro_w
 
 
 class Clock:
@@ -505,16 +506,13 @@ class ReferenceTrack:
         self.vectors[slot], self.norms[slot], self.labels[slot] = vector, norm, label
 
     def shapiro(self) -> float:
-        from scipy.stats import shapiro
-
+        """W of the clipped recent distances (W itself: tests/test_shapiro.py, against scipy)."""
         values = np.array(self.distances[-5000:])
         low, high = np.quantile(values, (0.01, 0.99))
         values = np.clip(values, low, high)
         if np.ptp(values) == 0:
             return 0.0
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            statistic = float(shapiro(values).statistic)
+        statistic = shapiro_w(values)
         return statistic if math.isfinite(statistic) else 0.0
 
 
