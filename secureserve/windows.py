@@ -26,10 +26,10 @@ within a thousandth of the window after an entry opened share it, dated by the l
 them (so units are never released early), which bounds a window to about 1,000 entries
 (and to ``amount``, since each costs at least one unit) whatever the rate; a fixed
 window is a count and its reset time. Windows that emptied are swept at most every
-:data:`_SWEEP_EVERY_S` seconds; each kind of limit holds at most ``max_keys`` windows,
-and past that (a flood of client addresses failing authentication) the oldest windows
-of that kind are forgotten first, so a flood of addresses never evicts a principal's
-window.
+:data:`_SWEEP_EVERY_S` seconds; each kind of limit holds at most ``max_keys`` windows
+per rate (two models' own limits of different rates are two tables), and past that (a
+flood of client addresses failing authentication) the oldest windows of that kind are
+forgotten first, so a flood of addresses never evicts a principal's window.
 """
 
 from __future__ import annotations
@@ -56,7 +56,9 @@ class Window:
     """One configured limit: its rate, whether it moves, its namespace and refusal reason.
 
     ``amount`` (units admitted) and ``expiry`` (length in seconds) are read off ``item``
-    once, since every charge needs them.
+    once, since every charge needs them. ``table`` names the windows kept together in
+    memory: one namespace holds windows of several rates (the ``[models.<name>.limits]``
+    of two models), which are counted apart, as Redis keys them apart.
     """
 
     item: RateLimitItem
@@ -65,11 +67,13 @@ class Window:
     amount: int = field(init=False)
     expiry: int = field(init=False)
     namespace: str = field(init=False)
+    table: tuple[str, int, int] = field(init=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "amount", int(self.item.amount))
         object.__setattr__(self, "expiry", int(self.item.get_expiry()))
         object.__setattr__(self, "namespace", str(self.item.namespace))
+        object.__setattr__(self, "table", (self.namespace, self.amount, self.expiry))
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,7 +94,7 @@ class MemoryWindows:
 
     def __init__(self, *, max_keys: int = DEFAULT_MAX_KEYS) -> None:
         self._max_keys = max_keys
-        self._tables: dict[str, _Table] = {}  # one per kind of limit (its namespace)
+        self._tables: dict[tuple[str, int, int], _Table] = {}  # one per kind and rate
         self._next_sweep = time.time() + _SWEEP_EVERY_S
 
     async def charge(self, charges: Sequence[Charge]) -> list[Refusal | None]:
@@ -104,7 +108,7 @@ class MemoryWindows:
             self._sweep(now)
         counters = []  # each window's counter as checked (None: not made yet)
         for window, ident in plan:
-            table = self._tables.get(window.namespace)
+            table = self._tables.get(window.table)
             counter = table.get(ident) if table is not None else None
             used = 0 if counter is None else counter.used(now)
             if used + cost > window.amount:
@@ -120,7 +124,7 @@ class MemoryWindows:
         return None if refusal is None else refusal.retry_at
 
     def _check(self, window: Window, ident: str, cost: int, now: float) -> Refusal | None:
-        table = self._tables.get(window.namespace)
+        table = self._tables.get(window.table)
         counter = table.get(ident) if table is not None else None
         used = 0 if counter is None else counter.used(now)
         if used + cost <= window.amount:
@@ -128,9 +132,9 @@ class MemoryWindows:
         return _refusal(window, counter, cost, used, now)
 
     def _table(self, window: Window) -> _Table:
-        table = self._tables.get(window.namespace)
+        table = self._tables.get(window.table)
         if table is None:
-            table = self._tables[window.namespace] = _Table(window, self._max_keys)
+            table = self._tables[window.table] = _Table(window, self._max_keys)
         return table
 
     def _sweep(self, now: float) -> None:

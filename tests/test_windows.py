@@ -65,7 +65,7 @@ def test_windows_entries_stay_bounded_whatever_the_rate(clock):
     for _ in range(100_000):
         memory.charge_now([(window, "alice")], 1)
         clock.now += 0.00001
-    entries = memory._tables[window.namespace]["alice"].entries
+    entries = memory._tables[window.table]["alice"].entries
     assert len(entries) <= 1002
 
 
@@ -100,5 +100,25 @@ def test_windows_keys_per_kind_are_bounded(clock):
     assert memory.charge_now([(principals, "alice")], 1) is None
     for n in range(1000):
         memory.charge_now([(addresses, f"203.0.113.{n}")], 1)
-    assert len(memory._tables[addresses.namespace]) <= 100
-    assert memory._tables[principals.namespace]["alice"].count == 1
+    assert len(memory._tables[addresses.table]) <= 100
+    assert memory._tables[principals.table]["alice"].count == 1
+
+
+def test_windows_of_one_kind_and_different_rates_are_counted_apart(clock):
+    """Two models' own limits share a namespace: each keeps its own length and amount.
+
+    Before, the first window seen in a namespace gave every counter of it its length: a
+    model at 5/hour charged after one at 1/second was let through again a second later.
+    """
+    memory = MemoryWindows()
+    fast = Window(parse("1/second").__class__(1, 1, namespace="mw:model-principal"), True, "m")
+    slow = Window(parse("5/hour").__class__(5, 1, namespace="mw:model-principal"), True, "m")
+    assert memory.charge_now([(fast, "a/alice")], 1) is None
+    for _ in range(5):
+        assert memory.charge_now([(slow, "b/alice")], 1) is None
+    assert memory.charge_now([(slow, "b/alice")], 1) is not None
+    clock.now += 1.2
+    refusal = memory.charge_now([(slow, "b/alice")], 1)
+    assert refusal is not None  # still within its hour
+    assert refusal.retry_at == pytest.approx(1_000_000.0 + 3600, abs=4)
+    assert memory.charge_now([(fast, "a/alice")], 1) is None  # its second is over
