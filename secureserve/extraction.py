@@ -504,6 +504,8 @@ def _shapiro(distances: deque[float]) -> float | None:
     values = np.fromiter(distances, dtype=np.float64, count=len(distances))[-_MAX_TESTED:]
     if len(values) < 3:  # noqa: PLR2004 - the test's own minimum
         return None
+    if not np.isfinite(values).all():  # never so far (logs of finite distances): no pass
+        return 0.0
     low, high = np.quantile(values, (_CLIP_SHARE, 1 - _CLIP_SHARE))
     values = np.clip(values, low, high)
     if np.ptp(values) == 0:  # all alike: as far from normal as distances get

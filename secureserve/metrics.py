@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, Final
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client import metrics as prometheus_metrics
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
@@ -125,18 +126,24 @@ class _Requests(Collector):
             "histogram",
         )
         if not empty:  # snapshots: /metrics may be read from another thread
+            # as prometheus_client's own types: no _created series once it is told so,
+            # by PROMETHEUS_DISABLE_CREATED_SERIES or by its disable_created_metrics
+            created_too = getattr(prometheus_metrics, "_use_created", True)
             for (route, status), (count, created) in list(self._counts.items()):
                 labels = {"route": route, "status": str(status)}
                 requests.add_sample("secureserve_requests_total", labels, count)
-                requests.add_sample("secureserve_requests_created", labels, created)
+                if created_too:
+                    requests.add_sample("secureserve_requests_created", labels, created)
             for route, (buckets, (total, created)) in list(self._latency.items()):
-                self._histogram(latency, route, list(buckets), total, created)
+                self._histogram(
+                    latency, route, list(buckets), total, created if created_too else None
+                )
         yield requests
         yield latency
 
     @staticmethod
     def _histogram(
-        family: Metric, route: str, buckets: list[int], total: float, created: float
+        family: Metric, route: str, buckets: list[int], total: float, created: float | None
     ) -> None:
         name = family.name
         cumulative = 0
@@ -145,7 +152,8 @@ class _Requests(Collector):
             family.add_sample(f"{name}_bucket", {"route": route, "le": le}, cumulative)
         family.add_sample(f"{name}_count", {"route": route}, cumulative)
         family.add_sample(f"{name}_sum", {"route": route}, total)
-        family.add_sample(f"{name}_created", {"route": route}, created)
+        if created is not None:
+            family.add_sample(f"{name}_created", {"route": route}, created)
 
 
 class _Level:

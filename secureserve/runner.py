@@ -126,17 +126,13 @@ class BatchRunner(Generic[_W, _R]):
         self._name = name
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
-        # the loop the thread's results go back to, while it runs (asking asyncio for the
-        # running loop costs a getpid() system call on CPython 3.11)
-        self._loop: asyncio.AbstractEventLoop | None = None
         self._start_lock = threading.Lock()
         self._pending: list[Job[_W, _R]] = []  # submitted during this loop iteration
 
     async def _submit(self, work: _W, size: int) -> Job[_W, _R]:
         """Queue ``work`` (``size`` rows) and wait: the job, its future resolved (or raises)."""
-        loop = self._loop
-        if loop is None:
-            loop = asyncio.get_running_loop()
+        loop = asyncio.get_running_loop()
+        if self._thread is None:
             self._start(loop)
         job: Job[_W, _R] = Job(work, size, loop.create_future())
         timer = loop.call_later(self._timeout, self._expire, job)
@@ -173,14 +169,14 @@ class BatchRunner(Generic[_W, _R]):
             self._hand_over()
             self._queue.put(_STOP)
             thread.join(timeout)
-            self._thread = self._loop = None
+            self._thread = None
 
     def stop(self) -> None:
         """Like ``close`` without waiting: queued jobs finish, then the thread ends."""
         if self._thread is not None:
             self._hand_over()
             self._queue.put(_STOP)
-            self._thread = self._loop = None
+            self._thread = None
 
     def _hand_over(self) -> None:
         """Give the thread every job submitted in this loop iteration, in one put (one wake-up)."""
@@ -192,7 +188,6 @@ class BatchRunner(Generic[_W, _R]):
         with self._start_lock:
             if self._thread is None:
                 outbox = _Outbox(loop)
-                self._loop = loop
                 self._thread = threading.Thread(
                     target=self._serve, args=(outbox,), name=self._name, daemon=True
                 )

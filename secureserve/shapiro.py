@@ -31,13 +31,15 @@ _SMALLEST: Final = 3
 
 
 def shapiro_w(values: npt.NDArray[np.float64]) -> float:
-    """Shapiro-Wilk W of ``values`` (at least 3, not all equal; any order): in (0, 1].
+    """Shapiro-Wilk W of ``values`` (at least 3, finite, not all equal; any order): in (0, 1].
 
     Near 1 for normally distributed values, lower the less normal they look.
     """
     n = len(values)
     if n < _SMALLEST:
         raise ValueError(f"W needs at least {_SMALLEST} values, got {n}")
+    if not np.isfinite(values).all():
+        raise ValueError("W needs finite values")
     x = np.sort(values)
     spread = float(x[-1] - x[0])
     if not spread > 0:

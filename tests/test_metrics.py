@@ -6,6 +6,7 @@ import re
 
 import pytest
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import metrics as prometheus_metrics
 
 from secureserve.metrics import _LATENCY_BUCKETS, Metrics, route_of
 from secureserve.testing import TestClient
@@ -84,13 +85,15 @@ def test_metrics_unknown_reasons_collapse_to_other():
     assert 'secureserve_rate_limited_total{reason="per_model"} 1.0' in text
 
 
-def test_request_counters_expose_what_prometheus_client_would():
+@pytest.mark.parametrize("created", [True, False])
+def test_request_counters_expose_what_prometheus_client_would(created, monkeypatch):
     """The lock-free request counters give the samples of a Counter and a Histogram, exactly.
 
     Same observations into prometheus_client's own types: every line of both families
     is the same (``_created`` times aside), bounds and values above the last bound
-    included.
+    included, and no ``_created`` series once prometheus_client is told not to write them.
     """
+    monkeypatch.setattr(prometheus_metrics, "_use_created", created)
     ours = Metrics()
     registry = CollectorRegistry()
     counter = Counter(
@@ -130,4 +133,5 @@ def test_request_counters_expose_what_prometheus_client_would():
         return kept
 
     assert lines(ours.render()) == lines(generate_latest(registry))
+    assert (b"secureserve_requests_created{" in ours.render()) is created
     assert ours.render().count(b"_bucket{") == 3 * (len(_LATENCY_BUCKETS) + 1)

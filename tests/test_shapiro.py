@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import math
 import warnings
+from collections import deque
 
 import numpy as np
 import pytest
 from scipy.stats import shapiro
 
+from secureserve.extraction import _shapiro
 from secureserve.shapiro import shapiro_w
 
 SIZES = [*range(3, 40), 50, 64, 101, 257, 1000, 2000, 4999, 5000]
@@ -52,9 +55,19 @@ def test_w_does_not_depend_on_order_location_or_scale():
     [
         (np.array([1.0, 2.0]), "at least 3"),
         (np.array([2.0, 2.0, 2.0, 2.0]), "not all equal"),
+        (np.array([1.0, 2.0, np.nan, 4.0]), "finite"),
+        (np.array([1.0, 2.0, np.inf, 4.0]), "finite"),
     ],
 )
 def test_w_refuses_what_has_no_w(values, message):
     """Fewer than 3 values, or all alike: an error, never a number."""
     with pytest.raises(ValueError, match=message):
         shapiro_w(values)
+
+
+def test_extraction_takes_values_without_w_as_no_pass():
+    """Distances W cannot be computed from are a statistic of 0 (suspect), never an error."""
+    assert _shapiro(deque([0.5, 1.0, math.nan, 2.0] * 10)) == 0.0
+    assert _shapiro(deque([0.5, 1.0, -math.inf, 2.0] * 10)) == 0.0
+    assert _shapiro(deque([1.5] * 40)) == 0.0
+    assert _shapiro(deque([1.0, 2.0])) is None
