@@ -43,10 +43,7 @@ from collections.abc import MutableMapping
 from pathlib import Path
 from typing import Any
 
-BENCH_DIR = Path(__file__).resolve().parent
-EXAMPLE = BENCH_DIR.parent / "examples" / "iris"
-PATH = "/v1/models/iris:predict"
-BODY = b'{"instances":[{"features":[5.1,3.5,1.4,0.2]}]}'
+from run import BODY, PATH, copy_example  # benchmarks/run.py, beside this file
 
 
 def prepare(workdir: Path) -> tuple[Path, dict[str, str], str]:
@@ -55,13 +52,7 @@ def prepare(workdir: Path) -> tuple[Path, dict[str, str], str]:
     from secureserve.keys import create_key
 
     project = workdir / "iris"
-    shutil.copytree(
-        EXAMPLE,
-        project,
-        ignore=shutil.ignore_patterns(
-            ".secureserve", "secrets", "certs", "tests", "audit", "__pycache__", "*.pyc"
-        ),
-    )
+    copy_example(project)
     keys_file = workdir / "secrets" / "api_keys.toml"
     key = create_key(keys_file, name="bench", roles=("predict", "analyst"))
     generate_digest_key(workdir / "secrets" / "audit.key")

@@ -129,12 +129,8 @@ def _secureserve_bin() -> str:
     return str(candidate) if candidate.exists() else (shutil.which("secureserve") or "secureserve")
 
 
-def make_setup(args: argparse.Namespace) -> Setup:
-    from secureserve.devcerts import ensure_dev_certificates
-    from secureserve.keys import create_key
-
-    workdir = Path(tempfile.mkdtemp(prefix="secureserve-bench-"))
-    project = workdir / "iris"
+def copy_example(project: Path) -> None:
+    """examples/iris at ``project``, without its state, secrets, certificates and tests."""
     shutil.copytree(
         EXAMPLE,
         project,
@@ -142,6 +138,15 @@ def make_setup(args: argparse.Namespace) -> Setup:
             ".secureserve", "secrets", "certs", "tests", "audit", "__pycache__", "*.pyc"
         ),
     )
+
+
+def make_setup(args: argparse.Namespace) -> Setup:
+    from secureserve.devcerts import ensure_dev_certificates
+    from secureserve.keys import create_key
+
+    workdir = Path(tempfile.mkdtemp(prefix="secureserve-bench-"))
+    project = workdir / "iris"
+    copy_example(project)
     certs = ensure_dev_certificates(workdir / "tls")
     keys_file = workdir / "secrets" / "api_keys.toml"
     # analyst: the iris example's output policy shows this role the score (rounded to 2
