@@ -12,9 +12,9 @@ import contextlib
 import hashlib
 import inspect
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Final, Literal, NamedTuple
+from typing import TYPE_CHECKING, Any, Final, Literal, NamedTuple, Protocol, TypeVar
 
 import msgspec
 
@@ -155,6 +155,34 @@ class LoadedModel:
     lock_sha256: str | None = None  # of the lock bytes verified at load (None: no lock)
 
 
+class _Handler(Protocol):
+    def load(self, artifacts: Artifacts) -> None: ...
+    def warmup(self) -> None: ...
+
+
+_H = TypeVar("_H", bound=_Handler)
+
+
+def started(make: Callable[[], _H], artifacts: Artifacts, where: str) -> _H:
+    """``make()``, then its ``load`` and ``warmup`` (an ``ss.Model`` or a ``TensorModel``).
+
+    A failure of the handler's own code is a :class:`LoadError` naming ``where`` (its
+    class); secureserve's own errors (a file that fails verification) pass as they are.
+    """
+    try:
+        instance = make()
+        instance.load(artifacts)
+        instance.warmup()
+    except SecureServeError:
+        raise
+    except Exception as exc:
+        raise LoadError(
+            f"{where} failed while loading: {type(exc).__name__}: {exc}. "
+            "Run with --debug for the traceback."
+        ) from exc
+    return instance
+
+
 def load_model(
     model: Model[Any, Any] | type[Model[Any, Any]],
     settings: Settings,
@@ -178,17 +206,7 @@ def load_model(
     profile_name = profile_name_of(model_settings, lock)
     no_features = check_feature_view(cls, model_settings, has_profile=profile_name is not None)
     check_guard_has_profile(model_settings, has_profile=profile_name is not None)
-    try:
-        instance = cls() if isinstance(model, type) else model
-        instance.load(artifacts)
-        instance.warmup()
-    except SecureServeError:
-        raise
-    except Exception as exc:
-        raise LoadError(
-            f"{where} failed while loading: {type(exc).__name__}: {exc}. "
-            "Run with --debug for the traceback."
-        ) from exc
+    instance = started(cls if isinstance(model, type) else lambda: model, artifacts, where)
     profile = None
     if profile_name is not None:
         profile = load_profile(

@@ -36,13 +36,13 @@ import onnxruntime
 
 from secureserve.artifacts import ArtifactRecord, Artifacts
 from secureserve.defenses import Defenses, FeatureSource, check_guard_has_profile, without_view
-from secureserve.errors import ConfigError, LoadError, ModelError, SecureServeError
+from secureserve.errors import ConfigError, ModelError
 from secureserve.logs import get_logger
 from secureserve.metrics import Metrics
 from secureserve.profile import Profile, load_profile, tensor_revision
 from secureserve.release import revision_of
 from secureserve.runner import BatchRunner, Job
-from secureserve.serving import ServedModel, open_model_files, profile_name_of
+from secureserve.serving import ServedModel, open_model_files, profile_name_of, started
 from secureserve.settings import ModelSettings, Settings
 from secureserve.tensor_model import TensorModel
 
@@ -119,18 +119,7 @@ def load_tensor_model(
 
 def open_graph(cls: type[TensorModel], artifacts: Artifacts) -> TensorModel:
     """An instance of ``cls`` with its ONNX session open (``load`` and ``warmup``)."""
-    instance = cls()
-    try:
-        instance.load(artifacts)
-        instance.warmup()
-    except SecureServeError:
-        raise
-    except Exception as exc:
-        raise LoadError(
-            f"{cls.__module__}.{cls.__qualname__} failed while loading: "
-            f"{type(exc).__name__}: {exc}. Run with --debug for the traceback."
-        ) from exc
-    return instance
+    return started(cls, artifacts, f"{cls.__module__}.{cls.__qualname__}")
 
 
 class _Run:
