@@ -21,11 +21,11 @@ from secureserve import encryption
 from secureserve.app import create_app
 from secureserve.cli._common import import_handler
 from secureserve.config import load_settings
-from secureserve.errors import ArtifactError, ConfigError
+from secureserve.errors import ArtifactError, ConfigError, LoadError
 from secureserve.keys import KeyStore
 from secureserve.lockfile import LOCK_FILENAME, SIGNATURE_FILENAME, LockEntry, build_lock, read_lock
 from secureserve.release import lock_project
-from secureserve.serving import load_model
+from secureserve.serving import load_model, started
 from secureserve.signing import generate_signing_key, sign
 from secureserve.testing import TestClient
 
@@ -491,3 +491,40 @@ def test_load_model_refuses_locked_hostile_file(tmp_path, case):
     assert error.name == case.name
     assert str(error).startswith(f"{case.name}: ")
     assert marker is None or not marker.exists()
+
+
+class _Starting:
+    """A handler whose ``load`` raises what it is given."""
+
+    def __init__(self, error: Exception | None = None) -> None:
+        self.error, self.warm = error, False
+
+    def load(self, artifacts: object) -> None:
+        if self.error is not None:
+            raise self.error
+
+    def warmup(self) -> None:
+        self.warm = True
+
+
+def test_started_names_the_handler_whose_own_code_failed():
+    """A handler's failure (in its constructor or load) is a LoadError naming its class.
+
+    secureserve's own errors (a file that failed verification) pass as they are.
+    """
+    assert started(_Starting, None, "app.Ok").warm
+    with pytest.raises(LoadError) as failed:
+        started(lambda: _Starting(ValueError("no weights")), None, "app.Bad")
+    assert str(failed.value) == (
+        "app.Bad failed while loading: ValueError: no weights. Run with --debug for the traceback."
+    )
+
+    def broken() -> _Starting:
+        raise KeyError("x")
+
+    with pytest.raises(LoadError, match=r"^app\.Broken failed while loading: KeyError"):
+        started(broken, None, "app.Broken")
+    refused = ArtifactError("w.safetensors", "hash-mismatch", "sha256 differs from the lock")
+    with pytest.raises(ArtifactError) as passed:
+        started(lambda: _Starting(refused), None, "app.Tampered")
+    assert passed.value is refused
