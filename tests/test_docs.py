@@ -334,6 +334,19 @@ def next_block(shell: Block, *, file: Path | None = None) -> Block:
     return blocks[index + 1]
 
 
+def run_readme_curl(terminal: Terminal, readme: Path, port: int) -> None:
+    """The generated README's ``curl``, typed in ``terminal``: it prints what the README shows."""
+    curl = block(
+        GENERATED_README,
+        'curl --cacert .secureserve/ca.pem -H "Authorization: Bearer $KEY"',
+        file=readme,
+    )
+    [command] = curl.commands()
+    result = terminal.run(fill(command, {"8443": str(port)}))
+    assert result.status == 0, result
+    assert result.out.strip() == curl.output()
+
+
 def fill(text: str, replacements: dict[str, str]) -> str:
     """``text`` with each placeholder replaced; a placeholder that is missing fails."""
     for placeholder, value in replacements.items():
@@ -792,15 +805,7 @@ def test_readme_new_project(tmp_path, terminals):
 
     readme = project / "README.md"
     other = terminals(project, activated_env(KEY=key))
-    curl = block(
-        GENERATED_README,
-        'curl --cacert .secureserve/ca.pem -H "Authorization: Bearer $KEY"',
-        file=readme,
-    )
-    [command] = curl.commands()
-    result = other.run(fill(command, {"8443": str(port)}))
-    assert result.status == 0, result
-    assert result.out.strip() == curl.output()
+    run_readme_curl(other, readme, port)
     [check] = block(GENERATED_README, "secureserve doctor", file=readme).commands()
     result = other.run(check)
     assert result.status == 0, result  # no error: the dev key is a warning

@@ -140,9 +140,13 @@ def test_openapi_generated_requests_conform(served, method, path, mode):
     a 405, schema-valid bodies are accepted and schema-invalid ones refused.
     """
     _, schema = served
-    strategy = schema[path][method].as_strategy(generation_mode=mode)
+    _fuzz(schema[path][method], mode, CHECKS)
 
-    @given(case=strategy)
+
+def _fuzz(operation, mode, checks) -> None:
+    """20 generated requests to ``operation``, each answer judged by ``checks``."""
+
+    @given(case=operation.as_strategy(generation_mode=mode))
     @settings(
         max_examples=20,
         deadline=None,
@@ -150,7 +154,7 @@ def test_openapi_generated_requests_conform(served, method, path, mode):
         suppress_health_check=[HealthCheck.too_slow],
     )
     def run(case):
-        case.call_and_validate(base_url=BASE, headers=bearer(ALL_ROLES), checks=CHECKS)
+        case.call_and_validate(base_url=BASE, headers=bearer(ALL_ROLES), checks=checks)
 
     run()
 
@@ -335,19 +339,7 @@ def test_openapi_lists_every_v2_route(served_tensors):
 def test_openapi_generated_v2_requests_conform(served_tensors, method, path, mode):
     """Generated /v2 requests get no 5xx and answers the document describes."""
     _, schema = served_tensors
-    strategy = schema[path][method].as_strategy(generation_mode=mode)
-
-    @given(case=strategy)
-    @settings(
-        max_examples=20,
-        deadline=None,
-        database=None,
-        suppress_health_check=[HealthCheck.too_slow],
-    )
-    def run(case):
-        case.call_and_validate(base_url=BASE, headers=bearer(ALL_ROLES), checks=V2_CHECKS)
-
-    run()
+    _fuzz(schema[path][method], mode, V2_CHECKS)
 
 
 def test_a_valid_v2_inference_conforms_in_json_and_binary(served_tensors):

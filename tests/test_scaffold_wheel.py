@@ -27,6 +27,7 @@ from test_docs import (
     call,
     fill,
     open_terminals,
+    run_readme_curl,
     stop,
     user_env,
     wait_for_server,
@@ -104,15 +105,7 @@ def _follow_the_readme(project: Path, wheel: Path, venv: Path, terminals) -> Non
     ca, key = wait_for_server(you, typed, port)
     assert key is not None
     other = terminals(project, user_env(KEY=key))
-    curl = block(
-        GENERATED_README,
-        'curl --cacert .secureserve/ca.pem -H "Authorization: Bearer $KEY"',
-        file=readme,
-    )
-    [command] = curl.commands()
-    result = other.run(fill(command, {"8443": str(port)}))
-    assert result.status == 0, result
-    assert result.out.strip() == curl.output()
+    run_readme_curl(other, readme, port)
     body = {"instances": [{"features": [1, 3]}]}
     status, reply = call(port, ca, "POST", "/v1/models/demo:predict", body=body)
     assert status == 401
