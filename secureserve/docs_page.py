@@ -24,6 +24,7 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from secureserve.errors import RequestRejected
+from secureserve.middleware.probes import app_path
 
 __all__ = ["CSP", "DOCS_EXTRA", "Asset", "DocsPage", "load_assets"]
 
@@ -183,7 +184,7 @@ class DocsPage:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """ASGI entry point."""
-        path = _own_path(scope) if scope["type"] == "http" else None
+        path = app_path(scope) if scope["type"] == "http" else None
         if path is None or (path != PAGE_PATH and not path.startswith(_UNDER_PAGE)):
             await self.app(scope, receive, send)
             return
@@ -204,10 +205,3 @@ class DocsPage:
             response = Response(asset.body, media_type=asset.media_type)
         response.headers.update(self.headers)
         await response(scope, receive, send)
-
-
-def _own_path(scope: Scope) -> str:
-    """The request path inside the app (the prefix of a mount removed, as probes do)."""
-    path: str = scope["path"]
-    root: str = scope.get("root_path", "")
-    return path[len(root) :] if root and path.startswith(root) else path

@@ -8,7 +8,9 @@ own ``--ssl-*`` context. In process, a Starlette app mounting ``create_app`` und
 ``/ml`` checks that ``/ml/openapi.json`` names its mount point in ``servers``.
 """
 
+import contextlib
 import json
+import signal
 import socket
 import ssl
 import subprocess
@@ -16,6 +18,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -35,6 +38,7 @@ START_TIMEOUT_S = 30.0
 
 # docs/library.md's service.py, with the paths and the port of this test.
 SERVICE = """
+import contextlib
 import sys
 from pathlib import Path
 
@@ -47,7 +51,16 @@ PROJECT = Path({project!r})
 sys.path.insert(0, str(PROJECT))
 from app import Iris  # noqa: E402
 
-api = FastAPI()
+model_app = ss.create_app(Iris, config=ss.load_settings(project_dir=PROJECT))
+
+
+@contextlib.asynccontextmanager
+async def lifespan(_api: FastAPI):
+    async with model_app.router.lifespan_context(model_app):
+        yield
+
+
+api = FastAPI(lifespan=lifespan)
 
 
 @api.get("/hello")
@@ -55,7 +68,7 @@ def hello() -> dict[str, str]:
     return {{"hello": "world"}}
 
 
-api.mount("/ml", ss.create_app(Iris, config=ss.load_settings(project_dir=PROJECT)))
+api.mount("/ml", model_app)
 
 if __name__ == "__main__":
     tls = server_context(cert=Path({cert!r}), key=Path({key!r}))
@@ -97,7 +110,13 @@ class Service:
 @pytest.fixture(scope="module")
 def service(tmp_path_factory):
     """Start ``python service.py`` (docs/library.md's way); stop it after the module."""
-    root = tmp_path_factory.mktemp("service")
+    with _running_service(tmp_path_factory.mktemp("service")) as (client, project, _):
+        yield client, project
+
+
+@contextlib.contextmanager
+def _running_service(root: Path) -> Iterator[tuple[Service, Path, subprocess.Popen]]:
+    """``python service.py`` in ``root``, up; SIGTERM (and its exit awaited) afterwards."""
     project = copy_iris(root / "iris")
     key = create_key(project / "secrets" / "api_keys.toml", name="svc", roles=("predict",))
     certs = ensure_dev_certificates(root / "certs")
@@ -116,7 +135,7 @@ def service(tmp_path_factory):
     client = Service(port, certs.ca_cert, key.secret)
     try:
         _wait_until_up(client, process)
-        yield client, project
+        yield client, project, process
     finally:
         process.terminate()
         process.communicate(timeout=10)
@@ -146,6 +165,22 @@ def test_mounted_predict_serves_and_audits(service):
     request_id = headers["x-request-id"]
     entries = _audit_entries(project / "audit" / "audit.jsonl")
     assert any(entry.get("request_id") == request_id for entry in entries)
+
+
+def test_mounted_app_shutdown_writes_the_counted_refusals(tmp_path):
+    """Stopping the service runs the model app's shutdown: the audit log gets its last records.
+
+    A refusal of a caller without a key is counted, not written at once; its window's
+    ``refusals`` record is written at shutdown, which a mounted app only gets through
+    the service's lifespan (docs/library.md).
+    """
+    with _running_service(tmp_path) as (client, project, process):
+        assert client.request("POST", PREDICT, SETOSA, key=False)[0] == 401
+        audit = project / "audit" / "audit.jsonl"
+        assert not any(e["event"] == "refusals" for e in _audit_entries(audit, wait=False))
+    assert process.returncode in (0, -signal.SIGTERM)  # uvicorn re-raises it once shut down
+    refusals = [e for e in _audit_entries(audit) if e["event"] == "refusals"]
+    assert [(e["route"], e["status"], e["count"]) for e in refusals] == [("predict", 401, 1)]
 
 
 def test_mounted_validation_errors_name_the_field(service):
@@ -223,6 +258,24 @@ def test_mounted_openapi_names_the_mount_point(iris_project):
     assert {k: v for k, v in ml.json().items() if k != "servers"} == at_root
 
 
+def test_mounted_routes_keep_their_names_in_metrics(iris_project):
+    """Route names (metrics, audit) go by the path inside the app, not the mount's prefix."""
+    key = create_key(
+        iris_project / "secrets" / "api_keys.toml", name="m", roles=("predict", "metrics")
+    )
+    model_app = create_app(_iris(iris_project), config=load_settings(project_dir=iris_project))
+    client = StarletteClient(
+        Starlette(routes=[Mount("/ml", app=model_app)]), base_url="https://testserver"
+    )
+    auth = {"Authorization": f"Bearer {key.secret}"}
+    assert client.post(PREDICT, json=SETOSA, headers=auth).status_code == 200
+    assert client.get("/ml/readyz").status_code == 200
+    text = client.get("/ml/metrics", headers=auth).text
+    assert 'secureserve_requests_total{route="predict",status="200"} 1.0' in text
+    assert 'secureserve_requests_total{route="readyz",status="200"} 1.0' in text
+    assert 'route="other"' not in text
+
+
 def test_mounted_app_refuses_plaintext_in_a_fastapi_service(iris_project):
     """Served without TLS by its host service, the model still refuses to answer."""
     key = create_key(iris_project / "secrets" / "api_keys.toml", name="p", roles=("predict",))
@@ -268,7 +321,10 @@ def _wait_until_up(client: Service, process: subprocess.Popen) -> None:
     pytest.fail("the service did not become ready")
 
 
-def _audit_entries(path: Path) -> list[dict]:
+def _audit_entries(path: Path, *, wait: bool = True) -> list[dict]:
+    """The records of the audit file (waiting up to 5 s for its first line, with ``wait``)."""
+    if not wait:
+        return [json.loads(line) for line in path.read_text("utf-8").splitlines() if line]
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline:
         if path.exists() and path.stat().st_size:

@@ -24,7 +24,7 @@ from secureserve.audit import AuditLog, AuditUnavailable, RequestEntry, decision
 from secureserve.errors import ModelError, RequestRejected
 from secureserve.logs import AccessLog, AccessRecord
 from secureserve.metrics import Metrics, route_of
-from secureserve.middleware.probes import is_probe
+from secureserve.middleware.probes import PROBE_PATHS, app_path
 from secureserve.problems import SECURITY_HEADERS, as_rejection, problem_response
 
 __all__ = ["RequestContext", "RequestInfo"]
@@ -150,13 +150,14 @@ class RequestContext:
                 ),
                 info.loop,
             )
-            self.metrics.observe(
-                path=scope["path"], status=final, seconds=seconds, reason=info.log_reason
-            )
-            if not info.audited and not is_probe(scope):
-                self._audit(scope, info, final, seconds)
+            path = app_path(scope)  # metrics and audit name routes inside the app (mounted too)
+            self.metrics.observe(path=path, status=final, seconds=seconds, reason=info.log_reason)
+            if not info.audited and path not in PROBE_PATHS:
+                self._audit(scope, info, final, seconds, route_of(path))
 
-    def _audit(self, scope: Scope, info: RequestInfo, status: int, seconds: float) -> None:
+    def _audit(
+        self, scope: Scope, info: RequestInfo, status: int, seconds: float, route: str
+    ) -> None:
         """Record a request the route did not record itself (refusals, metadata).
 
         A refusal of a caller that did not authenticate is only counted (per client
@@ -165,7 +166,7 @@ class RequestContext:
         if info.principal_id is None and status >= 400:  # noqa: PLR2004 - HTTP error statuses
             self.audit.refused(
                 client=client_ip(scope, self.trusted_proxies),
-                route=route_of(scope["path"]),
+                route=route,
                 status=status,
                 reason=info.log_reason,
                 request_id=info.request_id,
@@ -177,7 +178,7 @@ class RequestContext:
                     principal=info.principal_id,
                     roles=sorted(info.roles),
                     request_id=info.request_id,
-                    route=route_of(scope["path"]),
+                    route=route,
                     model=None,
                     model_version=info.model_version,
                     decision=decision(status),
