@@ -3,10 +3,15 @@
 The request path, outermost first::
 
     RequestContext   request id, security headers, problem+json for any error, access log
+    HttpsOnly        403 for a scope that did not arrive over TLS
     InFlightLimit    at most max_in_flight requests at once (503 + Retry-After)
     Authentication   bearer key (and client certificate under mTLS) -> principal
     Router           /v1/models/{name}:predict -> role -> content type -> body limits
                      -> strict decode -> inference queue -> validated, encoded output
+
+RequestContext is the only error boundary: Starlette's own two exception layers
+(``ServerErrorMiddleware``, ``ExceptionMiddleware``) are left out of the stack, as the
+router's 404 and 405 reach RequestContext as ``HTTPException`` and are answered there.
 
 There is no plaintext mode: the app refuses any request whose scope is not
 ``https`` (``secureserve run`` only ever listens with TLS; a service that mounts
@@ -22,11 +27,9 @@ from typing import Any
 import structlog
 from starlette.applications import Starlette
 from starlette.convertors import StringConvertor, register_url_convertor
-from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
-from starlette.requests import Request
-from starlette.responses import Response
 from starlette.routing import Route
+from starlette.types import ASGIApp
 
 from secureserve import endpoints, v2
 from secureserve.access import build_access
@@ -41,7 +44,6 @@ from secureserve.middleware.context import RequestContext
 from secureserve.middleware.https import HttpsOnly
 from secureserve.middleware.inflight import InFlightLimit
 from secureserve.model import Model
-from secureserve.problems import as_rejection, problem_response
 from secureserve.serving import LoadedModel, ServedModel, ServedModels, ServingState, load_model
 from secureserve.tensor_model import TensorModel
 from secureserve.tensor_serving import LoadedTensor, TensorState, load_tensor_model
@@ -116,7 +118,7 @@ def create_app(
             await access.limiter.aclose()
             access.audit.close()
 
-    app = Starlette(
+    app = _App(
         routes=[
             Route("/v1/models/{name}:predict", endpoints.Predict(models), methods=["POST"]),
             Route("/v1/models/{name}:explain", endpoints.Explain(models), methods=["POST"]),
@@ -157,7 +159,6 @@ def create_app(
                 trusted_proxies=settings.server.trusted_proxies,
             ),
         ],
-        exception_handlers={HTTPException: _http_exception},
         lifespan=lifespan,
     )
     app.router.redirect_slashes = False  # a redirect would echo the Host header back
@@ -258,6 +259,26 @@ class _ModelName(StringConvertor):
     regex = "[^/:]+"
 
 
-async def _http_exception(request: Request, exc: Exception) -> Response:
-    """Starlette's own 404/405 as problem+json, like every other error."""
-    return problem_response(as_rejection(exc), request.scope["secureserve"].request_id)
+class _App(Starlette):
+    """Starlette whose middleware stack is ours alone: RequestContext answers every error.
+
+    Starlette wraps the user middleware in ``ServerErrorMiddleware`` and
+    ``ExceptionMiddleware``. Here every exception, the router's ``HTTPException`` (404,
+    405 with ``Allow``) included, already becomes a problem response in RequestContext,
+    so those layers would only cost every request two more frames and a ``Request``
+    (about 2 % of the app's CPU, docs/performance.md), and ``debug`` would have a
+    traceback page to show. An exception handler added to this app could never run:
+    it is refused rather than ignored.
+    """
+
+    def build_middleware_stack(self) -> ASGIApp:
+        """The user middleware around the router, outermost first; nothing else."""
+        if self.exception_handlers:
+            raise ConfigError(
+                "secureserve answers every error itself (problem+json, redacted): "
+                "exception handlers cannot be added to its app"
+            )
+        app: ASGIApp = self.router
+        for cls, args, kwargs in reversed(self.user_middleware):
+            app = cls(app, *args, **kwargs)
+        return app

@@ -149,6 +149,9 @@ def test_app_not_found_and_method_not_allowed_are_problems(iris, method, path, s
     body = _assert_problem(response, status)
     assert "detail" not in body
     assert "location" not in response.headers
+    if status == 405:  # the router's own answer, made a problem by RequestContext
+        assert response.headers["allow"]
+        assert method not in response.headers["allow"].split(", ")
 
 
 def test_app_unknown_route_needs_credentials(iris):
@@ -302,6 +305,26 @@ def test_app_500_has_no_detail(iris, tmp_path):
     assert "detail" not in body
     assert "kaboom" not in response.text
     assert "RuntimeError" not in response.text
+
+
+def test_app_request_context_is_the_only_error_boundary(iris_project):
+    """No Starlette error layer around the middleware: RequestContext answers every error.
+
+    Starlette's ServerErrorMiddleware (a traceback page under ``debug``) and
+    ExceptionMiddleware are left out; an exception handler, which could never run, is
+    refused when the stack is built instead of being ignored.
+    """
+    app = _app_with_keys(iris_project, mint_key(name="k", roles=("predict",)))
+    layer = app.build_middleware_stack()
+    names = []
+    while layer is not app.router:
+        names.append(type(layer).__name__)
+        layer = layer.app
+    assert names[0] == "RequestContext"
+    assert not {"ServerErrorMiddleware", "ExceptionMiddleware"} & set(names)
+    app.add_exception_handler(ValueError, lambda request, exc: None)
+    with pytest.raises(ss.ConfigError, match="exception handlers cannot be added"):
+        app.build_middleware_stack()
 
 
 # --- X-Request-ID --------------------------------------------------------------------

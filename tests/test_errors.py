@@ -22,7 +22,6 @@ from app_helpers import build_app, json_logs, unlimited_iris_settings
 from conftest import ROOT
 from test_middleware import ADMIN_KEY, PREDICT_KEY, RECORDS, Iris
 
-from secureserve import app as app_module
 from secureserve import errors
 from secureserve.keys import mint_key
 from secureserve.middleware import context
@@ -256,8 +255,7 @@ def test_errors_refusals_repeated_keep_memory_and_tracebacks_flat(monkeypatch, q
         depths.append(_depth(exc))
         return as_rejection(exc)
 
-    monkeypatch.setattr(context, "as_rejection", spy)  # errors raised through the middleware
-    monkeypatch.setattr(app_module, "as_rejection", spy)  # the router's own 404 and 405
+    monkeypatch.setattr(context, "as_rejection", spy)  # every error, the router's 404/405 too
     app = _app()
 
     async def scenario() -> tuple[int, int]:
