@@ -278,6 +278,7 @@ def test_limits_switched_off_are_warnings(project):
     [
         ({"AUDIT__ON_WRITE_ERROR": "continue"}, "audit-continue"),
         ({"LOGGING__LEVEL": "debug"}, "logging-debug"),
+        ({"LOGGING__FORMAT": "console"}, "logging-console"),
         ({"MODEL__ONNX_ALLOWED_DOMAINS": '["com.example"]'}, "onnx-custom-domains"),
         ({"SERVER__MAX_BODY_BYTES": str(128 * 1024 * 1024)}, "body-limit-large"),
         ({"SERVER__TRUSTED_PROXIES": '["10.0.0.0/8"]'}, "trusted-proxies-wide"),

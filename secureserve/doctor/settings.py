@@ -61,6 +61,16 @@ def check(
             "production logs should not.",
             'set [logging] level = "info" (or SECURESERVE_LOGGING__LEVEL=info).',
         )
+    if settings.logging.format == "console":
+        yield warning(
+            "logging-console",
+            "[logging] format",
+            "logs are written for a terminal: a log collector cannot parse their lines into "
+            "fields (request id, key id, reason), and every access line goes through the "
+            "console renderer instead of being written in one step.",
+            "remove [logging] format (JSON under `secureserve run`, console under --dev) or "
+            'set it to "json".',
+        )
 
 
 def _check_tls(settings: Settings, now: datetime) -> Iterator[Finding]:
