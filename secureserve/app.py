@@ -267,18 +267,31 @@ class _App(Starlette):
     405 with ``Allow``) included, already becomes a problem response in RequestContext,
     so those layers would only cost every request two more frames and a ``Request``
     (about 2 % of the app's CPU, docs/performance.md), and ``debug`` would have a
-    traceback page to show. An exception handler added to this app could never run:
-    it is refused rather than ignored.
+    traceback page to show. RequestContext also clears the exception handlers a service
+    that mounts this app leaves in the scope, so they never answer for it. An exception
+    handler added to this app could never run: it is refused rather than ignored.
     """
+
+    def add_exception_handler(
+        self,
+        exc_class_or_status_code: int | type[Exception],  # noqa: ARG002 - refused whatever it is
+        handler: Any,  # noqa: ARG002
+    ) -> None:
+        """Refused: see the class docstring."""
+        raise _no_handlers()
 
     def build_middleware_stack(self) -> ASGIApp:
         """The user middleware around the router, outermost first; nothing else."""
         if self.exception_handlers:
-            raise ConfigError(
-                "secureserve answers every error itself (problem+json, redacted): "
-                "exception handlers cannot be added to its app"
-            )
+            raise _no_handlers()
         app: ASGIApp = self.router
         for cls, args, kwargs in reversed(self.user_middleware):
             app = cls(app, *args, **kwargs)
         return app
+
+
+def _no_handlers() -> ConfigError:
+    return ConfigError(
+        "secureserve answers every error itself (problem+json, redacted): exception "
+        "handlers cannot be added to its app; add them to your own app's routes"
+    )

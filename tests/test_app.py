@@ -322,7 +322,9 @@ def test_app_request_context_is_the_only_error_boundary(iris_project):
         layer = layer.app
     assert names[0] == "RequestContext"
     assert not {"ServerErrorMiddleware", "ExceptionMiddleware"} & set(names)
-    app.add_exception_handler(ValueError, lambda request, exc: None)
+    with pytest.raises(ss.ConfigError, match="exception handlers cannot be added"):
+        app.add_exception_handler(ValueError, lambda request, exc: None)
+    app.exception_handlers[ValueError] = lambda request, exc: None  # past the refusal
     with pytest.raises(ss.ConfigError, match="exception handlers cannot be added"):
         app.build_middleware_stack()
 

@@ -23,12 +23,14 @@ from pathlib import Path
 
 import pytest
 from fastapi import FastAPI
+from fastapi.responses import JSONResponse
 from starlette.applications import Starlette
 from starlette.routing import Mount
 from starlette.testclient import TestClient as StarletteClient
 
 from secureserve import create_app, load_settings
 from secureserve.devcerts import ensure_dev_certificates
+from secureserve.errors import RequestRejected
 from secureserve.keys import create_key
 from tests.server_helpers import clean_env, copy_iris, free_port
 
@@ -274,6 +276,47 @@ def test_mounted_routes_keep_their_names_in_metrics(iris_project):
     assert 'secureserve_requests_total{route="predict",status="200"} 1.0' in text
     assert 'secureserve_requests_total{route="readyz",status="200"} 1.0' in text
     assert 'route="other"' not in text
+
+
+def test_mounted_app_errors_never_reach_the_services_exception_handlers(iris_project):
+    """The service's exception handlers answer for its routes, never for the model's.
+
+    Starlette's function endpoints look exception handlers up in the ASGI scope, which
+    the service shares with the mounted app: the app's refusals (403, 404) and failures
+    (500) must still be its own redacted problems.
+    """
+    key = create_key(iris_project / "secrets" / "api_keys.toml", name="h", roles=("predict",))
+    model_app = create_app(_iris(iris_project), config=load_settings(project_dir=iris_project))
+    api = FastAPI()
+    api.mount("/ml", model_app)
+
+    @api.exception_handler(RequestRejected)
+    @api.exception_handler(ValueError)
+    async def services_own(_request, exc):  # meant for the service's routes
+        return JSONResponse({"service": repr(exc)}, status_code=418)
+
+    client = StarletteClient(api, base_url="https://testserver", raise_server_exceptions=False)
+    auth = {"Authorization": f"Bearer {key.secret}"}
+    for path, status in (
+        ("/ml/v1/models/iris", 403),
+        ("/ml/v1/models/absent", 404),
+        ("/ml/metrics", 403),
+    ):
+        reply = client.get(path, headers=auth)
+        assert reply.status_code == status, reply.text
+        assert reply.headers["content-type"] == "application/problem+json"
+        assert "service" not in reply.json()
+
+    class Broken:  # the models' state failing in a function endpoint (GET /readyz)
+        def __getattr__(self, name):
+            raise ValueError("secret /etc/internal detail")
+
+    model_app.state.models = Broken()
+    reply = client.get("/ml/readyz")
+    assert reply.status_code == 500
+    assert reply.headers["content-type"] == "application/problem+json"
+    assert "secret" not in reply.text
+    assert "service" not in reply.text
 
 
 def test_mounted_app_refuses_plaintext_in_a_fastapi_service(iris_project):

@@ -13,7 +13,8 @@ import asyncio
 import os
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from types import MappingProxyType
 from typing import Any, Final
 
 from starlette.exceptions import HTTPException
@@ -41,6 +42,11 @@ _SINGLE: Final = {
 }
 _MAX_LOGGED_PATH: Final = 200
 _CSP: Final[bytes] = b"content-security-policy"
+#: Starlette's (handlers by exception type, handlers by status): none, and read-only
+_NO_EXCEPTION_HANDLERS: Final[tuple[Mapping[Any, Any], Mapping[Any, Any]]] = (
+    MappingProxyType({}),
+    MappingProxyType({}),
+)
 _WITHOUT_CSP: Final = tuple(h for h in SECURITY_HEADERS if h[0] != _CSP)
 
 
@@ -101,6 +107,9 @@ class RequestContext:
                 return
             await self.app(scope, receive, send)
             return
+        # No exception handler below this boundary: Starlette's function endpoints look
+        # theirs up in the scope, where a service that mounts this app has left its own.
+        scope["starlette.exception_handlers"] = _NO_EXCEPTION_HANDLERS
         start = time.perf_counter()
         request_id, doubled = _scan(scope["headers"])
         info = RequestInfo(request_id, start, asyncio.get_running_loop())
