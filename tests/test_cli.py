@@ -146,7 +146,21 @@ def test_run_handler_import_error_refused(iris_project):
 def test_run_handler_not_a_model_refused(iris_project):
     """APP naming a class that is not a Model subclass (the input Struct) is refused."""
     result = run_cli("run", "--dev", "--port", str(free_port()), "app:Flower", cwd=iris_project)
-    _assert_cli_error(result, "app:Flower", "secureserve.Model")
+    _assert_cli_error(result, "app:Flower", "secureserve.Model", "its handlers: Iris")
+
+
+def test_run_handler_missing_names_the_handlers_there(iris_project):
+    """A misspelt class is said to be missing (not "not a subclass"), with the ones there."""
+    _replace_in_toml(iris_project, 'handler = "app:Iris"', 'handler = "app:Irsi"')
+    result = run_cli("run", "--dev", "--port", str(free_port()), cwd=iris_project)
+    _assert_cli_error(result, "app has no 'Irsi'", "its handlers: Iris")
+    assert "subclass" not in result.stderr
+
+
+def test_run_outside_a_project_says_there_is_no_config(tmp_path):
+    """``run --dev`` in a folder without secureserve.toml says so, and what to do."""
+    result = run_cli("run", "--dev", "--port", str(free_port()), cwd=tmp_path)
+    _assert_cli_error(result, "no model handler", "There is no secureserve.toml in", "--config")
 
 
 def _relock(project: Path, name: str, data: bytes) -> None:

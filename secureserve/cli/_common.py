@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any, Final
 
-from secureserve.config import Settings, load_settings
+from secureserve.config import CONFIG_FILENAME, Settings, load_settings
 from secureserve.errors import ConfigError
 from secureserve.model import Model
 from secureserve.tensor_model import TensorModel
@@ -28,9 +28,15 @@ def settings_from(
 def import_handler(spec: str | None, project_dir: Path) -> type[Model[Any, Any]]:
     """The handler class ``module:Class``, imported with the project folder on ``sys.path``."""
     if not spec:
+        where = (
+            ""
+            if (project_dir / CONFIG_FILENAME).exists()
+            else f" There is no {CONFIG_FILENAME} in {project_dir}: run from a project "
+            "folder (e.g. examples/iris), or pass --config."
+        )
         raise ConfigError(
             "no model handler: pass APP as module:Class (e.g. app:Iris) or set "
-            "[model] handler in secureserve.toml."
+            f"[model] handler in {CONFIG_FILENAME}.{where}"
         )
     module_name, _, class_name = spec.partition(":")
     if not module_name or not class_name.isidentifier():
@@ -47,8 +53,18 @@ def import_handler(spec: str | None, project_dir: Path) -> type[Model[Any, Any]]
         ) from exc
     handler = getattr(module, class_name, None)
     if not (isinstance(handler, type) and issubclass(handler, Model | TensorModel)):
-        raise ConfigError(
-            f"{spec!r} is not a secureserve.Model or secureserve.TensorModel subclass in "
-            f"{module_name}."
+        found = sorted(
+            name
+            for name, value in vars(module).items()
+            if isinstance(value, type)
+            and issubclass(value, Model | TensorModel)
+            and value.__module__ == module.__name__  # defined there, not imported
         )
+        listing = f"its handlers: {', '.join(found)}" if found else "it defines no handler"
+        what = (
+            f"{module_name} has no {class_name!r}"
+            if handler is None
+            else f"{spec!r} is not a secureserve.Model or secureserve.TensorModel subclass"
+        )
+        raise ConfigError(f"{what} ({listing}).")
     return handler  # type: ignore[return-value]
