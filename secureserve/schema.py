@@ -121,14 +121,15 @@ class ModelSchema:
             raise ModelError(f"predict returned {len(outputs)} outputs for {expected} inputs")
         try:
             encoded = self._encoder.encode(outputs)
+            # msgspec writes NaN and Infinity as null; only look closer when a null is
+            # present, and before the type check, which would report the null instead
+            if b"null" in encoded and _has_non_finite(msgspec.to_builtins(outputs)):
+                raise ModelError("predict returned a non-finite float (NaN or Infinity)")
             checked = self._output_check.decode(encoded)  # fresh objects: the policy's input
         except (msgspec.EncodeError, msgspec.ValidationError, TypeError) as exc:
             raise ModelError(
                 f"predict returned a value that does not match the output type: {exc}"
             ) from exc
-        # msgspec writes NaN and Infinity as null; only look closer when a null is present.
-        if b"null" in encoded and _has_non_finite(msgspec.to_builtins(outputs)):
-            raise ModelError("predict returned a non-finite float (NaN or Infinity)")
         if view is not None:
             encoded = self._encoder.encode(view.apply(checked))
         return b'{"predictions":' + encoded + b"}"

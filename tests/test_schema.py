@@ -285,6 +285,14 @@ def test_encode_predictions_refuses_contract_violations(schema, outputs):
         schema.encode_predictions(outputs, 1)
 
 
+@pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf])
+def test_encode_predictions_names_a_non_finite_float_not_a_null(schema, value):
+    """A NaN where a float is required is reported as NaN, not as the null it encodes to."""
+    with pytest.raises(ModelError, match="non-finite float") as caught:
+        schema.encode_predictions([Species("a", value)], 1)
+    assert "null" not in str(caught.value)
+
+
 def test_encode_predictions_refuses_nan_even_where_null_is_allowed():
     """NaN would be written as null; an Optional[float] output must not hide it."""
     schema = ModelSchema(Flower, Maybe, max_instances=1)
