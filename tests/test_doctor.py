@@ -694,13 +694,18 @@ def test_api_key_in_a_file_is_an_error_without_repeating_it(project):
     report = run(project)
     [finding] = [f for f in report.findings if f.code == "secret-in-file"]
     assert finding.subject == "client.py:3"
+    assert finding.message.startswith(f"an API key ss_{key.record.id}_... is written here")
+    assert f"`secureserve keys revoke {key.record.id}`" in finding.fix
     secret_part = key.secret[len("ss_") + 13 :]  # after "ss_<12 hex>_"; it may hold "_" too
     assert secret_part not in report.to_json().decode()
 
 
 def test_encryption_key_in_an_env_file_is_an_error(project):
     (project / ".env").write_text("SECURESERVE_MODEL__ENCRYPTION_KEY=" + "A" * 43 + "=\n")
-    assert "secret-in-file" in codes(run(project), Severity.ERROR)
+    [finding] = [f for f in run(project).findings if f.code == "secret-in-file"]
+    assert finding.severity is Severity.ERROR
+    assert finding.message.startswith("a model encryption key is written here")
+    assert "encrypt the model files again" in finding.fix
 
 
 def test_password_in_the_storage_url_query_is_an_error(project):

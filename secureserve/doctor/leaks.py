@@ -87,11 +87,20 @@ def check_keys(
 def check_secrets(project: Path, secrets: list[tuple[Path, int, str]]) -> Iterator[Finding]:
     """One error for each (file, line, what) secret written in a project file."""
     for path, line, what in secrets:
+        if what.startswith("API key ss_"):  # "API key ss_<id>_...": the id is not secret
+            key_id = what.split("_")[1]
+            message = f"an {what} is written here in plain text."
+            revoke = f"revoke it (`secureserve keys revoke {key_id}`) and give its client a new one"
+        else:
+            message = f"a {what} is written here in plain text."
+            revoke = (
+                "encrypt the model files again with a new key (`secureserve encryption-key "
+                "new`, then `secureserve encrypt`)"
+            )
         yield error(
             "secret-in-file",
             f"{path.relative_to(project).as_posix()}:{line}",
-            f"a {what} is written here in plain text.",
-            "remove it, treat it as leaked (revoke an API key with `secureserve keys "
-            "revoke ID`, re-encrypt with a new encryption key), and pass secrets through "
-            "the environment or a secret store.",
+            message,
+            f"remove it and treat it as leaked: {revoke}; pass secrets through the "
+            "environment or a secret store.",
         )
