@@ -140,6 +140,8 @@ def _seconds_until(epoch: float) -> str:
     return str(max(1, math.ceil(epoch - time.time())))
 
 
+#: Addresses each per-address table holds (recent failures, blocks logged) before it is
+#: emptied: a flood of addresses costs at most this many entries (a few MB) per table.
 _MAX_RECENT_FAILURES: Final = 100_000
 
 
@@ -187,6 +189,8 @@ class RateLimiter:
             for model, (rate, quota) in (model_limits or {}).items()
         }
         self._recent_failures: dict[str, float] = {}  # address key -> last failure here
+        self._blocked: dict[str, float] = {}  # address key -> end of the block logged
+        self._auth_setting = auth_failures_per_ip
         shared_storage = _SCHEMES.get(storage.partition("://")[0]) != "async+memory"
         self._shared: _Backend = (
             RedisWindows(
@@ -318,7 +322,20 @@ class RateLimiter:
             self._recent_failures.pop(key, None)
             return None
         until = await self._run(lambda backend: backend.blocked_until(auth, key))
-        return None if until is None else {"Retry-After": _seconds_until(until)}
+        if until is None:
+            return None
+        retry_after = _seconds_until(until)
+        if self._blocked.get(key, 0.0) < time.time():  # a new block: said once, at its start
+            if len(self._blocked) >= _MAX_RECENT_FAILURES:  # bounded like the hints above
+                self._blocked.clear()
+            self._blocked[key] = until
+            self._log.warning(
+                "client address blocked after failed authentications",
+                client=key,
+                limit=f'[limits] auth_failures_per_ip = "{self._auth_setting}"',
+                retry_after_s=int(retry_after),
+            )
+        return {"Retry-After": retry_after}
 
     @property
     def shared(self) -> bool:

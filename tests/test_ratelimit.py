@@ -232,6 +232,42 @@ def test_auth_blocked_after_n_failures(blocked_ip, other_ip, shared):
     run(scenario)
 
 
+def test_auth_block_is_logged_once_when_it_starts(monkeypatch):
+    """A blocked address is one warning naming it and the setting, not one per request.
+
+    It is where to look when a working key gets 429 after a few mistakes: the 429's body
+    does not say which limit refused it. A block that starts again later is said again.
+    """
+    clock = [1_000_000.0]
+    monkeypatch.setattr("secureserve.ratelimit.time.time", lambda: clock[0])
+    monkeypatch.setattr("secureserve.windows.time.time", lambda: clock[0])
+
+    async def scenario():
+        log = RecordingLogger()
+        limiter = RateLimiter(auth_failures_per_ip="2/minute", logger=log)
+        for _ in range(2):
+            await limiter.auth_failure("198.51.100.7")
+        for _ in range(5):
+            assert await limiter.auth_blocked("198.51.100.7") is not None
+        warnings = [e for e in log.events if e[0] == "warning"]
+        assert [(event, fields["client"], fields["limit"]) for _, event, fields in warnings] == [
+            (
+                "client address blocked after failed authentications",
+                "198.51.100.7",
+                '[limits] auth_failures_per_ip = "2/minute"',
+            )
+        ]
+        assert 0 < warnings[0][2]["retry_after_s"] <= 60
+        clock[0] += 61  # the failures have left the window: not blocked, nothing said
+        assert await limiter.auth_blocked("198.51.100.7") is None
+        for _ in range(2):
+            await limiter.auth_failure("198.51.100.7")
+        assert await limiter.auth_blocked("198.51.100.7") is not None
+        assert len([e for e in log.events if e[0] == "warning"]) == 2
+
+    run(scenario)
+
+
 @pytest.mark.parametrize(
     "disabled", ["per_principal", "per_model", "quota", "auth_failures_per_ip"]
 )
