@@ -157,6 +157,12 @@ _SAFE_DETAIL: Final = re.compile(
     rf"{_PATH}: (?:{_REASON})"
     rf"|\$: (?:{_REASON}); {re.escape(WRAPPER_HINT)}"  # the wrapper itself is wrong
     r"|send one JSON object; NaN, Infinity and trailing data are not JSON"
+    r"|the body is empty: send one JSON object|the JSON is nested too deeply"
+    r"|the body ends before its JSON does \(an object, array or string left open\)"
+    r"|the body is not UTF-8 text \(JSON is UTF-8\)"
+    r"|a number is out of range \(larger than a 64-bit float holds\)"
+    r"|more data after the JSON object, at byte \d{1,12}: send one JSON object"
+    r"|not valid JSON at byte \d{1,12} \(NaN and Infinity are not JSON\)"
     r"|a JSON object repeats a key; send each key once"
 )
 

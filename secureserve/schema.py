@@ -47,6 +47,7 @@ _TYPE_WORDS: Final = frozenset(
 _UNKNOWN_FIELD: Final = re.compile(
     r"Object contains unknown field `(.*?)`(?: - at `([^`]*)`)?", re.DOTALL
 )
+_AT_BYTE: Final = re.compile(r"\(byte (\d{1,12})\)$")  # where msgspec found a JSON fault
 _ESCAPES: Final = {"\\": "\\\\", "'": "\\'", '"': '\\"', "\n": "\\n", "\r": "\\r", "\t": "\\t"}
 
 
@@ -82,8 +83,8 @@ class ModelSchema:
             # (unclosed, too deep) is still a 400, so look again on this error path only.
             try:
                 document = msgspec.json.decode(body)
-            except (msgspec.DecodeError, RecursionError):
-                raise _malformed() from exc
+            except (msgspec.DecodeError, RecursionError) as fault:
+                raise _malformed(body, fault) from exc
             raise RequestRejected(
                 422,
                 "validation",
@@ -91,11 +92,11 @@ class ModelSchema:
                 detail=_request_detail(str(exc), document),
             ) from exc
         except (msgspec.DecodeError, RecursionError) as exc:  # msgspec recurses on deep nesting
-            raise _malformed() from exc
+            raise _malformed(body, exc) from exc
         # msgspec does not check the UTF-8 of members it skips (unknown fields of a Struct
         # that allows them); JSON is UTF-8, and the duplicate-key scan needs it to be.
         if not body.isascii() and not _is_utf8(body):
-            raise _malformed()
+            raise _malformed(body, detail="the body is not UTF-8 text (JSON is UTF-8)")
         if find_duplicate_key(body):
             raise RequestRejected(
                 422,
@@ -153,13 +154,34 @@ class ModelSchema:
         )
 
 
-def _malformed() -> RequestRejected:
-    return RequestRejected(
-        400,
-        "malformed-json",
-        "Request body is not valid JSON",
-        detail="send one JSON object; NaN, Infinity and trailing data are not JSON",
-    )
+def _malformed(
+    body: bytes,
+    exc: BaseException | None = None,
+    *,
+    detail: str = "send one JSON object; NaN, Infinity and trailing data are not JSON",
+) -> RequestRejected:
+    """400 ``malformed-json``; the detail says what kind of fault, in secureserve's words.
+
+    Only the kind and a byte offset are taken from the parser's message, never its text
+    nor anything the client sent.
+    """
+    message = str(exc) if isinstance(exc, msgspec.DecodeError) else ""
+    at = _AT_BYTE.search(message)
+    if not body.strip():
+        detail = "the body is empty: send one JSON object"
+    elif isinstance(exc, RecursionError):
+        detail = "the JSON is nested too deeply"
+    elif message.startswith("Input data was truncated"):
+        detail = "the body ends before its JSON does (an object, array or string left open)"
+    elif message.startswith("Invalid UTF-8"):
+        detail = "the body is not UTF-8 text (JSON is UTF-8)"
+    elif message.startswith("Number out of range"):
+        detail = "a number is out of range (larger than a 64-bit float holds)"
+    elif at is not None and "trailing characters" in message:
+        detail = f"more data after the JSON object, at byte {at[1]}: send one JSON object"
+    elif at is not None:
+        detail = f"not valid JSON at byte {at[1]} (NaN and Infinity are not JSON)"
+    return RequestRejected(400, "malformed-json", "Request body is not valid JSON", detail=detail)
 
 
 def _is_utf8(body: bytes) -> bool:

@@ -94,6 +94,33 @@ def test_decode_request_refusals(schema, body, status, detail):
         assert info.value.detail == detail
 
 
+@pytest.mark.parametrize(
+    ("body", "detail"),
+    [
+        (b"", "the body is empty: send one JSON object"),
+        (b" \n", "the body is empty: send one JSON object"),
+        (b'{"instances": [{"features": [1, 2', "the body ends before its JSON does"),
+        (
+            b'{"instances": [{"features": [1, 2, 3, 4]}]} {}',
+            "more data after the JSON object, at byte 45",
+        ),
+        (b'{"instances": [{"features": [NaN, 2, 3, 4]}]}', "not valid JSON at byte 29"),
+        (b'{"instances": [{"features": [1, 2, 3, 1e400]}]}', "a number is out of range"),
+        (b'{"instances": ' + b"[" * 10_000 + b"]" * 10_000 + b"}", "the JSON is nested too deeply"),
+        (b'{"instances": [{"features": [1, 2, 3, 4]}], "x": "\xff"}', "the body is not UTF-8"),
+    ],
+)
+def test_decode_request_malformed_says_what_kind(schema, body, detail):
+    """A body that is not JSON gets a 400 naming the kind of fault (and where), not one text.
+
+    The words are secureserve's own: only a byte offset comes from the parser.
+    """
+    with pytest.raises(RequestRejected) as info:
+        schema.decode_request(body)
+    assert (info.value.status, info.value.slug) == (400, "malformed-json")
+    assert info.value.detail.startswith(detail), info.value.detail
+
+
 class Lenient(msgspec.Struct):
     """An input that skips unknown fields (msgspec's default, common in user handlers)."""
 
