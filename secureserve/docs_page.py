@@ -26,7 +26,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from secureserve.errors import RequestRejected
 from secureserve.middleware.probes import app_path
 
-__all__ = ["CSP", "DOCS_EXTRA", "Asset", "DocsPage", "load_assets"]
+__all__ = ["CSP", "DOCS_EXTRA", "Asset", "DocsPage", "installed", "load_assets"]
 
 PAGE_PATH: Final = "/docs"
 ASSETS_PREFIX: Final = "/docs/assets/"
@@ -143,6 +143,11 @@ _MISSING: Final = (
     "secureserve: the interactive API page needs Swagger UI's files, which come with the "
     f"docs extra:\n\n    {DOCS_EXTRA}\n\nthen restart `secureserve run --dev`.\n"
 ).encode()
+
+
+def installed() -> bool:
+    """Whether Swagger UI's package is installed (the page has its files), without importing it."""
+    return importlib.util.find_spec(_PACKAGE) is not None
 
 
 def load_assets() -> dict[str, Asset] | None:

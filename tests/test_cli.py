@@ -339,3 +339,26 @@ def test_cli_subcommand_without_action_is_usage_error(argv, capsys):
         main(argv)
     assert exit_info.value.code == 2
     assert "usage:" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("docs_installed", [True, False])
+def test_dev_banner_says_only_what_is_true(tmp_path, monkeypatch, docs_installed):
+    """ "the previous dev key is revoked" only when there was one; /docs as it will answer."""
+    from types import SimpleNamespace
+
+    from secureserve import docs_page
+    from secureserve.cli.serve import _dev_banner
+    from secureserve.config import load_settings
+
+    monkeypatch.setattr(docs_page, "installed", lambda: docs_installed)
+    settings = load_settings(project_dir=tmp_path)
+    assert settings.auth.keys_file.is_relative_to(tmp_path)
+    certs = SimpleNamespace(ca_cert=tmp_path / "ca.pem")
+    first, second = _dev_banner(settings, certs), _dev_banner(settings, certs)
+    assert "revoked" not in first
+    assert "(shown once; the previous dev key is revoked)" in second
+    docs_line = next(line for line in first.splitlines() if "Docs:" in line)
+    if docs_installed:
+        assert docs_line.endswith("(the interactive API page: paste the key there)")
+    else:
+        assert docs_line.endswith("/docs needs Swagger UI: pip install 'secureserve[docs]'")

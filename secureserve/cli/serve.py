@@ -13,7 +13,7 @@ from secureserve.audit import generate_digest_key, load_digest_key
 from secureserve.cli._common import DEV_DIR, import_handler, settings_from
 from secureserve.config import Settings
 from secureserve.errors import ConfigError
-from secureserve.keys import create_key
+from secureserve.keys import create_key, list_keys
 from secureserve.model import Model
 
 
@@ -229,16 +229,24 @@ def _dev_settings(settings: Settings, ensure: Any) -> tuple[Settings, Any]:
 
 def _dev_banner(settings: Settings, certs: Any) -> str:
     """Mint a fresh dev key (revoking the previous one) and describe how to call the server."""
-    key = create_key(
-        settings.auth.keys_file, name="dev", roles=("predict", "metrics", "admin"), dev=True
-    )
+    from secureserve.docs_page import DOCS_EXTRA, installed  # noqa: PLC0415
+
+    keys_file = settings.auth.keys_file
+    earlier = any(r.dev and r.revoked is None for r in list_keys(keys_file))
+    key = create_key(keys_file, name="dev", roles=("predict", "metrics", "admin"), dev=True)
     url = f"https://127.0.0.1:{settings.server.port}"
+    docs = (
+        f"{url}/docs   (the interactive API page: paste the key there)"
+        if installed()
+        else f"{url}/docs needs Swagger UI: {DOCS_EXTRA}"
+    )
     return (
         "\nsecureserve development server (--dev: local CA, 127.0.0.1 only)\n"
         f"  URL:     {url}\n"
         f"  CA:      {certs.ca_cert}\n"
-        f"  API key: {key.secret}   (shown once; the previous dev key is revoked)\n"
-        f"  Docs:    {url}/docs   (the interactive API page: paste the key there)\n"
+        f"  API key: {key.secret}   (shown once"
+        + ("; the previous dev key is revoked)\n" if earlier else ")\n")
+        + f"  Docs:    {docs}\n"
         "  Try:\n"
         f"    curl --cacert {certs.ca_cert} -H 'Authorization: Bearer {key.secret}' "
         f"{url}/v1/models\n"
