@@ -21,7 +21,7 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 import msgspec
 import onnxruntime
@@ -93,6 +93,29 @@ _FIXES: dict[Format, str] = {
     Format.SAFETENSORS: "load it with artifacts.safetensors(...)",
     Format.ONNX: "load it with artifacts.onnx(...)",
 }
+
+
+#: Formats a lock would never make loadable: an unlisted file of one is named as such.
+_NEVER_LOADED: Final = frozenset(
+    set(_FIXES) - {Format.SAFETENSORS, Format.ONNX, Format.ENCRYPTED, Format.EMPTY, Format.UNKNOWN}
+)
+_SNIFF_BYTES: Final = 64 * 1024  # enough for every signature detect_format looks for
+
+
+def _refuse_never_loaded(name: str, head: bytes, unlisted: ArtifactError) -> None:
+    """An unlisted file of a format never loaded: say that, not "run secureserve lock".
+
+    Only its first bytes are sniffed, never parsed; anything else returns, and the
+    "not listed" refusal stands.
+    """
+    found = detect_format(head)
+    if found in _NEVER_LOADED:
+        raise ArtifactError(
+            name,
+            found.value,
+            f"is {found.description}, which secureserve never loads (locking it would not "
+            f"help); {_FIXES[found]}",
+        ) from unlisted
 
 
 @dataclass(frozen=True)
@@ -239,7 +262,12 @@ class Artifacts:
                     name, "too-large", f"is {info.st_size} bytes, over the {cap}-byte limit"
                 )
             if self._lock is not None:  # a wrong size is refused before reading anything
-                self._lock.check(relative.as_posix(), size=info.st_size)
+                try:
+                    self._lock.check(relative.as_posix(), size=info.st_size)
+                except ArtifactError as exc:
+                    if exc.reason == "not-locked":
+                        _refuse_never_loaded(name, os.pread(fd, _SNIFF_BYTES, 0), exc)
+                    raise
             with os.fdopen(fd, "rb", closefd=False) as stream:
                 data = stream.read(info.st_size + 1)
         finally:

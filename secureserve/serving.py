@@ -264,7 +264,8 @@ def _warn_unlisted(model_settings: ModelSettings, lock: Lock, *, model: str) -> 
         get_logger().warning(
             "files in the model folder are not in secureserve.lock, so no model can open "
             "them: remove them, or run `secureserve lock` (and `secureserve sign`) if they "
-            "belong to the release",
+            "belong to the release (a pickle or another format never loaded cannot be "
+            "locked: convert it to safetensors or ONNX)",
             model=model,
             folder=str(model_settings.dir),
             files=unlisted[:_UNLISTED_SHOWN],

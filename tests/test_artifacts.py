@@ -546,3 +546,27 @@ def test_artifacts_onnx_mutations_load_or_refuse(mutations):
 def test_artifacts_onnx_external_mutations_load_or_refuse(mutations):
     """A mutated ONNX file with external data either loads or raises ArtifactError."""
     _fuzz_load("onnx", _mutate(hostile.valid_onnx(external_location="w.bin"), mutations))
+
+
+@pytest.mark.parametrize("protocol", [0, 2, 5])
+def test_unlisted_pickle_is_named_a_pickle_not_sent_to_lock(tmp_path, protocol):
+    """A file the lock does not list, of a format never loaded, says so at once.
+
+    "Run secureserve lock" would only send the user to a command that refuses it too.
+    The file is sniffed, never unpickled (the payload would leave a marker).
+    """
+    from secureserve.lockfile import build_lock, parse_lock
+
+    (tmp_path / "model.pt").write_bytes(hostile.pickle_payload(protocol, "unlisted"))
+    (tmp_path / "notes.bin").write_bytes(b"\x00\x01 not a model format")
+    artifacts = Artifacts(tmp_path, lock=parse_lock(build_lock({})))
+    with pytest.raises(ArtifactError) as caught:
+        artifacts.safetensors("model.pt")
+    assert caught.value.reason == "pickle"
+    assert "never loads" in str(caught.value)
+    assert "secureserve lock`" not in str(caught.value)
+    assert caught.value.__cause__.reason == "not-locked"
+    with pytest.raises(ArtifactError) as other:  # not a never-loaded format: the lock's refusal
+        artifacts.safetensors("notes.bin")
+    assert other.value.reason == "not-locked"
+    assert not hostile.marker_for("unlisted").exists()

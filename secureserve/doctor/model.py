@@ -139,7 +139,9 @@ def _check_lock(settings: Settings) -> Iterator[Finding]:
                 "model-unlisted",
                 f"{found.folder.owner} {found.folder.path}",
                 f"not in {LOCK_FILENAME}, so never loaded: {sample}{more}.",
-                "remove them, or lock and sign again if they belong to the model.",
+                "remove them, or lock and sign again if they belong to the model (a pickle "
+                "or another format never loaded cannot be locked: convert it to safetensors "
+                "or ONNX).",
             )
 
 
