@@ -300,6 +300,35 @@ def test_keys_create_takes_custom_roles_and_refuses_malformed_ones(
     assert "not a role name" in capsys.readouterr().err
 
 
+def test_keys_create_warns_of_a_role_nothing_uses(iris_project, monkeypatch, capsys):
+    """A mistyped role is created as asked, with a warning and the likely role; known ones are not.
+
+    ``analyst`` is a custom role the iris example's output policy names.
+    """
+    monkeypatch.chdir(iris_project)
+    assert main(["keys", "create", "--role", "predict", "--role", "analyst", "--name", "ok"]) == 0
+    assert "warning" not in capsys.readouterr().err
+    assert main(["keys", "create", "--role", "predicts", "--name", "typo"]) == 0
+    err = capsys.readouterr().err
+    assert "warning: role 'predicts' is not one of secureserve's" in err
+    assert "did you mean 'predict'?" in err
+    assert "secureserve keys revoke" in err
+
+
+def test_keys_create_warns_of_a_model_not_served(tmp_path, monkeypatch, capsys):
+    """In a project of [models.<name>] tables, a key for another name is warned about."""
+    from two_models import copy_two_models
+
+    monkeypatch.chdir(copy_two_models(tmp_path / "two", monkeypatch))
+    argv = ["keys", "create", "--role", "predict", "--name", "m", "--model"]
+    assert main([*argv, "iris"]) == 0
+    err = capsys.readouterr().err
+    assert "models: iris" in err
+    assert "warning" not in err
+    assert main([*argv, "irsi"]) == 0
+    assert "warning: model 'irsi' is not served by this project" in capsys.readouterr().err
+
+
 def test_keys_revoke_marks_key_revoked(iris_project, monkeypatch, capsys):
     """``keys revoke ID`` keeps the record and lists it as revoked; unknown ids are an error."""
     monkeypatch.chdir(iris_project)
@@ -343,7 +372,7 @@ def test_cli_subcommand_without_action_is_usage_error(argv, capsys):
 
 @pytest.mark.parametrize("docs_installed", [True, False])
 def test_dev_banner_says_only_what_is_true(tmp_path, monkeypatch, docs_installed):
-    """ "the previous dev key is revoked" only when there was one; /docs as it will answer."""
+    """The banner says a previous dev key is revoked only when there was one; /docs as it is."""
     from types import SimpleNamespace
 
     from secureserve import docs_page

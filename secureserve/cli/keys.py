@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import difflib
 import sys
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from secureserve.cli._common import settings_from
+from secureserve.config import Settings
 from secureserve.errors import ConfigError
 from secureserve.keys import ROLES, create_key, list_keys, revoke_key
 
@@ -54,13 +56,48 @@ def _keys_create(args: argparse.Namespace) -> int:
         models=tuple(args.model) if args.model else None,
         expires_in=expires,
     )
+    scope = f"; models: {', '.join(key.record.models)}" if key.record.models is not None else ""
     print(
-        f"created key {key.record.id} ({key.record.name}; roles: {', '.join(key.record.roles)})",
+        f"created key {key.record.id} ({key.record.name}; roles: {', '.join(key.record.roles)}"
+        f"{scope})",
         file=sys.stderr,
     )
+    for warning in _doubtful(settings, tuple(args.role), tuple(args.model or ())):
+        print(f"warning: {warning}", file=sys.stderr)
     print("the secret below is shown once; store it in your secret manager:", file=sys.stderr)
     print(key.secret)
     return 0
+
+
+def _doubtful(settings: Settings, roles: tuple[str, ...], models: tuple[str, ...]) -> list[str]:
+    """What about a new key's roles and models this project would never match (typos).
+
+    A role is either one of secureserve's or a custom role some output policy of the
+    project names; a model, one of its ``[models.<name>]`` tables (a project of one
+    ``[model]`` is named by its handler class, which is not imported here).
+    """
+    custom = {role for model in settings.served().values() for role in model.output.roles}
+    doubts = []
+    for role in roles:
+        if role not in ROLES and role not in custom:
+            near = difflib.get_close_matches(role, [*ROLES, *sorted(custom)], n=1)
+            hint = f"; did you mean {near[0]!r}?" if near else ""
+            doubts.append(
+                f"role {role!r} is not one of secureserve's ({', '.join(ROLES)}) and no output "
+                f"policy in this project names it: the key gets nothing from it{hint}"
+            )
+    if settings.models:
+        for model in models:
+            if model not in settings.models:
+                near = difflib.get_close_matches(model, list(settings.models), n=1)
+                hint = f"; did you mean {near[0]!r}?" if near else ""
+                doubts.append(
+                    f"model {model!r} is not served by this project "
+                    f"({', '.join(settings.models)}){hint}"
+                )
+    if doubts:
+        doubts.append("the key was created as asked: revoke it with `secureserve keys revoke`")
+    return doubts
 
 
 def _keys_list(args: argparse.Namespace) -> int:
