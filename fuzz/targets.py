@@ -162,7 +162,7 @@ _SAFE_DETAIL: Final = re.compile(
     r"|the body is not UTF-8 text \(JSON is UTF-8\)"
     r"|a number is out of range \(larger than a 64-bit float holds\)"
     r"|more data after the JSON object, at byte \d{1,12}: send one JSON object"
-    r"|not valid JSON at byte \d{1,12} \(NaN and Infinity are not JSON\)"
+    r"|not valid JSON at byte \d{1,12} \(NaN, Infinity and trailing commas are not\)"
     r"|a JSON object repeats a key; send each key once"
 )
 

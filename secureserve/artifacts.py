@@ -31,6 +31,7 @@ from onnx import ModelProto
 from secureserve.encryption import KEY_ENV, decrypt
 from secureserve.errors import ArtifactError
 from secureserve.formats import (
+    NEVER_LOADED,
     Format,
     FormatError,
     detect_format,
@@ -95,21 +96,20 @@ _FIXES: dict[Format, str] = {
 }
 
 
-#: Formats a lock would never make loadable: an unlisted file of one is named as such.
-_NEVER_LOADED: Final = frozenset(
-    set(_FIXES) - {Format.SAFETENSORS, Format.ONNX, Format.ENCRYPTED, Format.EMPTY, Format.UNKNOWN}
-)
-_SNIFF_BYTES: Final = 64 * 1024  # enough for every signature detect_format looks for
+#: An unlisted file up to this size is sniffed whole, a larger one by this many first
+#: bytes: enough for every signature but those of zip-based formats (their directory is at
+#: the end) and of protocol 0/1 pickles (their last byte); those keep "not listed".
+_SNIFF_BYTES: Final = 64 * 1024 * 1024
 
 
-def _refuse_never_loaded(name: str, head: bytes, unlisted: ArtifactError) -> None:
+def _refuse_never_loaded(name: str, fd: int, size: int, unlisted: ArtifactError) -> None:
     """An unlisted file of a format never loaded: say that, not "run secureserve lock".
 
-    Only its first bytes are sniffed, never parsed; anything else returns, and the
-    "not listed" refusal stands.
+    The file is sniffed as every artifact is (signatures, a zip's member names), never
+    unpickled or parsed; any other format returns, and the "not listed" refusal stands.
     """
-    found = detect_format(head)
-    if found in _NEVER_LOADED:
+    found = detect_format(os.pread(fd, min(size, _SNIFF_BYTES), 0))
+    if found in NEVER_LOADED:
         raise ArtifactError(
             name,
             found.value,
@@ -266,7 +266,7 @@ class Artifacts:
                     self._lock.check(relative.as_posix(), size=info.st_size)
                 except ArtifactError as exc:
                     if exc.reason == "not-locked":
-                        _refuse_never_loaded(name, os.pread(fd, _SNIFF_BYTES, 0), exc)
+                        _refuse_never_loaded(name, fd, info.st_size, exc)
                     raise
             with os.fdopen(fd, "rb", closefd=False) as stream:
                 data = stream.read(info.st_size + 1)

@@ -20,7 +20,7 @@ import re
 import struct
 import zipfile
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 import msgspec
 import onnx
@@ -29,6 +29,7 @@ from secureserve.encryption import MAGIC as ENCRYPTION_MAGIC
 
 __all__ = [
     "MAX_SAFETENSORS_HEADER_BYTES",
+    "NEVER_LOADED",
     "SAFETENSORS_DTYPES",
     "Format",
     "FormatError",
@@ -164,6 +165,22 @@ class TensorSpec:
     shape: tuple[int, ...]
     begin: int
     end: int
+
+
+#: Formats that are never loaded, whatever a lock says: loading them can run code.
+#: Locking one would only dress it up as released (``secureserve lock`` refuses it).
+NEVER_LOADED: Final = frozenset(
+    {
+        Format.PICKLE,
+        Format.TORCH_ZIP,
+        Format.TORCH_LEGACY,
+        Format.JOBLIB,
+        Format.NUMPY,
+        Format.NUMPY_ZIP,
+        Format.HDF5,
+        Format.KERAS,
+    }
+)
 
 
 # --------------------------------------------------------------------------- detection

@@ -328,7 +328,7 @@ class RateLimiter:
         if self._blocked.get(key, 0.0) < time.time():  # a new block: said once, at its start
             if len(self._blocked) >= _MAX_RECENT_FAILURES:  # bounded like the hints above
                 self._blocked.clear()
-            self._blocked[key] = until
+            self._blocked[key] = time.time() + int(retry_after)  # this clock's, not the store's
             self._log.warning(
                 "client address blocked after failed authentications",
                 client=key,

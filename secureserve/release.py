@@ -14,12 +14,11 @@ import hashlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Final
 
 from secureserve.artifacts import Artifacts
 from secureserve.config import Settings
 from secureserve.errors import ArtifactError, ConfigError
-from secureserve.formats import Format
+from secureserve.formats import NEVER_LOADED, Format
 from secureserve.lockfile import (
     LOCK_FILENAME,
     MISSING_LOCK,
@@ -53,20 +52,6 @@ __all__ = [
     "verified_lock",
     "verify_project",
 ]
-
-#: Formats that are never loaded: locking them would only dress them up as released.
-_NEVER_LOADED: Final = frozenset(
-    {
-        Format.PICKLE,
-        Format.TORCH_ZIP,
-        Format.TORCH_LEGACY,
-        Format.JOBLIB,
-        Format.NUMPY,
-        Format.NUMPY_ZIP,
-        Format.HDF5,
-        Format.KERAS,
-    }
-)
 
 
 @dataclass(frozen=True)
@@ -234,7 +219,7 @@ def lock_project(settings: Settings) -> LockReport:
         entries: dict[str, LockEntry] = {}
         for name in model_files(folder.path, owner=folder.owner):
             record = artifacts.inspect(name)
-            if Format(record.format) in _NEVER_LOADED:
+            if Format(record.format) in NEVER_LOADED:
                 refused.append(f"{folder.name(name)} ({Format(record.format).description})")
             entries[record.name] = LockEntry(
                 sha256=record.sha256, size=record.size, format=record.format

@@ -167,7 +167,7 @@ def _malformed(
     """
     message = str(exc) if isinstance(exc, msgspec.DecodeError) else ""
     at = _AT_BYTE.search(message)
-    if not body.strip():
+    if not body.strip(b" \t\r\n"):  # JSON's whitespace
         detail = "the body is empty: send one JSON object"
     elif isinstance(exc, RecursionError):
         detail = "the JSON is nested too deeply"
@@ -180,7 +180,7 @@ def _malformed(
     elif at is not None and "trailing characters" in message:
         detail = f"more data after the JSON object, at byte {at[1]}: send one JSON object"
     elif at is not None:
-        detail = f"not valid JSON at byte {at[1]} (NaN and Infinity are not JSON)"
+        detail = f"not valid JSON at byte {at[1]} (NaN, Infinity and trailing commas are not)"
     return RequestRejected(400, "malformed-json", "Request body is not valid JSON", detail=detail)
 
 

@@ -570,3 +570,31 @@ def test_unlisted_pickle_is_named_a_pickle_not_sent_to_lock(tmp_path, protocol):
         artifacts.safetensors("notes.bin")
     assert other.value.reason == "not-locked"
     assert not hostile.marker_for("unlisted").exists()
+
+
+@pytest.mark.parametrize(
+    ("data", "reason"),
+    [
+        # a checkpoint of some size: telling a torch zip from a zip takes its directory
+        (
+            hostile.zip_of(
+                [
+                    ("archive/data.pkl", hostile.pickle_payload(2, "big")),
+                    ("archive/data/0", os.urandom(300_000)),
+                ]
+            ),
+            "torch-zip",
+        ),
+        (hostile.pickle_payload(0, "big")[:-1] + b" " * 200_000 + b".", "pickle"),  # STOP last
+        (b"\x1f\x8b" + os.urandom(200_000), "not-locked"),  # gzip: lockable, so "not listed"
+    ],
+)
+def test_unlisted_large_files_are_named_right(tmp_path, data, reason):
+    """Over 64 KiB too, an unlisted file is named by what it is, and only if never loaded."""
+    from secureserve.lockfile import build_lock, parse_lock
+
+    (tmp_path / "model.bin").write_bytes(data)
+    artifacts = Artifacts(tmp_path, lock=parse_lock(build_lock({})))
+    with pytest.raises(ArtifactError) as caught:
+        artifacts.safetensors("model.bin")
+    assert caught.value.reason == reason
