@@ -47,6 +47,7 @@ _TYPE_WORDS: Final = frozenset(
 _UNKNOWN_FIELD: Final = re.compile(
     r"Object contains unknown field `(.*?)`(?: - at `([^`]*)`)?", re.DOTALL
 )
+_NOT_UTF8: Final = "the body is not UTF-8 text (JSON is UTF-8)"
 _AT_BYTE: Final = re.compile(r"\(byte (\d{1,12})\)$")  # where msgspec found a JSON fault
 _ESCAPES: Final = {"\\": "\\\\", "'": "\\'", '"': '\\"', "\n": "\\n", "\r": "\\r", "\t": "\\t"}
 
@@ -96,7 +97,7 @@ class ModelSchema:
         # msgspec does not check the UTF-8 of members it skips (unknown fields of a Struct
         # that allows them); JSON is UTF-8, and the duplicate-key scan needs it to be.
         if not body.isascii() and not _is_utf8(body):
-            raise _malformed(body, detail="the body is not UTF-8 text (JSON is UTF-8)")
+            raise _malformed(body, detail=_NOT_UTF8)
         if find_duplicate_key(body):
             raise RequestRejected(
                 422,
@@ -174,7 +175,7 @@ def _malformed(
     elif message.startswith("Input data was truncated"):
         detail = "the body ends before its JSON does (an object, array or string left open)"
     elif message.startswith("Invalid UTF-8"):
-        detail = "the body is not UTF-8 text (JSON is UTF-8)"
+        detail = _NOT_UTF8
     elif message.startswith("Number out of range"):
         detail = "a number is out of range (larger than a 64-bit float holds)"
     elif at is not None and "trailing characters" in message:
