@@ -77,27 +77,29 @@ def _doubtful(settings: Settings, roles: tuple[str, ...], models: tuple[str, ...
     ``[model]`` is named by its handler class, which is not imported here).
     """
     custom = {role for model in settings.served().values() for role in model.output.roles}
-    doubts = []
-    for role in roles:
-        if role not in ROLES and role not in custom:
-            near = difflib.get_close_matches(role, [*ROLES, *sorted(custom)], n=1)
-            hint = f"; did you mean {near[0]!r}?" if near else ""
-            doubts.append(
-                f"role {role!r} is not one of secureserve's ({', '.join(ROLES)}) and no output "
-                f"policy in this project names it: the key gets nothing from it{hint}"
-            )
-    if settings.models:
-        for model in models:
-            if model not in settings.models:
-                near = difflib.get_close_matches(model, list(settings.models), n=1)
-                hint = f"; did you mean {near[0]!r}?" if near else ""
-                doubts.append(
-                    f"model {model!r} is not served by this project "
-                    f"({', '.join(settings.models)}){hint}"
-                )
+    doubts = [
+        f"role {role!r} is not one of secureserve's ({', '.join(ROLES)}) and no output policy "
+        "in this project names it: the key gets nothing from it"
+        + _did_you_mean(role, [*ROLES, *sorted(custom)])
+        for role in roles
+        if role not in ROLES and role not in custom
+    ]
+    served = list(settings.models)  # empty for a project of one [model]: its name is unknown
+    doubts += [
+        f"model {model!r} is not served by this project ({', '.join(served)})"
+        + _did_you_mean(model, served)
+        for model in models
+        if served and model not in served
+    ]
     if doubts:
         doubts.append("the key was created as asked: revoke it with `secureserve keys revoke`")
     return doubts
+
+
+def _did_you_mean(name: str, known: list[str]) -> str:
+    """``; did you mean 'x'?`` for the known name closest to ``name``, or nothing."""
+    near = difflib.get_close_matches(name, known, n=1)
+    return f"; did you mean {near[0]!r}?" if near else ""
 
 
 def _keys_list(args: argparse.Namespace) -> int:
