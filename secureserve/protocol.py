@@ -15,7 +15,11 @@ size of request headers, and answers what its parser refuses with a plain-text 4
   ``max_connections_per_ip`` from one client address (addresses in ``trusted_proxies``
   are exempt: behind a proxy every client shares its address); one more is dropped at
   once, as a full backlog would;
-- the **ASGI TLS extension** (the verified client certificate's subject, for mTLS).
+- the **ASGI TLS extension** (the verified client certificate's subject, for mTLS);
+- **one write per small response**: uvicorn writes a response's head as soon as the app
+  starts it, and its body apart; each write is its own TLS record and system call, and
+  wakes the client once more. :class:`_ResponseWriter` holds the head until the body's
+  first bytes (or the response's end, or a close) and sends both as one.
 
 Every response it sends itself (parser errors, 408, 414, 431) is
 ``application/problem+json`` with a fresh request id, the security headers and
@@ -29,11 +33,16 @@ from __future__ import annotations
 
 import asyncio
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar, Final
 
 import httptools
-from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import (
+    STATUS_LINE,
+    HttpToolsProtocol,
+    RequestResponseCycle,
+)
 
 from secureserve.addresses import address_key, is_trusted_proxy
 from secureserve.errors import RequestRejected
@@ -88,6 +97,70 @@ class Edge:
             self.per_ip.pop(ip, None)
         else:
             self.per_ip[ip] = count - 1
+
+
+class _ResponseWriter:
+    """The transport as one response (a ``RequestResponseCycle``) writes to it.
+
+    The response's head is held until the next write (the body's first bytes) and leaves
+    with it: one TLS record, one system call. It is also let go when the response ends
+    without body bytes (``HEAD``, an empty streamed end) and before the connection is
+    closed. A ``100 Continue`` is written before the response starts, so at once.
+
+    The cycle and its writer refer to each other until the response ends or the
+    connection closes; then the writer lets go of the cycle, so that neither waits for
+    the cyclic garbage collector.
+    """
+
+    __slots__ = ("_cycle", "_head", "_headed", "_on_response", "_transport")
+
+    def __init__(
+        self,
+        transport: asyncio.Transport,
+        cycle: RequestResponseCycle,
+        on_response: Callable[[], None],
+    ) -> None:
+        self._transport = transport
+        self._cycle: RequestResponseCycle | None = cycle
+        self._on_response = on_response
+        self._head: bytes | None = None
+        self._headed = False  # the head was written (held or sent)
+
+    def write(self, data: bytes) -> None:
+        """The head is held; anything after it goes out with it."""
+        cycle = self._cycle
+        if not self._headed and cycle is not None and cycle.response_started:
+            self._headed = True
+            self._head = data
+            return
+        head = self._head
+        if head is not None:
+            self._head = None
+            data = head + data
+        self._transport.write(data)
+
+    def flush(self) -> None:
+        """Write the held head, if any."""
+        head = self._head
+        if head is not None:
+            self._head = None
+            self._transport.write(head)
+
+    def response_complete(self) -> None:
+        """The cycle's ``on_response``: the response ended; nothing may stay held."""
+        self._cycle = None
+        self.flush()
+        self._on_response()
+
+    def close(self) -> None:
+        """What was written goes out first (a TLS close still sends what is queued)."""
+        self._cycle = None
+        self.flush()
+        self._transport.close()
+
+    def is_closing(self) -> bool:
+        """As the connection's transport."""
+        return self._transport.is_closing()
 
 
 class _HeadRefused(Exception):  # noqa: N818 - a signal out of the parser's callbacks
@@ -245,12 +318,17 @@ class SecureHttpProtocol(HttpToolsProtocol):
         super().on_header(name, value)
 
     def on_headers_complete(self) -> None:
-        """The head is in: its deadline no longer applies."""
+        """The head is in: its deadline ends; the response writes through a ``_ResponseWriter``."""
         self._head_started = 0.0
         if self._head is not None:
             self._head.cancel()
             self._head = None
         super().on_headers_complete()
+        cycle = self.cycle
+        if cycle is not None and cycle.transport is self.transport:  # not an upgrade
+            writer = _ResponseWriter(self.transport, cycle, cycle.on_response)
+            cycle.transport = writer  # type: ignore[assignment]
+            cycle.on_response = writer.response_complete
 
     # ---- refusals ---------------------------------------------------------------------
 

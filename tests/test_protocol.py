@@ -378,3 +378,215 @@ def test_protocol_trusted_ipv6_proxy_is_exempt_from_the_address_cap():
     assert all(edge.admit(address_key(proxy), proxy) for _ in range(10))
     other_edge = Edge(server=server, access=AccessLog())
     assert [other_edge.admit(address_key(other), other) for _ in range(3)] == [True, True, False]
+
+
+# --------------------------------------------------------------------------- one write per response
+
+
+RECORD_HEADER = 5  # a TLS record's type (1 byte), version (2) and length (2)
+APPLICATION_DATA = (
+    23  # the record type of application data (and, in TLS 1.3, of all after the handshake)
+)
+
+
+class _CountingClient:
+    """A TLS client over memory BIOs that counts the TLS records each reply came in."""
+
+    def __init__(self, server: ServerProcess) -> None:
+        self.sock = socket.create_connection((HOST, server.port), timeout=10)
+        self.incoming, self.outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+        self.tls = server.client_context().wrap_bio(
+            self.incoming, self.outgoing, server_hostname=HOST
+        )
+        self.raw = b""  # received bytes not yet split into whole records
+        self.records = 0  # application-data records received
+        while True:
+            try:
+                self.tls.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                self._send()
+                self._receive()
+        self._send()
+
+    def _send(self) -> None:
+        data = self.outgoing.read()
+        if data:
+            self.sock.sendall(data)
+
+    def _receive(self) -> None:
+        data = self.sock.recv(65536)
+        assert data, "the server closed the connection"
+        self.incoming.write(data)
+        self.raw += data
+        while len(self.raw) >= RECORD_HEADER:
+            end = RECORD_HEADER + int.from_bytes(self.raw[3:RECORD_HEADER], "big")
+            if len(self.raw) < end:
+                break
+            self.records += self.raw[0] == APPLICATION_DATA
+            self.raw = self.raw[end:]
+
+    def exchange(self, request: bytes, *, head_only: bool = False) -> tuple[bytes, int]:
+        """Send ``request``; its whole reply and the number of records it came in."""
+        self.records = 0
+        self.tls.write(request)
+        self._send()
+        reply = b""
+        while not _whole(reply, head_only=head_only):
+            self._receive()
+            with contextlib.suppress(ssl.SSLWantReadError):
+                while chunk := self.tls.read(65536):
+                    reply += chunk
+        return reply, self.records
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def _whole(reply: bytes, *, head_only: bool) -> bool:
+    head, found, body = reply.partition(b"\r\n\r\n")
+    if not found:
+        return False
+    if head_only:
+        return True
+    length = next(
+        int(line.split(b":", 1)[1])
+        for line in head.lower().split(b"\r\n")
+        if line.startswith(b"content-length:")
+    )
+    return len(body) >= length
+
+
+def test_protocol_a_response_leaves_in_one_tls_record(server):
+    """Head and body of a response are one write: one TLS record, one client wake-up.
+
+    Also for a response without body bytes (HEAD), whose head must not stay held.
+    """
+    predict = request_head("POST", PREDICT, key=server.key, content_length=len(VALID)) + VALID
+    client = _CountingClient(server)
+    try:
+        reply, _ = client.exchange(predict)  # the first reply may share the session tickets
+        assert reply.startswith(b"HTTP/1.1 200")
+        reply, records = client.exchange(predict)
+        assert reply.startswith(b"HTTP/1.1 200")
+        assert b'"predictions"' in reply
+        assert records == 1
+        reply, records = client.exchange(
+            request_head("HEAD", "/healthz", content_type=None), head_only=True
+        )
+        assert reply.startswith(b"HTTP/1.1 200")
+        assert b"x-request-id" in reply.lower()
+        assert records == 1
+        reply, records = client.exchange(predict)  # the connection goes on after it
+        assert reply.startswith(b"HTTP/1.1 200")
+        assert records == 1
+    finally:
+        client.close()
+
+
+class _Transport:
+    """What a response cycle writes, write by write."""
+
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+        self.closed = False
+
+    def write(self, data: bytes) -> None:
+        self.writes.append(data)
+
+    def close(self) -> None:
+        self.closed = True
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def pause_reading(self) -> None: ...
+
+    def resume_reading(self) -> None: ...
+
+    def get_extra_info(self, name: str, default: object = None) -> object:
+        return default
+
+
+def _cycle(method: str = "POST", *, expect_100: bool = False, keep_alive: bool = True):
+    """A uvicorn response cycle writing through secureserve's writer to a recording transport."""
+    import asyncio
+    import logging
+
+    from uvicorn.protocols.http.flow_control import FlowControl
+    from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
+
+    from secureserve.protocol import _ResponseWriter
+
+    transport = _Transport()
+    completed: list[bool] = []
+    cycle = RequestResponseCycle(
+        scope={"type": "http", "method": method, "headers": []},
+        transport=transport,  # type: ignore[arg-type]
+        flow=FlowControl(transport),  # type: ignore[arg-type]
+        logger=logging.getLogger("test"),
+        access_logger=logging.getLogger("test.access"),
+        access_log=False,
+        default_headers=[],
+        message_event=asyncio.Event(),
+        expect_100_continue=expect_100,
+        keep_alive=keep_alive,
+        on_response=lambda: completed.append(True),
+    )
+    writer = _ResponseWriter(transport, cycle, cycle.on_response)  # type: ignore[arg-type]
+    cycle.transport = writer  # type: ignore[assignment]
+    cycle.on_response = writer.response_complete
+    return cycle, transport, completed
+
+
+START = {"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]}
+BODY = {"type": "http.response.body", "body": b"{}"}
+
+
+def test_protocol_writer_sends_head_and_body_as_one_write():
+    import asyncio
+
+    async def run() -> None:
+        cycle, transport, completed = _cycle()
+        await cycle.send(START)
+        assert transport.writes == []  # held until its body
+        await cycle.send(BODY)
+        assert len(transport.writes) == 1
+        assert transport.writes[0].startswith(b"HTTP/1.1 200")
+        assert transport.writes[0].endswith(b"\r\n\r\n{}")
+        assert completed == [True]
+
+    asyncio.run(run())
+
+
+def test_protocol_writer_sends_100_continue_at_once_and_a_head_without_body():
+    import asyncio
+
+    async def run() -> None:
+        cycle, transport, _ = _cycle(expect_100=True)
+        cycle.more_body = False
+        cycle.message_event.set()
+        await cycle.receive()  # the app asks for the body: 100 Continue goes out now
+        assert transport.writes == [b"HTTP/1.1 100 Continue\r\n\r\n"]
+        head, transport2, completed = _cycle("HEAD")
+        await head.send(START)
+        await head.send({"type": "http.response.body", "body": b""})
+        assert completed == [True]
+        assert len(transport2.writes) == 1
+        assert transport2.writes[0].startswith(b"HTTP/1.1 200")
+
+    asyncio.run(run())
+
+
+def test_protocol_writer_flushes_the_head_before_closing():
+    import asyncio
+
+    async def run() -> None:
+        cycle, transport, _ = _cycle(keep_alive=False)
+        await cycle.send(START)
+        cycle.transport.close()  # as uvicorn does when the app fails after starting
+        assert transport.closed
+        assert len(transport.writes) == 1
+        assert transport.writes[0].startswith(b"HTTP/1.1 200")
+
+    asyncio.run(run())
