@@ -22,14 +22,15 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator, Mapping
-from typing import Any
+from typing import Any, Final
 
 import structlog
+from starlette._utils import get_route_path
 from starlette.applications import Starlette
 from starlette.convertors import StringConvertor, register_url_convertor
 from starlette.middleware import Middleware
-from starlette.routing import Route
-from starlette.types import ASGIApp
+from starlette.routing import Route, Router
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from secureserve import endpoints, v2
 from secureserve.access import build_access
@@ -52,6 +53,10 @@ from secureserve.tensor_serving import LoadedTensor, TensorState, load_tensor_mo
 Handler = Model[Any, Any] | type[Model[Any, Any]] | TensorModel | type[TensorModel]
 
 __all__ = ["create_app"]
+
+_PREDICT: Final = "/v1/models/{name}:predict"
+_PREDICT_PREFIX: Final = "/v1/models/"
+_PREDICT_SUFFIX: Final = ":predict"
 
 
 def create_app(
@@ -120,7 +125,7 @@ def create_app(
 
     app = _App(
         routes=[
-            Route("/v1/models/{name}:predict", endpoints.Predict(models), methods=["POST"]),
+            Route(_PREDICT, endpoints.Predict(models), methods=["POST"]),
             Route("/v1/models/{name}:explain", endpoints.Explain(models), methods=["POST"]),
             Route("/v1/models/{name}:reload", endpoints.reload, methods=["POST"]),
             Route("/v1/models", endpoints.list_models, methods=["GET"]),
@@ -284,10 +289,48 @@ class _App(Starlette):
         """The user middleware around the router, outermost first; nothing else."""
         if self.exception_handlers:
             raise _no_handlers()
-        app: ASGIApp = self.router
+        predict = next(r for r in self.router.routes if isinstance(r, Route) and r.path == _PREDICT)
+        app: ASGIApp = _Dispatch(self.router, predict)
         for cls, args, kwargs in reversed(self.user_middleware):
             app = cls(app, *args, **kwargs)
         return app
+
+
+class _Dispatch:
+    """The router, with its first route, ``POST /v1/models/{name}:predict``, found first.
+
+    Every prediction goes through the router's route objects, a regex and two frames
+    before reaching its endpoint; here a predict request is recognised by comparing
+    strings, as the router would match it: the route path Starlette matches (the same
+    function), ``/v1/models/`` + a name of at least one character without ``/`` (the
+    route's ``[^/]+``) + ``:predict``, and ``POST``, the route's only method. Its
+    ``path_params`` and ``endpoint`` are set as the route sets them. Anything else,
+    including paths the regex would match in ways this does not (``$`` matches before a
+    final newline), goes to the router as before. tests/test_app.py checks both
+    against each other on hostile paths.
+    """
+
+    def __init__(self, router: Router, predict: Route) -> None:
+        self.router = router
+        self.predict = predict.app
+        self.endpoint = predict.endpoint
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """ASGI entry point."""
+        if scope["type"] == "http" and scope["method"] == "POST":
+            path = get_route_path(scope)
+            if path.startswith(_PREDICT_PREFIX) and path.endswith(_PREDICT_SUFFIX):
+                name = path[len(_PREDICT_PREFIX) : -len(_PREDICT_SUFFIX)]
+                if name and "/" not in name:
+                    params = dict(scope.get("path_params", ()))  # a mount's, as the route
+                    params["name"] = name
+                    scope["path_params"] = params
+                    scope["endpoint"] = self.endpoint
+                    if "router" not in scope:
+                        scope["router"] = self.router
+                    await self.predict(scope, receive, send)
+                    return
+        await self.router(scope, receive, send)
 
 
 def _no_handlers() -> ConfigError:

@@ -126,13 +126,15 @@ class BatchRunner(Generic[_W, _R]):
         self._name = name
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None  # the thread answers on this one
         self._start_lock = threading.Lock()
         self._pending: list[Job[_W, _R]] = []  # submitted during this loop iteration
 
     async def _submit(self, work: _W, size: int) -> Job[_W, _R]:
         """Queue ``work`` (``size`` rows) and wait: the job, its future resolved (or raises)."""
-        loop = asyncio.get_running_loop()
-        if self._thread is None:
+        loop = self._loop  # asked once: CPython 3.11 makes a system call to tell it
+        if loop is None:
+            loop = asyncio.get_running_loop()
             self._start(loop)
         job: Job[_W, _R] = Job(work, size, loop.create_future())
         timer = loop.call_later(self._timeout, self._expire, job)
@@ -169,14 +171,14 @@ class BatchRunner(Generic[_W, _R]):
             self._hand_over()
             self._queue.put(_STOP)
             thread.join(timeout)
-            self._thread = None
+            self._thread = self._loop = None
 
     def stop(self) -> None:
         """Like ``close`` without waiting: queued jobs finish, then the thread ends."""
         if self._thread is not None:
             self._hand_over()
             self._queue.put(_STOP)
-            self._thread = None
+            self._thread = self._loop = None
 
     def _hand_over(self) -> None:
         """Give the thread every job submitted in this loop iteration, in one put (one wake-up)."""
@@ -192,6 +194,7 @@ class BatchRunner(Generic[_W, _R]):
                     target=self._serve, args=(outbox,), name=self._name, daemon=True
                 )
                 self._thread.start()
+                self._loop = loop
 
     def _serve(self, outbox: _Outbox) -> None:
         _batch_scheduling()

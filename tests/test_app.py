@@ -315,11 +315,14 @@ def test_app_request_context_is_the_only_error_boundary(iris_project):
     refused when the stack is built instead of being ignored.
     """
     app = _app_with_keys(iris_project, mint_key(name="k", roles=("predict",)))
+    from secureserve.app import _Dispatch
+
     layer = app.build_middleware_stack()
     names = []
-    while layer is not app.router:
+    while not isinstance(layer, _Dispatch):  # innermost: the router, predict found first
         names.append(type(layer).__name__)
         layer = layer.app
+    assert layer.router is app.router
     assert names[0] == "RequestContext"
     assert not {"ServerErrorMiddleware", "ExceptionMiddleware"} & set(names)
     with pytest.raises(ss.ConfigError, match="exception handlers cannot be added"):
@@ -510,3 +513,77 @@ def test_testclient_removes_the_audit_folder_it_made(iris_project, tmp_path):
     with TestClient(Iris, project_dir=iris_project, audit_path=given) as client:
         client.predict([{"features": [5.1, 3.5, 1.4, 0.2]}])
     assert given.exists()
+
+
+# --------------------------------------------------------------------------- predict dispatch
+
+DISPATCH_PATHS = [
+    PREDICT,
+    "/v1/models/a:b:predict",
+    "/v1/models/iris:predict:predict",
+    "/v1/models/ :predict",
+    "/v1/models/\u00e9\u00e8:predict",
+    "/v1/models/ir\nis:predict",
+    "/v1/models/iris:predict\n",  # the route's regex ends in $, which matches before a \n
+    "/v1/models/:predict",
+    "/v1/models//:predict",
+    "/v1/models/a/b:predict",
+    "/v1/models/iris:predict/",
+    "/v1/models/iris:PREDICT",
+    "/V1/models/iris:predict",
+    "//v1/models/iris:predict",
+    "/v1/models/iris:explain",
+    "/v1/models/iris",
+    "/v1/models:predict",
+    "",
+]
+DISPATCH_MOUNTS = [
+    ("", ""),  # served by secureserve run
+    ("/api", "/api"),  # mounted under /api
+    ("/api", "/apix"),  # a path that only starts with the mount's prefix
+    ("/api", ""),  # a root_path the path does not carry
+]
+
+
+@pytest.mark.parametrize("method", ["POST", "GET", "post", "PUT"])
+@pytest.mark.parametrize(("root", "prefix"), DISPATCH_MOUNTS)
+@pytest.mark.parametrize("path", DISPATCH_PATHS)
+def test_app_predict_dispatch_matches_as_the_router_would(path, root, prefix, method):
+    """What the dispatch takes for predict, Starlette's route matches the same way."""
+    from starlette.routing import Match, Route
+
+    from secureserve.app import _PREDICT, _Dispatch
+
+    taken, passed = [], []
+
+    async def predict(scope, receive, send):
+        taken.append(scope)
+
+    async def router(scope, receive, send):
+        passed.append(scope)
+
+    route = Route(_PREDICT, predict, methods=["POST"])
+    route.app = predict  # a function endpoint is wrapped as a request handler: call it bare
+    dispatch = _Dispatch(router, route)  # type: ignore[arg-type]
+
+    def scope() -> dict:
+        return {
+            "type": "http",
+            "method": method,
+            "path": prefix + path,
+            "root_path": root,
+            "path_params": {"tenant": "t1"},  # a mount's own, kept
+        }
+
+    asyncio.run(dispatch(scope(), None, None))
+    assert len(taken) + len(passed) == 1
+    match, child = route.matches(scope())
+    if taken:  # the route agrees, with the same parameters
+        assert match is Match.FULL
+        assert taken[0]["path_params"] == child["path_params"]
+        assert taken[0]["endpoint"] is child["endpoint"]
+        assert taken[0]["router"] is router
+    # it takes every request the route matches, but for a path ending in a newline
+    assert bool(taken) == (match is Match.FULL and not path.endswith("\n"))
+    if path == PREDICT and method == "POST" and (prefix == root or not root):
+        assert taken  # the common request does take it
