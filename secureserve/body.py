@@ -14,6 +14,7 @@ from typing import Final
 
 from starlette.types import Receive, Scope
 
+from secureserve.deadlines import Deadlines
 from secureserve.errors import RequestRejected
 
 __all__ = ["JSON_MEDIA_TYPES", "check_json_content_type", "read_body"]
@@ -59,8 +60,10 @@ async def read_body(scope: Scope, receive: Receive, *, limit: int, deadline_s: f
             if int(value) > limit:
                 raise _too_large(limit)
             break
-    info = scope.get("secureserve")  # RequestInfo, which has the running loop at hand
-    deadline = _Deadline(deadline_s, asyncio.get_running_loop() if info is None else info.loop)
+    info = scope.get("secureserve")  # RequestInfo: the loop's deadlines at hand
+    deadlines = Deadlines(asyncio.get_running_loop()) if info is None else info.deadlines
+    deadline = _Deadline(deadlines.loop)
+    deadlines.add(deadline, deadline_s, _Deadline.fire)
     try:
         chunks = await _receive_all(receive, limit)
     except asyncio.CancelledError:
@@ -70,7 +73,7 @@ async def read_body(scope: Scope, receive: Receive, *, limit: int, deadline_s: f
             408, "body-timeout", "Request body not received in time", close=True
         ) from None
     finally:
-        deadline.cancel()
+        deadlines.cancel(deadline)
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
@@ -93,7 +96,7 @@ async def _receive_all(receive: Receive, limit: int) -> list[bytes]:
 
 
 class _Deadline:
-    """Cancels the current task after ``seconds`` unless :meth:`cancel` comes first.
+    """The current task, cancelled by :meth:`fire` when its body is late.
 
     ``asyncio.timeout`` does the same at about twice the cost, and this runs on every
     request. As there, a cancellation that came from elsewhere is never taken for the
@@ -101,25 +104,21 @@ class _Deadline:
     cancellation is pending.
     """
 
-    __slots__ = ("_cancelling", "_fired", "_handle", "_task")
+    __slots__ = ("_cancelling", "_fired", "_task")
 
-    def __init__(self, seconds: float, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         task = asyncio.current_task(loop)
         if task is None:  # pragma: no cover - always called from a request's task
             raise RuntimeError("read_body must run in a task")
         self._task = task
         self._cancelling = task.cancelling()
         self._fired = False
-        self._handle = loop.call_later(seconds, self._fire)
 
-    def _fire(self) -> None:
+    def fire(self) -> None:
+        """The body is late: cancel the task reading it."""
         self._fired = True
         self._task.cancel()
 
     def expired(self) -> bool:
         """Whether the cancellation being handled is this deadline's (then it is taken back)."""
         return self._fired and self._task.uncancel() <= self._cancelling
-
-    def cancel(self) -> None:
-        """The body is in (or the request ended): the deadline no longer applies."""
-        self._handle.cancel()

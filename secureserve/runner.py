@@ -6,8 +6,9 @@ are merged into one ``predict`` call (up to ``max_batch`` instances), so one
 thread hop serves many requests; the thread also validates and encodes each
 job's outputs, keeping that work off the loop.
 The queue cannot grow without bound: the app admits at most ``max_in_flight``
-requests. A job that outlives ``timeout`` is answered 504 and skipped if the
-thread has not reached it yet. When a merged batch fails, each job is retried
+requests. A job that outlives ``timeout`` is answered 504 (at most
+:data:`~secureserve.deadlines.RESOLUTION_S` later) and skipped if the thread has not
+reached it yet. When a merged batch fails, each job is retried
 alone, so one hostile request cannot fail other callers' requests.
 
 The hop to the thread and back is on every request's path, so it is kept cheap:
@@ -35,6 +36,7 @@ import threading
 from collections import deque
 from typing import Any, Final, Generic, TypeVar
 
+from secureserve.deadlines import Deadlines
 from secureserve.errors import ModelError, RequestRejected, SecureServeError
 from secureserve.logs import get_logger
 from secureserve.model import Model
@@ -127,6 +129,7 @@ class BatchRunner(Generic[_W, _R]):
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None  # the thread answers on this one
+        self._deadlines: Deadlines[Job[_W, _R]]  # each job's timeout, on that loop
         self._start_lock = threading.Lock()
         self._pending: list[Job[_W, _R]] = []  # submitted during this loop iteration
 
@@ -137,7 +140,8 @@ class BatchRunner(Generic[_W, _R]):
             loop = asyncio.get_running_loop()
             self._start(loop)
         job: Job[_W, _R] = Job(work, size, loop.create_future())
-        timer = loop.call_later(self._timeout, self._expire, job)
+        deadlines = self._deadlines
+        deadlines.add(job, self._timeout, self._expire)
         if not self._pending:
             loop.call_soon(self._hand_over)
         self._pending.append(job)
@@ -147,7 +151,7 @@ class BatchRunner(Generic[_W, _R]):
             job.abandoned = True  # nobody waits for it: the thread skips it, a run may stop
             raise
         finally:
-            timer.cancel()
+            deadlines.cancel(job)
         return job
 
     def _run(self, jobs: list[Job[_W, _R]]) -> list[tuple[Job[_W, _R], _R | BaseException]]:
@@ -194,6 +198,7 @@ class BatchRunner(Generic[_W, _R]):
                     target=self._serve, args=(outbox,), name=self._name, daemon=True
                 )
                 self._thread.start()
+                self._deadlines = Deadlines(loop)
                 self._loop = loop
 
     def _serve(self, outbox: _Outbox) -> None:

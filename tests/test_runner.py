@@ -79,6 +79,7 @@ def test_runner_batches_concurrent_requests_and_keeps_each_callers_outputs():
         return await asyncio.gather(*(runner.submit([In(i), In(i + 100)]) for i in range(8)))
 
     bodies = asyncio.run(main())
+    assert len(runner._deadlines) == 0  # each answered job's timeout is gone
     runner.close()
     for i, body in enumerate(bodies):
         assert msgspec.json.decode(body) == {"predictions": [{"y": 2 * i}, {"y": 2 * (i + 100)}]}
@@ -111,8 +112,11 @@ def test_runner_times_out_with_504():
     async def main() -> None:
         await runner.submit([In(1)])
 
+    started = time.monotonic()
     with pytest.raises(RequestRejected) as info:
         asyncio.run(main())
+    assert time.monotonic() - started < 0.45  # answered long before predict ends
+    assert len(runner._deadlines) == 0
     runner.close()
     assert info.value.status == 504
 

@@ -22,6 +22,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from secureserve.addresses import client_ip
 from secureserve.audit import AuditLog, AuditUnavailable, RequestEntry, decision
+from secureserve.deadlines import Deadlines
 from secureserve.errors import ModelError, RequestRejected
 from secureserve.logs import AccessLog, AccessRecord
 from secureserve.metrics import Metrics, route_of
@@ -56,6 +57,7 @@ class RequestInfo:
     __slots__ = (
         "audited",
         "body_read",
+        "deadlines",
         "log_reason",
         "loop",
         "model_version",
@@ -65,12 +67,13 @@ class RequestInfo:
         "start",
     )
 
-    def __init__(self, request_id: str, start: float, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, request_id: str, start: float, deadlines: Deadlines[Any]) -> None:
         self.request_id = request_id
         self.start = start
         # asked once per request: CPython 3.11's asyncio.get_running_loop() and
         # current_task() make a getpid() system call each (a fork check)
-        self.loop = loop
+        self.loop = deadlines.loop
+        self.deadlines = deadlines  # the request's body deadline (secureserve.body)
         self.principal_id: str | None = None
         self.roles: frozenset[str] = frozenset()
         self.model_version: str | None = None
@@ -98,6 +101,7 @@ class RequestContext:
         self.metrics = metrics
         self.audit = audit
         self.trusted_proxies = tuple(trusted_proxies)  # whose X-Forwarded-For names the client
+        self._deadlines: Deadlines[Any] | None = None  # of the loop serving the app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """ASGI entry point."""
@@ -112,7 +116,7 @@ class RequestContext:
         scope["starlette.exception_handlers"] = _NO_EXCEPTION_HANDLERS
         start = time.perf_counter()
         request_id, doubled = _scan(scope["headers"])
-        info = RequestInfo(request_id, start, asyncio.get_running_loop())
+        info = RequestInfo(request_id, start, self._deadlines_of(asyncio.get_running_loop()))
         scope["secureserve"] = info
         rid = info.request_id.encode()
         status = 0
@@ -163,6 +167,13 @@ class RequestContext:
             self.metrics.observe(path=path, status=final, seconds=seconds, reason=info.log_reason)
             if not info.audited and path not in PROBE_PATHS:
                 self._audit(scope, info, final, seconds, route_of(path))
+
+    def _deadlines_of(self, loop: asyncio.AbstractEventLoop) -> Deadlines[Any]:
+        """The deadlines of ``loop``, the one serving the app (made anew if it changed)."""
+        deadlines = self._deadlines
+        if deadlines is None or deadlines.loop is not loop:
+            deadlines = self._deadlines = Deadlines(loop)
+        return deadlines
 
     def _audit(
         self, scope: Scope, info: RequestInfo, status: int, seconds: float, route: str
