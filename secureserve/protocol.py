@@ -33,16 +33,11 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar, Final
 
 import httptools
-from uvicorn.protocols.http.httptools_impl import (
-    STATUS_LINE,
-    HttpToolsProtocol,
-    RequestResponseCycle,
-)
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 from secureserve.addresses import address_key, is_trusted_proxy
 from secureserve.errors import RequestRejected
@@ -59,6 +54,7 @@ if TYPE_CHECKING:
 __all__ = ["Edge", "SecureHttpProtocol"]
 
 _MAX_LOGGED_PATH: Final = 200
+_INTERIM: Final = b"HTTP/1.1 1"  # the status line of a 1xx response, as uvicorn writes it
 
 
 @dataclass(kw_only=True)
@@ -100,36 +96,30 @@ class Edge:
 
 
 class _ResponseWriter:
-    """The transport as one response (a ``RequestResponseCycle``) writes to it.
+    """The transport as a connection's responses write to it: each head leaves with its body.
 
-    The response's head is held until the next write (the body's first bytes) and leaves
-    with it: one TLS record, one system call. It is also let go when the response ends
-    without body bytes (``HEAD``, an empty streamed end) and before the connection is
-    closed. A ``100 Continue`` is written before the response starts, so at once.
+    uvicorn writes a response's head when the app starts it and the body apart. Here the
+    head is held until the next write (the body's first bytes) and leaves with it: one
+    TLS record, one system call. It is also let go when the response ends without body
+    bytes (``HEAD``: :meth:`end_response`) and before the connection is closed. An
+    interim ``1xx`` (``100 Continue``, written before the response starts) goes out at
+    once.
 
-    The cycle and its writer refer to each other until the response ends or the
-    connection closes; then the writer lets go of the cycle, so that neither waits for
-    the cyclic garbage collector.
+    One writer serves every response of a connection, one after another (uvicorn runs a
+    pipelined request only once the one before it has answered), and refers to nothing
+    but the transport: no cycle of references is left for the garbage collector.
     """
 
-    __slots__ = ("_cycle", "_head", "_headed", "_on_response", "_transport")
+    __slots__ = ("_head", "_headed", "_transport")
 
-    def __init__(
-        self,
-        transport: asyncio.Transport,
-        cycle: RequestResponseCycle,
-        on_response: Callable[[], None],
-    ) -> None:
+    def __init__(self, transport: asyncio.Transport) -> None:
         self._transport = transport
-        self._cycle: RequestResponseCycle | None = cycle
-        self._on_response = on_response
         self._head: bytes | None = None
-        self._headed = False  # the head was written (held or sent)
+        self._headed = False  # this response's head was written (held or sent)
 
     def write(self, data: bytes) -> None:
         """The head is held; anything after it goes out with it."""
-        cycle = self._cycle
-        if not self._headed and cycle is not None and cycle.response_started:
+        if not self._headed and not data.startswith(_INTERIM):
             self._headed = True
             self._head = data
             return
@@ -139,23 +129,17 @@ class _ResponseWriter:
             data = head + data
         self._transport.write(data)
 
-    def flush(self) -> None:
-        """Write the held head, if any."""
+    def end_response(self) -> None:
+        """The response ended: nothing may stay held; the next write starts another."""
         head = self._head
         if head is not None:
             self._head = None
             self._transport.write(head)
-
-    def response_complete(self) -> None:
-        """The cycle's ``on_response``: the response ended; nothing may stay held."""
-        self._cycle = None
-        self.flush()
-        self._on_response()
+        self._headed = False
 
     def close(self) -> None:
         """What was written goes out first (a TLS close still sends what is queued)."""
-        self._cycle = None
-        self.flush()
+        self.end_response()
         self._transport.close()
 
     def is_closing(self) -> bool:
@@ -197,10 +181,12 @@ class SecureHttpProtocol(HttpToolsProtocol):
     _head_bytes: int
     _head_raw: int
     _refusal: RequestRejected | None
+    _writer: _ResponseWriter
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         """Refuse connections over the caps; record the TLS facts; start the idle deadline."""
         super().connection_made(transport)
+        self._writer = _ResponseWriter(transport)
         self._tls_extension = {}
         self._peer = None
         self._idle = self._head = None
@@ -326,9 +312,12 @@ class SecureHttpProtocol(HttpToolsProtocol):
         super().on_headers_complete()
         cycle = self.cycle
         if cycle is not None and cycle.transport is self.transport:  # not an upgrade
-            writer = _ResponseWriter(self.transport, cycle, cycle.on_response)
-            cycle.transport = writer  # type: ignore[assignment]
-            cycle.on_response = writer.response_complete
+            cycle.transport = self._writer  # type: ignore[assignment]
+
+    def on_response_complete(self) -> None:
+        """A response ended: a head it left held goes out (``HEAD``), then uvicorn's own."""
+        self._writer.end_response()
+        super().on_response_complete()
 
     # ---- refusals ---------------------------------------------------------------------
 

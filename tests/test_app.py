@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import re
 
 import pytest
@@ -587,3 +588,100 @@ def test_app_predict_dispatch_matches_as_the_router_would(path, root, prefix, me
     assert bool(taken) == (match is Match.FULL and not path.endswith("\n"))
     if path == PREDICT and method == "POST" and (prefix == root or not root):
         assert taken  # the common request does take it
+
+
+# --------------------------------------------------------------------------- no garbage cycles
+
+
+def _garbage_of(app, requests: list[tuple[str, bytes, str | None]]) -> tuple[set[int], set[str]]:
+    """POST each ``(path, body, bearer)`` to ``app`` in process, after a first warm round.
+
+    The statuses, and the types of the objects the measured rounds left in cycles that
+    only the garbage collector would free.
+    """
+    import gc
+
+    async def call(path: str, body: bytes, bearer: str | None) -> int:
+        headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
+        if bearer is not None:
+            headers.append((b"authorization", b"Bearer " + bearer.encode()))
+        scope = {
+            "type": "http",
+            "asgi": {"version": "3.0"},
+            "http_version": "1.1",
+            "scheme": "https",
+            "method": "POST",
+            "path": path,
+            "raw_path": path.encode(),
+            "query_string": b"",
+            "root_path": "",
+            "headers": headers,
+            "client": ("127.0.0.1", 50000),
+            "server": ("127.0.0.1", 443),
+            "extensions": {},
+        }
+        statuses = []
+
+        async def receive():
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        async def send(message):
+            if message["type"] == "http.response.start":
+                statuses.append(message["status"])
+
+        await app(scope, receive, send)
+        await asyncio.sleep(0.01)  # what the response left to the loop (the audit write)
+        return statuses[0]
+
+    async def main() -> tuple[set[int], set[str]]:
+        inbox: asyncio.Queue = asyncio.Queue()
+        outbox: asyncio.Queue = asyncio.Queue()
+        lifespan = asyncio.ensure_future(
+            app({"type": "lifespan", "asgi": {"version": "3.0"}}, inbox.get, outbox.put)
+        )
+        await inbox.put({"type": "lifespan.startup"})
+        assert (await outbox.get())["type"] == "lifespan.startup.complete"
+        for request in requests:  # warm: what is made once is not garbage
+            await call(*request)
+        gc.collect()
+        gc.set_debug(gc.DEBUG_SAVEALL)
+        try:
+            statuses = {await call(*request) for request in requests * 5}
+            gc.collect()
+            kept = {type(o).__name__ for o in gc.garbage}
+        finally:
+            gc.set_debug(0)
+            gc.garbage.clear()
+        await inbox.put({"type": "lifespan.shutdown"})
+        await lifespan
+        return statuses, kept
+
+    return asyncio.run(main())
+
+
+def test_app_refusals_and_failures_leave_no_garbage_cycles(tmp_path):
+    """Refused and failed requests are freed as they end, not by the cyclic collector.
+
+    A traceback kept with the exception that a frame holds would tie the frames (and the
+    request body in their locals) into a cycle, for every refusal an attacker sends.
+    """
+    from app_helpers import unlimited_iris_settings
+
+    key = mint_key(name="k", roles=("predict",))
+    viewer = mint_key(name="v", roles=("viewer",))
+    good = json.dumps(VALID).encode()
+    iris = [
+        ("/v1/models/nope:predict", good, key.secret),  # 404
+        (PREDICT, good, "not-a-key"),  # 401
+        (PREDICT, good, viewer.secret),  # 403
+        (PREDICT, b'{"instances": [{"features": [99, 1, 1, 1]}]}', key.secret),  # 422
+        (PREDICT, b'{"instances": [', key.secret),  # 400
+        (PREDICT, good, key.secret),  # 200
+    ]
+    statuses, kept = _garbage_of(build_app(Iris, unlimited_iris_settings(), key, viewer), iris)
+    assert statuses == {404, 401, 403, 422, 400, 200}
+    assert not kept & {"frame", "traceback", "coroutine"}, kept
+    boom = [("/v1/models/boom:predict", b'{"instances": [{"x": 1}]}', key.secret)]
+    statuses, kept = _garbage_of(build_app(Boom, Settings(project_dir=tmp_path), key), boom)
+    assert statuses == {500}
+    assert not kept & {"frame", "traceback", "coroutine"}, kept

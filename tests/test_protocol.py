@@ -509,7 +509,11 @@ class _Transport:
 
 
 def _cycle(method: str = "POST", *, expect_100: bool = False, keep_alive: bool = True):
-    """A uvicorn response cycle writing through secureserve's writer to a recording transport."""
+    """A uvicorn response cycle writing through secureserve's writer to a recording transport.
+
+    Its ``on_response`` is what the protocol does: the writer's end of response, then a
+    note that it ended.
+    """
     import asyncio
     import logging
 
@@ -519,10 +523,16 @@ def _cycle(method: str = "POST", *, expect_100: bool = False, keep_alive: bool =
     from secureserve.protocol import _ResponseWriter
 
     transport = _Transport()
+    writer = _ResponseWriter(transport)  # type: ignore[arg-type]
     completed: list[bool] = []
+
+    def on_response() -> None:
+        writer.end_response()
+        completed.append(True)
+
     cycle = RequestResponseCycle(
         scope={"type": "http", "method": method, "headers": []},
-        transport=transport,  # type: ignore[arg-type]
+        transport=writer,  # type: ignore[arg-type]
         flow=FlowControl(transport),  # type: ignore[arg-type]
         logger=logging.getLogger("test"),
         access_logger=logging.getLogger("test.access"),
@@ -531,11 +541,8 @@ def _cycle(method: str = "POST", *, expect_100: bool = False, keep_alive: bool =
         message_event=asyncio.Event(),
         expect_100_continue=expect_100,
         keep_alive=keep_alive,
-        on_response=lambda: completed.append(True),
+        on_response=on_response,
     )
-    writer = _ResponseWriter(transport, cycle, cycle.on_response)  # type: ignore[arg-type]
-    cycle.transport = writer  # type: ignore[assignment]
-    cycle.on_response = writer.response_complete
     return cycle, transport, completed
 
 
@@ -555,6 +562,11 @@ def test_protocol_writer_sends_head_and_body_as_one_write():
         assert transport.writes[0].startswith(b"HTTP/1.1 200")
         assert transport.writes[0].endswith(b"\r\n\r\n{}")
         assert completed == [True]
+        # the connection's next response, through the same writer: held and sent alike
+        cycle.transport.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n")
+        assert len(transport.writes) == 1
+        cycle.transport.write(b"[]")
+        assert transport.writes[1] == b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n[]"
 
     asyncio.run(run())
 

@@ -145,6 +145,7 @@ class RequestContext:
                 )
             if status:  # the response had started: all we can do is end the connection
                 raise
+            _drop_tracebacks(exc)  # logged: kept, they would hold frames in cycles
             await problem_response(rejection, info.request_id)(scope, receive, send_with_headers)
         finally:
             self.metrics.in_flight.dec()
@@ -208,6 +209,25 @@ class RequestContext:
             )
         except AuditUnavailable:  # the response is gone already; the log keeps the trace
             self.log.exception("request not audited", request_id=info.request_id)
+
+
+def _drop_tracebacks(exc: BaseException) -> None:
+    """Let go of the tracebacks of ``exc`` and of the exceptions it chains.
+
+    A traceback holds its frames, and a frame that holds the exception (this one's
+    ``rejection``, the inference thread's error whose cause is the model's exception)
+    closes a cycle: the frames, their locals (request bodies, instances) and the
+    exceptions would wait for the cyclic garbage collector. Without them, all is freed
+    as the response is sent.
+    """
+    seen: set[int] = set()
+    pending: list[BaseException | None] = [exc]
+    while pending:
+        current = pending.pop()
+        if current is not None and id(current) not in seen:
+            seen.add(id(current))
+            current.__traceback__ = None
+            pending += (current.__cause__, current.__context__)
 
 
 def _scan(headers: list[tuple[bytes, bytes]]) -> tuple[str, str | None]:
