@@ -289,8 +289,10 @@ class _App(Starlette):
         """The user middleware around the router, outermost first; nothing else."""
         if self.exception_handlers:
             raise _no_handlers()
-        predict = next(r for r in self.router.routes if isinstance(r, Route) and r.path == _PREDICT)
-        app: ASGIApp = _Dispatch(self.router, predict)
+        first = self.router.routes[0] if self.router.routes else None
+        app: ASGIApp = self.router
+        if isinstance(first, Route) and first.path == _PREDICT:  # else the router decides
+            app = _Dispatch(self.router, first)
         for cls, args, kwargs in reversed(self.user_middleware):
             app = cls(app, *args, **kwargs)
         return app
@@ -304,7 +306,8 @@ class _Dispatch:
     strings, as the router would match it: the route path Starlette matches (the same
     function), ``/v1/models/`` + a name of at least one character without ``/`` (the
     route's ``[^/]+``) + ``:predict``, and ``POST``, the route's only method. Its
-    ``path_params`` and ``endpoint`` are set as the route sets them. Anything else,
+    ``path_params``, ``endpoint`` and ``route`` are set as the router sets them. It is
+    only used while that route is the router's first. Anything else,
     including paths the regex would match in ways this does not (``$`` matches before a
     final newline), goes to the router as before. tests/test_app.py checks both
     against each other on hostile paths.
@@ -312,6 +315,7 @@ class _Dispatch:
 
     def __init__(self, router: Router, predict: Route) -> None:
         self.router = router
+        self.route = predict
         self.predict = predict.app
         self.endpoint = predict.endpoint
 
@@ -326,6 +330,7 @@ class _Dispatch:
                     params["name"] = name
                     scope["path_params"] = params
                     scope["endpoint"] = self.endpoint
+                    scope["route"] = self.route
                     if "router" not in scope:
                         scope["router"] = self.router
                     await self.predict(scope, receive, send)

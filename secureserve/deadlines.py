@@ -51,7 +51,7 @@ class Deadlines(Generic[_K]):
         """Call ``callback(key)`` once ``seconds`` have passed (replaces ``key``'s deadline)."""
         self._due[key] = (self._loop.time() + seconds, callback)
         if self._timer is None:
-            self._timer = self._loop.call_later(RESOLUTION_S, self._look)
+            self._timer = self._loop.call_later(RESOLUTION_S, self._fire_due)
 
     def cancel(self, key: _K) -> None:
         """``key``'s deadline no longer applies (nothing happens if it has none)."""
@@ -60,14 +60,14 @@ class Deadlines(Generic[_K]):
     def __len__(self) -> int:
         return len(self._due)
 
-    def _look(self) -> None:
+    def _fire_due(self) -> None:
         """Fire what is due; look again later while anything is pending."""
         now = self._loop.time()
         due = self._due
         fired = [(key, entry[1]) for key, entry in due.items() if entry[0] <= now]
         for key, _ in fired:
             del due[key]
-        self._timer = self._loop.call_later(RESOLUTION_S, self._look) if due else None
+        self._timer = self._loop.call_later(RESOLUTION_S, self._fire_due) if due else None
         for key, callback in fired:
             try:
                 callback(key)

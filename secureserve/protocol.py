@@ -110,17 +110,17 @@ class _ResponseWriter:
     but the transport: no cycle of references is left for the garbage collector.
     """
 
-    __slots__ = ("_head", "_headed", "_transport")
+    __slots__ = ("_head", "_head_written", "_transport")
 
     def __init__(self, transport: asyncio.Transport) -> None:
         self._transport = transport
         self._head: bytes | None = None
-        self._headed = False  # this response's head was written (held or sent)
+        self._head_written = False  # this response's head was written (held or sent)
 
     def write(self, data: bytes) -> None:
         """The head is held; anything after it goes out with it."""
-        if not self._headed and not data.startswith(_INTERIM):
-            self._headed = True
+        if not self._head_written and not data.startswith(_INTERIM):
+            self._head_written = True
             self._head = data
             return
         head = self._head
@@ -135,7 +135,7 @@ class _ResponseWriter:
         if head is not None:
             self._head = None
             self._transport.write(head)
-        self._headed = False
+        self._head_written = False
 
     def close(self) -> None:
         """What was written goes out first (a TLS close still sends what is queued)."""
@@ -362,7 +362,7 @@ class SecureHttpProtocol(HttpToolsProtocol):
                 self.flow.pause_reading()
                 if not cycle.response_started:
                     return
-                self.transport.close()
+                self._writer.close()  # what the answer in progress wrote goes first
                 return
             cycle.disconnected = True  # the app stops waiting for this body
             cycle.message_event.set()

@@ -194,12 +194,13 @@ class BatchRunner(Generic[_W, _R]):
         with self._start_lock:
             if self._thread is None:
                 outbox = _Outbox(loop)
-                self._thread = threading.Thread(
+                thread = threading.Thread(
                     target=self._serve, args=(outbox,), name=self._name, daemon=True
                 )
-                self._thread.start()
+                thread.start()
+                self._thread = thread
                 self._deadlines = Deadlines(loop)
-                self._loop = loop
+                self._loop = loop  # last: once it is set, the rest is
 
     def _serve(self, outbox: _Outbox) -> None:
         _batch_scheduling()

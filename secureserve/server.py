@@ -38,7 +38,7 @@ from secureserve.protocol import Edge, SecureHttpProtocol
 
 __all__ = ["bind_socket", "serve"]
 
-#: Net allocations of tracked objects between two young collections (CPython: 700).
+#: Net allocations of tracked objects between two young collections (CPython 3.11-3.13: 700).
 _YOUNG_COLLECTION_EVERY: Final = 10_000
 
 

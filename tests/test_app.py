@@ -325,6 +325,12 @@ def test_app_request_context_is_the_only_error_boundary(iris_project):
         layer = layer.app
     assert layer.router is app.router
     assert names[0] == "RequestContext"
+    # a route put before predict's is never passed over: the router alone decides then
+    app.router.routes.insert(0, app.router.routes[-1])
+    layer = app.build_middleware_stack()
+    while layer is not app.router:
+        assert not isinstance(layer, _Dispatch)
+        layer = layer.app
     assert not {"ServerErrorMiddleware", "ExceptionMiddleware"} & set(names)
     with pytest.raises(ss.ConfigError, match="exception handlers cannot be added"):
         app.add_exception_handler(ValueError, lambda request, exc: None)
@@ -583,6 +589,7 @@ def test_app_predict_dispatch_matches_as_the_router_would(path, root, prefix, me
         assert match is Match.FULL
         assert taken[0]["path_params"] == child["path_params"]
         assert taken[0]["endpoint"] is child["endpoint"]
+        assert taken[0]["route"] is route
         assert taken[0]["router"] is router
     # it takes every request the route matches, but for a path ending in a newline
     assert bool(taken) == (match is Match.FULL and not path.endswith("\n"))

@@ -602,3 +602,42 @@ def test_protocol_writer_flushes_the_head_before_closing():
         assert transport.writes[0].startswith(b"HTTP/1.1 200")
 
     asyncio.run(run())
+
+
+def test_protocol_pipelined_requests_are_answered_whole_and_in_order(server):
+    """Two requests in one TLS write: two whole answers, in order, each head with its body."""
+    predict = request_head("POST", PREDICT, key=server.key, content_length=len(VALID)) + VALID
+    health = request_head("GET", "/healthz", content_type=None)
+    with server.connect() as tls:
+        tls.sendall(predict + health + predict)
+        first = read_reply(tls)
+        second = read_reply(tls)
+        third = read_reply(tls)
+    assert (first.status, second.status, third.status) == (200, 200, 200)
+    assert b"predictions" in first.body
+    assert b"predictions" in third.body
+    assert second.body == b'{"status":"ok"}'
+    assert len({first.headers["x-request-id"], third.headers["x-request-id"]}) == 2
+
+
+def test_protocol_100_continue_comes_before_the_answer(server):
+    """``Expect: 100-continue`` gets its interim answer at once, before the body is sent."""
+    head = request_head(
+        "POST",
+        PREDICT,
+        key=server.key,
+        content_length=len(VALID),
+        extra=[("Expect", "100-continue")],
+    )
+    with server.connect() as tls:
+        tls.sendall(head)
+        interim = b""
+        while b"\r\n\r\n" not in interim:
+            data = tls.recv(65536)
+            assert data, "closed before the interim answer"
+            interim += data
+        assert interim.startswith(b"HTTP/1.1 100 Continue\r\n\r\n")
+        tls.sendall(VALID)
+        reply = read_reply(tls, prefix=interim.partition(b"\r\n\r\n")[2])
+    assert reply.status == 200
+    assert b"predictions" in reply.body
