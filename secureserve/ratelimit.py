@@ -225,19 +225,20 @@ class RateLimiter:
         ``limits-unavailable``.
         """
         own_rate, own_quota = self._per_model.get(model, (None, None)) if model else (None, None)
-        mine = f"{model}/{principal_id}"  # this principal on this model
         plan = [
             (window, ident)
             for window, ident in (
                 (self._principal, principal_id),
                 (self._model, model),
                 (self._quota, principal_id),
-                (own_rate, mine),
-                (own_quota, mine),
-                (throttle, self.throttle_key(model, principal_id)),
             )
             if window is not None and ident is not None
         ]
+        if own_rate is not None or own_quota is not None:  # this principal on this model
+            mine = f"{model}/{principal_id}"
+            plan += [(window, mine) for window in (own_rate, own_quota) if window is not None]
+        if throttle is not None:
+            plan.append((throttle, self.throttle_key(model, principal_id)))
         if not plan or cost < 1:
             return
         shared = self._shared
