@@ -123,9 +123,12 @@ def _finite(rows: npt.NDArray[Any]) -> bool:
     return bool(np.isfinite(rows).all())
 
 
-@dataclass(frozen=True)
-class Screened:
-    """One request's instances as feature rows, and what the guard found in them."""
+class Screened(msgspec.Struct, frozen=True):
+    """One request's instances as feature rows, and what the guard found in them.
+
+    A Struct, not a dataclass: one is made for every request, and a frozen dataclass
+    sets each field through ``object.__setattr__`` (0.5 µs against 0.06).
+    """
 
     rows: npt.NDArray[np.float64]
     flagged: tuple[int, ...] | None  # flagged and let through (audit field ``flagged``)
