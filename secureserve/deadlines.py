@@ -20,7 +20,7 @@ from typing import Final, Generic, TypeVar
 
 from secureserve.logs import get_logger
 
-__all__ = ["RESOLUTION_S", "Deadlines"]
+__all__ = ["RESOLUTION_S", "Deadlines", "on_loop"]
 
 #: How late a deadline may fire: the interval of the look at pending deadlines.
 RESOLUTION_S: Final = 0.05
@@ -73,3 +73,15 @@ class Deadlines(Generic[_K]):
                 callback(key)
             except Exception:  # noqa: BLE001 - one failing callback must not stop the others
                 get_logger().exception("deadline callback failed")
+
+
+def on_loop(deadlines: Deadlines[_K] | None, loop: asyncio.AbstractEventLoop) -> Deadlines[_K]:
+    """``deadlines`` if they run on ``loop``, else new ones there.
+
+    An app or a runner may be used from another loop than the one it first ran on
+    (tests, a service that restarts its loop): the deadlines must fire on the loop
+    that waits for them.
+    """
+    if deadlines is None or deadlines.loop is not loop:
+        return Deadlines(loop)
+    return deadlines

@@ -36,7 +36,7 @@ import threading
 from collections import deque
 from typing import Any, Final, Generic, TypeVar
 
-from secureserve.deadlines import Deadlines
+from secureserve.deadlines import Deadlines, on_loop
 from secureserve.errors import ModelError, RequestRejected, SecureServeError
 from secureserve.logs import get_logger
 from secureserve.model import Model
@@ -128,19 +128,18 @@ class BatchRunner(Generic[_W, _R]):
         self._name = name
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None  # the thread answers on this one
-        self._deadlines: Deadlines[Job[_W, _R]]  # each job's timeout, on that loop
+        self._deadlines: Deadlines[Job[_W, _R]] | None = None  # each job's timeout
         self._start_lock = threading.Lock()
         self._pending: list[Job[_W, _R]] = []  # submitted during this loop iteration
 
     async def _submit(self, work: _W, size: int) -> Job[_W, _R]:
         """Queue ``work`` (``size`` rows) and wait: the job, its future resolved (or raises)."""
-        loop = self._loop  # asked once: CPython 3.11 makes a system call to tell it
-        if loop is None:
-            loop = asyncio.get_running_loop()
+        # asked every time: used from another loop, a job still gets its 504 on that loop
+        loop = asyncio.get_running_loop()
+        if self._thread is None:
             self._start(loop)
         job: Job[_W, _R] = Job(work, size, loop.create_future())
-        deadlines = self._deadlines
+        deadlines = self._deadlines = on_loop(self._deadlines, loop)
         deadlines.add(job, self._timeout, self._expire)
         if not self._pending:
             loop.call_soon(self._hand_over)
@@ -175,14 +174,14 @@ class BatchRunner(Generic[_W, _R]):
             self._hand_over()
             self._queue.put(_STOP)
             thread.join(timeout)
-            self._thread = self._loop = None
+            self._thread = None
 
     def stop(self) -> None:
         """Like ``close`` without waiting: queued jobs finish, then the thread ends."""
         if self._thread is not None:
             self._hand_over()
             self._queue.put(_STOP)
-            self._thread = self._loop = None
+            self._thread = None
 
     def _hand_over(self) -> None:
         """Give the thread every job submitted in this loop iteration, in one put (one wake-up)."""
@@ -199,8 +198,6 @@ class BatchRunner(Generic[_W, _R]):
                 )
                 thread.start()
                 self._thread = thread
-                self._deadlines = Deadlines(loop)
-                self._loop = loop  # last: once it is set, the rest is
 
     def _serve(self, outbox: _Outbox) -> None:
         _batch_scheduling()

@@ -380,6 +380,26 @@ def test_app_request_id_invalid_incoming_is_replaced(iris, incoming):
     assert GENERATED_ID.fullmatch(response.headers["x-request-id"])
 
 
+def _https_scope(method: str, path: str, headers: list[tuple[bytes, bytes]]) -> dict:
+    """The ASGI scope of one HTTPS request as a server would pass it to the app."""
+    return {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": method,
+        "scheme": "https",
+        "path": path,
+        "raw_path": path.encode(),
+        "root_path": "",
+        "query_string": b"",
+        "headers": headers,
+        "client": ("127.0.0.1", 1234),
+        "server": ("testserver", 443),
+        "state": {},
+        "extensions": {},
+    }
+
+
 def _raw_get(app, path, headers):
     """One GET through the raw ASGI interface; returns (status, response headers)."""
     messages = []
@@ -390,22 +410,7 @@ def _raw_get(app, path, headers):
     async def send(message):
         messages.append(message)
 
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": "GET",
-        "scheme": "https",
-        "path": path,
-        "raw_path": path.encode(),
-        "root_path": "",
-        "query_string": b"",
-        "headers": headers,
-        "client": ("127.0.0.1", 1234),
-        "server": ("testserver", 443),
-        "state": {},
-    }
-    asyncio.run(app(scope, receive, send))
+    asyncio.run(app(_https_scope("GET", path, headers), receive, send))
     start = next(m for m in messages if m["type"] == "http.response.start")
     return start["status"], start["headers"]
 
@@ -612,21 +617,7 @@ def _garbage_of(app, requests: list[tuple[str, bytes, str | None]]) -> tuple[set
         headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
         if bearer is not None:
             headers.append((b"authorization", b"Bearer " + bearer.encode()))
-        scope = {
-            "type": "http",
-            "asgi": {"version": "3.0"},
-            "http_version": "1.1",
-            "scheme": "https",
-            "method": "POST",
-            "path": path,
-            "raw_path": path.encode(),
-            "query_string": b"",
-            "root_path": "",
-            "headers": headers,
-            "client": ("127.0.0.1", 50000),
-            "server": ("127.0.0.1", 443),
-            "extensions": {},
-        }
+        scope = _https_scope("POST", path, headers)
         statuses = []
 
         async def receive():

@@ -121,6 +121,24 @@ def test_runner_times_out_with_504():
     assert info.value.status == 504
 
 
+def test_runner_used_from_another_loop_still_answers_504():
+    """Reused from a second event loop without close(), a job is not kept forever.
+
+    Its result goes back to the first loop, which is gone; the timeout fires on the
+    loop that waits for it.
+    """
+    runner = _runner(Recorder(), timeout=0.2)
+    asyncio.run(runner.submit([In(1)]))  # the thread starts, answering on this loop
+
+    async def again() -> bytes:
+        return await asyncio.wait_for(runner.submit([In(2)]), 10)
+
+    with pytest.raises(RequestRejected) as info:
+        asyncio.run(again())
+    runner.close()
+    assert info.value.status == 504
+
+
 def test_runner_async_predict_and_its_timeout():
     """An async predict runs on the loop; past the budget it is cancelled with 504."""
     runner = _runner(AsyncModel(), timeout=0.1)

@@ -22,7 +22,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from secureserve.addresses import client_ip
 from secureserve.audit import AuditLog, AuditUnavailable, RequestEntry, decision
-from secureserve.deadlines import Deadlines
+from secureserve.deadlines import Deadlines, on_loop
 from secureserve.errors import ModelError, RequestRejected
 from secureserve.logs import AccessLog, AccessRecord
 from secureserve.metrics import Metrics, route_of
@@ -116,7 +116,8 @@ class RequestContext:
         scope["starlette.exception_handlers"] = _NO_EXCEPTION_HANDLERS
         start = time.perf_counter()
         request_id, doubled = _scan(scope["headers"])
-        info = RequestInfo(request_id, start, self._deadlines_of(asyncio.get_running_loop()))
+        self._deadlines = on_loop(self._deadlines, asyncio.get_running_loop())
+        info = RequestInfo(request_id, start, self._deadlines)
         scope["secureserve"] = info
         rid = info.request_id.encode()
         status = 0
@@ -168,13 +169,6 @@ class RequestContext:
             self.metrics.observe(path=path, status=final, seconds=seconds, reason=info.log_reason)
             if not info.audited and path not in PROBE_PATHS:
                 self._audit(scope, info, final, seconds, route_of(path))
-
-    def _deadlines_of(self, loop: asyncio.AbstractEventLoop) -> Deadlines[Any]:
-        """The deadlines of ``loop``, the one serving the app (made anew if it changed)."""
-        deadlines = self._deadlines
-        if deadlines is None or deadlines.loop is not loop:
-            deadlines = self._deadlines = Deadlines(loop)
-        return deadlines
 
     def _audit(
         self, scope: Scope, info: RequestInfo, status: int, seconds: float, route: str
