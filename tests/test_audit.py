@@ -785,6 +785,10 @@ def test_request_async_writes_one_iteration_with_one_write(tmp_path, monkeypatch
     lines = (tmp_path / "a.jsonl").read_bytes().splitlines()
     ids = [msgspec.json.decode(line)["request_id"] for line in lines]
     assert ids == [f"req-{n:08d}" for n in range(10)]
+    # written together, at one time; each line names the hash of the one before it
+    assert len({msgspec.json.decode(line)["time"] for line in lines}) == 1
+    for before, line in itertools.pairwise(lines):
+        assert msgspec.json.decode(line)["prev"] == hashlib.sha256(before).hexdigest()
 
 
 def test_request_async_failed_batch_refuses_all_and_keeps_the_chain(tmp_path, monkeypatch):

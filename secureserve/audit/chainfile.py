@@ -157,12 +157,14 @@ class ChainFile:
         """Chain and write ``batch`` with one ``write``; on any failure the state is as before."""
         fd = self._open_fd()
         saved = (self._seq, self._prev, self._rotated_from)
+        moment = rfc3339(utc(self._clock()))  # one write: one time for all its records
         lines = []
         for fields in batch:
-            line = self._line(fields)
+            line = self._encode(fields, moment)
             lines.append(line)
-            self._prev, self._seq, self._rotated_from = sha256(line[:-1]), self._seq + 1, None
-        data = b"".join(lines)
+            self._prev, self._seq, self._rotated_from = sha256(line), self._seq + 1, None
+        lines.append(b"")
+        data = b"\n".join(lines)
         if self._size and self._size + len(data) > self._max_bytes:
             self._seq, self._prev, self._rotated_from = saved
             for fields in batch:  # crosses the rotation size: the careful path, one by one
@@ -200,11 +202,14 @@ class ChainFile:
         return self._fd
 
     def _line(self, fields: dict[str, Any]) -> bytes:
-        fields = {**fields, "time": rfc3339(utc(self._clock())), "seq": self._seq}
-        fields["prev"] = self._prev
+        return self._encode(fields, rfc3339(utc(self._clock()))) + b"\n"
+
+    def _encode(self, fields: dict[str, Any], moment: str) -> bytes:
+        """The next record of ``fields`` written at ``moment``, without its LF."""
+        fields = {**fields, "time": moment, "seq": self._seq, "prev": self._prev}
         if self._rotated_from is not None:
             fields["rotated_from"] = self._rotated_from
-        return _encoder.encode(fields) + b"\n"
+        return _encoder.encode(fields)
 
     def _write(self, fd: int, fields: dict[str, Any], line: bytes | None = None) -> None:
         line = self._line(fields) if line is None else line
