@@ -15,8 +15,8 @@ the requests that hold them are bounded by ``[server] max_in_flight``.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Hashable
-from typing import Final, Generic, TypeVar
+from collections.abc import Callable, Hashable, MutableMapping
+from typing import Any, Final, Generic, TypeVar
 
 from secureserve.logs import get_logger
 
@@ -73,6 +73,18 @@ class Deadlines(Generic[_K]):
                 callback(key)
             except Exception:  # noqa: BLE001 - one failing callback must not stop the others
                 get_logger().exception("deadline callback failed")
+
+
+#: Where secureserve's HTTP protocol leaves the event loop serving a request, in its ASGI
+#: scope. Asking asyncio for the running loop costs a system call on CPython 3.11
+#: (``getpid()``, a fork check); the layers that need it read it here when it is set.
+SCOPE_LOOP: Final = "secureserve.loop"
+
+
+def running_loop(scope: MutableMapping[str, Any]) -> asyncio.AbstractEventLoop:
+    """The loop serving the request of ``scope`` (asked of asyncio when the server did not say)."""
+    loop: asyncio.AbstractEventLoop | None = scope.get(SCOPE_LOOP)
+    return loop if loop is not None else asyncio.get_running_loop()
 
 
 def on_loop(deadlines: Deadlines[_K] | None, loop: asyncio.AbstractEventLoop) -> Deadlines[_K]:

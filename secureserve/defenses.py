@@ -304,14 +304,25 @@ class Defenses:
         )
 
     def after_predict(
-        self, principal: str, screened: Screened | None, labels: list[Any] | None
+        self,
+        principal: str,
+        screened: Screened | None,
+        labels: list[Any] | None,
+        loop: asyncio.AbstractEventLoop | None = None,
     ) -> None:
-        """Hand the answered instances, with their predicted labels, to extraction detection."""
+        """Hand the answered instances, with their predicted labels, to extraction detection.
+
+        With the running ``loop``, they are observed at the end of its iteration, with the
+        other requests answered in it (:meth:`ExtractionMonitor.defer`); else at once.
+        """
         if self.extraction is None or screened is None:
             return
         rows, found = screened.rows, screened.outside
         outside = [i in found for i in range(len(rows))] if found else [False] * len(rows)
-        self.extraction.observe(principal, rows, labels, outside)
+        if loop is None:
+            self.extraction.observe(principal, rows, labels, outside)
+        else:
+            self.extraction.defer(principal, rows, labels, outside, loop)
 
     @property
     def wants_labels(self) -> bool:

@@ -132,10 +132,11 @@ class Predict:
                 instances,
                 state.policies.for_roles(principal.roles),
                 want_labels=defenses.wants_labels,
+                loop=info.loop,
             )
         finally:
             deployment.release()
-        defenses.after_predict(principal.id, screened, labels)
+        defenses.after_predict(principal.id, screened, labels, info.loop)
         flagged = screened.flagged if screened is not None else None
         await answer(
             send,
@@ -202,7 +203,7 @@ class Explain:
             deployment.release()
         if known is None:
             await limiter.check_explain(principal.id, state.name, 0, evaluations)
-        defenses.after_predict(principal.id, screened, labels)
+        defenses.after_predict(principal.id, screened, labels, info.loop)
         payload = _encoder.encode({"explanations": explanations})
         await answer(
             send,

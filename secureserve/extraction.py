@@ -26,31 +26,43 @@ bounded by ``max_principals x history x (features x 4 + ~150)`` bytes (float32 v
 grown as queries come, their norms, labels, hashes, distances and guard verdicts), plus
 ``history x 8`` bytes per model for one query's work: 0.8 MB for a full history of
 2,000 queries of 64 features. The work per request is numpy's on the whole history
-(one product per instance) and plain Python for the little around it. Each
+(one product per instance) and plain Python for the little around it.
+
+The server hands each answered request over with :meth:`ExtractionMonitor.defer`: the
+requests answered in one event-loop iteration are observed together at its end, those
+of one principal as one request of all their instances (its clock read, its signals
+judged, once). Under load the fixed cost of a request is then paid once per iteration
+and principal; the instances are added in the order they came, as if one at a time. What
+waits is at most the requests answered in one iteration (``[server] max_in_flight``),
+and every method that reads or changes what is tracked observes what waits first. Each
 principal is named on the admin route by an opaque random handle, never by its id in a
 URL (ids such as ``jwt:...`` or certificate subjects may hold ``/`` and personal data).
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import math
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Hashable, Sequence
-from typing import Final, TypeVar, cast
+from typing import Any, Final, TypeVar, cast
 
 import msgspec
 import numpy as np
 import numpy.typing as npt
 
+from secureserve.logs import get_logger
 from secureserve.settings import ExtractionSettings
 from secureserve.shapiro import shapiro_w
 
 __all__ = ["ExtractionMonitor", "PrincipalPage", "PrincipalStats"]
 
 _T = TypeVar("_T")
+#: One answered request: its principal, feature rows, predicted labels, guard verdicts.
+_Observation = tuple[str, "npt.NDArray[np.float64]", "Sequence[Hashable] | None", "Sequence[bool]"]
 
 #: The Shapiro-Wilk test is run again after this share of ``min_queries`` new distances.
 _RETEST_SHARE: Final = 0.1
@@ -211,8 +223,26 @@ class ExtractionMonitor:
         # one query's products and squared distances, reused (one thread: the event loop's)
         self._dots = np.empty(settings.history, dtype=np.float32)
         self._squared = np.empty(settings.history, dtype=np.float32)
+        self._waiting: list[_Observation] = []  # deferred to the end of this loop iteration
 
     # ----------------------------------------------------------------------- queries
+
+    def defer(
+        self,
+        principal: str,
+        rows: npt.NDArray[np.float64],
+        labels: Sequence[Hashable] | None,
+        outside: Sequence[bool],
+        loop: asyncio.AbstractEventLoop,
+    ) -> None:
+        """:meth:`observe` at the end of this iteration of ``loop``, with the others of it.
+
+        The requests of one principal are observed as one (see the module docstring).
+        """
+        waiting = self._waiting
+        if not waiting:
+            loop.call_soon(self._observe_waiting)
+        waiting.append((principal, rows, labels, outside))
 
     def observe(
         self,
@@ -222,6 +252,53 @@ class ExtractionMonitor:
         outside: Sequence[bool],
     ) -> None:
         """Add one request's instances (``outside``: the guard would flag them)."""
+        if self._waiting:
+            self._observe_waiting()
+        self._observe(principal, rows, labels, outside)
+
+    def _observe_waiting(self) -> None:
+        """Observe the deferred requests, those of one principal as one request.
+
+        A principal's requests are merged only when their rows share a dtype (the bound
+        is compared in the rows' own precision) and all have labels or none does;
+        otherwise they are observed one by one, in order. Principals are taken in the
+        order of their last request, so the least recently seen stays first.
+        """
+        waiting, self._waiting = self._waiting, []
+        if len(waiting) < 2:  # noqa: PLR2004 - nothing to merge
+            if waiting:
+                self._observe(*waiting[0])
+            return
+        by_principal: dict[str, list[_Observation]] = {}
+        for item in waiting:
+            items = by_principal.pop(item[0], None) or []  # re-inserted: after the others
+            items.append(item)
+            by_principal[item[0]] = items
+        try:
+            for principal, items in by_principal.items():
+                if len(items) == 1 or not _mergeable(items):
+                    for _, rows, labels, outside in items:
+                        self._observe(principal, rows, labels, outside)
+                    continue
+                merged: list[Any] | None = None
+                if items[0][2] is not None:
+                    merged = [label for item in items for label in cast("Sequence[Any]", item[2])]
+                self._observe(
+                    principal,
+                    np.concatenate([item[1] for item in items]),
+                    merged,
+                    [flag for item in items for flag in item[3]],
+                )
+        except Exception:  # noqa: BLE001 - a loop callback: its exceptions would go unheard
+            get_logger().exception("extraction detection failed", model=self.model)
+
+    def _observe(
+        self,
+        principal: str,
+        rows: npt.NDArray[np.float64],
+        labels: Sequence[Hashable] | None,
+        outside: Sequence[bool],
+    ) -> None:
         track = self._track(principal)
         count = len(rows)
         track.queries += count
@@ -388,6 +465,7 @@ class ExtractionMonitor:
 
     def touch(self, principal: str) -> None:
         """``principal`` was seen (a refused request too): it is the most recent now."""
+        self._observe_waiting()
         if principal in self._tracks:
             self._tracks.move_to_end(principal)
 
@@ -413,11 +491,14 @@ class ExtractionMonitor:
 
     def suspected(self, principal: str) -> bool:
         """Whether ``principal`` is suspect now (until an admin clears it)."""
+        if self._waiting:
+            self._observe_waiting()
         track = self._tracks.get(principal)
         return track is not None and track.suspected
 
     def clear(self, handle: str) -> str | None:
         """Forget what made the principal of ``handle`` suspect; its id, or None if unknown."""
+        self._observe_waiting()
         principal = self._handles.get(handle)
         if principal is not None:
             self.forget(principal)
@@ -425,22 +506,26 @@ class ExtractionMonitor:
 
     def forget(self, principal: str) -> None:
         """Start ``principal`` afresh (same handle): its history and statistics are gone."""
+        self._observe_waiting()
         track = self._tracks.get(principal)
         if track is not None:
             self._tracks[principal] = _Track(self.width, self.settings.history, track.handle)
 
     def rebind(self, on_suspect: Callable[[str, PrincipalStats], None]) -> None:
         """Report new suspects to ``on_suspect`` (after a reload, the new deployment's)."""
+        self._observe_waiting()  # what came before the reload, to the old one
         self._on_suspect = on_suspect
 
     def principal_of(self, handle: str) -> str | None:
         """The tracked principal of ``handle``, if any."""
+        self._observe_waiting()
         return self._handles.get(handle)
 
     # ----------------------------------------------------------------------- reading
 
     def page(self, offset: int, limit: int) -> PrincipalPage:
         """Tracked principals, most recently seen first, ``limit`` from ``offset``."""
+        self._observe_waiting()
         items = list(reversed(self._tracks.items()))
         chosen = items[offset : offset + limit]
         after = offset + len(chosen)
@@ -454,6 +539,7 @@ class ExtractionMonitor:
 
     def lowest_statistic(self) -> float | None:
         """The lowest PRADA statistic among tracked principals (the gauge)."""
+        self._observe_waiting()
         values = [t.statistic for t in self._tracks.values() if t.statistic is not None]
         return min(values) if values else None
 
@@ -480,6 +566,14 @@ def handle_of(model: str, principal: str) -> str:
     """
     digest = hashlib.sha256(f"{_HANDLE_SALT}\0{model}\0{principal}".encode()).digest()
     return base64.urlsafe_b64encode(digest[:16]).decode().rstrip("=")
+
+
+def _mergeable(items: list[_Observation]) -> bool:
+    """Whether requests can be observed as one: rows of one dtype, labels all or none."""
+    dtype, labelled = items[0][1].dtype, items[0][2] is not None
+    return all(
+        rows.dtype == dtype and (labels is not None) == labelled for _, rows, labels, _ in items
+    )
 
 
 def _forget(seen: dict[bytes, int], key: bytes) -> None:

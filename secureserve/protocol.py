@@ -40,6 +40,7 @@ import httptools
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 from secureserve.addresses import address_key, is_trusted_proxy
+from secureserve.deadlines import SCOPE_LOOP
 from secureserve.errors import RequestRejected
 from secureserve.logs import AccessRecord
 from secureserve.problems import problem_bytes
@@ -277,6 +278,7 @@ class SecureHttpProtocol(HttpToolsProtocol):
         """A request head starts (pipelined ones too): its deadline runs."""
         super().on_message_begin()
         self.scope["extensions"] = {"tls": self._tls_extension}
+        self.scope[SCOPE_LOOP] = self.loop  # type: ignore[typeddict-unknown-key]
         self._head_count = self._head_bytes = 0
         if not self._head_started:
             self._head_started = self.loop.time()

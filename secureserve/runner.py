@@ -132,10 +132,16 @@ class BatchRunner(Generic[_W, _R]):
         self._start_lock = threading.Lock()
         self._pending: list[Job[_W, _R]] = []  # submitted during this loop iteration
 
-    async def _submit(self, work: _W, size: int) -> Job[_W, _R]:
-        """Queue ``work`` (``size`` rows) and wait: the job, its future resolved (or raises)."""
+    async def _submit(
+        self, work: _W, size: int, loop: asyncio.AbstractEventLoop | None = None
+    ) -> Job[_W, _R]:
+        """Queue ``work`` (``size`` rows) and wait: the job, its future resolved (or raises).
+
+        ``loop`` is the running loop, when the caller has it at hand (asking for it costs
+        a system call on 3.11).
+        """
         # asked every time: used from another loop, a job still gets its 504 on that loop
-        loop = asyncio.get_running_loop()
+        loop = loop or asyncio.get_running_loop()
         if self._thread is None:
             self._start(loop)
         job: Job[_W, _R] = Job(work, size, loop.create_future())
@@ -264,12 +270,20 @@ class InferenceRunner(BatchRunner[_Predict, bytes]):
         return body
 
     async def submit_labelled(
-        self, instances: list[Any], view: OutputView | None, *, want_labels: bool
+        self,
+        instances: list[Any],
+        view: OutputView | None,
+        *,
+        want_labels: bool,
+        loop: asyncio.AbstractEventLoop | None = None,
     ) -> tuple[bytes, list[Any] | None]:
-        """:meth:`submit`, and with ``want_labels`` the predicted label of each instance."""
+        """:meth:`submit`, and with ``want_labels`` the predicted label of each instance.
+
+        ``loop``: the running loop, if the caller knows it.
+        """
         if self._is_async:
             return await self._predict_async(instances, view, want_labels=want_labels)
-        job = await self._submit((instances, view, want_labels), len(instances))
+        job = await self._submit((instances, view, want_labels), len(instances), loop)
         return job.future.result(), job.extra
 
     def _run(self, jobs: list[Job[_Predict, bytes]]) -> list[tuple[Job[_Predict, bytes], Any]]:

@@ -197,7 +197,8 @@ class Infer:
         screened = defenses.screen(principal.id, request.inputs, info.request_id)  # or 4xx
         outputs = await deployment.infer(request.inputs, wanted, rows)
         if defenses.wants_labels:  # extraction detection: what each row was answered
-            defenses.after_predict(principal.id, screened, _labels(instance, outputs, rows))
+            labels = _labels(instance, outputs, rows)
+            defenses.after_predict(principal.id, screened, labels, info.loop)
         payload, header_length = encode_response(
             model_name=state.name,
             model_version=deployment.version,

@@ -100,3 +100,20 @@ def test_deadlines_a_failing_callback_does_not_stop_the_others():
     with capture_logs() as logs:
         assert asyncio.run(main()) == ["ok", "later"]
     assert [entry["event"] for entry in logs] == ["deadline callback failed"]
+
+
+def test_running_loop_is_the_scopes_when_the_server_put_it_there():
+    import asyncio
+
+    from secureserve.deadlines import SCOPE_LOOP, running_loop
+
+    other = asyncio.new_event_loop()
+    try:
+
+        async def run() -> None:
+            assert running_loop({}) is asyncio.get_running_loop()  # asked of asyncio
+            assert running_loop({SCOPE_LOOP: other}) is other  # taken as given
+
+        asyncio.run(run())
+    finally:
+        other.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import math
 import secrets
 import time
@@ -649,6 +650,106 @@ def test_observe_matches_a_reference_implementation(width, labels):
     assert extraction.dropped > 50  # one-off principals came and went
     assert {who for who, _ in suspects} >= {"a", "b"}  # the steady ones were caught
     assert reference.signals >= {"prada", "volume"}  # both were met at some point
+
+
+def _merged(requests: list[tuple[str, Any, Any, list[bool]]]) -> list[tuple[str, Any, Any, Any]]:
+    """One iteration's requests as the monitor observes them.
+
+    Per principal, in the order of their last request: all as one request when their rows
+    share a dtype and all or none have labels, else one by one.
+    """
+    by_principal: dict[str, list[tuple[str, Any, Any, list[bool]]]] = {}
+    for request in requests:
+        by_principal[request[0]] = [*by_principal.pop(request[0], []), request]
+    observed: list[tuple[str, Any, Any, Any]] = []
+    for who, mine in by_principal.items():
+        labelled = {answers is not None for _, _, answers, _ in mine}
+        if len(mine) > 1 and len({rows.dtype for _, rows, _, _ in mine}) == 1 == len(labelled):
+            answers = [a for _, _, some, _ in mine for a in some] if labelled == {True} else None
+            rows = np.concatenate([rows for _, rows, _, _ in mine])
+            observed.append((who, rows, answers, [f for _, _, _, flags in mine for f in flags]))
+        else:
+            observed += mine
+    return observed
+
+
+@pytest.mark.parametrize("width", [1, 5])
+def test_deferred_requests_are_observed_together_at_the_end_of_the_iteration(width):
+    """Requests deferred in one loop iteration: as the reference observes them merged.
+
+    Each principal's requests of an iteration as one (mixed dtypes or labelled-ness one
+    by one), bit for bit, with principals dropped and suspected on the way.
+    """
+    settings = ExtractionSettings(
+        history=80, min_queries=20, max_ood_share=0.99, max_rate_ratio=1.5, max_principals=3
+    )
+    clock = Clock()
+    suspects: list[tuple[str, tuple[str, ...]]] = []
+    extraction = ExtractionMonitor(
+        settings,
+        width=width,
+        model="m",
+        on_suspect=lambda p, s: suspects.append((p, tuple(s.reasons))),
+        clock=clock,
+    )
+    reference = ReferenceMonitor(settings, width)
+    streams = {who: query_stream(width, seed, "few") for seed, who in enumerate(("a", "b", "c"))}
+    pick = np.random.default_rng(width)
+
+    async def iterations() -> None:
+        loop = asyncio.get_running_loop()
+        merged = 0
+        for n in range(300):
+            requests = []
+            for k in range(int(pick.integers(1, 9))):
+                draw = pick.random()
+                who = "a" if draw < 0.45 else "b" if draw < 0.9 else f"c{n}.{k}"
+                rows, answers, outside = next(streams[who[0]])
+                requests.append((who, rows, answers, outside))
+                extraction.defer(who, rows, answers, outside, loop)
+            clock.now += float(pick.uniform(0, 30))
+            assert extraction._waiting  # nothing observed before the iteration ends
+            await asyncio.sleep(0)
+            assert not extraction._waiting
+            observed = _merged(requests)
+            merged += len(requests) - len(observed)
+            for who, rows, answers, outside in observed:
+                reference.observe(who, rows, answers, outside, clock.now)
+            assert list(extraction._tracks) == list(reference.tracks), n
+            for name, expected in reference.tracks.items():
+                track = extraction._tracks[name]
+                assert list(track.distances) == expected.distances, n
+                assert track.statistic == expected.statistic, n
+                assert track.queries == expected.queries
+                assert track.reasons == expected.reasons, n
+            assert suspects == reference.suspects, n
+        assert merged > 300  # most iterations merged requests
+
+    asyncio.run(iterations())
+    assert {who for who, _ in suspects} >= {"a", "b"}
+
+
+def test_what_waits_is_observed_before_anything_is_read():
+    """A deferred request counts at once for every reader: no verdict is read stale."""
+    extraction, _ = monitor(min_queries=20)
+    rows = np.random.default_rng(0).uniform(0, 16, (3, 64))
+    loop = asyncio.new_event_loop()
+    try:
+        extraction.defer("p", rows, labels_of(rows), [False] * 3, loop)
+        assert extraction._waiting
+        (stats,) = extraction.page(0, 10).principals  # read without the loop having run
+        assert stats.queries == 3
+        extraction.defer("q", rows, labels_of(rows), [True] * 3, loop)
+        assert not extraction.suspected("q")
+        assert extraction.page(0, 10).tracked == 2
+        extraction.defer("p", rows[:1], labels_of(rows[:1]), [False], loop)
+        extraction.observe("p", rows[1:], labels_of(rows[1:]), [False] * 2)  # in order
+        assert extraction.page(0, 10).principals[0].queries == 6
+        loop.call_soon(loop.stop)
+        loop.run_forever()  # the scheduled callbacks find nothing left
+        assert extraction.page(0, 10).principals[0].queries == 6
+    finally:
+        loop.close()
 
 
 @pytest.mark.parametrize(

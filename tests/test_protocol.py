@@ -641,3 +641,45 @@ def test_protocol_100_continue_comes_before_the_answer(server):
         reply = read_reply(tls, prefix=interim.partition(b"\r\n\r\n")[2])
     assert reply.status == 200
     assert b"predictions" in reply.body
+
+
+def test_protocol_puts_its_loop_in_the_scope():
+    """The app reads the serving loop from the scope (asking asyncio costs a getpid on 3.11)."""
+    import asyncio
+
+    import uvicorn
+    from uvicorn.server import ServerState
+
+    from secureserve.deadlines import SCOPE_LOOP, running_loop
+    from secureserve.logs import AccessLog
+    from secureserve.protocol import Edge, SecureHttpProtocol
+    from secureserve.settings import ServerSettings
+
+    seen: list[object] = []
+
+    async def app(scope, receive, send) -> None:
+        seen.append(scope.get(SCOPE_LOOP))
+        seen.append(running_loop(scope))
+        await send({"type": "http.response.start", "status": 204, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    async def run() -> None:
+        loop = asyncio.get_running_loop()
+        config = uvicorn.Config(app, lifespan="off", access_log=False, log_config=None)
+        config.load()
+        edge = Edge(server=ServerSettings(), access=AccessLog())
+        protocol = type("Bound", (SecureHttpProtocol,), {"edge": edge})(
+            config=config, server_state=ServerState(), app_state={}, _loop=loop
+        )
+        transport = _Transport()
+        protocol.connection_made(transport)  # type: ignore[arg-type]
+        protocol.data_received(b"GET /x HTTP/1.1\r\nhost: example\r\n\r\n")
+        for _ in range(100):
+            if transport.writes:
+                break
+            await asyncio.sleep(0.01)
+        assert transport.writes[0].startswith(b"HTTP/1.1 204")
+        assert seen == [loop, loop]
+        protocol.connection_lost(None)
+
+    asyncio.run(run())

@@ -9,7 +9,6 @@ without details; and one access line is logged per request.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import re
 import time
@@ -22,7 +21,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from secureserve.addresses import client_ip
 from secureserve.audit import AuditLog, AuditUnavailable, RequestEntry, decision
-from secureserve.deadlines import Deadlines, on_loop
+from secureserve.deadlines import Deadlines, on_loop, running_loop
 from secureserve.errors import ModelError, RequestRejected
 from secureserve.logs import AccessLog, AccessRecord
 from secureserve.metrics import Metrics, route_of
@@ -116,7 +115,7 @@ class RequestContext:
         scope["starlette.exception_handlers"] = _NO_EXCEPTION_HANDLERS
         start = time.perf_counter()
         request_id, doubled = _scan(scope["headers"])
-        self._deadlines = on_loop(self._deadlines, asyncio.get_running_loop())
+        self._deadlines = on_loop(self._deadlines, running_loop(scope))
         info = RequestInfo(request_id, start, self._deadlines)
         scope["secureserve"] = info
         rid = info.request_id.encode()
