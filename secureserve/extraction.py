@@ -33,10 +33,11 @@ requests answered in one event-loop iteration are observed together at its end, 
 of one principal as one request of all their instances (its clock read, its signals
 judged, once). Under load the fixed cost of a request is then paid once per iteration
 and principal; the instances are added in the order they came, as if one at a time. What
-waits is at most the requests answered in one iteration (``[server] max_in_flight``),
-and every method that reads or changes what is tracked observes what waits first. Each
-principal is named on the admin route by an opaque random handle, never by its id in a
-URL (ids such as ``jwt:...`` or certificate subjects may hold ``/`` and personal data).
+waits is at most the requests answered in one iteration (``[server] max_in_flight``), and
+never more than 4,096; a failure is logged and does not stop the others. Every method
+that reads or changes what is tracked observes what waits first. Each principal is named
+on the admin route by an opaque random handle, never by its id in a URL (ids such as
+``jwt:...`` or certificate subjects may hold ``/`` and personal data).
 """
 
 from __future__ import annotations
@@ -90,6 +91,9 @@ _RAW_KEY_BYTES: Final = 16
 _SHORT_DEQUE: Final = 32
 #: Nearest queries of another label set aside before a query's label mask is built.
 _NEAREST_TRIES: Final = 4
+#: Requests waiting to be observed, at most: past it they are observed at once (the loop
+#: that was to observe them at the end of its iteration is stopped or gone).
+_MAX_WAITING: Final = 4096
 #: Below this many queries held per label known, whether a history holds a query's label
 #: at all is asked first (a short history, or one among many labels, may well not).
 _SHORT_PER_LABEL: Final = 4
@@ -224,6 +228,7 @@ class ExtractionMonitor:
         self._dots = np.empty(settings.history, dtype=np.float32)
         self._squared = np.empty(settings.history, dtype=np.float32)
         self._waiting: list[_Observation] = []  # deferred to the end of this loop iteration
+        self._waking: asyncio.AbstractEventLoop | None = None  # where _observe_waiting is due
 
     # ----------------------------------------------------------------------- queries
 
@@ -240,9 +245,12 @@ class ExtractionMonitor:
         The requests of one principal are observed as one (see the module docstring).
         """
         waiting = self._waiting
-        if not waiting:
+        if len(waiting) >= _MAX_WAITING:  # its loop does not come round (stopped, closed)
+            self._observe_waiting()
+        if not self._waiting or loop is not self._waking:
             loop.call_soon(self._observe_waiting)
-        waiting.append((principal, rows, labels, outside))
+            self._waking = loop
+        self._waiting.append((principal, rows, labels, outside))
 
     def observe(
         self,
@@ -267,29 +275,44 @@ class ExtractionMonitor:
         waiting, self._waiting = self._waiting, []
         if len(waiting) < 2:  # noqa: PLR2004 - nothing to merge
             if waiting:
-                self._observe(*waiting[0])
+                self._observe_logged(*waiting[0])
             return
         by_principal: dict[str, list[_Observation]] = {}
         for item in waiting:
             items = by_principal.pop(item[0], None) or []  # re-inserted: after the others
             items.append(item)
             by_principal[item[0]] = items
+        for principal, items in by_principal.items():
+            if len(items) == 1 or not _mergeable(items):
+                for _, rows, labels, outside in items:
+                    self._observe_logged(principal, rows, labels, outside)
+                continue
+            merged: list[Any] | None = None
+            if items[0][2] is not None:
+                merged = [label for item in items for label in cast("Sequence[Any]", item[2])]
+            self._observe_logged(
+                principal,
+                np.concatenate([item[1] for item in items]),
+                merged,
+                [flag for item in items for flag in item[3]],
+            )
+
+    def _observe_logged(
+        self,
+        principal: str,
+        rows: npt.NDArray[np.float64],
+        labels: Sequence[Hashable] | None,
+        outside: Sequence[bool],
+    ) -> None:
+        """:meth:`_observe`, a failure logged: it must not reach whoever reads next.
+
+        Deferred observations run in a loop callback or in another request's reader (its
+        ``block`` check, the admin route, ``/metrics``), which did not cause them; the
+        other principals' observations go on.
+        """
         try:
-            for principal, items in by_principal.items():
-                if len(items) == 1 or not _mergeable(items):
-                    for _, rows, labels, outside in items:
-                        self._observe(principal, rows, labels, outside)
-                    continue
-                merged: list[Any] | None = None
-                if items[0][2] is not None:
-                    merged = [label for item in items for label in cast("Sequence[Any]", item[2])]
-                self._observe(
-                    principal,
-                    np.concatenate([item[1] for item in items]),
-                    merged,
-                    [flag for item in items for flag in item[3]],
-                )
-        except Exception:  # noqa: BLE001 - a loop callback: its exceptions would go unheard
+            self._observe(principal, rows, labels, outside)
+        except Exception:  # noqa: BLE001 - logged with its traceback; the caller is someone else
             get_logger().exception("extraction detection failed", model=self.model)
 
     def _observe(

@@ -824,3 +824,61 @@ def test_handles_are_computed_the_same_way_inside():
     extraction, _ = monitor()
     for principal in ("key:abc", "jwt:alice@example.com/x", "cert:CN=Zoë,O=Ünï", ""):
         assert extraction._handle_of(principal) == handle_of("digits", principal)
+
+
+def test_a_failing_deferred_observation_is_logged_and_the_others_go_on():
+    """A suspect whose report fails: logged; the other principals are still observed."""
+    rows = np.random.default_rng(1).uniform(0, 16, (1, 64))
+
+    def report(principal: str, stats: PrincipalStats) -> None:
+        raise RuntimeError("the report failed")
+
+    extraction = ExtractionMonitor(
+        ExtractionSettings(min_queries=20, max_ood_share=0.5),
+        width=64,
+        model="digits",
+        on_suspect=report,
+    )
+    loop = asyncio.new_event_loop()
+    try:
+        for _ in range(19):
+            extraction.observe("a", rows, [0], [True])
+        extraction.defer("a", rows, [0], [True], loop)  # the 20th: suspect, the report fails
+        extraction.defer("b", rows, [0], [False], loop)
+        assert not extraction.suspected("b")  # the reader is not handed a's failure
+        assert extraction.suspected("a")
+        assert extraction.page(0, 10).tracked == 2  # b was observed after it
+        extraction.forget("a")
+        for _ in range(19):
+            extraction.observe("a", rows, [0], [True])
+        extraction.defer("a", rows, [0], [True], loop)  # alone in waiting: the same
+        assert extraction.principal_of(handle_of("digits", "a")) == "a"
+        assert extraction.suspected("a")
+    finally:
+        loop.close()
+
+
+def test_what_waits_is_bounded_when_its_loop_never_comes_round():
+    """Deferred on a loop that stops: a new loop gets its own callback, and the list a bound."""
+    from secureserve import extraction as module
+
+    extraction, _ = monitor()
+    rows = np.random.default_rng(2).uniform(0, 16, (1, 64))
+    gone = asyncio.new_event_loop()
+    extraction.defer("p", rows, [0], [False], gone)
+    gone.close()  # its callback never runs
+
+    async def requests() -> None:
+        extraction.defer("p", rows, [0], [False], asyncio.get_running_loop())
+        await asyncio.sleep(0)
+        assert not extraction._waiting  # this loop's own callback observed both
+
+    asyncio.run(requests())
+    stopped = asyncio.new_event_loop()
+    try:
+        for _ in range(module._MAX_WAITING + 10):
+            extraction.defer("p", rows, [0], [False], stopped)
+        assert len(extraction._waiting) <= module._MAX_WAITING
+    finally:
+        stopped.close()
+    assert extraction.page(0, 10).principals[0].queries == module._MAX_WAITING + 12
