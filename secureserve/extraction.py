@@ -244,8 +244,7 @@ class ExtractionMonitor:
 
         The requests of one principal are observed as one (see the module docstring).
         """
-        waiting = self._waiting
-        if len(waiting) >= _MAX_WAITING:  # its loop does not come round (stopped, closed)
+        if len(self._waiting) >= _MAX_WAITING:  # its loop does not come round (stopped, closed)
             self._observe_waiting()
         if not self._waiting or loop is not self._waking:
             loop.call_soon(self._observe_waiting)
@@ -273,10 +272,6 @@ class ExtractionMonitor:
         order of their last request, so the least recently seen stays first.
         """
         waiting, self._waiting = self._waiting, []
-        if len(waiting) < 2:  # noqa: PLR2004 - nothing to merge
-            if waiting:
-                self._observe_logged(*waiting[0])
-            return
         by_principal: dict[str, list[_Observation]] = {}
         for item in waiting:
             items = by_principal.pop(item[0], None) or []  # re-inserted: after the others
@@ -284,26 +279,16 @@ class ExtractionMonitor:
             by_principal[item[0]] = items
         for principal, items in by_principal.items():
             if len(items) == 1 or not _mergeable(items):
-                for _, rows, labels, outside in items:
-                    self._observe_logged(principal, rows, labels, outside)
+                for item in items:
+                    self._observe_logged(item)
                 continue
             merged: list[Any] | None = None
             if items[0][2] is not None:
                 merged = [label for item in items for label in cast("Sequence[Any]", item[2])]
-            self._observe_logged(
-                principal,
-                np.concatenate([item[1] for item in items]),
-                merged,
-                [flag for item in items for flag in item[3]],
-            )
+            rows = np.concatenate([item[1] for item in items])
+            self._observe_logged((principal, rows, merged, [f for item in items for f in item[3]]))
 
-    def _observe_logged(
-        self,
-        principal: str,
-        rows: npt.NDArray[np.float64],
-        labels: Sequence[Hashable] | None,
-        outside: Sequence[bool],
-    ) -> None:
+    def _observe_logged(self, observation: _Observation) -> None:
         """:meth:`_observe`, a failure logged: it must not reach whoever reads next.
 
         Deferred observations run in a loop callback or in another request's reader (its
@@ -311,7 +296,7 @@ class ExtractionMonitor:
         other principals' observations go on.
         """
         try:
-            self._observe(principal, rows, labels, outside)
+            self._observe(*observation)
         except Exception:  # noqa: BLE001 - logged with its traceback; the caller is someone else
             get_logger().exception("extraction detection failed", model=self.model)
 

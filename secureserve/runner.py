@@ -140,7 +140,8 @@ class BatchRunner(Generic[_W, _R]):
         ``loop`` is the running loop, when the caller has it at hand (asking for it costs
         a system call on 3.11).
         """
-        # asked every time: used from another loop, a job still gets its 504 on that loop
+        # this request's loop, never one kept from an earlier call: used from another
+        # loop, a job still gets its 504 on that loop
         loop = loop or asyncio.get_running_loop()
         if self._thread is None:
             self._start(loop)

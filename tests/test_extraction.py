@@ -614,28 +614,59 @@ def test_observe_matches_a_reference_implementation(width, labels):
     history's ring turning over many times, principals dropped (and their storage
     reused), labels few and many, minutes passing and suspicions.
     """
-    settings = ExtractionSettings(
-        history=80, min_queries=20, max_ood_share=0.99, max_rate_ratio=1.5, max_principals=3
+    pair = _Paired(width, labels)
+    extraction, reference, clock, suspects = (
+        pair.extraction,
+        pair.reference,
+        pair.clock,
+        pair.suspects,
     )
-    clock = Clock()
-    suspects: list[tuple[str, tuple[str, ...]]] = []
-    extraction = ExtractionMonitor(
-        settings,
-        width=width,
-        model="m",
-        on_suspect=lambda p, s: suspects.append((p, tuple(s.reasons))),
-        clock=clock,
-    )
-    reference = ReferenceMonitor(settings, width)
-    streams = {who: query_stream(width, seed, labels) for seed, who in enumerate(("a", "b", "c"))}
-    pick = np.random.default_rng(width)
     for n in range(900):
-        draw = pick.random()
-        who = "a" if draw < 0.45 else "b" if draw < 0.9 else f"c{n}"  # c...: one request
-        rows, answers, outside = next(streams[who[0]])
-        clock.now += float(pick.uniform(0, 30))
+        who, rows, answers, outside = pair.next_request(n)
+        clock.now += float(pair.pick.uniform(0, 30))
         extraction.observe(who, rows, answers, outside)
         reference.observe(who, rows, answers, outside, clock.now)
+        pair.assert_same(n)
+    assert extraction.dropped > 50  # one-off principals came and went
+    assert {who for who, _ in suspects} >= {"a", "b"}  # the steady ones were caught
+    assert reference.signals >= {"prada", "volume"}  # both were met at some point
+
+
+class _Paired:
+    """The monitor and the reference, on the same small settings (drops, suspicions).
+
+    ``next_request(n)`` draws who sends request ``n`` (steady "a" and "b", one-off "c...")
+    and what, from that principal's stream of ``query_stream(width, ..., labels)``.
+    """
+
+    def __init__(self, width: int, labels: str) -> None:
+        self._streams = {
+            who: query_stream(width, seed, labels) for seed, who in enumerate(("a", "b", "c"))
+        }
+        self.pick = np.random.default_rng(width)
+        self.settings = ExtractionSettings(
+            history=80, min_queries=20, max_ood_share=0.99, max_rate_ratio=1.5, max_principals=3
+        )
+        self.clock = Clock()
+        self.suspects: list[tuple[str, tuple[str, ...]]] = []
+        self.extraction = ExtractionMonitor(
+            self.settings,
+            width=width,
+            model="m",
+            on_suspect=lambda p, s: self.suspects.append((p, tuple(s.reasons))),
+            clock=self.clock,
+        )
+        self.reference = ReferenceMonitor(self.settings, width)
+
+    def next_request(self, n: object) -> tuple[str, np.ndarray, Any, list[bool]]:
+        draw = self.pick.random()
+        who = "a" if draw < 0.45 else "b" if draw < 0.9 else f"c{n}"  # c...: one request
+        rows, answers, outside = next(self._streams[who[0]])
+        return who, rows, answers, outside
+
+    def assert_same(self, n: int) -> None:
+        """The tracked principals, each one's numbers and the suspects are the reference's."""
+        extraction, reference, history = self.extraction, self.reference, self.settings.history
         assert list(extraction._tracks) == list(reference.tracks), n
         for name, expected in reference.tracks.items():
             track = extraction._tracks[name]
@@ -644,12 +675,9 @@ def test_observe_matches_a_reference_implementation(width, labels):
             assert track.queries == expected.queries
             assert track.ood_count == sum(expected.ood)
             assert track.reasons == expected.reasons, n
-            assert track.size == min(len(expected.keys), settings.history)
-            assert len(track.seen) <= track.size == len(track.hashes) <= settings.history
-        assert suspects == reference.suspects, n
-    assert extraction.dropped > 50  # one-off principals came and went
-    assert {who for who, _ in suspects} >= {"a", "b"}  # the steady ones were caught
-    assert reference.signals >= {"prada", "volume"}  # both were met at some point
+            assert track.size == min(len(expected.keys), history)
+            assert len(track.seen) <= track.size == len(track.hashes) <= history
+        assert self.suspects == reference.suspects, n
 
 
 def _merged(requests: list[tuple[str, Any, Any, list[bool]]]) -> list[tuple[str, Any, Any, Any]]:
@@ -680,34 +708,24 @@ def test_deferred_requests_are_observed_together_at_the_end_of_the_iteration(wid
     Each principal's requests of an iteration as one (mixed dtypes or labelled-ness one
     by one), bit for bit, with principals dropped and suspected on the way.
     """
-    settings = ExtractionSettings(
-        history=80, min_queries=20, max_ood_share=0.99, max_rate_ratio=1.5, max_principals=3
+    pair = _Paired(width, "few")
+    extraction, reference, clock, suspects = (
+        pair.extraction,
+        pair.reference,
+        pair.clock,
+        pair.suspects,
     )
-    clock = Clock()
-    suspects: list[tuple[str, tuple[str, ...]]] = []
-    extraction = ExtractionMonitor(
-        settings,
-        width=width,
-        model="m",
-        on_suspect=lambda p, s: suspects.append((p, tuple(s.reasons))),
-        clock=clock,
-    )
-    reference = ReferenceMonitor(settings, width)
-    streams = {who: query_stream(width, seed, "few") for seed, who in enumerate(("a", "b", "c"))}
-    pick = np.random.default_rng(width)
 
     async def iterations() -> None:
         loop = asyncio.get_running_loop()
         merged = 0
         for n in range(300):
             requests = []
-            for k in range(int(pick.integers(1, 9))):
-                draw = pick.random()
-                who = "a" if draw < 0.45 else "b" if draw < 0.9 else f"c{n}.{k}"
-                rows, answers, outside = next(streams[who[0]])
+            for k in range(int(pair.pick.integers(1, 9))):
+                who, rows, answers, outside = pair.next_request(f"{n}.{k}")
                 requests.append((who, rows, answers, outside))
                 extraction.defer(who, rows, answers, outside, loop)
-            clock.now += float(pick.uniform(0, 30))
+            clock.now += float(pair.pick.uniform(0, 30))
             assert extraction._waiting  # nothing observed before the iteration ends
             await asyncio.sleep(0)
             assert not extraction._waiting
@@ -715,14 +733,7 @@ def test_deferred_requests_are_observed_together_at_the_end_of_the_iteration(wid
             merged += len(requests) - len(observed)
             for who, rows, answers, outside in observed:
                 reference.observe(who, rows, answers, outside, clock.now)
-            assert list(extraction._tracks) == list(reference.tracks), n
-            for name, expected in reference.tracks.items():
-                track = extraction._tracks[name]
-                assert list(track.distances) == expected.distances, n
-                assert track.statistic == expected.statistic, n
-                assert track.queries == expected.queries
-                assert track.reasons == expected.reasons, n
-            assert suspects == reference.suspects, n
+            pair.assert_same(n)
         assert merged > 300  # most iterations merged requests
 
     asyncio.run(iterations())
