@@ -11,6 +11,16 @@ size of request headers, and answers what its parser refuses with a plain-text 4
 - **head bounds**: more than ``max_headers`` header lines, or more than
   ``max_head_bytes`` of request line and headers, is 431 (414 when the request target
   alone is over the bound), before the rest is even parsed;
+- **trailers**: the trailer fields of a chunked request count against the head bounds
+  and are then dropped, never added to the request's headers (uvicorn adds them to the
+  list the app reads, so an ``Authorization``, ``Content-Type`` or ``X-Forwarded-For``
+  sent after the body would count);
+- **pipelining**: at most :data:`MAX_PIPELINED` requests parsed ahead of the one being
+  answered; the next one is refused (429) once those before it are answered, so a client
+  that sends requests without reading cannot make the server hold them all;
+- a **write deadline**: a connection whose client reads nothing of its answers for
+  ``idle_timeout_s`` while the server has more to send (the transport's buffer is full)
+  is dropped, freeing the request it holds;
 - **connection caps**: at most ``max_connections`` in all and
   ``max_connections_per_ip`` from one client address (addresses in ``trusted_proxies``
   are exempt: behind a proxy every client shares its address); one more is dropped at
@@ -21,7 +31,7 @@ size of request headers, and answers what its parser refuses with a plain-text 4
   wakes the client once more. :class:`_ResponseWriter` holds the head until the body's
   first bytes (or the response's end, or a close) and sends both as one.
 
-Every response it sends itself (parser errors, 408, 414, 431) is
+Every response it sends itself (parser errors, 408, 414, 429, 431) is
 ``application/problem+json`` with a fresh request id, the security headers and
 ``Connection: close``, and leaves a line in the access log and an entry in the audit
 log's count of unauthenticated refusals, like any response of the app. The TLS handshake
@@ -55,6 +65,9 @@ if TYPE_CHECKING:
 __all__ = ["Edge", "SecureHttpProtocol"]
 
 _MAX_LOGGED_PATH: Final = 200
+#: Requests parsed and waiting behind the one being answered, per connection. Each holds
+#: its scope, headers and body read so far; HTTP clients that pipeline at all keep a few.
+MAX_PIPELINED: Final = 16
 _INTERIM: Final = b"HTTP/1.1 1"  # the status line of a 1xx response, as uvicorn writes it
 
 
@@ -166,6 +179,18 @@ def _head_over_bytes(limit: int) -> RequestRejected:
     return _head_too_large(f"the request head may be at most {limit} bytes", "max_head_bytes")
 
 
+def _pipeline_too_deep() -> RequestRejected:
+    return RequestRejected(
+        429,
+        "rate-limited",
+        "Too many requests",
+        detail=f"at most {MAX_PIPELINED} requests may wait for their answers on one "
+        "connection; send more once earlier ones are answered",
+        headers={"Retry-After": "1"},
+        log_reason="max_pipelined",
+    )
+
+
 class SecureHttpProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol with the bounds of the module docstring.
 
@@ -182,6 +207,9 @@ class SecureHttpProtocol(HttpToolsProtocol):
     _head_bytes: int
     _head_raw: int
     _refusal: RequestRejected | None
+    _deferred: RequestRejected | None
+    _in_trailers: bool
+    _stalled: asyncio.TimerHandle | None
     _writer: _ResponseWriter
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -190,10 +218,11 @@ class SecureHttpProtocol(HttpToolsProtocol):
         self._writer = _ResponseWriter(transport)
         self._tls_extension = {}
         self._peer = None
-        self._idle = self._head = None
+        self._idle = self._head = self._stalled = None
         self._head_count = self._head_bytes = self._head_raw = 0
         self._head_started = 0.0
-        self._refusal = None
+        self._refusal = self._deferred = None
+        self._in_trailers = False
         edge = self.edge
         address = str(self.client[0]) if self.client else "unknown"
         peer = address_key(address)
@@ -227,6 +256,8 @@ class SecureHttpProtocol(HttpToolsProtocol):
         Bytes that arrive while no request is being answered start a request head: its
         deadline runs from the first of them.
         """
+        if self._deferred is not None:  # refused: the answers before it are on their way
+            return
         if self._idle is not None:
             self._idle.cancel()
             self._idle = None
@@ -280,6 +311,7 @@ class SecureHttpProtocol(HttpToolsProtocol):
         self.scope["extensions"] = {"tls": self._tls_extension}
         self.scope[SCOPE_LOOP] = self.loop  # type: ignore[typeddict-unknown-key]
         self._head_count = self._head_bytes = 0
+        self._in_trailers = False
         if not self._head_started:
             self._head_started = self.loop.time()
 
@@ -295,7 +327,7 @@ class SecureHttpProtocol(HttpToolsProtocol):
         super().on_url(url)
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        """Count header lines and bytes (431 over either bound)."""
+        """Count header lines and bytes (431 over either bound); trailer fields are dropped."""
         limits = self.edge.server
         self._head_count += 1
         self._head_bytes += len(name) + len(value) + 4  # ": " and CRLF
@@ -303,23 +335,61 @@ class SecureHttpProtocol(HttpToolsProtocol):
             self._stop(_head_too_large(f"send at most {limits.max_headers} headers", "max_headers"))
         if self._head_bytes > limits.max_head_bytes:
             self._stop(_head_over_bytes(limits.max_head_bytes))
-        super().on_header(name, value)
+        if not self._in_trailers:
+            super().on_header(name, value)
 
     def on_headers_complete(self) -> None:
-        """The head is in: its deadline ends; the response writes through a ``_ResponseWriter``."""
+        """The head is in: its deadline ends; the response writes through a ``_ResponseWriter``.
+
+        A request that would wait behind :data:`MAX_PIPELINED` others is refused instead.
+        """
         self._head_started = 0.0
+        self._in_trailers = True  # any header line after this one is a trailer field
         if self._head is not None:
             self._head.cancel()
             self._head = None
+        waiting = self.cycle
+        if (
+            waiting is not None
+            and not waiting.response_complete
+            and len(self.pipeline) >= MAX_PIPELINED
+        ):
+            self.scope["method"] = self.parser.get_method().decode("ascii")  # for its log line
+            self._stop(_pipeline_too_deep())
         super().on_headers_complete()
         cycle = self.cycle
         if cycle is not None and cycle.transport is self.transport:  # not an upgrade
             cycle.transport = self._writer  # type: ignore[assignment]
 
     def on_response_complete(self) -> None:
-        """A response ended: a head it left held goes out (``HEAD``), then uvicorn's own."""
+        """A response ended: a head it left held goes out (``HEAD``), then uvicorn's own.
+
+        Once the last request before a deferred refusal is answered, the refusal is.
+        """
         self._writer.end_response()
         super().on_response_complete()
+        refusal = self._deferred
+        if refusal is None:
+            return
+        if self.pipeline or not self.cycle.response_complete:
+            self.flow.pause_reading()  # uvicorn resumed it: nothing more is read
+        else:
+            self._deferred = None
+            if not self.transport.is_closing():
+                self._answer(refusal)
+
+    def pause_writing(self) -> None:
+        """The client reads slower than answers are written: it has ``idle_timeout_s``."""
+        super().pause_writing()
+        if self._stalled is None:
+            self._stalled = self.loop.call_later(self.edge.server.idle_timeout_s, self._stall_over)
+
+    def resume_writing(self) -> None:
+        """The client read enough: the write deadline ends."""
+        super().resume_writing()
+        if self._stalled is not None:
+            self._stalled.cancel()
+            self._stalled = None
 
     # ---- refusals ---------------------------------------------------------------------
 
@@ -332,6 +402,11 @@ class SecureHttpProtocol(HttpToolsProtocol):
         self._idle = None
         if not self.transport.is_closing():
             self.transport.close()
+
+    def _stall_over(self) -> None:
+        """The client read nothing for ``idle_timeout_s``: drop it (a TLS close would wait)."""
+        self._stalled = None
+        self.transport.abort()  # connection_lost ends the request in progress
 
     def _head_over(self) -> None:
         self._head = None
@@ -348,26 +423,31 @@ class SecureHttpProtocol(HttpToolsProtocol):
         """Answer ``refusal`` as problem+json and close; log and count it like the app does.
 
         When the app is answering a request of this connection, a second answer would
-        interleave with its own: a broken body ends that request (the app sees the
-        client disconnect, and this answer goes out instead, if the app had not started
-        its own); a broken pipelined request ends the connection after the answer in
-        progress.
+        interleave with its own. A broken pipelined request (one parsed after a request
+        still waiting for its answer) is answered once every request before it is, then
+        the connection closes; nothing after it is read. A broken body ends its own
+        request: the app sees the client disconnect, and this answer goes out instead if
+        the app had not started its own (if it had, the connection closes after it).
         """
-        self._cancel_timers()
+        self._cancel_timers(write_too=False)  # an answer still on its way keeps its deadline
         if self.transport.is_closing():
             return
         cycle = self.cycle
         if cycle is not None and not cycle.response_complete:
-            later_head = self.scope is not cycle.scope  # a pipelined request's, not cycle's
-            if self.pipeline or cycle.response_started or later_head:
+            if self.pipeline or self.scope is not cycle.scope:  # a later request's head
+                self._deferred = refusal
+                self.flow.pause_reading()
+                return
+            if cycle.response_started:
                 cycle.keep_alive = False
                 self.flow.pause_reading()
-                if not cycle.response_started:
-                    return
                 self._writer.close()  # what the answer in progress wrote goes first
                 return
             cycle.disconnected = True  # the app stops waiting for this body
             cycle.message_event.set()
+        self._answer(refusal)
+
+    def _answer(self, refusal: RequestRejected) -> None:
         request_id = os.urandom(12).hex()
         self.transport.write(problem_bytes(STATUS_LINE[refusal.status], refusal, request_id))
         self.transport.close()
@@ -404,8 +484,10 @@ class SecureHttpProtocol(HttpToolsProtocol):
                 request_id=request_id,
             )
 
-    def _cancel_timers(self) -> None:
-        for timer in (self._idle, self._head):
+    def _cancel_timers(self, *, write_too: bool = True) -> None:
+        for timer in (self._idle, self._head, self._stalled if write_too else None):
             if timer is not None:
                 timer.cancel()
         self._idle = self._head = None
+        if write_too:
+            self._stalled = None

@@ -489,13 +489,16 @@ class _Transport:
 
     def __init__(self) -> None:
         self.writes: list[bytes] = []
-        self.closed = False
+        self.closed = self.aborted = False
 
     def write(self, data: bytes) -> None:
         self.writes.append(data)
 
     def close(self) -> None:
         self.closed = True
+
+    def abort(self) -> None:
+        self.aborted = self.closed = True
 
     def is_closing(self) -> bool:
         return self.closed
@@ -681,5 +684,169 @@ def test_protocol_puts_its_loop_in_the_scope():
         assert transport.writes[0].startswith(b"HTTP/1.1 204")
         assert seen == [loop, loop]
         protocol.connection_lost(None)
+
+    asyncio.run(run())
+
+
+# ------------------------------------------------------- trailers, pipelining, stalled reads
+
+
+def _read_until_closed(tls: ssl.SSLSocket, seconds: float) -> tuple[bytes, bool]:
+    """Everything the server sends within ``seconds``, and whether it closed the connection."""
+    data = bytearray()
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        tls.settimeout(max(0.05, deadline - time.monotonic()))
+        try:
+            chunk = tls.recv(65536)
+        except TimeoutError:
+            break
+        except (ConnectionResetError, ssl.SSLError, BrokenPipeError):
+            return bytes(data), True
+        if not chunk:
+            return bytes(data), True
+        data.extend(chunk)
+    return bytes(data), False
+
+
+def _replies(data: bytes) -> list[tuple[int, dict[str, str], bytes]]:
+    """The consecutive responses in ``data`` (each with a Content-Length): status, headers, body."""
+    replies = []
+    while data:
+        head, sep, rest = data.partition(b"\r\n\r\n")
+        assert sep, f"a response cut short: {data[:200]!r}"
+        status_line, *lines = head.decode("latin-1").split("\r\n")
+        headers = {
+            name.strip().lower(): value.strip()
+            for name, _, value in (line.partition(":") for line in lines)
+        }
+        length = int(headers.get("content-length", "0"))
+        replies.append((int(status_line.split(" ")[1]), headers, rest[:length]))
+        data = rest[length:]
+    return replies
+
+
+def _chunked(body: bytes, trailer: list[tuple[str, str]]) -> bytes:
+    fields = "".join(f"{name}: {value}\r\n" for name, value in trailer)
+    return f"{len(body):x}\r\n".encode() + body + b"\r\n0\r\n" + fields.encode() + b"\r\n"
+
+
+def test_protocol_trailer_fields_never_become_request_headers(server):
+    """A key, a request id or a second Authorization sent after a chunked body counts for nothing.
+
+    uvicorn adds trailer fields to the header list the app reads: a credential in the
+    trailer alone was accepted, a trailer X-Request-ID named the request.
+    """
+    head = request_head("POST", PREDICT, chunked=True, extra=[("Connection", "close")])
+    with server.connect() as tls:
+        tls.sendall(head + _chunked(VALID, [("Authorization", f"Bearer {server.key}")]))
+        assert read_reply(tls).status == 401
+    head = request_head("POST", PREDICT, key=server.key, chunked=True)
+    trailer = [
+        ("Authorization", "Bearer not-a-key"),
+        ("X-Request-ID", "from-the-trailer-1"),
+        ("Content-Type", "text/plain"),
+    ]
+    with server.connect() as tls:
+        tls.sendall(head + _chunked(VALID, trailer))
+        reply = read_reply(tls)
+    assert reply.status == 200, reply.body[:300]
+    assert b"predictions" in reply.body
+    assert reply.headers["x-request-id"] != "from-the-trailer-1"
+
+
+def test_protocol_pipelining_past_the_bound_is_refused_after_the_answers_before_it(server):
+    """40 requests in one write: the first 17 are answered, the next gets a 429, then close.
+
+    Every request parsed ahead holds its scope and headers: with no bound, one
+    connection sending requests without reading grew the server by 2.4 KB per request.
+    """
+    from secureserve.protocol import MAX_PIPELINED
+
+    health = request_head("GET", "/healthz", content_type=None)
+    with server.connect() as tls:
+        tls.sendall(health * 40)
+        data, closed = _read_until_closed(tls, 10)
+    replies = _replies(data)
+    statuses = [status for status, _, _ in replies]
+    assert closed
+    assert statuses[-1] == 429, statuses
+    assert set(statuses[:-1]) == {200}
+    assert MAX_PIPELINED + 1 <= len(statuses) - 1 < 40
+    _, headers, body = replies[-1]
+    assert headers["content-type"] == PROBLEM
+    assert headers["retry-after"] == "1"
+    problem = json.loads(body)
+    assert problem["request_id"] == headers["x-request-id"]
+    assert _logged(server, problem["request_id"])["reason"] == "max_pipelined"
+
+
+def test_protocol_broken_pipelined_request_is_answered_after_those_before_it(server):
+    """A good request, a broken one, a good one: 200, then the broken one's 400, then close."""
+    good = request_head("POST", PREDICT, key=server.key, content_length=len(VALID)) + VALID
+    broken = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-A: a\x01b\r\n\r\n"
+    with server.connect() as tls:
+        tls.sendall(good + broken + good)
+        data, closed = _read_until_closed(tls, 10)
+    replies = _replies(data)
+    assert closed
+    assert [status for status, _, _ in replies] == [200, 400]
+    _, headers, body = replies[1]
+    assert headers["content-type"] == PROBLEM
+    problem = json.loads(body)
+    assert _logged(server, problem["request_id"])["status"] == 400
+
+
+def _bound_protocol(settings):
+    """A ``SecureHttpProtocol`` on the running loop, connected to a recording transport."""
+    import asyncio
+
+    import uvicorn
+    from uvicorn.server import ServerState
+
+    from secureserve.logs import AccessLog
+    from secureserve.protocol import Edge, SecureHttpProtocol
+
+    async def app(scope, receive, send) -> None:
+        await send({"type": "http.response.start", "status": 204, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    config = uvicorn.Config(app, lifespan="off", access_log=False, log_config=None)
+    config.load()
+    edge = Edge(server=settings, access=AccessLog())
+    protocol = type("Bound", (SecureHttpProtocol,), {"edge": edge})(
+        config=config, server_state=ServerState(), app_state={}, _loop=asyncio.get_running_loop()
+    )
+    transport = _Transport()
+    protocol.connection_made(transport)  # type: ignore[arg-type]
+    return protocol, transport
+
+
+def test_protocol_a_client_that_reads_nothing_is_dropped_after_idle_timeout():
+    """Answers the client does not read are not held for ever: idle_timeout_s, then dropped.
+
+    The transport pauses writing when its buffer is full (the client reads nothing);
+    without a deadline, the request being answered stayed in flight, and held one of
+    ``max_in_flight`` slots, for as long as the client kept the connection. A client that
+    reads in time keeps it.
+    """
+    import asyncio
+
+    from secureserve.settings import ServerSettings
+
+    settings = ServerSettings(idle_timeout_s=0.2)
+
+    async def run() -> None:
+        stalled, stalled_transport = _bound_protocol(settings)
+        reading, reading_transport = _bound_protocol(settings)
+        stalled.pause_writing()
+        reading.pause_writing()
+        await asyncio.sleep(0.1)
+        reading.resume_writing()
+        await asyncio.sleep(0.5)
+        assert stalled_transport.aborted
+        assert not reading_transport.aborted
+        for protocol in (stalled, reading):
+            protocol.connection_lost(None)
 
     asyncio.run(run())
