@@ -31,7 +31,7 @@ size of request headers, and answers what its parser refuses with a plain-text 4
   wakes the client once more. :class:`_ResponseWriter` holds the head until the body's
   first bytes (or the response's end, or a close) and sends both as one.
 
-Every response it sends itself (parser errors, 408, 414, 429, 431) is
+Every response it sends itself (parser errors, 408, 414, 429, 431, 505) is
 ``application/problem+json`` with a fresh request id, the security headers and
 ``Connection: close``, and leaves a line in the access log and an entry in the audit
 log's count of unauthenticated refusals, like any response of the app. The TLS handshake
@@ -68,6 +68,7 @@ _MAX_LOGGED_PATH: Final = 200
 #: Requests parsed and waiting behind the one being answered, per connection. Each holds
 #: its scope, headers and body read so far; HTTP clients that pipeline at all keep a few.
 MAX_PIPELINED: Final = 16
+_VERSIONS: Final = frozenset({"1.0", "1.1"})
 _INTERIM: Final = b"HTTP/1.1 1"  # the status line of a 1xx response, as uvicorn writes it
 
 
@@ -341,13 +342,24 @@ class SecureHttpProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         """The head is in: its deadline ends; the response writes through a ``_ResponseWriter``.
 
-        A request that would wait behind :data:`MAX_PIPELINED` others is refused instead.
+        A request line of another HTTP version than 1.0 or 1.1 is refused (505), and a
+        request that would wait behind :data:`MAX_PIPELINED` others (429).
         """
         self._head_started = 0.0
         self._in_trailers = True  # any header line after this one is a trailer field
         if self._head is not None:
             self._head.cancel()
             self._head = None
+        if self.parser.get_http_version() not in _VERSIONS:  # 0.9 (no version), 2.0, ...
+            self._stop(
+                RequestRejected(
+                    505,
+                    "http-version-not-supported",
+                    "HTTP version not supported",
+                    detail="send HTTP/1.1 requests",
+                    log_reason="http-version",
+                )
+            )
         waiting = self.cycle
         if (
             waiting is not None

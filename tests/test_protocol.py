@@ -268,11 +268,12 @@ def test_protocol_hundred_headers_are_fine(server):
         [("Content-Type", "text/plain")],
         [("Content-Length", str(len(VALID)))],
         [("Transfer-Encoding", "chunked")],
+        [("Host", "elsewhere.example")],
     ],
-    ids=["authorization", "content-type", "content-length", "transfer-encoding"],
+    ids=["authorization", "content-type", "content-length", "transfer-encoding", "host"],
 )
 def test_protocol_doubled_headers_are_400(server, doubled):
-    """A second Authorization, Content-Type, Content-Length or Transfer-Encoding is refused."""
+    """A second Authorization, Content-Type, Content-Length, Transfer-Encoding or Host is 400."""
     head = request_head("POST", PREDICT, key=server.key, content_length=len(VALID), extra=doubled)
     reply = server.exchange(head + VALID)
     _assert_problem(reply, 400)
@@ -850,3 +851,31 @@ def test_protocol_a_client_that_reads_nothing_is_dropped_after_idle_timeout():
             protocol.connection_lost(None)
 
     asyncio.run(run())
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["/v1/models%2Firis%3Apredict", "/v1/models/iris%3apredict", "/v1/models%2firis:predict"],
+)
+def test_protocol_encoded_slash_or_colon_in_the_path_is_400(server, path):
+    """A '/' or ':' sent as %2F or %3A is refused (it predicted).
+
+    A proxy matching the path as sent would see another route than the one served.
+    """
+    head = request_head("POST", path, key=server.key, content_length=len(VALID))
+    reply = server.exchange(head + VALID)
+    body = _assert_problem(reply, 400)
+    assert "%2F" in body["detail"]
+    assert _logged(server, body["request_id"])["reason"] == "encoded-separator"
+
+
+@pytest.mark.parametrize("line", [b"GET /healthz HTTP/2.0", b"GET /healthz"])
+def test_protocol_other_http_versions_are_505(server, line):
+    """Only HTTP/1.0 and 1.1 request lines are served; HTTP/2.0 or none (0.9) is refused."""
+    with server.connect() as tls:
+        tls.sendall(line + b"\r\nHost: 127.0.0.1\r\n\r\n")
+        data, closed = _read_until_closed(tls, 10)
+    ((status, headers, body),) = _replies(data)
+    assert (status, closed) == (505, True)
+    assert headers["content-type"] == PROBLEM
+    assert _logged(server, json.loads(body)["request_id"])["reason"] == "http-version"

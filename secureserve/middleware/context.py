@@ -31,12 +31,14 @@ from secureserve.problems import SECURITY_HEADERS, as_rejection, problem_respons
 __all__ = ["RequestContext", "RequestInfo"]
 
 _REQUEST_ID: Final = re.compile(rb"[A-Za-z0-9._-]{8,64}")
+_ENCODED_SEPARATOR: Final = re.compile(rb"%(?:2[fF]|3[aA])")  # '/' and ':' in disguise
 _DROPPED: Final = frozenset({b"server", b"x-powered-by"})
 _SINGLE: Final = {
     b"authorization": "Authorization",
     b"content-encoding": "Content-Encoding",
     b"content-length": "Content-Length",
     b"content-type": "Content-Type",
+    b"host": "Host",
     b"inference-header-content-length": "Inference-Header-Content-Length",
     b"transfer-encoding": "Transfer-Encoding",
 }
@@ -130,8 +132,9 @@ class RequestContext:
 
         self.metrics.in_flight.inc()
         try:
-            if doubled:
-                raise _doubled(doubled)  # noqa: TRY301 - handled below like every refusal
+            refused = _refused_at_once(scope, doubled)
+            if refused is not None:
+                raise refused  # noqa: TRY301 - handled below like every refusal
             await self.app(scope, receive, send_with_headers)
         except Exception as exc:  # the last resort for every failure
             rejection = as_rejection(exc)
@@ -226,9 +229,9 @@ def _drop_tracebacks(exc: BaseException) -> None:
 def _scan(headers: list[tuple[bytes, bytes]]) -> tuple[str, str | None]:
     """The request id (a valid incoming one, else a new one) and a header sent twice.
 
-    Two ``Authorization``, ``Content-Length``, ``Content-Type`` or ``Transfer-Encoding``
-    headers are refused: servers and proxies disagree about which one counts, which is
-    how requests are smuggled past a check.
+    Two ``Authorization``, ``Content-Length``, ``Content-Type``, ``Host`` or
+    ``Transfer-Encoding`` headers are refused: servers and proxies disagree about which
+    one counts, which is how requests are smuggled past a check.
     """
     request_id = None
     seen: set[bytes] = set()
@@ -270,6 +273,33 @@ def _doubled(name: str) -> RequestRejected:
         detail=f"send one {name} header",
         close=True,
         log_reason=f"duplicate-header:{name}",
+    )
+
+
+def _refused_at_once(scope: Scope, doubled: str | None) -> RequestRejected | None:
+    """A header sent twice, or a path hiding a ``/`` or ``:``: refused before the app runs."""
+    if doubled:
+        return _doubled(doubled)
+    raw_path = scope.get("raw_path") or b""
+    if b"%" in raw_path and _ENCODED_SEPARATOR.search(raw_path):
+        return _encoded_separator()
+    return None
+
+
+def _encoded_separator() -> RequestRejected:
+    """A path that hides a ``/`` or ``:`` as ``%2F`` or ``%3A``: refused, never routed.
+
+    The route is matched on the decoded path, so ``/v1/models%2Firis%3Apredict`` would
+    predict, while a proxy in front, matching the path as sent, sees another route
+    (RFC 3986 does not make a percent-encoded reserved character equal to itself).
+    """
+    return RequestRejected(
+        400,
+        "bad-request",
+        "Bad request",
+        detail="the path may not percent-encode '/' or ':' (%2F, %3A); send them as they are",
+        close=True,
+        log_reason="encoded-separator",
     )
 
 
