@@ -25,18 +25,23 @@ JSON_MEDIA_TYPES: Final = frozenset(
 
 
 def check_json_content_type(scope: Scope) -> None:
-    """Refuse anything but ``application/json`` (UTF-8) with 415."""
+    """Refuse anything but uncompressed ``application/json`` (UTF-8) with 415.
+
+    A ``Content-Encoding`` other than ``identity`` is refused, not ignored: read as if it
+    were absent, the body the server decodes would differ from the one a proxy inspects.
+    """
+    json_type = False
     for name, value in scope["headers"]:
         if name == b"content-type":
-            if value.lower() in JSON_MEDIA_TYPES:
-                return
-            break
-    raise RequestRejected(
-        415,
-        "unsupported-media-type",
-        "Unsupported media type",
-        detail="send the body as application/json",
-    )
+            json_type = value.lower() in JSON_MEDIA_TYPES
+        elif name == b"content-encoding" and value.strip().lower() != b"identity":
+            raise _unsupported("send the body uncompressed (no Content-Encoding)")
+    if not json_type:
+        raise _unsupported("send the body as application/json")
+
+
+def _unsupported(detail: str) -> RequestRejected:
+    return RequestRejected(415, "unsupported-media-type", "Unsupported media type", detail=detail)
 
 
 def _too_large(limit: int) -> RequestRejected:

@@ -203,3 +203,19 @@ def test_check_json_content_type_refuses_missing_header():
     with pytest.raises(RequestRejected) as info:
         check_json_content_type(_scope(("content-length", "2")))
     assert info.value.status == 415
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "br", "deflate", "GZIP"])
+def test_check_json_content_type_refuses_a_compressed_body(encoding):
+    """/v1 never inflates: a body declared compressed is refused, not read as plain JSON."""
+    scope = _scope(("content-type", "application/json"), ("content-encoding", encoding))
+    with pytest.raises(RequestRejected) as info:
+        check_json_content_type(scope)
+    assert info.value.status == 415
+    assert info.value.detail == "send the body uncompressed (no Content-Encoding)"
+
+
+def test_check_json_content_type_accepts_identity_encoding():
+    """``identity`` (no compression) is what every body is anyway."""
+    scope = _scope(("content-encoding", "identity"), ("content-type", "application/json"))
+    assert check_json_content_type(scope) is None
