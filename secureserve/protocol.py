@@ -379,16 +379,27 @@ class SecureHttpProtocol(HttpToolsProtocol):
         Once the last request before a deferred refusal is answered, the refusal is.
         """
         self._writer.end_response()
+        queued = len(self.pipeline)  # uvicorn starts the next one, if any
         super().on_response_complete()
         refusal = self._deferred
         if refusal is None:
             return
-        if self.pipeline or not self.cycle.response_complete:
+        if queued:
             self.flow.pause_reading()  # uvicorn resumed it: nothing more is read
         else:
             self._deferred = None
             if not self.transport.is_closing():
                 self._answer(refusal)
+
+    def on_message_complete(self) -> None:
+        """A request's body is in; a ``Connection: close`` trailer still ends the connection.
+
+        The trailer field itself is dropped, but llhttp reads it and then skips every
+        byte that follows: the requests after it would never be answered.
+        """
+        super().on_message_complete()
+        if not self.parser.should_keep_alive():
+            self.cycle.keep_alive = False
 
     def pause_writing(self) -> None:
         """The client reads slower than answers are written: it has ``idle_timeout_s``."""
@@ -436,8 +447,9 @@ class SecureHttpProtocol(HttpToolsProtocol):
 
         When the app is answering a request of this connection, a second answer would
         interleave with its own. A broken pipelined request (one parsed after a request
-        still waiting for its answer) is answered once every request before it is, then
-        the connection closes; nothing after it is read. A broken body ends its own
+        still waiting for its answer: its head, its body, an upgrade) never runs and is
+        answered once every request before it is, then the connection closes; nothing
+        after it is read. A broken body ends its own
         request: the app sees the client disconnect, and this answer goes out instead if
         the app had not started its own (if it had, the connection closes after it).
         """
@@ -446,8 +458,12 @@ class SecureHttpProtocol(HttpToolsProtocol):
             return
         cycle = self.cycle
         if cycle is not None and not cycle.response_complete:
-            if self.pipeline or self.scope is not cycle.scope:  # a later request's head
-                self._deferred = refusal
+            pipeline = self.pipeline
+            queued = bool(pipeline) and pipeline[0][0] is cycle and self.scope is cycle.scope
+            if queued:  # its head was in and it waited; its body or an upgrade broke: never run
+                pipeline.popleft()
+            if queued or pipeline or self.scope is not cycle.scope:
+                self._deferred = refusal  # answered once the requests before it are
                 self.flow.pause_reading()
                 return
             if cycle.response_started:

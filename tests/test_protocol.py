@@ -782,10 +782,22 @@ def test_protocol_pipelining_past_the_bound_is_refused_after_the_answers_before_
     assert _logged(server, problem["request_id"])["reason"] == "max_pipelined"
 
 
-def test_protocol_broken_pipelined_request_is_answered_after_those_before_it(server):
-    """A good request, a broken one, a good one: 200, then the broken one's 400, then close."""
+@pytest.mark.parametrize(
+    "broken",
+    [
+        b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-A: a\x01b\r\n\r\n",
+        b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: upgrade\r\nUpgrade: h2c\r\n\r\n",
+        b"POST /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+    ],
+    ids=["broken-head", "upgrade", "broken-chunk"],
+)
+def test_protocol_broken_pipelined_request_is_answered_after_those_before_it(server, broken):
+    """A good request, a broken one, a good one: 200, then the broken one's 400, then close.
+
+    The broken request never runs, even when its head was whole and it was queued
+    (an upgrade, a broken body): it gets the parser's 400 and nothing else.
+    """
     good = request_head("POST", PREDICT, key=server.key, content_length=len(VALID)) + VALID
-    broken = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-A: a\x01b\r\n\r\n"
     with server.connect() as tls:
         tls.sendall(good + broken + good)
         data, closed = _read_until_closed(tls, 10)
@@ -879,3 +891,19 @@ def test_protocol_other_http_versions_are_505(server, line):
     assert (status, closed) == (505, True)
     assert headers["content-type"] == PROBLEM
     assert _logged(server, json.loads(body)["request_id"])["reason"] == "http-version"
+
+
+def test_protocol_connection_close_in_a_trailer_ends_the_connection(server):
+    """The parser reads nothing after a ``Connection: close`` trailer: the server closes too.
+
+    The request after it would otherwise wait, unanswered, until keep_alive_s.
+    """
+    head = request_head("POST", PREDICT, key=server.key, chunked=True)
+    health = request_head("GET", "/healthz", content_type=None)
+    with server.connect() as tls:
+        tls.sendall(head + _chunked(VALID, [("Connection", "close")]) + health)
+        data, closed = _read_until_closed(tls, 10)
+    replies = _replies(data)
+    assert [status for status, _, _ in replies] == [200]
+    assert replies[0][1]["connection"] == "close"
+    assert closed
