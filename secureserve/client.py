@@ -58,7 +58,8 @@ Every error the client raises on purpose::
         │   ├── LimitsUnavailable   503 limits-unavailable
         │   ├── AuditUnavailable    503 audit-unavailable
         │   └── ModelUnavailable    503 model-unavailable
-        └── ModelTimeout            504 timeout
+        ├── ModelTimeout            504 timeout
+        └── HTTPVersionNotSupported 505 http-version-not-supported
 
 The class comes from the problem ``type`` when the status is that slug's own (above);
 otherwise (an unknown slug, a slug on another status, an answer that is not
@@ -109,6 +110,7 @@ __all__ = [
     "ExtractionOff",
     "Forbidden",
     "HTTPSRequired",
+    "HTTPVersionNotSupported",
     "HeaderFieldsTooLarge",
     "HeaderTimeout",
     "InternalError",
@@ -392,6 +394,10 @@ class ModelTimeout(ProblemError):
     """504 ``timeout``: the prediction took longer than ``predict_timeout_s``."""
 
 
+class HTTPVersionNotSupported(ProblemError):
+    """505 ``http-version-not-supported``: a request line of another version than HTTP/1.x."""
+
+
 #: The problem slugs of docs/http.md: the status each comes with and the class raised.
 _BY_SLUG: Final[dict[str, tuple[int, type[ProblemError]]]] = {
     "bad-request": (400, BadRequest),
@@ -426,6 +432,7 @@ _BY_SLUG: Final[dict[str, tuple[int, type[ProblemError]]]] = {
     "audit-unavailable": (503, AuditUnavailable),
     "model-unavailable": (503, ModelUnavailable),
     "timeout": (504, ModelTimeout),
+    "http-version-not-supported": (505, HTTPVersionNotSupported),
 }
 
 #: The class of an error status whatever its body says (no slug, another status's
@@ -445,6 +452,7 @@ _BY_STATUS: Final[dict[int, type[ProblemError]]] = {
     431: HeaderFieldsTooLarge,
     500: InternalError,
     503: Unavailable,
+    505: HTTPVersionNotSupported,
 }
 
 
