@@ -18,9 +18,9 @@ size of request headers, and answers what its parser refuses with a plain-text 4
 - **pipelining**: at most :data:`MAX_PIPELINED` requests parsed ahead of the one being
   answered; the next one is refused (429) once those before it are answered, so a client
   that sends requests without reading cannot make the server hold them all;
-- a **write deadline**: a connection whose client reads nothing of its answers for
-  ``idle_timeout_s`` while the server has more to send (the transport's buffer is full)
-  is dropped, freeing the request it holds;
+- a **write deadline**: a connection whose client leaves the transport's buffer full
+  (it reads its answers too slowly, or not at all) for ``idle_timeout_s`` is dropped,
+  freeing the request it holds;
 - **connection caps**: at most ``max_connections`` in all and
   ``max_connections_per_ip`` from one client address (addresses in ``trusted_proxies``
   are exempt: behind a proxy every client shares its address); one more is dropped at
@@ -178,6 +178,16 @@ def _head_too_large(detail: str, reason: str) -> RequestRejected:
 
 def _head_over_bytes(limit: int) -> RequestRejected:
     return _head_too_large(f"the request head may be at most {limit} bytes", "max_head_bytes")
+
+
+def _version_not_supported() -> RequestRejected:
+    return RequestRejected(
+        505,
+        "http-version-not-supported",
+        "HTTP version not supported",
+        detail="send HTTP/1.1 requests",
+        log_reason="http-version",
+    )
 
 
 def _pipeline_too_deep() -> RequestRejected:
@@ -350,28 +360,23 @@ class SecureHttpProtocol(HttpToolsProtocol):
         if self._head is not None:
             self._head.cancel()
             self._head = None
-        if self.parser.get_http_version() not in _VERSIONS:  # 0.9 (no version), 2.0, ...
-            self._stop(
-                RequestRejected(
-                    505,
-                    "http-version-not-supported",
-                    "HTTP version not supported",
-                    detail="send HTTP/1.1 requests",
-                    log_reason="http-version",
-                )
-            )
-        waiting = self.cycle
-        if (
-            waiting is not None
-            and not waiting.response_complete
-            and len(self.pipeline) >= MAX_PIPELINED
-        ):
+        refusal = self._refusal_of_head()
+        if refusal is not None:
             self.scope["method"] = self.parser.get_method().decode("ascii")  # for its log line
-            self._stop(_pipeline_too_deep())
+            self._stop(refusal)
         super().on_headers_complete()
         cycle = self.cycle
         if cycle is not None and cycle.transport is self.transport:  # not an upgrade
             cycle.transport = self._writer  # type: ignore[assignment]
+
+    def _refusal_of_head(self) -> RequestRejected | None:
+        """505 for an HTTP version but 1.0 and 1.1; 429 past :data:`MAX_PIPELINED` waiting."""
+        if self.parser.get_http_version() not in _VERSIONS:  # 0.9 (no version), 2.0, ...
+            return _version_not_supported()
+        waiting = self.cycle
+        if waiting is not None and not waiting.response_complete:
+            return _pipeline_too_deep() if len(self.pipeline) >= MAX_PIPELINED else None
+        return None
 
     def on_response_complete(self) -> None:
         """A response ended: a head it left held goes out (``HEAD``), then uvicorn's own.
@@ -402,7 +407,7 @@ class SecureHttpProtocol(HttpToolsProtocol):
             self.cycle.keep_alive = False
 
     def pause_writing(self) -> None:
-        """The client reads slower than answers are written: it has ``idle_timeout_s``."""
+        """The transport's buffer is full: the client has ``idle_timeout_s`` to read from it."""
         super().pause_writing()
         if self._stalled is None:
             self._stalled = self.loop.call_later(self.edge.server.idle_timeout_s, self._stall_over)
@@ -427,7 +432,7 @@ class SecureHttpProtocol(HttpToolsProtocol):
             self.transport.close()
 
     def _stall_over(self) -> None:
-        """The client read nothing for ``idle_timeout_s``: drop it (a TLS close would wait)."""
+        """The buffer stayed full for ``idle_timeout_s``: drop the client (a TLS close waits)."""
         self._stalled = None
         self.transport.abort()  # connection_lost ends the request in progress
 
@@ -449,11 +454,11 @@ class SecureHttpProtocol(HttpToolsProtocol):
         interleave with its own. A broken pipelined request (one parsed after a request
         still waiting for its answer: its head, its body, an upgrade) never runs and is
         answered once every request before it is, then the connection closes; nothing
-        after it is read. A broken body ends its own
-        request: the app sees the client disconnect, and this answer goes out instead if
-        the app had not started its own (if it had, the connection closes after it).
+        after it is read. A broken body ends its own request: the app sees the client
+        disconnect, and this answer goes out instead if the app had not started its own
+        (if it had, the connection closes after it).
         """
-        self._cancel_timers(write_too=False)  # an answer still on its way keeps its deadline
+        self._cancel_read_timers()  # an answer still on its way keeps its write deadline
         if self.transport.is_closing():
             return
         cycle = self.cycle
@@ -512,10 +517,14 @@ class SecureHttpProtocol(HttpToolsProtocol):
                 request_id=request_id,
             )
 
-    def _cancel_timers(self, *, write_too: bool = True) -> None:
-        for timer in (self._idle, self._head, self._stalled if write_too else None):
+    def _cancel_read_timers(self) -> None:
+        for timer in (self._idle, self._head):
             if timer is not None:
                 timer.cancel()
         self._idle = self._head = None
-        if write_too:
+
+    def _cancel_timers(self) -> None:
+        self._cancel_read_timers()
+        if self._stalled is not None:
+            self._stalled.cancel()
             self._stalled = None

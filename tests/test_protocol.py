@@ -57,19 +57,27 @@ def server(tmp_path_factory) -> Iterator[ServerProcess]:
         yield running
 
 
-def _closed_within(sock: socket.socket, seconds: float) -> bool:
-    """Whether the peer closes ``sock`` (EOF or reset) within ``seconds``, reading past data."""
+def _read_until_closed(sock: socket.socket, seconds: float) -> tuple[bytes, bool]:
+    """Everything the server sends within ``seconds``, and whether it closed the connection."""
+    data = bytearray()
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         sock.settimeout(max(0.05, deadline - time.monotonic()))
         try:
-            if sock.recv(65536) == b"":
-                return True
+            chunk = sock.recv(65536)
         except TimeoutError:
-            return False
+            break
         except (ConnectionResetError, ssl.SSLError, BrokenPipeError):
-            return True
-    return False
+            return bytes(data), True
+        if not chunk:
+            return bytes(data), True
+        data.extend(chunk)
+    return bytes(data), False
+
+
+def _closed_within(sock: socket.socket, seconds: float) -> bool:
+    """Whether the peer closes ``sock`` (EOF or reset) within ``seconds``, reading past data."""
+    return _read_until_closed(sock, seconds)[1]
 
 
 def _assert_problem(reply, status: int) -> dict:
@@ -690,24 +698,6 @@ def test_protocol_puts_its_loop_in_the_scope():
 
 
 # ------------------------------------------------------- trailers, pipelining, stalled reads
-
-
-def _read_until_closed(tls: ssl.SSLSocket, seconds: float) -> tuple[bytes, bool]:
-    """Everything the server sends within ``seconds``, and whether it closed the connection."""
-    data = bytearray()
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        tls.settimeout(max(0.05, deadline - time.monotonic()))
-        try:
-            chunk = tls.recv(65536)
-        except TimeoutError:
-            break
-        except (ConnectionResetError, ssl.SSLError, BrokenPipeError):
-            return bytes(data), True
-        if not chunk:
-            return bytes(data), True
-        data.extend(chunk)
-    return bytes(data), False
 
 
 def _replies(data: bytes) -> list[tuple[int, dict[str, str], bytes]]:
